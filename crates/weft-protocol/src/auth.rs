@@ -74,12 +74,8 @@ pub fn check_state_independent(
     pdu: &Pdu,
     fetch: impl Fn(&EventId) -> Option<Arc<Pdu>>,
 ) -> Result<(), AuthError> {
-    ruma::state_res::check_state_independent_auth_rules(
-        &version.rules().authorization,
-        pdu,
-        fetch,
-    )
-    .map_err(AuthError)
+    ruma::state_res::check_state_independent_auth_rules(&version.rules().authorization, pdu, fetch)
+        .map_err(AuthError)
 }
 
 /// The state-dependent rules (membership, power levels, join rules, ...) against `state`.
@@ -103,8 +99,7 @@ pub fn check_against_state(
     pdu: &Pdu,
     state: &StateMap<Arc<Pdu>>,
 ) -> Result<(), AuthError> {
-    let by_id: HashMap<&EventId, &Arc<Pdu>> =
-        state.values().map(|e| (e.event_id(), e)).collect();
+    let by_id: HashMap<&EventId, &Arc<Pdu>> = state.values().map(|e| (e.event_id(), e)).collect();
     check_state_independent(version, pdu, |id| by_id.get(id).map(|e| Arc::clone(e)))?;
     check_state_dependent(version, pdu, |kind, key| {
         state.get(&(kind.clone(), key.to_owned())).cloned()
@@ -157,7 +152,11 @@ pub struct PowerLevels {
 
 impl PowerLevels {
     /// From the current power-levels content (if any) and the room's creators.
-    pub fn new(version: RoomVersion, content: Option<serde_json::Value>, creators: Vec<String>) -> Self {
+    pub fn new(
+        version: RoomVersion,
+        content: Option<serde_json::Value>,
+        creators: Vec<String>,
+    ) -> Self {
         Self {
             has_event: content.is_some(),
             content: content.unwrap_or(serde_json::Value::Null),
@@ -176,7 +175,11 @@ impl PowerLevels {
             return i64::MAX;
         }
         if !self.has_event {
-            return if self.creators.iter().any(|c| c == user) { 100 } else { 0 };
+            return if self.creators.iter().any(|c| c == user) {
+                100
+            } else {
+                0
+            };
         }
         as_int(self.content.get("users").and_then(|u| u.get(user)))
             .unwrap_or_else(|| self.int("users_default", 0))

@@ -130,7 +130,10 @@ pub fn pdu_template(
             CanonicalJsonValue::String(state_key.clone()),
         );
     }
-    obj.insert("type".into(), CanonicalJsonValue::String(draft.kind.clone()));
+    obj.insert(
+        "type".into(),
+        CanonicalJsonValue::String(draft.kind.clone()),
+    );
     Ok(obj)
 }
 
@@ -142,8 +145,13 @@ pub fn build_pdu(
     key: &ServerSigningKey,
 ) -> Result<Pdu, BuildError> {
     let mut obj = pdu_template(draft, position)?;
-    ruma::signatures::hash_and_sign_event(origin, key, &mut obj, &position.version.rules().redaction)
-        .map_err(|e| BuildError::Signing(e.to_string()))?;
+    ruma::signatures::hash_and_sign_event(
+        origin,
+        key,
+        &mut obj,
+        &position.version.rules().redaction,
+    )
+    .map_err(|e| BuildError::Signing(e.to_string()))?;
     Ok(Pdu::from_json(obj, position.version)?)
 }
 
@@ -171,7 +179,8 @@ mod tests {
     #[test]
     fn v12_create_event_has_no_room_id_and_derives_it() {
         let alice = OwnedUserId::try_from("@alice:example.org").unwrap();
-        let mut draft = EventDraft::state("m.room.create", "", alice, json!({"room_version": "12"}));
+        let mut draft =
+            EventDraft::state("m.room.create", "", alice, json!({"room_version": "12"}));
         draft.origin_server_ts = 1;
         let pos = Position {
             version: RoomVersion::V12,

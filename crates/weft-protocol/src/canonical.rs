@@ -24,10 +24,8 @@ pub fn parse_object(bytes: &[u8]) -> Result<CanonicalJsonObject, CanonicalError>
 /// Converts a serde_json value into a canonical JSON object.
 pub fn value_to_object(value: serde_json::Value) -> Result<CanonicalJsonObject, CanonicalError> {
     match value {
-        serde_json::Value::Object(map) => {
-            ruma::canonical_json::try_from_json_map(map)
-                .map_err(|e| CanonicalError::NotCanonical(e.to_string()))
-        }
+        serde_json::Value::Object(map) => ruma::canonical_json::try_from_json_map(map)
+            .map_err(|e| CanonicalError::NotCanonical(e.to_string())),
         _ => Err(CanonicalError::NotObject),
     }
 }
@@ -68,8 +66,14 @@ mod tests {
 
     #[test]
     fn rejects_non_canonical_inputs() {
-        assert!(matches!(parse_object(b"{"), Err(CanonicalError::NotJson(_))));
-        assert!(matches!(parse_object(b"[1]"), Err(CanonicalError::NotObject)));
+        assert!(matches!(
+            parse_object(b"{"),
+            Err(CanonicalError::NotJson(_))
+        ));
+        assert!(matches!(
+            parse_object(b"[1]"),
+            Err(CanonicalError::NotObject)
+        ));
         assert!(matches!(
             parse_object(br#"{"a": 1.5}"#),
             Err(CanonicalError::NotCanonical(_))

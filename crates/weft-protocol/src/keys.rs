@@ -142,7 +142,10 @@ impl ServerSigningKey {
 
 impl KeyPair for ServerSigningKey {
     fn sign(&self, message: &[u8]) -> Signature {
-        Signature::new(self.key_id.clone(), self.key.sign(message).to_bytes().to_vec())
+        Signature::new(
+            self.key_id.clone(),
+            self.key.sign(message).to_bytes().to_vec(),
+        )
     }
 }
 
@@ -192,7 +195,10 @@ mod tests {
             "ed25519 a_x AAAA",
             "ed25519 bad-version AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
-            assert!(ServerSigningKey::from_file_contents(bad).is_err(), "{bad:?}");
+            assert!(
+                ServerSigningKey::from_file_contents(bad).is_err(),
+                "{bad:?}"
+            );
         }
     }
 

@@ -209,7 +209,8 @@ pub fn verify_pdu(
     pdu: &CanonicalJsonObject,
     lookup: &impl Fn(&str, &str) -> Option<KnownKey>,
 ) -> Result<HashCheck, SignatureError> {
-    let sender = str_field(pdu, "sender").ok_or_else(|| SignatureError::Malformed("missing sender".into()))?;
+    let sender = str_field(pdu, "sender")
+        .ok_or_else(|| SignatureError::Malformed("missing sender".into()))?;
     let sender_server = domain_of(sender)
         .ok_or_else(|| SignatureError::Malformed("sender has no server".into()))?;
     let t = ts(pdu);
@@ -238,11 +239,19 @@ pub fn verify_lpdu(
     lpdu: &CanonicalJsonObject,
     lookup: &impl Fn(&str, &str) -> Option<KnownKey>,
 ) -> Result<HashCheck, SignatureError> {
-    let sender = str_field(lpdu, "sender").ok_or_else(|| SignatureError::Malformed("missing sender".into()))?;
+    let sender = str_field(lpdu, "sender")
+        .ok_or_else(|| SignatureError::Malformed("missing sender".into()))?;
     let sender_server = domain_of(sender)
         .ok_or_else(|| SignatureError::Malformed("sender has no server".into()))?;
     let bytes = signing_bytes(lpdu);
-    verify_server_signature(lpdu, sender_server, bytes.as_bytes(), ts(lpdu), true, lookup)?;
+    verify_server_signature(
+        lpdu,
+        sender_server,
+        bytes.as_bytes(),
+        ts(lpdu),
+        true,
+        lookup,
+    )?;
     if claimed(lpdu, &["hashes", "lpdu", "sha256"]) != Some(lpdu_hash(lpdu)) {
         return Ok(HashCheck::ContentMismatch);
     }
@@ -309,9 +318,11 @@ mod tests {
             let pdu = obj(raw);
             let sigs = raw["signatures"].as_object().unwrap();
             for (server, keys) in sigs {
-                let seed = b64_decode(v["servers"][server]["seed_unpadded_b64"].as_str().unwrap()).unwrap();
+                let seed = b64_decode(v["servers"][server]["seed_unpadded_b64"].as_str().unwrap())
+                    .unwrap();
                 let key = ServerSigningKey::from_seed(seed.try_into().unwrap(), "1").unwrap();
-                let is_hub = raw.get("hub_server").and_then(|h| h.as_str()) == Some(server.as_str());
+                let is_hub =
+                    raw.get("hub_server").and_then(|h| h.as_str()) == Some(server.as_str());
                 let bytes = if raw.get("hub_server").is_some() && !is_hub {
                     signing_bytes(&lpdu_of(&pdu).unwrap())
                 } else {
@@ -334,7 +345,10 @@ mod tests {
         for name in ["lpdu_join_sent_to_send_join", "lpdu_message_sent_to_send"] {
             let case = &v[name];
             let lpdu = obj(&case["lpdu"]);
-            assert_eq!(lpdu_hash(&lpdu), case["lpdu_content_hash"].as_str().unwrap());
+            assert_eq!(
+                lpdu_hash(&lpdu),
+                case["lpdu_content_hash"].as_str().unwrap()
+            );
             assert_eq!(
                 format!("${}", reference_hash(&lpdu).unwrap()),
                 case["lpdu_event_id"].as_str().unwrap()
@@ -356,7 +370,10 @@ mod tests {
                 [("body".to_owned(), CanonicalJsonValue::String("evil".into()))].into(),
             ),
         );
-        assert_eq!(verify_lpdu(&changed, &lookup), Ok(HashCheck::ContentMismatch));
+        assert_eq!(
+            verify_lpdu(&changed, &lookup),
+            Ok(HashCheck::ContentMismatch)
+        );
         // Claimed sender on another server: that server's signature is missing.
         let mut forged = lpdu.clone();
         forged.insert(
@@ -369,14 +386,20 @@ mod tests {
     #[test]
     fn redaction_keeps_hub_server_and_drops_depth() {
         let mut o = CanonicalJsonObject::new();
-        o.insert("type".into(), CanonicalJsonValue::String("m.room.join_rules".into()));
+        o.insert(
+            "type".into(),
+            CanonicalJsonValue::String("m.room.join_rules".into()),
+        );
         o.insert("hub_server".into(), CanonicalJsonValue::String("h".into()));
         o.insert("depth".into(), CanonicalJsonValue::Integer(3u32.into()));
         o.insert(
             "content".into(),
             CanonicalJsonValue::Object(
                 [
-                    ("join_rule".to_owned(), CanonicalJsonValue::String("public".into())),
+                    (
+                        "join_rule".to_owned(),
+                        CanonicalJsonValue::String("public".into()),
+                    ),
                     ("allow".to_owned(), CanonicalJsonValue::Array(vec![])),
                     ("other".to_owned(), CanonicalJsonValue::Bool(true)),
                 ]
@@ -386,7 +409,9 @@ mod tests {
         let r = redact(&o);
         assert!(r.contains_key("hub_server"));
         assert!(!r.contains_key("depth"));
-        let CanonicalJsonValue::Object(c) = &r["content"] else { panic!() };
+        let CanonicalJsonValue::Object(c) = &r["content"] else {
+            panic!()
+        };
         assert_eq!(c.len(), 2);
     }
 }

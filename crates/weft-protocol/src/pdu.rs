@@ -107,8 +107,8 @@ impl Pdu {
         version: RoomVersion,
     ) -> Result<Self, PduError> {
         let kind = TimelineEventType::from(get_str(&json, "type")?);
-        let sender =
-            OwnedUserId::try_from(get_str(&json, "sender")?).map_err(|_| PduError::Field("sender"))?;
+        let sender = OwnedUserId::try_from(get_str(&json, "sender")?)
+            .map_err(|_| PduError::Field("sender"))?;
         let (room_id, room_id_in_json) = match json.get("room_id") {
             Some(CanonicalJsonValue::String(s)) => (
                 OwnedRoomId::try_from(s.as_str()).map_err(|_| PduError::Field("room_id"))?,
@@ -127,7 +127,8 @@ impl Pdu {
         };
         let origin_server_ts = match json.get("origin_server_ts") {
             Some(CanonicalJsonValue::Integer(i)) => {
-                let v = UInt::try_from(i64::from(*i)).map_err(|_| PduError::Field("origin_server_ts"))?;
+                let v = UInt::try_from(i64::from(*i))
+                    .map_err(|_| PduError::Field("origin_server_ts"))?;
                 MilliSecondsSinceUnixEpoch(v)
             }
             _ => return Err(PduError::Field("origin_server_ts")),

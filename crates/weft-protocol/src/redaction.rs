@@ -32,7 +32,10 @@ pub fn redact_content(
     let mut content = content.clone();
     if version.is_linearized() {
         let mut wrapper = CanonicalJsonObject::new();
-        wrapper.insert("type".into(), ruma::CanonicalJsonValue::String(kind.to_owned()));
+        wrapper.insert(
+            "type".into(),
+            ruma::CanonicalJsonValue::String(kind.to_owned()),
+        );
         wrapper.insert("content".into(), ruma::CanonicalJsonValue::Object(content));
         return match crate::lm::redact(&wrapper).remove("content") {
             Some(ruma::CanonicalJsonValue::Object(c)) => c,
@@ -52,22 +55,86 @@ mod tests {
     fn table_of_kept_content() {
         // (version, type, content, content kept)
         let cases: &[(RoomVersion, &str, &str, &str)] = &[
-            (RoomVersion::V11, "m.room.message", r#"{"body":"x","msgtype":"m.text"}"#, "{}"),
-            (RoomVersion::V11, "m.room.member", r#"{"membership":"join","displayname":"A"}"#, r#"{"membership":"join"}"#),
-            (RoomVersion::V11, "m.room.create", r#"{"room_version":"11","x":1}"#, r#"{"room_version":"11","x":1}"#),
-            (RoomVersion::V10, "m.room.create", r#"{"creator":"@a:b","x":1}"#, r#"{"creator":"@a:b"}"#),
-            (RoomVersion::V11, "m.room.redaction", r#"{"redacts":"$e","reason":"r"}"#, r#"{"redacts":"$e"}"#),
-            (RoomVersion::V10, "m.room.redaction", r#"{"redacts":"$e","reason":"r"}"#, "{}"),
-            (RoomVersion::V11, "m.room.power_levels", r#"{"invite":5,"ban":50,"notifications":{"room":1}}"#, r#"{"ban":50,"invite":5}"#),
-            (RoomVersion::V10, "m.room.power_levels", r#"{"invite":5,"ban":50}"#, r#"{"ban":50}"#),
-            (RoomVersion::V11, "m.room.join_rules", r#"{"join_rule":"restricted","allow":[],"x":1}"#, r#"{"allow":[],"join_rule":"restricted"}"#),
-            (RoomVersion::V11, "m.room.history_visibility", r#"{"history_visibility":"shared","x":1}"#, r#"{"history_visibility":"shared"}"#),
-            (RoomVersion::Linearized, "m.room.join_rules", r#"{"join_rule":"public","allow":[],"x":1}"#, r#"{"allow":[],"join_rule":"public"}"#),
-            (RoomVersion::Linearized, "m.room.redaction", r#"{"redacts":"$e"}"#, "{}"),
+            (
+                RoomVersion::V11,
+                "m.room.message",
+                r#"{"body":"x","msgtype":"m.text"}"#,
+                "{}",
+            ),
+            (
+                RoomVersion::V11,
+                "m.room.member",
+                r#"{"membership":"join","displayname":"A"}"#,
+                r#"{"membership":"join"}"#,
+            ),
+            (
+                RoomVersion::V11,
+                "m.room.create",
+                r#"{"room_version":"11","x":1}"#,
+                r#"{"room_version":"11","x":1}"#,
+            ),
+            (
+                RoomVersion::V10,
+                "m.room.create",
+                r#"{"creator":"@a:b","x":1}"#,
+                r#"{"creator":"@a:b"}"#,
+            ),
+            (
+                RoomVersion::V11,
+                "m.room.redaction",
+                r#"{"redacts":"$e","reason":"r"}"#,
+                r#"{"redacts":"$e"}"#,
+            ),
+            (
+                RoomVersion::V10,
+                "m.room.redaction",
+                r#"{"redacts":"$e","reason":"r"}"#,
+                "{}",
+            ),
+            (
+                RoomVersion::V11,
+                "m.room.power_levels",
+                r#"{"invite":5,"ban":50,"notifications":{"room":1}}"#,
+                r#"{"ban":50,"invite":5}"#,
+            ),
+            (
+                RoomVersion::V10,
+                "m.room.power_levels",
+                r#"{"invite":5,"ban":50}"#,
+                r#"{"ban":50}"#,
+            ),
+            (
+                RoomVersion::V11,
+                "m.room.join_rules",
+                r#"{"join_rule":"restricted","allow":[],"x":1}"#,
+                r#"{"allow":[],"join_rule":"restricted"}"#,
+            ),
+            (
+                RoomVersion::V11,
+                "m.room.history_visibility",
+                r#"{"history_visibility":"shared","x":1}"#,
+                r#"{"history_visibility":"shared"}"#,
+            ),
+            (
+                RoomVersion::Linearized,
+                "m.room.join_rules",
+                r#"{"join_rule":"public","allow":[],"x":1}"#,
+                r#"{"allow":[],"join_rule":"public"}"#,
+            ),
+            (
+                RoomVersion::Linearized,
+                "m.room.redaction",
+                r#"{"redacts":"$e"}"#,
+                "{}",
+            ),
         ];
         for (version, kind, content, want) in cases {
             let got = redact_content(kind, &parse_object(content.as_bytes()).unwrap(), *version);
-            assert_eq!(crate::canonical::write_object(&got), *want, "{version} {kind}");
+            assert_eq!(
+                crate::canonical::write_object(&got),
+                *want,
+                "{version} {kind}"
+            );
         }
     }
 
@@ -78,6 +145,12 @@ mod tests {
         assert!(!r.contains_key("extra"));
         assert!(!r.contains_key("unsigned"));
         assert!(r.contains_key("depth"));
-        assert_eq!(crate::canonical::write_object(match &r["content"] { ruma::CanonicalJsonValue::Object(o) => o, _ => panic!() }), "{}");
+        assert_eq!(
+            crate::canonical::write_object(match &r["content"] {
+                ruma::CanonicalJsonValue::Object(o) => o,
+                _ => panic!(),
+            }),
+            "{}"
+        );
     }
 }

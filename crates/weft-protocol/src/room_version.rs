@@ -83,7 +83,9 @@ impl RoomVersion {
 
     /// v12: room creators have unbeatable power and must not be listed in power levels.
     pub fn creators_have_infinite_power(self) -> bool {
-        self.rules().authorization.explicitly_privilege_room_creators
+        self.rules()
+            .authorization
+            .explicitly_privilege_room_creators
     }
 
     /// Linearized Matrix rooms are ordered by a hub instead of a DAG.

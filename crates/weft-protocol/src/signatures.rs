@@ -165,7 +165,10 @@ mod tests {
     use crate::keys::ServerSigningKey;
     use serde_json::json;
 
-    fn lookup_for(key: &ServerSigningKey, server: &'static str) -> impl Fn(&str, &str) -> Option<KnownKey> {
+    fn lookup_for(
+        key: &ServerSigningKey,
+        server: &'static str,
+    ) -> impl Fn(&str, &str) -> Option<KnownKey> {
         let public = key.verifying_key();
         let key_id = key.key_id().to_owned();
         move |s, k| {
@@ -180,7 +183,11 @@ mod tests {
         let key = ServerSigningKey::from_seed([9u8; 32], "k1").unwrap();
         let room = ruma::OwnedRoomId::try_from("!r:a.example").unwrap();
         let sender = ruma::OwnedUserId::try_from("@u:a.example").unwrap();
-        let mut draft = EventDraft::new("m.room.message", sender, json!({"body": "hi", "msgtype": "m.text"}));
+        let mut draft = EventDraft::new(
+            "m.room.message",
+            sender,
+            json!({"body": "hi", "msgtype": "m.text"}),
+        );
         draft.origin_server_ts = 1000;
         let pos = Position {
             version,
@@ -197,7 +204,10 @@ mod tests {
     fn good_event_verifies() {
         for v in [RoomVersion::V10, RoomVersion::V11, RoomVersion::V12] {
             let (key, json) = sample(v);
-            assert_eq!(verify_pdu(&json, v, lookup_for(&key, "a.example")), Ok(HashCheck::Valid));
+            assert_eq!(
+                verify_pdu(&json, v, lookup_for(&key, "a.example")),
+                Ok(HashCheck::Valid)
+            );
         }
     }
 

@@ -130,7 +130,9 @@ pub fn resolve(
     }
     let rules = version.rules();
     let Some(v2_rules) = rules.state_res.v2_rules() else {
-        return Err(ResolveError("room version does not use state resolution v2".into()));
+        return Err(ResolveError(
+            "room version does not use state resolution v2".into(),
+        ));
     };
     // Each state set's auth chain (the union of the auth chains of its events).
     let auth_chains: Vec<EventIdSet<OwnedEventId>> = state_sets
@@ -150,7 +152,11 @@ pub fn resolve(
         fetch_arc,
         |conflicted: &ruma::state_res::StateMap<Vec<OwnedEventId>>| {
             let set: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
-            Some(conflicted_state_subgraph(&set, &fetch).into_iter().collect())
+            Some(
+                conflicted_state_subgraph(&set, &fetch)
+                    .into_iter()
+                    .collect(),
+            )
         },
     )
     .map_err(|e| ResolveError(e.to_string()))

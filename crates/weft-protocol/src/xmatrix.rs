@@ -50,7 +50,9 @@ fn split_params(s: &str) -> Result<Vec<(String, String)>, XMatrixError> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            return Err(XMatrixError::Malformed(format!("parameter {key:?} has no value")));
+            return Err(XMatrixError::Malformed(format!(
+                "parameter {key:?} has no value"
+            )));
         }
         let mut value = String::new();
         if chars.peek() == Some(&'"') {
@@ -131,7 +133,11 @@ impl XMatrix {
         if let Some(d) = &self.destination {
             out.push_str(&format!(",destination=\"{}\"", q(d)));
         }
-        out.push_str(&format!(",key=\"{}\",sig=\"{}\"", q(&self.key), q(&self.sig)));
+        out.push_str(&format!(
+            ",key=\"{}\",sig=\"{}\"",
+            q(&self.key),
+            q(&self.sig)
+        ));
         out
     }
 }
@@ -145,9 +151,15 @@ pub fn request_json(
     content: Option<&CanonicalJsonValue>,
 ) -> CanonicalJsonObject {
     let mut obj = CanonicalJsonObject::new();
-    obj.insert("method".into(), CanonicalJsonValue::String(method.to_owned()));
+    obj.insert(
+        "method".into(),
+        CanonicalJsonValue::String(method.to_owned()),
+    );
     obj.insert("uri".into(), CanonicalJsonValue::String(uri.to_owned()));
-    obj.insert("origin".into(), CanonicalJsonValue::String(origin.to_owned()));
+    obj.insert(
+        "origin".into(),
+        CanonicalJsonValue::String(origin.to_owned()),
+    );
     obj.insert(
         "destination".into(),
         CanonicalJsonValue::String(destination.to_owned()),
@@ -196,12 +208,19 @@ pub fn verify_request(
     }
     let check = |c: Option<&CanonicalJsonValue>| {
         let obj = request_json(method, uri, &header.origin, our_name, c);
-        verify_b64(public_key, canonical::write_object(&obj).as_bytes(), &header.sig)
+        verify_b64(
+            public_key,
+            canonical::write_object(&obj).as_bytes(),
+            &header.sig,
+        )
     };
     match content {
         Some(c) => check(Some(c)),
         None => {
-            check(None) || check(Some(&CanonicalJsonValue::Object(CanonicalJsonObject::new())))
+            check(None)
+                || check(Some(
+                    &CanonicalJsonValue::Object(CanonicalJsonObject::new()),
+                ))
         }
     }
 }
@@ -216,7 +235,12 @@ mod tests {
         let cases = [
             (
                 r#"X-Matrix origin="localhost:18448",key="ed25519:a_aSrB",sig="abc",destination="localhost:18460""#,
-                Some(("localhost:18448", Some("localhost:18460"), "ed25519:a_aSrB", "abc")),
+                Some((
+                    "localhost:18448",
+                    Some("localhost:18460"),
+                    "ed25519:a_aSrB",
+                    "abc",
+                )),
             ),
             (
                 "X-Matrix origin=a.example, key=ed25519:1 ,\tsig=xyz",
@@ -250,12 +274,20 @@ mod tests {
     #[test]
     fn reference_implementation_headers_verify() {
         let v: serde_json::Value =
-            serde_json::from_str(include_str!("../testdata/linearized-matrix-vectors.json")).unwrap();
+            serde_json::from_str(include_str!("../testdata/linearized-matrix-vectors.json"))
+                .unwrap();
         let public = parse_verify_key(
-            v["servers"]["localhost:3001"]["public_key_unpadded_b64"].as_str().unwrap(),
+            v["servers"]["localhost:3001"]["public_key_unpadded_b64"]
+                .as_str()
+                .unwrap(),
         )
         .unwrap();
-        let seed = b64_decode(v["servers"]["localhost:3001"]["seed_unpadded_b64"].as_str().unwrap()).unwrap();
+        let seed = b64_decode(
+            v["servers"]["localhost:3001"]["seed_unpadded_b64"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
         let key = ServerSigningKey::from_seed(seed.try_into().unwrap(), "1").unwrap();
         for name in ["x_matrix_get_example", "x_matrix_put_example"] {
             let case = &v[name];
@@ -266,16 +298,50 @@ mod tests {
                 .map(|c| crate::canonical::value_to_canonical(c.clone()).unwrap());
             let method = signed["method"].as_str().unwrap();
             let uri = signed["uri"].as_str().unwrap();
-            let obj = request_json(method, uri, "localhost:3001", "localhost:3000", content.as_ref());
+            let obj = request_json(
+                method,
+                uri,
+                "localhost:3001",
+                "localhost:3000",
+                content.as_ref(),
+            );
             assert_eq!(
                 crate::canonical::write_object(&obj),
                 case["canonical_signed_bytes_utf8"].as_str().unwrap()
             );
-            assert!(verify_request(&header, &public, method, uri, "localhost:3000", content.as_ref()));
-            assert!(!verify_request(&header, &public, method, uri, "localhost:3002", content.as_ref()));
-            assert!(!verify_request(&header, &public, "POST", uri, "localhost:3000", content.as_ref()));
+            assert!(verify_request(
+                &header,
+                &public,
+                method,
+                uri,
+                "localhost:3000",
+                content.as_ref()
+            ));
+            assert!(!verify_request(
+                &header,
+                &public,
+                method,
+                uri,
+                "localhost:3002",
+                content.as_ref()
+            ));
+            assert!(!verify_request(
+                &header,
+                &public,
+                "POST",
+                uri,
+                "localhost:3000",
+                content.as_ref()
+            ));
             // Our signer reproduces the reference header exactly.
-            let ours = sign_request(&key, method, uri, "localhost:3001", "localhost:3000", content.as_ref());
+            let ours = sign_request(
+                &key,
+                method,
+                uri,
+                "localhost:3001",
+                "localhost:3000",
+                content.as_ref(),
+            );
             assert_eq!(XMatrix::parse(&ours).unwrap().sig, header.sig);
         }
     }

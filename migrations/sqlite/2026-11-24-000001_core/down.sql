@@ -1,0 +1,1 @@
+DROP TABLE receipts; DROP TABLE account_data; DROP TABLE filters; DROP TABLE room_aliases; DROP TABLE memberships; DROP TABLE forward_extremities; DROP TABLE current_state; DROP TABLE state_group_entries; DROP TABLE state_groups; DROP TABLE event_txns; DROP TABLE events; DROP TABLE rooms; DROP TABLE access_tokens; DROP TABLE devices; DROP TABLE users;

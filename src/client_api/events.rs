@@ -1,0 +1,516 @@
+//! Sending and reading room events: send, state (put/get), redact, messages, event, context,
+//! members, joined_members.
+
+use actix_web::{HttpResponse, web};
+use ruma::{OwnedEventId, OwnedRoomId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use weft_protocol::builder::EventDraft;
+
+use super::tokens::AuthedUser;
+use crate::error::{Error, Result};
+use crate::http::body::JsonBody;
+use crate::rooms::access;
+use crate::rooms::messages::SendEvent;
+use crate::rooms::view::{self, Versions, Viewer};
+use crate::services::Services;
+use crate::storage::{events, rooms, state};
+use crate::sync::{SyncToken, visibility_floor};
+
+type Data = web::Data<Services>;
+
+fn room(s: &str) -> Result<OwnedRoomId> {
+    OwnedRoomId::try_from(s).map_err(|_| Error::invalid_param("invalid room ID"))
+}
+
+fn viewer(user: &AuthedUser) -> Viewer {
+    Viewer {
+        user_id: user.user_id.to_string(),
+        device_id: user.device_id.clone(),
+    }
+}
+
+pub async fn send(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String, String)>,
+    JsonBody(content): JsonBody<Value>,
+) -> Result<HttpResponse> {
+    let (room_id, kind, txn_id) = path.into_inner();
+    let room_id = room(&room_id)?;
+    if !content.is_object() {
+        return Err(Error::bad_json("event content must be a JSON object"));
+    }
+    let key = (user.user_id.to_string(), user.device_id.clone(), txn_id);
+    // A retry of an old transaction: answer from the database.
+    let k = key.clone();
+    if let Some(id) = s
+        .core
+        .db
+        .read(move |c| events::get_txn(c, &k.0, &k.1, &k.2))
+        .await?
+    {
+        return Ok(HttpResponse::Ok().json(json!({"event_id": id})));
+    }
+    let draft = EventDraft::new(kind, user.user_id.clone(), content);
+    let id = s
+        .rooms
+        .send(
+            &room_id,
+            SendEvent {
+                draft,
+                txn: Some(key),
+            },
+        )
+        .await??;
+    Ok(HttpResponse::Ok().json(json!({"event_id": id})))
+}
+
+pub async fn put_state(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String, String)>,
+    JsonBody(content): JsonBody<Value>,
+) -> Result<HttpResponse> {
+    let (room_id, kind, state_key) = path.into_inner();
+    put_state_inner(s, user, room_id, kind, state_key, content).await
+}
+
+pub async fn put_state_empty_key(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String)>,
+    JsonBody(content): JsonBody<Value>,
+) -> Result<HttpResponse> {
+    let (room_id, kind) = path.into_inner();
+    put_state_inner(s, user, room_id, kind, String::new(), content).await
+}
+
+async fn put_state_inner(
+    s: Data,
+    user: AuthedUser,
+    room_id: String,
+    kind: String,
+    state_key: String,
+    content: Value,
+) -> Result<HttpResponse> {
+    let room_id = room(&room_id)?;
+    if !content.is_object() {
+        return Err(Error::bad_json("event content must be a JSON object"));
+    }
+    if kind == "m.room.create" {
+        return Err(Error::forbidden("the create event cannot be replaced"));
+    }
+    let draft = EventDraft::state(kind, state_key, user.user_id.clone(), content);
+    let id = s
+        .rooms
+        .send(&room_id, SendEvent { draft, txn: None })
+        .await??;
+    Ok(HttpResponse::Ok().json(json!({"event_id": id})))
+}
+
+#[derive(Deserialize)]
+pub struct FormatQuery {
+    format: Option<String>,
+}
+
+pub async fn get_state_event(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String, String)>,
+    q: web::Query<FormatQuery>,
+) -> Result<HttpResponse> {
+    let (room_id, kind, state_key) = path.into_inner();
+    get_state_event_inner(s, user, room_id, kind, state_key, q.format.clone()).await
+}
+
+pub async fn get_state_event_empty_key(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String)>,
+    q: web::Query<FormatQuery>,
+) -> Result<HttpResponse> {
+    let (room_id, kind) = path.into_inner();
+    get_state_event_inner(s, user, room_id, kind, String::new(), q.format.clone()).await
+}
+
+async fn get_state_event_inner(
+    s: Data,
+    user: AuthedUser,
+    room_id: String,
+    kind: String,
+    state_key: String,
+    format: Option<String>,
+) -> Result<HttpResponse> {
+    let room_id = room(&room_id)?;
+    access::require_joined(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let v = viewer(&user);
+    let r = room_id.to_string();
+    let found = s
+        .core
+        .db
+        .read(move |c| {
+            let Some(id) = state::current_state_entry(c, &r, &kind, &state_key)? else {
+                return Ok(None);
+            };
+            view::client_event_by_id(c, &id, &v, &mut Versions::default())
+        })
+        .await?;
+    let (_, ev) = found.ok_or_else(|| Error::not_found("state event not found"))?;
+    if format.as_deref() == Some("event") {
+        return Ok(HttpResponse::Ok().json(ev));
+    }
+    Ok(HttpResponse::Ok().json(ev.get("content").cloned().unwrap_or(json!({}))))
+}
+
+/// Current state events of a room, as client events.
+async fn current_state_events(s: &Services, room_id: &str, viewer: Viewer) -> Result<Vec<Value>> {
+    let r = room_id.to_owned();
+    Ok(s.core
+        .db
+        .read(move |c| {
+            let ids: Vec<String> = state::current_state(c, &r)?.into_values().collect();
+            let mut rows = events::get_events(c, &ids)?;
+            rows.sort_by_key(|r| r.stream_ordering.unwrap_or(i64::MIN));
+            let version = Versions::default().get(c, &r)?;
+            view::client_events(c, &rows, version, &viewer)
+        })
+        .await?)
+}
+
+pub async fn get_state(s: Data, user: AuthedUser, path: web::Path<String>) -> Result<HttpResponse> {
+    let room_id = room(&path.into_inner())?;
+    access::require_joined(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let evs = current_state_events(&s, room_id.as_str(), viewer(&user)).await?;
+    Ok(HttpResponse::Ok().json(evs))
+}
+
+#[derive(Deserialize)]
+pub struct MembersQuery {
+    membership: Option<String>,
+    not_membership: Option<String>,
+}
+
+pub async fn members(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+    q: web::Query<MembersQuery>,
+) -> Result<HttpResponse> {
+    let room_id = room(&path.into_inner())?;
+    access::require_member_or_past(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let evs = current_state_events(&s, room_id.as_str(), viewer(&user)).await?;
+    let chunk: Vec<Value> = evs
+        .into_iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .filter(|e| {
+            let m = e["content"]["membership"].as_str().unwrap_or_default();
+            q.membership.as_deref().is_none_or(|want| want == m)
+                && q.not_membership.as_deref() != Some(m)
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"chunk": chunk})))
+}
+
+pub async fn joined_members(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let room_id = room(&path.into_inner())?;
+    access::require_joined(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let evs = current_state_events(&s, room_id.as_str(), viewer(&user)).await?;
+    let mut joined = serde_json::Map::new();
+    for e in evs {
+        if e["type"] == "m.room.member"
+            && e["content"]["membership"] == "join"
+            && let Some(u) = e["state_key"].as_str()
+        {
+            joined.insert(
+                u.to_owned(),
+                json!({"display_name": e["content"]["displayname"], "avatar_url": e["content"]["avatar_url"]}),
+            );
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({"joined": joined})))
+}
+
+#[derive(Deserialize)]
+pub struct MessagesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    dir: Option<String>,
+    limit: Option<usize>,
+    filter: Option<String>,
+}
+
+/// The stream window a member may read: `(floor, ceiling]`.
+async fn readable_window(s: &Services, room_id: &str, user_id: &str) -> Result<(i64, i64)> {
+    let m = access::require_member_or_past(s, room_id, user_id).await?;
+    let r = room_id.to_owned();
+    let stream = m.stream_ordering;
+    let floor = s
+        .core
+        .db
+        .read(move |c| visibility_floor(c, &r, stream))
+        .await?;
+    let ceiling = if m.membership == "join" {
+        i64::MAX
+    } else {
+        m.stream_ordering
+    };
+    Ok((floor, ceiling))
+}
+
+pub async fn messages(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+    q: web::Query<MessagesQuery>,
+) -> Result<HttpResponse> {
+    let room_id = room(&path.into_inner())?;
+    let (floor, ceiling) = readable_window(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let backwards = match q.dir.as_deref() {
+        Some("b") | None => true,
+        Some("f") => false,
+        Some(_) => return Err(Error::invalid_param("dir must be b or f")),
+    };
+    let limit = q.limit.unwrap_or(10).clamp(1, 1000) as i64;
+    let parse = |t: &str| {
+        SyncToken::parse(t)
+            .map(|t| t.stream)
+            .ok_or_else(|| Error::invalid_param("invalid pagination token"))
+    };
+    let frontier = s.core.notifier.frontier();
+    let from = match &q.from {
+        Some(t) => parse(t)?,
+        None if backwards => frontier,
+        None => i64::MIN + 1,
+    };
+    let to = q.to.as_deref().map(parse).transpose()?;
+    let filter: crate::sync::filter::EventFilter = match &q.filter {
+        Some(f) => {
+            serde_json::from_str(f).map_err(|e| Error::bad_json(format!("invalid filter: {e}")))?
+        }
+        None => Default::default(),
+    };
+    let v = viewer(&user);
+    let r = room_id.to_string();
+    let upper_bound = ceiling.min(frontier);
+    let (chunk, end, state_events) = s
+        .core
+        .db
+        .read(move |c| {
+            let version = Versions::default().get(c, &r)?;
+            let rows = if backwards {
+                let lo = floor.max(to.unwrap_or(i64::MIN));
+                events::timeline_range(c, &r, lo, from.min(upper_bound), limit, true)?
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+            } else {
+                let hi = upper_bound.min(to.unwrap_or(i64::MAX));
+                events::timeline_range(c, &r, from.max(floor), hi, limit, false)?
+            };
+            let end = if rows.len() as i64 == limit {
+                rows.last()
+                    .and_then(|r| r.stream_ordering)
+                    .map(|s| if backwards { s - 1 } else { s })
+            } else {
+                None
+            };
+            let mut rows = rows;
+            rows.retain(|row| filter.allows(&row.event_type, &row.sender));
+            let chunk = view::client_events(c, &rows, version, &v)?;
+            // Lazy-loading clients get the senders' member events alongside.
+            let mut state_events = Vec::new();
+            if filter.lazy_load_members {
+                let mut senders: Vec<String> = rows.iter().map(|r| r.sender.clone()).collect();
+                senders.sort();
+                senders.dedup();
+                let mut ids = Vec::new();
+                for sender in senders {
+                    if let Some(id) = state::current_state_entry(c, &r, "m.room.member", &sender)? {
+                        ids.push(id);
+                    }
+                }
+                let srows = events::get_events(c, &ids)?;
+                state_events = view::client_events(c, &srows, version, &v)?;
+            }
+            Ok((chunk, end, state_events))
+        })
+        .await?;
+    let mut body = json!({
+        "start": q.from.clone().unwrap_or_else(|| SyncToken::at(from)),
+        "chunk": chunk,
+        "state": state_events,
+    });
+    if let Some(e) = end {
+        body["end"] = json!(SyncToken::at(e));
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// An event the caller may see, with its row.
+async fn visible_event(
+    s: &Services,
+    user: &AuthedUser,
+    room_id: &OwnedRoomId,
+    event_id: &str,
+) -> Result<(crate::storage::events::EventRow, Value)> {
+    let (floor, ceiling) = readable_window(s, room_id.as_str(), user.user_id.as_str()).await?;
+    let v = viewer(user);
+    let e = event_id.to_owned();
+    let found = s
+        .core
+        .db
+        .read(move |c| view::client_event_by_id(c, &e, &v, &mut Versions::default()))
+        .await?;
+    match found {
+        Some((row, ev))
+            if row.room_id == room_id.as_str()
+                && !row.outlier
+                && row
+                    .stream_ordering
+                    .is_some_and(|st| st > floor && st <= ceiling) =>
+        {
+            Ok((row, ev))
+        }
+        _ => Err(Error::not_found("event not found")),
+    }
+}
+
+pub async fn get_event(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (room_id, event_id) = path.into_inner();
+    let room_id = room(&room_id)?;
+    let (_, ev) = visible_event(&s, &user, &room_id, &event_id).await?;
+    Ok(HttpResponse::Ok().json(ev))
+}
+
+#[derive(Deserialize)]
+pub struct ContextQuery {
+    limit: Option<usize>,
+}
+
+pub async fn context(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String)>,
+    q: web::Query<ContextQuery>,
+) -> Result<HttpResponse> {
+    let (room_id, event_id) = path.into_inner();
+    let room_id = room(&room_id)?;
+    let (row, ev) = visible_event(&s, &user, &room_id, &event_id).await?;
+    let (floor, ceiling) = readable_window(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let limit = q.limit.unwrap_or(10).min(100) as i64;
+    let half = (limit / 2).max(if limit > 0 { 1 } else { 0 });
+    let pos = row.stream_ordering.unwrap_or(0);
+    let v = viewer(&user);
+    let r = room_id.to_string();
+    let upper = ceiling.min(s.core.notifier.frontier());
+    let (before, after, st) = s
+        .core
+        .db
+        .read(move |c| {
+            let version = Versions::default().get(c, &r)?;
+            let before_rows: Vec<_> = events::timeline_range(c, &r, floor, pos - 1, half, true)?
+                .into_iter()
+                .rev()
+                .collect();
+            let after_rows = events::timeline_range(c, &r, pos, upper, half, false)?;
+            let before = view::client_events(c, &before_rows, version, &v)?;
+            let after = view::client_events(c, &after_rows, version, &v)?;
+            let ids: Vec<String> = state::current_state(c, &r)?.into_values().collect();
+            let srows = events::get_events(c, &ids)?;
+            let st = view::client_events(c, &srows, version, &v)?;
+            let start = before_rows
+                .last()
+                .and_then(|r| r.stream_ordering)
+                .map(|s| s - 1)
+                .unwrap_or(pos - 1);
+            let end = after_rows
+                .last()
+                .and_then(|r| r.stream_ordering)
+                .unwrap_or(pos);
+            Ok(((before, start), (after, end), st))
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "event": ev,
+        "events_before": before.0,
+        "events_after": after.0,
+        "start": SyncToken::at(before.1),
+        "end": SyncToken::at(after.1),
+        "state": st,
+    })))
+}
+
+#[derive(Deserialize, Default)]
+pub struct RedactBody {
+    reason: Option<String>,
+}
+
+pub async fn redact(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String, String)>,
+    JsonBody(body): JsonBody<RedactBody>,
+) -> Result<HttpResponse> {
+    let (room_id, event_id, txn_id) = path.into_inner();
+    let room_id = room(&room_id)?;
+    let target = OwnedEventId::try_from(event_id.as_str())
+        .map_err(|_| Error::invalid_param("invalid event ID"))?;
+    let key = (user.user_id.to_string(), user.device_id.clone(), txn_id);
+    let k = key.clone();
+    if let Some(id) = s
+        .core
+        .db
+        .read(move |c| events::get_txn(c, &k.0, &k.1, &k.2))
+        .await?
+    {
+        return Ok(HttpResponse::Ok().json(json!({"event_id": id})));
+    }
+    let (row, _) = visible_event(&s, &user, &room_id, target.as_str()).await?;
+    if row.sender != user.user_id.as_str() {
+        // Redacting someone else's event needs the redact power level.
+        let snapshot = s
+            .rooms
+            .send(&room_id, crate::rooms::messages::GetSnapshot)
+            .await??;
+        let pl = snapshot.state.power_levels(snapshot.version);
+        if pl.user_level(user.user_id.as_str()) < pl.redact_level() {
+            return Err(Error::forbidden("you may not redact other users' events"));
+        }
+    }
+    let mut content = json!({});
+    if let Some(r) = body.reason {
+        content["reason"] = json!(r);
+    }
+    let mut draft = EventDraft::new("m.room.redaction", user.user_id.clone(), content);
+    draft.redacts = Some(target);
+    let id = s
+        .rooms
+        .send(
+            &room_id,
+            SendEvent {
+                draft,
+                txn: Some(key),
+            },
+        )
+        .await??;
+    Ok(HttpResponse::Ok().json(json!({"event_id": id})))
+}
+
+/// Whether a room exists on this server (for 404s on unknown rooms).
+pub async fn room_exists(s: &Services, room_id: &str) -> Result<bool> {
+    let r = room_id.to_owned();
+    Ok(s.core
+        .db
+        .read(move |c| rooms::get_room(c, &r))
+        .await?
+        .is_some())
+}

@@ -1,0 +1,174 @@
+//! The Client-Server API. Every `/_matrix/client/v3/...` route is also served under `r0`
+//! (web clients still use it). Handlers parse and authenticate, then call room actors and
+//! services; errors are `crate::error::Error`.
+
+pub mod account;
+pub mod directory;
+pub mod events;
+pub mod misc;
+pub mod profile;
+pub mod rooms;
+pub mod sync;
+pub mod tokens;
+
+use actix_web::web;
+
+/// Routes shared by the `v3` and `r0` prefixes.
+fn routes(cfg: &mut web::ServiceConfig) {
+    use web::{delete, get, post, put};
+    cfg
+        // accounts
+        .route("/register", post().to(account::register))
+        .route("/register/available", get().to(account::register_available))
+        .route("/login", get().to(account::login_flows))
+        .route("/login", post().to(account::login))
+        .route("/logout", post().to(account::logout))
+        .route("/logout/all", post().to(account::logout_all))
+        .route("/account/whoami", get().to(account::whoami))
+        .route("/account/password", post().to(account::change_password))
+        .route("/devices", get().to(account::devices))
+        .route("/devices/{device_id}", get().to(account::get_device))
+        .route("/devices/{device_id}", put().to(account::put_device))
+        .route("/devices/{device_id}", delete().to(account::delete_device))
+        .route("/delete_devices", post().to(account::delete_devices))
+        .route("/capabilities", get().to(misc::capabilities))
+        // rooms and membership
+        .route("/createRoom", post().to(rooms::create_room))
+        .route(
+            "/join/{room_id_or_alias}",
+            post().to(rooms::join_by_id_or_alias),
+        )
+        .route("/joined_rooms", get().to(rooms::joined_rooms))
+        .route("/rooms/{room_id}/join", post().to(rooms::join))
+        .route("/rooms/{room_id}/invite", post().to(rooms::invite))
+        .route("/rooms/{room_id}/leave", post().to(rooms::leave))
+        .route("/rooms/{room_id}/forget", post().to(rooms::forget))
+        .route("/rooms/{room_id}/kick", post().to(rooms::kick))
+        .route("/rooms/{room_id}/ban", post().to(rooms::ban))
+        .route("/rooms/{room_id}/unban", post().to(rooms::unban))
+        // events
+        .route(
+            "/rooms/{room_id}/send/{event_type}/{txn_id}",
+            put().to(events::send),
+        )
+        .route("/rooms/{room_id}/state", get().to(events::get_state))
+        .route(
+            "/rooms/{room_id}/state/{event_type}",
+            get().to(events::get_state_event_empty_key),
+        )
+        .route(
+            "/rooms/{room_id}/state/{event_type}",
+            put().to(events::put_state_empty_key),
+        )
+        .route(
+            "/rooms/{room_id}/state/{event_type}/{state_key:.*}",
+            get().to(events::get_state_event),
+        )
+        .route(
+            "/rooms/{room_id}/state/{event_type}/{state_key:.*}",
+            put().to(events::put_state),
+        )
+        .route(
+            "/rooms/{room_id}/redact/{event_id}/{txn_id}",
+            put().to(events::redact),
+        )
+        .route("/rooms/{room_id}/messages", get().to(events::messages))
+        .route(
+            "/rooms/{room_id}/event/{event_id}",
+            get().to(events::get_event),
+        )
+        .route(
+            "/rooms/{room_id}/context/{event_id}",
+            get().to(events::context),
+        )
+        .route("/rooms/{room_id}/members", get().to(events::members))
+        .route(
+            "/rooms/{room_id}/joined_members",
+            get().to(events::joined_members),
+        )
+        .route(
+            "/rooms/{room_id}/aliases",
+            get().to(directory::room_aliases),
+        )
+        .route("/rooms/{room_id}/typing/{user_id}", put().to(misc::typing))
+        .route(
+            "/rooms/{room_id}/receipt/{receipt_type}/{event_id}",
+            post().to(misc::receipt),
+        )
+        .route(
+            "/rooms/{room_id}/read_markers",
+            post().to(misc::read_markers),
+        )
+        // sync and filters
+        .route("/sync", get().to(sync::sync))
+        .route("/user/{user_id}/filter", post().to(sync::create_filter))
+        .route(
+            "/user/{user_id}/filter/{filter_id}",
+            get().to(sync::get_filter),
+        )
+        // account data
+        .route(
+            "/user/{user_id}/account_data/{type}",
+            get().to(misc::get_account_data),
+        )
+        .route(
+            "/user/{user_id}/account_data/{type}",
+            put().to(misc::put_account_data),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/account_data/{type}",
+            get().to(misc::get_room_account_data),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/account_data/{type}",
+            put().to(misc::put_room_account_data),
+        )
+        // profile
+        .route("/profile/{user_id}", get().to(profile::get_profile))
+        .route(
+            "/profile/{user_id}/displayname",
+            get().to(profile::get_displayname),
+        )
+        .route(
+            "/profile/{user_id}/displayname",
+            put().to(profile::set_displayname),
+        )
+        .route(
+            "/profile/{user_id}/avatar_url",
+            get().to(profile::get_avatar_url),
+        )
+        .route(
+            "/profile/{user_id}/avatar_url",
+            put().to(profile::set_avatar_url),
+        )
+        // directory
+        .route("/directory/room/{alias}", get().to(directory::get_alias))
+        .route("/directory/room/{alias}", put().to(directory::put_alias))
+        .route(
+            "/directory/room/{alias}",
+            delete().to(directory::delete_alias),
+        )
+        .route(
+            "/directory/list/room/{room_id}",
+            get().to(directory::get_visibility),
+        )
+        .route(
+            "/directory/list/room/{room_id}",
+            put().to(directory::set_visibility),
+        )
+        .route("/publicRooms", get().to(directory::public_rooms))
+        .route("/publicRooms", post().to(directory::public_rooms_post))
+        // push rules, presence
+        .route("/pushrules/", get().to(misc::push_rules))
+        .route("/pushrules", get().to(misc::push_rules))
+        .route("/pushrules/global/", get().to(misc::push_rules_global))
+        .route("/presence/{user_id}/status", get().to(misc::get_presence))
+        .route("/presence/{user_id}/status", put().to(misc::set_presence));
+}
+
+/// Registers the client API on an app.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/_matrix/client/versions", web::get().to(misc::versions))
+        .service(web::scope("/_matrix/client/v3").configure(routes))
+        .service(web::scope("/_matrix/client/r0").configure(routes));
+}

@@ -1,0 +1,370 @@
+//! Room creation and membership: createRoom, join, invite, leave, forget, kick, ban, unban,
+//! joined_rooms.
+
+use actix_web::{HttpResponse, web};
+use ruma::{OwnedRoomId, OwnedUserId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use weft_protocol::RoomVersion;
+use weft_protocol::builder::{self, EventDraft, Position};
+
+use super::tokens::AuthedUser;
+use crate::error::{Error, Result};
+use crate::http::body::JsonBody;
+use crate::rooms::access;
+use crate::rooms::create::{self, CreateRoomRequest};
+use crate::rooms::messages::{InitRoom, SendEvent};
+use crate::services::Services;
+use crate::storage::{self, rooms, users};
+
+type Data = web::Data<Services>;
+
+fn parse_room_id(s: &str) -> Result<OwnedRoomId> {
+    OwnedRoomId::try_from(s).map_err(|_| Error::invalid_param("invalid room ID"))
+}
+
+fn parse_user_id(s: &str) -> Result<OwnedUserId> {
+    OwnedUserId::try_from(s).map_err(|_| Error::invalid_param("invalid user ID"))
+}
+
+/// The caller's display name and avatar (for membership events).
+pub async fn profile_of(s: &Services, user_id: &str) -> Result<(Option<String>, Option<String>)> {
+    let u = user_id.to_owned();
+    let row = s.core.db.read(move |c| users::get_user(c, &u)).await?;
+    Ok(row
+        .map(|r| (r.displayname, r.avatar_url))
+        .unwrap_or((None, None)))
+}
+
+pub async fn create_room(
+    s: Data,
+    user: AuthedUser,
+    JsonBody(req): JsonBody<CreateRoomRequest>,
+) -> Result<HttpResponse> {
+    let version_id = req
+        .room_version
+        .clone()
+        .unwrap_or_else(|| s.core.config.rooms.default_version.clone());
+    let version = RoomVersion::parse(&version_id).ok_or_else(|| {
+        Error::UnsupportedRoomVersion(format!("room version {version_id} is not supported"))
+    })?;
+    if version.is_linearized() {
+        return Err(Error::UnsupportedRoomVersion(
+            "Linearized Matrix rooms are created through the hub API".into(),
+        ));
+    }
+    let alias = match &req.room_alias_name {
+        Some(name) => {
+            if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
+                return Err(Error::InvalidParam("invalid room_alias_name".into()));
+            }
+            let alias = format!("#{name}:{}", s.server_name());
+            ruma::RoomAliasId::parse(&alias)
+                .map_err(|_| Error::InvalidParam("invalid room_alias_name".into()))?;
+            let a = alias.clone();
+            if s.core
+                .db
+                .read(move |c| rooms::get_alias(c, &a))
+                .await?
+                .is_some()
+            {
+                return Err(Error::RoomInUse("room alias already taken".into()));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
+    let profile = profile_of(&s, user.user_id.as_str()).await?;
+    let plan = create::plan(&req, &user.user_id, version, alias.as_deref(), profile)?;
+
+    // The create event: in v12 it names the room, so it is built before the room exists.
+    let room_id_v11 = (!version.room_id_from_create_event())
+        .then(|| format!("!{}:{}", crate::core::random_string(18), s.server_name()))
+        .map(|r| parse_room_id(&r))
+        .transpose()?;
+    let mut create_draft = plan.create.clone();
+    create_draft.origin_server_ts = storage::now_ms() as u64;
+    let position = Position {
+        version,
+        room_id: room_id_v11.as_deref(),
+        prev_events: vec![],
+        auth_events: vec![],
+        depth: 1,
+    };
+    let create_pdu = builder::build_pdu(&create_draft, &position, s.server_name(), &s.core.key)
+        .map_err(|e| Error::bad_json(e.to_string()))?;
+    let room_id = create_pdu.room_id().to_owned();
+
+    s.rooms.create(&room_id, version)?;
+    s.rooms
+        .send(
+            &room_id,
+            InitRoom {
+                version,
+                create: create_pdu,
+                drafts: plan.rest,
+            },
+        )
+        .await??;
+
+    if let Some(alias) = &alias {
+        let (a, r, u) = (alias.clone(), room_id.to_string(), user.user_id.to_string());
+        s.core
+            .db
+            .write(alias, move |c| rooms::create_alias(c, &a, &r, &u))
+            .await?;
+    }
+    if plan.publish {
+        let r = room_id.to_string();
+        s.core
+            .db
+            .write(room_id.as_str(), move |c| rooms::set_public(c, &r, true))
+            .await?;
+    }
+    tracing::info!(room = %room_id, version = %version, creator = %user.user_id, "room created");
+    let mut body = json!({"room_id": room_id});
+    if let Some(alias) = alias {
+        body["room_alias"] = json!(alias);
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Sends a membership event for `target` and returns its event ID.
+async fn membership_event(
+    s: &Services,
+    room_id: &OwnedRoomId,
+    sender: &OwnedUserId,
+    target: &str,
+    mut content: Value,
+    reason: Option<String>,
+) -> Result<ruma::OwnedEventId> {
+    if let Some(r) = reason.filter(|r| !r.is_empty()) {
+        content["reason"] = json!(r);
+    }
+    let draft = EventDraft::state("m.room.member", target, sender.clone(), content);
+    s.rooms
+        .send(room_id, SendEvent { draft, txn: None })
+        .await?
+}
+
+#[derive(Deserialize, Default)]
+pub struct JoinBody {
+    reason: Option<String>,
+}
+
+async fn join_room(
+    s: &Services,
+    user: &AuthedUser,
+    room_id: &OwnedRoomId,
+    reason: Option<String>,
+) -> Result<()> {
+    let local_room = {
+        let r = room_id.to_string();
+        s.core
+            .db
+            .read(move |c| rooms::get_room(c, &r))
+            .await?
+            .is_some()
+    };
+    if !local_room {
+        return Err(Error::not_found("no known servers for this room"));
+    }
+    let (name, avatar) = profile_of(s, user.user_id.as_str()).await?;
+    let mut content = json!({"membership": "join"});
+    if let Some(n) = name {
+        content["displayname"] = json!(n);
+    }
+    if let Some(a) = avatar {
+        content["avatar_url"] = json!(a);
+    }
+    membership_event(
+        s,
+        room_id,
+        &user.user_id,
+        user.user_id.as_str(),
+        content,
+        reason,
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn join_by_id_or_alias(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<JoinBody>,
+) -> Result<HttpResponse> {
+    let (room_id, _servers) = access::resolve(&s, &path.into_inner()).await?;
+    join_room(&s, &user, &room_id, body.reason).await?;
+    Ok(HttpResponse::Ok().json(json!({"room_id": room_id})))
+}
+
+pub async fn join(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<JoinBody>,
+) -> Result<HttpResponse> {
+    let room_id = parse_room_id(&path.into_inner())?;
+    join_room(&s, &user, &room_id, body.reason).await?;
+    Ok(HttpResponse::Ok().json(json!({"room_id": room_id})))
+}
+
+#[derive(Deserialize)]
+pub struct TargetBody {
+    user_id: String,
+    reason: Option<String>,
+}
+
+pub async fn invite(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> Result<HttpResponse> {
+    let room_id = parse_room_id(&path.into_inner())?;
+    let target = parse_user_id(&body.user_id)?;
+    membership_event(
+        &s,
+        &room_id,
+        &user.user_id,
+        target.as_str(),
+        json!({"membership": "invite"}),
+        body.reason,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+pub async fn leave(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<JoinBody>,
+) -> Result<HttpResponse> {
+    let room_id = parse_room_id(&path.into_inner())?;
+    let current = access::membership(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    match current.as_ref().map(|m| m.membership.as_str()) {
+        Some("join" | "invite" | "knock") => {
+            membership_event(
+                &s,
+                &room_id,
+                &user.user_id,
+                user.user_id.as_str(),
+                json!({"membership": "leave"}),
+                body.reason,
+            )
+            .await?;
+        }
+        // Already out: leaving is idempotent.
+        Some("leave" | "ban") => {}
+        _ => return Err(Error::not_found("you are not in this room")),
+    }
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+pub async fn forget(s: Data, user: AuthedUser, path: web::Path<String>) -> Result<HttpResponse> {
+    let room_id = parse_room_id(&path.into_inner())?;
+    let current = access::membership(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    match current.as_ref().map(|m| m.membership.as_str()) {
+        Some("leave" | "ban") => {
+            let (r, u) = (room_id.to_string(), user.user_id.to_string());
+            s.core
+                .db
+                .write(user.user_id.as_str(), move |c| rooms::forget(c, &r, &u))
+                .await?;
+            Ok(HttpResponse::Ok().json(json!({})))
+        }
+        Some(_) => Err(Error::BadState(
+            "you must leave the room before forgetting it".into(),
+        )),
+        None => Err(Error::not_found("you are not in this room")),
+    }
+}
+
+pub async fn kick(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> Result<HttpResponse> {
+    let room_id = parse_room_id(&path.into_inner())?;
+    let target = parse_user_id(&body.user_id)?;
+    let current = access::membership(&s, room_id.as_str(), target.as_str()).await?;
+    if !matches!(
+        current.as_ref().map(|m| m.membership.as_str()),
+        Some("join" | "invite" | "knock")
+    ) {
+        return Err(Error::forbidden("the user is not in the room"));
+    }
+    membership_event(
+        &s,
+        &room_id,
+        &user.user_id,
+        target.as_str(),
+        json!({"membership": "leave"}),
+        body.reason,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+pub async fn ban(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> Result<HttpResponse> {
+    let room_id = parse_room_id(&path.into_inner())?;
+    let target = parse_user_id(&body.user_id)?;
+    membership_event(
+        &s,
+        &room_id,
+        &user.user_id,
+        target.as_str(),
+        json!({"membership": "ban"}),
+        body.reason,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+pub async fn unban(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> Result<HttpResponse> {
+    let room_id = parse_room_id(&path.into_inner())?;
+    let target = parse_user_id(&body.user_id)?;
+    let current = access::membership(&s, room_id.as_str(), target.as_str()).await?;
+    if current.as_ref().map(|m| m.membership.as_str()) != Some("ban") {
+        return Err(Error::forbidden("the user is not banned"));
+    }
+    membership_event(
+        &s,
+        &room_id,
+        &user.user_id,
+        target.as_str(),
+        json!({"membership": "leave"}),
+        body.reason,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+pub async fn joined_rooms(s: Data, user: AuthedUser) -> Result<HttpResponse> {
+    let u = user.user_id.to_string();
+    let rows = s
+        .core
+        .db
+        .read(move |c| rooms::rooms_for_user(c, &u))
+        .await?;
+    let joined: Vec<String> = rows
+        .into_iter()
+        .filter(|m| m.membership == "join")
+        .map(|m| m.room_id)
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"joined_rooms": joined})))
+}

@@ -1,0 +1,156 @@
+//! `GET /sync` (with long-polling) and the filter endpoints.
+
+use std::time::{Duration, Instant};
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::tokens::AuthedUser;
+use crate::error::{Error, Result};
+use crate::http::body::JsonBody;
+use crate::rooms::view::Viewer;
+use crate::services::Services;
+use crate::storage::account;
+use crate::sync::filter::Filter;
+use crate::sync::{self, SyncRequest, SyncToken};
+
+type Data = web::Data<Services>;
+
+#[derive(Deserialize)]
+pub struct SyncQuery {
+    since: Option<String>,
+    timeout: Option<u64>,
+    filter: Option<String>,
+    full_state: Option<bool>,
+    #[allow(dead_code)]
+    set_presence: Option<String>,
+}
+
+async fn load_filter(s: &Services, user: &AuthedUser, filter: Option<&str>) -> Result<Filter> {
+    let Some(f) = filter.filter(|f| !f.is_empty()) else {
+        return Ok(Filter::default());
+    };
+    let value: Value = if f.trim_start().starts_with('{') {
+        serde_json::from_str(f).map_err(|e| Error::bad_json(format!("invalid filter: {e}")))?
+    } else {
+        let id: i64 = f
+            .parse()
+            .map_err(|_| Error::invalid_param("invalid filter ID"))?;
+        let u = user.user_id.to_string();
+        let json = s
+            .core
+            .db
+            .read(move |c| account::get_filter(c, &u, id))
+            .await?
+            .ok_or_else(|| Error::not_found("unknown filter"))?;
+        serde_json::from_str(&json).map_err(|e| Error::internal(format!("stored filter: {e}")))?
+    };
+    Filter::from_value(value).map_err(|e| Error::bad_json(format!("invalid filter: {e}")))
+}
+
+pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result<HttpResponse> {
+    let since = match &q.since {
+        Some(t) => {
+            Some(SyncToken::parse(t).ok_or_else(|| Error::invalid_param("invalid since token"))?)
+        }
+        None => None,
+    };
+    let filter = load_filter(&s, &user, q.filter.as_deref()).await?;
+    let timeout = Duration::from_millis(
+        q.timeout
+            .unwrap_or(0)
+            .min(s.core.config.limits.max_sync_timeout_ms),
+    );
+    let deadline = Instant::now() + timeout;
+    let full_state = q.full_state.unwrap_or(false);
+    let viewer = Viewer {
+        user_id: user.user_id.to_string(),
+        device_id: user.device_id.clone(),
+    };
+    loop {
+        // Subscribe before reading: a write completing in between still wakes us.
+        let mut rx = s.core.notifier.subscribe(user.user_id.as_str());
+        let upto = s.core.notifier.frontier();
+        // A token from the future (e.g. positions lost in a crash) reads as "now".
+        let since = since.map(|t| SyncToken {
+            stream: t.stream.min(upto),
+            typing: t.typing,
+        });
+        let s2 = s.clone();
+        let (f, v) = (filter.clone(), viewer.clone());
+        let typing_now = s.typing.current();
+        let result = s
+            .core
+            .db
+            .read(move |c| {
+                sync::compute(
+                    c,
+                    &SyncRequest {
+                        viewer: v,
+                        since,
+                        upto,
+                        typing_now,
+                        filter: &f,
+                        full_state,
+                        typing: &s2.typing,
+                    },
+                )
+            })
+            .await?;
+        let now = Instant::now();
+        if result.has_changes || since.is_none() || full_state || now >= deadline {
+            return Ok(HttpResponse::Ok().json(result.body));
+        }
+        if tokio::time::timeout(deadline - now, rx.changed())
+            .await
+            .is_err()
+        {
+            // Timed out: one last read so the token moves on.
+            continue;
+        }
+    }
+}
+
+pub async fn create_filter(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<HttpResponse> {
+    if path.as_str() != user.user_id.as_str() {
+        return Err(Error::forbidden("cannot create filters for other users"));
+    }
+    Filter::from_value(body.clone())
+        .map_err(|e| Error::bad_json(format!("invalid filter: {e}")))?;
+    let (u, json) = (user.user_id.to_string(), body.to_string());
+    let id = s
+        .core
+        .db
+        .write(user.user_id.as_str(), move |c| {
+            account::create_filter(c, &u, &json)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"filter_id": id.to_string()})))
+}
+
+pub async fn get_filter(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (owner, id) = path.into_inner();
+    if owner != user.user_id.as_str() {
+        return Err(Error::forbidden("cannot read filters of other users"));
+    }
+    let id: i64 = id.parse().map_err(|_| Error::not_found("unknown filter"))?;
+    let u = user.user_id.to_string();
+    let json = s
+        .core
+        .db
+        .read(move |c| account::get_filter(c, &u, id))
+        .await?
+        .ok_or_else(|| Error::not_found("unknown filter"))?;
+    let v: Value = serde_json::from_str(&json).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(v))
+}

@@ -1,0 +1,139 @@
+//! Access tokens: issuing them, the `AuthedUser` extractor, and a cache in front of the
+//! database. Tokens are stored only as SHA-256 hashes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, web};
+use parking_lot::Mutex;
+use ruma::OwnedUserId;
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::services::Services;
+use crate::storage::{self, users};
+
+/// The authenticated caller of a client API request.
+#[derive(Debug, Clone)]
+pub struct AuthedUser {
+    pub user_id: OwnedUserId,
+    pub device_id: String,
+    pub is_admin: bool,
+    /// Hash of the token used (for logout).
+    pub token_hash: String,
+}
+
+#[derive(Default)]
+pub struct TokenCache {
+    map: Mutex<HashMap<String, (OwnedUserId, String, bool)>>,
+}
+
+impl TokenCache {
+    pub fn forget(&self, hashes: &[String]) {
+        let mut map = self.map.lock();
+        for h in hashes {
+            map.remove(h);
+        }
+    }
+}
+
+pub fn hash_token(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new random access token.
+pub fn new_token() -> String {
+    format!("wft_{}", crate::core::random_string(40))
+}
+
+fn token_from_request(req: &HttpRequest) -> Option<String> {
+    if let Some(h) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        && let Some(t) = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+    {
+        return Some(t.trim().to_owned());
+    }
+    web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("access_token").cloned())
+}
+
+/// Resolves a token to its user and device.
+pub async fn authenticate(services: &Services, token: &str) -> Result<AuthedUser, Error> {
+    let hash = hash_token(token);
+    if let Some((user_id, device_id, is_admin)) = services.tokens.map.lock().get(&hash).cloned() {
+        return Ok(AuthedUser {
+            user_id,
+            device_id,
+            is_admin,
+            token_hash: hash,
+        });
+    }
+    let h = hash.clone();
+    let found = services
+        .core
+        .db
+        .read(move |c| users::lookup_token(c, &h))
+        .await?;
+    let Some((user_id, device_id, is_admin)) = found else {
+        return Err(Error::UnknownToken);
+    };
+    let user_id = OwnedUserId::try_from(user_id)
+        .map_err(|e| Error::Storage(storage::StorageError::Corrupt(e.to_string())))?;
+    services
+        .tokens
+        .map
+        .lock()
+        .insert(hash.clone(), (user_id.clone(), device_id.clone(), is_admin));
+    Ok(AuthedUser {
+        user_id,
+        device_id,
+        is_admin,
+        token_hash: hash,
+    })
+}
+
+impl FromRequest for AuthedUser {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let token = token_from_request(req);
+        let services = req.app_data::<web::Data<Services>>().cloned();
+        Box::pin(async move {
+            let token = token.ok_or(Error::MissingToken)?;
+            let services = services.ok_or_else(|| Error::internal("services missing"))?;
+            authenticate(&services, &token).await
+        })
+    }
+}
+
+/// Issues a token for a device (creating the device if needed). Returns the token.
+pub async fn issue(
+    services: &Services,
+    user_id: &str,
+    device_id: &str,
+    display_name: Option<String>,
+) -> Result<String, Error> {
+    let token = new_token();
+    let hash = hash_token(&token);
+    let (u, d) = (user_id.to_owned(), device_id.to_owned());
+    let now = storage::now_ms();
+    services
+        .core
+        .db
+        .write(user_id, move |c| {
+            let created = users::upsert_device(c, &u, &d, display_name.as_deref(), now)?;
+            users::insert_token(c, &hash, &u, &d, now)?;
+            Ok(created)
+        })
+        .await?;
+    Ok(token)
+}

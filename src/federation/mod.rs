@@ -1,0 +1,3 @@
+//! Server-Server API.
+
+pub mod keys;

@@ -1,0 +1,18 @@
+//! weft: a Matrix homeserver for interoperable messaging.
+//!
+//! See `docs/ARCHITECTURE.md` for the map of the code.
+
+pub mod accounts;
+pub mod client_api;
+pub mod config;
+pub mod core;
+pub mod devices;
+pub mod error;
+pub mod federation;
+pub mod http;
+pub mod notifier;
+pub mod rooms;
+pub mod server;
+pub mod services;
+pub mod storage;
+pub mod sync;

@@ -1,0 +1,130 @@
+//! Rooms: one actor per room ([`actor::RoomActor`]), started on demand by the
+//! [`RoomRegistry`] and stopped when idle.
+//!
+//! Room actors live on a fixed set of arbiters (threads), a room always on the same one, so
+//! rooms run in parallel while each room's events are strictly ordered by its actor.
+
+pub mod access;
+pub mod actor;
+pub mod create;
+pub mod messages;
+pub mod persist;
+pub mod state;
+pub mod typing;
+pub mod view;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+use ruma::{OwnedRoomId, RoomId};
+use weft_protocol::RoomVersion;
+
+use crate::core::Core;
+use crate::error::{Error, Result};
+use actor::RoomActor;
+
+pub(crate) type ActorMap = Arc<Mutex<HashMap<OwnedRoomId, Addr<RoomActor>>>>;
+
+pub struct RoomRegistry {
+    core: Arc<Core>,
+    actors: ActorMap,
+    arbiters: Vec<ArbiterHandle>,
+}
+
+impl RoomRegistry {
+    /// Starts the arbiters that host room actors.
+    pub fn new(core: Arc<Core>) -> Self {
+        let threads = match core.config.actors.room_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            n => n,
+        };
+        let arbiters = (0..threads).map(|_| Arbiter::new().handle()).collect();
+        Self {
+            core,
+            actors: Arc::new(Mutex::new(HashMap::new())),
+            arbiters,
+        }
+    }
+
+    fn arbiter_for(&self, room_id: &RoomId) -> &ArbiterHandle {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in room_id.as_str().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        &self.arbiters[(h % self.arbiters.len() as u64) as usize]
+    }
+
+    fn start(&self, room_id: &RoomId, fresh: Option<RoomVersion>) -> Addr<RoomActor> {
+        let core = Arc::clone(&self.core);
+        let actors = Arc::clone(&self.actors);
+        let id = room_id.to_owned();
+        RoomActor::start_in_arbiter(self.arbiter_for(room_id), move |_ctx| {
+            RoomActor::new(core, actors, id, fresh)
+        })
+    }
+
+    /// The actor of an existing room (loading it if needed). Unknown rooms answer
+    /// `M_NOT_FOUND` to every message.
+    pub fn get(&self, room_id: &RoomId) -> Addr<RoomActor> {
+        let mut map = self.actors.lock();
+        if let Some(addr) = map.get(room_id)
+            && addr.connected()
+        {
+            return addr.clone();
+        }
+        let addr = self.start(room_id, None);
+        map.insert(room_id.to_owned(), addr.clone());
+        addr
+    }
+
+    /// Starts the actor of a room being created here.
+    pub fn create(&self, room_id: &RoomId, version: RoomVersion) -> Result<Addr<RoomActor>> {
+        let mut map = self.actors.lock();
+        if map.get(room_id).is_some_and(|a| a.connected()) {
+            return Err(Error::RoomInUse("room already exists".into()));
+        }
+        let addr = self.start(room_id, Some(version));
+        map.insert(room_id.to_owned(), addr.clone());
+        Ok(addr)
+    }
+
+    /// Sends a message to a room's actor, waiting for mailbox space (backpressure). If the
+    /// actor stopped in between (idle, or restarting after a failed write), a fresh one is
+    /// started and the message sent again.
+    pub async fn send<M>(&self, room_id: &RoomId, msg: M) -> Result<M::Result>
+    where
+        M: Message + Send + Clone + 'static,
+        M::Result: Send,
+        RoomActor: Handler<M>,
+    {
+        let mut last = None;
+        for attempt in 0..3 {
+            let addr = self.get(room_id);
+            match addr.send(msg.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(MailboxError::Closed) => {
+                    {
+                        let mut map = self.actors.lock();
+                        if map.get(room_id).is_some_and(|a| *a == addr) {
+                            map.remove(room_id);
+                        }
+                    }
+                    last = Some(MailboxError::Closed);
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * (attempt + 1))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last.map(Error::from).unwrap_or(Error::Overloaded))
+    }
+
+    /// Number of live room actors (for the status page).
+    pub fn live_actors(&self) -> usize {
+        self.actors.lock().len()
+    }
+}

@@ -1,0 +1,165 @@
+//! A room's current state held in memory by its actor: the state events themselves (so auth
+//! checks never touch the database) and the state group that names this state on disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ruma::events::StateEventType;
+use ruma::{EventId, OwnedEventId};
+use weft_protocol::auth::{PowerLevels, StateMap};
+use weft_protocol::{Pdu, RoomVersion};
+
+use crate::storage::state::{MAX_DELTA_DEPTH, StateDelta, StateIds};
+
+#[derive(Debug, Clone, Default)]
+pub struct CurrentState {
+    pub events: StateMap<Arc<Pdu>>,
+    /// The stored group holding exactly this state, with its delta depth.
+    pub group: Option<(i64, i32)>,
+}
+
+fn key(kind: &str, state_key: &str) -> (StateEventType, String) {
+    (StateEventType::from(kind), state_key.to_owned())
+}
+
+impl CurrentState {
+    pub fn get(&self, kind: &str, state_key: &str) -> Option<&Arc<Pdu>> {
+        self.events.get(&key(kind, state_key))
+    }
+
+    pub fn content(&self, kind: &str, state_key: &str) -> Option<serde_json::Value> {
+        self.get(kind, state_key).map(|e| e.content_value())
+    }
+
+    pub fn ids(&self) -> StateMap<OwnedEventId> {
+        self.events
+            .iter()
+            .map(|(k, v)| (k.clone(), v.owned_event_id()))
+            .collect()
+    }
+
+    pub fn string_ids(&self) -> StateIds {
+        self.events
+            .iter()
+            .map(|((t, k), v)| ((t.to_string(), k.clone()), v.event_id().to_string()))
+            .collect()
+    }
+
+    pub fn by_id(&self, id: &EventId) -> Option<Arc<Pdu>> {
+        self.events.values().find(|e| e.event_id() == id).cloned()
+    }
+
+    pub fn membership(&self, user: &str) -> Option<String> {
+        self.get("m.room.member", user).and_then(|e| e.membership())
+    }
+
+    /// Users whose current membership is `membership`.
+    pub fn members_with(&self, membership: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|((t, _), e)| {
+                t.to_string() == "m.room.member" && e.membership().as_deref() == Some(membership)
+            })
+            .map(|((_, k), _)| k.clone())
+            .collect()
+    }
+
+    /// The room's creators (the create event's sender, plus v12 `additional_creators`).
+    pub fn creators(&self) -> Vec<String> {
+        let Some(create) = self.get("m.room.create", "") else {
+            return Vec::new();
+        };
+        let content = create.content_value();
+        let mut out = vec![
+            content
+                .get("creator")
+                .and_then(|c| c.as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| create.sender().to_string()),
+        ];
+        if let Some(extra) = content
+            .get("additional_creators")
+            .and_then(|a| a.as_array())
+        {
+            out.extend(extra.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+        }
+        out
+    }
+
+    pub fn power_levels(&self, version: RoomVersion) -> PowerLevels {
+        PowerLevels::new(
+            version,
+            self.content("m.room.power_levels", ""),
+            self.creators(),
+        )
+    }
+
+    pub fn join_rule(&self) -> String {
+        self.content("m.room.join_rules", "")
+            .and_then(|c| {
+                c.get("join_rule")
+                    .and_then(|j| j.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "invite".into())
+    }
+
+    /// Applies a state event; returns the new state group to write.
+    pub fn apply(&mut self, pdu: &Arc<Pdu>, new_group_id: i64) -> crate::rooms::persist::NewGroup {
+        let (t, k) = (
+            pdu.kind_str(),
+            pdu.state_key().unwrap_or_default().to_owned(),
+        );
+        self.events.insert(key(&t, &k), Arc::clone(pdu));
+        let delta: StateDelta = vec![((t, k), Some(pdu.event_id().to_string()))];
+        let group = match self.group {
+            Some((parent, depth)) if depth < MAX_DELTA_DEPTH => crate::rooms::persist::NewGroup {
+                id: new_group_id,
+                parent: Some((parent, depth)),
+                entries: delta.clone(),
+            },
+            _ => crate::rooms::persist::NewGroup {
+                id: new_group_id,
+                parent: None,
+                entries: self
+                    .string_ids()
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v)))
+                    .collect(),
+            },
+        };
+        let depth = group.parent.map(|(_, d)| d + 1).unwrap_or(0);
+        self.group = Some((new_group_id, depth));
+        group
+    }
+
+    /// Stripped state for invites: the events a client needs to show the room.
+    pub fn stripped_for_invite(&self) -> Vec<serde_json::Value> {
+        [
+            "m.room.create",
+            "m.room.join_rules",
+            "m.room.name",
+            "m.room.canonical_alias",
+            "m.room.avatar",
+            "m.room.encryption",
+            "m.room.topic",
+        ]
+        .iter()
+        .filter_map(|t| self.get(t, ""))
+        .map(|e| weft_protocol::client_event::stripped_state(e))
+        .collect()
+    }
+
+    /// Auth state as a map by type/state key (for the protocol crate's checks).
+    pub fn as_map(&self) -> &StateMap<Arc<Pdu>> {
+        &self.events
+    }
+
+    /// Index by event ID, for auth-event lookups.
+    pub fn index(&self) -> HashMap<OwnedEventId, Arc<Pdu>> {
+        self.events
+            .values()
+            .map(|e| (e.owned_event_id(), Arc::clone(e)))
+            .collect()
+    }
+}

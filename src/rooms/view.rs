@@ -1,0 +1,122 @@
+//! How stored events look to a client: the Client-Server event format with `unsigned`
+//! (age, the viewer's own transaction ID, `redacted_because`), with redactions applied.
+//! Runs inside a database read (synchronous).
+
+use std::collections::HashMap;
+
+use ruma::CanonicalJsonValue;
+use serde_json::{Map, Value, json};
+use weft_protocol::client_event::client_event;
+use weft_protocol::redaction::redact;
+use weft_protocol::{Pdu, RoomVersion};
+
+use crate::rooms::actor::parse_row;
+use crate::storage::events::EventRow;
+use crate::storage::{AnyConnection, StorageResult, events, now_ms, rooms};
+
+/// Who is looking (their own transaction IDs are shown back to them).
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub user_id: String,
+    pub device_id: String,
+}
+
+/// Caches room versions during one request.
+#[derive(Default)]
+pub struct Versions(HashMap<String, RoomVersion>);
+
+impl Versions {
+    pub fn get(&mut self, conn: &mut AnyConnection, room_id: &str) -> StorageResult<RoomVersion> {
+        if let Some(v) = self.0.get(room_id) {
+            return Ok(*v);
+        }
+        let v = rooms::get_room(conn, room_id)?
+            .and_then(|r| RoomVersion::parse(&r.room_version))
+            .unwrap_or(RoomVersion::V11);
+        self.0.insert(room_id.to_owned(), v);
+        Ok(v)
+    }
+}
+
+/// Parses a row, applying a redaction if it has been redacted.
+pub fn pdu_of(row: &EventRow, version: RoomVersion) -> StorageResult<Pdu> {
+    let pdu = parse_row(&row.event_id, &row.json, version)?;
+    if row.redacted_by.is_none() {
+        return Ok(pdu);
+    }
+    let redacted = redact(pdu.json(), version)
+        .map_err(|e| crate::storage::StorageError::Corrupt(e.to_string()))?;
+    Pdu::from_json_with_id(pdu.owned_event_id(), redacted, version)
+        .map_err(|e| crate::storage::StorageError::Corrupt(e.to_string()))
+}
+
+/// Client events for rows of one room, in the given order.
+pub fn client_events(
+    conn: &mut AnyConnection,
+    rows: &[EventRow],
+    version: RoomVersion,
+    viewer: &Viewer,
+) -> StorageResult<Vec<Value>> {
+    let own: Vec<String> = rows
+        .iter()
+        .filter(|r| r.sender == viewer.user_id)
+        .map(|r| r.event_id.clone())
+        .collect();
+    let txns: HashMap<String, String> = if own.is_empty() {
+        HashMap::new()
+    } else {
+        events::txn_for_event(conn, &viewer.user_id, &viewer.device_id, &own)?
+            .into_iter()
+            .collect()
+    };
+    let redaction_ids: Vec<String> = rows.iter().filter_map(|r| r.redacted_by.clone()).collect();
+    let redactions: HashMap<String, EventRow> = if redaction_ids.is_empty() {
+        HashMap::new()
+    } else {
+        events::get_events(conn, &redaction_ids)?
+            .into_iter()
+            .map(|r| (r.event_id.clone(), r))
+            .collect()
+    };
+    let now = now_ms();
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let pdu = pdu_of(row, version)?;
+        let mut unsigned = Map::new();
+        unsigned.insert("age".into(), json!((now - row.origin_server_ts).max(0)));
+        if let Some(t) = txns.get(&row.event_id) {
+            unsigned.insert("transaction_id".into(), json!(t));
+        }
+        if let Some(rid) = &row.redacted_by
+            && let Some(r) = redactions.get(rid)
+            && let Ok(rp) = parse_row(&r.event_id, &r.json, version)
+        {
+            unsigned.insert("redacted_because".into(), client_event(&rp, Map::new()));
+        }
+        out.push(client_event(&pdu, unsigned));
+    }
+    Ok(out)
+}
+
+/// One event for a client, by ID, with its room's version.
+pub fn client_event_by_id(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    viewer: &Viewer,
+    versions: &mut Versions,
+) -> StorageResult<Option<(EventRow, Value)>> {
+    let Some(row) = events::get_event(conn, event_id)? else {
+        return Ok(None);
+    };
+    let version = versions.get(conn, &row.room_id)?;
+    let mut evs = client_events(conn, std::slice::from_ref(&row), version, viewer)?;
+    Ok(evs.pop().map(|e| (row, e)))
+}
+
+/// A string field of a canonical object (helper for stored JSON).
+pub fn field_str<'a>(obj: &'a ruma::CanonicalJsonObject, key: &str) -> Option<&'a str> {
+    match obj.get(key) {
+        Some(CanonicalJsonValue::String(s)) => Some(s),
+        _ => None,
+    }
+}

@@ -1,0 +1,32 @@
+//! `Services`: what HTTP handlers are given (as `web::Data<Services>`): the core handles, the
+//! room registry, the access-token cache and the typing tracker. Handlers stay thin: they
+//! parse, authenticate and call into these.
+
+use std::sync::Arc;
+
+use crate::client_api::tokens::TokenCache;
+use crate::core::Core;
+use crate::rooms::RoomRegistry;
+use crate::rooms::typing::Typing;
+
+pub struct Services {
+    pub core: Arc<Core>,
+    pub rooms: Arc<RoomRegistry>,
+    pub tokens: TokenCache,
+    pub typing: Typing,
+}
+
+impl Services {
+    pub fn new(core: Arc<Core>) -> Arc<Self> {
+        Arc::new(Self {
+            rooms: Arc::new(RoomRegistry::new(Arc::clone(&core))),
+            tokens: TokenCache::default(),
+            typing: Typing::default(),
+            core,
+        })
+    }
+
+    pub fn server_name(&self) -> &str {
+        self.core.server_name()
+    }
+}

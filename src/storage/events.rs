@@ -1,0 +1,225 @@
+//! Events: the signed JSON of every event we hold, with the columns queries need, and the
+//! client transaction-ID map.
+
+use diesel::prelude::*;
+
+use super::schema::{event_txns, events};
+use super::{AnyConnection, StorageResult};
+
+#[derive(Debug, Clone, Queryable)]
+pub struct EventRow {
+    pub event_id: String,
+    pub room_id: String,
+    pub stream_ordering: Option<i64>,
+    pub depth: i64,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub origin_server_ts: i64,
+    pub json: String,
+    pub state_before: Option<i64>,
+    pub outlier: bool,
+    pub rejected: Option<String>,
+    pub soft_failed: bool,
+    pub redacted_by: Option<String>,
+}
+
+/// An event to store.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = events)]
+pub struct NewEvent {
+    pub event_id: String,
+    pub room_id: String,
+    pub stream_ordering: Option<i64>,
+    pub depth: i64,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub origin_server_ts: i64,
+    pub json: String,
+    pub state_before: Option<i64>,
+    pub outlier: bool,
+    pub rejected: Option<String>,
+    pub soft_failed: bool,
+    pub redacted_by: Option<String>,
+}
+
+/// Inserts an event; an event already stored is left alone (`Ok(false)`), except that an
+/// outlier copy is promoted into the timeline when the new row is not an outlier.
+pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bool> {
+    let existing: Option<bool> = events::table
+        .filter(events::event_id.eq(&ev.event_id))
+        .select(events::outlier)
+        .first(conn)
+        .optional()?;
+    match existing {
+        None => {
+            diesel::insert_into(events::table)
+                .values(ev)
+                .execute(conn)?;
+            Ok(true)
+        }
+        Some(true) if !ev.outlier => {
+            diesel::update(events::table.filter(events::event_id.eq(&ev.event_id)))
+                .set((
+                    events::stream_ordering.eq(ev.stream_ordering),
+                    events::state_before.eq(ev.state_before),
+                    events::outlier.eq(false),
+                    events::rejected.eq(&ev.rejected),
+                    events::soft_failed.eq(ev.soft_failed),
+                ))
+                .execute(conn)?;
+            Ok(true)
+        }
+        Some(_) => Ok(false),
+    }
+}
+
+pub fn get_event(conn: &mut AnyConnection, event_id: &str) -> StorageResult<Option<EventRow>> {
+    Ok(events::table
+        .filter(events::event_id.eq(event_id))
+        .first::<EventRow>(conn)
+        .optional()?)
+}
+
+pub fn get_events(conn: &mut AnyConnection, ids: &[String]) -> StorageResult<Vec<EventRow>> {
+    let mut out = Vec::with_capacity(ids.len());
+    // Chunked to stay under SQLite's bound-parameter limit.
+    for chunk in ids.chunks(500) {
+        out.extend(
+            events::table
+                .filter(events::event_id.eq_any(chunk))
+                .load::<EventRow>(conn)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Timeline events of a room with `after < stream_ordering <= upto`, oldest first, at most
+/// `limit` of the newest such events when `newest` is set (else the oldest).
+pub fn timeline_range(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    after: i64,
+    upto: i64,
+    limit: i64,
+    newest: bool,
+) -> StorageResult<Vec<EventRow>> {
+    let q = events::table
+        .filter(events::room_id.eq(room_id))
+        .filter(events::stream_ordering.gt(after))
+        .filter(events::stream_ordering.le(upto))
+        .filter(events::outlier.eq(false))
+        .filter(events::rejected.is_null())
+        .filter(events::soft_failed.eq(false));
+    let mut rows = if newest {
+        q.order(events::stream_ordering.desc())
+            .limit(limit)
+            .load::<EventRow>(conn)?
+    } else {
+        q.order(events::stream_ordering.asc())
+            .limit(limit)
+            .load::<EventRow>(conn)?
+    };
+    if newest {
+        rows.reverse();
+    }
+    Ok(rows)
+}
+
+/// Whether the room has any timeline event with `after < stream_ordering <= upto`.
+pub fn has_events_in_range(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    after: i64,
+    upto: i64,
+) -> StorageResult<bool> {
+    let n: i64 = events::table
+        .filter(events::room_id.eq(room_id))
+        .filter(events::stream_ordering.gt(after))
+        .filter(events::stream_ordering.le(upto))
+        .filter(events::outlier.eq(false))
+        .filter(events::rejected.is_null())
+        .filter(events::soft_failed.eq(false))
+        .count()
+        .get_result(conn)?;
+    Ok(n > 0)
+}
+
+/// The highest and lowest stream positions used by events.
+pub fn stream_bounds(conn: &mut AnyConnection) -> StorageResult<(i64, i64)> {
+    let max: Option<i64> = events::table
+        .select(diesel::dsl::max(events::stream_ordering))
+        .first(conn)?;
+    let min: Option<i64> = events::table
+        .select(diesel::dsl::min(events::stream_ordering))
+        .first(conn)?;
+    Ok((max.unwrap_or(0), min.unwrap_or(0)))
+}
+
+pub fn set_redacted_by(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    redaction_id: &str,
+) -> StorageResult<()> {
+    diesel::update(events::table.filter(events::event_id.eq(event_id)))
+        .set(events::redacted_by.eq(redaction_id))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn get_txn(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+    txn_id: &str,
+) -> StorageResult<Option<String>> {
+    Ok(event_txns::table
+        .filter(event_txns::user_id.eq(user_id))
+        .filter(event_txns::device_id.eq(device_id))
+        .filter(event_txns::txn_id.eq(txn_id))
+        .select(event_txns::event_id)
+        .first(conn)
+        .optional()?)
+}
+
+pub fn insert_txn(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+    txn_id: &str,
+    event_id: &str,
+) -> StorageResult<()> {
+    if get_txn(conn, user_id, device_id, txn_id)?.is_none() {
+        diesel::insert_into(event_txns::table)
+            .values((
+                event_txns::user_id.eq(user_id),
+                event_txns::device_id.eq(device_id),
+                event_txns::txn_id.eq(txn_id),
+                event_txns::event_id.eq(event_id),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// The transaction ID a device used for an event (for `unsigned.transaction_id`).
+pub fn txn_for_event(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+    event_ids: &[String],
+) -> StorageResult<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for chunk in event_ids.chunks(500) {
+        out.extend(
+            event_txns::table
+                .filter(event_txns::user_id.eq(user_id))
+                .filter(event_txns::device_id.eq(device_id))
+                .filter(event_txns::event_id.eq_any(chunk))
+                .select((event_txns::event_id, event_txns::txn_id))
+                .load::<(String, String)>(conn)?,
+        );
+    }
+    Ok(out)
+}

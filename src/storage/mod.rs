@@ -1,0 +1,186 @@
+//! Storage: one contract over two dialects (SQLite, the embedded default, and PostgreSQL).
+//!
+//! * Reads go through an r2d2 pool on tokio's blocking threads (`Db::read`).
+//! * Writes go through writer threads (`Db::write`, see [`writer`]): each drains its queue and
+//!   commits everything it drained in one transaction (group commit), each job in its own
+//!   savepoint so one failing job does not fail the others. SQLite has exactly one writer, so
+//!   "database is locked" cannot happen; PostgreSQL may have several, and jobs with the same
+//!   shard key (a room ID, a user ID) always go to the same writer, so their order holds.
+//! * Queries are plain functions over `&mut AnyConnection`, grouped by area in the
+//!   submodules, written once with diesel's query builder for both backends. Where the
+//!   dialects differ (upserts), the single-writer design lets us use portable
+//!   delete-then-insert or select-then-insert inside the write transaction.
+//! * Migrations are embedded, one directory per dialect, and run at start.
+
+pub mod account;
+pub mod connection;
+pub mod events;
+pub mod rooms;
+pub mod schema;
+pub mod state;
+pub mod users;
+pub mod writer;
+
+use std::sync::Arc;
+
+use diesel::r2d2::Pool;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub use connection::AnyConnection;
+
+use crate::config::{Config, DatabaseUrl};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Diesel(#[from] diesel::result::Error),
+    #[error("connection error: {0}")]
+    Connection(String),
+    #[error("migration error: {0}")]
+    Migration(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("a blocking task failed: {0}")]
+    Task(String),
+}
+
+impl From<diesel::r2d2::PoolError> for StorageError {
+    fn from(e: diesel::r2d2::PoolError) -> Self {
+        Self::Connection(e.to_string())
+    }
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// Which dialect the database speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Handle to the database: a read pool and the writer threads. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool<connection::ConnectionOptions>,
+    writers: Arc<writer::Writers>,
+    backend: Backend,
+}
+
+impl Db {
+    /// Opens the database named in the config, runs pending migrations and starts the writers.
+    pub fn open(config: &Config) -> StorageResult<Self> {
+        let url = config
+            .database_url()
+            .map_err(|e| StorageError::Connection(e.to_string()))?;
+        let (conn_url, backend, writers) = match &url {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(parent) = path.parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        StorageError::Connection(format!("{}: {e}", parent.display()))
+                    })?;
+                }
+                (path.to_string_lossy().into_owned(), Backend::Sqlite, 1)
+            }
+            DatabaseUrl::Postgres(u) => {
+                (u.clone(), Backend::Postgres, config.database.writers.max(1))
+            }
+        };
+        let options = connection::ConnectionOptions {
+            backend,
+            url: conn_url,
+            sqlite_synchronous: config.database.sqlite_synchronous.clone(),
+        };
+        // Migrations first, on a dedicated connection.
+        {
+            let mut conn = options.establish()?;
+            let migrations = match backend {
+                Backend::Sqlite => SQLITE_MIGRATIONS,
+                Backend::Postgres => POSTGRES_MIGRATIONS,
+            };
+            let applied = conn
+                .run_pending_migrations(migrations)
+                .map_err(|e| StorageError::Migration(e.to_string()))?;
+            for m in applied {
+                tracing::info!(migration = %m, "applied migration");
+            }
+        }
+        let pool = Pool::builder()
+            .max_size(config.database.pool_size.max(1))
+            .build(options.clone())
+            .map_err(|e| StorageError::Connection(e.to_string()))?;
+        let writers = writer::Writers::start(&options, writers, config.database.max_batch.max(1))?;
+        Ok(Self {
+            pool,
+            writers: Arc::new(writers),
+            backend,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs a read-only query on a pooled connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StorageError::Task(e.to_string()))?
+    }
+
+    /// Runs a write job on the writer for `shard` (jobs with the same shard run in order).
+    /// Resolves once the job's transaction has committed.
+    pub async fn write<T, F>(&self, shard: &str, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        self.writers.submit(shard, f).await
+    }
+
+    /// Synchronous read for CLI commands and start-up (never call from an async context).
+    pub fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut AnyConnection) -> StorageResult<T>,
+    ) -> StorageResult<T> {
+        let mut conn = self.pool.get()?;
+        f(&mut conn)
+    }
+
+    /// Synchronous write for CLI commands (never call from an async context).
+    pub fn write_blocking<T, F>(&self, shard: &str, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        self.writers.submit_blocking(shard, f)
+    }
+
+    /// Queue depth of each writer (for the status page).
+    pub fn writer_queue_depths(&self) -> Vec<usize> {
+        self.writers.queue_depths()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

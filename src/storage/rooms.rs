@@ -1,0 +1,231 @@
+//! Rooms, memberships (by user), aliases and the public room directory.
+
+use diesel::prelude::*;
+
+use super::schema::{memberships, room_aliases, rooms};
+use super::{AnyConnection, StorageResult};
+
+#[derive(Debug, Clone, Queryable)]
+pub struct RoomRow {
+    pub room_id: String,
+    pub room_version: String,
+    pub creator: Option<String>,
+    pub state_group: Option<i64>,
+    pub is_public: bool,
+    pub created_ts: i64,
+}
+
+#[derive(Debug, Clone, Queryable)]
+pub struct MembershipRow {
+    pub room_id: String,
+    pub user_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub stream_ordering: i64,
+    pub sender: String,
+    pub invite_state: Option<String>,
+    pub forgotten: bool,
+}
+
+/// Records a room; an existing row is kept (`Ok(false)`).
+pub fn insert_room(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    version: &str,
+    creator: Option<&str>,
+    now: i64,
+) -> StorageResult<bool> {
+    if get_room(conn, room_id)?.is_some() {
+        return Ok(false);
+    }
+    diesel::insert_into(rooms::table)
+        .values((
+            rooms::room_id.eq(room_id),
+            rooms::room_version.eq(version),
+            rooms::creator.eq(creator),
+            rooms::state_group.eq(None::<i64>),
+            rooms::is_public.eq(false),
+            rooms::created_ts.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(true)
+}
+
+pub fn get_room(conn: &mut AnyConnection, room_id: &str) -> StorageResult<Option<RoomRow>> {
+    Ok(rooms::table
+        .filter(rooms::room_id.eq(room_id))
+        .first::<RoomRow>(conn)
+        .optional()?)
+}
+
+pub fn set_state_group(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    group: Option<i64>,
+) -> StorageResult<()> {
+    diesel::update(rooms::table.filter(rooms::room_id.eq(room_id)))
+        .set(rooms::state_group.eq(group))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn set_public(conn: &mut AnyConnection, room_id: &str, public: bool) -> StorageResult<()> {
+    diesel::update(rooms::table.filter(rooms::room_id.eq(room_id)))
+        .set(rooms::is_public.eq(public))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Rooms published in the directory, in a stable order.
+pub fn public_rooms(conn: &mut AnyConnection) -> StorageResult<Vec<String>> {
+    Ok(rooms::table
+        .filter(rooms::is_public.eq(true))
+        .order(rooms::room_id.asc())
+        .select(rooms::room_id)
+        .load(conn)?)
+}
+
+/// Sets a user's current membership in a room.
+#[allow(clippy::too_many_arguments)]
+pub fn set_membership(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+    event_id: &str,
+    stream_ordering: i64,
+    sender: &str,
+    invite_state: Option<&str>,
+) -> StorageResult<()> {
+    diesel::delete(
+        memberships::table
+            .filter(memberships::room_id.eq(room_id))
+            .filter(memberships::user_id.eq(user_id)),
+    )
+    .execute(conn)?;
+    diesel::insert_into(memberships::table)
+        .values((
+            memberships::room_id.eq(room_id),
+            memberships::user_id.eq(user_id),
+            memberships::membership.eq(membership),
+            memberships::event_id.eq(event_id),
+            memberships::stream_ordering.eq(stream_ordering),
+            memberships::sender.eq(sender),
+            memberships::invite_state.eq(invite_state),
+            memberships::forgotten.eq(false),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn get_membership(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    user_id: &str,
+) -> StorageResult<Option<MembershipRow>> {
+    Ok(memberships::table
+        .filter(memberships::room_id.eq(room_id))
+        .filter(memberships::user_id.eq(user_id))
+        .first::<MembershipRow>(conn)
+        .optional()?)
+}
+
+/// Every room a user has a membership in (not forgotten).
+pub fn rooms_for_user(
+    conn: &mut AnyConnection,
+    user_id: &str,
+) -> StorageResult<Vec<MembershipRow>> {
+    Ok(memberships::table
+        .filter(memberships::user_id.eq(user_id))
+        .filter(memberships::forgotten.eq(false))
+        .load::<MembershipRow>(conn)?)
+}
+
+/// Users with the given membership in a room.
+pub fn members_with(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    membership: &str,
+) -> StorageResult<Vec<String>> {
+    Ok(memberships::table
+        .filter(memberships::room_id.eq(room_id))
+        .filter(memberships::membership.eq(membership))
+        .select(memberships::user_id)
+        .load(conn)?)
+}
+
+pub fn forget(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> StorageResult<()> {
+    diesel::update(
+        memberships::table
+            .filter(memberships::room_id.eq(room_id))
+            .filter(memberships::user_id.eq(user_id)),
+    )
+    .set(memberships::forgotten.eq(true))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Users who share a joined room with `user_id` (including the user).
+pub fn users_sharing_rooms(conn: &mut AnyConnection, user_id: &str) -> StorageResult<Vec<String>> {
+    let rooms: Vec<String> = memberships::table
+        .filter(memberships::user_id.eq(user_id))
+        .filter(memberships::membership.eq("join"))
+        .select(memberships::room_id)
+        .load(conn)?;
+    let mut out: Vec<String> = Vec::new();
+    for chunk in rooms.chunks(500) {
+        out.extend(
+            memberships::table
+                .filter(memberships::room_id.eq_any(chunk))
+                .filter(memberships::membership.eq("join"))
+                .select(memberships::user_id)
+                .load::<String>(conn)?,
+        );
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Creates an alias; `Ok(false)` if it is taken.
+pub fn create_alias(
+    conn: &mut AnyConnection,
+    alias: &str,
+    room_id: &str,
+    creator: &str,
+) -> StorageResult<bool> {
+    if get_alias(conn, alias)?.is_some() {
+        return Ok(false);
+    }
+    diesel::insert_into(room_aliases::table)
+        .values((
+            room_aliases::alias.eq(alias),
+            room_aliases::room_id.eq(room_id),
+            room_aliases::creator.eq(creator),
+        ))
+        .execute(conn)?;
+    Ok(true)
+}
+
+/// The room and creator of an alias.
+pub fn get_alias(conn: &mut AnyConnection, alias: &str) -> StorageResult<Option<(String, String)>> {
+    Ok(room_aliases::table
+        .filter(room_aliases::alias.eq(alias))
+        .select((room_aliases::room_id, room_aliases::creator))
+        .first(conn)
+        .optional()?)
+}
+
+pub fn delete_alias(conn: &mut AnyConnection, alias: &str) -> StorageResult<bool> {
+    let n =
+        diesel::delete(room_aliases::table.filter(room_aliases::alias.eq(alias))).execute(conn)?;
+    Ok(n > 0)
+}
+
+pub fn aliases_for_room(conn: &mut AnyConnection, room_id: &str) -> StorageResult<Vec<String>> {
+    Ok(room_aliases::table
+        .filter(room_aliases::room_id.eq(room_id))
+        .order(room_aliases::alias.asc())
+        .select(room_aliases::alias)
+        .load(conn)?)
+}

@@ -1,0 +1,223 @@
+//! The writer threads: every database write goes through one of them.
+//!
+//! Each writer owns one connection and a queue of jobs (closures over the connection). It
+//! takes the first job, drains whatever else is already queued (up to `max_batch`), and runs
+//! them all in ONE transaction, each job inside its own savepoint: a failing job rolls back
+//! alone and gets its error, the others commit together. Callers are answered only after the
+//! commit, so "acknowledged" always means "durable". Under load the batches grow by
+//! themselves, which is what makes throughput possible (one fsync per batch, not per event).
+//!
+//! SQLite gets exactly one writer, so two writes never contend for its lock.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use diesel::Connection;
+use tokio::sync::oneshot;
+
+use super::connection::{AnyConnection, ConnectionOptions};
+use super::{StorageError, StorageResult};
+
+type AnyBox = Box<dyn Any + Send>;
+type JobFn = Box<dyn FnOnce(&mut AnyConnection) -> StorageResult<AnyBox> + Send>;
+
+struct Job {
+    run: JobFn,
+    reply: Reply,
+}
+
+enum Reply {
+    Async(oneshot::Sender<StorageResult<AnyBox>>),
+    Blocking(mpsc::Sender<StorageResult<AnyBox>>),
+}
+
+impl Reply {
+    fn send(self, result: StorageResult<AnyBox>) {
+        // The caller may have gone away (timeout, dropped request); nothing to do then.
+        match self {
+            Self::Async(tx) => {
+                let _ = tx.send(result);
+            }
+            Self::Blocking(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+struct WriterHandle {
+    tx: mpsc::Sender<Job>,
+    depth: Arc<AtomicUsize>,
+}
+
+pub struct Writers {
+    handles: Vec<WriterHandle>,
+}
+
+impl Writers {
+    pub fn start(
+        options: &ConnectionOptions,
+        count: usize,
+        max_batch: usize,
+    ) -> StorageResult<Self> {
+        let mut handles = Vec::with_capacity(count);
+        for i in 0..count {
+            let conn = options.establish()?;
+            let (tx, rx) = mpsc::channel::<Job>();
+            let depth = Arc::new(AtomicUsize::new(0));
+            let thread_depth = Arc::clone(&depth);
+            std::thread::Builder::new()
+                .name(format!("weft-db-writer-{i}"))
+                .spawn(move || run_writer(conn, rx, thread_depth, max_batch))
+                .map_err(|e| StorageError::Connection(format!("spawning writer: {e}")))?;
+            handles.push(WriterHandle { tx, depth });
+        }
+        Ok(Self { handles })
+    }
+
+    fn pick(&self, shard: &str) -> &WriterHandle {
+        // FNV-1a: stable, cheap, good enough to spread rooms over a few writers.
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in shard.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        &self.handles[(h % self.handles.len() as u64) as usize]
+    }
+
+    fn boxed<T, F>(f: F) -> JobFn
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        Box::new(move |c| f(c).map(|v| Box::new(v) as AnyBox))
+    }
+
+    fn unbox<T: 'static>(r: StorageResult<AnyBox>) -> StorageResult<T> {
+        r?.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| StorageError::Task("writer returned the wrong type".into()))
+    }
+
+    pub async fn submit<T, F>(&self, shard: &str, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let handle = self.pick(shard);
+        handle.depth.fetch_add(1, Ordering::Relaxed);
+        if handle
+            .tx
+            .send(Job {
+                run: Self::boxed(f),
+                reply: Reply::Async(tx),
+            })
+            .is_err()
+        {
+            handle.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(StorageError::WriterGone);
+        }
+        Self::unbox(rx.await.map_err(|_| StorageError::WriterGone)?)
+    }
+
+    pub fn submit_blocking<T, F>(&self, shard: &str, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let handle = self.pick(shard);
+        handle.depth.fetch_add(1, Ordering::Relaxed);
+        if handle
+            .tx
+            .send(Job {
+                run: Self::boxed(f),
+                reply: Reply::Blocking(tx),
+            })
+            .is_err()
+        {
+            handle.depth.fetch_sub(1, Ordering::Relaxed);
+            return Err(StorageError::WriterGone);
+        }
+        Self::unbox(rx.recv().map_err(|_| StorageError::WriterGone)?)
+    }
+
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.handles
+            .iter()
+            .map(|h| h.depth.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// Runs a job, turning a panic into an error so one bad job cannot stop the writer.
+fn catch(run: JobFn, conn: &mut AnyConnection) -> StorageResult<AnyBox> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(conn)))
+        .unwrap_or_else(|_| Err(StorageError::Task("write job panicked".into())))
+}
+
+fn run_writer(
+    mut conn: AnyConnection,
+    rx: mpsc::Receiver<Job>,
+    depth: Arc<AtomicUsize>,
+    max_batch: usize,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let n = jobs.len();
+        let mut results: Vec<StorageResult<AnyBox>> = Vec::with_capacity(n);
+        let mut replies = Vec::with_capacity(n);
+        let outcome = conn.transaction::<(), diesel::result::Error, _>(|tx| {
+            for job in jobs.drain(..) {
+                replies.push(job.reply);
+                // Each job in its own savepoint: its failure rolls back only its own writes.
+                let mut job_result: Option<StorageResult<AnyBox>> = None;
+                let run = job.run;
+                let sp =
+                    tx.transaction::<(), diesel::result::Error, _>(|sp| match catch(run, sp) {
+                        Ok(v) => {
+                            job_result = Some(Ok(v));
+                            Ok(())
+                        }
+                        Err(e) => {
+                            job_result = Some(Err(e));
+                            Err(diesel::result::Error::RollbackTransaction)
+                        }
+                    });
+                match (sp, job_result) {
+                    (_, Some(r)) => results.push(r),
+                    (Err(e), None) => results.push(Err(StorageError::Diesel(e))),
+                    (Ok(()), None) => {
+                        results.push(Err(StorageError::Task("job gave no result".into())))
+                    }
+                }
+            }
+            Ok(())
+        });
+        depth.fetch_sub(n, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = n, "write batch failed to commit");
+                let msg = e.to_string();
+                for reply in replies {
+                    reply.send(Err(StorageError::Task(format!("commit failed: {msg}"))));
+                }
+            }
+        }
+    }
+    tracing::info!("database writer stopped");
+}

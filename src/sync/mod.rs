@@ -1,0 +1,369 @@
+//! `/sync`: what changed for a user between two stream positions.
+//!
+//! A sync token is `s<stream>_<typing>`: the stream frontier the client has seen (see
+//! [`crate::notifier`]) and the typing serial. [`compute`] runs inside one database read and
+//! builds the response for `(since, upto]`; the handler calls it again after a wake-up while
+//! the long-poll lasts.
+//!
+//! Per joined room: on an initial sync, a newly joined room or `full_state`, the state is the
+//! current state minus what the timeline already carries and the timeline is the newest
+//! `limit` events; on an incremental sync the timeline is what is new, and when it is
+//! `limited` the state section carries the state events the client skipped.
+
+pub mod filter;
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value, json};
+use weft_protocol::visibility::HistoryVisibility;
+
+use crate::rooms::typing::Typing;
+use crate::rooms::view::{self, Versions, Viewer};
+use crate::storage::{AnyConnection, StorageResult, account, events, rooms, state};
+use filter::Filter;
+
+/// A position in the client's event streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncToken {
+    pub stream: i64,
+    pub typing: i64,
+}
+
+impl SyncToken {
+    /// Parses `s12_34`, `s12`, `t12` or `12`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let body = s
+            .strip_prefix('s')
+            .or_else(|| s.strip_prefix('t'))
+            .unwrap_or(s);
+        let mut parts = body.split('_');
+        let stream = parts.next()?.parse().ok()?;
+        let typing = match parts.next() {
+            Some(t) => t.parse().ok()?,
+            None => 0,
+        };
+        Some(Self { stream, typing })
+    }
+
+    pub fn encode(&self) -> String {
+        format!("s{}_{}", self.stream, self.typing)
+    }
+
+    /// A pagination token for a stream position.
+    pub fn at(stream: i64) -> String {
+        Self { stream, typing: 0 }.encode()
+    }
+}
+
+/// Everything `compute` needs besides the connection.
+pub struct SyncRequest<'a> {
+    pub viewer: Viewer,
+    pub since: Option<SyncToken>,
+    pub upto: i64,
+    pub typing_now: i64,
+    pub filter: &'a Filter,
+    pub full_state: bool,
+    pub typing: &'a Typing,
+}
+
+/// The computed response and whether it carries anything new.
+pub struct SyncResult {
+    pub body: Value,
+    pub has_changes: bool,
+}
+
+fn hv_of(conn: &mut AnyConnection, room_id: &str) -> StorageResult<HistoryVisibility> {
+    let Some(id) = state::current_state_entry(conn, room_id, "m.room.history_visibility", "")?
+    else {
+        return Ok(HistoryVisibility::Shared);
+    };
+    let content = events::get_event(conn, &id)?
+        .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
+        .and_then(|v| v.get("content").cloned());
+    Ok(HistoryVisibility::from_content(content.as_ref()))
+}
+
+/// The lowest stream position (exclusive) a member may see in a room: everything for
+/// `shared`/`world_readable`, from their membership event on for `invited`/`joined`.
+pub fn visibility_floor(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    membership_stream: i64,
+) -> StorageResult<i64> {
+    Ok(match hv_of(conn, room_id)? {
+        HistoryVisibility::Shared | HistoryVisibility::WorldReadable => i64::MIN,
+        HistoryVisibility::Invited | HistoryVisibility::Joined => membership_stream - 1,
+    })
+}
+
+fn receipts_event(rows: &[account::ReceiptRow]) -> Option<Value> {
+    if rows.is_empty() {
+        return None;
+    }
+    let mut content: Map<String, Value> = Map::new();
+    for r in rows {
+        let by_event = content
+            .entry(r.event_id.clone())
+            .or_insert_with(|| json!({}));
+        let mut receipt = json!({"ts": r.ts});
+        if !r.thread_id.is_empty() {
+            receipt["thread_id"] = json!(r.thread_id);
+        }
+        by_event[&r.receipt_type][&r.user_id] = receipt;
+    }
+    Some(json!({"type": "m.receipt", "content": content}))
+}
+
+fn account_data_events(rows: Vec<(String, String, String)>, room: &str) -> Vec<Value> {
+    rows.into_iter()
+        .filter(|(r, _, _)| r == room)
+        .map(|(_, t, c)| {
+            json!({"type": t, "content": serde_json::from_str::<Value>(&c).unwrap_or(json!({}))})
+        })
+        .collect()
+}
+
+/// Builds the sync response for `(since, upto]`.
+pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult<SyncResult> {
+    let user = req.viewer.user_id.as_str();
+    let since_stream = req.since.map(|s| s.stream);
+    let since_typing = req.since.map(|s| s.typing).unwrap_or(i64::MIN);
+    let after = since_stream.unwrap_or(i64::MIN);
+    let mut versions = Versions::default();
+    let mut has_changes = false;
+
+    let account_rows = account::account_data_since(conn, user, after, req.upto)?;
+
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut leave = Map::new();
+    let memberships = rooms::rooms_for_user(conn, user)?;
+    for m in memberships {
+        if !req.filter.room.allows_room(&m.room_id) {
+            continue;
+        }
+        let changed_membership =
+            since_stream.is_none_or(|s| m.stream_ordering > s) && m.stream_ordering <= req.upto;
+        match m.membership.as_str() {
+            "join" => {
+                let version = versions.get(conn, &m.room_id)?;
+                let newly = since_stream.is_some_and(|s| m.stream_ordering > s);
+                let full = since_stream.is_none() || newly || req.full_state;
+                let limit = req.filter.room.timeline_limit();
+                let floor = visibility_floor(conn, &m.room_id, m.stream_ordering)?;
+                let lower = if since_stream.is_none() || newly {
+                    floor
+                } else {
+                    after.max(floor)
+                };
+                let mut rows = if req.filter.room.timeline.excludes_all() {
+                    Vec::new()
+                } else {
+                    events::timeline_range(
+                        conn,
+                        &m.room_id,
+                        lower,
+                        req.upto,
+                        (limit + 1) as i64,
+                        true,
+                    )?
+                };
+                let limited = rows.len() > limit;
+                if limited {
+                    rows.remove(0);
+                }
+                let first_stream = rows.first().and_then(|r| r.stream_ordering);
+                let prev_batch = SyncToken::at(first_stream.map(|s| s - 1).unwrap_or(req.upto));
+                let timeline_ids: HashSet<String> =
+                    rows.iter().map(|r| r.event_id.clone()).collect();
+                rows.retain(|r| req.filter.room.timeline.allows(&r.event_type, &r.sender));
+                let timeline = view::client_events(conn, &rows, version, &req.viewer)?;
+
+                let mut state_events = Vec::new();
+                if full || limited {
+                    let ids: Vec<String> = state::current_state(conn, &m.room_id)?
+                        .into_values()
+                        .collect();
+                    let mut srows = events::get_events(conn, &ids)?;
+                    srows.retain(|r| {
+                        !timeline_ids.contains(&r.event_id)
+                            && r.stream_ordering.is_none_or(|s| s <= req.upto)
+                            && req.filter.room.state.allows(&r.event_type, &r.sender)
+                            && (full
+                                || r.stream_ordering.is_some_and(|s| {
+                                    s > after && first_stream.is_none_or(|f| s < f)
+                                }))
+                    });
+                    srows.sort_by_key(|r| r.stream_ordering.unwrap_or(i64::MIN));
+                    state_events = view::client_events(conn, &srows, version, &req.viewer)?;
+                }
+
+                let mut ephemeral = Vec::new();
+                let typing_since = if full { i64::MIN } else { since_typing };
+                if let Some(users) = req.typing.get(&m.room_id, typing_since) {
+                    ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
+                }
+                let receipt_rows = account::receipts_since(
+                    conn,
+                    &m.room_id,
+                    if full { i64::MIN } else { after },
+                    req.upto,
+                )?;
+                if let Some(r) = receipts_event(&receipt_rows) {
+                    ephemeral.push(r);
+                }
+                let room_account = account_data_events(account_rows.clone(), &m.room_id);
+
+                if !full
+                    && timeline.is_empty()
+                    && state_events.is_empty()
+                    && ephemeral.is_empty()
+                    && room_account.is_empty()
+                {
+                    continue;
+                }
+                has_changes = true;
+                let joined = rooms::members_with(conn, &m.room_id, "join")?.len();
+                let invited = rooms::members_with(conn, &m.room_id, "invite")?.len();
+                join.insert(
+                    m.room_id.clone(),
+                    json!({
+                        "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
+                        "state": {"events": state_events},
+                        "ephemeral": {"events": ephemeral},
+                        "account_data": {"events": room_account},
+                        "summary": {"m.joined_member_count": joined, "m.invited_member_count": invited},
+                        "unread_notifications": {"highlight_count": 0, "notification_count": 0},
+                    }),
+                );
+            }
+            "invite" if changed_membership => {
+                let mut stripped: Vec<Value> = m
+                    .invite_state
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str(s).ok())
+                    .unwrap_or_default();
+                if let Some(row) = events::get_event(conn, &m.event_id)? {
+                    let version = versions.get(conn, &m.room_id)?;
+                    let pdu = view::pdu_of(&row, version)?;
+                    stripped.push(weft_protocol::client_event::stripped_state(&pdu));
+                }
+                has_changes = true;
+                invite.insert(
+                    m.room_id.clone(),
+                    json!({"invite_state": {"events": stripped}}),
+                );
+            }
+            "leave" | "ban"
+                if (since_stream.is_some() && changed_membership)
+                    || (since_stream.is_none() && req.filter.room.include_leave) =>
+            {
+                let version = versions.get(conn, &m.room_id)?;
+                let limit = req.filter.room.timeline_limit();
+                let mut rows = events::timeline_range(
+                    conn,
+                    &m.room_id,
+                    after,
+                    m.stream_ordering,
+                    (limit + 1) as i64,
+                    true,
+                )?;
+                let limited = rows.len() > limit;
+                if limited {
+                    rows.remove(0);
+                }
+                // Someone else's leave (kick/ban) from before we joined shows nothing useful;
+                // always include our own membership event.
+                if !rows.iter().any(|r| r.event_id == m.event_id)
+                    && let Some(r) = events::get_event(conn, &m.event_id)?
+                {
+                    rows.push(r);
+                }
+                let first_stream = rows.first().and_then(|r| r.stream_ordering);
+                let timeline = view::client_events(conn, &rows, version, &req.viewer)?;
+                has_changes = true;
+                leave.insert(
+                    m.room_id.clone(),
+                    json!({
+                        "timeline": {"events": timeline, "limited": limited,
+                                     "prev_batch": SyncToken::at(first_stream.map(|s| s - 1).unwrap_or(m.stream_ordering))},
+                        "state": {"events": []},
+                        "account_data": {"events": []},
+                    }),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    let global_account: Vec<Value> = account_data_events(account_rows, "");
+    if !global_account.is_empty() {
+        has_changes = true;
+    }
+    let next = SyncToken {
+        stream: req.upto,
+        typing: req.typing_now,
+    };
+    let body = json!({
+        "next_batch": next.encode(),
+        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+        "account_data": {"events": global_account},
+        "presence": {"events": []},
+        "to_device": {"events": []},
+        "device_lists": {"changed": [], "left": []},
+        "device_one_time_keys_count": {},
+    });
+    Ok(SyncResult { body, has_changes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        assert_eq!(
+            SyncToken::parse("s12_34"),
+            Some(SyncToken {
+                stream: 12,
+                typing: 34
+            })
+        );
+        assert_eq!(
+            SyncToken::parse("s12"),
+            Some(SyncToken {
+                stream: 12,
+                typing: 0
+            })
+        );
+        assert_eq!(
+            SyncToken::parse("t-5"),
+            Some(SyncToken {
+                stream: -5,
+                typing: 0
+            })
+        );
+        assert_eq!(
+            SyncToken::parse("7"),
+            Some(SyncToken {
+                stream: 7,
+                typing: 0
+            })
+        );
+        assert_eq!(SyncToken::parse("sx"), None);
+        assert_eq!(SyncToken::parse("s1_x"), None);
+        assert_eq!(
+            SyncToken::parse(
+                &SyncToken {
+                    stream: 3,
+                    typing: 9
+                }
+                .encode()
+            ),
+            Some(SyncToken {
+                stream: 3,
+                typing: 9
+            })
+        );
+    }
+}
