@@ -128,6 +128,9 @@ pub struct FederationConfig {
     pub retry_multiplier: f64,
     /// Timeout of one outbound request, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Notary servers asked for keys a server cannot give us itself (empty: ask only the
+    /// server itself).
+    pub trusted_key_servers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,6 +228,7 @@ impl Default for FederationConfig {
             retry_max_ms: 10 * 60 * 1000,
             retry_multiplier: 2.0,
             request_timeout_ms: 30_000,
+            trusted_key_servers: Vec::new(),
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Core {
     state_group_ids: AtomicI64,
     /// Lowest stream position used by backfilled history (counts down from 0).
     backfill_positions: AtomicI64,
+    /// Set at start-up when federation is enabled.
+    pub federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +32,7 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("signing key {path}: {message}")]
+    #[error("{path}: {message}")]
     Key { path: String, message: String },
 }
 
@@ -53,6 +55,7 @@ impl Core {
             notifier: Notifier::new(max_event.max(max_other)),
             state_group_ids: AtomicI64::new(max_group),
             backfill_positions: AtomicI64::new(min_event.min(0)),
+            federation: std::sync::OnceLock::new(),
             config,
             server_name,
             key,

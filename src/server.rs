@@ -46,13 +46,27 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         });
     }
 
+    // Federation: outbound client, key ring, per-destination senders.
+    let federation_on =
+        core.config.federation.enabled && !core.config.listeners.federation.is_empty();
+    if federation_on {
+        let fed = crate::federation::Federation::new(&core)?;
+        let _ = core.federation.set(Arc::clone(&fed));
+        actix_rt::spawn(async move { fed.sender.resume_all().await });
+    }
+
     let data = web::Data::from(Arc::clone(&services));
     let presence = web::Data::new(Presence::default());
     let limit = BodyLimit(core.config.limits.max_body_bytes);
     let client_addr = core.config.listeners.client.clone();
-    let server = HttpServer::new(move || {
+    let listen_err = |addr: &str, e: std::io::Error| StartError::Key {
+        path: addr.to_owned(),
+        message: format!("cannot listen: {e}"),
+    };
+    let client_data = data.clone();
+    let client_server = HttpServer::new(move || {
         App::new()
-            .app_data(data.clone())
+            .app_data(client_data.clone())
             .app_data(presence.clone())
             .app_data(limit)
             .app_data(
@@ -70,14 +84,57 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             .default_service(web::to(http::unrecognized))
     })
     .bind(&client_addr)
-    .map_err(|e| StartError::Key {
-        path: client_addr.clone(),
-        message: format!("cannot listen: {e}"),
-    })?
+    .map_err(|e| listen_err(&client_addr, e))?
     .shutdown_timeout(5)
     .run();
-    tracing::info!(client = %client_addr, "listening");
-    server.await.map_err(|e| StartError::Key {
+    tracing::info!(client = %client_addr, "client API listening");
+
+    let fed_server = if federation_on {
+        let fed_addr = core.config.listeners.federation.clone();
+        let fed_data = data.clone();
+        let builder = HttpServer::new(move || {
+            App::new()
+                .app_data(fed_data.clone())
+                .app_data(limit)
+                .app_data(
+                    web::QueryConfig::default().error_handler(|e, _| error::query_error(e).into()),
+                )
+                .app_data(
+                    web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()),
+                )
+                .wrap(http::matrix_errors())
+                .wrap(
+                    middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("weft::federation"),
+                )
+                .configure(federation::inbound::configure)
+                .default_service(web::to(http::unrecognized))
+        })
+        .shutdown_timeout(5);
+        let bound = if core.config.federation.plain_http {
+            tracing::warn!(federation = %fed_addr, "federation listener speaks plain HTTP (federation.plain_http)");
+            builder.bind(&fed_addr)
+        } else {
+            let tls =
+                federation::tls::server_config(&core.config).map_err(|e| StartError::Key {
+                    path: fed_addr.clone(),
+                    message: e.to_string(),
+                })?;
+            builder.bind_rustls_0_23(&fed_addr, tls)
+        };
+        let srv = bound.map_err(|e| listen_err(&fed_addr, e))?.run();
+        tracing::info!(federation = %fed_addr, "federation API listening");
+        Some(srv)
+    } else {
+        None
+    };
+
+    let result = match fed_server {
+        Some(f) => futures_util::future::try_join(client_server, f)
+            .await
+            .map(|_| ()),
+        None => client_server.await,
+    };
+    result.map_err(|e| StartError::Key {
         path: client_addr,
         message: e.to_string(),
     })

@@ -29,4 +29,14 @@ impl Services {
     pub fn server_name(&self) -> &str {
         self.core.server_name()
     }
+
+    /// Federation, when enabled.
+    pub fn federation(&self) -> Option<&Arc<crate::federation::Federation>> {
+        self.core.federation.get()
+    }
+
+    /// The remote key ring, when federation is enabled.
+    pub fn keys(&self) -> Option<&crate::federation::keys::KeyRing> {
+        self.federation().map(|f| &f.keys)
+    }
 }

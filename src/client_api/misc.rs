@@ -202,8 +202,9 @@ pub async fn typing(
         .await?;
     let suffix = format!(":{}", s.server_name());
     let audience: Vec<String> = members
-        .into_iter()
+        .iter()
         .filter(|m| m.ends_with(&suffix))
+        .cloned()
         .collect();
     let timeout = Duration::from_millis(body.timeout.unwrap_or(30_000).min(120_000));
     if s.typing.set(
@@ -214,11 +215,34 @@ pub async fn typing(
         audience.clone(),
     ) {
         s.core.notifier.wake(audience);
+        let edu = json!({"edu_type": "m.typing", "content": {
+            "room_id": room_id, "user_id": user.user_id, "typing": body.typing,
+        }});
+        edu_to_room_servers(&s, &members, edu).await;
     }
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
-/// Stores a receipt and wakes the room's local members.
+/// Sends an EDU to every other server with members joined to a room.
+pub async fn edu_to_room_servers(s: &Services, members: &[String], edu: Value) {
+    let Some(fed) = s.federation() else { return };
+    let mut servers: Vec<&str> = members
+        .iter()
+        .filter_map(|m| m.split_once(':').map(|(_, s)| s))
+        .collect();
+    servers.sort_unstable();
+    servers.dedup();
+    for server in servers {
+        if !s.core.is_local(server)
+            && let Err(e) = fed.sender.send_edu(server, edu.clone()).await
+        {
+            tracing::warn!(destination = server, error = %e, "could not queue an EDU");
+        }
+    }
+}
+
+/// Stores a receipt and wakes the room's local members; receipts of local users also go to
+/// the room's other servers (`federate`).
 pub async fn store_receipt(
     s: &Services,
     room_id: &str,
@@ -226,6 +250,7 @@ pub async fn store_receipt(
     kind: &str,
     event_id: &str,
     thread_id: Option<&str>,
+    federate: bool,
 ) -> Result<()> {
     let r = room_id.to_owned();
     let members = s
@@ -233,6 +258,14 @@ pub async fn store_receipt(
         .db
         .read(move |c| rooms::members_with(c, &r, "join"))
         .await?;
+    if federate && kind == "m.read" {
+        let mut data = json!({"ts": crate::storage::now_ms()});
+        if let Some(t) = thread_id {
+            data["thread_id"] = json!(t);
+        }
+        let edu = json!({"edu_type": "m.receipt", "content": {room_id: {"m.read": {user_id: {"event_ids": [event_id], "data": data}}}}});
+        edu_to_room_servers(s, &members, edu).await;
+    }
     let suffix = format!(":{}", s.server_name());
     let mut audience: Vec<String> = members
         .into_iter()
@@ -286,6 +319,7 @@ pub async fn receipt(
                 &kind,
                 &event_id,
                 body.thread_id.as_deref(),
+                true,
             )
             .await?
         }
@@ -324,7 +358,7 @@ pub async fn read_markers(
     }
     for kind in ["m.read", "m.read.private"] {
         if let Some(e) = body.get(kind).and_then(|v| v.as_str()) {
-            store_receipt(&s, &room_id, user.user_id.as_str(), kind, e, None).await?;
+            store_receipt(&s, &room_id, user.user_id.as_str(), kind, e, None, true).await?;
         }
     }
     Ok(HttpResponse::Ok().json(json!({})))

@@ -157,6 +157,7 @@ async fn join_room(
     user: &AuthedUser,
     room_id: &OwnedRoomId,
     reason: Option<String>,
+    mut servers: Vec<String>,
 ) -> Result<()> {
     let local_room = {
         let r = room_id.to_string();
@@ -166,9 +167,6 @@ async fn join_room(
             .await?
             .is_some()
     };
-    if !local_room {
-        return Err(Error::not_found("no known servers for this room"));
-    }
     let (name, avatar) = profile_of(s, user.user_id.as_str()).await?;
     let mut content = json!({"membership": "join"});
     if let Some(n) = name {
@@ -177,37 +175,71 @@ async fn join_room(
     if let Some(a) = avatar {
         content["avatar_url"] = json!(a);
     }
-    membership_event(
-        s,
-        room_id,
-        &user.user_id,
-        user.user_id.as_str(),
-        content,
-        reason,
-    )
-    .await?;
+    if let Some(r) = reason.filter(|r| !r.is_empty()) {
+        content["reason"] = json!(r);
+    }
+    if local_room {
+        membership_event(
+            s,
+            room_id,
+            &user.user_id,
+            user.user_id.as_str(),
+            content,
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
+    // A room held elsewhere: ask a resident server. Candidates: what the client named, the
+    // server that invited us, the server in the room ID.
+    if let Some(m) = access::membership(s, room_id.as_str(), user.user_id.as_str()).await?
+        && let Some((_, srv)) = m.sender.split_once(':')
+    {
+        servers.push(srv.to_owned());
+    }
+    if let Some(srv) = room_id.server_name() {
+        servers.push(srv.to_string());
+    }
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|x| seen.insert(x.clone()) && !s.core.is_local(x));
+    if servers.is_empty() {
+        return Err(Error::not_found("no known servers for this room"));
+    }
+    crate::federation::membership::join_remote(s, &user.user_id, room_id, &servers, content)
+        .await?;
     Ok(())
+}
+
+/// `server_name` / `via` query parameters (repeatable).
+fn via_servers(req: &actix_web::HttpRequest) -> Vec<String> {
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .filter(|(k, _)| k == "server_name" || k == "via")
+        .map(|(_, v)| v.into_owned())
+        .collect()
 }
 
 pub async fn join_by_id_or_alias(
     s: Data,
     user: AuthedUser,
+    req: actix_web::HttpRequest,
     path: web::Path<String>,
     JsonBody(body): JsonBody<JoinBody>,
 ) -> Result<HttpResponse> {
-    let (room_id, _servers) = access::resolve(&s, &path.into_inner()).await?;
-    join_room(&s, &user, &room_id, body.reason).await?;
+    let (room_id, mut servers) = access::resolve(&s, &path.into_inner()).await?;
+    servers.extend(via_servers(&req));
+    join_room(&s, &user, &room_id, body.reason, servers).await?;
     Ok(HttpResponse::Ok().json(json!({"room_id": room_id})))
 }
 
 pub async fn join(
     s: Data,
     user: AuthedUser,
+    req: actix_web::HttpRequest,
     path: web::Path<String>,
     JsonBody(body): JsonBody<JoinBody>,
 ) -> Result<HttpResponse> {
     let room_id = parse_room_id(&path.into_inner())?;
-    join_room(&s, &user, &room_id, body.reason).await?;
+    join_room(&s, &user, &room_id, body.reason, via_servers(&req)).await?;
     Ok(HttpResponse::Ok().json(json!({"room_id": room_id})))
 }
 
@@ -225,6 +257,17 @@ pub async fn invite(
 ) -> Result<HttpResponse> {
     let room_id = parse_room_id(&path.into_inner())?;
     let target = parse_user_id(&body.user_id)?;
+    if !s.core.is_local(target.server_name().as_str()) {
+        crate::federation::membership::invite_remote(
+            &s,
+            &room_id,
+            &user.user_id,
+            &target,
+            body.reason,
+        )
+        .await?;
+        return Ok(HttpResponse::Ok().json(json!({})));
+    }
     membership_event(
         &s,
         &room_id,
@@ -245,6 +288,33 @@ pub async fn leave(
 ) -> Result<HttpResponse> {
     let room_id = parse_room_id(&path.into_inner())?;
     let current = access::membership(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let local_room = {
+        let r = room_id.to_string();
+        s.core
+            .db
+            .read(move |c| rooms::get_room(c, &r))
+            .await?
+            .is_some()
+    };
+    if !local_room
+        && let Some(m) = &current
+        && matches!(m.membership.as_str(), "invite" | "knock")
+    {
+        // Declining an invite to a room held elsewhere: tell the inviting server.
+        let servers: Vec<String> = m
+            .sender
+            .split_once(':')
+            .map(|(_, srv)| vec![srv.to_owned()])
+            .unwrap_or_default();
+        if let Err(e) =
+            crate::federation::membership::leave_remote(&s, &room_id, &user.user_id, &servers).await
+        {
+            tracing::info!(room = %room_id, error = %e, "could not reach the inviting server; declining locally");
+            crate::federation::membership::forget_remote_invite(&s, &room_id, &user.user_id)
+                .await?;
+        }
+        return Ok(HttpResponse::Ok().json(json!({})));
+    }
     match current.as_ref().map(|m| m.membership.as_str()) {
         Some("join" | "invite" | "knock") => {
             membership_event(

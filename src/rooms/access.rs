@@ -54,6 +54,34 @@ pub async fn resolve(s: &Services, id_or_alias: &str) -> Result<(OwnedRoomId, Ve
     }
     let alias = ruma::RoomAliasId::parse(id_or_alias)
         .map_err(|_| Error::invalid_param("invalid room alias"))?;
+    if !s.core.is_local(alias.server_name().as_str()) {
+        let fed = s
+            .federation()
+            .ok_or_else(|| Error::not_found("room alias not found"))?;
+        let path = format!(
+            "/_matrix/federation/v1/query/directory?room_alias={}",
+            crate::federation::client::enc(alias.as_str())
+        );
+        let resp = fed
+            .client
+            .request("GET", alias.server_name().as_str(), &path, None)
+            .await?;
+        let room_id = resp
+            .get("room_id")
+            .and_then(|r| r.as_str())
+            .and_then(|r| OwnedRoomId::try_from(r).ok())
+            .ok_or_else(|| Error::Remote("bad directory answer".into()))?;
+        let servers = resp
+            .get("servers")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Ok((room_id, servers));
+    }
     let a = alias.to_string();
     let found = s.core.db.read(move |c| rooms::get_alias(c, &a)).await?;
     match found {

@@ -9,16 +9,25 @@
 //! 3. Accepted events are applied to the in-memory state and queued in `pending`, with a
 //!    stream position; the reply waits on a oneshot.
 //! 4. After actix has drained the mailbox, `Flush` writes the whole pending batch as ONE job
-//!    (`persist::PersistBatch`) and the actor *waits* for the commit (`ctx.wait`): messages
-//!    arriving meanwhile stay in the mailbox and form the next batch (group commit).
+//!    (`persist::PersistBatch`, which also queues the event for every other server in the
+//!    room) and the actor *waits* for the commit (`ctx.wait`): messages arriving meanwhile
+//!    stay in the mailbox and form the next batch (group commit).
 //! 5. On commit: replies go out, the notifier wakes the room's local users' `/sync`, and the
-//!    federation sender gets the PDUs. On failure: every pending reply gets the error and the
-//!    actor stops, so the next message starts a fresh actor from what is on disk.
+//!    per-destination senders are woken. On failure: every pending reply gets the error and
+//!    the actor stops, so the next message starts a fresh actor from what is on disk.
 //!
-//! The actor never waits on the network: anything remote is done by callers before or after
-//! talking to it.
+//! Life of a received PDU (`InboundPdus`, signatures and hashes already checked):
+//!
+//! * Fast path: it extends exactly the current forward extremities and cites auth events of
+//!   the current state, so the state before it IS the current state, in memory: auth checks
+//!   and append need no I/O.
+//! * Otherwise the pending batch is flushed, and [`super::inbound::prepare`] loads what it
+//!   needs on a blocking thread (state after its prev events, state resolution, forks) while
+//!   the actor holds its mailbox (`AtomicResponse`); then the actor soft-fail-checks it
+//!   against the current state and appends it. Missing prev or auth events are reported back
+//!   to the caller, which fetches them from the network: the actor never waits on a peer.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,12 +40,16 @@ use weft_protocol::builder::{self, EventDraft, Position};
 use weft_protocol::{Pdu, RoomVersion};
 
 use super::ActorMap;
-use super::messages::{GetSnapshot, InitRoom, RoomSnapshot, SendEvent, TxnKey};
-use super::persist::{MembershipChange, PersistBatch, PersistEvent};
-use super::state::CurrentState;
+use super::inbound::{self, InboundInput, Prepared};
+use super::messages::{
+    BuildEvent, GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot, SendEvent, TxnKey,
+};
+use super::persist::{MembershipChange, PersistBatch, PersistEvent, Redaction};
+use super::state::{CurrentState, depth_of, make_group};
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::storage::events::NewEvent;
+use crate::storage::state::StateIds;
 use crate::storage::{self, StorageResult};
 
 /// Most `prev_events` a local event cites.
@@ -46,7 +59,7 @@ const MAX_PREV_EVENTS: usize = 10;
 enum Status {
     /// Loading from the database (the mailbox is held until done).
     Loading,
-    /// A new room: waiting for `InitRoom`.
+    /// A room not yet known here: waiting for `InitRoom` or a join from another server.
     New,
     Ready,
     /// No such room on this server.
@@ -58,8 +71,24 @@ enum Status {
 struct Pending {
     pdu: Arc<Pdu>,
     persist: PersistEvent,
-    stream: i64,
+    stream: Option<i64>,
     replies: Vec<oneshot::Sender<Result<OwnedEventId>>>,
+}
+
+/// How a new event lands in the room.
+struct AppendPlan {
+    pdu: Arc<Pdu>,
+    rejected: Option<String>,
+    soft_failed: bool,
+    /// The state before the event (`None`: the current state).
+    state_before: Option<StateIds>,
+    /// The room's state after it (`None`: the current state plus the event).
+    new_current: Option<StateIds>,
+    events: HashMap<String, Arc<Pdu>>,
+    /// Created here: deliver it to the other servers in the room.
+    local: bool,
+    txn: Option<TxnKey>,
+    reply: Option<oneshot::Sender<Result<OwnedEventId>>>,
 }
 
 pub struct RoomActor {
@@ -73,10 +102,9 @@ pub struct RoomActor {
     max_depth: u64,
     /// Transactions seen since the actor started (older ones are found in the database by
     /// the handler before it asks the actor).
-    txns: std::collections::HashMap<TxnKey, OwnedEventId>,
+    txns: HashMap<TxnKey, OwnedEventId>,
     pending: Vec<Pending>,
-    /// Set when the pending batch creates the room.
-    new_room: Option<(String, Option<String>)>,
+    batch: PersistBatch,
     flush_scheduled: bool,
     last_active: Instant,
 }
@@ -94,6 +122,10 @@ struct Loaded {
     max_depth: u64,
 }
 
+fn server_of(user: &str) -> &str {
+    user.split_once(':').map(|(_, s)| s).unwrap_or_default()
+}
+
 impl RoomActor {
     pub(super) fn new(
         core: Arc<Core>,
@@ -101,6 +133,10 @@ impl RoomActor {
         room_id: OwnedRoomId,
         fresh: Option<RoomVersion>,
     ) -> Self {
+        let batch = PersistBatch {
+            room_id: room_id.to_string(),
+            ..Default::default()
+        };
         Self {
             core,
             actors,
@@ -114,9 +150,9 @@ impl RoomActor {
             state: CurrentState::default(),
             extremities: Vec::new(),
             max_depth: 0,
-            txns: Default::default(),
+            txns: HashMap::new(),
             pending: Vec::new(),
-            new_room: None,
+            batch,
             flush_scheduled: false,
             last_active: Instant::now(),
         }
@@ -130,15 +166,14 @@ impl RoomActor {
         }
     }
 
-    /// Builds a local event on top of the current position, checks it, and applies it.
+    /// Builds a local event on top of the current position and checks it.
     fn build_local(&self, draft: &EventDraft) -> Result<Pdu> {
-        let content = &draft.content;
         let auth_events = auth::select_auth_events(
             self.version,
             &draft.kind,
             &draft.sender,
             draft.state_key.as_deref(),
-            content,
+            &draft.content,
             &self.state.ids(),
         )
         .map_err(|e| Error::BadJson(e.0))?;
@@ -167,67 +202,214 @@ impl RoomActor {
         Ok(pdu)
     }
 
-    /// Appends an accepted event to the in-memory room and the pending batch.
-    fn append(
-        &mut self,
-        pdu: Pdu,
-        txn: Option<TxnKey>,
-        reply: Option<oneshot::Sender<Result<OwnedEventId>>>,
-    ) {
-        let pdu = Arc::new(pdu);
+    fn row_for(&self, pdu: &Pdu, stream: Option<i64>) -> NewEvent {
+        NewEvent {
+            event_id: pdu.event_id().to_string(),
+            room_id: self.room_id.to_string(),
+            stream_ordering: stream,
+            depth: pdu.depth().min(i64::MAX as u64) as i64,
+            event_type: pdu.kind_str(),
+            state_key: pdu.state_key().map(str::to_owned),
+            sender: pdu.sender().to_string(),
+            origin_server_ts: pdu.origin_server_ts().min(i64::MAX as u64) as i64,
+            json: pdu.to_canonical_string(),
+            state_before: None,
+            state_after: None,
+            outlier: stream.is_none(),
+            rejected: None,
+            soft_failed: false,
+            redacted_by: None,
+        }
+    }
+
+    /// Lands an event: groups, extremities, current state, memberships, outbound queue.
+    fn append(&mut self, plan: AppendPlan) {
+        let pdu = plan.pdu;
+        if let Some(reason) = plan.rejected {
+            let mut row = self.row_for(&pdu, None);
+            row.rejected = Some(reason);
+            self.pending.push(Pending {
+                pdu,
+                persist: PersistEvent {
+                    row,
+                    txn: None,
+                    redaction: None,
+                },
+                stream: None,
+                replies: plan.reply.into_iter().collect(),
+            });
+            return;
+        }
         let stream = self.core.notifier.allocate();
-        let state_before = self.state.group.map(|(g, _)| g);
-        let mut group = None;
-        let mut membership = None;
-        if pdu.is_state() {
-            let new_group = self.state.apply(&pdu, self.core.next_state_group());
-            group = Some(new_group);
-            if let (Some(m), Some(target)) = (pdu.membership(), pdu.state_key()) {
+        let cur_ids = self.state.string_ids();
+        let cur_group = self.state.group;
+
+        // The state before the event.
+        let (before_ids, before_group) = match plan.state_before {
+            None => (cur_ids.clone(), cur_group),
+            Some(ids) => {
+                match make_group(|| self.core.next_state_group(), cur_group, &cur_ids, &ids) {
+                    None => (ids, cur_group),
+                    Some(g) => {
+                        let r = Some((g.id, depth_of(&g)));
+                        self.batch.groups.push(g);
+                        (ids, r)
+                    }
+                }
+            }
+        };
+        // The state after it.
+        let mut after_ids = before_ids.clone();
+        let mut after_group = before_group;
+        if let Some(k) = pdu.state_key() {
+            after_ids.insert((pdu.kind_str(), k.to_owned()), pdu.event_id().to_string());
+            if let Some(g) = make_group(
+                || self.core.next_state_group(),
+                before_group,
+                &before_ids,
+                &after_ids,
+            ) {
+                after_group = Some((g.id, depth_of(&g)));
+                self.batch.groups.push(g);
+            }
+        }
+        let mut row = self.row_for(&pdu, Some(stream));
+        row.state_before = before_group.map(|g| g.0);
+        row.state_after = after_group.map(|g| g.0);
+        row.soft_failed = plan.soft_failed;
+        let redaction = pdu.redacts().map(|target| {
+            let pl = self.state.power_levels(self.version);
+            Redaction {
+                target: target.to_string(),
+                sender: pdu.sender().to_string(),
+                has_power: pl.user_level(pdu.sender().as_str()) >= pl.redact_level(),
+            }
+        });
+        if let Some(t) = &plan.txn {
+            self.txns.insert(t.clone(), pdu.owned_event_id());
+        }
+
+        if !plan.soft_failed {
+            // Forward extremities.
+            let prevs: HashSet<&OwnedEventId> = pdu.prev_events().iter().collect();
+            self.extremities.retain(|e| !prevs.contains(e));
+            self.extremities.push(pdu.owned_event_id());
+            self.max_depth = self.max_depth.max(pdu.depth());
+
+            // The new current state.
+            let (new_ids, new_group) = match plan.new_current {
+                None => (after_ids, after_group),
+                Some(ids) if ids == after_ids => (ids, after_group),
+                Some(ids) => {
+                    match make_group(|| self.core.next_state_group(), cur_group, &cur_ids, &ids) {
+                        None => (ids, cur_group),
+                        Some(g) => {
+                            let r = Some((g.id, depth_of(&g)));
+                            self.batch.groups.push(g);
+                            (ids, r)
+                        }
+                    }
+                }
+            };
+            self.set_current_state(&cur_ids, new_ids, new_group, &plan.events, &pdu, stream);
+
+            // Deliveries to the other servers of the room.
+            if plan.local {
+                let mut dests: BTreeSet<String> = self.state.joined_servers();
+                if let Some(target) = pdu.state_key().filter(|_| pdu.membership().is_some()) {
+                    dests.insert(server_of(target).to_owned());
+                }
+                for d in dests {
+                    if !self.core.is_local(&d) && !d.is_empty() {
+                        if let Some(fed) = self.core.federation.get() {
+                            self.batch.queue.push((
+                                fed.sender.next_queue_id(),
+                                d,
+                                pdu.event_id().to_string(),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        self.pending.push(Pending {
+            pdu,
+            persist: PersistEvent {
+                row,
+                txn: plan.txn,
+                redaction,
+            },
+            stream: Some(stream),
+            replies: plan.reply.into_iter().collect(),
+        });
+    }
+
+    /// Replaces the in-memory current state and records what changed.
+    fn set_current_state(
+        &mut self,
+        old_ids: &StateIds,
+        new_ids: StateIds,
+        group: Option<(i64, i32)>,
+        extra: &HashMap<String, Arc<Pdu>>,
+        pdu: &Arc<Pdu>,
+        stream: i64,
+    ) {
+        let by_id: HashMap<String, Arc<Pdu>> = self
+            .state
+            .events
+            .values()
+            .map(|e| (e.event_id().to_string(), Arc::clone(e)))
+            .chain(extra.iter().map(|(k, v)| (k.clone(), Arc::clone(v))))
+            .chain(std::iter::once((
+                pdu.event_id().to_string(),
+                Arc::clone(pdu),
+            )))
+            .collect();
+        let mut events: StateMap<Arc<Pdu>> = StateMap::new();
+        for ((t, k), id) in &new_ids {
+            match by_id.get(id) {
+                Some(e) => {
+                    events.insert((StateEventType::from(t.as_str()), k.clone()), Arc::clone(e));
+                }
+                None => {
+                    tracing::warn!(room = %self.room_id, event = %id, "state event not in memory; state may be incomplete")
+                }
+            }
+        }
+        // What changed, for the stored current state and the membership index.
+        for (key, id) in &new_ids {
+            if old_ids.get(key) == Some(id) {
+                continue;
+            }
+            self.batch
+                .current_state_delta
+                .push((key.clone(), Some(id.clone())));
+            if key.0 == "m.room.member"
+                && let Some(ev) = by_id.get(id)
+                && let Some(m) = ev.membership()
+            {
                 let invite_state = (m == "invite").then(|| {
                     serde_json::Value::Array(self.state.stripped_for_invite()).to_string()
                 });
-                membership = Some(MembershipChange {
-                    user_id: target.to_owned(),
+                self.batch.memberships.push(MembershipChange {
+                    user_id: key.1.clone(),
                     membership: m,
-                    sender: pdu.sender().to_string(),
+                    sender: ev.sender().to_string(),
+                    event_id: id.clone(),
+                    stream,
                     invite_state,
                 });
             }
         }
-        self.extremities = vec![pdu.owned_event_id()];
-        self.max_depth = self.max_depth.max(pdu.depth());
-        if let Some(t) = &txn {
-            self.txns.insert(t.clone(), pdu.owned_event_id());
+        for key in old_ids.keys() {
+            if !new_ids.contains_key(key) {
+                self.batch.current_state_delta.push((key.clone(), None));
+            }
         }
-        let row = NewEvent {
-            event_id: pdu.event_id().to_string(),
-            room_id: self.room_id.to_string(),
-            stream_ordering: Some(stream),
-            depth: pdu.depth() as i64,
-            event_type: pdu.kind_str(),
-            state_key: pdu.state_key().map(str::to_owned),
-            sender: pdu.sender().to_string(),
-            origin_server_ts: pdu.origin_server_ts() as i64,
-            json: pdu.to_canonical_string(),
-            state_before,
-            outlier: false,
-            rejected: None,
-            soft_failed: false,
-            redacted_by: None,
-        };
-        let persist = PersistEvent {
-            row,
-            group,
-            membership,
-            txn,
-            redacts: pdu.redacts().map(|r| r.to_string()),
-        };
-        self.pending.push(Pending {
-            pdu,
-            persist,
-            stream,
-            replies: reply.into_iter().collect(),
-        });
+        self.state.events = events;
+        self.state.group = group;
+        self.batch.state_group = group.map(|g| g.0);
+        self.batch.extremities = Some(self.extremities.iter().map(|e| e.to_string()).collect());
     }
 
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
@@ -238,71 +420,68 @@ impl RoomActor {
     }
 
     /// Local users who must see this batch: joined members, plus targets of membership events.
-    fn users_to_wake(&self, batch: &[Pending]) -> Vec<String> {
+    fn users_to_wake(&self, memberships: &[MembershipChange]) -> Vec<String> {
         let mut users: HashSet<String> = self.state.members_with("join").into_iter().collect();
-        for p in batch {
-            if let Some(m) = &p.persist.membership {
-                users.insert(m.user_id.clone());
-            }
-        }
+        users.extend(memberships.iter().map(|m| m.user_id.clone()));
         let suffix = format!(":{}", self.core.server_name());
         users.into_iter().filter(|u| u.ends_with(&suffix)).collect()
     }
 
-    fn flush(&mut self, ctx: &mut Context<Self>) {
+    /// Writes the pending batch and completes it (the caller holds the mailbox meanwhile).
+    fn flush_fut(&mut self) -> ResponseActFuture<Self, bool> {
         self.flush_scheduled = false;
         if self.pending.is_empty() {
-            return;
+            return Box::pin(actix::fut::ready(true));
         }
-        let batch = std::mem::take(&mut self.pending);
-        let mut current_state_delta = Vec::new();
-        for p in &batch {
-            if let Some(k) = p.pdu.state_key() {
-                current_state_delta.push((
-                    (p.pdu.kind_str(), k.to_owned()),
-                    Some(p.pdu.event_id().to_string()),
-                ));
-            }
-        }
-        let job = PersistBatch {
-            room_id: self.room_id.to_string(),
-            new_room: self.new_room.take(),
-            events: batch.iter().map(|p| p.persist.clone()).collect(),
-            current_state_delta,
-            extremities: Some(self.extremities.iter().map(|e| e.to_string()).collect()),
-            state_group: self.state.group.map(|(g, _)| g),
-        };
+        let pending = std::mem::take(&mut self.pending);
+        let mut job = std::mem::replace(
+            &mut self.batch,
+            PersistBatch {
+                room_id: self.room_id.to_string(),
+                ..Default::default()
+            },
+        );
+        job.events = pending.iter().map(|p| p.persist.clone()).collect();
+        let memberships = job.memberships.clone();
+        let destinations: BTreeSet<String> = job.queue.iter().map(|q| q.1.clone()).collect();
         let db = self.core.db.clone();
         let shard = self.room_id.to_string();
         let started = Instant::now();
         let fut = async move { db.write(&shard, move |conn| job.run(conn)).await };
-        ctx.wait(fut.into_actor(self).map(move |res: StorageResult<()>, act, ctx| {
-            let positions: Vec<i64> = batch.iter().map(|p| p.stream).collect();
+        Box::pin(fut.into_actor(self).map(move |res: StorageResult<()>, act, ctx| {
+            let positions: Vec<i64> = pending.iter().filter_map(|p| p.stream).collect();
             match res {
                 Ok(()) => {
-                    tracing::debug!(room = %act.room_id, events = batch.len(), ms = started.elapsed().as_millis() as u64, "batch committed");
-                    let wake = act.users_to_wake(&batch);
+                    tracing::debug!(room = %act.room_id, events = pending.len(), ms = started.elapsed().as_millis() as u64, "batch committed");
+                    let wake = act.users_to_wake(&memberships);
                     act.core.notifier.complete(&positions, wake);
-                    for p in batch {
+                    if let Some(fed) = act.core.federation.get() {
+                        for d in &destinations {
+                            fed.sender.wake(d);
+                        }
+                    }
+                    for p in pending {
                         for r in p.replies {
                             let _ = r.send(Ok(p.pdu.owned_event_id()));
                         }
                     }
+                    true
                 }
                 Err(e) => {
                     tracing::error!(room = %act.room_id, error = %e, "batch failed; restarting room actor");
                     act.core.notifier.complete(&positions, []);
                     let msg = e.to_string();
-                    for p in batch {
+                    for p in pending {
                         for r in p.replies {
                             let _ = r.send(Err(Error::Internal(format!("could not store event: {msg}"))));
                         }
                     }
                     act.status = Status::Broken;
                     ctx.stop();
+                    false
                 }
             }
-        }));
+        }))
     }
 
     fn load(core: &Core, room_id: &str) -> StorageResult<Option<Loaded>> {
@@ -352,6 +531,177 @@ impl RoomActor {
                 max_depth,
             }))
         })
+    }
+
+    // ---- inbound PDUs
+
+    /// Tries the in-memory path for a received PDU; `None` when history must be loaded.
+    fn try_fast(&mut self, pdu: &Arc<Pdu>, local: bool) -> Option<InboundOutcome> {
+        if self.status != Status::Ready {
+            return None;
+        }
+        let prevs: HashSet<&OwnedEventId> = pdu.prev_events().iter().collect();
+        let exts: HashSet<&OwnedEventId> = self.extremities.iter().collect();
+        if prevs != exts || prevs.is_empty() {
+            return None;
+        }
+        let index = self.state.index();
+        if !pdu.auth_events().iter().all(|a| index.contains_key(a)) {
+            return None;
+        }
+        if self
+            .pending
+            .iter()
+            .any(|p| p.pdu.event_id() == pdu.event_id())
+        {
+            return Some(InboundOutcome::Accepted);
+        }
+        let verdict =
+            auth::check_against_auth_events(self.version, pdu, |id| index.get(id).cloned())
+                .and_then(|()| {
+                    auth::check_state_dependent(self.version, pdu, |t, k| {
+                        self.state.as_map().get(&(t.clone(), k.to_owned())).cloned()
+                    })
+                });
+        let outcome = match &verdict {
+            Ok(()) => InboundOutcome::Accepted,
+            Err(e) => InboundOutcome::Rejected(e.0.clone()),
+        };
+        self.append(AppendPlan {
+            pdu: Arc::clone(pdu),
+            rejected: verdict.err().map(|e| e.0),
+            soft_failed: false,
+            state_before: None,
+            new_current: None,
+            events: HashMap::new(),
+            local,
+            txn: None,
+            reply: None,
+        });
+        Some(outcome)
+    }
+
+    /// Applies the result of `inbound::prepare`.
+    fn apply_prepared(
+        &mut self,
+        pdu: Arc<Pdu>,
+        prepared: StorageResult<Prepared>,
+        local: bool,
+    ) -> InboundOutcome {
+        match prepared {
+            Err(e) => InboundOutcome::Error(e.to_string()),
+            Ok(Prepared::Known) => InboundOutcome::Accepted,
+            Ok(Prepared::Missing { prev, auth }) => InboundOutcome::Missing { prev, auth },
+            Ok(Prepared::Rejected(reason)) => {
+                self.append(AppendPlan {
+                    pdu,
+                    rejected: Some(reason.clone()),
+                    soft_failed: false,
+                    state_before: None,
+                    new_current: None,
+                    events: HashMap::new(),
+                    local: false,
+                    txn: None,
+                    reply: None,
+                });
+                InboundOutcome::Rejected(reason)
+            }
+            Ok(Prepared::Ready(ready)) => {
+                if self.status == Status::New {
+                    // The first event we hold of a room joined over federation.
+                    self.status = Status::Ready;
+                    self.batch.new_room = Some((self.version.as_str().to_owned(), None));
+                }
+                let soft = auth::check_state_dependent(self.version, &pdu, |t, k| {
+                    self.state.as_map().get(&(t.clone(), k.to_owned())).cloned()
+                });
+                let soft_failed = soft.is_err() && !self.state.events.is_empty();
+                if let Err(e) = &soft
+                    && soft_failed
+                {
+                    tracing::info!(room = %self.room_id, event = %pdu.event_id(), reason = %e.0, "soft-failed event");
+                }
+                let ready = *ready;
+                self.append(AppendPlan {
+                    pdu,
+                    rejected: None,
+                    soft_failed,
+                    state_before: Some(ready.state_before),
+                    new_current: Some(ready.new_current),
+                    events: ready.events,
+                    local,
+                    txn: None,
+                    reply: None,
+                });
+                if soft_failed {
+                    InboundOutcome::SoftFailed(soft.err().map(|e| e.0).unwrap_or_default())
+                } else {
+                    InboundOutcome::Accepted
+                }
+            }
+        }
+    }
+
+    fn inbound_input(&self, pdu: &Arc<Pdu>, state_hint: Option<StateIds>) -> InboundInput {
+        let mut known: HashMap<String, Arc<Pdu>> = self
+            .state
+            .events
+            .values()
+            .map(|e| (e.event_id().to_string(), Arc::clone(e)))
+            .collect();
+        for p in &self.pending {
+            known.insert(p.pdu.event_id().to_string(), Arc::clone(&p.pdu));
+        }
+        InboundInput {
+            version: self.version,
+            pdu: Arc::clone(pdu),
+            extremities: self.extremities.iter().map(|e| e.to_string()).collect(),
+            current_ids: self.state.string_ids(),
+            known,
+            state_hint,
+        }
+    }
+
+    /// Processes received PDUs one by one, then commits them together.
+    fn process_inbound(
+        mut items: VecDeque<(Arc<Pdu>, Option<StateIds>)>,
+        mut results: Vec<InboundOutcome>,
+        local: bool,
+    ) -> ResponseActFuture<Self, Vec<InboundOutcome>> {
+        Box::pin(actix::fut::ready(()).then(move |(), act: &mut Self, _ctx| {
+            let Some((pdu, hint)) = items.pop_front() else {
+                return Box::pin(act.flush_fut().map(move |ok, _, _| {
+                    if ok {
+                        results
+                    } else {
+                        results
+                            .into_iter()
+                            .map(|_| InboundOutcome::Error("storage failure".into()))
+                            .collect()
+                    }
+                })) as ResponseActFuture<Self, Vec<InboundOutcome>>;
+            };
+            if hint.is_none()
+                && let Some(outcome) = act.try_fast(&pdu, local)
+            {
+                results.push(outcome);
+                return Self::process_inbound(items, results, local);
+            }
+            Box::pin(
+                act.flush_fut()
+                    .then(move |_, act: &mut Self, _| {
+                        let input = act.inbound_input(&pdu, hint);
+                        let db = act.core.db.clone();
+                        async move { (pdu, db.read(move |c| inbound::prepare(c, input)).await) }
+                            .into_actor(act)
+                    })
+                    .then(move |(pdu, prepared), act: &mut Self, _| {
+                        let outcome = act.apply_prepared(pdu, prepared, local);
+                        results.push(outcome);
+                        Self::process_inbound(items, results, local)
+                    }),
+            )
+        }))
     }
 }
 
@@ -419,7 +769,8 @@ impl Actor for RoomActor {
 impl Handler<Flush> for RoomActor {
     type Result = ();
     fn handle(&mut self, _msg: Flush, ctx: &mut Self::Context) {
-        self.flush(ctx);
+        let fut = self.flush_fut().map(|_, _, _| ());
+        ctx.wait(fut);
     }
 }
 
@@ -463,7 +814,17 @@ impl Handler<SendEvent> for RoomActor {
             Err(e) => return reply_now(Err(e)),
         };
         let (tx, rx) = oneshot::channel();
-        self.append(pdu, msg.txn, Some(tx));
+        self.append(AppendPlan {
+            pdu: Arc::new(pdu),
+            rejected: None,
+            soft_failed: false,
+            state_before: None,
+            new_current: None,
+            events: HashMap::new(),
+            local: true,
+            txn: msg.txn,
+            reply: Some(tx),
+        });
         self.schedule_flush(ctx);
         await_reply(rx)
     }
@@ -489,31 +850,50 @@ impl Handler<InitRoom> for RoomActor {
             ))));
         }
         self.status = Status::Ready;
-        self.new_room = Some((
+        self.batch.new_room = Some((
             self.version.as_str().to_owned(),
             Some(msg.create.sender().to_string()),
         ));
         let mut receivers = Vec::new();
-        let (tx, rx) = oneshot::channel();
-        receivers.push(rx);
-        self.append(msg.create, None, Some(tx));
-        for draft in &msg.drafts {
-            match self.build_local(draft) {
-                Ok(pdu) => {
-                    let (tx, rx) = oneshot::channel();
-                    receivers.push(rx);
-                    self.append(pdu, None, Some(tx));
-                }
-                Err(e) => {
-                    // Nothing was written yet: drop the whole room.
-                    let positions: Vec<i64> = self.pending.iter().map(|p| p.stream).collect();
-                    self.core.notifier.complete(&positions, []);
-                    self.pending.clear();
-                    self.status = Status::Broken;
-                    ctx.stop();
-                    return reply_now(Err(e));
-                }
-            }
+        let mut failure = None;
+        let mut next = Some(msg.create);
+        let mut drafts = msg.drafts.iter();
+        loop {
+            let pdu = match next.take() {
+                Some(p) => p,
+                None => match drafts.next() {
+                    None => break,
+                    Some(d) => match self.build_local(d) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            failure = Some(e);
+                            break;
+                        }
+                    },
+                },
+            };
+            let (tx, rx) = oneshot::channel();
+            receivers.push(rx);
+            self.append(AppendPlan {
+                pdu: Arc::new(pdu),
+                rejected: None,
+                soft_failed: false,
+                state_before: None,
+                new_current: None,
+                events: HashMap::new(),
+                local: true,
+                txn: None,
+                reply: Some(tx),
+            });
+        }
+        if let Some(e) = failure {
+            // Nothing was written yet: drop the whole room.
+            let positions: Vec<i64> = self.pending.iter().filter_map(|p| p.stream).collect();
+            self.core.notifier.complete(&positions, []);
+            self.pending.clear();
+            self.status = Status::Broken;
+            ctx.stop();
+            return reply_now(Err(e));
         }
         self.schedule_flush(ctx);
         Box::pin(async move {
@@ -529,6 +909,47 @@ impl Handler<InitRoom> for RoomActor {
     }
 }
 
+impl Handler<InboundPdus> for RoomActor {
+    type Result = AtomicResponse<Self, Vec<InboundOutcome>>;
+
+    fn handle(&mut self, msg: InboundPdus, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        let fail_all = |reason: &str, n: usize| {
+            AtomicResponse::new(Box::pin(actix::fut::ready(vec![
+                InboundOutcome::Error(
+                    reason.to_owned()
+                );
+                n
+            ])))
+        };
+        match self.status {
+            Status::Ready => {}
+            Status::New if msg.version.is_some() => {
+                if let Some(v) = msg.version {
+                    self.version = v;
+                }
+            }
+            Status::Missing if msg.version.is_some() => {
+                // A room we have no copy of yet, being joined now.
+                self.status = Status::New;
+                if let Some(v) = msg.version {
+                    self.version = v;
+                }
+            }
+            Status::Missing | Status::New => return fail_all("unknown room", msg.pdus.len()),
+            Status::Loading | Status::Broken => {
+                return fail_all("room unavailable", msg.pdus.len());
+            }
+        }
+        let items: VecDeque<(Arc<Pdu>, Option<StateIds>)> = msg
+            .pdus
+            .into_iter()
+            .map(|(p, h)| (Arc::new(p), h))
+            .collect();
+        AtomicResponse::new(Self::process_inbound(items, Vec::new(), msg.local))
+    }
+}
+
 impl Handler<GetSnapshot> for RoomActor {
     type Result = Result<RoomSnapshot>;
 
@@ -541,5 +962,16 @@ impl Handler<GetSnapshot> for RoomActor {
             extremities: self.extremities.clone(),
             max_depth: self.max_depth,
         })
+    }
+}
+
+impl Handler<BuildEvent> for RoomActor {
+    type Result = Result<(Pdu, RoomVersion, Vec<serde_json::Value>)>;
+
+    fn handle(&mut self, msg: BuildEvent, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        self.check_ready()?;
+        let pdu = self.build_local(&msg.draft)?;
+        Ok((pdu, self.version, self.state.stripped_for_invite()))
     }
 }

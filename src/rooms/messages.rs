@@ -5,6 +5,8 @@ use ruma::OwnedEventId;
 use weft_protocol::builder::EventDraft;
 use weft_protocol::{Pdu, RoomVersion};
 
+use crate::storage::state::StateIds;
+
 use crate::error::Result;
 
 /// A client's transaction key: `(user_id, device_id, txn_id)`.
@@ -40,4 +42,39 @@ pub struct RoomSnapshot {
     pub state: crate::rooms::state::CurrentState,
     pub extremities: Vec<OwnedEventId>,
     pub max_depth: u64,
+}
+
+/// PDUs from another server (signatures and hashes already checked), processed in order
+/// and committed together. Each may carry the state before it when its prev events are not
+/// known here (a join's state from `send_join`, a gap filled with `/state_ids`).
+#[derive(Message, Clone)]
+#[rtype(result = "Vec<InboundOutcome>")]
+pub struct InboundPdus {
+    pub pdus: Vec<(Pdu, Option<StateIds>)>,
+    /// Created by this server (deliver to the room's other servers once accepted).
+    pub local: bool,
+    /// The room version, when the room may be new here (joining it).
+    pub version: Option<RoomVersion>,
+}
+
+/// What became of one received PDU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundOutcome {
+    Accepted,
+    SoftFailed(String),
+    Rejected(String),
+    /// These prev/auth events must be fetched first.
+    Missing {
+        prev: Vec<String>,
+        auth: Vec<String>,
+    },
+    Error(String),
+}
+
+/// Build and check a local event without appending it (an invite the invitee's server must
+/// sign first). Answers the event, the room version and the invite's stripped state.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<(Pdu, RoomVersion, Vec<serde_json::Value>)>")]
+pub struct BuildEvent {
+    pub draft: EventDraft,
 }

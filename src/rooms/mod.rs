@@ -7,7 +7,9 @@
 pub mod access;
 pub mod actor;
 pub mod create;
+pub mod inbound;
 pub mod messages;
+pub mod outliers;
 pub mod persist;
 pub mod state;
 pub mod typing;

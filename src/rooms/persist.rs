@@ -3,7 +3,7 @@
 
 use crate::storage::events::{self, NewEvent};
 use crate::storage::state::{self, StateDelta};
-use crate::storage::{AnyConnection, StorageResult, rooms};
+use crate::storage::{AnyConnection, StorageResult, federation, rooms};
 
 /// A new state group to store.
 #[derive(Debug, Clone)]
@@ -14,25 +14,33 @@ pub struct NewGroup {
     pub entries: StateDelta,
 }
 
-/// A membership change caused by a member event.
+/// A change of a user's current membership.
 #[derive(Debug, Clone)]
 pub struct MembershipChange {
     pub user_id: String,
     pub membership: String,
     pub sender: String,
+    pub event_id: String,
+    pub stream: i64,
     /// Stripped state shown with an invite.
     pub invite_state: Option<String>,
 }
 
-/// One event of a batch, with everything it changes.
+/// A redaction to apply if the target is in this room and the redaction is allowed.
+#[derive(Debug, Clone)]
+pub struct Redaction {
+    pub target: String,
+    pub sender: String,
+    /// The sender has the redact power level (else only same-server redactions apply).
+    pub has_power: bool,
+}
+
+/// One event of a batch, with what it brings along.
 #[derive(Debug, Clone)]
 pub struct PersistEvent {
     pub row: NewEvent,
-    pub group: Option<NewGroup>,
-    pub membership: Option<MembershipChange>,
     pub txn: Option<(String, String, String)>,
-    /// The event this one redacts, when the redaction is to be applied.
-    pub redacts: Option<String>,
+    pub redaction: Option<Redaction>,
 }
 
 /// Everything a batch writes.
@@ -41,12 +49,20 @@ pub struct PersistBatch {
     pub room_id: String,
     /// Set when the batch creates the room: `(version, creator)`.
     pub new_room: Option<(String, Option<String>)>,
+    pub groups: Vec<NewGroup>,
     pub events: Vec<PersistEvent>,
+    pub memberships: Vec<MembershipChange>,
     pub current_state_delta: StateDelta,
     /// The room's forward extremities after the batch (`None` = unchanged).
     pub extremities: Option<Vec<String>>,
     /// The room's current state group after the batch (`None` = unchanged).
     pub state_group: Option<i64>,
+    /// Outbound deliveries: `(queue id, destination, event id)`.
+    pub queue: Vec<(i64, String, String)>,
+}
+
+fn server_of(user: &str) -> &str {
+    user.split_once(':').map(|(_, s)| s).unwrap_or_default()
 }
 
 impl PersistBatch {
@@ -55,29 +71,33 @@ impl PersistBatch {
         if let Some((version, creator)) = &self.new_room {
             rooms::insert_room(conn, &self.room_id, version, creator.as_deref(), now)?;
         }
+        for g in &self.groups {
+            state::insert_group(conn, g.id, &self.room_id, g.parent, &g.entries)?;
+        }
         for ev in &self.events {
-            if let Some(g) = &ev.group {
-                state::insert_group(conn, g.id, &self.room_id, g.parent, &g.entries)?;
-            }
             events::insert_event(conn, &ev.row)?;
-            if let Some(m) = &ev.membership {
-                rooms::set_membership(
-                    conn,
-                    &self.room_id,
-                    &m.user_id,
-                    &m.membership,
-                    &ev.row.event_id,
-                    ev.row.stream_ordering.unwrap_or(0),
-                    &m.sender,
-                    m.invite_state.as_deref(),
-                )?;
-            }
             if let Some((user, device, txn)) = &ev.txn {
                 events::insert_txn(conn, user, device, txn, &ev.row.event_id)?;
             }
-            if let Some(target) = &ev.redacts {
-                events::set_redacted_by(conn, target, &ev.row.event_id)?;
+            if let Some(r) = &ev.redaction
+                && let Some(target) = events::get_event(conn, &r.target)?
+                && target.room_id == self.room_id
+                && (r.has_power || server_of(&target.sender) == server_of(&r.sender))
+            {
+                events::set_redacted_by(conn, &r.target, &ev.row.event_id)?;
             }
+        }
+        for m in &self.memberships {
+            rooms::set_membership(
+                conn,
+                &self.room_id,
+                &m.user_id,
+                &m.membership,
+                &m.event_id,
+                m.stream,
+                &m.sender,
+                m.invite_state.as_deref(),
+            )?;
         }
         if !self.current_state_delta.is_empty() {
             state::update_current_state(conn, &self.room_id, &self.current_state_delta)?;
@@ -87,6 +107,16 @@ impl PersistBatch {
         }
         if let Some(g) = self.state_group {
             rooms::set_state_group(conn, &self.room_id, Some(g))?;
+        }
+        for (id, dest, event_id) in &self.queue {
+            federation::enqueue(
+                conn,
+                *id,
+                dest,
+                crate::federation::outbound::KIND_PDU,
+                event_id,
+                now,
+            )?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use ruma::{EventId, OwnedEventId};
 use weft_protocol::auth::{PowerLevels, StateMap};
 use weft_protocol::{Pdu, RoomVersion};
 
+use crate::rooms::persist::NewGroup;
 use crate::storage::state::{MAX_DELTA_DEPTH, StateDelta, StateIds};
 
 #[derive(Debug, Clone, Default)]
@@ -104,33 +105,12 @@ impl CurrentState {
             .unwrap_or_else(|| "invite".into())
     }
 
-    /// Applies a state event; returns the new state group to write.
-    pub fn apply(&mut self, pdu: &Arc<Pdu>, new_group_id: i64) -> crate::rooms::persist::NewGroup {
-        let (t, k) = (
-            pdu.kind_str(),
-            pdu.state_key().unwrap_or_default().to_owned(),
-        );
-        self.events.insert(key(&t, &k), Arc::clone(pdu));
-        let delta: StateDelta = vec![((t, k), Some(pdu.event_id().to_string()))];
-        let group = match self.group {
-            Some((parent, depth)) if depth < MAX_DELTA_DEPTH => crate::rooms::persist::NewGroup {
-                id: new_group_id,
-                parent: Some((parent, depth)),
-                entries: delta.clone(),
-            },
-            _ => crate::rooms::persist::NewGroup {
-                id: new_group_id,
-                parent: None,
-                entries: self
-                    .string_ids()
-                    .into_iter()
-                    .map(|(k, v)| (k, Some(v)))
-                    .collect(),
-            },
-        };
-        let depth = group.parent.map(|(_, d)| d + 1).unwrap_or(0);
-        self.group = Some((new_group_id, depth));
-        group
+    /// Servers with at least one joined member.
+    pub fn joined_servers(&self) -> std::collections::BTreeSet<String> {
+        self.members_with("join")
+            .into_iter()
+            .filter_map(|u| u.split_once(':').map(|(_, s)| s.to_owned()))
+            .collect()
     }
 
     /// Stripped state for invites: the events a client needs to show the room.
@@ -162,4 +142,53 @@ impl CurrentState {
             .map(|e| (e.owned_event_id(), Arc::clone(e)))
             .collect()
     }
+}
+
+/// A group for `target`, stored as a delta against `base` when that is cheap, else in full.
+/// `None` when `target` equals the base state (reuse the base group).
+pub fn make_group(
+    id_source: impl FnOnce() -> i64,
+    base: Option<(i64, i32)>,
+    base_ids: &StateIds,
+    target: &StateIds,
+) -> Option<NewGroup> {
+    let mut delta: StateDelta = Vec::new();
+    for (k, v) in target {
+        if base_ids.get(k) != Some(v) {
+            delta.push((k.clone(), Some(v.clone())));
+        }
+    }
+    for k in base_ids.keys() {
+        if !target.contains_key(k) {
+            delta.push((k.clone(), None));
+        }
+    }
+    if base.is_some() && delta.is_empty() {
+        return None;
+    }
+    let id = id_source();
+    Some(match base {
+        Some((parent, depth))
+            if depth < MAX_DELTA_DEPTH && delta.len() <= 64.max(target.len() / 4) =>
+        {
+            NewGroup {
+                id,
+                parent: Some((parent, depth)),
+                entries: delta,
+            }
+        }
+        _ => NewGroup {
+            id,
+            parent: None,
+            entries: target
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+        },
+    })
+}
+
+/// The delta depth a group will have once stored.
+pub fn depth_of(group: &NewGroup) -> i32 {
+    group.parent.map(|(_, d)| d + 1).unwrap_or(0)
 }

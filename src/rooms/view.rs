@@ -30,8 +30,8 @@ impl Versions {
         if let Some(v) = self.0.get(room_id) {
             return Ok(*v);
         }
-        let v = rooms::get_room(conn, room_id)?
-            .and_then(|r| RoomVersion::parse(&r.room_version))
+        let v = rooms::room_version(conn, room_id)?
+            .and_then(|v| RoomVersion::parse(&v))
             .unwrap_or(RoomVersion::V11);
         self.0.insert(room_id.to_owned(), v);
         Ok(v)

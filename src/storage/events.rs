@@ -18,6 +18,7 @@ pub struct EventRow {
     pub origin_server_ts: i64,
     pub json: String,
     pub state_before: Option<i64>,
+    pub state_after: Option<i64>,
     pub outlier: bool,
     pub rejected: Option<String>,
     pub soft_failed: bool,
@@ -38,6 +39,7 @@ pub struct NewEvent {
     pub origin_server_ts: i64,
     pub json: String,
     pub state_before: Option<i64>,
+    pub state_after: Option<i64>,
     pub outlier: bool,
     pub rejected: Option<String>,
     pub soft_failed: bool,
@@ -64,6 +66,7 @@ pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bo
                 .set((
                     events::stream_ordering.eq(ev.stream_ordering),
                     events::state_before.eq(ev.state_before),
+                    events::state_after.eq(ev.state_after),
                     events::outlier.eq(false),
                     events::rejected.eq(&ev.rejected),
                     events::soft_failed.eq(ev.soft_failed),
@@ -222,4 +225,21 @@ pub fn txn_for_event(
         );
     }
     Ok(out)
+}
+
+/// Records the state before an event we hold without it (an outlier whose state was
+/// fetched to bridge a gap).
+pub fn set_state_before_if_unknown(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    group: i64,
+) -> StorageResult<()> {
+    diesel::update(
+        events::table
+            .filter(events::event_id.eq(event_id))
+            .filter(events::state_before.is_null()),
+    )
+    .set(events::state_before.eq(group))
+    .execute(conn)?;
+    Ok(())
 }

@@ -229,3 +229,34 @@ pub fn aliases_for_room(conn: &mut AnyConnection, room_id: &str) -> StorageResul
         .select(room_aliases::alias)
         .load(conn)?)
 }
+
+/// Remembers the version of a room we hold no copy of (an invite from another server).
+pub fn set_known_version(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    version: &str,
+) -> StorageResult<()> {
+    use super::schema::room_versions;
+    diesel::delete(room_versions::table.filter(room_versions::room_id.eq(room_id)))
+        .execute(conn)?;
+    diesel::insert_into(room_versions::table)
+        .values((
+            room_versions::room_id.eq(room_id),
+            room_versions::room_version.eq(version),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The version of a room: ours, or one learnt from an invite.
+pub fn room_version(conn: &mut AnyConnection, room_id: &str) -> StorageResult<Option<String>> {
+    use super::schema::room_versions;
+    if let Some(r) = get_room(conn, room_id)? {
+        return Ok(Some(r.room_version));
+    }
+    Ok(room_versions::table
+        .filter(room_versions::room_id.eq(room_id))
+        .select(room_versions::room_version)
+        .first(conn)
+        .optional()?)
+}

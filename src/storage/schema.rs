@@ -54,6 +54,7 @@ diesel::table! {
         origin_server_ts -> BigInt,
         json -> Text,
         state_before -> Nullable<BigInt>,
+        state_after -> Nullable<BigInt>,
         outlier -> Bool,
         rejected -> Nullable<Text>,
         soft_failed -> Bool,
@@ -163,3 +164,57 @@ diesel::allow_tables_to_appear_in_same_query!(
     rooms,
     room_aliases
 );
+
+diesel::table! {
+    server_key_responses (server_name) {
+        server_name -> Text,
+        response -> Text,
+        valid_until_ts -> BigInt,
+        fetched_ts -> BigInt,
+    }
+}
+
+diesel::table! {
+    server_keys (server_name, key_id) {
+        server_name -> Text,
+        key_id -> Text,
+        public_key -> Text,
+        valid_until_ts -> BigInt,
+    }
+}
+
+diesel::table! {
+    inbound_txns (origin, txn_id) {
+        origin -> Text,
+        txn_id -> Text,
+        response -> Text,
+        received_ts -> BigInt,
+    }
+}
+
+diesel::table! {
+    outbound_queue (id) {
+        id -> BigInt,
+        destination -> Text,
+        kind -> Text,
+        payload -> Text,
+        created_ts -> BigInt,
+    }
+}
+
+diesel::table! {
+    destinations (server_name) {
+        server_name -> Text,
+        failures -> Integer,
+        retry_at -> BigInt,
+        last_success_ts -> Nullable<BigInt>,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    room_versions (room_id) {
+        room_id -> Text,
+        room_version -> Text,
+    }
+}

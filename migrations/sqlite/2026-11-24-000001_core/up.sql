@@ -39,7 +39,8 @@ CREATE TABLE rooms (
 
 -- Every event we hold. stream_ordering is the local arrival order used by /sync and
 -- /messages (NULL for outliers: events held only to authorize others; negative for
--- backfilled history).
+-- backfilled history). state_before/state_after name the state groups of the state before
+-- and after the event (see src/storage/state.rs).
 CREATE TABLE events (
     event_id TEXT PRIMARY KEY NOT NULL,
     room_id TEXT NOT NULL,
@@ -51,6 +52,7 @@ CREATE TABLE events (
     origin_server_ts BIGINT NOT NULL,
     json TEXT NOT NULL,
     state_before BIGINT,
+    state_after BIGINT,
     outlier BOOLEAN NOT NULL DEFAULT 0,
     rejected TEXT,
     soft_failed BOOLEAN NOT NULL DEFAULT 0,

@@ -1,0 +1,295 @@
+//! Filling gaps in a room's DAG from the network, outside the room actor (which never waits
+//! on a peer):
+//!
+//! * missing auth events: `GET /event_auth` from the origin, checked and stored as outliers;
+//! * missing prev events: `POST /get_missing_events` (latest = the event, earliest = our
+//!   forward extremities); the events found are submitted oldest first;
+//! * a gap too large for that: the state at each missing prev event from `GET /state`
+//!   (state and auth chain as full PDUs) and the prev event from `GET /event`; the prev
+//!   event is stored as an outlier *with* that state, so the event can be authorized
+//!   against the resolution of the states after its prev events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ruma::OwnedRoomId;
+use serde_json::{Value, json};
+use weft_protocol::{Pdu, RoomVersion};
+
+use super::verify;
+use crate::federation::Federation;
+use crate::federation::client::enc;
+use crate::rooms::messages::{GetSnapshot, InboundOutcome, InboundPdus};
+use crate::rooms::outliers;
+use crate::services::Services;
+use crate::storage::events;
+use crate::storage::events::NewEvent;
+use crate::storage::state::{self, StateDelta};
+
+const MISSING_EVENTS_LIMIT: u64 = 50;
+
+/// Parses and checks PDUs from a remote answer; drops (and logs) the bad ones.
+pub async fn checked_pdus(
+    fed: &Arc<Federation>,
+    raws: &[Value],
+    version: RoomVersion,
+    room_id: &str,
+) -> Vec<Pdu> {
+    let mut parsed = Vec::new();
+    for raw in raws {
+        match verify::parse(raw, version) {
+            Ok(p) if p.room_id().as_str() == room_id => parsed.push((p, version)),
+            Ok(p) => {
+                tracing::warn!(event = %p.event_id(), "remote answer carried an event of another room")
+            }
+            Err(e) => tracing::warn!(error = %e, "remote answer carried a malformed event"),
+        }
+    }
+    verify::check_many(fed, parsed)
+        .await
+        .into_iter()
+        .filter_map(|r| {
+            r.map_err(|e| tracing::warn!(error = %e, "remote event failed checks"))
+                .ok()
+        })
+        .map(|c| c.pdu)
+        .collect()
+}
+
+async fn fetch_auth_chain(
+    s: &Services,
+    fed: &Arc<Federation>,
+    origin: &str,
+    room_id: &str,
+    version: RoomVersion,
+    event_id: &str,
+) {
+    let path = format!(
+        "/_matrix/federation/v1/event_auth/{}/{}",
+        enc(room_id),
+        enc(event_id)
+    );
+    match fed.client.request("GET", origin, &path, None).await {
+        Ok(resp) => {
+            let raws = resp
+                .get("auth_chain")
+                .and_then(|a| a.as_array())
+                .cloned()
+                .unwrap_or_default();
+            let pdus = checked_pdus(fed, &raws, version, room_id).await;
+            if let Err(e) = outliers::store(&s.core, room_id, version, pdus).await {
+                tracing::warn!(error = %e, "could not store fetched auth chain");
+            }
+        }
+        Err(e) => tracing::info!(error = %e, "could not fetch auth chain"),
+    }
+}
+
+/// Fetches the state at `prev` (and `prev` itself) and stores `prev` as an outlier with it.
+async fn fetch_state_at(
+    s: &Services,
+    fed: &Arc<Federation>,
+    origin: &str,
+    room_id: &str,
+    version: RoomVersion,
+    prev: &str,
+) -> bool {
+    let path = format!(
+        "/_matrix/federation/v1/state/{}?event_id={}",
+        enc(room_id),
+        enc(prev)
+    );
+    let resp = match fed.client.request("GET", origin, &path, None).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(error = %e, "could not fetch state at a missing event");
+            return false;
+        }
+    };
+    let mut raws = resp
+        .get("auth_chain")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let state_raws = resp
+        .get("pdus")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
+    raws.extend(state_raws.iter().cloned());
+    let pdus = checked_pdus(fed, &raws, version, room_id).await;
+    let state_ids: HashMap<String, ()> = state_raws
+        .iter()
+        .filter_map(|r| verify::parse(r, version).ok())
+        .map(|p| (p.event_id().to_string(), ()))
+        .collect();
+    let mut state: Vec<((String, String), Option<String>)> = Vec::new();
+    for p in &pdus {
+        if state_ids.contains_key(p.event_id().as_str())
+            && let Some(k) = p.state_key()
+        {
+            state.push(((p.kind_str(), k.to_owned()), Some(p.event_id().to_string())));
+        }
+    }
+    if let Err(e) = outliers::store(&s.core, room_id, version, pdus).await {
+        tracing::warn!(error = %e, "could not store fetched state");
+        return false;
+    }
+    // The prev event itself.
+    let path = format!("/_matrix/federation/v1/event/{}", enc(prev));
+    let Ok(resp) = fed.client.request("GET", origin, &path, None).await else {
+        return false;
+    };
+    let raws = resp
+        .get("pdus")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let Some(prev_pdu) = checked_pdus(fed, &raws, version, room_id)
+        .await
+        .into_iter()
+        .next()
+    else {
+        return false;
+    };
+    if prev_pdu.event_id().as_str() != prev {
+        return false;
+    }
+    store_with_state(s, room_id, prev_pdu, state).await
+}
+
+async fn store_with_state(s: &Services, room_id: &str, pdu: Pdu, state: StateDelta) -> bool {
+    let group = s.core.next_state_group();
+    let row = NewEvent {
+        event_id: pdu.event_id().to_string(),
+        room_id: room_id.to_owned(),
+        stream_ordering: None,
+        depth: pdu.depth().min(i64::MAX as u64) as i64,
+        event_type: pdu.kind_str(),
+        state_key: pdu.state_key().map(str::to_owned),
+        sender: pdu.sender().to_string(),
+        origin_server_ts: pdu.origin_server_ts().min(i64::MAX as u64) as i64,
+        json: pdu.to_canonical_string(),
+        state_before: Some(group),
+        state_after: None,
+        outlier: true,
+        rejected: None,
+        soft_failed: false,
+        redacted_by: None,
+    };
+    let r = room_id.to_owned();
+    let res = s
+        .core
+        .db
+        .write(room_id, move |c| {
+            state::insert_group(c, group, &r, None, &state)?;
+            if events::get_event(c, &row.event_id)?.is_some() {
+                events::set_state_before_if_unknown(c, &row.event_id, group)?;
+            } else {
+                events::insert_event(c, &row)?;
+            }
+            Ok(())
+        })
+        .await;
+    res.map_err(|e| tracing::warn!(error = %e, "could not store a prev event with its state"))
+        .is_ok()
+}
+
+/// Tries to fill what the room actor reported missing for `pdu`; returns whether anything
+/// was fetched (so a retry may succeed).
+pub async fn fill(
+    s: &Services,
+    origin: &str,
+    room_id: &OwnedRoomId,
+    version: RoomVersion,
+    pdu: &Pdu,
+    missing_prev: &[String],
+    missing_auth: &[String],
+) -> bool {
+    let Some(fed) = s.federation().cloned() else {
+        return false;
+    };
+    if !missing_auth.is_empty() {
+        fetch_auth_chain(
+            s,
+            &fed,
+            origin,
+            room_id.as_str(),
+            version,
+            pdu.event_id().as_str(),
+        )
+        .await;
+    }
+    if missing_prev.is_empty() {
+        return !missing_auth.is_empty();
+    }
+    // get_missing_events between our extremities and this event.
+    let earliest: Vec<String> = match s.rooms.send(room_id, GetSnapshot).await {
+        Ok(Ok(snap)) => snap.extremities.iter().map(|e| e.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    let body = json!({
+        "earliest_events": earliest,
+        "latest_events": [pdu.event_id().to_string()],
+        "limit": MISSING_EVENTS_LIMIT,
+        "min_depth": 0,
+    });
+    let path = format!(
+        "/_matrix/federation/v1/get_missing_events/{}",
+        enc(room_id.as_str())
+    );
+    let mut filled_any = false;
+    if let Ok(resp) = fed.client.request("POST", origin, &path, Some(&body)).await {
+        let raws = resp
+            .get("events")
+            .and_then(|a| a.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let mut found = checked_pdus(&fed, &raws, version, room_id.as_str()).await;
+        found.sort_by_key(|p| p.depth());
+        found.retain(|p| p.event_id() != pdu.event_id());
+        if !found.is_empty() {
+            filled_any = true;
+            let n = found.len();
+            let msg = InboundPdus {
+                pdus: found.into_iter().map(|p| (p, None)).collect(),
+                local: false,
+                version: None,
+            };
+            match s.rooms.send(room_id, msg).await {
+                Ok(outcomes) => {
+                    let missing = outcomes
+                        .iter()
+                        .filter(|o| matches!(o, InboundOutcome::Missing { .. }))
+                        .count();
+                    tracing::debug!(room = %room_id, fetched = n, still_missing = missing, "filled a gap with get_missing_events");
+                }
+                Err(e) => tracing::warn!(error = %e, "could not submit missing events"),
+            }
+        }
+    }
+    // Whatever is still missing: fetch the state at it.
+    let still: Vec<String> = {
+        let ids = missing_prev.to_vec();
+        s.core
+            .db
+            .read(move |c| {
+                let mut out = Vec::new();
+                for id in ids {
+                    match events::get_event(c, &id)? {
+                        Some(r) if r.state_before.is_some() => {}
+                        _ => out.push(id),
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .unwrap_or_default()
+    };
+    for prev in still.iter().take(5) {
+        if fetch_state_at(s, &fed, origin, room_id.as_str(), version, prev).await {
+            filled_any = true;
+        }
+    }
+    filled_any
+}

@@ -1,0 +1,239 @@
+//! `PUT /_matrix/federation/v1/send/{txnId}`: the push path of federation.
+//!
+//! 1. De-duplicate by `(origin, txnId)`: a retried transaction gets the stored answer.
+//! 2. Limits: at most 50 PDUs and 100 EDUs.
+//! 3. Per PDU, order-free: room known and version known, format, event ID, signatures and
+//!    content hash ([`super::verify`], on all cores).
+//! 4. Group by room; each room's PDUs go, depth-ordered, to its room actor in one message;
+//!    rooms run in parallel. PDUs the actor cannot place (missing prev or auth events) get
+//!    their gap filled from the origin ([`super::gaps`]) and are submitted again.
+//! 5. EDUs are handled after the PDUs ([`super::edus`]).
+//! 6. The answer lists every PDU: `{}` when accepted (or soft-failed), `{"error": ...}` when
+//!    refused. It is stored for de-duplication before it is returned.
+
+use std::collections::HashMap;
+
+use actix_web::{HttpResponse, web};
+use ruma::OwnedRoomId;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use weft_protocol::{Pdu, RoomVersion};
+
+use super::{edus, gaps, verify};
+use crate::error::{Error, Result};
+use crate::federation::auth::Signed;
+use crate::rooms::messages::{InboundOutcome, InboundPdus};
+use crate::services::Services;
+use crate::storage::{federation as fstore, now_ms, rooms};
+
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+
+#[derive(Deserialize)]
+struct Transaction {
+    #[serde(default)]
+    pdus: Vec<Value>,
+    #[serde(default)]
+    edus: Vec<Value>,
+}
+
+fn room_of(raw: &Value) -> Option<&str> {
+    raw.get("room_id").and_then(|r| r.as_str())
+}
+
+/// Runs the PDUs of a transaction; returns `event_id → result` (`None` = accepted).
+pub async fn process_pdus(
+    s: &Services,
+    origin: &str,
+    raws: Vec<Value>,
+) -> Vec<(String, Option<String>)> {
+    let Some(fed) = s.federation().cloned() else {
+        return Vec::new();
+    };
+    let mut results: Vec<(String, Option<String>)> = Vec::new();
+    // Room versions, once per room.
+    let mut versions: HashMap<String, Option<RoomVersion>> = HashMap::new();
+    for raw in &raws {
+        if let Some(r) = room_of(raw)
+            && !versions.contains_key(r)
+        {
+            let rid = r.to_owned();
+            let v = s
+                .core
+                .db
+                .read(move |c| rooms::get_room(c, &rid))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|row| RoomVersion::parse(&row.room_version));
+            versions.insert(r.to_owned(), v);
+        }
+    }
+    let mut parsed: Vec<(Pdu, RoomVersion)> = Vec::new();
+    for raw in &raws {
+        let Some(room) = room_of(raw) else {
+            tracing::info!(origin, "PDU without room_id in transaction");
+            continue;
+        };
+        let Some(Some(version)) = versions.get(room) else {
+            // Unknown room: we are not in it, so there is nothing to store; without the
+            // room version even the event ID is unknown, so it is not listed.
+            tracing::info!(origin, room, "PDU for a room we are not in; dropped");
+            continue;
+        };
+        match verify::parse(raw, *version) {
+            Ok(p) => parsed.push((p, *version)),
+            Err(e) => {
+                tracing::info!(origin, error = %e, "malformed PDU");
+                if let Ok(obj) = weft_protocol::canonical::value_to_object(raw.clone())
+                    && let Ok(id) = weft_protocol::pdu::compute_event_id(&obj, *version)
+                {
+                    results.push((id.to_string(), Some(format!("malformed event: {e}"))));
+                }
+            }
+        }
+    }
+    let checked = verify::check_many(&fed, parsed.clone()).await;
+    let mut by_room: HashMap<String, (RoomVersion, Vec<Pdu>)> = HashMap::new();
+    for ((pdu, version), result) in parsed.into_iter().zip(checked) {
+        match result {
+            Ok(c) => by_room
+                .entry(c.pdu.room_id().to_string())
+                .or_insert_with(|| (version, Vec::new()))
+                .1
+                .push(c.pdu),
+            Err(e) => {
+                tracing::info!(origin, event = %pdu.event_id(), error = %e, "PDU refused");
+                results.push((pdu.event_id().to_string(), Some(e)));
+            }
+        }
+    }
+    let rooms_done = by_room
+        .into_iter()
+        .map(|(room, (version, mut pdus))| async move {
+            pdus.sort_by_key(|p| p.depth());
+            submit_room(s, origin, &room, version, pdus).await
+        });
+    for r in futures_util::future::join_all(rooms_done).await {
+        results.extend(r);
+    }
+    results
+}
+
+/// Submits one room's PDUs to its actor, filling gaps once where needed.
+pub async fn submit_room(
+    s: &Services,
+    origin: &str,
+    room: &str,
+    version: RoomVersion,
+    pdus: Vec<Pdu>,
+) -> Vec<(String, Option<String>)> {
+    let Ok(room_id) = OwnedRoomId::try_from(room) else {
+        return pdus
+            .iter()
+            .map(|p| (p.event_id().to_string(), Some("invalid room ID".into())))
+            .collect();
+    };
+    let msg = InboundPdus {
+        pdus: pdus.iter().cloned().map(|p| (p, None)).collect(),
+        local: false,
+        version: None,
+    };
+    let outcomes = match s.rooms.send(&room_id, msg).await {
+        Ok(o) => o,
+        Err(e) => {
+            return pdus
+                .iter()
+                .map(|p| (p.event_id().to_string(), Some(e.to_string())))
+                .collect();
+        }
+    };
+    let mut out = Vec::with_capacity(pdus.len());
+    for (pdu, outcome) in pdus.into_iter().zip(outcomes) {
+        let outcome = match outcome {
+            InboundOutcome::Missing { prev, auth } => {
+                tracing::debug!(event = %pdu.event_id(), ?prev, ?auth, "filling a gap");
+                if gaps::fill(s, origin, &room_id, version, &pdu, &prev, &auth).await {
+                    let retry = InboundPdus {
+                        pdus: vec![(pdu.clone(), None)],
+                        local: false,
+                        version: None,
+                    };
+                    match s.rooms.send(&room_id, retry).await {
+                        Ok(mut o) => o
+                            .pop()
+                            .unwrap_or(InboundOutcome::Error("no outcome".into())),
+                        Err(e) => InboundOutcome::Error(e.to_string()),
+                    }
+                } else {
+                    InboundOutcome::Missing { prev, auth }
+                }
+            }
+            other => other,
+        };
+        let id = pdu.event_id().to_string();
+        match outcome {
+            InboundOutcome::Accepted | InboundOutcome::SoftFailed(_) => out.push((id, None)),
+            InboundOutcome::Rejected(r) => {
+                tracing::info!(event = %id, origin, reason = %r, "PDU rejected by the auth rules");
+                out.push((id, Some(format!("rejected: {r}"))));
+            }
+            InboundOutcome::Missing { prev, auth } => out.push((
+                id,
+                Some(format!("missing events (prev {prev:?}, auth {auth:?})")),
+            )),
+            InboundOutcome::Error(e) => out.push((id, Some(e))),
+        }
+    }
+    out
+}
+
+pub async fn send_transaction(
+    s: web::Data<Services>,
+    signed: Signed,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let txn_id = path.into_inner();
+    let origin = signed.origin.clone();
+    let (o, t) = (origin.clone(), txn_id.clone());
+    if let Some(stored) = s
+        .core
+        .db
+        .read(move |c| fstore::get_inbound_txn(c, &o, &t))
+        .await?
+    {
+        let v: Value = serde_json::from_str(&stored).map_err(|e| Error::internal(e.to_string()))?;
+        return Ok(HttpResponse::Ok().json(v));
+    }
+    let txn: Transaction = signed.json()?;
+    if txn.pdus.len() > MAX_PDUS || txn.edus.len() > MAX_EDUS {
+        return Err(Error::bad_json(format!(
+            "a transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+        )));
+    }
+    let results = process_pdus(&s, &origin, txn.pdus).await;
+    edus::handle(&s, &origin, txn.edus).await;
+    let mut pdus = Map::new();
+    for (id, err) in results {
+        pdus.insert(
+            id,
+            match err {
+                None => json!({}),
+                Some(e) => json!({"error": e}),
+            },
+        );
+    }
+    let body = json!({"pdus": pdus});
+    let (o, t, b) = (origin.clone(), txn_id, body.to_string());
+    if let Err(e) = s
+        .core
+        .db
+        .write(&origin, move |c| {
+            fstore::put_inbound_txn(c, &o, &t, &b, now_ms())
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "could not record transaction");
+    }
+    Ok(HttpResponse::Ok().json(body))
+}

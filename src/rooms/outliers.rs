@@ -1,0 +1,145 @@
+//! Outliers: events we hold only to authorize others (a joined room's state and auth chain,
+//! auth events fetched to fill a gap). Each is checked against its own auth events before it
+//! is stored; one that fails is stored as rejected (so nothing built on it is accepted).
+//! They get no stream position and never show in a timeline.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use weft_protocol::{Pdu, RoomVersion, auth};
+
+use crate::core::Core;
+use crate::rooms::view::pdu_of;
+use crate::storage::StorageResult;
+use crate::storage::events::{self, NewEvent};
+
+/// Orders events so that each comes after the events it cites in `auth_events`.
+pub fn auth_order(pdus: Vec<Pdu>) -> Vec<Pdu> {
+    let ids: HashSet<String> = pdus.iter().map(|p| p.event_id().to_string()).collect();
+    let mut by_id: HashMap<String, Pdu> = pdus
+        .into_iter()
+        .map(|p| (p.event_id().to_string(), p))
+        .collect();
+    let mut done: HashSet<String> = HashSet::new();
+    let mut out = Vec::with_capacity(by_id.len());
+    let mut keys: Vec<String> = by_id.keys().cloned().collect();
+    keys.sort_by_key(|k| by_id.get(k).map(|p| p.depth()).unwrap_or(0));
+    for start in keys {
+        let mut stack = vec![(start, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if done.contains(&id) {
+                continue;
+            }
+            if expanded {
+                done.insert(id.clone());
+                if let Some(p) = by_id.remove(&id) {
+                    out.push(p);
+                }
+                continue;
+            }
+            stack.push((id.clone(), true));
+            if let Some(p) = by_id.get(&id) {
+                for a in p.auth_events() {
+                    let a = a.to_string();
+                    if ids.contains(&a) && !done.contains(&a) {
+                        stack.push((a, false));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Checks and stores outliers; returns the IDs of those rejected.
+pub async fn store(
+    core: &Core,
+    room_id: &str,
+    version: RoomVersion,
+    pdus: Vec<Pdu>,
+) -> StorageResult<Vec<String>> {
+    if pdus.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ordered = auth_order(pdus);
+    // Auth checks need lookups of earlier auth events: do them on a read connection.
+    let checked: Vec<(Pdu, Option<String>)> = core
+        .db
+        .read(move |c| {
+            let mut known: HashMap<String, Arc<Pdu>> = HashMap::new();
+            let mut out = Vec::with_capacity(ordered.len());
+            for pdu in ordered {
+                let verdict = {
+                    let needed: Vec<String> =
+                        pdu.auth_events().iter().map(|a| a.to_string()).collect();
+                    let mut local: HashMap<String, Arc<Pdu>> = HashMap::new();
+                    for id in needed.iter().cloned().chain(create_id(&pdu, version)) {
+                        if let Some(p) = known.get(&id) {
+                            local.insert(id, Arc::clone(p));
+                        } else if let Some(row) = events::get_event(c, &id)? {
+                            if let Ok(mut p) = pdu_of(&row, version) {
+                                p.set_rejected(row.rejected.is_some());
+                                local.insert(id, Arc::new(p));
+                            }
+                        }
+                    }
+                    auth::check_against_auth_events(version, &pdu, |id| {
+                        local.get(id.as_str()).cloned()
+                    })
+                };
+                let rejected = verdict.err().map(|e| e.0);
+                let mut arc = pdu.clone();
+                arc.set_rejected(rejected.is_some());
+                known.insert(pdu.event_id().to_string(), Arc::new(arc));
+                out.push((pdu, rejected));
+            }
+            Ok(out)
+        })
+        .await?;
+    let rejected: Vec<String> = checked
+        .iter()
+        .filter(|(_, r)| r.is_some())
+        .map(|(p, _)| p.event_id().to_string())
+        .collect();
+    let rows: Vec<NewEvent> = checked
+        .into_iter()
+        .map(|(p, rejected)| NewEvent {
+            event_id: p.event_id().to_string(),
+            room_id: room_id.to_owned(),
+            stream_ordering: None,
+            depth: p.depth().min(i64::MAX as u64) as i64,
+            event_type: p.kind_str(),
+            state_key: p.state_key().map(str::to_owned),
+            sender: p.sender().to_string(),
+            origin_server_ts: p.origin_server_ts().min(i64::MAX as u64) as i64,
+            json: p.to_canonical_string(),
+            state_before: None,
+            state_after: None,
+            outlier: true,
+            rejected,
+            soft_failed: false,
+            redacted_by: None,
+        })
+        .collect();
+    core.db
+        .write(room_id, move |c| {
+            for r in &rows {
+                events::insert_event(c, r)?;
+            }
+            Ok(())
+        })
+        .await?;
+    if !rejected.is_empty() {
+        tracing::info!(
+            room = room_id,
+            count = rejected.len(),
+            "outliers rejected by their auth events"
+        );
+    }
+    Ok(rejected)
+}
+
+fn create_id(pdu: &Pdu, version: RoomVersion) -> Option<String> {
+    (version.room_id_from_create_event() && pdu.kind_str() != "m.room.create")
+        .then(|| format!("${}", &pdu.room_id().as_str()[1..]))
+}
