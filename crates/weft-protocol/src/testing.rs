@@ -289,6 +289,32 @@ impl Room {
         id
     }
 
+    /// Adds an event on the given prev events (by label) after checking that it is allowed by
+    /// the state before it: how the state-resolution scenarios are written, so that every
+    /// conflict they create is between events that were valid where they were sent.
+    pub fn add_checked(&mut self, label: &str, draft: EventDraft, prevs: &[&str]) -> OwnedEventId {
+        let prev_ids: Vec<OwnedEventId> = prevs.iter().map(|l| self.id(l)).collect();
+        let pdu = self.build(&draft, &prev_ids);
+        let state: StateMap<Arc<Pdu>> = self
+            .state_before(&prev_ids)
+            .into_iter()
+            .map(|(k, id)| (k, self.events[&id].clone()))
+            .collect();
+        if let Err(e) = auth::check_against_state(self.version, &pdu, &state) {
+            panic!("scenario event {label} rejected in v{}: {e}", self.version);
+        }
+        self.insert(label, pdu)
+    }
+
+    /// The label of an event, for readable assertion messages.
+    pub fn label_of(&self, id: &EventId) -> String {
+        self.labels
+            .iter()
+            .find(|(_, v)| v.as_str() == id.as_str())
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| id.to_string())
+    }
+
     /// Appends an event to the head after checking it is allowed (test setup must be valid).
     pub fn send_labeled(&mut self, label: &str, draft: EventDraft) -> OwnedEventId {
         let pdu = self.build_next(&draft);
