@@ -223,3 +223,6 @@ fn as_int(v: Option<&serde_json::Value>) -> Option<i64> {
 pub fn raw_to_value(raw: &RawValue) -> serde_json::Value {
     serde_json::from_str(raw.get()).unwrap_or(serde_json::Value::Null)
 }
+
+#[cfg(test)]
+mod tests;

@@ -22,6 +22,8 @@ pub mod redaction;
 pub mod room_version;
 pub mod signatures;
 pub mod state_res;
+#[cfg(test)]
+mod testing;
 pub mod visibility;
 pub mod xmatrix;
 

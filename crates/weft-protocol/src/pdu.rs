@@ -166,8 +166,10 @@ impl Pdu {
                 Some(CanonicalJsonValue::String(s)) => Some(s.as_str()),
                 _ => None,
             };
+            // From v11 only `content.redacts` counts: a top-level `redacts` redacts nothing
+            // there (as in Synapse), so honouring it would hide events only on weft.
             let chosen = if version.redacts_in_content() {
-                from_content.or(top)
+                from_content
             } else {
                 top
             };
@@ -322,5 +324,227 @@ impl ruma::state_res::Event for Pdu {
     }
     fn rejected(&self) -> bool {
         self.rejected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn object(value: Value) -> CanonicalJsonObject {
+        crate::canonical::value_to_object(value).unwrap()
+    }
+
+    fn event(kind: &str, extra: Value) -> Value {
+        let mut ev = json!({
+            "type": kind,
+            "room_id": "!r:a.test",
+            "sender": "@u:a.test",
+            "content": {},
+            "origin_server_ts": 1,
+            "depth": 2,
+            "prev_events": ["$p"],
+            "auth_events": ["$a"],
+            "hashes": {"sha256": "h"},
+            "signatures": {},
+        });
+        if let (Value::Object(e), Value::Object(x)) = (&mut ev, extra) {
+            for (k, v) in x {
+                if v.is_null() {
+                    e.remove(&k);
+                } else {
+                    e.insert(k, v);
+                }
+            }
+        }
+        ev
+    }
+
+    #[test]
+    fn redacts_is_read_where_the_version_puts_it() {
+        // (version, top-level redacts, content.redacts, what the event redacts)
+        type Case = (
+            RoomVersion,
+            Option<&'static str>,
+            Option<&'static str>,
+            Option<&'static str>,
+        );
+        let cases: &[Case] = &[
+            (RoomVersion::V10, Some("$top"), None, Some("$top")),
+            (RoomVersion::V10, None, Some("$content"), None),
+            (
+                RoomVersion::V10,
+                Some("$top"),
+                Some("$content"),
+                Some("$top"),
+            ),
+            (RoomVersion::V11, None, Some("$content"), Some("$content")),
+            (
+                RoomVersion::V11,
+                Some("$top"),
+                Some("$content"),
+                Some("$content"),
+            ),
+            // From v11 a top-level `redacts` means nothing (as in Synapse).
+            (RoomVersion::V11, Some("$top"), None, None),
+            (RoomVersion::V12, Some("$top"), None, None),
+            (RoomVersion::V12, None, Some("$content"), Some("$content")),
+            (RoomVersion::V11, None, None, None),
+        ];
+        for (version, top, content, want) in cases {
+            let mut c = json!({});
+            if let Some(r) = content {
+                c["redacts"] = json!(r);
+            }
+            let ev = event(
+                "m.room.redaction",
+                json!({"content": c, "redacts": top.map_or(Value::Null, |t| json!(t))}),
+            );
+            let pdu = Pdu::from_json(object(ev), *version).unwrap();
+            assert_eq!(
+                pdu.redacts().map(|r| r.as_str()),
+                *want,
+                "v{version} top {top:?} content {content:?}"
+            );
+        }
+        // Only redaction events redact.
+        let msg = event("m.room.message", json!({"redacts": "$top"}));
+        assert_eq!(
+            Pdu::from_json(object(msg), RoomVersion::V10)
+                .unwrap()
+                .redacts(),
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_pdus_are_refused() {
+        // (what is wrong, change to a good event, expected error)
+        let cases: Vec<(&str, Value, PduError)> = vec![
+            ("no type", json!({"type": null}), PduError::Field("type")),
+            (
+                "type not a string",
+                json!({"type": 1}),
+                PduError::Field("type"),
+            ),
+            (
+                "no sender",
+                json!({"sender": null}),
+                PduError::Field("sender"),
+            ),
+            (
+                "bad sender",
+                json!({"sender": "u"}),
+                PduError::Field("sender"),
+            ),
+            (
+                "no room_id",
+                json!({"room_id": null}),
+                PduError::Field("room_id"),
+            ),
+            (
+                "bad room_id",
+                json!({"room_id": "r"}),
+                PduError::Field("room_id"),
+            ),
+            (
+                "no content",
+                json!({"content": null}),
+                PduError::Field("content"),
+            ),
+            (
+                "content not an object",
+                json!({"content": []}),
+                PduError::Field("content"),
+            ),
+            (
+                "state_key not a string",
+                json!({"state_key": 1}),
+                PduError::Field("state_key"),
+            ),
+            (
+                "negative origin_server_ts",
+                json!({"origin_server_ts": -1}),
+                PduError::Field("origin_server_ts"),
+            ),
+            ("no depth", json!({"depth": null}), PduError::Field("depth")),
+            (
+                "negative depth",
+                json!({"depth": -1}),
+                PduError::Field("depth"),
+            ),
+            (
+                "prev_events not a list",
+                json!({"prev_events": "$p"}),
+                PduError::Field("prev_events"),
+            ),
+            (
+                "auth_events holding a non-ID",
+                json!({"auth_events": ["a"]}),
+                PduError::Field("auth_events"),
+            ),
+        ];
+        for version in [RoomVersion::V10, RoomVersion::V11, RoomVersion::V12] {
+            assert!(Pdu::from_json(object(event("m.room.message", json!({}))), version).is_ok());
+            for (name, change, want) in &cases {
+                let json = object(event("m.room.message", change.clone()));
+                let id = OwnedEventId::try_from("$known").unwrap();
+                let got = Pdu::from_json_with_id(id, json.clone(), version);
+                assert_eq!(got.err().as_ref(), Some(want), "v{version} {name}");
+                // Computing the event ID first may fail earlier, but it fails.
+                assert!(Pdu::from_json(json, version).is_err(), "v{version} {name}");
+            }
+        }
+        let big = event(
+            "m.room.message",
+            json!({"content": {"body": "x".repeat(70_000)}}),
+        );
+        assert!(matches!(
+            Pdu::from_json(object(big), RoomVersion::V11),
+            Err(PduError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn create_event_room_id_per_version() {
+        let create = |room_id: Option<&str>| {
+            object(event(
+                "m.room.create",
+                json!({
+                    "state_key": "",
+                    "prev_events": [],
+                    "auth_events": [],
+                    "room_id": room_id.map_or(Value::Null, |r| json!(r)),
+                }),
+            ))
+        };
+        for version in [RoomVersion::V10, RoomVersion::V11] {
+            assert_eq!(
+                Pdu::from_json(create(None), version).err(),
+                Some(PduError::Field("room_id")),
+                "v{version}"
+            );
+            let pdu = Pdu::from_json(create(Some("!r:a.test")), version).unwrap();
+            assert_eq!(pdu.room_id().as_str(), "!r:a.test");
+            assert!(pdu.has_room_id_field());
+        }
+        // v12: the room ID is the create event's reference hash with a `!`.
+        let pdu = Pdu::from_json(create(None), RoomVersion::V12).unwrap();
+        assert!(!pdu.has_room_id_field());
+        assert_eq!(
+            pdu.room_id().as_str().strip_prefix('!'),
+            pdu.event_id().as_str().strip_prefix('$')
+        );
+        assert_eq!(ruma::state_res::Event::room_id(&pdu), None);
+        // A v12 create event that does carry a room ID keeps it (and the rules reject it).
+        let pdu = Pdu::from_json(create(Some("!r:a.test")), RoomVersion::V12).unwrap();
+        assert!(pdu.has_room_id_field());
+        // Only the create event may omit it in v12.
+        let msg = object(event("m.room.message", json!({"room_id": null})));
+        assert_eq!(
+            Pdu::from_json(msg, RoomVersion::V12).err(),
+            Some(PduError::Field("room_id"))
+        );
     }
 }

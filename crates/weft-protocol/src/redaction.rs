@@ -116,6 +116,84 @@ mod tests {
                 r#"{"history_visibility":"shared"}"#,
             ),
             (
+                RoomVersion::V12,
+                "m.room.create",
+                r#"{"room_version":"12","additional_creators":["@b:c"],"x":1}"#,
+                r#"{"additional_creators":["@b:c"],"room_version":"12","x":1}"#,
+            ),
+            (
+                RoomVersion::V12,
+                "m.room.power_levels",
+                r#"{"invite":5,"users":{"@b:c":50},"notifications":{"room":1}}"#,
+                r#"{"invite":5,"users":{"@b:c":50}}"#,
+            ),
+            (
+                RoomVersion::V12,
+                "m.room.redaction",
+                r#"{"redacts":"$e","reason":"r"}"#,
+                r#"{"redacts":"$e"}"#,
+            ),
+            (
+                RoomVersion::V12,
+                "m.room.message",
+                r#"{"body":"x","msgtype":"m.text"}"#,
+                "{}",
+            ),
+            (
+                RoomVersion::V12,
+                "m.room.server_acl",
+                r#"{"allow":["*"],"deny":[],"allow_ip_literals":false}"#,
+                "{}",
+            ),
+            (
+                RoomVersion::V10,
+                "m.room.member",
+                r#"{"membership":"join","join_authorised_via_users_server":"@a:b","displayname":"A"}"#,
+                r#"{"join_authorised_via_users_server":"@a:b","membership":"join"}"#,
+            ),
+            (
+                RoomVersion::V12,
+                "m.room.member",
+                r#"{"membership":"join","join_authorised_via_users_server":"@a:b","avatar_url":"mxc://a/b"}"#,
+                r#"{"join_authorised_via_users_server":"@a:b","membership":"join"}"#,
+            ),
+            (
+                RoomVersion::V10,
+                "m.room.member",
+                r#"{"membership":"invite","third_party_invite":{"display_name":"d","signed":{"mxid":"@a:b","token":"t","signatures":{}}}}"#,
+                r#"{"membership":"invite"}"#,
+            ),
+            (
+                RoomVersion::V11,
+                "m.room.member",
+                r#"{"membership":"invite","third_party_invite":{"display_name":"d","signed":{"mxid":"@a:b","token":"t","signatures":{}}}}"#,
+                r#"{"membership":"invite","third_party_invite":{"signed":{"mxid":"@a:b","signatures":{},"token":"t"}}}"#,
+            ),
+            (
+                RoomVersion::V12,
+                "m.room.member",
+                r#"{"membership":"invite","third_party_invite":{"display_name":"d","signed":{"mxid":"@a:b","token":"t","signatures":{}}}}"#,
+                r#"{"membership":"invite","third_party_invite":{"signed":{"mxid":"@a:b","signatures":{},"token":"t"}}}"#,
+            ),
+            (
+                RoomVersion::V10,
+                "m.room.join_rules",
+                r#"{"join_rule":"restricted","allow":[{"type":"m.room_membership","room_id":"!s:a"}],"x":1}"#,
+                r#"{"allow":[{"room_id":"!s:a","type":"m.room_membership"}],"join_rule":"restricted"}"#,
+            ),
+            (
+                RoomVersion::V12,
+                "m.room.history_visibility",
+                r#"{"history_visibility":"joined","x":1}"#,
+                r#"{"history_visibility":"joined"}"#,
+            ),
+            (
+                RoomVersion::V12,
+                "org.example.custom",
+                r#"{"anything":1}"#,
+                "{}",
+            ),
+            (
                 RoomVersion::Linearized,
                 "m.room.join_rules",
                 r#"{"join_rule":"public","allow":[],"x":1}"#,
@@ -151,6 +229,56 @@ mod tests {
                 _ => panic!(),
             }),
             "{}"
+        );
+    }
+
+    #[test]
+    fn top_level_keys_kept_per_version() {
+        // v11 stopped keeping `origin`, `membership` and `prev_state` at the top level.
+        let ev = parse_object(br#"{"type":"m.room.member","state_key":"@u:a","room_id":"!r:a","sender":"@u:a","content":{"membership":"join"},"depth":3,"origin_server_ts":1,"hashes":{"sha256":"h"},"signatures":{"a":{}},"prev_events":["$p"],"auth_events":["$a"],"origin":"a","membership":"join","prev_state":[],"unsigned":{"age":1},"event_id":"$e","extra":1}"#).unwrap();
+        let always = [
+            "auth_events",
+            "content",
+            "depth",
+            "hashes",
+            "origin_server_ts",
+            "prev_events",
+            "room_id",
+            "sender",
+            "signatures",
+            "state_key",
+            "type",
+        ];
+        for (version, old_keys) in [
+            (RoomVersion::V10, true),
+            (RoomVersion::V11, false),
+            (RoomVersion::V12, false),
+        ] {
+            let r = redact(&ev, version).unwrap();
+            for key in always {
+                assert!(r.contains_key(key), "v{version} lost {key}");
+            }
+            for key in ["origin", "membership", "prev_state"] {
+                assert_eq!(r.contains_key(key), old_keys, "v{version} {key}");
+            }
+            for key in ["unsigned", "extra"] {
+                assert!(!r.contains_key(key), "v{version} kept {key}");
+            }
+        }
+    }
+
+    #[test]
+    fn v12_create_event_redacts_without_room_id() {
+        let ev = parse_object(br#"{"type":"m.room.create","state_key":"","sender":"@u:a","content":{"room_version":"12","x":1},"depth":1,"origin_server_ts":1,"hashes":{"sha256":"h"},"signatures":{},"prev_events":[],"auth_events":[],"unsigned":{"age":1}}"#).unwrap();
+        let r = redact(&ev, RoomVersion::V12).unwrap();
+        assert!(!r.contains_key("room_id"));
+        assert!(!r.contains_key("unsigned"));
+        assert_eq!(
+            crate::canonical::write_object(match &r["content"] {
+                ruma::CanonicalJsonValue::Object(o) => o,
+                _ => panic!(),
+            }),
+            r#"{"room_version":"12","x":1}"#
         );
     }
 }

@@ -20,8 +20,10 @@ use crate::room_version::RoomVersion;
 #[error("state resolution failed: {0}")]
 pub struct ResolveError(pub String);
 
-/// The full recursive auth chain of `roots` (not including the roots themselves).
-/// Events that `fetch` cannot find are skipped.
+/// The full recursive auth chain of `roots`: every event reachable through `auth_events`,
+/// which includes a root only when another root leads to it. An auth event that `fetch`
+/// cannot find is in the chain (it is cited) but its own auth events cannot be followed; a
+/// root that `fetch` cannot find contributes nothing.
 pub fn auth_chain(
     roots: impl IntoIterator<Item = OwnedEventId>,
     fetch: &impl Fn(&EventId) -> Option<Arc<Pdu>>,
@@ -134,7 +136,11 @@ pub fn resolve(
             "room version does not use state resolution v2".into(),
         ));
     };
-    // Each state set's auth chain (the union of the auth chains of its events).
+    // Each state set's auth chain: the union of the auth chains of its events, plus the events
+    // themselves. Counting the state events themselves follows Synapse's auth chain
+    // difference; the spec's wording counts only their auth chains. The two differ only for
+    // an unconflicted state event missing from some set's auth chain, which the spec's
+    // reading would put in the auth difference (and so replay) and this one does not.
     let auth_chains: Vec<EventIdSet<OwnedEventId>> = state_sets
         .iter()
         .map(|set| {
@@ -161,3 +167,6 @@ pub fn resolve(
     )
     .map_err(|e| ResolveError(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests;
