@@ -75,7 +75,21 @@ pub async fn create_room(
         None => None,
     };
     let profile = profile_of(&s, user.user_id.as_str()).await?;
-    let plan = create::plan(&req, &user.user_id, version, alias.as_deref(), profile)?;
+    let mut plan = create::plan(&req, &user.user_id, version, alias.as_deref(), profile)?;
+    // Remote invitees' servers must sign their invites: those go out after creation.
+    let remote_invites: Vec<OwnedUserId> = plan
+        .invites
+        .iter()
+        .filter(|u| !s.core.is_local(u.server_name().as_str()))
+        .cloned()
+        .collect();
+    plan.rest.retain(|d| {
+        !(d.kind == "m.room.member"
+            && d.content.get("membership").and_then(|m| m.as_str()) == Some("invite")
+            && d.state_key
+                .as_deref()
+                .is_some_and(|k| remote_invites.iter().any(|u| u.as_str() == k)))
+    });
 
     // The create event: in v12 it names the room, so it is built before the room exists.
     let room_id_v11 = (!version.room_id_from_create_event())
@@ -107,6 +121,14 @@ pub async fn create_room(
         )
         .await??;
 
+    for target in &remote_invites {
+        if let Err(e) =
+            crate::federation::membership::invite_remote(&s, &room_id, &user.user_id, target, None)
+                .await
+        {
+            tracing::warn!(room = %room_id, invitee = %target, error = %e, "could not invite a remote user");
+        }
+    }
     if let Some(alias) = &alias {
         let (a, r, u) = (alias.clone(), room_id.to_string(), user.user_id.to_string());
         s.core

@@ -62,7 +62,9 @@ impl Sender {
             client,
             arbiter: Arbiter::new().handle(),
             actors: Mutex::new(HashMap::new()),
-            queue_ids: AtomicI64::new(max),
+            // Queue IDs name transactions, which receivers de-duplicate forever: they must
+            // never repeat, even after the queue empties and the server restarts.
+            queue_ids: AtomicI64::new(max.max(now_ms().saturating_mul(1000))),
         })
     }
 

@@ -972,6 +972,6 @@ impl Handler<BuildEvent> for RoomActor {
         self.last_active = Instant::now();
         self.check_ready()?;
         let pdu = self.build_local(&msg.draft)?;
-        Ok((pdu, self.version, self.state.stripped_for_invite()))
+        Ok((pdu, self.version, self.state.invite_state_pdus()))
     }
 }

@@ -113,8 +113,8 @@ impl CurrentState {
             .collect()
     }
 
-    /// Stripped state for invites: the events a client needs to show the room.
-    pub fn stripped_for_invite(&self) -> Vec<serde_json::Value> {
+    /// The state events shown with an invite (create, join rules, name, ...).
+    fn invite_state_events(&self) -> impl Iterator<Item = &Arc<Pdu>> {
         [
             "m.room.create",
             "m.room.join_rules",
@@ -124,10 +124,23 @@ impl CurrentState {
             "m.room.encryption",
             "m.room.topic",
         ]
-        .iter()
+        .into_iter()
         .filter_map(|t| self.get(t, ""))
-        .map(|e| weft_protocol::client_event::stripped_state(e))
-        .collect()
+    }
+
+    /// Stripped state for invites: the events a client needs to show the room.
+    pub fn stripped_for_invite(&self) -> Vec<serde_json::Value> {
+        self.invite_state_events()
+            .map(|e| weft_protocol::client_event::stripped_state(e))
+            .collect()
+    }
+
+    /// The same events as full PDUs, as servers send them in `invite_room_state` (room
+    /// version 12 requires it, so the invitee's server can check them).
+    pub fn invite_state_pdus(&self) -> Vec<serde_json::Value> {
+        self.invite_state_events()
+            .map(|e| e.to_federation_value())
+            .collect()
     }
 
     /// Auth state as a map by type/state key (for the protocol crate's checks).

@@ -238,11 +238,23 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                 );
             }
             "invite" if changed_membership => {
+                // Servers may send full PDUs (room v12); clients get stripped state.
                 let mut stripped: Vec<Value> = m
                     .invite_state
                     .as_deref()
-                    .and_then(|s| serde_json::from_str(s).ok())
-                    .unwrap_or_default();
+                    .and_then(|s| serde_json::from_str::<Vec<Value>>(s).ok())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|e| e.get("type").is_some())
+                    .map(|e| {
+                        json!({
+                            "type": e["type"],
+                            "state_key": e.get("state_key").cloned().unwrap_or(json!("")),
+                            "sender": e["sender"],
+                            "content": e.get("content").cloned().unwrap_or(json!({})),
+                        })
+                    })
+                    .collect();
                 if let Some(row) = events::get_event(conn, &m.event_id)? {
                     let version = versions.get(conn, &m.room_id)?;
                     let pdu = view::pdu_of(&row, version)?;
