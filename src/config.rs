@@ -70,6 +70,7 @@ pub struct ListenersConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[derive(Default)]
 pub struct RegistrationConfig {
     /// Whether anyone may register through the client API (`m.login.dummy`).
     pub open: bool,
@@ -178,12 +179,6 @@ impl Default for ListenersConfig {
             client: "127.0.0.1:8008".into(),
             federation: "127.0.0.1:8448".into(),
         }
-    }
-}
-
-impl Default for RegistrationConfig {
-    fn default() -> Self {
-        Self { open: false }
     }
 }
 

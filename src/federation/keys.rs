@@ -94,12 +94,12 @@ fn ts_of(v: &Value, key: &str) -> i64 {
     v.get(key).and_then(|t| t.as_i64()).unwrap_or(0)
 }
 
+/// A key: `(key_id, unpadded base64, valid_until_ts)`.
+pub type KeyEntry = (String, String, i64);
+
 /// Parses and checks a `/_matrix/key/v2/server` answer for `server`: right name, and
 /// self-signed by its verify keys. Returns `(key_id, b64, valid_until)`.
-pub fn parse_key_response(
-    server: &str,
-    v: &Value,
-) -> Result<(Vec<(String, String, i64)>, i64), KeyError> {
+pub fn parse_key_response(server: &str, v: &Value) -> Result<(Vec<KeyEntry>, i64), KeyError> {
     let bad = |m: &str| KeyError::Bad(server.to_owned(), m.to_owned());
     if v.get("server_name").and_then(|s| s.as_str()) != Some(server) {
         return Err(bad("server_name does not match"));

@@ -320,14 +320,15 @@ impl RoomActor {
                     dests.insert(server_of(target).to_owned());
                 }
                 for d in dests {
-                    if !self.core.is_local(&d) && !d.is_empty() {
-                        if let Some(fed) = self.core.federation.get() {
-                            self.batch.queue.push((
-                                fed.sender.next_queue_id(),
-                                d,
-                                pdu.event_id().to_string(),
-                            ));
-                        }
+                    if !self.core.is_local(&d)
+                        && !d.is_empty()
+                        && let Some(fed) = self.core.federation.get()
+                    {
+                        self.batch.queue.push((
+                            fed.sender.next_queue_id(),
+                            d,
+                            pdu.event_id().to_string(),
+                        ));
                     }
                 }
             }
@@ -802,7 +803,7 @@ impl Handler<SendEvent> for RoomActor {
             && let Some(id) = self.txns.get(txn).cloned()
         {
             // A retry of a transaction this actor already took: same answer, once durable.
-            if let Some(p) = self.pending.iter_mut().find(|p| p.pdu.event_id() == &id) {
+            if let Some(p) = self.pending.iter_mut().find(|p| p.pdu.event_id() == id) {
                 let (tx, rx) = oneshot::channel();
                 p.replies.push(tx);
                 return await_reply(rx);

@@ -76,11 +76,11 @@ pub async fn store(
                     for id in needed.iter().cloned().chain(create_id(&pdu, version)) {
                         if let Some(p) = known.get(&id) {
                             local.insert(id, Arc::clone(p));
-                        } else if let Some(row) = events::get_event(c, &id)? {
-                            if let Ok(mut p) = pdu_of(&row, version) {
-                                p.set_rejected(row.rejected.is_some());
-                                local.insert(id, Arc::new(p));
-                            }
+                        } else if let Some(row) = events::get_event(c, &id)?
+                            && let Ok(mut p) = pdu_of(&row, version)
+                        {
+                            p.set_rejected(row.rejected.is_some());
+                            local.insert(id, Arc::new(p));
                         }
                     }
                     auth::check_against_auth_events(version, &pdu, |id| {

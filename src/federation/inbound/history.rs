@@ -252,6 +252,7 @@ pub async fn get_event_auth(
 }
 
 /// Walks `prev_events` backwards from `from` (excluding `stop`), newest depth first.
+#[allow(clippy::too_many_arguments)]
 fn walk_back(
     conn: &mut AnyConnection,
     room_id: &str,

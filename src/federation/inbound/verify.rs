@@ -47,6 +47,9 @@ fn origin_ts(pdu: &Pdu) -> u64 {
     pdu.origin_server_ts()
 }
 
+/// One PDU to check: its index, the PDU, its room version, the servers that must sign it.
+type WorkItem = (usize, Pdu, RoomVersion, Result<BTreeSet<String>, String>);
+
 /// Runs signature and hash checks on many PDUs, fetching keys first.
 pub async fn check_many(
     fed: &Arc<Federation>,
@@ -89,7 +92,7 @@ pub async fn check_many(
         .max(1);
     let chunk = n.div_ceil(threads).max(1);
     let mut handles = Vec::new();
-    let mut items: Vec<(usize, Pdu, RoomVersion, Result<BTreeSet<String>, String>)> = pdus
+    let mut items: Vec<WorkItem> = pdus
         .into_iter()
         .zip(required)
         .enumerate()
