@@ -297,10 +297,8 @@ pub async fn messages(
     let v = viewer(&user);
     let r = room_id.to_string();
     let upper_bound = ceiling.min(frontier);
-    let (chunk, end, state_events) = s
-        .core
-        .db
-        .read(move |c| {
+    let read = |r: String, v: Viewer, filter: crate::sync::filter::EventFilter| {
+        s.core.db.read(move |c| {
             let version = Versions::default().get(c, &r)?;
             let rows = if backwards {
                 let lo = floor.max(to.unwrap_or(i64::MIN));
@@ -312,7 +310,8 @@ pub async fn messages(
                 let hi = upper_bound.min(to.unwrap_or(i64::MAX));
                 events::timeline_range(c, &r, from.max(floor), hi, limit, false)?
             };
-            let end = if rows.len() as i64 == limit {
+            let full = rows.len() as i64 == limit;
+            let end = if full {
                 rows.last()
                     .and_then(|r| r.stream_ordering)
                     .map(|s| if backwards { s - 1 } else { s })
@@ -337,9 +336,19 @@ pub async fn messages(
                 let srows = events::get_events(c, &ids)?;
                 state_events = view::client_events(c, &srows, version, &v)?;
             }
-            Ok((chunk, end, state_events))
+            Ok((chunk, end, state_events, full))
         })
-        .await?;
+    };
+    let (mut chunk, mut end, mut state_events, full) =
+        read(r.clone(), v.clone(), filter.clone()).await?;
+    // Out of local history while paging back: ask the room's other servers for more.
+    if backwards
+        && !full
+        && to.is_none()
+        && crate::federation::backfill::backfill(&s, &r, limit as usize).await > 0
+    {
+        (chunk, end, state_events, _) = read(r, v, filter).await?;
+    }
     let mut body = json!({
         "start": q.from.clone().unwrap_or_else(|| SyncToken::at(from)),
         "chunk": chunk,

@@ -10,6 +10,7 @@
 //! * `membership` — joining, inviting and leaving across servers (both directions).
 
 pub mod auth;
+pub mod backfill;
 pub mod client;
 pub mod inbound;
 pub mod keys;
