@@ -44,13 +44,18 @@ use super::inbound::{self, InboundInput, Prepared};
 use super::messages::{
     BuildEvent, GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot, SendEvent, TxnKey,
 };
+use super::persist::NewGroup;
 use super::persist::{MembershipChange, PersistBatch, PersistEvent, Redaction};
 use super::state::{CurrentState, depth_of, make_group};
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::storage::events::NewEvent;
+use crate::storage::state::MAX_DELTA_DEPTH;
 use crate::storage::state::StateIds;
 use crate::storage::{self, StorageResult};
+
+/// A stored state group and its delta depth.
+type GroupRef = Option<(i64, i32)>;
 
 /// Most `prev_events` a local event cites.
 const MAX_PREV_EVENTS: usize = 10;
@@ -168,13 +173,13 @@ impl RoomActor {
 
     /// Builds a local event on top of the current position and checks it.
     fn build_local(&self, draft: &EventDraft) -> Result<Pdu> {
-        let auth_events = auth::select_auth_events(
+        let auth_events = auth::select_auth_events_with(
             self.version,
             &draft.kind,
             &draft.sender,
             draft.state_key.as_deref(),
             &draft.content,
-            &self.state.ids(),
+            |key| self.state.as_map().get(key).map(|e| e.owned_event_id()),
         )
         .map_err(|e| Error::BadJson(e.0))?;
         let prev_events: Vec<OwnedEventId> = self
@@ -241,38 +246,57 @@ impl RoomActor {
             return;
         }
         let stream = self.core.notifier.allocate();
-        let cur_ids = self.state.string_ids();
         let cur_group = self.state.group;
+        let simple = plan.state_before.is_none() && plan.new_current.is_none();
 
-        // The state before the event.
-        let (before_ids, before_group) = match plan.state_before {
-            None => (cur_ids.clone(), cur_group),
-            Some(ids) => {
-                match make_group(|| self.core.next_state_group(), cur_group, &cur_ids, &ids) {
-                    None => (ids, cur_group),
-                    Some(g) => {
-                        let r = Some((g.id, depth_of(&g)));
-                        self.batch.groups.push(g);
-                        (ids, r)
+        let (before_group, after_group) = if simple {
+            // The common case (local sends, received events extending our extremities): the
+            // state before is the current state; only a state event changes it, by one entry.
+            let mut after_group = cur_group;
+            if !plan.soft_failed
+                && let Some(k) = pdu.state_key()
+            {
+                let key = (pdu.kind_str(), k.to_owned());
+                let group = match cur_group {
+                    Some((g, d)) if d < MAX_DELTA_DEPTH => NewGroup {
+                        id: self.core.next_state_group(),
+                        parent: Some((g, d)),
+                        entries: vec![(key.clone(), Some(pdu.event_id().to_string()))],
+                    },
+                    _ => {
+                        let mut full = self.state.string_ids();
+                        full.insert(key.clone(), pdu.event_id().to_string());
+                        NewGroup {
+                            id: self.core.next_state_group(),
+                            parent: None,
+                            entries: full.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+                        }
                     }
-                }
+                };
+                after_group = Some((group.id, depth_of(&group)));
+                self.batch.groups.push(group);
+                let old = self
+                    .state
+                    .get(&key.0, &key.1)
+                    .map(|e| e.event_id().to_string());
+                self.state.events.insert(
+                    (StateEventType::from(key.0.as_str()), key.1.clone()),
+                    Arc::clone(&pdu),
+                );
+                self.state.group = after_group;
+                self.record_state_change(key, old, &pdu, stream);
             }
+            (cur_group, after_group)
+        } else {
+            self.append_with_state(
+                &pdu,
+                stream,
+                plan.state_before,
+                plan.new_current,
+                &plan.events,
+                plan.soft_failed,
+            )
         };
-        // The state after it.
-        let mut after_ids = before_ids.clone();
-        let mut after_group = before_group;
-        if let Some(k) = pdu.state_key() {
-            after_ids.insert((pdu.kind_str(), k.to_owned()), pdu.event_id().to_string());
-            if let Some(g) = make_group(
-                || self.core.next_state_group(),
-                before_group,
-                &before_ids,
-                &after_ids,
-            ) {
-                after_group = Some((g.id, depth_of(&g)));
-                self.batch.groups.push(g);
-            }
-        }
         let mut row = self.row_for(&pdu, Some(stream));
         row.state_before = before_group.map(|g| g.0);
         row.state_after = after_group.map(|g| g.0);
@@ -295,23 +319,8 @@ impl RoomActor {
             self.extremities.retain(|e| !prevs.contains(e));
             self.extremities.push(pdu.owned_event_id());
             self.max_depth = self.max_depth.max(pdu.depth());
-
-            // The new current state.
-            let (new_ids, new_group) = match plan.new_current {
-                None => (after_ids, after_group),
-                Some(ids) if ids == after_ids => (ids, after_group),
-                Some(ids) => {
-                    match make_group(|| self.core.next_state_group(), cur_group, &cur_ids, &ids) {
-                        None => (ids, cur_group),
-                        Some(g) => {
-                            let r = Some((g.id, depth_of(&g)));
-                            self.batch.groups.push(g);
-                            (ids, r)
-                        }
-                    }
-                }
-            };
-            self.set_current_state(&cur_ids, new_ids, new_group, &plan.events, &pdu, stream);
+            self.batch.state_group = self.state.group.map(|g| g.0);
+            self.batch.extremities = Some(self.extremities.iter().map(|e| e.to_string()).collect());
 
             // Deliveries to the other servers of the room.
             if plan.local {
@@ -343,6 +352,96 @@ impl RoomActor {
             stream: Some(stream),
             replies: plan.reply.into_iter().collect(),
         });
+    }
+
+    /// Records one changed current-state entry (stored state, membership index).
+    fn record_state_change(
+        &mut self,
+        key: (String, String),
+        old: Option<String>,
+        ev: &Arc<Pdu>,
+        stream: i64,
+    ) {
+        if old.as_deref() == Some(ev.event_id().as_str()) {
+            return;
+        }
+        if key.0 == "m.room.member"
+            && let Some(m) = ev.membership()
+        {
+            let invite_state = (m == "invite")
+                .then(|| serde_json::Value::Array(self.state.stripped_for_invite()).to_string());
+            self.batch.memberships.push(MembershipChange {
+                user_id: key.1.clone(),
+                membership: m,
+                sender: ev.sender().to_string(),
+                event_id: ev.event_id().to_string(),
+                stream,
+                invite_state,
+            });
+        }
+        self.batch
+            .current_state_delta
+            .push((key, Some(ev.event_id().to_string())));
+    }
+
+    /// Lands an event whose state before it (or the room's state after it) is not simply the
+    /// current state: state groups by difference, and the new current state from `new_current`.
+    fn append_with_state(
+        &mut self,
+        pdu: &Arc<Pdu>,
+        stream: i64,
+        state_before: Option<StateIds>,
+        new_current: Option<StateIds>,
+        events: &HashMap<String, Arc<Pdu>>,
+        soft_failed: bool,
+    ) -> (GroupRef, GroupRef) {
+        let cur_ids = self.state.string_ids();
+        let cur_group = self.state.group;
+        let (before_ids, before_group) = match state_before {
+            None => (cur_ids.clone(), cur_group),
+            Some(ids) => {
+                match make_group(|| self.core.next_state_group(), cur_group, &cur_ids, &ids) {
+                    None => (ids, cur_group),
+                    Some(g) => {
+                        let r = Some((g.id, depth_of(&g)));
+                        self.batch.groups.push(g);
+                        (ids, r)
+                    }
+                }
+            }
+        };
+        let mut after_ids = before_ids.clone();
+        let mut after_group = before_group;
+        if let Some(k) = pdu.state_key() {
+            after_ids.insert((pdu.kind_str(), k.to_owned()), pdu.event_id().to_string());
+            if let Some(g) = make_group(
+                || self.core.next_state_group(),
+                before_group,
+                &before_ids,
+                &after_ids,
+            ) {
+                after_group = Some((g.id, depth_of(&g)));
+                self.batch.groups.push(g);
+            }
+        }
+        if !soft_failed {
+            let (new_ids, new_group) = match new_current {
+                None => (after_ids, after_group),
+                Some(ids) if ids == after_ids => (ids, after_group),
+                Some(ids) => {
+                    match make_group(|| self.core.next_state_group(), cur_group, &cur_ids, &ids) {
+                        None => (ids, cur_group),
+                        Some(g) => {
+                            let r = Some((g.id, depth_of(&g)));
+                            self.batch.groups.push(g);
+                            (ids, r)
+                        }
+                    }
+                }
+            };
+            self.set_current_state(&cur_ids, new_ids, new_group, events, pdu, stream);
+        }
+        (before_group, after_group)
     }
 
     /// Replaces the in-memory current state and records what changed.
@@ -382,24 +481,8 @@ impl RoomActor {
             if old_ids.get(key) == Some(id) {
                 continue;
             }
-            self.batch
-                .current_state_delta
-                .push((key.clone(), Some(id.clone())));
-            if key.0 == "m.room.member"
-                && let Some(ev) = by_id.get(id)
-                && let Some(m) = ev.membership()
-            {
-                let invite_state = (m == "invite").then(|| {
-                    serde_json::Value::Array(self.state.stripped_for_invite()).to_string()
-                });
-                self.batch.memberships.push(MembershipChange {
-                    user_id: key.1.clone(),
-                    membership: m,
-                    sender: ev.sender().to_string(),
-                    event_id: id.clone(),
-                    stream,
-                    invite_state,
-                });
+            if let Some(ev) = by_id.get(id).cloned() {
+                self.record_state_change(key.clone(), old_ids.get(key).cloned(), &ev, stream);
             }
         }
         for key in old_ids.keys() {
@@ -409,8 +492,6 @@ impl RoomActor {
         }
         self.state.events = events;
         self.state.group = group;
-        self.batch.state_group = group.map(|g| g.0);
-        self.batch.extremities = Some(self.extremities.iter().map(|e| e.to_string()).collect());
     }
 
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {

@@ -47,6 +47,26 @@ pub fn auth_types_for_event(
     Ok(types)
 }
 
+/// Chooses the auth events for a new event, looking state up by `(type, state_key)`.
+pub fn select_auth_events_with(
+    version: RoomVersion,
+    kind: &str,
+    sender: &UserId,
+    state_key: Option<&str>,
+    content: &serde_json::Value,
+    lookup: impl Fn(&(StateEventType, String)) -> Option<OwnedEventId>,
+) -> Result<Vec<OwnedEventId>, AuthError> {
+    let mut out = Vec::new();
+    for key in auth_types_for_event(version, kind, sender, state_key, content)? {
+        if let Some(id) = lookup(&key)
+            && !out.contains(&id)
+        {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
 /// Chooses the auth events for a new event from a state map.
 pub fn select_auth_events(
     version: RoomVersion,
