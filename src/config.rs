@@ -68,9 +68,8 @@ pub struct ListenersConfig {
     pub federation: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-#[derive(Default)]
 pub struct RegistrationConfig {
     /// Whether anyone may register through the client API (`m.login.dummy`).
     pub open: bool,

@@ -50,9 +50,10 @@ impl Core {
         let db = Db::open(&config)?;
         let (max_event, min_event) = db.read_blocking(storage::events::stream_bounds)?;
         let max_other = db.read_blocking(crate::storage::account::max_account_data_stream)?;
+        let max_e2ee = db.read_blocking(storage::e2ee::max_stream)?;
         let max_group = db.read_blocking(storage::state::max_group_id)?;
         Ok(Arc::new(Self {
-            notifier: Notifier::new(max_event.max(max_other)),
+            notifier: Notifier::new(max_event.max(max_other).max(max_e2ee)),
             state_group_ids: AtomicI64::new(max_group),
             backfill_positions: AtomicI64::new(min_event.min(0)),
             federation: std::sync::OnceLock::new(),

@@ -66,6 +66,9 @@ pub enum Error {
     Unauthorized(String),
     #[error("{0}")]
     WrongServer(String),
+    /// End-to-end encryption: a key's signature does not verify.
+    #[error("{0}")]
+    InvalidSignature(String),
 
     // ---- our side (5xx)
     #[error("unable to reach {0}")]
@@ -124,6 +127,7 @@ impl Error {
             Self::UiaRequired(_) => "M_FORBIDDEN",
             Self::Unauthorized(_) => "M_UNAUTHORIZED",
             Self::WrongServer(_) => "M_WRONG_SERVER",
+            Self::InvalidSignature(_) => "M_INVALID_SIGNATURE",
             Self::Unreachable(_) | Self::Remote(_) | Self::Storage(_) | Self::Internal(_) => {
                 "M_UNKNOWN"
             }
@@ -146,7 +150,8 @@ impl ResponseError for Error {
             | Self::UnsupportedRoomVersion(_)
             | Self::IncompatibleRoomVersion(_)
             | Self::BadState(_)
-            | Self::WrongServer(_) => StatusCode::BAD_REQUEST,
+            | Self::WrongServer(_)
+            | Self::InvalidSignature(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotFound(_) | Self::Unrecognized => StatusCode::NOT_FOUND,

@@ -7,6 +7,7 @@ pub mod client_api;
 pub mod config;
 pub mod core;
 pub mod devices;
+pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod http;

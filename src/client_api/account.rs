@@ -206,7 +206,7 @@ pub async fn whoami(user: AuthedUser) -> Result<HttpResponse> {
 }
 
 /// Checks a UIA body with `m.login.password` for the calling user.
-async fn require_password_auth(
+pub(crate) async fn require_password_auth(
     s: &Services,
     user: &AuthedUser,
     auth: Option<&Value>,

@@ -5,6 +5,7 @@
 pub mod account;
 pub mod directory;
 pub mod events;
+pub mod keys;
 pub mod misc;
 pub mod profile;
 pub mod rooms;
@@ -163,7 +164,24 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/pushrules", get().to(misc::push_rules))
         .route("/pushrules/global/", get().to(misc::push_rules_global))
         .route("/presence/{user_id}/status", get().to(misc::get_presence))
-        .route("/presence/{user_id}/status", put().to(misc::set_presence));
+        .route("/presence/{user_id}/status", put().to(misc::set_presence))
+        // end-to-end encryption
+        .route("/keys/upload", post().to(keys::upload))
+        .route("/keys/query", post().to(keys::query))
+        .route("/keys/claim", post().to(keys::claim))
+        .route("/keys/changes", get().to(keys::changes))
+        .route(
+            "/keys/device_signing/upload",
+            post().to(keys::device_signing_upload),
+        )
+        .route(
+            "/keys/signatures/upload",
+            post().to(keys::signatures_upload),
+        )
+        .route(
+            "/sendToDevice/{event_type}/{txn_id}",
+            put().to(keys::send_to_device),
+        );
 }
 
 /// Registers the client API on an app.

@@ -57,6 +57,12 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
         None => None,
     };
     let filter = load_filter(&s, &user, q.filter.as_deref()).await?;
+    if let Some(t) = since {
+        // The client has what the response up to `since` carried: drop those to-device messages.
+        let acked = t.stream.min(s.core.notifier.frontier());
+        crate::e2ee::to_device::acknowledge(&s.core, user.user_id.as_str(), &user.device_id, acked)
+            .await?;
+    }
     let timeout = Duration::from_millis(
         q.timeout
             .unwrap_or(0)

@@ -14,6 +14,7 @@
 
 pub mod account;
 pub mod connection;
+pub mod e2ee;
 pub mod events;
 pub mod federation;
 pub mod rooms;

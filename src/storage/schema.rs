@@ -218,3 +218,108 @@ diesel::table! {
         room_version -> Text,
     }
 }
+
+// ---- end-to-end encryption (migration 2026-11-24-000003_e2ee)
+
+diesel::table! {
+    e2e_device_keys (user_id, device_id) {
+        user_id -> Text,
+        device_id -> Text,
+        key_json -> Text,
+        display_name -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    e2e_one_time_keys (user_id, device_id, algorithm, key_id) {
+        user_id -> Text,
+        device_id -> Text,
+        algorithm -> Text,
+        key_id -> Text,
+        key_json -> Text,
+        seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    e2e_fallback_keys (user_id, device_id, algorithm) {
+        user_id -> Text,
+        device_id -> Text,
+        algorithm -> Text,
+        key_id -> Text,
+        key_json -> Text,
+        used -> Bool,
+    }
+}
+
+diesel::table! {
+    e2e_cross_signing_keys (user_id, key_type) {
+        user_id -> Text,
+        key_type -> Text,
+        key_id -> Text,
+        key_json -> Text,
+    }
+}
+
+diesel::table! {
+    e2e_signatures (target_user_id, target_key_id, signer_user_id, signer_key_id) {
+        target_user_id -> Text,
+        target_key_id -> Text,
+        signer_user_id -> Text,
+        signer_key_id -> Text,
+        signature -> Text,
+    }
+}
+
+diesel::table! {
+    to_device_inbox (user_id, device_id, stream_id) {
+        user_id -> Text,
+        device_id -> Text,
+        stream_id -> BigInt,
+        sender -> Text,
+        event_type -> Text,
+        content -> Text,
+    }
+}
+
+diesel::table! {
+    to_device_txns (user_id, device_id, txn_id) {
+        user_id -> Text,
+        device_id -> Text,
+        txn_id -> Text,
+    }
+}
+
+diesel::table! {
+    to_device_inbound_ids (origin, message_id) {
+        origin -> Text,
+        message_id -> Text,
+        received_ts -> BigInt,
+    }
+}
+
+diesel::table! {
+    device_list_changes (stream_id, user_id, observer) {
+        stream_id -> BigInt,
+        user_id -> Text,
+        observer -> Text,
+    }
+}
+
+diesel::table! {
+    remote_device_lists (user_id) {
+        user_id -> Text,
+        stream_id -> BigInt,
+        stale -> Bool,
+    }
+}
+
+diesel::table! {
+    e2e_federation_outbox (id) {
+        id -> BigInt,
+        stream_id -> BigInt,
+        destination -> Text,
+        edu_type -> Text,
+        content -> Text,
+    }
+}

@@ -125,12 +125,26 @@ fn account_data_events(rows: Vec<(String, String, String)>, room: &str) -> Vec<V
 
 /// Builds the sync response for `(since, upto]`.
 pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult<SyncResult> {
+    // E2EE sections first: a cut to-device batch lowers `upto` for the whole response.
+    let e2ee = crate::e2ee::sync::SyncExtensions::load(
+        conn,
+        &req.viewer.user_id,
+        &req.viewer.device_id,
+        req.since.map(|s| s.stream),
+        req.upto,
+    )?;
+    let capped = SyncRequest {
+        viewer: req.viewer.clone(),
+        upto: e2ee.upto,
+        ..*req
+    };
+    let req = &capped;
     let user = req.viewer.user_id.as_str();
     let since_stream = req.since.map(|s| s.stream);
     let since_typing = req.since.map(|s| s.typing).unwrap_or(i64::MIN);
     let after = since_stream.unwrap_or(i64::MIN);
     let mut versions = Versions::default();
-    let mut has_changes = false;
+    let mut has_changes = e2ee.has_changes();
 
     let account_rows = account::account_data_since(conn, user, after, req.upto)?;
 
@@ -316,15 +330,13 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
         stream: req.upto,
         typing: req.typing_now,
     };
-    let body = json!({
+    let mut body = json!({
         "next_batch": next.encode(),
         "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
         "account_data": {"events": global_account},
         "presence": {"events": []},
-        "to_device": {"events": []},
-        "device_lists": {"changed": [], "left": []},
-        "device_one_time_keys_count": {},
     });
+    e2ee.write_into(&mut body);
     Ok(SyncResult { body, has_changes })
 }
 

@@ -1,0 +1,1 @@
+DROP TABLE e2e_federation_outbox; DROP TABLE remote_device_lists; DROP TABLE device_list_changes; DROP TABLE to_device_inbound_ids; DROP TABLE to_device_txns; DROP TABLE to_device_inbox; DROP TABLE e2e_signatures; DROP TABLE e2e_cross_signing_keys; DROP TABLE e2e_fallback_keys; DROP TABLE e2e_one_time_keys; DROP TABLE e2e_device_keys;
