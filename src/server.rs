@@ -53,6 +53,15 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         let fed = crate::federation::Federation::new(&core)?;
         let _ = core.federation.set(Arc::clone(&fed));
         actix_rt::spawn(async move { fed.sender.resume_all().await });
+        // Remote device lists that missed an update before we stopped.
+        let s2 = Arc::clone(&services);
+        actix_rt::spawn(async move {
+            if let Ok(users) = crate::e2ee::federation::stale_device_lists(&s2.core).await {
+                for u in users {
+                    crate::federation::inbound::e2ee::resync_device_list(&s2, &u).await;
+                }
+            }
+        });
     }
 
     let data = web::Data::from(Arc::clone(&services));

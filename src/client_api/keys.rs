@@ -13,6 +13,7 @@ use crate::e2ee::federation::NotFederated;
 use crate::e2ee::keys::{self, ClaimRequest, QueryRequest, UploadRequest};
 use crate::e2ee::to_device::{self, SendRequest};
 use crate::error::{Error, Result};
+use crate::federation::inbound::e2ee::FederatedKeys;
 use crate::http::body::JsonBody;
 use crate::services::Services;
 use crate::sync::SyncToken;
@@ -36,8 +37,16 @@ pub async fn query(
     user: AuthedUser,
     JsonBody(req): JsonBody<QueryRequest>,
 ) -> Result<HttpResponse> {
-    // Remote users: no federation client yet, so their servers are reported in `failures`.
-    ok(keys::query(&s.core, user.user_id.as_str(), req, &NotFederated).await?)
+    match s.federation() {
+        Some(fed) => ok(keys::query(
+            &s.core,
+            user.user_id.as_str(),
+            req,
+            &FederatedKeys(fed.clone()),
+        )
+        .await?),
+        None => ok(keys::query(&s.core, user.user_id.as_str(), req, &NotFederated).await?),
+    }
 }
 
 pub async fn claim(
@@ -45,7 +54,16 @@ pub async fn claim(
     user: AuthedUser,
     JsonBody(req): JsonBody<ClaimRequest>,
 ) -> Result<HttpResponse> {
-    ok(keys::claim(&s.core, user.user_id.as_str(), req, &NotFederated).await?)
+    match s.federation() {
+        Some(fed) => ok(keys::claim(
+            &s.core,
+            user.user_id.as_str(),
+            req,
+            &FederatedKeys(fed.clone()),
+        )
+        .await?),
+        None => ok(keys::claim(&s.core, user.user_id.as_str(), req, &NotFederated).await?),
+    }
 }
 
 #[derive(Deserialize)]

@@ -161,7 +161,7 @@ pub async fn store_upload(core: &Core, user_id: &str, prepared: PreparedUpload) 
         let mut wake = Vec::new();
         if public_change {
             wake = device_lists::record(c, pos, &u, &our)?;
-            device_lists::announce_signing_keys(c, pos, &u, &our)?;
+            device_lists::announce_signing_keys(c, &u, &our)?;
         } else if private_change {
             wake = device_lists::record_for(c, pos, &u, &u)?;
         }
@@ -266,7 +266,7 @@ pub async fn upload_signatures(
                 wake.extend(device_lists::record(c, first, &u, &our)?);
             }
             if plan.own_master {
-                device_lists::announce_signing_keys(c, first, &u, &our)?;
+                device_lists::announce_signing_keys(c, &u, &our)?;
             }
             for device in &plan.own_devices {
                 let pos = next.next().unwrap_or(first);

@@ -95,14 +95,13 @@ pub fn announce_device(
         deleted,
         keys,
     );
-    queue(conn, pos, &servers, "m.device_list_update", &content)
+    queue(conn, &servers, "m.device_list_update", &content)
 }
 
 /// Queues an `m.signing_key_update` EDU with the user's current master and self-signing keys
 /// for every server sharing a room with them.
 pub fn announce_signing_keys(
     conn: &mut AnyConnection,
-    pos: i64,
     user_id: &str,
     our_server: &str,
 ) -> StorageResult<Vec<OutboundEdu>> {
@@ -113,13 +112,13 @@ pub fn announce_signing_keys(
     let master = keys::cross_signing_json(conn, user_id, "master", None)?;
     let self_signing = keys::cross_signing_json(conn, user_id, "self_signing", None)?;
     let content = federation::signing_key_update_content(user_id, master, self_signing);
-    queue(conn, pos, &servers, "m.signing_key_update", &content)
+    queue(conn, &servers, "m.signing_key_update", &content)
 }
 
-/// Writes one EDU per destination into the outbox.
+/// Queues one EDU per destination in the federation outbound queue, in the caller's
+/// transaction (so it is sent if and only if the change commits).
 pub fn queue(
     conn: &mut AnyConnection,
-    pos: i64,
     servers: &[String],
     edu_type: &str,
     content: &Value,
@@ -127,7 +126,7 @@ pub fn queue(
     let text = content.to_string();
     let mut out = Vec::with_capacity(servers.len());
     for s in servers {
-        store::outbox_push(conn, pos, s, edu_type, &text)?;
+        crate::federation::outbound::enqueue_edu_in_txn(conn, s, edu_type, &text)?;
         out.push(OutboundEdu {
             destination: s.clone(),
             edu_type: edu_type.to_owned(),

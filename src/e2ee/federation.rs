@@ -12,7 +12,7 @@
 //!
 //! Outbound EDU contents are built by the pure functions [`device_list_update_content`],
 //! [`signing_key_update_content`] and [`direct_to_device_content`]; the callers in this
-//! module tree queue them (`e2e_federation_outbox`) in the same transaction as the change.
+//! module tree queue them (federation `outbound_queue`) in the same transaction as the change.
 //!
 //! Asking a remote server for keys on behalf of a local client goes through [`RemoteKeys`];
 //! [`NotFederated`] answers every server as unreachable until the federation client is wired.
@@ -21,12 +21,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::json::{cross_signing_public_key, signed_part};
 use super::keys::{self, ClaimRequest, QueryRequest};
 use super::to_device::{self, Messages};
-use super::{OutboundEdu, Written, device_lists, server_of, write_at_position};
+use super::{Written, device_lists, server_of, write_at_position};
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::storage::e2ee as store;
@@ -479,48 +479,4 @@ pub async fn apply_device_list_snapshot(core: &Core, origin: &str, response: &Va
 /// Remote users whose cached device list needs a resync (e.g. after a restart).
 pub async fn stale_device_lists(core: &Core) -> Result<Vec<String>> {
     Ok(core.db.read(store::stale_remote_device_lists).await?)
-}
-
-// ---------------------------------------------------------------- the outbox
-
-/// The oldest queued EDUs for `destination` as `(outbox id, EDU)`, for a transaction.
-pub async fn pending_edus(
-    core: &Core,
-    destination: &str,
-    limit: i64,
-) -> Result<Vec<(i64, OutboundEdu)>> {
-    let d = destination.to_owned();
-    let rows = core
-        .db
-        .read(move |c| store::outbox_peek(c, &d, limit))
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let content =
-                serde_json::from_str(&r.content).unwrap_or_else(|_| Value::Object(Map::new()));
-            (
-                r.id,
-                OutboundEdu {
-                    destination: r.destination,
-                    edu_type: r.edu_type,
-                    content,
-                },
-            )
-        })
-        .collect())
-}
-
-/// Deletes EDUs the destination accepted.
-pub async fn ack_edus(core: &Core, destination: &str, ids: Vec<i64>) -> Result<()> {
-    let d = destination.to_owned();
-    core.db
-        .write(destination, move |c| store::outbox_delete(c, &d, &ids))
-        .await?;
-    Ok(())
-}
-
-/// Destinations with queued EDUs (to wake their senders at start-up).
-pub async fn destinations_with_edus(core: &Core) -> Result<Vec<String>> {
-    Ok(core.db.read(store::outbox_destinations).await?)
 }

@@ -27,8 +27,8 @@
 //!   visible to one observer only (their own signature on someone else's key).
 //! * `remote_device_lists`: for each remote user whose devices we cache, the last
 //!   `m.device_list_update` `stream_id` applied and whether an update may have been missed.
-//! * `e2e_federation_outbox`: EDUs for remote servers, written in the same transaction as the
-//!   change they announce (see "Federation" below).
+//! * EDUs for remote servers go into the federation `outbound_queue`, written in the same
+//!   transaction as the change they announce (see "Federation" below).
 //!
 //! # Streams and wake-ups
 //!
@@ -53,23 +53,23 @@
 //!
 //! # Federation
 //!
-//! The server-server side is a set of service functions in [`federation`], not yet mounted:
+//! The server-server side is a set of service functions in [`federation`], mounted by
+//! `crate::federation::inbound::e2ee`:
 //! * answers for `GET /user/devices/{userId}`, `POST /user/keys/query`,
 //!   `POST /user/keys/claim`;
 //! * outbound EDUs (`m.device_list_update` with `stream_id`/`prev_id` taken from the global
 //!   stream, `m.signing_key_update`, `m.direct_to_device` with a `message_id`) are built by
-//!   pure functions and queued in `e2e_federation_outbox` for every server that has a user
-//!   sharing a joined room with the changed user (or, for to-device, the recipient's
-//!   server). The federation sender drains the outbox ([`federation::pending_edus`],
-//!   [`federation::ack_edus`]);
+//!   pure functions and queued in the federation outbound queue for every server that has a
+//!   user sharing a joined room with the changed user (or, for to-device, the recipient's
+//!   server); the per-destination actors deliver them like any EDU, through outages;
 //! * inbound EDUs are applied by [`federation::apply_edu`]: remote device lists and
 //!   cross-signing keys are cached (and a gap in `prev_id` marks the list stale, to be
 //!   refreshed with `GET /user/devices` and [`federation::apply_device_list_snapshot`]);
 //!   `m.direct_to_device` is delivered to local devices once per `message_id`.
 //!
 //! `/keys/query` and `/keys/claim` naming remote users ask the remote server through the
-//! [`federation::RemoteKeys`] seam; until federation is wired the client handlers pass
-//! [`federation::NotFederated`] and those servers are reported in `failures`. A remote
+//! [`federation::RemoteKeys`] trait (implemented over the federation client; without
+//! federation, [`federation::NotFederated`] reports those servers in `failures`). A remote
 //! user whose device list we cache and which is not stale is answered from the cache.
 
 pub mod cross_signing;
@@ -138,10 +138,23 @@ where
         .map(|_| core.notifier.allocate())
         .collect();
     let p = positions.clone();
-    let res = core.db.write(shard, move |c| job(c, &p)).await;
+    let res = core
+        .db
+        .write(shard, move |c| {
+            // EDUs the job queues for other servers are noted on this writer thread.
+            crate::federation::outbound::take_noted();
+            let w = job(c, &p)?;
+            Ok((w, crate::federation::outbound::take_noted()))
+        })
+        .await;
     match res {
-        Ok(w) => {
+        Ok((w, destinations)) => {
             core.notifier.complete(&positions, w.wake);
+            if let Some(fed) = core.federation.get() {
+                for d in destinations {
+                    fed.sender.wake(&d);
+                }
+            }
             Ok(w.value)
         }
         Err(e) => {

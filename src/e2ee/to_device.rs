@@ -138,7 +138,6 @@ pub async fn send(
             let content = federation::direct_to_device_content(&s, &e, &message_id, msgs);
             device_lists::queue(
                 c,
-                pos,
                 std::slice::from_ref(server),
                 "m.direct_to_device",
                 &content,

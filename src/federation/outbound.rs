@@ -42,13 +42,55 @@ pub const KIND_EDU: &str = "edu";
 const MAX_PDUS: i64 = 50;
 const MAX_EDUS: i64 = 100;
 
+/// Queue row IDs: process-wide, because queue rows are also written inside other
+/// transactions (E2EE EDUs). Initialised by [`Sender::new`] above every ID ever used.
+static QUEUE_IDS: AtomicI64 = AtomicI64::new(0);
+
+/// A fresh queue row ID.
+pub fn next_queue_id() -> i64 {
+    QUEUE_IDS.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+thread_local! {
+    /// Destinations given work by the write job running on this (writer) thread.
+    static NOTED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Queues an EDU inside the caller's transaction (a write job), noting the destination so
+/// the job's caller can wake it after the commit ([`take_noted`]).
+pub fn enqueue_edu_in_txn(
+    conn: &mut crate::storage::AnyConnection,
+    destination: &str,
+    edu_type: &str,
+    content_json: &str,
+) -> crate::storage::StorageResult<()> {
+    let payload = format!(
+        "{{\"edu_type\":{},\"content\":{content_json}}}",
+        Value::String(edu_type.to_owned())
+    );
+    fstore::enqueue(
+        conn,
+        next_queue_id(),
+        destination,
+        KIND_EDU,
+        &payload,
+        now_ms(),
+    )?;
+    NOTED.with(|n| n.borrow_mut().push(destination.to_owned()));
+    Ok(())
+}
+
+/// Takes (and clears) the destinations noted on this thread.
+pub fn take_noted() -> Vec<String> {
+    NOTED.with(|n| std::mem::take(&mut *n.borrow_mut()))
+}
+
 /// Routes outbound work to destination actors.
 pub struct Sender {
     core: Arc<Core>,
     client: FederationClient,
     arbiter: ArbiterHandle,
     actors: Mutex<HashMap<String, Addr<DestinationActor>>>,
-    queue_ids: AtomicI64,
 }
 
 impl Sender {
@@ -57,20 +99,20 @@ impl Sender {
         client: FederationClient,
     ) -> Result<Self, crate::storage::StorageError> {
         let max = core.db.read_blocking(fstore::max_queue_id)?;
+        // Queue IDs name transactions, which receivers de-duplicate forever: they must never
+        // repeat, even after the queue empties and the server restarts.
+        QUEUE_IDS.fetch_max(max.max(now_ms().saturating_mul(1000)), Ordering::Relaxed);
         Ok(Self {
             core,
             client,
             arbiter: Arbiter::new().handle(),
             actors: Mutex::new(HashMap::new()),
-            // Queue IDs name transactions, which receivers de-duplicate forever: they must
-            // never repeat, even after the queue empties and the server restarts.
-            queue_ids: AtomicI64::new(max.max(now_ms().saturating_mul(1000))),
         })
     }
 
     /// A fresh queue row ID.
     pub fn next_queue_id(&self) -> i64 {
-        self.queue_ids.fetch_add(1, Ordering::Relaxed) + 1
+        next_queue_id()
     }
 
     fn actor(&self, destination: &str) -> Addr<DestinationActor> {

@@ -1,6 +1,6 @@
 //! End-to-end encryption storage: device keys, one-time and fallback keys, cross-signing keys
 //! and their signatures, the to-device inbox, device-list changes, the remote device-list
-//! cache and the EDU outbox. Every key is stored as the opaque JSON the client uploaded; see
+//! cache. Every key is stored as the opaque JSON the client uploaded; see
 //! `crate::e2ee` for what the rows mean and who writes them.
 //!
 //! Writes run inside the single writer (`Db::write`), so read-then-write sequences here (claim
@@ -12,8 +12,8 @@ use diesel::prelude::*;
 
 use super::schema::{
     device_list_changes, e2e_cross_signing_keys, e2e_device_keys, e2e_fallback_keys,
-    e2e_federation_outbox, e2e_one_time_keys, e2e_signatures, memberships, remote_device_lists,
-    to_device_inbound_ids, to_device_inbox, to_device_txns,
+    e2e_one_time_keys, e2e_signatures, memberships, remote_device_lists, to_device_inbound_ids,
+    to_device_inbox, to_device_txns,
 };
 use super::{AnyConnection, StorageResult};
 
@@ -689,74 +689,6 @@ pub fn stale_remote_device_lists(conn: &mut AnyConnection) -> StorageResult<Vec<
         .load(conn)?)
 }
 
-// ---------------------------------------------------------------- federation outbox
-
-#[derive(Debug, Clone, Queryable)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub stream_id: i64,
-    pub destination: String,
-    pub edu_type: String,
-    pub content: String,
-}
-
-pub fn outbox_push(
-    conn: &mut AnyConnection,
-    stream_id: i64,
-    destination: &str,
-    edu_type: &str,
-    content: &str,
-) -> StorageResult<()> {
-    diesel::insert_into(e2e_federation_outbox::table)
-        .values((
-            e2e_federation_outbox::stream_id.eq(stream_id),
-            e2e_federation_outbox::destination.eq(destination),
-            e2e_federation_outbox::edu_type.eq(edu_type),
-            e2e_federation_outbox::content.eq(content),
-        ))
-        .execute(conn)?;
-    Ok(())
-}
-
-/// The oldest EDUs queued for a destination.
-pub fn outbox_peek(
-    conn: &mut AnyConnection,
-    destination: &str,
-    limit: i64,
-) -> StorageResult<Vec<OutboxRow>> {
-    Ok(e2e_federation_outbox::table
-        .filter(e2e_federation_outbox::destination.eq(destination))
-        .order(e2e_federation_outbox::id.asc())
-        .limit(limit)
-        .load::<OutboxRow>(conn)?)
-}
-
-/// Deletes delivered EDUs.
-pub fn outbox_delete(
-    conn: &mut AnyConnection,
-    destination: &str,
-    ids: &[i64],
-) -> StorageResult<()> {
-    for chunk in ids.chunks(500) {
-        diesel::delete(
-            e2e_federation_outbox::table
-                .filter(e2e_federation_outbox::destination.eq(destination))
-                .filter(e2e_federation_outbox::id.eq_any(chunk)),
-        )
-        .execute(conn)?;
-    }
-    Ok(())
-}
-
-/// Destinations with queued EDUs.
-pub fn outbox_destinations(conn: &mut AnyConnection) -> StorageResult<Vec<String>> {
-    Ok(e2e_federation_outbox::table
-        .select(e2e_federation_outbox::destination)
-        .distinct()
-        .order(e2e_federation_outbox::destination.asc())
-        .load(conn)?)
-}
-
 // ---------------------------------------------------------------- stream positions
 
 /// The highest stream position used by E2EE rows (the notifier starts after it).
@@ -767,8 +699,5 @@ pub fn max_stream(conn: &mut AnyConnection) -> StorageResult<i64> {
     let b: Option<i64> = device_list_changes::table
         .select(diesel::dsl::max(device_list_changes::stream_id))
         .first(conn)?;
-    let c: Option<i64> = e2e_federation_outbox::table
-        .select(diesel::dsl::max(e2e_federation_outbox::stream_id))
-        .first(conn)?;
-    Ok(a.unwrap_or(0).max(b.unwrap_or(0)).max(c.unwrap_or(0)))
+    Ok(a.unwrap_or(0).max(b.unwrap_or(0)))
 }

@@ -313,13 +313,3 @@ diesel::table! {
         stale -> Bool,
     }
 }
-
-diesel::table! {
-    e2e_federation_outbox (id) {
-        id -> BigInt,
-        stream_id -> BigInt,
-        destination -> Text,
-        edu_type -> Text,
-        content -> Text,
-    }
-}

@@ -106,14 +106,3 @@ CREATE TABLE remote_device_lists (
     stale BOOLEAN NOT NULL
 );
 
--- EDUs for remote servers (m.device_list_update, m.signing_key_update, m.direct_to_device),
--- written in the same transaction as the change they announce; the federation sender
--- delivers and then deletes them.
-CREATE TABLE e2e_federation_outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    stream_id BIGINT NOT NULL,
-    destination TEXT NOT NULL,
-    edu_type TEXT NOT NULL,
-    content TEXT NOT NULL
-);
-CREATE INDEX e2e_federation_outbox_destination ON e2e_federation_outbox (destination, id);

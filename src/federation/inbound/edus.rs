@@ -47,7 +47,11 @@ pub async fn handle(s: &Services, origin: &str, edus: Vec<Value>) {
         match kind.as_str() {
             "m.typing" => typing(s, origin, &content).await,
             "m.receipt" => receipts(s, origin, &content).await,
-            other => tracing::debug!(origin, edu_type = other, "ignoring EDU"),
+            other => {
+                if !super::e2ee::handle_edu(s, origin, other, &content).await {
+                    tracing::debug!(origin, edu_type = other, "ignoring EDU");
+                }
+            }
         }
     }
 }

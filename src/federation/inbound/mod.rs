@@ -7,6 +7,7 @@
 //! events, against the state before it; then soft-fail against current state and append) →
 //! `gaps` (fetch what was missing from the origin, then retry).
 
+pub mod e2ee;
 pub mod edus;
 pub mod gaps;
 pub mod history;
@@ -90,6 +91,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/v1/query/profile", get().to(query::profile))
                 .route("/v1/query/directory", get().to(query::directory))
                 .route("/v1/publicRooms", get().to(query::public_rooms))
-                .route("/v1/publicRooms", post().to(query::public_rooms_post)),
+                .route("/v1/publicRooms", post().to(query::public_rooms_post))
+                .route("/v1/user/devices/{user_id}", get().to(e2ee::user_devices))
+                .route("/v1/user/keys/query", post().to(e2ee::user_keys_query))
+                .route("/v1/user/keys/claim", post().to(e2ee::user_keys_claim)),
         );
 }
