@@ -931,9 +931,7 @@ async fn federation_answers_and_outbound_edus() {
     .await
     .unwrap();
     // The key upload queued an m.device_list_update for remote.example.
-    let edus = federation::pending_edus(&t.core, "remote.example", 10)
-        .await
-        .unwrap();
+    let edus = pending_edus(&t.core, "remote.example", 10).await.unwrap();
     assert_eq!(edus.len(), 1);
     let (id, edu) = &edus[0];
     assert_eq!(edu.edu_type, "m.device_list_update");
@@ -941,11 +939,11 @@ async fn federation_answers_and_outbound_edus() {
     assert_eq!(edu.content["device_id"], json!("A1"));
     assert_eq!(edu.content["keys"]["keys"]["curve25519:A1"], json!("c"));
     let stream_id = edu.content["stream_id"].as_i64().unwrap();
-    federation::ack_edus(&t.core, "remote.example", vec![*id])
+    ack_edus(&t.core, "remote.example", vec![*id])
         .await
         .unwrap();
     assert!(
-        federation::pending_edus(&t.core, "remote.example", 10)
+        pending_edus(&t.core, "remote.example", 10)
             .await
             .unwrap()
             .is_empty()
@@ -984,9 +982,7 @@ async fn federation_answers_and_outbound_edus() {
     )
     .await
     .unwrap();
-    let edus = federation::pending_edus(&t.core, "remote.example", 10)
-        .await
-        .unwrap();
+    let edus = pending_edus(&t.core, "remote.example", 10).await.unwrap();
     assert_eq!(edus[0].1.content["prev_id"], json!([stream_id]));
 
     // user/keys/claim hands out the key once; users of other servers are ignored.
@@ -1020,9 +1016,7 @@ async fn federation_answers_and_outbound_edus() {
     )
     .await
     .unwrap();
-    let edus = federation::pending_edus(&t.core, "remote.example", 10)
-        .await
-        .unwrap();
+    let edus = pending_edus(&t.core, "remote.example", 10).await.unwrap();
     let dtd = edus
         .iter()
         .find(|(_, e)| e.edu_type == "m.direct_to_device")
@@ -1172,4 +1166,53 @@ async fn inbound_edus_update_the_cache_and_deliver_once() {
     .await
     .unwrap();
     assert_eq!(query().await.unwrap()["master_keys"][remote], master);
+}
+
+/// The EDUs queued for a destination in the federation outbound queue, oldest first.
+async fn pending_edus(
+    core: &crate::core::Core,
+    destination: &str,
+    limit: i64,
+) -> crate::error::Result<Vec<(i64, super::OutboundEdu)>> {
+    let d = destination.to_owned();
+    let rows = core
+        .db
+        .read(move |c| {
+            crate::storage::federation::peek_queue(
+                c,
+                &d,
+                crate::federation::outbound::KIND_EDU,
+                limit,
+            )
+        })
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r.payload).ok()?;
+            Some((
+                r.id,
+                super::OutboundEdu {
+                    destination: r.destination,
+                    edu_type: v["edu_type"].as_str()?.to_owned(),
+                    content: v["content"].clone(),
+                },
+            ))
+        })
+        .collect())
+}
+
+/// Removes delivered EDUs from the queue.
+async fn ack_edus(
+    core: &crate::core::Core,
+    destination: &str,
+    ids: Vec<i64>,
+) -> crate::error::Result<()> {
+    let d = destination.to_owned();
+    core.db
+        .write(destination, move |c| {
+            crate::storage::federation::dequeue(c, &d, &ids)
+        })
+        .await?;
+    Ok(())
 }
