@@ -68,7 +68,7 @@ pub struct ListenersConfig {
     pub federation: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrationConfig {
     /// Whether anyone may register through the client API (`m.login.dummy`).
@@ -175,12 +175,6 @@ impl Default for ListenersConfig {
             client: "127.0.0.1:8008".into(),
             federation: "127.0.0.1:8448".into(),
         }
-    }
-}
-
-impl Default for RegistrationConfig {
-    fn default() -> Self {
-        Self { open: false }
     }
 }
 

@@ -330,9 +330,12 @@ pub async fn read_markers(
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
+/// A user's presence: state, status message, last change (ms).
+type PresenceEntry = (String, Option<String>, i64);
+
 /// Presence as set by the user (in memory; not federated).
 #[derive(Default)]
-pub struct Presence(Mutex<HashMap<String, (String, Option<String>, i64)>>);
+pub struct Presence(Mutex<HashMap<String, PresenceEntry>>);
 
 #[derive(Deserialize)]
 pub struct PresenceBody {

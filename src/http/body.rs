@@ -98,7 +98,7 @@ mod tests {
             #[allow(dead_code)]
             a: u32,
         }
-        assert!(matches!(parse_json::<T>(b"{\"a\": 1}"), Ok(_)));
+        assert!(parse_json::<T>(b"{\"a\": 1}").is_ok());
         assert!(matches!(
             parse_json::<T>(b"{\"a\": \"x\"}"),
             Err(Error::BadJson(_))
@@ -111,6 +111,6 @@ mod tests {
             parse_json::<T>(b"not json"),
             Err(Error::NotJson(_))
         ));
-        assert!(matches!(parse_json::<serde_json::Value>(b""), Ok(_)));
+        assert!(parse_json::<serde_json::Value>(b"").is_ok());
     }
 }

@@ -451,7 +451,7 @@ impl Handler<SendEvent> for RoomActor {
             && let Some(id) = self.txns.get(txn).cloned()
         {
             // A retry of a transaction this actor already took: same answer, once durable.
-            if let Some(p) = self.pending.iter_mut().find(|p| p.pdu.event_id() == &id) {
+            if let Some(p) = self.pending.iter_mut().find(|p| *p.pdu.event_id() == id) {
                 let (tx, rx) = oneshot::channel();
                 p.replies.push(tx);
                 return await_reply(rx);

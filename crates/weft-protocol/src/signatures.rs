@@ -172,7 +172,7 @@ mod tests {
         let public = key.verifying_key();
         let key_id = key.key_id().to_owned();
         move |s, k| {
-            (s == server && k == key_id).then(|| KnownKey {
+            (s == server && k == key_id).then_some(KnownKey {
                 key: public,
                 valid_until_ts: u64::MAX,
             })
