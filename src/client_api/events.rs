@@ -11,7 +11,7 @@ use super::tokens::AuthedUser;
 use crate::error::{Error, Result};
 use crate::http::body::JsonBody;
 use crate::rooms::access;
-use crate::rooms::messages::SendEvent;
+use crate::rooms::messages::{SendEvent, TxnKey};
 use crate::rooms::view::{self, Versions, Viewer};
 use crate::services::Services;
 use crate::storage::{events, rooms, state};
@@ -41,13 +41,19 @@ pub async fn send(
     if !content.is_object() {
         return Err(Error::bad_json("event content must be a JSON object"));
     }
-    let key = (user.user_id.to_string(), user.device_id.clone(), txn_id);
+    let key = TxnKey::send(
+        user.user_id.as_str(),
+        &user.device_id,
+        room_id.as_str(),
+        &kind,
+        txn_id,
+    );
     // A retry of an old transaction: answer from the database.
     let k = key.clone();
     if let Some(id) = s
         .core
         .db
-        .read(move |c| events::get_txn(c, &k.0, &k.1, &k.2))
+        .read(move |c| events::get_txn(c, &k.user_id, &k.device_id, &k.scope, &k.txn_id))
         .await?
     {
         return Ok(HttpResponse::Ok().json(json!({"event_id": id})));
@@ -464,12 +470,18 @@ pub async fn redact(
     let room_id = room(&room_id)?;
     let target = OwnedEventId::try_from(event_id.as_str())
         .map_err(|_| Error::invalid_param("invalid event ID"))?;
-    let key = (user.user_id.to_string(), user.device_id.clone(), txn_id);
+    let key = TxnKey::redact(
+        user.user_id.as_str(),
+        &user.device_id,
+        room_id.as_str(),
+        target.as_str(),
+        txn_id,
+    );
     let k = key.clone();
     if let Some(id) = s
         .core
         .db
-        .read(move |c| events::get_txn(c, &k.0, &k.1, &k.2))
+        .read(move |c| events::get_txn(c, &k.user_id, &k.device_id, &k.scope, &k.txn_id))
         .await?
     {
         return Ok(HttpResponse::Ok().json(json!({"event_id": id})));

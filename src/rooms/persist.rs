@@ -30,7 +30,7 @@ pub struct PersistEvent {
     pub row: NewEvent,
     pub group: Option<NewGroup>,
     pub membership: Option<MembershipChange>,
-    pub txn: Option<(String, String, String)>,
+    pub txn: Option<super::messages::TxnKey>,
     /// The event this one redacts, when the redaction is to be applied.
     pub redacts: Option<String>,
 }
@@ -72,8 +72,15 @@ impl PersistBatch {
                     m.invite_state.as_deref(),
                 )?;
             }
-            if let Some((user, device, txn)) = &ev.txn {
-                events::insert_txn(conn, user, device, txn, &ev.row.event_id)?;
+            if let Some(t) = &ev.txn {
+                events::insert_txn(
+                    conn,
+                    &t.user_id,
+                    &t.device_id,
+                    &t.scope,
+                    &t.txn_id,
+                    &ev.row.event_id,
+                )?;
             }
             if let Some(target) = &ev.redacts {
                 events::set_redacted_by(conn, target, &ev.row.event_id)?;
