@@ -23,6 +23,15 @@ fn room(s: &str) -> Result<OwnedRoomId> {
     OwnedRoomId::try_from(s).map_err(|_| Error::invalid_param("invalid room ID"))
 }
 
+/// The spec's size limits on event fields (type and state key: 255 bytes); the whole PDU's
+/// 64 KiB limit is checked when it is built. Remote servers reject events over them.
+fn check_field_sizes(kind: &str, state_key: Option<&str>) -> Result<()> {
+    if kind.len() > 255 || state_key.is_some_and(|k| k.len() > 255) {
+        return Err(Error::TooLarge);
+    }
+    Ok(())
+}
+
 fn viewer(user: &AuthedUser) -> Viewer {
     Viewer {
         user_id: user.user_id.to_string(),
@@ -41,6 +50,7 @@ pub async fn send(
     if !content.is_object() {
         return Err(Error::bad_json("event content must be a JSON object"));
     }
+    check_field_sizes(&kind, None)?;
     let key = TxnKey::send(
         user.user_id.as_str(),
         &user.device_id,
@@ -104,6 +114,7 @@ async fn put_state_inner(
     if !content.is_object() {
         return Err(Error::bad_json("event content must be a JSON object"));
     }
+    check_field_sizes(&kind, Some(&state_key))?;
     if kind == "m.room.create" {
         return Err(Error::forbidden("the create event cannot be replaced"));
     }
