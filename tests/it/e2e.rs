@@ -54,12 +54,18 @@ fn two_users_talk(backend: Backend) {
             && e["content"]["membership"] == "invite"),
         "invite_state lacks bob's invite: {stripped:?}"
     );
-    assert!(
-        stripped
-            .iter()
-            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "smoke"),
-        "invite_state lacks the room name: {stripped:?}"
-    );
+    for (kind, field, want) in [
+        ("m.room.name", "name", "smoke"),
+        ("m.room.join_rules", "join_rule", "invite"),
+        ("m.room.create", "room_version", "12"),
+    ] {
+        assert!(
+            stripped
+                .iter()
+                .any(|e| e["type"] == kind && e["content"][field] == want),
+            "invite_state lacks {kind}: {stripped:?}"
+        );
+    }
 
     let joined = bob.join(&room).ok();
     assert_eq!(joined["room_id"], room.as_str());
