@@ -83,13 +83,15 @@ open = true
 [federation]
 enabled = false
 [logging]
-filter = "warn"
+filter = "warn,weft::server=info"
 EOF
     "$WEFT_BIN" serve --config "$dir/weft.toml" >"$dir/weft.log" 2>&1 &
     weft_pid=$!
     for i in $(seq 150); do
-      curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
       kill -0 "$weft_pid" 2>/dev/null || { cat "$dir/weft.log"; exit 1; }
+      # Ours is listening (its log says so) and answers.
+      grep -q "listening" "$dir/weft.log" \
+        && curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
       [ "$i" -eq 150 ] && { echo "weft did not start" >&2; exit 1; }
       sleep 0.2
     done

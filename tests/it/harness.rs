@@ -219,7 +219,10 @@ impl Server {
             {
                 return Err(format!("(exited with {status})\n{}", self.log()));
             }
-            if let Ok(r) = agent.get(&url).call()
+            // Ours is listening (its log says so) and answers; another process that happens
+            // to hold the port must not pass for it.
+            if self.log().contains("listening")
+                && let Ok(r) = agent.get(&url).call()
                 && r.status() == 200
             {
                 return Ok(());

@@ -83,8 +83,9 @@ EOF
 "$WEFT_BIN" serve --config "$work/weft.toml" >"$work/weft.log" 2>&1 &
 weft_pid=$!
 for i in $(seq 150); do
-  if curl -fsS "$hs/_matrix/client/versions" >/dev/null 2>&1; then break; fi
   kill -0 "$weft_pid" 2>/dev/null || { log "weft exited at start"; exit 1; }
+  # Ours is listening (its log says so) and answers.
+  if grep -q "listening" "$work/weft.log" && curl -fsS "$hs/_matrix/client/versions" >/dev/null 2>&1; then break; fi
   [ "$i" -eq 150 ] && { log "weft did not answer within 30 s"; exit 1; }
   sleep 0.2
 done
