@@ -32,6 +32,15 @@ fn check_field_sizes(kind: &str, state_key: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// The event a committed client transaction created (a retry is answered with it).
+async fn committed_txn(s: &Services, key: &TxnKey) -> Result<Option<String>> {
+    let k = key.clone();
+    Ok(s.core
+        .db
+        .read(move |c| events::get_txn(c, &k.user_id, &k.device_id, &k.scope, &k.txn_id))
+        .await?)
+}
+
 fn viewer(user: &AuthedUser) -> Viewer {
     Viewer {
         user_id: user.user_id.to_string(),
@@ -59,13 +68,7 @@ pub async fn send(
         txn_id,
     );
     // A retry of an old transaction: answer from the database.
-    let k = key.clone();
-    if let Some(id) = s
-        .core
-        .db
-        .read(move |c| events::get_txn(c, &k.user_id, &k.device_id, &k.scope, &k.txn_id))
-        .await?
-    {
+    if let Some(id) = committed_txn(&s, &key).await? {
         return Ok(HttpResponse::Ok().json(json!({"event_id": id})));
     }
     let draft = EventDraft::new(kind, user.user_id.clone(), content);
@@ -488,13 +491,7 @@ pub async fn redact(
         target.as_str(),
         txn_id,
     );
-    let k = key.clone();
-    if let Some(id) = s
-        .core
-        .db
-        .read(move |c| events::get_txn(c, &k.user_id, &k.device_id, &k.scope, &k.txn_id))
-        .await?
-    {
+    if let Some(id) = committed_txn(&s, &key).await? {
         return Ok(HttpResponse::Ok().json(json!({"event_id": id})));
     }
     let (row, _) = visible_event(&s, &user, &room_id, target.as_str()).await?;
