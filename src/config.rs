@@ -230,7 +230,7 @@ impl Default for FederationConfig {
 impl Default for LoggingConfig {
     fn default() -> Self {
         Self {
-            filter: "info".into(),
+            filter: "info,ruma_state_res=warn".into(),
             format: "text".into(),
         }
     }

@@ -11,7 +11,7 @@ use super::tokens::AuthedUser;
 use crate::error::{Error, Result};
 use crate::http::body::JsonBody;
 use crate::rooms::access;
-use crate::rooms::messages::SendEvent;
+use crate::rooms::messages::{SendEvent, TxnKey};
 use crate::rooms::view::{self, Versions, Viewer};
 use crate::services::Services;
 use crate::storage::{events, rooms, state};
@@ -21,6 +21,24 @@ type Data = web::Data<Services>;
 
 fn room(s: &str) -> Result<OwnedRoomId> {
     OwnedRoomId::try_from(s).map_err(|_| Error::invalid_param("invalid room ID"))
+}
+
+/// The spec's size limits on event fields (type and state key: 255 bytes); the whole PDU's
+/// 64 KiB limit is checked when it is built. Remote servers reject events over them.
+fn check_field_sizes(kind: &str, state_key: Option<&str>) -> Result<()> {
+    if kind.len() > 255 || state_key.is_some_and(|k| k.len() > 255) {
+        return Err(Error::TooLarge);
+    }
+    Ok(())
+}
+
+/// The event a committed client transaction created (a retry is answered with it).
+async fn committed_txn(s: &Services, key: &TxnKey) -> Result<Option<String>> {
+    let k = key.clone();
+    Ok(s.core
+        .db
+        .read(move |c| events::get_txn(c, &k.user_id, &k.device_id, &k.scope, &k.txn_id))
+        .await?)
 }
 
 fn viewer(user: &AuthedUser) -> Viewer {
@@ -41,15 +59,16 @@ pub async fn send(
     if !content.is_object() {
         return Err(Error::bad_json("event content must be a JSON object"));
     }
-    let key = (user.user_id.to_string(), user.device_id.clone(), txn_id);
+    check_field_sizes(&kind, None)?;
+    let key = TxnKey::send(
+        user.user_id.as_str(),
+        &user.device_id,
+        room_id.as_str(),
+        &kind,
+        txn_id,
+    );
     // A retry of an old transaction: answer from the database.
-    let k = key.clone();
-    if let Some(id) = s
-        .core
-        .db
-        .read(move |c| events::get_txn(c, &k.0, &k.1, &k.2))
-        .await?
-    {
+    if let Some(id) = committed_txn(&s, &key).await? {
         return Ok(HttpResponse::Ok().json(json!({"event_id": id})));
     }
     let draft = EventDraft::new(kind, user.user_id.clone(), content);
@@ -98,6 +117,7 @@ async fn put_state_inner(
     if !content.is_object() {
         return Err(Error::bad_json("event content must be a JSON object"));
     }
+    check_field_sizes(&kind, Some(&state_key))?;
     if kind == "m.room.create" {
         return Err(Error::forbidden("the create event cannot be replaced"));
     }
@@ -473,14 +493,14 @@ pub async fn redact(
     let room_id = room(&room_id)?;
     let target = OwnedEventId::try_from(event_id.as_str())
         .map_err(|_| Error::invalid_param("invalid event ID"))?;
-    let key = (user.user_id.to_string(), user.device_id.clone(), txn_id);
-    let k = key.clone();
-    if let Some(id) = s
-        .core
-        .db
-        .read(move |c| events::get_txn(c, &k.0, &k.1, &k.2))
-        .await?
-    {
+    let key = TxnKey::redact(
+        user.user_id.as_str(),
+        &user.device_id,
+        room_id.as_str(),
+        target.as_str(),
+        txn_id,
+    );
+    if let Some(id) = committed_txn(&s, &key).await? {
         return Ok(HttpResponse::Ok().json(json!({"event_id": id})));
     }
     let (row, _) = visible_event(&s, &user, &room_id, target.as_str()).await?;

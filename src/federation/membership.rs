@@ -507,6 +507,26 @@ pub async fn invite_v2(
     let signed_pdu = Pdu::from_json_with_id(checked.pdu.owned_event_id(), obj, version)
         .map_err(|e| Error::internal(e.to_string()))?;
     record_remote_membership(&s, &signed_pdu, version, body.invite_room_state).await?;
+    // A room we are in: the invite is an event of our copy too (it will also arrive by
+    // /send, but the invitee may join before that).
+    let known = {
+        let r = room.clone();
+        s.core
+            .db
+            .read(move |c| rooms::get_room(c, &r))
+            .await?
+            .is_some()
+    };
+    if known && let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) {
+        let msg = InboundPdus {
+            pdus: vec![(signed_pdu.clone(), None)],
+            local: false,
+            version: None,
+        };
+        if let Ok(outcome) = s.rooms.send(&room_id, msg).await {
+            tracing::debug!(room = %room, ?outcome, "applied an invite to our copy of the room");
+        }
+    }
     tracing::info!(room = %room, invitee = %target, inviter = %signed_pdu.sender(), "accepted an invite from another server");
     Ok(HttpResponse::Ok().json(json!({"event": signed_pdu.to_federation_value()})))
 }

@@ -201,7 +201,12 @@ impl RoomActor {
             draft.origin_server_ts = storage::now_ms() as u64;
         }
         let pdu = builder::build_pdu(&draft, &position, self.core.server_name(), &self.core.key)
-            .map_err(|e| Error::BadJson(e.to_string()))?;
+            .map_err(|e| match e {
+                builder::BuildError::Pdu(weft_protocol::pdu::PduError::TooLarge(_)) => {
+                    Error::TooLarge
+                }
+                e => Error::BadJson(e.to_string()),
+            })?;
         auth::check_against_state(self.version, &pdu, self.state.as_map())
             .map_err(|e| Error::Forbidden(format!("event not allowed: {}", e.0)))?;
         Ok(pdu)

@@ -9,8 +9,45 @@ use crate::storage::state::StateIds;
 
 use crate::error::Result;
 
-/// A client's transaction key: `(user_id, device_id, txn_id)`.
-pub type TxnKey = (String, String, String);
+/// A client's transaction key. A request is a retransmission when it has the same
+/// transaction ID *and* the same request path (spec, "Transaction identifiers"), so the key
+/// carries the path's scope: reusing a transaction ID in another room or for another event
+/// type is a new request, not a retry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TxnKey {
+    pub user_id: String,
+    pub device_id: String,
+    /// What the path names besides the transaction ID (JSON array, unambiguous).
+    pub scope: String,
+    pub txn_id: String,
+}
+
+impl TxnKey {
+    /// `PUT /rooms/{room_id}/send/{event_type}/{txn_id}`
+    pub fn send(user_id: &str, device_id: &str, room_id: &str, kind: &str, txn_id: String) -> Self {
+        Self::new(user_id, device_id, &["send", room_id, kind], txn_id)
+    }
+
+    /// `PUT /rooms/{room_id}/redact/{event_id}/{txn_id}`
+    pub fn redact(
+        user_id: &str,
+        device_id: &str,
+        room_id: &str,
+        event_id: &str,
+        txn_id: String,
+    ) -> Self {
+        Self::new(user_id, device_id, &["redact", room_id, event_id], txn_id)
+    }
+
+    fn new(user_id: &str, device_id: &str, scope: &[&str], txn_id: String) -> Self {
+        Self {
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            scope: serde_json::Value::from(scope.to_vec()).to_string(),
+            txn_id,
+        }
+    }
+}
 
 /// Create, sign, authorize, persist and publish a local event. Answers once it is durable.
 #[derive(Message, Clone)]

@@ -39,7 +39,7 @@ pub struct Redaction {
 #[derive(Debug, Clone)]
 pub struct PersistEvent {
     pub row: NewEvent,
-    pub txn: Option<(String, String, String)>,
+    pub txn: Option<super::messages::TxnKey>,
     pub redaction: Option<Redaction>,
 }
 
@@ -76,8 +76,15 @@ impl PersistBatch {
         }
         for ev in &self.events {
             events::insert_event(conn, &ev.row)?;
-            if let Some((user, device, txn)) = &ev.txn {
-                events::insert_txn(conn, user, device, txn, &ev.row.event_id)?;
+            if let Some(t) = &ev.txn {
+                events::insert_txn(
+                    conn,
+                    &t.user_id,
+                    &t.device_id,
+                    &t.scope,
+                    &t.txn_id,
+                    &ev.row.event_id,
+                )?;
             }
             if let Some(r) = &ev.redaction
                 && let Some(target) = events::get_event(conn, &r.target)?

@@ -171,15 +171,19 @@ pub fn set_redacted_by(
     Ok(())
 }
 
+/// The event a device's transaction created; `scope` is what the request path names besides
+/// the transaction ID (see `rooms::messages::TxnKey`).
 pub fn get_txn(
     conn: &mut AnyConnection,
     user_id: &str,
     device_id: &str,
+    scope: &str,
     txn_id: &str,
 ) -> StorageResult<Option<String>> {
     Ok(event_txns::table
         .filter(event_txns::user_id.eq(user_id))
         .filter(event_txns::device_id.eq(device_id))
+        .filter(event_txns::scope.eq(scope))
         .filter(event_txns::txn_id.eq(txn_id))
         .select(event_txns::event_id)
         .first(conn)
@@ -190,14 +194,16 @@ pub fn insert_txn(
     conn: &mut AnyConnection,
     user_id: &str,
     device_id: &str,
+    scope: &str,
     txn_id: &str,
     event_id: &str,
 ) -> StorageResult<()> {
-    if get_txn(conn, user_id, device_id, txn_id)?.is_none() {
+    if get_txn(conn, user_id, device_id, scope, txn_id)?.is_none() {
         diesel::insert_into(event_txns::table)
             .values((
                 event_txns::user_id.eq(user_id),
                 event_txns::device_id.eq(device_id),
+                event_txns::scope.eq(scope),
                 event_txns::txn_id.eq(txn_id),
                 event_txns::event_id.eq(event_id),
             ))

@@ -63,9 +63,10 @@ diesel::table! {
 }
 
 diesel::table! {
-    event_txns (user_id, device_id, txn_id) {
+    event_txns (user_id, device_id, scope, txn_id) {
         user_id -> Text,
         device_id -> Text,
+        scope -> Text,
         txn_id -> Text,
         event_id -> Text,
     }

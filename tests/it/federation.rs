@@ -37,7 +37,10 @@ fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T 
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         std::thread::sleep(step);
         step = (step * 2).min(Duration::from_millis(500));
     }
@@ -66,7 +69,12 @@ fn state(c: &Client, room: &str) -> BTreeSet<(String, String, String)> {
 }
 
 fn state_content(c: &Client, room: &str, kind: &str, key: &str) -> Option<Value> {
-    let r = c.get(&format!("/rooms/{}/state/{}/{}", enc(room), enc(kind), enc(key)));
+    let r = c.get(&format!(
+        "/rooms/{}/state/{}/{}",
+        enc(room),
+        enc(kind),
+        enc(key)
+    ));
     (r.status == 200).then_some(r.body)
 }
 
@@ -98,12 +106,16 @@ fn bodies(c: &Client, room: &str) -> Vec<(String, String)> {
 fn wait_bodies(c: &Client, room: &str, wanted: &[&str]) {
     wait(&format!("{} to see {wanted:?}", c.user_id), WAIT, || {
         let have: Vec<String> = bodies(c, room).into_iter().map(|(_, b)| b).collect();
-        wanted.iter().all(|w| have.iter().any(|h| h == w)).then_some(())
+        wanted
+            .iter()
+            .all(|w| have.iter().any(|h| h == w))
+            .then_some(())
     });
 }
 
 fn membership(c: &Client, room: &str, user: &str) -> Option<String> {
-    state_content(c, room, "m.room.member", user).and_then(|v| v["membership"].as_str().map(str::to_owned))
+    state_content(c, room, "m.room.member", user)
+        .and_then(|v| v["membership"].as_str().map(str::to_owned))
 }
 
 #[track_caller]
@@ -115,27 +127,42 @@ fn wait_membership(c: &Client, room: &str, user: &str, m: &str) {
 
 #[track_caller]
 fn wait_invite(c: &Client, room: &str) {
-    wait(&format!("{} to be invited to {room}", c.user_id), WAIT, || {
-        let s = c.sync(None, 0, None);
-        s["rooms"]["invite"].get(room).map(|_| ())
-    });
+    wait(
+        &format!("{} to be invited to {room}", c.user_id),
+        WAIT,
+        || {
+            let s = c.sync(None, 0, None);
+            s["rooms"]["invite"].get(room).map(|_| ())
+        },
+    );
 }
 
 #[track_caller]
 fn join_via(c: &Client, room: &str, server: &str) {
-    let r = c.post(&format!("/join/{}?server_name={}", enc(room), enc(server)), &json!({}));
-    assert_eq!(r.status, 200, "{} could not join {room}: {}", c.user_id, r.text);
+    let r = c.post(
+        &format!("/join/{}?server_name={}", enc(room), enc(server)),
+        &json!({}),
+    );
+    assert_eq!(
+        r.status, 200,
+        "{} could not join {room}: {}",
+        c.user_id, r.text
+    );
 }
 
 #[track_caller]
 fn set_state(c: &Client, room: &str, kind: &str, key: &str, content: Value) {
     let r = c.put_state(room, kind, key, &content);
-    assert_eq!(r.status, 200, "{} could not set {kind}: {}", c.user_id, r.text);
+    assert_eq!(
+        r.status, 200,
+        "{} could not set {kind}: {}",
+        c.user_id, r.text
+    );
 }
 
 #[track_caller]
 fn wait_state_equal(a: &Client, b: &Client, room: &str) {
-    let mut last = (BTreeSet::new(), BTreeSet::new());
+    let mut last;
     let ok = {
         let deadline = Instant::now() + WAIT;
         loop {
@@ -185,44 +212,92 @@ fn synapse_room_joined_from_weft() {
         alice.send_text(&room, &format!("from synapse {i}"));
     }
     bob.send_text(&room, "from weft 0");
-    wait_bodies(&bob, &room, &["from synapse 0", "from synapse 1", "from synapse 2", "from weft 0"]);
+    wait_bodies(
+        &bob,
+        &room,
+        &[
+            "from synapse 0",
+            "from synapse 1",
+            "from synapse 2",
+            "from weft 0",
+        ],
+    );
     wait_bodies(&alice, &room, &["from weft 0"]);
-    let seen: Vec<String> = bodies(&bob, &room).into_iter().map(|(_, b)| b).filter(|b| b.starts_with("from synapse")).collect();
-    assert_eq!(seen, ["from synapse 0", "from synapse 1", "from synapse 2"], "order on weft");
+    let seen: Vec<String> = bodies(&bob, &room)
+        .into_iter()
+        .map(|(_, b)| b)
+        .filter(|b| b.starts_with("from synapse"))
+        .collect();
+    assert_eq!(
+        seen,
+        ["from synapse 0", "from synapse 1", "from synapse 2"],
+        "order on weft"
+    );
 
     // Name, topic and power levels from Synapse; a topic from weft with the new power.
-    set_state(&alice, &room, "m.room.name", "", json!({"name": "made on synapse"}));
+    set_state(
+        &alice,
+        &room,
+        "m.room.name",
+        "",
+        json!({"name": "made on synapse"}),
+    );
     raise_power(&alice, &room, &bob.user_id, 100);
     wait("weft to see bob at power 100", WAIT, || {
-        (state_content(&bob, &room, "m.room.power_levels", "")?["users"][&bob.user_id] == 100).then_some(())
+        (state_content(&bob, &room, "m.room.power_levels", "")?["users"][&bob.user_id] == 100)
+            .then_some(())
     });
-    set_state(&bob, &room, "m.room.topic", "", json!({"topic": "set on weft"}));
+    set_state(
+        &bob,
+        &room,
+        "m.room.topic",
+        "",
+        json!({"topic": "set on weft"}),
+    );
     wait("synapse to see weft's topic", WAIT, || {
         (state_content(&alice, &room, "m.room.topic", "")?["topic"] == "set on weft").then_some(())
     });
-    assert_eq!(state_content(&bob, &room, "m.room.name", "").unwrap()["name"], "made on synapse");
+    assert_eq!(
+        state_content(&bob, &room, "m.room.name", "").unwrap()["name"],
+        "made on synapse"
+    );
 
     // Invites both ways: Synapse invites a weft user, weft invites a Synapse user.
     assert_eq!(alice.invite(&room, &carol.user_id).status, 200);
     wait_invite(&carol, &room);
     join_via(&carol, &room, &syn.server_name());
-    assert_eq!(bob.invite(&room, &dave.user_id).status, 200, "weft inviting a Synapse user");
+    assert_eq!(
+        bob.invite(&room, &dave.user_id).status,
+        200,
+        "weft inviting a Synapse user"
+    );
     wait_invite(&dave, &room);
     assert_eq!(dave.join(&room).status, 200);
     wait_membership(&bob, &room, &dave.user_id, "join");
     wait_membership(&alice, &room, &carol.user_id, "join");
 
     // Kicks and bans both ways: Synapse kicks a weft user; weft bans a Synapse user.
-    let r = alice.post(&format!("/rooms/{}/kick", enc(&room)), &json!({"user_id": carol.user_id, "reason": "test"}));
+    let mut carol_since = Some(
+        carol.sync(None, 0, None)["next_batch"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    let r = alice.post(
+        &format!("/rooms/{}/kick", enc(&room)),
+        &json!({"user_id": carol.user_id, "reason": "test"}),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     wait_membership(&bob, &room, &carol.user_id, "leave");
-    let r = bob.post(&format!("/rooms/{}/ban", enc(&room)), &json!({"user_id": dave.user_id}));
+    let r = bob.post(
+        &format!("/rooms/{}/ban", enc(&room)),
+        &json!({"user_id": dave.user_id}),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     wait_membership(&alice, &room, &dave.user_id, "ban");
     // The kicked weft user sees the kick.
-    wait("carol to see her kick", WAIT, || {
-        let s = carol.sync(None, 0, None);
-        s["rooms"]["leave"].get(&room).map(|_| ())
+    carol.sync_until(&mut carol_since, WAIT, "her kick", |s| {
+        s["rooms"]["leave"].get(&room).is_some()
     });
 
     wait_state_equal(&alice, &bob, &room);
@@ -239,7 +314,9 @@ fn weft_room_joined_from_synapse() {
     let bob = w.register("bob");
     let carol = w.register("carol");
 
-    let room = bob.create_room(&json!({"preset": "private_chat", "invite": [alice.user_id], "name": "made on weft"}));
+    let room = bob.create_room(
+        &json!({"preset": "private_chat", "invite": [alice.user_id], "name": "made on weft"}),
+    );
     wait_invite(&alice, &room);
     join_via(&alice, &room, &w.server_name);
     wait_membership(&bob, &room, &alice.user_id, "join");
@@ -249,14 +326,28 @@ fn weft_room_joined_from_synapse() {
     wait_bodies(&alice, &room, &["hello from weft"]);
     wait_bodies(&bob, &room, &["hello from synapse"]);
 
-    set_state(&bob, &room, "m.room.topic", "", json!({"topic": "weft topic"}));
+    set_state(
+        &bob,
+        &room,
+        "m.room.topic",
+        "",
+        json!({"topic": "weft topic"}),
+    );
     raise_power(&bob, &room, &alice.user_id, 100);
     wait("synapse to see alice at power 100", WAIT, || {
-        (state_content(&alice, &room, "m.room.power_levels", "")?["users"][&alice.user_id] == 100).then_some(())
+        (state_content(&alice, &room, "m.room.power_levels", "")?["users"][&alice.user_id] == 100)
+            .then_some(())
     });
-    set_state(&alice, &room, "m.room.name", "", json!({"name": "renamed on synapse"}));
+    set_state(
+        &alice,
+        &room,
+        "m.room.name",
+        "",
+        json!({"name": "renamed on synapse"}),
+    );
     wait("weft to see synapse's name", WAIT, || {
-        (state_content(&bob, &room, "m.room.name", "")?["name"] == "renamed on synapse").then_some(())
+        (state_content(&bob, &room, "m.room.name", "")?["name"] == "renamed on synapse")
+            .then_some(())
     });
 
     // Invites from both sides.
@@ -270,10 +361,16 @@ fn weft_room_joined_from_synapse() {
     wait_membership(&bob, &room, &dave.user_id, "join");
 
     // Synapse bans a weft user; weft kicks a Synapse user.
-    let r = alice.post(&format!("/rooms/{}/ban", enc(&room)), &json!({"user_id": carol.user_id}));
+    let r = alice.post(
+        &format!("/rooms/{}/ban", enc(&room)),
+        &json!({"user_id": carol.user_id}),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     wait_membership(&bob, &room, &carol.user_id, "ban");
-    let r = bob.post(&format!("/rooms/{}/kick", enc(&room)), &json!({"user_id": dave.user_id}));
+    let r = bob.post(
+        &format!("/rooms/{}/kick", enc(&room)),
+        &json!({"user_id": dave.user_id}),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     wait_membership(&alice, &room, &dave.user_id, "leave");
 
@@ -300,7 +397,17 @@ fn outages_with_synapse() {
         bob.send_text(&room, &format!("synapse down {i}"));
     }
     syn.start_again();
-    wait_bodies(&alice, &room, &["synapse down 0", "synapse down 1", "synapse down 2", "synapse down 3", "synapse down 4"]);
+    wait_bodies(
+        &alice,
+        &room,
+        &[
+            "synapse down 0",
+            "synapse down 1",
+            "synapse down 2",
+            "synapse down 3",
+            "synapse down 4",
+        ],
+    );
 
     // 2. weft killed with a non-empty outbound queue (Synapse down, so nothing is sent).
     syn.stop();
@@ -318,13 +425,53 @@ fn outages_with_synapse() {
         alice.send_text(&room, &format!("weft down {i}"));
     }
     w.start_again();
-    wait_bodies(&bob, &room, &["weft down 0", "weft down 1", "weft down 2", "weft down 3"]);
+    wait_bodies(
+        &bob,
+        &room,
+        &["weft down 0", "weft down 1", "weft down 2", "weft down 3"],
+    );
 
-    // Both timelines hold the same messages in the same order.
-    wait("timelines to agree", WAIT, || {
+    // 4. Synapse crashes with events for weft unsent: after a restart it sends only the
+    //    latest event (catch-up mode) and weft pulls the rest with get_missing_events.
+    w.kill();
+    for i in 0..3 {
+        alice.send_text(&room, &format!("catch-up {i}"));
+    }
+    syn.kill();
+    syn.start_again();
+    w.start_again();
+    // Anything signed from weft tells Synapse it is back.
+    bob.send_text(&room, "weft is back");
+    wait_bodies(&bob, &room, &["catch-up 0", "catch-up 1", "catch-up 2"]);
+
+    // Both timelines hold the same messages, each sender's in the same order (events sent
+    // concurrently on the two sides may interleave differently: each server orders by
+    // arrival, and neither is wrong).
+    let per_sender = |v: &[(String, String)], who: &str| -> Vec<String> {
+        v.iter()
+            .filter(|(s, _)| s == who)
+            .map(|(_, b)| b.clone())
+            .collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
         let (a, b) = (bodies(&alice, &room), bodies(&bob, &room));
-        (a.len() == 12 && a == b).then_some(())
-    });
+        let (mut sa, mut sb) = (a.clone(), b.clone());
+        sa.sort();
+        sb.sort();
+        if a.len() == 16
+            && sa == sb
+            && per_sender(&a, &alice.user_id) == per_sender(&b, &alice.user_id)
+            && per_sender(&a, &bob.user_id) == per_sender(&b, &bob.user_id)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timelines differ:\nsynapse: {a:?}\nweft:    {b:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     wait_state_equal(&alice, &bob, &room);
     w.assert_no_panics();
 }
@@ -341,18 +488,28 @@ fn to_device_survives_synapse_outage() {
     wait_invite(&alice, &room);
     join_via(&alice, &room, &w.server_name);
     wait_membership(&bob, &room, &alice.user_id, "join");
-    let mut since = Some(alice.sync(None, 0, None)["next_batch"].as_str().unwrap().to_owned());
+    let mut since = Some(
+        alice.sync(None, 0, None)["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
 
     syn.stop();
     let body = json!({"messages": {alice.user_id.clone(): {"*": {"ping": "while you were away"}}}});
-    let r = bob.put(&format!("/sendToDevice/org.weft.test/{}", bob.next_txn()), &body);
+    let r = bob.put(
+        &format!("/sendToDevice/org.weft.test/{}", bob.next_txn()),
+        &body,
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     std::thread::sleep(Duration::from_millis(500));
     syn.start_again();
     alice.sync_until(&mut since, WAIT, "the to-device message", |s| {
-        s["to_device"]["events"]
-            .as_array()
-            .is_some_and(|evs| evs.iter().any(|e| e["type"] == "org.weft.test" && e["content"]["ping"] == "while you were away"))
+        s["to_device"]["events"].as_array().is_some_and(|evs| {
+            evs.iter().any(|e| {
+                e["type"] == "org.weft.test" && e["content"]["ping"] == "while you were away"
+            })
+        })
     });
     w.assert_no_panics();
 }
@@ -382,7 +539,8 @@ fn partition_heals_to_one_state() {
     wait_membership(&anna, &room, &carl.user_id, "join");
     raise_power(&anna, &room, &carl.user_id, 100);
     wait("carl at power 100 on c", WAIT, || {
-        (state_content(&carl, &room, "m.room.power_levels", "")?["users"][&carl.user_id] == 100).then_some(())
+        (state_content(&carl, &room, "m.room.power_levels", "")?["users"][&carl.user_id] == 100)
+            .then_some(())
     });
 
     // Partition.
@@ -412,7 +570,10 @@ fn partition_heals_to_one_state() {
         state_content(&anna, &room, "m.room.topic", ""),
         state_content(&carl, &room, "m.room.topic", "")
     );
-    assert_eq!(state_content(&carl, &room, "m.room.name", "").unwrap()["name"], "A2");
+    assert_eq!(
+        state_content(&carl, &room, "m.room.name", "").unwrap()["name"],
+        "A2"
+    );
     a.assert_no_panics();
     c.assert_no_panics();
 }

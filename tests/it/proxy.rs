@@ -37,7 +37,9 @@ impl Proxy {
     pub fn start(target: u16) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("proxy addr").port();
-        listener.set_nonblocking(true).expect("nonblocking proxy listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking proxy listener");
         let blocked = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -58,11 +60,11 @@ impl Proxy {
                         let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
                             continue;
                         };
-                        if let Ok(mut list) = o.lock() {
-                            if let (Ok(c3), Ok(u3)) = (client.try_clone(), upstream.try_clone()) {
-                                list.push(c3);
-                                list.push(u3);
-                            }
+                        if let Ok(mut list) = o.lock()
+                            && let (Ok(c3), Ok(u3)) = (client.try_clone(), upstream.try_clone())
+                        {
+                            list.push(c3);
+                            list.push(u3);
                         }
                         let (b1, b2) = (Arc::clone(&b), Arc::clone(&b));
                         std::thread::spawn(move || pump(client, u2, b1));
@@ -75,7 +77,12 @@ impl Proxy {
                 }
             }
         });
-        Proxy { port, blocked, open, stop }
+        Proxy {
+            port,
+            blocked,
+            open,
+            stop,
+        }
     }
 
     /// Cuts every connection and refuses new ones.

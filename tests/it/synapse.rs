@@ -96,7 +96,11 @@ impl Synapse {
     pub fn start_again(&mut self) {
         run(
             "start.sh",
-            &[&self.name, &self.fed_port.to_string(), &self.client_port.to_string()],
+            &[
+                &self.name,
+                &self.fed_port.to_string(),
+                &self.client_port.to_string(),
+            ],
             &self.data,
             Duration::from_secs(120),
         );
@@ -105,19 +109,34 @@ impl Synapse {
 
     /// Stops it (SIGTERM).
     pub fn stop(&mut self) {
-        run("stop.sh", &[&self.name], &self.data, Duration::from_secs(60));
+        run(
+            "stop.sh",
+            &[&self.name],
+            &self.data,
+            Duration::from_secs(60),
+        );
         self.running = false;
     }
 
     /// Kills it (SIGKILL).
     pub fn kill(&mut self) {
-        run("stop.sh", &[&self.name, "--kill"], &self.data, Duration::from_secs(60));
+        run(
+            "stop.sh",
+            &[&self.name, "--kill"],
+            &self.data,
+            Duration::from_secs(60),
+        );
         self.running = false;
     }
 
     /// Registers (or logs in) a user through the admin API and returns a client for them.
     pub fn register(&self, localpart: &str) -> Client {
-        let out = run("register.sh", &[&self.name, localpart, "pw"], &self.data, Duration::from_secs(60));
+        let out = run(
+            "register.sh",
+            &[&self.name, localpart, "pw"],
+            &self.data,
+            Duration::from_secs(60),
+        );
         let v: Value = serde_json::from_str(out.trim()).expect("register.sh prints JSON");
         let token = v["access_token"].as_str().expect("access_token");
         let user = v["user_id"].as_str().expect("user_id");
@@ -126,7 +145,8 @@ impl Synapse {
 
     /// The last lines of its log (for failure messages).
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.data.join(&self.name).join("homeserver.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.data.join(&self.name).join("homeserver.log"))
+            .unwrap_or_default();
         crate::harness::tail(&text, 40)
     }
 }
@@ -142,7 +162,11 @@ impl Drop for Synapse {
                 .status();
         }
         if std::thread::panicking() {
-            eprintln!("---- synapse log ({}) ----\n{}\n---- end ----", self.name, self.log_tail());
+            eprintln!(
+                "---- synapse log ({}) ----\n{}\n---- end ----",
+                self.name,
+                self.log_tail()
+            );
         }
         let _ = std::fs::remove_dir_all(&self.data);
     }

@@ -151,7 +151,13 @@ pub fn build_pdu(
         &mut obj,
         &position.version.rules().redaction,
     )
-    .map_err(|e| BuildError::Signing(e.to_string()))?;
+    .map_err(|e| match e {
+        // Over the spec's PDU size limit: callers answer M_TOO_LARGE, not a signing failure.
+        ruma::signatures::JsonError::PduTooLarge => BuildError::Pdu(PduError::TooLarge(
+            crate::canonical::write_object(&obj).len(),
+        )),
+        e => BuildError::Signing(e.to_string()),
+    })?;
     Ok(Pdu::from_json(obj, position.version)?)
 }
 

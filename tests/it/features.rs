@@ -1,0 +1,705 @@
+//! The rest of the client surface real clients use: idempotent transactions, long-poll
+//! wake-ups, state, redaction, kick/ban/unban, profiles, aliases, filters, /context, the r0
+//! prefix and CORS, logout, and registration being closed by default.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::client::{bodies, enc, q, timeline};
+use crate::harness::{Backend, Options, Server};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+both_backends!(
+    send_is_idempotent_per_device,
+    sync_long_poll_wakes_on_new_events,
+    state_put_and_get,
+    redaction,
+    kick_ban_unban,
+    profile,
+    aliases_and_join_by_alias,
+    filters,
+    context_around_an_event,
+    r0_prefix_and_cors,
+    logout_invalidates_the_token,
+    registration_is_closed_by_default,
+);
+
+fn send_is_idempotent_per_device(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let room = alice.create_room(&json!({}));
+    let content = json!({"msgtype": "m.text", "body": "once"});
+    let first = alice
+        .send_txn(&room, "m.room.message", "txn-1", &content)
+        .ok();
+    let again = alice
+        .send_txn(&room, "m.room.message", "txn-1", &content)
+        .ok();
+    assert_eq!(first["event_id"], again["event_id"]);
+    // A different body under the same transaction ID is still the same transaction.
+    let third = alice
+        .send_txn(&room, "m.room.message", "txn-1", &json!({"body": "other"}))
+        .ok();
+    assert_eq!(first["event_id"], third["event_id"]);
+    // The same transaction ID from another device is another event.
+    let mut phone = srv.anonymous();
+    phone.login("alice", "pw-alice");
+    assert_ne!(phone.device_id, alice.device_id);
+    let other = phone
+        .send_txn(&room, "m.room.message", "txn-1", &content)
+        .ok();
+    assert_ne!(first["event_id"], other["event_id"]);
+    // A transaction ID is scoped to its path: reused in another room or for another event
+    // type, it is a new request, not a retry.
+    let room2 = alice.create_room(&json!({}));
+    let elsewhere = alice
+        .send_txn(&room2, "m.room.message", "txn-1", &content)
+        .ok();
+    assert_ne!(first["event_id"], elsewhere["event_id"]);
+    let msgs2 = alice.all_messages(&room2, 50, 5);
+    assert_eq!(
+        bodies(&msgs2),
+        vec!["once"],
+        "the message to the second room was dropped"
+    );
+    let other_type = alice
+        .send_txn(&room, "org.example.ping", "txn-1", &json!({}))
+        .ok();
+    assert_ne!(first["event_id"], other_type["event_id"]);
+    assert_eq!(
+        alice
+            .send_txn(&room2, "m.room.message", "txn-1", &content)
+            .ok()["event_id"],
+        elsewhere["event_id"],
+        "a retry in the second room is still recognised"
+    );
+    // Concurrent retries of one transaction give one event.
+    let ids: Vec<Value> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let c = alice.clone_session();
+                let room = room.clone();
+                s.spawn(move || {
+                    c.send_txn(
+                        &room,
+                        "m.room.message",
+                        "txn-race",
+                        &json!({"body": "race"}),
+                    )
+                    .ok()["event_id"]
+                        .clone()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    let msgs = alice.all_messages(&room, 50, 5);
+    assert_eq!(bodies(&msgs), vec!["once", "once", "race"]);
+    // The sender sees its own transaction ID in unsigned; others do not.
+    let ev = msgs
+        .iter()
+        .find(|e| e["event_id"] == first["event_id"])
+        .unwrap();
+    assert_eq!(ev["unsigned"]["transaction_id"], "txn-1");
+    let seen_by_phone = phone.messages(&room, None, "b", 10);
+    let ev = seen_by_phone["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == first["event_id"])
+        .unwrap();
+    assert!(ev["unsigned"].get("transaction_id").is_none(), "{ev}");
+    srv.assert_no_panics();
+}
+
+fn sync_long_poll_wakes_on_new_events(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let bob = srv.register("bob");
+    let room = alice.create_room(&json!({"preset": "public_chat"}));
+    bob.join(&room).ok();
+    let since = bob.sync(None, 0, None)["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // With nothing new, a long-poll waits for its timeout and returns the same position.
+    let t = Instant::now();
+    let idle = bob.sync(Some(&since), 600, None);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(550),
+        "returned after {waited:?}"
+    );
+    assert!(timeline(&idle, &room).is_empty(), "{idle}");
+
+    // A long-poll with a 30 s timeout returns soon after a message is sent.
+    for round in 0..3 {
+        let since = bob.sync(None, 0, None)["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let body = format!("wake {round}");
+        let (resp, elapsed_after_send) = std::thread::scope(|s| {
+            let poller = bob.clone_session();
+            let since = since.clone();
+            let h = s.spawn(move || {
+                let r = poller.sync(Some(&since), 30_000, None);
+                (r, Instant::now())
+            });
+            // Give the request time to reach the server and park (one short, bounded pause;
+            // sending earlier would also pass, just without exercising the wake-up).
+            std::thread::sleep(Duration::from_millis(200));
+            let sent_at = Instant::now();
+            alice.send_text(&room, &body);
+            let (r, returned_at) = h.join().unwrap();
+            (r, returned_at.saturating_duration_since(sent_at))
+        });
+        assert_eq!(bodies(timeline(&resp, &room)), vec![body.clone()], "{resp}");
+        assert!(
+            elapsed_after_send < Duration::from_secs(10),
+            "round {round}: sync returned {elapsed_after_send:?} after the send"
+        );
+    }
+
+    // A long-poll of a user not in the room is not woken by it.
+    let carol = srv.register("carol");
+    let c_since = carol.sync(None, 0, None)["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (r, waited) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let t = Instant::now();
+            (carol.sync(Some(&c_since), 1_000, None), t.elapsed())
+        });
+        alice.send_text(&room, "not for carol");
+        h.join().unwrap()
+    });
+    assert!(r["rooms"]["join"].as_object().unwrap().is_empty(), "{r}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "carol woke after {waited:?}"
+    );
+    srv.assert_no_panics();
+}
+
+fn state_put_and_get(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let room = alice.create_room(&json!({"name": "first"}));
+    let r = enc(&room);
+    let id = alice
+        .put_state(&room, "m.room.name", "", &json!({"name": "second"}))
+        .ok()["event_id"]
+        .clone();
+    assert!(id.as_str().is_some_and(|s| s.starts_with('$')));
+    let name = alice.get(&format!("/rooms/{r}/state/m.room.name")).ok();
+    assert_eq!(name, json!({"name": "second"}));
+    let name = alice
+        .get(&format!("/rooms/{r}/state/m.room.name/?format=event"))
+        .ok();
+    assert_eq!(name["event_id"], id);
+    assert_eq!(name["content"]["name"], "second");
+    // Custom state with a state key, including characters that need escaping.
+    let key = "a key/with #odd?chars";
+    alice
+        .put_state(&room, "org.example.state", key, &json!({"v": 1}))
+        .ok();
+    let v = alice
+        .get(&format!("/rooms/{r}/state/org.example.state/{}", enc(key)))
+        .ok();
+    assert_eq!(v, json!({"v": 1}));
+    let all = alice.get(&format!("/rooms/{r}/state")).ok();
+    let all = all.as_array().unwrap();
+    assert!(
+        all.iter()
+            .any(|e| e["type"] == "org.example.state" && e["state_key"] == key)
+    );
+    assert_eq!(
+        all.iter().filter(|e| e["type"] == "m.room.name").count(),
+        1,
+        "current state holds one name"
+    );
+    alice
+        .get(&format!("/rooms/{r}/state/org.example.state/other"))
+        .expect_err(404, "M_NOT_FOUND");
+    // Members list.
+    let members = alice.get(&format!("/rooms/{r}/members")).ok();
+    assert_eq!(members["chunk"].as_array().unwrap().len(), 1);
+    srv.assert_no_panics();
+}
+
+fn redaction(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let bob = srv.register("bob");
+    let room = alice.create_room(&json!({"preset": "public_chat"}));
+    bob.join(&room).ok();
+    let mut b_since = Some(
+        bob.sync(None, 0, None)["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let target = bob.send_text(&room, "oops");
+    // Bob redacts his own message.
+    let red = bob
+        .put(
+            &format!("/rooms/{}/redact/{}/red-1", enc(&room), enc(&target)),
+            &json!({"reason": "typo"}),
+        )
+        .ok()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let again = bob
+        .put(
+            &format!("/rooms/{}/redact/{}/red-1", enc(&room), enc(&target)),
+            &json!({"reason": "typo"}),
+        )
+        .ok();
+    assert_eq!(again["event_id"], red.as_str(), "redact txn is idempotent");
+    let ev = alice
+        .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&target)))
+        .ok();
+    assert_eq!(ev["content"], json!({}), "{ev}");
+    assert_eq!(ev["unsigned"]["redacted_because"]["event_id"], red.as_str());
+    bob.sync_until(&mut b_since, WAIT, "the redaction", |s| {
+        timeline(s, &room)
+            .iter()
+            .any(|e| e["type"] == "m.room.redaction" && e["event_id"] == red.as_str())
+    });
+    // Alice (power 100) may redact Bob's messages; Bob may not redact hers.
+    let other = bob.send_text(&room, "rude");
+    alice
+        .put(
+            &format!("/rooms/{}/redact/{}/mod", enc(&room), enc(&other)),
+            &json!({}),
+        )
+        .ok();
+    let hers = alice.send_text(&room, "mine");
+    bob.put(
+        &format!("/rooms/{}/redact/{}/no", enc(&room), enc(&hers)),
+        &json!({}),
+    )
+    .expect_err(403, "M_FORBIDDEN");
+    let msgs = alice.all_messages(&room, 50, 5);
+    assert_eq!(bodies(&msgs), vec!["mine"], "redacted bodies are gone");
+    srv.assert_no_panics();
+}
+
+fn membership_of(c: &crate::client::Client, room: &str, user: &str) -> Option<String> {
+    let r = c.get(&format!(
+        "/rooms/{}/state/m.room.member/{}",
+        enc(room),
+        enc(user)
+    ));
+    (r.status == 200).then(|| r.body["membership"].as_str().unwrap_or("").to_owned())
+}
+
+fn kick_ban_unban(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let bob = srv.register("bob");
+    let room = alice.create_room(&json!({"preset": "public_chat"}));
+    let r = enc(&room);
+    bob.join(&room).ok();
+    alice
+        .post(
+            &format!("/rooms/{r}/kick"),
+            &json!({"user_id": bob.user_id, "reason": "out"}),
+        )
+        .ok();
+    assert_eq!(
+        membership_of(&alice, &room, &bob.user_id).as_deref(),
+        Some("leave")
+    );
+    bob.put(
+        &format!("/rooms/{r}/send/m.room.message/k1"),
+        &json!({"body": "x"}),
+    )
+    .expect_err(403, "M_FORBIDDEN");
+    // Kicked from a public room: may rejoin.
+    bob.join(&room).ok();
+    alice
+        .post(&format!("/rooms/{r}/ban"), &json!({"user_id": bob.user_id}))
+        .ok();
+    assert_eq!(
+        membership_of(&alice, &room, &bob.user_id).as_deref(),
+        Some("ban")
+    );
+    bob.join(&room).expect_err(403, "M_FORBIDDEN");
+    // Kicking a banned user is refused (they are not in the room).
+    alice
+        .post(
+            &format!("/rooms/{r}/kick"),
+            &json!({"user_id": bob.user_id}),
+        )
+        .expect_err(403, "M_FORBIDDEN");
+    alice
+        .post(
+            &format!("/rooms/{r}/unban"),
+            &json!({"user_id": bob.user_id}),
+        )
+        .ok();
+    assert_eq!(
+        membership_of(&alice, &room, &bob.user_id).as_deref(),
+        Some("leave")
+    );
+    alice
+        .post(
+            &format!("/rooms/{r}/unban"),
+            &json!({"user_id": bob.user_id}),
+        )
+        .expect_err(403, "M_FORBIDDEN");
+    bob.join(&room).ok();
+    bob.send_text(&room, "back");
+    // A banned user who never joined cannot be let in by an invite.
+    let carol = srv.register("carol");
+    alice
+        .post(
+            &format!("/rooms/{r}/ban"),
+            &json!({"user_id": carol.user_id}),
+        )
+        .ok();
+    alice
+        .invite(&room, &carol.user_id)
+        .expect_err(403, "M_FORBIDDEN");
+    srv.assert_no_panics();
+}
+
+fn profile(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let bob = srv.register("bob");
+    let me = enc(&alice.user_id);
+    alice
+        .put(
+            &format!("/profile/{me}/displayname"),
+            &json!({"displayname": "Alice ✓"}),
+        )
+        .ok();
+    alice
+        .put(
+            &format!("/profile/{me}/avatar_url"),
+            &json!({"avatar_url": "mxc://weft.test/abc"}),
+        )
+        .ok();
+    let p = bob.get(&format!("/profile/{me}")).ok();
+    assert_eq!(p["displayname"], "Alice ✓");
+    assert_eq!(p["avatar_url"], "mxc://weft.test/abc");
+    assert_eq!(
+        bob.get(&format!("/profile/{me}/displayname")).ok(),
+        json!({"displayname": "Alice ✓"})
+    );
+    // A room joined afterwards carries the profile in the member event.
+    let room = alice.create_room(&json!({}));
+    let m = alice
+        .get(&format!("/rooms/{}/state/m.room.member/{me}", enc(&room)))
+        .ok();
+    assert_eq!(m["displayname"], "Alice ✓");
+    assert_eq!(m["avatar_url"], "mxc://weft.test/abc");
+    srv.assert_no_panics();
+}
+
+fn aliases_and_join_by_alias(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let bob = srv.register("bob");
+    let room = alice.create_room(&json!({
+        "preset": "public_chat", "room_alias_name": "lobby", "visibility": "public"
+    }));
+    let alias = "#lobby:weft.test";
+    let got = bob.get(&format!("/directory/room/{}", enc(alias))).ok();
+    assert_eq!(got["room_id"], room.as_str());
+    assert!(
+        got["servers"]
+            .as_array()
+            .is_some_and(|s| s.contains(&json!("weft.test")))
+    );
+    // The alias is taken.
+    alice
+        .post("/createRoom", &json!({"room_alias_name": "lobby"}))
+        .expect_err(400, "M_ROOM_IN_USE");
+    // Join by alias (escaped # in the path).
+    let j = bob.join(alias).ok();
+    assert_eq!(j["room_id"], room.as_str());
+    // A second alias, listed, then removed.
+    let second = "#hall:weft.test";
+    alice
+        .put(
+            &format!("/directory/room/{}", enc(second)),
+            &json!({"room_id": room}),
+        )
+        .ok();
+    alice
+        .put(
+            &format!("/directory/room/{}", enc(second)),
+            &json!({"room_id": room}),
+        )
+        .expect_err(409, "M_UNKNOWN");
+    let list = alice.get(&format!("/rooms/{}/aliases", enc(&room))).ok();
+    let list = list["aliases"].as_array().unwrap();
+    assert!(
+        list.contains(&json!(alias)) && list.contains(&json!(second)),
+        "{list:?}"
+    );
+    alice
+        .delete(&format!("/directory/room/{}", enc(second)))
+        .ok();
+    bob.get(&format!("/directory/room/{}", enc(second)))
+        .expect_err(404, "M_NOT_FOUND");
+    // The public room directory lists the room (published with visibility=public), and not
+    // a public_chat room that was not published.
+    let unlisted = alice.create_room(&json!({"preset": "public_chat"}));
+    let public = bob.get("/publicRooms").ok();
+    assert!(
+        public["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room_id"] == room.as_str()),
+        "{public}"
+    );
+    assert!(
+        !public["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["room_id"] == unlisted.as_str()),
+        "{public}"
+    );
+    srv.assert_no_panics();
+}
+
+fn filters(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let room = alice.create_room(&json!({}));
+    for i in 0..5 {
+        alice.send_text(&room, &format!("m{i}"));
+    }
+    alice
+        .put_state(&room, "org.example.s", "", &json!({"x": 1}))
+        .ok();
+    let filter = json!({"room": {"timeline": {"limit": 2, "types": ["m.room.message"]}}});
+    let id = alice
+        .post(&format!("/user/{}/filter", enc(&alice.user_id)), &filter)
+        .ok()["filter_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stored = alice
+        .get(&format!("/user/{}/filter/{id}", enc(&alice.user_id)))
+        .ok();
+    assert_eq!(stored, filter);
+    for f in [id.as_str(), &filter.to_string()] {
+        let s = alice.sync(None, 0, Some(f));
+        let tl = &s["rooms"]["join"][&room]["timeline"];
+        let events = tl["events"].as_array().unwrap();
+        assert!(events.len() <= 2, "{tl}");
+        assert!(events.iter().all(|e| e["type"] == "m.room.message"), "{tl}");
+        assert_eq!(tl["limited"], true);
+        assert!(tl["prev_batch"].is_string());
+    }
+    // Filters are private.
+    let bob = srv.register("bob");
+    bob.get(&format!("/user/{}/filter/{id}", enc(&alice.user_id)))
+        .expect_err(403, "M_FORBIDDEN");
+    bob.get(&format!("/sync?filter={}", q(&id)))
+        .expect_err(404, "M_NOT_FOUND");
+    // /messages with a type filter.
+    let m = alice
+        .get(&format!(
+            "/rooms/{}/messages?dir=b&limit=50&filter={}",
+            enc(&room),
+            q(&json!({"types": ["org.example.s"]}).to_string())
+        ))
+        .ok();
+    let chunk = m["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 1, "{m}");
+    assert_eq!(chunk[0]["type"], "org.example.s");
+    srv.assert_no_panics();
+}
+
+fn context_around_an_event(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let room = alice.create_room(&json!({}));
+    let ids: Vec<String> = (0..7)
+        .map(|i| alice.send_text(&room, &format!("c{i}")))
+        .collect();
+    let ctx = alice
+        .get(&format!(
+            "/rooms/{}/context/{}?limit=4",
+            enc(&room),
+            enc(&ids[3])
+        ))
+        .ok();
+    assert_eq!(ctx["event"]["event_id"], ids[3].as_str());
+    let before: Vec<&str> = ctx["events_before"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let after: Vec<&str> = ctx["events_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    // Spec: events_before is newest first (reverse chronological).
+    assert_eq!(before, vec![ids[2].as_str(), ids[1].as_str()], "{ctx}");
+    assert_eq!(after, vec![ids[4].as_str(), ids[5].as_str()], "{ctx}");
+    assert!(ctx["start"].is_string() && ctx["end"].is_string());
+    assert!(ctx["state"].as_array().is_some_and(|s| !s.is_empty()));
+    // Paginating on from the context's tokens continues on both sides.
+    let older = alice.messages(&room, ctx["start"].as_str(), "b", 1);
+    assert_eq!(older["chunk"][0]["event_id"], ids[0].as_str(), "{older}");
+    let newer = alice.messages(&room, ctx["end"].as_str(), "f", 1);
+    assert_eq!(newer["chunk"][0]["event_id"], ids[6].as_str(), "{newer}");
+    srv.assert_no_panics();
+}
+
+fn r0_prefix_and_cors(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let who = alice.get("/_matrix/client/r0/account/whoami").ok();
+    assert_eq!(who["user_id"], alice.user_id.as_str());
+    let room = alice.create_room(&json!({}));
+    let v = alice
+        .put(
+            &format!(
+                "/_matrix/client/r0/rooms/{}/send/m.room.message/r0",
+                enc(&room)
+            ),
+            &json!({"msgtype": "m.text", "body": "via r0"}),
+        )
+        .ok();
+    assert!(v["event_id"].is_string());
+    let flows = srv.anonymous().get("/_matrix/client/r0/login").ok();
+    assert!(
+        flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["type"] == "m.login.password")
+    );
+    // Spec versions are listed one by one (Hydrogen looks for "v1.11").
+    let versions = srv.anonymous().get("/_matrix/client/versions").ok();
+    let list = versions["versions"].as_array().unwrap();
+    for want in ["r0.6.1", "v1.1", "v1.11"] {
+        assert!(list.contains(&json!(want)), "{versions}");
+    }
+    // Preflight on any path, known or not, with and without a token.
+    let anon = srv.anonymous();
+    for path in [
+        "/_matrix/client/r0/sync",
+        "/_matrix/client/v3/rooms/!x:weft.test/send/m.room.message/1",
+        "/_matrix/client/v3/no/such/thing",
+        "/_matrix/client/versions",
+    ] {
+        let r = anon.raw_with(
+            "OPTIONS",
+            path,
+            None,
+            None,
+            &[
+                ("Origin", "http://127.0.0.1:1"),
+                ("Access-Control-Request-Method", "PUT"),
+                (
+                    "Access-Control-Request-Headers",
+                    "authorization, content-type",
+                ),
+            ],
+        );
+        assert!(
+            matches!(r.status, 200 | 204),
+            "OPTIONS {path}: {}",
+            r.status
+        );
+        assert_eq!(r.header("access-control-allow-origin"), Some("*"), "{path}");
+        let methods = r.header("access-control-allow-methods").unwrap_or("");
+        for m in ["GET", "POST", "PUT", "DELETE", "OPTIONS"] {
+            assert!(methods.contains(m), "{path}: methods {methods}");
+        }
+        let headers = r
+            .header("access-control-allow-headers")
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        for h in ["authorization", "content-type"] {
+            assert!(headers.contains(h), "{path}: headers {headers}");
+        }
+    }
+    // Ordinary answers, errors included, carry Allow-Origin too.
+    let ok = alice.get("/account/whoami");
+    assert_eq!(ok.header("access-control-allow-origin"), Some("*"));
+    let err = anon.get("/account/whoami");
+    assert_eq!(err.status, 401);
+    assert_eq!(err.header("access-control-allow-origin"), Some("*"));
+    let unknown = anon.get("/no/such/thing");
+    assert_eq!(unknown.header("access-control-allow-origin"), Some("*"));
+    srv.assert_no_panics();
+}
+
+fn logout_invalidates_the_token(backend: Backend) {
+    let srv = Server::start(backend);
+    let mut alice = srv.register("alice");
+    let old = alice.token.clone().unwrap();
+    alice.post("/logout", &json!({})).ok();
+    alice
+        .get("/account/whoami")
+        .expect_err(401, "M_UNKNOWN_TOKEN");
+    alice.login("alice", "pw-alice");
+    let mut other = srv.anonymous();
+    other.login("alice", "pw-alice");
+    assert_ne!(alice.token, Some(old));
+    alice.post("/logout/all", &json!({})).ok();
+    other
+        .get("/account/whoami")
+        .expect_err(401, "M_UNKNOWN_TOKEN");
+    srv.assert_no_panics();
+}
+
+fn registration_is_closed_by_default(backend: Backend) {
+    let srv = Server::start_with(
+        backend,
+        Options {
+            registration_open: false,
+            ..Default::default()
+        },
+    );
+    let anon = srv.anonymous();
+    anon.post(
+        "/register",
+        &json!({"username": "eve", "password": "x", "auth": {"type": "m.login.dummy"}}),
+    )
+    .expect_err(403, "M_FORBIDDEN");
+    // The operator creates users with the CLI, against the same database, while the server runs.
+    let (ok, out, err) = srv.cli(&["register-user", "dave", "--password", "pw-dave"]);
+    assert!(ok, "register-user failed: {out} {err}");
+    assert_eq!(out.trim(), "@dave:weft.test");
+    let (ok, _, err) = srv.cli(&["register-user", "dave", "--password", "again"]);
+    assert!(!ok, "registering dave twice succeeded");
+    assert!(!err.contains("panicked"), "{err}");
+    let mut dave = srv.anonymous();
+    dave.login("dave", "pw-dave");
+    assert_eq!(dave.user_id, "@dave:weft.test");
+    dave.create_room(&json!({"name": "operator's room"}));
+    srv.assert_no_panics();
+
+    // The embedded default config (no file at all) also keeps registration closed.
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("generate-config")
+        .output()
+        .expect("weft generate-config");
+    let text = String::from_utf8_lossy(&text.stdout);
+    let cfg: toml::Value = toml::from_str(&text).expect("generated config parses");
+    assert_eq!(cfg["registration"]["open"].as_bool(), Some(false), "{text}");
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Benchmark a release weft with weft-loadgen (tools/loadgen): send throughput of one client
+# into one room (sequential and N in flight) and send -> /sync wake-up latency.
+#
+#   tools/bench.sh [RUNS] [sqlite|postgres|both]      (defaults: 5 both)
+#
+# Builds the release binaries (cargo build --release -p weft -p weft-loadgen) unless
+# WEFT_BIN / LOADGEN are given, then for each backend runs RUNS times: a fresh weft (temp data
+# dir; for PostgreSQL a fresh weft_bench_* database on $WEFT_TEST_PG, default
+# postgres://postgres@127.0.0.1:5432, dropped afterwards) on a free loopback port, one
+# loadgen run, stop. Prints every run and the median of each figure, plus the machine.
+# Extra loadgen flags: LOADGEN_ARGS="--messages 2000 --in-flight 16 --samples 200".
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${1:-5}
+WHICH=${2:-both}
+TMP=${TMPDIR:-/tmp}
+PG=${WEFT_TEST_PG:-postgres://postgres@127.0.0.1:5432}
+LOADGEN_ARGS=${LOADGEN_ARGS:-}
+
+if [ -z "${WEFT_BIN:-}" ] || [ -z "${LOADGEN:-}" ]; then
+  (cd "$ROOT" && cargo build --release -p weft -p weft-loadgen)
+fi
+WEFT_BIN=${WEFT_BIN:-$ROOT/target/release/weft}
+LOADGEN=${LOADGEN:-$ROOT/target/release/weft-loadgen}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+work=$(mktemp -d "$TMP/weft-bench-XXXXXX")
+weft_pid=""
+db=""
+stop_weft() {
+  if [ -n "$weft_pid" ]; then
+    kill "$weft_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$weft_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$weft_pid" 2>/dev/null || true
+    wait "$weft_pid" 2>/dev/null || true
+    weft_pid=""
+  fi
+  if [ -n "$db" ]; then
+    psql -q "$PG/test" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+    db=""
+  fi
+}
+trap 'stop_weft; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT INT TERM
+
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "weft: $WEFT_BIN ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "loadgen flags: ${LOADGEN_ARGS:-(defaults)}"
+
+backends=()
+case "$WHICH" in
+  both) backends=(sqlite postgres) ;;
+  sqlite|postgres) backends=("$WHICH") ;;
+  *) echo "usage: $0 [RUNS] [sqlite|postgres|both]" >&2; exit 2 ;;
+esac
+
+for backend in "${backends[@]}"; do
+  : >"$work/$backend.jsonl"
+  for run in $(seq "$RUNS"); do
+    dir="$work/$backend-$run"
+    mkdir -p "$dir"
+    port=$(free_port)
+    if [ "$backend" = postgres ]; then
+      db="weft_bench_$$_$run"
+      psql -q "$PG/test" -c "CREATE DATABASE $db" >/dev/null
+      url="$PG/$db"
+    else
+      url="sqlite://$dir/weft.db"
+    fi
+    cat >"$dir/weft.toml" <<EOF
+server_name = "bench.local"
+data_dir = "$dir"
+[database]
+url = "$url"
+[listeners]
+client = "127.0.0.1:$port"
+federation = ""
+[registration]
+open = true
+[federation]
+enabled = false
+[logging]
+filter = "warn,weft::server=info"
+EOF
+    "$WEFT_BIN" serve --config "$dir/weft.toml" >"$dir/weft.log" 2>&1 &
+    weft_pid=$!
+    for i in $(seq 150); do
+      kill -0 "$weft_pid" 2>/dev/null || { cat "$dir/weft.log"; exit 1; }
+      # Ours is listening (its log says so) and answers.
+      grep -q "listening" "$dir/weft.log" \
+        && curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
+      [ "$i" -eq 150 ] && { echo "weft did not start" >&2; exit 1; }
+      sleep 0.2
+    done
+    # shellcheck disable=SC2086
+    "$LOADGEN" --hs "http://127.0.0.1:$port" --json $LOADGEN_ARGS >>"$work/$backend.jsonl"
+    python3 - "$backend" "$run" "$work/$backend.jsonl" <<'PY'
+import json, sys
+r = json.loads(open(sys.argv[3]).read().splitlines()[-1])
+print(f"  {sys.argv[1]} run {sys.argv[2]}: sequential {r['sequential_msgs_per_s']:.0f} msg/s, "
+      f"{r['in_flight']} in flight {r['concurrent_msgs_per_s']:.0f} msg/s, "
+      f"wake-up p50 {r['wakeup_p50_ms']:.2f} ms p99 {r['wakeup_p99_ms']:.2f} ms")
+PY
+    grep -q panicked "$dir/weft.log" && { echo "weft panicked:"; grep -A3 panicked "$dir/weft.log"; exit 1; }
+    stop_weft
+  done
+  python3 - "$backend" "$work/$backend.jsonl" <<'PY'
+import json, statistics, sys
+name, path = sys.argv[1], sys.argv[2]
+runs = [json.loads(l) for l in open(path) if l.strip()]
+keys = ["sequential_msgs_per_s", "sequential_send_p50_ms", "sequential_send_p99_ms",
+        "concurrent_msgs_per_s", "concurrent_send_p50_ms", "concurrent_send_p99_ms",
+        "wakeup_p50_ms", "wakeup_p99_ms"]
+print(f"{name}: median of {len(runs)} runs ({runs[0]['messages']} messages per phase, "
+      f"{runs[0]['in_flight']} in flight, {runs[0]['samples']} wake-up samples)")
+for k in keys:
+    vals = [r[k] for r in runs]
+    print(f"  {k:26s} {statistics.median(vals):10.2f}   (min {min(vals):.2f}, max {max(vals):.2f})")
+PY
+done

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Run a real client's smoke test against a freshly started weft (loopback only).
+#
+#   tools/clients/run.sh nio           # two matrix-nio clients (nio_smoke.py)
+#   tools/clients/run.sh nio-e2e       # the same in an encrypted room
+#   tools/clients/run.sh hydrogen      # Hydrogen in headless Chromium <-> matrix-nio (web_smoke.py)
+#   tools/clients/run.sh hydrogen-e2e  # the same in an encrypted room
+#
+# Each run starts its own weft (WEFT_BIN, default target/debug/weft; built with `cargo build`
+# when missing) with a temporary data dir (SQLite), open registration and no federation, on
+# a free loopback port, and stops it afterwards. The run fails if the client test fails or
+# weft's log shows a panic.
+#
+# Needs: python3 (a venv with matrix-nio[e2e] is made under $WEFT_CLIENT_VENV, default
+# $TMPDIR/weft-client-venv); for hydrogen also node + npm and Debian's chromium
+# (node_modules go to $HYDROGEN_WORK, default $TMPDIR/weft-hydrogen/work).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+TMP=${TMPDIR:-/tmp}
+VENV=${WEFT_CLIENT_VENV:-$TMP/weft-client-venv}
+NIO_VERSION=${NIO_VERSION:-0.26.0}
+export HYDROGEN_WORK=${HYDROGEN_WORK:-$TMP/weft-hydrogen/work}
+
+what=${1:-}
+case "$what" in
+  nio|nio-e2e|hydrogen|hydrogen-e2e) ;;
+  *) echo "usage: $0 nio|nio-e2e|hydrogen|hydrogen-e2e" >&2; exit 2 ;;
+esac
+
+log() { echo "[clients/run.sh $(date +%H:%M:%S)] $*"; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ---- Python client library
+if ! "$VENV/bin/python" -c "import nio, vodozemac" 2>/dev/null; then
+  log "creating $VENV with matrix-nio[e2e]==$NIO_VERSION"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "matrix-nio[e2e]==$NIO_VERSION"
+fi
+
+# ---- weft
+WEFT_BIN=${WEFT_BIN:-$ROOT/target/debug/weft}
+if [ ! -x "$WEFT_BIN" ]; then
+  log "building weft"
+  (cd "$ROOT" && cargo build --bin weft)
+fi
+work=$(mktemp -d "$TMP/weft-clients-XXXXXX")
+weft_pid=""
+http_pid=""
+cleanup() {
+  local rc=$?
+  [ -n "$http_pid" ] && kill "$http_pid" 2>/dev/null || true
+  if [ -n "$weft_pid" ]; then
+    kill "$weft_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$weft_pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$weft_pid" 2>/dev/null || true
+  fi
+  if [ $rc -ne 0 ] && [ -f "$work/weft.log" ]; then
+    echo "---- last lines of weft's log ----"; tail -n 40 "$work/weft.log"; echo "----"
+  fi
+  rm -rf "$work"
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+
+port=$(free_port)
+hs="http://127.0.0.1:$port"
+cat >"$work/weft.toml" <<EOF
+server_name = "localhost"
+data_dir = "$work/data"
+[listeners]
+client = "127.0.0.1:$port"
+federation = ""
+[registration]
+open = true
+[federation]
+enabled = false
+EOF
+"$WEFT_BIN" serve --config "$work/weft.toml" >"$work/weft.log" 2>&1 &
+weft_pid=$!
+for i in $(seq 150); do
+  kill -0 "$weft_pid" 2>/dev/null || { log "weft exited at start"; exit 1; }
+  # Ours is listening (its log says so) and answers.
+  if grep -q "listening" "$work/weft.log" && curl -fsS "$hs/_matrix/client/versions" >/dev/null 2>&1; then break; fi
+  [ "$i" -eq 150 ] && { log "weft did not answer within 30 s"; exit 1; }
+  sleep 0.2
+done
+log "weft $(basename "$WEFT_BIN") listening on $hs (pid $weft_pid)"
+
+# ---- the client test
+nonce=$(python3 -c 'import uuid; print(uuid.uuid4().hex[:8])')
+rc=0
+case "$what" in
+  nio|nio-e2e)
+    flags=()
+    [ "$what" = nio-e2e ] && flags+=(--e2e)
+    "$VENV/bin/python" "$HERE/nio_smoke.py" --hs "$hs" \
+      --user-a "a$nonce" --pass-a "pw-a-$nonce" --user-b "b$nonce" --pass-b "pw-b-$nonce" \
+      --timeout 30 "${flags[@]}" || rc=$?
+    ;;
+  hydrogen|hydrogen-e2e)
+    command -v node >/dev/null || { log "node is missing"; exit 2; }
+    [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || { log "chromium is missing (apt-get install -y chromium)"; exit 2; }
+    dist="$work/hydrogen-dist"
+    bash "$HERE/hydrogen/build.sh" "$dist" "$hs"
+    app_port=$(free_port)
+    python3 -m http.server "$app_port" --bind 127.0.0.1 --directory "$dist" >"$work/http.log" 2>&1 &
+    http_pid=$!
+    for i in $(seq 50); do
+      curl -fsS "http://127.0.0.1:$app_port/index.html" >/dev/null 2>&1 && break
+      [ "$i" -eq 50 ] && { log "static server did not start"; exit 1; }
+      sleep 0.2
+    done
+    flags=()
+    [ "$what" = hydrogen-e2e ] && flags+=(--e2e)
+    "$VENV/bin/python" "$HERE/hydrogen/web_smoke.py" --hs "$hs" \
+      --app "http://127.0.0.1:$app_port/" --timeout 45 "${flags[@]}" || rc=$?
+    ;;
+esac
+
+if grep -q "panicked" "$work/weft.log"; then
+  log "weft panicked:"; grep -n -A3 "panicked" "$work/weft.log" | head -20
+  rc=1
+fi
+if [ $rc -eq 0 ]; then log "$what: PASS"; else log "$what: FAIL (exit $rc)"; fi
+exit $rc
