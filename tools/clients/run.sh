@@ -5,6 +5,9 @@
 #   tools/clients/run.sh nio-e2e       # the same in an encrypted room
 #   tools/clients/run.sh hydrogen      # Hydrogen in headless Chromium <-> matrix-nio (web_smoke.py)
 #   tools/clients/run.sh hydrogen-e2e  # the same in an encrypted room
+#   tools/clients/run.sh nio-new-device  # a device logging in after a device-list change decrypts
+#   tools/clients/run.sh synapse-e2e   # weft <-> real Synapse (tools/synapse): nio --e2e and the
+#                                      # new-device check, one user on each server, both ways
 #
 # Each run starts its own weft (WEFT_BIN, default target/debug/weft; built with `cargo build`
 # when missing) with a temporary data dir (SQLite), open registration and no federation, on
@@ -25,8 +28,8 @@ export HYDROGEN_WORK=${HYDROGEN_WORK:-$TMP/weft-hydrogen/work}
 
 what=${1:-}
 case "$what" in
-  nio|nio-e2e|hydrogen|hydrogen-e2e) ;;
-  *) echo "usage: $0 nio|nio-e2e|hydrogen|hydrogen-e2e" >&2; exit 2 ;;
+  nio|nio-e2e|hydrogen|hydrogen-e2e|nio-new-device|synapse-e2e) ;;
+  *) echo "usage: $0 nio|nio-e2e|hydrogen|hydrogen-e2e|nio-new-device|synapse-e2e" >&2; exit 2 ;;
 esac
 
 log() { echo "[clients/run.sh $(date +%H:%M:%S)] $*"; }
@@ -51,9 +54,13 @@ fi
 work=$(mktemp -d "$TMP/weft-clients-XXXXXX")
 weft_pid=""
 http_pid=""
+synapse_name=""
 cleanup() {
   local rc=$?
   [ -n "$http_pid" ] && kill "$http_pid" 2>/dev/null || true
+  if [ -n "$synapse_name" ]; then
+    SYNAPSE_DATA="$work/synapse" "$ROOT/tools/synapse/stop.sh" "$synapse_name" --kill >/dev/null 2>&1 || true
+  fi
   if [ -n "$weft_pid" ]; then
     kill "$weft_pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$weft_pid" 2>/dev/null || break; sleep 0.2; done
@@ -69,6 +76,23 @@ trap cleanup EXIT INT TERM
 
 port=$(free_port)
 hs="http://127.0.0.1:$port"
+if [ "$what" = synapse-e2e ]; then
+  fed_port=$(free_port)
+  cat >"$work/weft.toml" <<EOF
+server_name = "localhost:$fed_port"
+data_dir = "$work/data"
+[listeners]
+client = "127.0.0.1:$port"
+federation = "127.0.0.1:$fed_port"
+[registration]
+open = true
+[federation]
+verify_tls = false
+allow_private_addresses = true
+retry_min_ms = 200
+retry_max_ms = 2000
+EOF
+else
 cat >"$work/weft.toml" <<EOF
 server_name = "localhost"
 data_dir = "$work/data"
@@ -80,6 +104,7 @@ open = true
 [federation]
 enabled = false
 EOF
+fi
 "$WEFT_BIN" serve --config "$work/weft.toml" >"$work/weft.log" 2>&1 &
 weft_pid=$!
 for i in $(seq 150); do
@@ -101,6 +126,30 @@ case "$what" in
     "$VENV/bin/python" "$HERE/nio_smoke.py" --hs "$hs" \
       --user-a "a$nonce" --pass-a "pw-a-$nonce" --user-b "b$nonce" --pass-b "pw-b-$nonce" \
       --timeout 30 "${flags[@]}" || rc=$?
+    ;;
+  nio-new-device)
+    "$VENV/bin/python" "$HERE/nio_new_device.py" --hs "$hs" \
+      --user-a "a$nonce" --pass-a "pw-a-$nonce" --user-b "b$nonce" --pass-b "pw-b-$nonce" \
+      --timeout 30 || rc=$?
+    ;;
+  synapse-e2e)
+    "$ROOT/tools/synapse/install.sh"
+    synapse_name="syn$nonce"
+    s_fed=$(free_port); s_client=$(free_port)
+    export SYNAPSE_DATA="$work/synapse"
+    "$ROOT/tools/synapse/start.sh" "$synapse_name" "$s_fed" "$s_client" >/dev/null
+    shs="http://127.0.0.1:$s_client"
+    for u in sa sb; do "$ROOT/tools/synapse/register.sh" "$synapse_name" "$u$nonce" "pw-$u" >/dev/null; done
+    log "Synapse localhost:$s_fed up (client $shs)"
+    # One user on each server, both ways: encrypted messages, then a new device.
+    "$VENV/bin/python" "$HERE/nio_smoke.py" --hs "$hs" --hs-b "$shs" --e2e --timeout 45 \
+      --user-a "wa$nonce" --pass-a "pw-wa" --user-b "sa$nonce" --pass-b "pw-sa" || rc=$?
+    [ $rc -eq 0 ] && { "$VENV/bin/python" "$HERE/nio_smoke.py" --hs "$shs" --hs-b "$hs" --e2e --timeout 45 \
+      --user-a "sb$nonce" --pass-a "pw-sb" --user-b "wb$nonce" --pass-b "pw-wb" || rc=$?; }
+    [ $rc -eq 0 ] && { "$VENV/bin/python" "$HERE/nio_new_device.py" --hs "$hs" --hs-b "$shs" --timeout 45 \
+      --user-a "wc$nonce" --pass-a "pw-wc" --user-b "sa$nonce" --pass-b "pw-sa" || rc=$?; }
+    [ $rc -eq 0 ] && { "$VENV/bin/python" "$HERE/nio_new_device.py" --hs "$shs" --hs-b "$hs" --timeout 45 \
+      --user-a "sb$nonce" --pass-a "pw-sb" --user-b "wd$nonce" --pass-b "pw-wd" || rc=$?; }
     ;;
   hydrogen|hydrogen-e2e)
     command -v node >/dev/null || { log "node is missing"; exit 2; }
