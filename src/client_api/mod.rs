@@ -39,6 +39,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
             "/join/{room_id_or_alias}",
             post().to(rooms::join_by_id_or_alias),
         )
+        .route("/knock/{room_id_or_alias}", post().to(rooms::knock))
         .route("/joined_rooms", get().to(rooms::joined_rooms))
         .route("/rooms/{room_id}/join", post().to(rooms::join))
         .route("/rooms/{room_id}/invite", post().to(rooms::invite))

@@ -240,6 +240,55 @@ fn via_servers(req: &actix_web::HttpRequest) -> Vec<String> {
         .collect()
 }
 
+pub async fn knock(
+    s: Data,
+    user: AuthedUser,
+    req: actix_web::HttpRequest,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<JoinBody>,
+) -> Result<HttpResponse> {
+    let (room_id, mut servers) = access::resolve(&s, &path.into_inner()).await?;
+    let local_room = {
+        let r = room_id.to_string();
+        s.core
+            .db
+            .read(move |c| rooms::get_room(c, &r))
+            .await?
+            .is_some()
+    };
+    if local_room {
+        let content = json!({"membership": "knock"});
+        membership_event(
+            &s,
+            &room_id,
+            &user.user_id,
+            user.user_id.as_str(),
+            content,
+            body.reason,
+        )
+        .await?;
+    } else {
+        servers.extend(via_servers(&req));
+        if let Some(srv) = room_id.server_name() {
+            servers.push(srv.to_string());
+        }
+        let mut seen = std::collections::HashSet::new();
+        servers.retain(|x| seen.insert(x.clone()) && !s.core.is_local(x));
+        if servers.is_empty() {
+            return Err(Error::not_found("no known servers for this room"));
+        }
+        crate::federation::membership::knock_remote(
+            &s,
+            &room_id,
+            &user.user_id,
+            &servers,
+            body.reason,
+        )
+        .await?;
+    }
+    Ok(HttpResponse::Ok().json(json!({"room_id": room_id})))
+}
+
 pub async fn join_by_id_or_alias(
     s: Data,
     user: AuthedUser,

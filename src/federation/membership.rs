@@ -943,3 +943,95 @@ pub async fn forget_remote_invite(
     res?;
     Ok(())
 }
+
+/// Knocks on a room held by other servers: `make_knock`/`send_knock`, then records the knock
+/// (with the room preview the resident server sent) so the user's `/sync` shows it.
+pub async fn knock_remote(
+    s: &Services,
+    room: &OwnedRoomId,
+    user: &OwnedUserId,
+    servers: &[String],
+    reason: Option<String>,
+) -> Result<OwnedEventId> {
+    let fed = s
+        .federation()
+        .cloned()
+        .ok_or_else(|| Error::not_found("no known servers (federation disabled)"))?;
+    let mut last_err = Error::not_found("no server in the room could be reached");
+    for server in servers.iter().filter(|srv| !s.core.is_local(srv)) {
+        let path = format!(
+            "/_matrix/federation/v1/make_knock/{}/{}?{}",
+            enc(room.as_str()),
+            enc(user.as_str()),
+            ver_query()
+        );
+        let resp = match fed.client.request("GET", server, &path, None).await {
+            Ok(r) => r,
+            Err(e) => {
+                last_err = e.into();
+                continue;
+            }
+        };
+        let Some(version) = resp
+            .get("room_version")
+            .and_then(|v| v.as_str())
+            .and_then(RoomVersion::parse)
+            .filter(|v| !v.is_linearized())
+        else {
+            last_err = Error::IncompatibleRoomVersion("unsupported room version".into());
+            continue;
+        };
+        let Some(template) = resp.get("event").cloned() else {
+            continue;
+        };
+        let mut obj =
+            canonical::value_to_object(template).map_err(|e| Error::Remote(e.to_string()))?;
+        for k in ["origin", "event_id", "hashes", "signatures", "unsigned"] {
+            obj.remove(k);
+        }
+        obj.insert(
+            "origin_server_ts".into(),
+            ruma::CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
+        );
+        if let (Some(r), Some(ruma::CanonicalJsonValue::Object(content))) =
+            (&reason, obj.get_mut("content"))
+        {
+            content.insert("reason".into(), ruma::CanonicalJsonValue::String(r.clone()));
+        }
+        ruma::signatures::hash_and_sign_event(
+            s.server_name(),
+            &s.core.key,
+            &mut obj,
+            &version.rules().redaction,
+        )
+        .map_err(|e| Error::internal(e.to_string()))?;
+        let knock = Pdu::from_json(obj, version).map_err(|e| Error::Remote(e.to_string()))?;
+        if knock.state_key() != Some(user.as_str())
+            || knock.membership().as_deref() != Some("knock")
+        {
+            return Err(Error::Remote(format!("{server} sent a bad knock template")));
+        }
+        let path = format!(
+            "/_matrix/federation/v1/send_knock/{}/{}",
+            enc(room.as_str()),
+            enc(knock.event_id().as_str())
+        );
+        match fed
+            .client
+            .request("PUT", server, &path, Some(&knock.to_federation_value()))
+            .await
+        {
+            Ok(resp) => {
+                let stripped = resp
+                    .get("knock_room_state")
+                    .and_then(|v| v.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                record_remote_membership(s, &knock, version, stripped).await?;
+                return Ok(knock.owned_event_id());
+            }
+            Err(e) => last_err = e.into(),
+        }
+    }
+    Err(last_err)
+}

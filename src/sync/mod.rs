@@ -151,6 +151,7 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
+    let mut knock = Map::new();
     let memberships = rooms::rooms_for_user(conn, user)?;
     for m in memberships {
         if !req.filter.room.allows_room(&m.room_id) {
@@ -251,7 +252,7 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                     }),
                 );
             }
-            "invite" if changed_membership => {
+            "invite" | "knock" if changed_membership => {
                 // Servers may send full PDUs (room v12); clients get stripped state.
                 let mut stripped: Vec<Value> = m
                     .invite_state
@@ -275,10 +276,17 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                     stripped.push(weft_protocol::client_event::stripped_state(&pdu));
                 }
                 has_changes = true;
-                invite.insert(
-                    m.room_id.clone(),
-                    json!({"invite_state": {"events": stripped}}),
-                );
+                if m.membership == "knock" {
+                    knock.insert(
+                        m.room_id.clone(),
+                        json!({"knock_state": {"events": stripped}}),
+                    );
+                } else {
+                    invite.insert(
+                        m.room_id.clone(),
+                        json!({"invite_state": {"events": stripped}}),
+                    );
+                }
             }
             "leave" | "ban"
                 if (since_stream.is_some() && changed_membership)
@@ -332,7 +340,7 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
     };
     let mut body = json!({
         "next_batch": next.encode(),
-        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+        "rooms": {"join": join, "invite": invite, "leave": leave, "knock": knock},
         "account_data": {"events": global_account},
         "presence": {"events": []},
     });

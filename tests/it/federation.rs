@@ -378,6 +378,43 @@ fn weft_room_joined_from_synapse() {
     w.assert_no_panics();
 }
 
+/// Knocking on a Synapse room from weft, being let in, and joining.
+#[test]
+fn knock_on_a_synapse_room() {
+    let syn = Synapse::start();
+    let w = weft(Backend::Sqlite);
+    let alice = syn.register("alice");
+    let bob = w.register("bob");
+    let room = alice.create_room(&json!({
+        "preset": "private_chat",
+        "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}],
+    }));
+    let mut since = Some(
+        bob.sync(None, 0, None)["next_batch"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    let r = bob.post(
+        &format!(
+            "/knock/{}?server_name={}",
+            enc(&room),
+            enc(&syn.server_name())
+        ),
+        &json!({"reason": "let me in"}),
+    );
+    assert_eq!(r.status, 200, "knock: {}", r.text);
+    bob.sync_until(&mut since, WAIT, "the knock", |s| {
+        s["rooms"]["knock"].get(&room).is_some()
+    });
+    wait_membership(&alice, &room, &bob.user_id, "knock");
+    assert_eq!(alice.invite(&room, &bob.user_id).status, 200);
+    wait_invite(&bob, &room);
+    join_via(&bob, &room, &syn.server_name());
+    wait_membership(&alice, &room, &bob.user_id, "join");
+    w.assert_no_panics();
+}
+
 /// Outages: every event sent while the other side was down arrives after it returns, and
 /// both timelines agree.
 #[test]
