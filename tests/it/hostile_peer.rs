@@ -812,6 +812,92 @@ fn malformed_transactions_are_refused() {
         assert!(!junk_bodies.contains(&body), "junk landed: {e}");
     }
 
+    // Format limits of the room version and field types, next to a good PDU.
+    let tip = s
+        .peer
+        .with_room(&s.room, |r| r.extremities().to_vec())
+        .unwrap();
+    let mut too_many_prevs = s.side_message("mallory", "21 prev events").into_json();
+    let prevs: Vec<String> = (0..21)
+        .map(|i| {
+            if i == 0 {
+                tip[0].to_string()
+            } else {
+                format!("${}", "A".repeat(42) + &format!("{i:02}"))
+            }
+        })
+        .collect();
+    craft::set(&mut too_many_prevs, "prev_events", json!(prevs)).unwrap();
+    let too_many_prevs = s.peer.sign(too_many_prevs, v).expect("sign 21-prev event");
+    let mut numeric_state_key = s
+        .peer
+        .template(
+            &s.room,
+            &EventDraft::state(
+                "m.room.topic",
+                "",
+                s.peer.user("mallory"),
+                json!({"topic": "numeric state key"}),
+            ),
+        )
+        .unwrap();
+    craft::set(&mut numeric_state_key, "state_key", json!(5)).unwrap();
+    let numeric_state_key =
+        craft::sign_as(numeric_state_key, v, s.peer.server_name(), s.peer.key()).unwrap();
+    let good3 = s.good("good among format errors");
+    let results = s.results(vec![
+        too_many_prevs.to_federation_value(),
+        craft::to_value(&numeric_state_key),
+        good3.to_federation_value(),
+    ]);
+    refused(
+        &results,
+        &too_many_prevs.owned_event_id(),
+        "21 prev events",
+        "malformed",
+    );
+    let numeric_id = id_of(&numeric_state_key, v);
+    refused(&results, &numeric_id, "numeric state_key", "malformed");
+    s.assert_absent(numeric_id.as_str(), "numeric state_key");
+    accepted(&results, &good3.owned_event_id(), "good PDU 3");
+    s.assert_landed(&good3, "good among format errors");
+    s.assert_absent(too_many_prevs.event_id().as_str(), "21 prev events");
+
+    // The largest depth canonical JSON allows: accepted (no rule limits depth), and the
+    // room keeps working for local users afterwards.
+    let mut deep = s
+        .peer
+        .template(&s.room, &s.message_draft("mallory", "deepest"))
+        .unwrap();
+    craft::set(&mut deep, "depth", json!(9_007_199_254_740_991_i64)).unwrap();
+    let deep = s.peer.sign(deep, v).unwrap();
+    let results = s.results(vec![deep.to_federation_value()]);
+    accepted(&results, &deep.owned_event_id(), "PDU at the maximum depth");
+    s.peer.append(&s.room, &deep).unwrap();
+    s.assert_landed(&deep, "deepest");
+    let sent = s
+        .alice
+        .call_ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/after-deep",
+                enc(&s.room)
+            ),
+            Some(&json!({"msgtype": "m.text", "body": "alice after the deepest"})),
+        )
+        .expect("alice can still send after a maximum-depth event");
+    let alice_event = sent["event_id"].as_str().expect("event_id").to_owned();
+    let ev = s.read(&alice_event).expect("alice's message readable");
+    assert_eq!(ev["content"]["body"], json!("alice after the deepest"));
+    let after_deep = s.good("mallory after the deepest");
+    let results = s.results(vec![after_deep.to_federation_value()]);
+    accepted(
+        &results,
+        &after_deep.owned_event_id(),
+        "PDU after the maximum depth",
+    );
+    s.assert_landed(&after_deep, "mallory after the deepest");
+
     // A transaction ID used again with other content: the first answer is replayed and
     // the new PDUs are not processed.
     let first = s.good("first use of the txn id");
