@@ -55,6 +55,9 @@ enum Command {
         /// Bound on each request and on each wait, in seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// Longest pause between two readability checks, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        poll_max_ms: u64,
         /// Also write every sample as JSON to this file.
         #[arg(long)]
         json: Option<std::path::PathBuf>,
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             inflight,
             modes,
             timeout,
+            poll_max_ms,
             json,
         } => {
             let modes: Vec<bench::Mode> =
@@ -121,6 +125,7 @@ fn main() -> ExitCode {
                 inflight,
                 modes,
                 timeout,
+                poll_max: Duration::from_millis(poll_max_ms),
             };
             eprintln!(
                 "fedpeer: {} with key {}",
