@@ -1,9 +1,10 @@
 //! `bench-send`: signed PDUs per second accepted through `/send` into one room.
 //!
-//! For each target server: a local user (given by access token) creates a public room, the
-//! peer joins it over federation, one warm-up transaction is sent (the server fetches the
-//! peer's key then), and then, per run, K transactions of 50 `m.room.message` PDUs are
-//! built and signed *before* the clock starts and sent one after the other.
+//! For each setting (mode × in-flight) and each target server: a local user (given by
+//! access token) creates a fresh public room, the peer joins it over federation, one
+//! warm-up transaction is sent (the server fetches the peer's key on the first), and then,
+//! per run, K transactions of 50 `m.room.message` PDUs are built and signed *before* the
+//! clock starts and sent one after the other.
 //!
 //! Two sending modes:
 //! * **open**: the next transaction goes as soon as the previous one is answered (200, no
@@ -418,7 +419,7 @@ fn setup(
     peer: &Peer,
     target: &Target,
     opts: &Options,
-    max_lanes: usize,
+    lanes: usize,
     log: &mut impl FnMut(&str),
 ) -> Result<Joined> {
     let new_client = || {
@@ -452,7 +453,7 @@ fn setup(
         peer.user("bench")
     ));
     let mut feds = vec![fed];
-    while feds.len() < max_lanes {
+    while feds.len() < lanes {
         feds.push(peer.client(&target.server_name)?);
     }
     let mut lanes = Vec::new();
@@ -508,17 +509,19 @@ pub fn run(
             "need 1..=50 PDUs per transaction, txns > 0, runs > 0".into(),
         ));
     }
-    let max_lanes = opts.inflight.iter().copied().max().unwrap_or(1).max(1);
-    let mut joined = Vec::new();
-    for t in targets {
-        joined.push(setup(peer, t, opts, max_lanes, &mut log)?);
-    }
     let mut samples = Vec::new();
     for &mode in &opts.modes {
         for &inflight in &opts.inflight {
+            // A fresh room per setting, so that no setting inherits the DAG (forks, gaps)
+            // an earlier one left behind.
+            let lanes = inflight.max(1);
+            let mut joined = Vec::new();
+            for t in targets {
+                joined.push(setup(peer, t, opts, lanes, &mut log)?);
+            }
             for run in 1..=opts.runs {
                 for j in joined.iter_mut() {
-                    let s = run_once(peer, j, opts, mode, inflight.max(1), run)?;
+                    let s = run_once(peer, j, opts, mode, lanes, run)?;
                     log(&format!(
                         "{} {} inflight={} run {run}: {} PDUs acked in {:.0} ms ({:.0}/s), newest readable {}, stored {}/{}, 429s retried: {}",
                         s.target,
