@@ -1220,3 +1220,171 @@ fn spoofed_edus_are_ignored() {
     }
     s.weft.assert_healthy();
 }
+
+#[test]
+fn duplicate_pdus_are_harmless() {
+    let mut s = Scene::new();
+    let a = s.good("duplicated in one transaction");
+    let b = s.good("after the duplicates");
+    // The same PDU three times in one transaction, and a good one after it.
+    let results = s.results(vec![
+        a.to_federation_value(),
+        a.to_federation_value(),
+        a.to_federation_value(),
+        b.to_federation_value(),
+    ]);
+    accepted(&results, &a.owned_event_id(), "duplicated PDU");
+    accepted(&results, &b.owned_event_id(), "PDU after the duplicates");
+    // Sent again in a later transaction (a retry under another txn ID).
+    let c = s.good("after the resend");
+    let results = s.results(vec![
+        a.to_federation_value(),
+        b.to_federation_value(),
+        c.to_federation_value(),
+    ]);
+    accepted(&results, &a.owned_event_id(), "resent PDU");
+    accepted(&results, &c.owned_event_id(), "new PDU next to resent ones");
+    s.assert_landed(&a, "duplicated in one transaction");
+    s.assert_landed(&b, "after the duplicates");
+    s.assert_landed(&c, "after the resend");
+    let timeline = s.alice.messages(&s.room, 200).expect("messages");
+    for (pdu, what) in [(&a, "duplicated PDU"), (&b, "PDU after the duplicates")] {
+        let copies = timeline
+            .iter()
+            .filter(|e| e["event_id"] == json!(pdu.event_id().as_str()))
+            .count();
+        assert_eq!(copies, 1, "{what} appears {copies} times in /messages");
+    }
+    s.weft.assert_healthy();
+}
+
+/// Two topics on two forks of the peer's tip, sent in the given order (`concurrent`: both
+/// at once on two connections), then a message merging them. State resolution orders the
+/// two by mainline position (equal here) then `origin_server_ts`, and applies the later one
+/// last: the topic with the greater timestamp must win whatever the arrival order.
+fn fork_and_merge(s: &mut Scene, first: (&str, u64), second: (&str, u64), concurrent: bool) {
+    let tip = s
+        .peer
+        .with_room(&s.room, |r| r.extremities().to_vec())
+        .unwrap();
+    let topic = |s: &Scene, (text, ts): (&str, u64)| {
+        let mut d = EventDraft::state(
+            "m.room.topic",
+            "",
+            s.peer.user("mallory"),
+            json!({"topic": text}),
+        );
+        d.origin_server_ts = ts;
+        s.peer
+            .with_room(&s.room, |r| {
+                r.build(&d, Some(&tip), s.peer.server_name(), s.peer.key())
+            })
+            .unwrap()
+            .unwrap()
+    };
+    let a = topic(s, first);
+    let b = topic(s, second);
+    assert_eq!(a.prev_events(), b.prev_events());
+    let answers: Vec<(u16, Value)> = if concurrent {
+        let mut fed2 = s.peer.client(&s.weft.server_name).unwrap();
+        let fed1 = &mut s.fed;
+        let (ta, tb) = (a.to_federation_value(), b.to_federation_value());
+        let (ida, idb) = (
+            format!("fork-{}", a.event_id()),
+            format!("fork-{}", b.event_id()),
+        );
+        std::thread::scope(|scope| {
+            let h1 = scope.spawn(move || fed1.send_transaction(&ida, vec![ta], vec![]).unwrap());
+            let h2 = scope.spawn(move || fed2.send_transaction(&idb, vec![tb], vec![]).unwrap());
+            [h1.join().unwrap(), h2.join().unwrap()]
+                .into_iter()
+                .map(|r| (r.status, r.json()))
+                .collect()
+        })
+    } else {
+        vec![
+            s.send(vec![a.to_federation_value()], vec![]),
+            s.send(vec![b.to_federation_value()], vec![]),
+        ]
+    };
+    for ((status, body), pdu) in answers.iter().zip([&a, &b]) {
+        assert_eq!(*status, 200, "{body}");
+        accepted(&pdu_results(body), &pdu.owned_event_id(), "topic on a fork");
+    }
+    let winner = if first.1 > second.1 {
+        first.0
+    } else {
+        second.0
+    };
+    // The current state right after both forks arrived (before any merge).
+    let topic_now = s
+        .alice
+        .state(&s.room, "m.room.topic", "")
+        .unwrap()
+        .expect("topic");
+    assert_eq!(
+        topic_now["topic"],
+        json!(winner),
+        "after the forks ({}, sent {}): {topic_now}",
+        if concurrent {
+            "concurrently"
+        } else {
+            "in order"
+        },
+        [first.0, second.0].join(" then ")
+    );
+    s.peer.append(&s.room, &a).unwrap();
+    s.peer.append(&s.room, &b).unwrap();
+    let merge = s.good(&format!("merging {} and {}", first.0, second.0));
+    assert_eq!(merge.prev_events().len(), 2, "{:?}", merge.prev_events());
+    let results = s.results(vec![merge.to_federation_value()]);
+    accepted(&results, &merge.owned_event_id(), "merge");
+    let topic_now = s
+        .alice
+        .state(&s.room, "m.room.topic", "")
+        .unwrap()
+        .expect("topic");
+    assert_eq!(
+        topic_now["topic"],
+        json!(winner),
+        "after the merge: {topic_now}"
+    );
+}
+
+#[test]
+fn forks_with_conflicting_state_resolve_whatever_the_arrival_order() {
+    let mut s = Scene::new();
+    let now = fedpeer::peer::now_ms();
+    // The winner (later timestamp) arrives second, then first, then both at once.
+    fork_and_merge(&mut s, ("A early", now), ("B late", now + 1000), false);
+    fork_and_merge(
+        &mut s,
+        ("D late", now + 3000),
+        ("C early", now + 2000),
+        false,
+    );
+    for i in 0..3 {
+        let t = now + 10_000 * (i + 1);
+        fork_and_merge(
+            &mut s,
+            (&format!("E{i} early"), t),
+            (&format!("F{i} late"), t + 500),
+            true,
+        );
+    }
+    // Alice's next event builds on the resolved state.
+    let sent = s
+        .alice
+        .call_ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/after-merges",
+                enc(&s.room)
+            ),
+            Some(&json!({"msgtype": "m.text", "body": "alice after the merges"})),
+        )
+        .expect("alice sends after the merges");
+    let id = sent["event_id"].as_str().expect("event_id").to_owned();
+    assert!(s.read(&id).is_some(), "alice's message not readable");
+    s.weft.assert_healthy();
+}
