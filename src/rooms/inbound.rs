@@ -231,6 +231,12 @@ pub fn prepare(conn: &mut AnyConnection, input: InboundInput) -> StorageResult<P
         .iter()
         .filter(|e| !prevs.contains(*e))
         .collect();
+    // The event is not stored yet, but it is in the state being resolved: without it in the
+    // lookup, resolution drops it from the conflicted set and the other fork always wins.
+    lookup
+        .cache
+        .borrow_mut()
+        .insert(pdu.event_id().to_string(), Some(Arc::clone(pdu)));
     let new_current = if remaining.is_empty() {
         after
     } else {

@@ -19,4 +19,5 @@ mod e2e;
 mod e2ee;
 mod features;
 mod federation;
+mod hostile_peer;
 mod signatures;

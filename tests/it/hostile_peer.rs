@@ -1,0 +1,1376 @@
+//! A hostile federation peer against a running weft.
+//!
+//! Each test starts weft (the built binary, federation on, TLS with a self-signed
+//! certificate), registers a local user `alice` who creates a public room, and has a
+//! `fedpeer` (`tools/fedpeer`) join it as `@mallory:localhost:PORT` over real federation
+//! (make_join/send_join). mallory gets power level 50: enough for a topic, not for power
+//! levels. Then the peer sends bad input and checks that:
+//!
+//! * every bad request is refused with the right status and Matrix error (401
+//!   `M_UNAUTHORIZED` for X-Matrix failures, 400/413 for malformed transactions), and
+//!   every bad PDU gets its own `error` entry in the `/send` answer;
+//! * a PDU whose content hash is wrong is *kept, redacted* (spec: checks on receipt of a
+//!   PDU), not refused;
+//! * good PDUs in the same transaction still land, and bad ones never do (both read back as
+//!   alice through the client API);
+//! * weft neither panics (its log has no "panicked") nor exits.
+//!
+//! Ports: free loopback ports from the kernel's ephemeral range.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use fedpeer::client::ClientApi;
+use fedpeer::craft::{self, HeaderSpec};
+use fedpeer::peer::{enc, generate_key, pdu_results};
+use fedpeer::{FedClient, Peer};
+use ruma::{CanonicalJsonObject, OwnedEventId};
+use serde_json::{Value, json};
+use weft_protocol::builder::EventDraft;
+use weft_protocol::{Pdu, RoomVersion};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A free loopback port (the kernel's ephemeral range, via the shared harness).
+fn free_port() -> u16 {
+    crate::harness::free_port()
+}
+
+/// A weft process with federation enabled.
+struct Weft {
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+    client_port: u16,
+    server_name: String,
+}
+
+impl Weft {
+    fn start() -> Weft {
+        let (client_port, fed_port) = (free_port(), free_port());
+        let dir = std::env::temp_dir().join(format!(
+            "weft-hostile-{}-{client_port}-{fed_port}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        let server_name = format!("localhost:{fed_port}");
+        let config = dir.join("weft.toml");
+        fs::write(
+            &config,
+            format!(
+                "server_name = \"{server_name}\"\n\
+                 data_dir = \"{dir}\"\n\
+                 [listeners]\nclient = \"127.0.0.1:{client_port}\"\nfederation = \"127.0.0.1:{fed_port}\"\n\
+                 [registration]\nopen = true\n\
+                 [federation]\nverify_tls = false\nallow_private_addresses = true\nrequest_timeout_ms = 10000\n\
+                 [logging]\nfilter = \"info\"\n",
+                dir = dir.display()
+            ),
+        )
+        .expect("write config");
+        let log = dir.join("weft.log");
+        let out = fs::File::create(&log).expect("create log");
+        let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env_remove("WEFT_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("clone log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn weft");
+        let mut weft = Weft {
+            child: Some(child),
+            dir,
+            log,
+            client_port,
+            server_name,
+        };
+        weft.wait_ready();
+        weft
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "weft exited during startup ({status}):\n{}",
+                    self.log_text()
+                );
+            }
+            let up = ClientApi::new(&self.base(), Duration::from_secs(2))
+                .and_then(|mut c| c.call("GET", "/_matrix/client/versions", None))
+                .is_ok_and(|r| r.status == 200);
+            if up {
+                return;
+            }
+            assert!(
+                start.elapsed() < START_TIMEOUT,
+                "weft not ready after {START_TIMEOUT:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// weft is still running and its log shows no panic.
+    fn assert_healthy(&mut self) {
+        let log = self.log_text();
+        assert!(!log.contains("panicked"), "weft panicked:\n{log}");
+        if let Some(child) = self.child.as_mut() {
+            assert!(matches!(child.try_wait(), Ok(None)), "weft exited:\n{log}");
+        }
+    }
+}
+
+impl Drop for Weft {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            eprintln!("---- weft log tail ({}) ----\n{tail}", self.log.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// weft, alice's room, and mallory joined to it from the peer.
+struct Scene {
+    weft: Weft,
+    peer: Peer,
+    fed: FedClient,
+    alice: ClientApi,
+    room: String,
+    version: RoomVersion,
+    txn: u32,
+}
+
+impl Scene {
+    fn new() -> Scene {
+        let weft = Weft::start();
+        let mut alice = ClientApi::new(&weft.base(), REQUEST_TIMEOUT).expect("client");
+        alice
+            .register("alice", "alice-password")
+            .expect("register alice");
+        let peer = Peer::start(free_port()).expect("start peer");
+        let mut users = serde_json::Map::new();
+        users.insert(peer.user("mallory").to_string(), json!(50));
+        let room = alice
+            .create_room(&json!({
+                "preset": "public_chat",
+                "name": "hostile",
+                "power_level_content_override": {"users": users},
+            }))
+            .expect("create room");
+        let mut fed = peer.client(&weft.server_name).expect("fed client");
+        peer.join(&mut fed, &room, "mallory")
+            .expect("mallory joins over federation");
+        let version = peer.room_version(&room).expect("joined");
+        Scene {
+            weft,
+            peer,
+            fed,
+            alice,
+            room,
+            version,
+            txn: 0,
+        }
+    }
+
+    fn message_draft(&self, localpart: &str, body: &str) -> EventDraft {
+        EventDraft::new(
+            "m.room.message",
+            self.peer.user(localpart),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+    }
+
+    /// A good message from mallory, appended to the peer's chain.
+    fn good(&self, body: &str) -> Pdu {
+        self.peer
+            .message(&self.room, "mallory", body)
+            .expect("build message")
+    }
+
+    /// A signed message at the current tip, *not* appended (to damage, or to be refused).
+    fn side_message(&self, localpart: &str, body: &str) -> Pdu {
+        self.peer
+            .build(&self.room, &self.message_draft(localpart, body))
+            .expect("build")
+    }
+
+    fn next_txn(&mut self) -> String {
+        self.txn += 1;
+        format!("hostile{}-{}", fedpeer::peer::now_ms(), self.txn)
+    }
+
+    /// A correctly signed transaction; returns the status and the per-PDU results.
+    fn send(&mut self, pdus: Vec<Value>, edus: Vec<Value>) -> (u16, Value) {
+        let txn = self.next_txn();
+        let r = self
+            .fed
+            .send_transaction(&txn, pdus, edus)
+            .expect("send transaction");
+        (r.status, r.json())
+    }
+
+    fn results(&mut self, pdus: Vec<Value>) -> HashMap<OwnedEventId, Option<String>> {
+        let (status, body) = self.send(pdus, Vec::new());
+        eprintln!("/send answer: {body:#}");
+        assert_eq!(status, 200, "transaction refused as a whole: {body}");
+        pdu_results(&body)
+    }
+
+    /// The event as alice reads it (`None`: not readable).
+    fn read(&mut self, id: &str) -> Option<Value> {
+        self.alice.event(&self.room, id).expect("read event")
+    }
+
+    fn assert_landed(&mut self, pdu: &Pdu, body: &str) {
+        let ev = self
+            .read(pdu.event_id().as_str())
+            .unwrap_or_else(|| panic!("good PDU {} ({body}) did not land", pdu.event_id()));
+        assert_eq!(ev["content"]["body"], json!(body), "{ev}");
+    }
+
+    fn assert_absent(&mut self, id: &str, what: &str) {
+        if let Some(ev) = self.read(id) {
+            panic!("{what} ({id}) landed: {ev}");
+        }
+        let bodies: Vec<Value> = self
+            .alice
+            .messages(&self.room, 200)
+            .expect("messages")
+            .into_iter()
+            .filter(|e| e["event_id"] == json!(id))
+            .collect();
+        assert!(bodies.is_empty(), "{what} ({id}) is in /messages");
+    }
+}
+
+/// The PDU got an `error` entry. `reason` is a word weft's message must contain (which
+/// check refused it: "signature", "rejected" for the auth rules, "missing" for unknown
+/// prev events, "malformed", "large"), so a PDU refused for the wrong reason fails too.
+fn refused(
+    results: &HashMap<OwnedEventId, Option<String>>,
+    id: &OwnedEventId,
+    what: &str,
+    reason: &str,
+) {
+    match results.get(id) {
+        Some(Some(err)) => assert!(
+            err.to_lowercase().contains(reason),
+            "{what} ({id}) refused, but not for its {reason}: {err}"
+        ),
+        Some(None) => panic!("{what} ({id}) was accepted"),
+        None => panic!("{what} ({id}) is missing from the /send answer: {results:?}"),
+    }
+}
+
+fn accepted(results: &HashMap<OwnedEventId, Option<String>>, id: &OwnedEventId, what: &str) {
+    match results.get(id) {
+        Some(None) => {}
+        Some(Some(err)) => panic!("{what} ({id}) was refused: {err}"),
+        None => panic!("{what} ({id}) is missing from the /send answer: {results:?}"),
+    }
+}
+
+fn id_of(obj: &CanonicalJsonObject, version: RoomVersion) -> OwnedEventId {
+    craft::event_id(obj, version).expect("event id")
+}
+
+#[test]
+fn bad_signatures_and_hashes_are_refused_and_good_pdus_land() {
+    let mut s = Scene::new();
+    let v = s.version;
+    let good1 = s.good("good before");
+
+    let mut bad_sig = s.side_message("mallory", "bad signature").into_json();
+    craft::corrupt_signatures(&mut bad_sig);
+    let mut unknown_key = s.side_message("mallory", "unknown key").into_json();
+    craft::rename_signing_key(&mut unknown_key, s.peer.server_name(), "ed25519:nosuchkey");
+    let mut unsigned = s.side_message("mallory", "unsigned").into_json();
+    craft::strip_signatures(&mut unsigned);
+    let mut tampered = s.side_message("mallory", "tampered").into_json();
+    craft::set(&mut tampered, "origin_server_ts", json!(12345)).unwrap();
+    // Signed by a key that is not the server's (same key ID, other key).
+    let other_key = generate_key();
+    let impostor_obj = s
+        .peer
+        .template(&s.room, &s.message_draft("mallory", "other key"))
+        .unwrap();
+    let mut impostor = craft::sign_as(impostor_obj, v, s.peer.server_name(), &other_key).unwrap();
+    craft::rename_signing_key(&mut impostor, s.peer.server_name(), s.peer.key().key_id());
+    // Content changed after signing: signatures still verify, the hash does not.
+    let mut wrong_hash = s.side_message("mallory", "original content").into_json();
+    craft::set(
+        &mut wrong_hash,
+        "content",
+        json!({"msgtype": "m.text", "body": "swapped content"}),
+    )
+    .unwrap();
+    let good2 = s.good("good after");
+
+    let bad: Vec<(&str, &CanonicalJsonObject)> = vec![
+        ("corrupted signature", &bad_sig),
+        ("signature under an unknown key ID", &unknown_key),
+        ("no signatures", &unsigned),
+        ("field changed after signing", &tampered),
+        ("signed with another key", &impostor),
+    ];
+    let mut pdus = vec![good1.to_federation_value()];
+    pdus.extend(bad.iter().map(|(_, o)| craft::to_value(o)));
+    pdus.push(craft::to_value(&wrong_hash));
+    pdus.push(good2.to_federation_value());
+    let results = s.results(pdus);
+
+    accepted(&results, &good1.owned_event_id(), "good PDU before");
+    accepted(&results, &good2.owned_event_id(), "good PDU after");
+    for (what, obj) in &bad {
+        refused(&results, &id_of(obj, v), what, "signature");
+    }
+    let wrong_hash_id = id_of(&wrong_hash, v);
+    accepted(&results, &wrong_hash_id, "PDU with a wrong content hash");
+
+    s.assert_landed(&good1, "good before");
+    s.assert_landed(&good2, "good after");
+    for (what, obj) in &bad {
+        s.assert_absent(id_of(obj, v).as_str(), what);
+    }
+    // Kept, but redacted: the content is gone (neither body is shown).
+    let ev = s
+        .read(wrong_hash_id.as_str())
+        .expect("the wrong-hash PDU must be stored (redacted), not dropped");
+    assert_eq!(ev["type"], json!("m.room.message"), "{ev}");
+    assert_eq!(ev["content"], json!({}), "stored unredacted: {ev}");
+    s.weft.assert_healthy();
+}
+
+#[test]
+fn forged_senders_and_auth_violations_are_refused() {
+    let mut s = Scene::new();
+    let v = s.version;
+    let weft_name = s.weft.server_name.clone();
+    let alice_id = format!("@alice:{weft_name}");
+    let third = format!("localhost:{}", free_port());
+
+    // A message "from" weft's own alice, signed by the peer as itself.
+    let mut forged_local = s
+        .peer
+        .template(&s.room, &s.message_draft("mallory", "forged local sender"))
+        .unwrap();
+    craft::set(&mut forged_local, "sender", json!(alice_id)).unwrap();
+    let forged_local = s.peer.sign(forged_local, v).unwrap().into_json();
+    // The same, but the peer also claims to be weft when signing.
+    let mut claims_weft = s
+        .peer
+        .template(&s.room, &s.message_draft("mallory", "claims to be weft"))
+        .unwrap();
+    craft::set(&mut claims_weft, "sender", json!(alice_id)).unwrap();
+    let claims_weft = craft::sign_as(claims_weft, v, &weft_name, s.peer.key()).unwrap();
+    // A sender on a third server (which does not exist), signed by the peer.
+    let mut third_party = s
+        .peer
+        .template(&s.room, &s.message_draft("mallory", "third-party sender"))
+        .unwrap();
+    craft::set(&mut third_party, "sender", json!(format!("@eve:{third}"))).unwrap();
+    let third_party = s.peer.sign(third_party, v).unwrap().into_json();
+
+    // Auth rules: mallory (power 50) raising herself to 100 (needs 100).
+    let mut pl = s
+        .peer
+        .with_room(&s.room, |r| {
+            r.state_event("m.room.power_levels", "")
+                .map(|e| e.content_value())
+        })
+        .unwrap()
+        .expect("power levels in the joined state");
+    pl["users"][s.peer.user("mallory").as_str()] = json!(100);
+    let pl_change = s
+        .peer
+        .build(
+            &s.room,
+            &EventDraft::state("m.room.power_levels", "", s.peer.user("mallory"), pl),
+        )
+        .unwrap();
+    // A user of the peer's server who never joined.
+    let non_member = s.side_message("ghost", "from a non-member");
+    // mallory kicking the room's creator.
+    let kick = s
+        .peer
+        .build(
+            &s.room,
+            &EventDraft::state(
+                "m.room.member",
+                alice_id.clone(),
+                s.peer.user("mallory"),
+                json!({"membership": "leave"}),
+            ),
+        )
+        .unwrap();
+    // A message citing a prev event that exists nowhere (weft asks the peer, which does
+    // not know it either).
+    let mut dangling = s
+        .peer
+        .template(&s.room, &s.message_draft("mallory", "dangling prev"))
+        .unwrap();
+    craft::set(
+        &mut dangling,
+        "prev_events",
+        json!(["$doesnotexistdoesnotexistdoesnotexistdoesnot"]),
+    )
+    .unwrap();
+    let dangling = s.peer.sign(dangling, v).unwrap();
+
+    // Allowed: a topic at power 50.
+    let topic = s
+        .peer
+        .build(
+            &s.room,
+            &EventDraft::state(
+                "m.room.topic",
+                "",
+                s.peer.user("mallory"),
+                json!({"topic": "set by mallory"}),
+            ),
+        )
+        .unwrap();
+    s.peer.append(&s.room, &topic).unwrap();
+    let good = s.good("good among forgeries");
+
+    let bad: Vec<(&str, &str, OwnedEventId, Value)> = vec![
+        (
+            "sender of weft signed by the peer",
+            "signature",
+            id_of(&forged_local, v),
+            craft::to_value(&forged_local),
+        ),
+        (
+            "sender of weft, peer signing as weft",
+            "signature",
+            id_of(&claims_weft, v),
+            craft::to_value(&claims_weft),
+        ),
+        (
+            "sender of a third server",
+            "signature",
+            id_of(&third_party, v),
+            craft::to_value(&third_party),
+        ),
+        (
+            "power levels changed without power",
+            "rejected",
+            pl_change.owned_event_id(),
+            pl_change.to_federation_value(),
+        ),
+        (
+            "message from a non-member",
+            "rejected",
+            non_member.owned_event_id(),
+            non_member.to_federation_value(),
+        ),
+        (
+            "kick of the creator by power 50",
+            "rejected",
+            kick.owned_event_id(),
+            kick.to_federation_value(),
+        ),
+        (
+            "prev event that exists nowhere",
+            "missing",
+            dangling.owned_event_id(),
+            dangling.to_federation_value(),
+        ),
+    ];
+    let mut pdus: Vec<Value> = bad.iter().map(|(_, _, _, p)| p.clone()).collect();
+    pdus.push(topic.to_federation_value());
+    pdus.push(good.to_federation_value());
+    let started = Instant::now();
+    let results = s.results(pdus);
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "the transaction took {:?}",
+        started.elapsed()
+    );
+
+    for (what, reason, id, _) in &bad {
+        refused(&results, id, what, reason);
+    }
+    accepted(&results, &topic.owned_event_id(), "topic at power 50");
+    accepted(&results, &good.owned_event_id(), "good message");
+    s.assert_landed(&good, "good among forgeries");
+    for (what, _, id, _) in &bad {
+        s.assert_absent(id.as_str(), what);
+    }
+    let topic_now = s
+        .alice
+        .state(&s.room, "m.room.topic", "")
+        .unwrap()
+        .expect("topic state");
+    assert_eq!(topic_now["topic"], json!("set by mallory"));
+    let pl_now = s
+        .alice
+        .state(&s.room, "m.room.power_levels", "")
+        .unwrap()
+        .expect("power levels state");
+    assert_eq!(
+        pl_now["users"][s.peer.user("mallory").as_str()],
+        json!(50),
+        "{pl_now}"
+    );
+    let alice_member = s
+        .alice
+        .state(&s.room, "m.room.member", &alice_id)
+        .unwrap()
+        .expect("alice's membership");
+    assert_eq!(alice_member["membership"], json!("join"));
+
+    // Auth events that must not count: the power levels event just rejected (it gave
+    // mallory 100), and a power levels event of *another* room of weft that gives mallory
+    // 100. Each is cited for a history visibility change (needs 100).
+    let mut users = serde_json::Map::new();
+    users.insert(s.peer.user("mallory").to_string(), json!(100));
+    let room2 = s
+        .alice
+        .create_room(
+            &json!({"preset": "public_chat", "power_level_content_override": {"users": users}}),
+        )
+        .expect("second room");
+    let room2_state = s
+        .alice
+        .call_ok(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{}/state", enc(&room2)),
+            None,
+        )
+        .expect("state of the second room");
+    let room2_pl: String = room2_state
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["type"] == json!("m.room.power_levels"))
+        .and_then(|e| e["event_id"].as_str())
+        .expect("power levels of the second room")
+        .to_owned();
+    let own_pl = s
+        .peer
+        .with_room(&s.room, |r| {
+            r.state_event("m.room.power_levels", "")
+                .map(|e| e.event_id().to_string())
+        })
+        .unwrap()
+        .expect("power levels id");
+    let with_auth_pl = |s: &Scene, pl_id: &str, text: &str| {
+        let mut t = s
+            .peer
+            .template(
+                &s.room,
+                &EventDraft::state(
+                    "m.room.history_visibility",
+                    "",
+                    s.peer.user("mallory"),
+                    json!({"history_visibility": text}),
+                ),
+            )
+            .unwrap();
+        let auth: Vec<String> = match t.get("auth_events") {
+            Some(ruma::CanonicalJsonValue::Array(a)) => a
+                .iter()
+                .filter_map(|i| match i {
+                    ruma::CanonicalJsonValue::String(i) if *i == own_pl => Some(pl_id.to_owned()),
+                    ruma::CanonicalJsonValue::String(i) => Some(i.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => panic!("template without auth_events"),
+        };
+        assert!(auth.iter().any(|a| a == pl_id), "power levels not replaced");
+        craft::set(&mut t, "auth_events", json!(auth)).unwrap();
+        s.peer.sign(t, v).unwrap()
+    };
+    let via_rejected = with_auth_pl(&s, pl_change.event_id().as_str(), "world_readable");
+    let via_other_room = with_auth_pl(&s, &room2_pl, "joined");
+    let good = s.good("good after borrowed auth");
+    let results = s.results(vec![
+        via_rejected.to_federation_value(),
+        via_other_room.to_federation_value(),
+        good.to_federation_value(),
+    ]);
+    refused(
+        &results,
+        &via_rejected.owned_event_id(),
+        "auth event that was rejected",
+        "rejected",
+    );
+    refused(
+        &results,
+        &via_other_room.owned_event_id(),
+        "auth event of another room",
+        "rejected",
+    );
+    accepted(&results, &good.owned_event_id(), "good message");
+    s.assert_landed(&good, "good after borrowed auth");
+    s.assert_absent(
+        via_rejected.event_id().as_str(),
+        "auth event that was rejected",
+    );
+    s.assert_absent(
+        via_other_room.event_id().as_str(),
+        "auth event of another room",
+    );
+    let hv = s
+        .alice
+        .state(&s.room, "m.room.history_visibility", "")
+        .unwrap()
+        .expect("history visibility");
+    assert_eq!(hv["history_visibility"], json!("shared"), "{hv}");
+    s.weft.assert_healthy();
+}
+
+#[test]
+fn malformed_transactions_are_refused() {
+    let mut s = Scene::new();
+    let v = s.version;
+    let path = |txn: &str| format!("/_matrix/federation/v1/send/{}", enc(txn));
+
+    // Not JSON (signed as a request without content).
+    let txn = s.next_txn();
+    let auth = s.fed.authorization("PUT", &path(&txn), None).unwrap();
+    let r = s
+        .fed
+        .raw("PUT", &path(&txn), &[auth], Some(b"{not json"))
+        .unwrap();
+    assert_eq!(
+        (r.status, r.errcode().as_deref()),
+        (400, Some("M_NOT_JSON")),
+        "{}",
+        r.text()
+    );
+
+    // JSON, but not an object; `pdus` of the wrong type.
+    for (what, body) in [
+        ("array body", json!([1, 2])),
+        ("pdus is an object", json!({"pdus": {"a": 1}, "edus": []})),
+        ("edus is a string", json!({"pdus": [], "edus": "x"})),
+    ] {
+        let txn = s.next_txn();
+        let r = s.fed.request("PUT", &path(&txn), Some(&body)).unwrap();
+        assert_eq!(
+            (r.status, r.errcode().as_deref()),
+            (400, Some("M_BAD_JSON")),
+            "{what}: {}",
+            r.text()
+        );
+    }
+
+    // 51 PDUs: the whole transaction is refused; none of them lands.
+    let many: Vec<Pdu> = (0..51)
+        .map(|i| s.side_message("mallory", &format!("one of 51 ({i})")))
+        .collect();
+    let (status, body) = s.send(
+        many.iter().map(|p| p.to_federation_value()).collect(),
+        vec![],
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errcode"], json!("M_BAD_JSON"), "{body}");
+    for p in [&many[0], &many[25], &many[50]] {
+        s.assert_absent(p.event_id().as_str(), "PDU of a 51-PDU transaction");
+    }
+
+    // A body over the size limit (1 MiB by default).
+    let big = json!({"pdus": [], "edus": [], "padding": "x".repeat(1_100_000)});
+    let txn = s.next_txn();
+    let r = s.fed.request("PUT", &path(&txn), Some(&big)).unwrap();
+    assert_eq!(
+        (r.status, r.errcode().as_deref()),
+        (413, Some("M_TOO_LARGE")),
+        "{}",
+        r.text()
+    );
+
+    // Bad entries next to good PDUs: wrong types, bad fields, an oversized PDU, another
+    // room, garbage EDUs. The good PDUs land; the bad ones get errors where they have an
+    // ID at all.
+    let good1 = s.good("good among junk 1");
+    let mut bad_depth = s.side_message("mallory", "depth is a string").into_json();
+    craft::set(&mut bad_depth, "depth", json!("five")).unwrap();
+    let mut bad_type = s.side_message("mallory", "type is a number").into_json();
+    craft::set(&mut bad_type, "type", json!(7)).unwrap();
+    // Over 64 KiB: the builder refuses it, so sign it by hand.
+    let mut huge = s
+        .peer
+        .template(&s.room, &s.message_draft("mallory", "huge"))
+        .unwrap();
+    craft::set(
+        &mut huge,
+        "content",
+        json!({"msgtype": "m.text", "body": "y".repeat(70_000)}),
+    )
+    .unwrap();
+    let huge = craft::sign_as(huge, v, s.peer.server_name(), s.peer.key()).unwrap();
+    let mut other_room = s.side_message("mallory", "for another room").into_json();
+    craft::set(&mut other_room, "room_id", json!("!nosuchroom:localhost:1")).unwrap();
+    let good2 = s.good("good among junk 2");
+    let pdus = vec![
+        json!(1),
+        json!("a string"),
+        Value::Null,
+        json!([]),
+        json!({}),
+        good1.to_federation_value(),
+        craft::to_value(&bad_depth),
+        craft::to_value(&bad_type),
+        craft::to_value(&huge),
+        craft::to_value(&other_room),
+        good2.to_federation_value(),
+    ];
+    let edus = vec![
+        json!(1),
+        json!({"edu_type": 5}),
+        json!({"edu_type": "m.typing", "content": "not an object"}),
+        json!({"edu_type": "m.receipt", "content": {"!x:y": {"m.read": 3}}}),
+        json!({"edu_type": "m.presence", "content": {"push": "nope"}}),
+    ];
+    let (status, body) = s.send(pdus, edus);
+    assert_eq!(status, 200, "{body}");
+    let results = pdu_results(&body);
+    accepted(&results, &good1.owned_event_id(), "good PDU 1");
+    accepted(&results, &good2.owned_event_id(), "good PDU 2");
+    refused(
+        &results,
+        &id_of(&bad_depth, v),
+        "depth of the wrong type",
+        "malformed",
+    );
+    refused(&results, &id_of(&huge, v), "PDU over 64 KiB", "large");
+    // Without a string `type` no event ID can be computed (redaction needs the type), so
+    // it cannot be listed; it must not be accepted under any ID (checked just below).
+    assert!(craft::event_id(&bad_type, v).is_err());
+    assert!(
+        results.values().filter(|r| r.is_none()).count() == 2,
+        "only the two good PDUs may be accepted: {body}"
+    );
+    s.assert_landed(&good1, "good among junk 1");
+    s.assert_landed(&good2, "good among junk 2");
+    for (what, obj) in [
+        ("depth of the wrong type", &bad_depth),
+        ("PDU over 64 KiB", &huge),
+    ] {
+        s.assert_absent(id_of(obj, v).as_str(), what);
+    }
+    let junk_bodies = ["type is a number", "for another room"];
+    let timeline = s.alice.messages(&s.room, 200).expect("messages");
+    for e in &timeline {
+        let body = e["content"]["body"].as_str().unwrap_or_default();
+        assert!(!junk_bodies.contains(&body), "junk landed: {e}");
+    }
+
+    // Format limits of the room version and field types, next to a good PDU.
+    let tip = s
+        .peer
+        .with_room(&s.room, |r| r.extremities().to_vec())
+        .unwrap();
+    let mut too_many_prevs = s.side_message("mallory", "21 prev events").into_json();
+    let prevs: Vec<String> = (0..21)
+        .map(|i| {
+            if i == 0 {
+                tip[0].to_string()
+            } else {
+                format!("${}", "A".repeat(42) + &format!("{i:02}"))
+            }
+        })
+        .collect();
+    craft::set(&mut too_many_prevs, "prev_events", json!(prevs)).unwrap();
+    let too_many_prevs = s.peer.sign(too_many_prevs, v).expect("sign 21-prev event");
+    let mut numeric_state_key = s
+        .peer
+        .template(
+            &s.room,
+            &EventDraft::state(
+                "m.room.topic",
+                "",
+                s.peer.user("mallory"),
+                json!({"topic": "numeric state key"}),
+            ),
+        )
+        .unwrap();
+    craft::set(&mut numeric_state_key, "state_key", json!(5)).unwrap();
+    let numeric_state_key =
+        craft::sign_as(numeric_state_key, v, s.peer.server_name(), s.peer.key()).unwrap();
+    let good3 = s.good("good among format errors");
+    let results = s.results(vec![
+        too_many_prevs.to_federation_value(),
+        craft::to_value(&numeric_state_key),
+        good3.to_federation_value(),
+    ]);
+    refused(
+        &results,
+        &too_many_prevs.owned_event_id(),
+        "21 prev events",
+        "malformed",
+    );
+    let numeric_id = id_of(&numeric_state_key, v);
+    refused(&results, &numeric_id, "numeric state_key", "malformed");
+    s.assert_absent(numeric_id.as_str(), "numeric state_key");
+    accepted(&results, &good3.owned_event_id(), "good PDU 3");
+    s.assert_landed(&good3, "good among format errors");
+    s.assert_absent(too_many_prevs.event_id().as_str(), "21 prev events");
+
+    // The largest depth canonical JSON allows: accepted (no rule limits depth), and the
+    // room keeps working for local users afterwards.
+    let mut deep = s
+        .peer
+        .template(&s.room, &s.message_draft("mallory", "deepest"))
+        .unwrap();
+    craft::set(&mut deep, "depth", json!(9_007_199_254_740_991_i64)).unwrap();
+    let deep = s.peer.sign(deep, v).unwrap();
+    let results = s.results(vec![deep.to_federation_value()]);
+    accepted(&results, &deep.owned_event_id(), "PDU at the maximum depth");
+    s.peer.append(&s.room, &deep).unwrap();
+    s.assert_landed(&deep, "deepest");
+    let sent = s
+        .alice
+        .call_ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/after-deep",
+                enc(&s.room)
+            ),
+            Some(&json!({"msgtype": "m.text", "body": "alice after the deepest"})),
+        )
+        .expect("alice can still send after a maximum-depth event");
+    let alice_event = sent["event_id"].as_str().expect("event_id").to_owned();
+    let ev = s.read(&alice_event).expect("alice's message readable");
+    assert_eq!(ev["content"]["body"], json!("alice after the deepest"));
+    let after_deep = s.good("mallory after the deepest");
+    let results = s.results(vec![after_deep.to_federation_value()]);
+    accepted(
+        &results,
+        &after_deep.owned_event_id(),
+        "PDU after the maximum depth",
+    );
+    s.assert_landed(&after_deep, "mallory after the deepest");
+
+    // A transaction ID used again with other content: the first answer is replayed and
+    // the new PDUs are not processed.
+    let first = s.good("first use of the txn id");
+    let txn = s.next_txn();
+    let r1 = s
+        .fed
+        .send_transaction(&txn, vec![first.to_federation_value()], vec![])
+        .unwrap();
+    assert_eq!(r1.status, 200, "{}", r1.text());
+    let sneaky = s.side_message("mallory", "replayed txn id");
+    let r2 = s
+        .fed
+        .send_transaction(&txn, vec![sneaky.to_federation_value()], vec![])
+        .unwrap();
+    assert_eq!(r2.status, 200, "{}", r2.text());
+    assert_eq!(
+        r2.json(),
+        r1.json(),
+        "a reused txn id must get the first answer"
+    );
+    s.assert_landed(&first, "first use of the txn id");
+    s.assert_absent(sneaky.event_id().as_str(), "PDU in a reused transaction ID");
+    s.weft.assert_healthy();
+}
+
+#[test]
+fn bad_xmatrix_headers_are_refused() {
+    let mut s = Scene::new();
+    let weft_name = s.weft.server_name.clone();
+    let origin = s.peer.server_name().to_owned();
+    let other_key = generate_key();
+    let third = format!("localhost:{}", free_port());
+    let key = s.peer.key().clone();
+
+    // Each case sends a valid transaction with one good, unique PDU under a bad header.
+    type Case<'a> = (&'static str, Box<dyn Fn(&str, &Value) -> Vec<String> + 'a>);
+    let spec = |uri: &str, body: &Value| HeaderSpec {
+        key: &key,
+        key_id: key.key_id().to_owned(),
+        origin: origin.clone(),
+        destination: Some(weft_name.clone()),
+        signed_destination: weft_name.clone(),
+        signed_method: "PUT".into(),
+        signed_uri: uri.to_owned(),
+        signed_content: Some(body.clone()),
+    };
+    let cases: Vec<Case> = vec![
+        ("no Authorization header", Box::new(|_, _| vec![])),
+        (
+            "not X-Matrix",
+            Box::new(|_, _| vec!["Bearer abcdef".to_owned()]),
+        ),
+        (
+            "malformed X-Matrix",
+            Box::new(|_, _| vec!["X-Matrix origin".to_owned()]),
+        ),
+        (
+            "X-Matrix without a signature",
+            Box::new(|_, _| {
+                vec![format!(
+                    "X-Matrix origin=\"{origin}\",key=\"{}\",destination=\"{weft_name}\"",
+                    key.key_id()
+                )]
+            }),
+        ),
+        (
+            "unknown key ID",
+            Box::new(|u, b| {
+                let mut h = spec(u, b);
+                h.key_id = "ed25519:nosuchkey".into();
+                vec![h.header().unwrap()]
+            }),
+        ),
+        (
+            "signed by another key",
+            Box::new(|u, b| {
+                let mut h = spec(u, b);
+                h.key = &other_key;
+                vec![h.header().unwrap()]
+            }),
+        ),
+        (
+            "wrong destination",
+            Box::new(|u, b| {
+                let mut h = spec(u, b);
+                h.destination = Some("localhost:1".into());
+                h.signed_destination = "localhost:1".into();
+                vec![h.header().unwrap()]
+            }),
+        ),
+        (
+            "destination omitted, signature for another destination",
+            Box::new(|u, b| {
+                let mut h = spec(u, b);
+                h.destination = None;
+                h.signed_destination = "localhost:1".into();
+                vec![h.header().unwrap()]
+            }),
+        ),
+        (
+            "origin of a server that does not exist",
+            Box::new(|u, b| {
+                let mut h = spec(u, b);
+                h.origin = third.clone();
+                vec![h.header().unwrap()]
+            }),
+        ),
+        (
+            "origin is weft itself",
+            Box::new(|u, b| {
+                let mut h = spec(u, b);
+                h.origin = weft_name.clone();
+                vec![h.header().unwrap()]
+            }),
+        ),
+        (
+            "signature over another URI",
+            Box::new(|u, b| {
+                let mut h = spec(u, b);
+                h.signed_uri = format!("{u}x");
+                vec![h.header().unwrap()]
+            }),
+        ),
+        (
+            "signature over another method",
+            Box::new(|u, b| {
+                let mut h = spec(u, b);
+                h.signed_method = "POST".into();
+                vec![h.header().unwrap()]
+            }),
+        ),
+        (
+            "signature over another body",
+            Box::new(|u, b| {
+                let mut h = spec(u, b);
+                let mut other = b.clone();
+                other["origin_server_ts"] = json!(1);
+                h.signed_content = Some(other);
+                vec![h.header().unwrap()]
+            }),
+        ),
+        (
+            "signature over no body",
+            Box::new(|u, b| {
+                let mut h = spec(u, b);
+                h.signed_content = None;
+                vec![h.header().unwrap()]
+            }),
+        ),
+        (
+            "corrupted signature",
+            Box::new(|u, b| {
+                let good = spec(u, b).header().unwrap();
+                vec![good.replacen("sig=\"", "sig=\"AAAA", 1)]
+            }),
+        ),
+    ];
+
+    let mut refused_pdus = Vec::new();
+    for (i, (what, make)) in cases.iter().enumerate() {
+        let pdu = s.side_message("mallory", &format!("under a bad header {i}"));
+        let txn = s.next_txn();
+        let uri = format!("/_matrix/federation/v1/send/{}", enc(&txn));
+        let body = s
+            .fed
+            .transaction_body(vec![pdu.to_federation_value()], vec![]);
+        let headers = make(&uri, &body);
+        let r = s
+            .fed
+            .raw("PUT", &uri, &headers, Some(body.to_string().as_bytes()))
+            .unwrap();
+        assert_eq!(
+            (r.status, r.errcode().as_deref()),
+            (401, Some("M_UNAUTHORIZED")),
+            "{what}: {}",
+            r.text()
+        );
+        refused_pdus.push((what, pdu));
+    }
+    for (what, pdu) in &refused_pdus {
+        s.assert_absent(pdu.event_id().as_str(), &format!("PDU sent with {what}"));
+    }
+
+    // Control: the same kind of request, correctly signed, is accepted and lands (so the
+    // refusals above are about the headers).
+    let good = s.good("under a good header");
+    let txn = s.next_txn();
+    let uri = format!("/_matrix/federation/v1/send/{}", enc(&txn));
+    let body = s
+        .fed
+        .transaction_body(vec![good.to_federation_value()], vec![]);
+    let header = spec(&uri, &body).header().unwrap();
+    let r = s
+        .fed
+        .raw("PUT", &uri, &[header], Some(body.to_string().as_bytes()))
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    accepted(
+        &pdu_results(&r.json()),
+        &good.owned_event_id(),
+        "control PDU",
+    );
+    s.assert_landed(&good, "under a good header");
+
+    // Other endpoints check X-Matrix too.
+    let event_path = format!(
+        "/_matrix/federation/v1/event/{}",
+        enc(good.event_id().as_str())
+    );
+    let r = s.fed.raw("GET", &event_path, &[], None).unwrap();
+    assert_eq!(
+        (r.status, r.errcode().as_deref()),
+        (401, Some("M_UNAUTHORIZED")),
+        "unsigned GET /event: {}",
+        r.text()
+    );
+    let r = s.fed.request("GET", &event_path, None).unwrap();
+    assert_eq!(r.status, 200, "signed GET /event: {}", r.text());
+    let r = s
+        .fed
+        .raw(
+            "GET",
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+                enc(&s.room),
+                enc(s.peer.user("mallory2").as_str())
+            ),
+            &[],
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        (r.status, r.errcode().as_deref()),
+        (401, Some("M_UNAUTHORIZED")),
+        "unsigned make_join: {}",
+        r.text()
+    );
+    s.weft.assert_healthy();
+}
+
+#[test]
+fn spoofed_edus_are_ignored() {
+    let mut s = Scene::new();
+    let alice_id = format!("@alice:{}", s.weft.server_name);
+    let mallory = s.peer.user("mallory").to_string();
+    let ghost = s.peer.user("ghost").to_string();
+    let good = s.good("something to read");
+    let typing = |user: &str| {
+        json!({"edu_type": "m.typing", "content": {
+            "room_id": s.room, "user_id": user, "typing": true, "timeout": 60000,
+        }})
+    };
+    let receipt = |user: &str| {
+        json!({"edu_type": "m.receipt", "content": {s.room.clone(): {"m.read": {user: {
+            "event_ids": [good.event_id().as_str()], "data": {"ts": 1},
+        }}}}})
+    };
+    // Spoofed: weft's own alice (typing, receipt), and a user of the peer's server who is
+    // not in the room. Genuine: mallory (the controls, which must show up).
+    let edus = vec![
+        typing(&alice_id),
+        receipt(&alice_id),
+        typing(&ghost),
+        receipt(&ghost),
+        typing(&mallory),
+        receipt(&mallory),
+    ];
+    let (status, body) = s.send(vec![good.to_federation_value()], edus);
+    assert_eq!(status, 200, "{body}");
+    accepted(&pdu_results(&body), &good.owned_event_id(), "good message");
+
+    let sync = s
+        .alice
+        .call_ok("GET", "/_matrix/client/v3/sync?timeout=0", None)
+        .expect("sync");
+    let ephemeral = sync["rooms"]["join"][&s.room]["ephemeral"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let typing_now: Vec<String> = ephemeral
+        .iter()
+        .filter(|e| e["type"] == json!("m.typing"))
+        .flat_map(|e| {
+            e["content"]["user_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        typing_now.contains(&mallory),
+        "mallory's genuine typing is missing: {ephemeral:?}"
+    );
+    for spoofed in [&alice_id, &ghost] {
+        assert!(
+            !typing_now.contains(spoofed),
+            "spoofed typing for {spoofed} shown: {ephemeral:?}"
+        );
+    }
+    let readers: Vec<String> = ephemeral
+        .iter()
+        .filter(|e| e["type"] == json!("m.receipt"))
+        .filter_map(|e| {
+            e["content"][good.event_id().as_str()]["m.read"]
+                .as_object()
+                .cloned()
+        })
+        .flat_map(|m| m.keys().cloned().collect::<Vec<_>>())
+        .collect();
+    assert!(
+        readers.contains(&mallory),
+        "mallory's genuine receipt is missing: {ephemeral:?}"
+    );
+    for spoofed in [&alice_id, &ghost] {
+        assert!(
+            !readers.contains(spoofed),
+            "spoofed receipt for {spoofed} shown: {ephemeral:?}"
+        );
+    }
+    s.weft.assert_healthy();
+}
+
+#[test]
+fn duplicate_pdus_are_harmless() {
+    let mut s = Scene::new();
+    let a = s.good("duplicated in one transaction");
+    let b = s.good("after the duplicates");
+    // The same PDU three times in one transaction, and a good one after it.
+    let results = s.results(vec![
+        a.to_federation_value(),
+        a.to_federation_value(),
+        a.to_federation_value(),
+        b.to_federation_value(),
+    ]);
+    accepted(&results, &a.owned_event_id(), "duplicated PDU");
+    accepted(&results, &b.owned_event_id(), "PDU after the duplicates");
+    // Sent again in a later transaction (a retry under another txn ID).
+    let c = s.good("after the resend");
+    let results = s.results(vec![
+        a.to_federation_value(),
+        b.to_federation_value(),
+        c.to_federation_value(),
+    ]);
+    accepted(&results, &a.owned_event_id(), "resent PDU");
+    accepted(&results, &c.owned_event_id(), "new PDU next to resent ones");
+    s.assert_landed(&a, "duplicated in one transaction");
+    s.assert_landed(&b, "after the duplicates");
+    s.assert_landed(&c, "after the resend");
+    let timeline = s.alice.messages(&s.room, 200).expect("messages");
+    for (pdu, what) in [(&a, "duplicated PDU"), (&b, "PDU after the duplicates")] {
+        let copies = timeline
+            .iter()
+            .filter(|e| e["event_id"] == json!(pdu.event_id().as_str()))
+            .count();
+        assert_eq!(copies, 1, "{what} appears {copies} times in /messages");
+    }
+    s.weft.assert_healthy();
+}
+
+/// Two topics on two forks of the peer's tip, sent in the given order (`concurrent`: both
+/// at once on two connections), then a message merging them. State resolution orders the
+/// two by mainline position (equal here) then `origin_server_ts`, and applies the later one
+/// last: the topic with the greater timestamp must win whatever the arrival order.
+fn fork_and_merge(s: &mut Scene, first: (&str, u64), second: (&str, u64), concurrent: bool) {
+    let tip = s
+        .peer
+        .with_room(&s.room, |r| r.extremities().to_vec())
+        .unwrap();
+    let topic = |s: &Scene, (text, ts): (&str, u64)| {
+        let mut d = EventDraft::state(
+            "m.room.topic",
+            "",
+            s.peer.user("mallory"),
+            json!({"topic": text}),
+        );
+        d.origin_server_ts = ts;
+        s.peer
+            .with_room(&s.room, |r| {
+                r.build(&d, Some(&tip), s.peer.server_name(), s.peer.key())
+            })
+            .unwrap()
+            .unwrap()
+    };
+    let a = topic(s, first);
+    let b = topic(s, second);
+    assert_eq!(a.prev_events(), b.prev_events());
+    let answers: Vec<(u16, Value)> = if concurrent {
+        let mut fed2 = s.peer.client(&s.weft.server_name).unwrap();
+        let fed1 = &mut s.fed;
+        let (ta, tb) = (a.to_federation_value(), b.to_federation_value());
+        let (ida, idb) = (
+            format!("fork-{}", a.event_id()),
+            format!("fork-{}", b.event_id()),
+        );
+        std::thread::scope(|scope| {
+            let h1 = scope.spawn(move || fed1.send_transaction(&ida, vec![ta], vec![]).unwrap());
+            let h2 = scope.spawn(move || fed2.send_transaction(&idb, vec![tb], vec![]).unwrap());
+            [h1.join().unwrap(), h2.join().unwrap()]
+                .into_iter()
+                .map(|r| (r.status, r.json()))
+                .collect()
+        })
+    } else {
+        vec![
+            s.send(vec![a.to_federation_value()], vec![]),
+            s.send(vec![b.to_federation_value()], vec![]),
+        ]
+    };
+    for ((status, body), pdu) in answers.iter().zip([&a, &b]) {
+        assert_eq!(*status, 200, "{body}");
+        accepted(&pdu_results(body), &pdu.owned_event_id(), "topic on a fork");
+    }
+    let winner = if first.1 > second.1 {
+        first.0
+    } else {
+        second.0
+    };
+    // The current state right after both forks arrived (before any merge).
+    let topic_now = s
+        .alice
+        .state(&s.room, "m.room.topic", "")
+        .unwrap()
+        .expect("topic");
+    assert_eq!(
+        topic_now["topic"],
+        json!(winner),
+        "after the forks ({}, sent {}): {topic_now}",
+        if concurrent {
+            "concurrently"
+        } else {
+            "in order"
+        },
+        [first.0, second.0].join(" then ")
+    );
+    s.peer.append(&s.room, &a).unwrap();
+    s.peer.append(&s.room, &b).unwrap();
+    let merge = s.good(&format!("merging {} and {}", first.0, second.0));
+    assert_eq!(merge.prev_events().len(), 2, "{:?}", merge.prev_events());
+    let results = s.results(vec![merge.to_federation_value()]);
+    accepted(&results, &merge.owned_event_id(), "merge");
+    let topic_now = s
+        .alice
+        .state(&s.room, "m.room.topic", "")
+        .unwrap()
+        .expect("topic");
+    assert_eq!(
+        topic_now["topic"],
+        json!(winner),
+        "after the merge: {topic_now}"
+    );
+}
+
+#[test]
+fn forks_with_conflicting_state_resolve_whatever_the_arrival_order() {
+    let mut s = Scene::new();
+    let now = fedpeer::peer::now_ms();
+    // The winner (later timestamp) arrives second, then first, then both at once.
+    fork_and_merge(&mut s, ("A early", now), ("B late", now + 1000), false);
+    fork_and_merge(
+        &mut s,
+        ("D late", now + 3000),
+        ("C early", now + 2000),
+        false,
+    );
+    for i in 0..3 {
+        let t = now + 10_000 * (i + 1);
+        fork_and_merge(
+            &mut s,
+            (&format!("E{i} early"), t),
+            (&format!("F{i} late"), t + 500),
+            true,
+        );
+    }
+    // Alice's next event builds on the resolved state.
+    let sent = s
+        .alice
+        .call_ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/after-merges",
+                enc(&s.room)
+            ),
+            Some(&json!({"msgtype": "m.text", "body": "alice after the merges"})),
+        )
+        .expect("alice sends after the merges");
+    let id = sent["event_id"].as_str().expect("event_id").to_owned();
+    assert!(s.read(&id).is_some(), "alice's message not readable");
+    s.weft.assert_healthy();
+}
