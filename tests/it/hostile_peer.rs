@@ -19,10 +19,8 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use fedpeer::client::ClientApi;
