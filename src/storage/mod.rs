@@ -16,6 +16,7 @@ pub mod account;
 pub mod connection;
 pub mod events;
 pub mod federation;
+pub mod linearized;
 pub mod rooms;
 pub mod schema;
 pub mod state;
