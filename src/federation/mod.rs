@@ -13,6 +13,7 @@ pub mod auth;
 pub mod client;
 pub mod inbound;
 pub mod keys;
+pub mod linearized;
 pub mod membership;
 pub mod outbound;
 pub mod tls;
