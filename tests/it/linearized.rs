@@ -190,6 +190,87 @@ fn a_participant_that_was_down_misses_nothing() {
 }
 
 #[test]
+fn a_gap_in_the_line_is_filled_from_the_hub() {
+    let hub = Weft::start();
+    let mut p1 = Weft::start();
+    let alice = hub.register("alice");
+    let bob = p1.register("bob");
+    let room = alice.create_lm_room(&[&bob.id], "private_chat");
+    bob.wait_invite(&room);
+    bob.join(&room);
+    let first = alice.say(&room, "before");
+    bob.wait_timeline(&room, "the first message", |t| {
+        t.iter().any(|e| e.0 == first)
+    });
+
+    // The participant misses more than two backfill pages: it is down and the hub forgets
+    // what it owed it (as the reference hub does: it tries once).
+    p1.kill();
+    let mut missed = Vec::new();
+    for i in 0..120 {
+        missed.push(alice.say(&room, &format!("missed {i}")));
+    }
+    assert!(
+        hub.drop_outbound_queue(&p1.name) > 0,
+        "the hub owed the participant nothing"
+    );
+    p1.restart();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !contains_all(&bob.timeline(&room), &missed[..1]),
+        "nothing was redelivered"
+    );
+
+    // The next event does not extend the participant's tip: it backfills the gap.
+    let next = alice.say(&room, "after the gap");
+    let hub_line =
+        alice.wait_timeline(&room, "the last message", |t| t.iter().any(|e| e.0 == next));
+    let bob_line = bob.wait_timeline(&room, "the hub's line", |t| {
+        ids(&t.to_vec()) == ids(&hub_line)
+    });
+    assert_eq!(ids(&bob_line), ids(&hub_line));
+    assert!(p1.log().contains("filled a gap in the line from the hub"));
+    hub.assert_quiet();
+    p1.assert_quiet();
+}
+
+#[test]
+fn a_send_while_the_hub_is_down_fails_at_once_and_its_retry_lands_once() {
+    let mut hub = Weft::start();
+    let p1 = Weft::start();
+    let alice = hub.register("alice");
+    let bob = p1.register("bob");
+    let room = alice.create_lm_room(&[&bob.id], "private_chat");
+    bob.wait_invite(&room);
+    bob.join(&room);
+
+    hub.kill();
+    let started = Instant::now();
+    let (s, b) = bob.say_in_txn(&room, "are you there?", "retry-me");
+    assert_eq!((s, b["errcode"].as_str()), (502, Some("M_UNKNOWN")), "{b}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the failure took {:?}",
+        started.elapsed()
+    );
+    hub.restart();
+    // The client retries the transaction: the same LPDU goes to the hub, once.
+    let (s, b) = bob.say_in_txn(&room, "are you there?", "retry-me");
+    assert_eq!(s, 200, "{b}");
+    let id = b["event_id"].as_str().expect("event_id").to_owned();
+    let (s, again) = bob.say_in_txn(&room, "are you there?", "retry-me");
+    assert_eq!(
+        (s, again["event_id"].as_str()),
+        (200, Some(id.as_str())),
+        "{again}"
+    );
+    let line = alice.wait_timeline(&room, "bob's message", |t| t.iter().any(|e| e.0 == id));
+    assert_eq!(line.iter().filter(|e| e.3 == "are you there?").count(), 1);
+    hub.assert_quiet();
+    p1.assert_quiet();
+}
+
+#[test]
 fn the_operator_view_is_for_admins() {
     let hub = Weft::start();
     let alice = hub.register("alice");

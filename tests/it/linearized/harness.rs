@@ -147,6 +147,21 @@ impl Weft {
         }
     }
 
+    /// Drops everything this server still owes `destination` (as if it had given up).
+    pub fn drop_outbound_queue(&self, destination: &str) -> usize {
+        use diesel::connection::SimpleConnection;
+        use diesel::prelude::*;
+        let path = self.dir.join("weft.db");
+        let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+            .expect("open the SQLite database");
+        c.batch_execute("PRAGMA busy_timeout = 10000;")
+            .expect("busy timeout");
+        diesel::sql_query("DELETE FROM outbound_queue WHERE destination = ?")
+            .bind::<diesel::sql_types::Text, _>(destination)
+            .execute(&mut c)
+            .expect("delete the queue")
+    }
+
     /// Registers `localpart` (password `pw-<localpart>`).
     pub fn register(&self, localpart: &str) -> User {
         let (status, body) = post(
@@ -319,6 +334,21 @@ impl User {
                 "{}/_matrix/client/v3/rooms/{}/send/m.room.message/t{n}",
                 self.base,
                 enc(room)
+            ),
+            Some(&self.auth()),
+            &json!({"msgtype": "m.text", "body": body}),
+        )
+    }
+
+    /// Sends a message with a given transaction ID.
+    pub fn say_in_txn(&self, room: &str, body: &str, txn: &str) -> (u16, Value) {
+        send_json(
+            "PUT",
+            &format!(
+                "{}/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                self.base,
+                enc(room),
+                enc(txn)
             ),
             Some(&self.auth()),
             &json!({"msgtype": "m.text", "body": body}),
