@@ -3,11 +3,13 @@
 //! the reference implementation: it sends what a participant may not (forged LPDUs).
 
 mod bench;
+mod fakehub;
 mod harness;
 mod peer;
 
 use std::time::{Duration, Instant};
 
+use fakehub::FakeHub;
 use harness::{User, Weft, enc};
 use peer::{Peers, UNSTABLE};
 use serde_json::{Value, json};
@@ -573,5 +575,71 @@ fn invites_and_kicks_reach_the_right_servers() {
             .any(|e| e.3 == format!("leave:{zed}") && e.1 == alice.id)
     );
     hub.assert_quiet();
+    p1.assert_quiet();
+}
+
+/// weft as a participant in a room of a hub with the reference implementation's habits: it
+/// fans out before it answers (our join and our echo arrive while our requests are open),
+/// answers `backfill` newest first ten at a time, refuses with 500 `M_UNKNOWN`, and drops
+/// what it could not deliver.
+#[test]
+fn weft_participates_in_a_room_of_a_reference_like_hub() {
+    let fake = FakeHub::start();
+    let p1 = Weft::start();
+    let bob = p1.register("bob");
+    fake.invite(&bob.id).expect("bob's server signs the invite");
+    bob.wait_invite(&fake.room);
+    bob.join(&fake.room);
+    let hello = bob.say(&fake.room, "hello from weft");
+    assert_eq!(
+        fake.line().last(),
+        Some(&hello),
+        "the event ID is the hub's"
+    );
+    let hi = fake.say("hi bob");
+    let line = bob.wait_timeline(&fake.room, "dave's message", |t| {
+        t.iter().any(|e| e.0 == hi)
+    });
+    let want = fake.line();
+    assert_eq!(
+        ids(&line),
+        want.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+
+    // The hub drops what it cannot deliver; the next event reveals the gap, and weft fills
+    // it from the hub's newest-first, ten-at-a-time backfill.
+    fake.set_delivering(&p1.name, false);
+    for i in 0..25 {
+        fake.say(&format!("dropped {i}"));
+    }
+    fake.set_delivering(&p1.name, true);
+    let last = fake.say("after the drop");
+    bob.wait_timeline(&fake.room, "the hub's line", |t| {
+        ids(&t.to_vec()) == fake.line().iter().map(String::as_str).collect::<Vec<_>>()
+    });
+    assert!(p1.log().contains("filled a gap in the line from the hub"));
+    assert!(bob.timeline(&fake.room).iter().any(|e| e.0 == last));
+
+    // The hub knows more than we do (bob was kicked, and the kick was dropped): weft's own
+    // check passes, the hub refuses, and the client hears the hub's reason.
+    fake.set_delivering(&p1.name, false);
+    fake.dave_sends(
+        "m.room.member",
+        Some(&bob.id),
+        json!({"membership": "leave"}),
+    );
+    let (s, b) = bob.try_say(&fake.room, "am I still here?");
+    assert_eq!(
+        (s, b["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{b}"
+    );
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the hub refused"),
+        "{b}"
+    );
     p1.assert_quiet();
 }
