@@ -53,6 +53,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         let fed = crate::federation::Federation::new(&core)?;
         let _ = core.federation.set(Arc::clone(&fed));
         actix_rt::spawn(async move { fed.sender.resume_all().await });
+        // Linearized Matrix: our hubs may be backing off from us; tell them we are up.
+        actix_rt::spawn(federation::linearized::participant::announce_return(
+            Arc::clone(&services),
+        ));
     }
 
     let data = web::Data::from(Arc::clone(&services));

@@ -486,6 +486,54 @@ pub async fn decline_invite(s: &Services, room: &OwnedRoomId, user: &OwnedUserId
     crate::federation::membership::forget_remote_invite(s, room, user).await
 }
 
+/// At start-up, tells the hub of every LM room we take part in that we are back: a signed
+/// request ends the hub's backoff for us, so what it owes us arrives now rather than at its
+/// next retry (up to `federation.retry_max_ms` later).
+pub async fn announce_return(s: Arc<Services>) {
+    let Some(fed) = s.federation().cloned() else {
+        return;
+    };
+    let ours = s.server_name().to_owned();
+    let rooms = s
+        .core
+        .db
+        .read(move |c| {
+            let mut out = Vec::new();
+            for room in
+                crate::storage::linearized::rooms_of_version(c, RoomVersion::Linearized.as_str())?
+            {
+                let Ok(id) = OwnedRoomId::try_from(room.room_id.as_str()) else {
+                    continue;
+                };
+                let Some(hub) = hub_of(&id).filter(|h| *h != ours) else {
+                    continue;
+                };
+                let suffix = format!(":{ours}");
+                let ours_joined = crate::storage::rooms::members_with(c, &room.room_id, "join")?
+                    .iter()
+                    .any(|u| u.ends_with(&suffix));
+                let tip = crate::storage::state::extremities(c, &room.room_id)?.pop();
+                if let (true, Some(tip)) = (ours_joined, tip) {
+                    out.push((room.room_id, hub, tip));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap_or_default();
+    let mut told = std::collections::HashSet::new();
+    for (room, hub, tip) in rooms {
+        if !told.insert(hub.clone()) {
+            continue;
+        }
+        let path = format!("{UNSTABLE}/backfill/{}?v={}&limit=1", enc(&room), enc(&tip));
+        match fed.client.request("GET", &hub, &path, None).await {
+            Ok(_) => tracing::info!(hub, "told the hub we are back"),
+            Err(e) => tracing::info!(hub, error = %e, "could not reach the hub at start-up"),
+        }
+    }
+}
+
 /// Hook of `invite_remote` for LM rooms: a hub appends the invite itself (sending it to the
 /// target's server first); a participant sends the invite LPDU to the hub through `/send`,
 /// which is what [E] hubs accept, and the hub does the `/invite` round trip. `None` for
