@@ -58,10 +58,6 @@ impl Role {
             _ => Self::Hub(hub::Hub::default()),
         }
     }
-
-    pub fn is_hub(&self) -> bool {
-        matches!(self, Self::Hub(_))
-    }
 }
 
 /// The hub of an LM room: the server of its room ID (which the create event's sender must

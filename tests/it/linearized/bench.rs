@@ -54,7 +54,11 @@ fn wait_counts(peers: &Peers, names: &[String], want: &[usize], limit: Duration)
         if names.iter().zip(want).all(|(n, w)| peers.count(n) >= *w) {
             return Instant::now();
         }
-        assert!(Instant::now() < deadline, "deliveries stalled");
+        let have: Vec<usize> = names.iter().map(|n| peers.count(n)).collect();
+        assert!(
+            Instant::now() < deadline,
+            "deliveries stalled: have {have:?}, want {want:?}"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -141,10 +145,19 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores")
 }
 
+/// `WEFT_LM_BENCH_SCALE` (default 1) multiplies the sizes, for quick checks.
+fn scaled(n: usize) -> usize {
+    let scale: f64 = std::env::var("WEFT_LM_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * scale) as usize).max(1)
+}
+
 #[test]
 #[ignore = "benchmark: run in release with --ignored"]
 fn bench_hub_fanout() {
-    const M: usize = 400;
+    let m = scaled(400);
     println!("machine: {}", machine());
     println!(
         "| participants | participant kind | events | events/s through the hub | PDUs/s delivered |"
@@ -155,8 +168,8 @@ fn bench_hub_fanout() {
             ("reference-like (1 PDU/txn)", true),
             ("batching (≤50 PDUs/txn)", false),
         ] {
-            let (events, deliveries) = fanout(n, lin, M);
-            println!("| {n} | {kind} | {M} | {events:.0} | {deliveries:.0} |");
+            let (events, deliveries) = fanout(n, lin, m);
+            println!("| {n} | {kind} | {m} | {events:.0} | {deliveries:.0} |");
         }
     }
 }
@@ -164,7 +177,7 @@ fn bench_hub_fanout() {
 #[test]
 #[ignore = "benchmark: run in release with --ignored"]
 fn bench_catch_up() {
-    const K: usize = 1000;
+    let k = scaled(1000);
     println!("machine: {}", machine());
     println!("| backlog | participant kind | catch-up time (s) | PDUs/s |");
     println!("|---|---|---|---|");
@@ -172,7 +185,7 @@ fn bench_catch_up() {
         ("reference-like (1 PDU/txn)", true),
         ("batching (≤50 PDUs/txn)", false),
     ] {
-        let t = catch_up(lin, K);
-        println!("| {K} | {kind} | {t:.2} | {:.0} |", K as f64 / t);
+        let t = catch_up(lin, k);
+        println!("| {k} | {kind} | {t:.2} | {:.0} |", k as f64 / t);
     }
 }

@@ -56,13 +56,19 @@ impl Weft {
         let client_port = free_port();
         let name = format!("localhost:{fed_port}");
         let config = dir.join("weft.toml");
+        // Quick retries unless the test sets its own.
+        let retry = if extra_federation.contains("retry_") {
+            ""
+        } else {
+            "retry_min_ms = 200\nretry_max_ms = 1000\n"
+        };
         let text = format!(
             "server_name = \"{name}\"\n\
              data_dir = \"{d}\"\n\
              [listeners]\nclient = \"127.0.0.1:{client_port}\"\nfederation = \"127.0.0.1:{fed_port}\"\n\
              [registration]\nopen = true\n\
              [federation]\nplain_http = true\nallow_private_addresses = true\nverify_tls = false\n\
-             retry_min_ms = 200\nretry_max_ms = 1000\nrequest_timeout_ms = 10000\n{extra_federation}\n\
+             request_timeout_ms = 10000\n{retry}{extra_federation}\n\
              [logging]\nfilter = \"info,weft=debug\"\n",
             d = dir.display(),
         );
