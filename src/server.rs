@@ -62,6 +62,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 }
             }
         });
+        // Linearized Matrix: our hubs may be backing off from us; tell them we are up.
+        actix_rt::spawn(federation::linearized::participant::announce_return(
+            Arc::clone(&services),
+        ));
     }
 
     let data = web::Data::from(Arc::clone(&services));

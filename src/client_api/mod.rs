@@ -6,6 +6,7 @@ pub mod account;
 pub mod directory;
 pub mod events;
 pub mod keys;
+pub mod linearized_admin;
 pub mod misc;
 pub mod profile;
 pub mod rooms;
@@ -188,6 +189,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
 /// Registers the client API on an app.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_matrix/client/versions", web::get().to(misc::versions))
+        .route(
+            "/_weft/admin/v1/linearized",
+            web::get().to(linearized_admin::linearized),
+        )
         .service(web::scope("/_matrix/client/v3").configure(routes))
         .service(web::scope("/_matrix/client/r0").configure(routes));
 }

@@ -48,11 +48,6 @@ pub async fn create_room(
     let version = RoomVersion::parse(&version_id).ok_or_else(|| {
         Error::UnsupportedRoomVersion(format!("room version {version_id} is not supported"))
     })?;
-    if version.is_linearized() {
-        return Err(Error::UnsupportedRoomVersion(
-            "Linearized Matrix rooms are created through the hub API".into(),
-        ));
-    }
     let alias = match &req.room_alias_name {
         Some(name) => {
             if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {

@@ -284,7 +284,7 @@ impl FederationClient {
     async fn well_known(&self, host: &str) -> Option<Target> {
         let url = format!("{}://{host}/.well-known/matrix/server", self.scheme());
         let client = http_client(&self.settings);
-        let mut resp = client
+        let resp = client
             .get(&url)
             .timeout(Duration::from_secs(5))
             .send()
@@ -293,7 +293,12 @@ impl FederationClient {
         if !resp.status().is_success() {
             return None;
         }
-        let body: Value = resp.json().limit(64 * 1024).await.ok()?;
+        let body: Value = resp
+            .timeout(Duration::from_secs(5))
+            .json()
+            .limit(64 * 1024)
+            .await
+            .ok()?;
         let delegated = body.get("m.server")?.as_str()?;
         let (h, p) = split_server_name(delegated)?;
         Some(Target {
@@ -350,19 +355,23 @@ impl FederationClient {
             Some(b) => req.send_json(b).await,
             None => req.send().await,
         };
-        let mut resp = sent.map_err(|e| FedError::Unreachable {
+        let resp = sent.map_err(|e| FedError::Unreachable {
             destination: destination.to_owned(),
             message: e.to_string(),
         })?;
         let status = resp.status().as_u16();
-        let bytes =
-            resp.body()
-                .limit(64 * 1024 * 1024)
-                .await
-                .map_err(|e| FedError::Unreachable {
-                    destination: destination.to_owned(),
-                    message: e.to_string(),
-                })?;
+        // awc bounds the wait for the answer's head only: bound the body too, or a peer
+        // that stalls mid-body holds the caller (a destination's one transaction in
+        // flight) forever.
+        let bytes = resp
+            .timeout(self.settings.timeout)
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .map_err(|e| FedError::Unreachable {
+                destination: destination.to_owned(),
+                message: e.to_string(),
+            })?;
         let value: Value = if bytes.is_empty() {
             Value::Object(Default::default())
         } else {
@@ -391,7 +400,7 @@ impl FederationClient {
         };
         let url = format!("{}://{host}:{}{path}", self.scheme(), target.port);
         let client = http_client(&self.settings);
-        let mut resp = client
+        let resp = client
             .get(&url)
             .insert_header(("Host", target.host_header.clone()))
             .send()
@@ -401,14 +410,15 @@ impl FederationClient {
                 message: e.to_string(),
             })?;
         let status = resp.status().as_u16();
-        let value: Value =
-            resp.json()
-                .limit(1024 * 1024)
-                .await
-                .map_err(|e| FedError::BadResponse {
-                    destination: destination.to_owned(),
-                    message: e.to_string(),
-                })?;
+        let value: Value = resp
+            .timeout(self.settings.timeout)
+            .json()
+            .limit(1024 * 1024)
+            .await
+            .map_err(|e| FedError::BadResponse {
+                destination: destination.to_owned(),
+                message: e.to_string(),
+            })?;
         if !(200..300).contains(&status) {
             return Err(FedError::Http {
                 destination: destination.to_owned(),

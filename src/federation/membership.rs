@@ -69,7 +69,11 @@ async fn make_membership(
         return Err(Error::forbidden("the user is not on the requesting server"));
     }
     let snap = s.rooms.send(&room_id, GetSnapshot).await??;
-    if !snap
+    if snap.version.is_linearized() {
+        // LM: only the hub hands out templates (it orders events whether or not any of its
+        // users is joined).
+        super::linearized::hub::require_hub(s, room).await?;
+    } else if !snap
         .state
         .joined_servers()
         .iter()
@@ -382,7 +386,7 @@ pub struct InviteBody {
 }
 
 /// Records an invite (or knock) of a local user to a room we may hold no copy of.
-async fn record_remote_membership(
+pub(crate) async fn record_remote_membership(
     s: &Services,
     pdu: &Pdu,
     version: RoomVersion,
@@ -562,12 +566,8 @@ pub async fn invite_v1(
 
 /// Supported room versions as `ver=` query parameters.
 fn ver_query() -> String {
-    RoomVersion::ALL
-        .iter()
-        .filter(|v| !v.is_linearized())
-        .map(|v| format!("ver={}", v.as_str()))
-        .collect::<Vec<_>>()
-        .join("&")
+    // Includes Linearized Matrix (joined through `linearized::participant`).
+    super::linearized::participant::make_join_versions()
 }
 
 /// Joins a local user to a room held by other servers.
@@ -602,6 +602,25 @@ pub async fn join_remote(
             .get("room_version")
             .and_then(|v| v.as_str())
             .unwrap_or("1");
+        if RoomVersion::parse(version_id).is_some_and(|v| v.is_linearized()) {
+            match super::linearized::participant::join_via(
+                s,
+                server,
+                room,
+                user,
+                &resp,
+                content_extra.clone(),
+            )
+            .await
+            {
+                Ok(id) => return Ok(id),
+                Err(e) => {
+                    tracing::info!(server, error = %e, "LM join failed");
+                    last_err = e;
+                    continue;
+                }
+            }
+        }
         let Some(version) = RoomVersion::parse(version_id).filter(|v| !v.is_linearized()) else {
             last_err = Error::IncompatibleRoomVersion(format!(
                 "room version {version_id} is not supported"
@@ -770,6 +789,11 @@ pub async fn invite_remote(
     target: &OwnedUserId,
     reason: Option<String>,
 ) -> Result<OwnedEventId> {
+    if let Some(id) =
+        super::linearized::participant::invite(s, room, sender, target, reason.clone()).await?
+    {
+        return Ok(id);
+    }
     let fed = s
         .federation()
         .cloned()
@@ -846,6 +870,15 @@ pub async fn leave_remote(
     user: &OwnedUserId,
     servers: &[String],
 ) -> Result<()> {
+    let r = room.to_string();
+    if s.core
+        .db
+        .read(move |c| rooms::room_version(c, &r))
+        .await?
+        .is_some_and(|v| RoomVersion::parse(&v).is_some_and(|v| v.is_linearized()))
+    {
+        return super::linearized::participant::decline_invite(s, room, user).await;
+    }
     let fed = s
         .federation()
         .cloned()

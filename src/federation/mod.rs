@@ -14,6 +14,7 @@ pub mod backfill;
 pub mod client;
 pub mod inbound;
 pub mod keys;
+pub mod linearized;
 pub mod membership;
 pub mod outbound;
 pub mod tls;

@@ -252,7 +252,8 @@ impl DestinationActor {
         let core = Arc::clone(&self.core);
         let client = self.client.clone();
         let dest = self.destination.clone();
-        let fut = async move { send_one_transaction(&core, &client, &dest).await };
+        let failures = self.failures;
+        let fut = async move { send_one_transaction(&core, &client, &dest, failures).await };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             act.in_flight = false;
             match res {
@@ -330,19 +331,39 @@ enum Sent {
     Some(usize),
 }
 
+/// Whether a destination speaks only Linearized Matrix (the reference implementation says so
+/// with `"m.linearized": true` in its key answer). Such a server processes a transaction's
+/// PDUs until the first one it refuses, answers 500 and drops the rest, and does not
+/// de-duplicate retried transactions: it gets one PDU per transaction.
+fn linearized_only(c: &mut crate::storage::AnyConnection, dest: &str) -> bool {
+    matches!(fstore::server_key_response(c, dest), Ok(Some((json, _)))
+        if serde_json::from_str::<Value>(&json)
+            .ok()
+            .and_then(|v| v.get("m.linearized").and_then(Value::as_bool))
+            == Some(true))
+}
+
+/// How many times a linearized-only destination may answer a one-PDU transaction with 500
+/// `M_UNKNOWN` (its way of refusing an event) before the PDU is given up for it.
+const REFUSALS_BEFORE_DROP: u32 = 3;
+
 /// Reads the oldest queued items, sends them as one transaction, and removes them on success.
 async fn send_one_transaction(
     core: &Core,
     client: &FederationClient,
     dest: &str,
+    failures: u32,
 ) -> Result<Sent, String> {
     let d = dest.to_owned();
-    let (pdu_rows, edu_rows) = core
+    let (pdu_rows, edu_rows, lm_only) = core
         .db
         .read(move |c| {
+            let lm_only = linearized_only(c, &d);
+            let max_pdus = if lm_only { 1 } else { MAX_PDUS };
             Ok((
-                fstore::peek_queue(c, &d, KIND_PDU, MAX_PDUS)?,
+                fstore::peek_queue(c, &d, KIND_PDU, max_pdus)?,
                 fstore::peek_queue(c, &d, KIND_EDU, MAX_EDUS)?,
+                lm_only,
             ))
         })
         .await
@@ -387,10 +408,19 @@ async fn send_one_transaction(
         "edus": edus,
     });
     let path = format!("/_matrix/federation/v1/send/{}", enc(&txn_id));
-    let resp = client
-        .request("PUT", dest, &path, Some(&body))
-        .await
-        .map_err(|e| e.to_string())?;
+    let resp = match client.request("PUT", dest, &path, Some(&body)).await {
+        Ok(r) => r,
+        Err(e)
+            if lm_only
+                && e.status() == Some(500)
+                && e.errcode() == Some("M_UNKNOWN")
+                && failures + 1 >= REFUSALS_BEFORE_DROP =>
+        {
+            tracing::warn!(destination = dest, events = ?pdu_rows.iter().map(|r| &r.payload).collect::<Vec<_>>(), error = %e, "destination keeps refusing; giving the event up for it");
+            serde_json::json!({})
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     if let Some(failed) = resp.get("pdus").and_then(|p| p.as_object()) {
         for (id, result) in failed {
             if let Some(err) = result.get("error") {

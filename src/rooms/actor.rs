@@ -57,6 +57,9 @@ use crate::storage::{self, StorageResult};
 /// A stored state group and its delta depth.
 type GroupRef = Option<(i64, i32)>;
 
+// Linearized Matrix rooms: the room's role and the messages only those rooms take.
+mod linearized;
+
 /// Most `prev_events` a local event cites.
 const MAX_PREV_EVENTS: usize = 10;
 
@@ -112,6 +115,8 @@ pub struct RoomActor {
     batch: PersistBatch,
     flush_scheduled: bool,
     last_active: Instant,
+    /// Linearized Matrix rooms: hub or participant (`None` for DAG rooms).
+    lm: Option<super::linearized::Role>,
 }
 
 /// Flush the pending batch (sent by the actor to itself after the mailbox is drained).
@@ -160,6 +165,7 @@ impl RoomActor {
             batch,
             flush_scheduled: false,
             last_active: Instant::now(),
+            lm: None,
         }
     }
 
@@ -173,6 +179,7 @@ impl RoomActor {
 
     /// Builds a local event on top of the current position and checks it.
     fn build_local(&self, draft: &EventDraft) -> Result<Pdu> {
+        self.lm_guard_local_build()?;
         let auth_events = auth::select_auth_events_with(
             self.version,
             &draft.kind,
@@ -329,11 +336,7 @@ impl RoomActor {
 
             // Deliveries to the other servers of the room.
             if plan.local {
-                let mut dests: BTreeSet<String> = self.state.joined_servers();
-                if let Some(target) = pdu.state_key().filter(|_| pdu.membership().is_some()) {
-                    dests.insert(server_of(target).to_owned());
-                }
-                for d in dests {
+                for d in self.destinations(&pdu) {
                     if !self.core.is_local(&d)
                         && !d.is_empty()
                         && let Some(fed) = self.core.federation.get()
@@ -357,6 +360,19 @@ impl RoomActor {
             stream: Some(stream),
             replies: plan.reply.into_iter().collect(),
         });
+    }
+
+    /// The servers a local event goes to: those with a joined user, and a membership event's
+    /// target's (Linearized Matrix rooms: what the room's role says).
+    fn destinations(&mut self, pdu: &Pdu) -> BTreeSet<String> {
+        if let Some(dests) = self.lm_destinations(pdu) {
+            return dests;
+        }
+        let mut dests: BTreeSet<String> = self.state.joined_servers();
+        if let Some(target) = pdu.state_key().filter(|_| pdu.membership().is_some()) {
+            dests.insert(server_of(target).to_owned());
+        }
+        dests
     }
 
     /// Records one changed current-state entry (stored state, membership index).
@@ -822,6 +838,7 @@ impl Actor for RoomActor {
                     act.extremities = loaded.extremities;
                     act.max_depth = loaded.max_depth;
                     act.status = Status::Ready;
+                    act.lm_set_role();
                 }
                 Ok(None) => act.status = Status::Missing,
                 Err(e) => {
@@ -896,6 +913,9 @@ impl Handler<SendEvent> for RoomActor {
             }
             return reply_now(Ok(id));
         }
+        if let Some(sent_to_hub) = self.lm_send(&msg) {
+            return sent_to_hub;
+        }
         let pdu = match self.build_local(&msg.draft) {
             Ok(p) => p,
             Err(e) => return reply_now(Err(e)),
@@ -929,6 +949,7 @@ impl Handler<InitRoom> for RoomActor {
             return reply_now(Err(Error::internal("create event names another room")));
         }
         self.version = msg.version;
+        self.lm_set_role();
         let empty = StateMap::new();
         if let Err(e) = auth::check_against_state(self.version, &msg.create, &empty) {
             return reply_now(Err(Error::BadJson(format!(
@@ -1009,6 +1030,13 @@ impl Handler<InboundPdus> for RoomActor {
                 n
             ])))
         };
+        if self.lm.is_some() || msg.version.is_some_and(|v| v.is_linearized()) {
+            // LM rooms take PDUs in line order only (`ParticipantReceive`, `HubAppend`).
+            return fail_all(
+                "a Linearized Matrix room takes no DAG input",
+                msg.pdus.len(),
+            );
+        }
         match self.status {
             Status::Ready => {}
             Status::New if msg.version.is_some() => {

@@ -8,6 +8,7 @@ pub mod access;
 pub mod actor;
 pub mod create;
 pub mod inbound;
+pub mod linearized;
 pub mod messages;
 pub mod outliers;
 pub mod persist;

@@ -59,6 +59,8 @@ pub struct PersistBatch {
     pub state_group: Option<i64>,
     /// Outbound deliveries: `(queue id, destination, event id)`.
     pub queue: Vec<(i64, String, String)>,
+    /// Linearized Matrix hubs: LPDUs completed in this batch, `(LPDU event id, event id)`.
+    pub lpdus: Vec<(String, String)>,
 }
 
 fn server_of(user: &str) -> &str {
@@ -114,6 +116,9 @@ impl PersistBatch {
         }
         if let Some(g) = self.state_group {
             rooms::set_state_group(conn, &self.room_id, Some(g))?;
+        }
+        for (lpdu_id, event_id) in &self.lpdus {
+            crate::storage::linearized::record_lpdu(conn, lpdu_id, &self.room_id, event_id)?;
         }
         for (id, dest, event_id) in &self.queue {
             federation::enqueue(

@@ -17,6 +17,7 @@ pub mod connection;
 pub mod e2ee;
 pub mod events;
 pub mod federation;
+pub mod linearized;
 pub mod rooms;
 pub mod schema;
 pub mod state;

@@ -20,4 +20,5 @@ mod e2ee;
 mod features;
 mod federation;
 mod hostile_peer;
+mod linearized;
 mod signatures;

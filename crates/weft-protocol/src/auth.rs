@@ -4,6 +4,9 @@
 //! The rules themselves are ruma's (`ruma::state_res`), which implement every stable room
 //! version including v12's creator power. This module adapts them to weft's `Pdu` and state
 //! maps, and names the three checks of the spec's "checks performed on receipt of a PDU".
+//!
+//! Linearized Matrix rooms have their own rules ([`crate::lm::auth`]); every function here
+//! hands them over, so callers never branch on the room version.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +35,14 @@ pub fn auth_types_for_event(
     state_key: Option<&str>,
     content: &serde_json::Value,
 ) -> Result<Vec<(StateEventType, String)>, AuthError> {
+    if version.is_linearized() {
+        return Ok(crate::lm::auth::auth_types(
+            kind,
+            sender.as_str(),
+            state_key,
+            content,
+        ));
+    }
     let raw = serde_json::value::to_raw_value(content).map_err(|e| AuthError(e.to_string()))?;
     let mut types = ruma::state_res::auth_types_for_event(
         &TimelineEventType::from(kind),
@@ -94,6 +105,14 @@ pub fn check_state_independent(
     pdu: &Pdu,
     fetch: impl Fn(&EventId) -> Option<Arc<Pdu>>,
 ) -> Result<(), AuthError> {
+    if version.is_linearized() {
+        // Rule 3 (the create event needs no state but its absence) and rule 4.
+        if pdu.kind_str() == "m.room.create" {
+            let none = |_: &str, _: &str| None;
+            crate::lm::auth::check(&crate::lm::auth::Subject::of_pdu(pdu), &none)?;
+        }
+        return crate::lm::auth::check_auth_events(pdu, &fetch);
+    }
     ruma::state_res::check_state_independent_auth_rules(&version.rules().authorization, pdu, fetch)
         .map_err(AuthError)
 }
@@ -104,6 +123,10 @@ pub fn check_state_dependent(
     pdu: &Pdu,
     fetch_state: impl Fn(&StateEventType, &str) -> Option<Arc<Pdu>>,
 ) -> Result<(), AuthError> {
+    if version.is_linearized() {
+        let lookup = |t: &str, k: &str| fetch_state(&StateEventType::from(t), k);
+        return crate::lm::auth::check(&crate::lm::auth::Subject::of_pdu(pdu), &lookup);
+    }
     ruma::state_res::check_state_dependent_auth_rules(
         &version.rules().authorization,
         pdu,
@@ -157,6 +180,13 @@ pub fn check_against_auth_events(
 
 /// The event-format checks of the room version (sizes, field types, ID formats).
 pub fn check_format(version: RoomVersion, pdu: &Pdu) -> Result<(), AuthError> {
+    if version.is_linearized() {
+        // No depth, and hub-made events cite exactly one previous event.
+        if pdu.prev_events().len() > 1 {
+            return Err(AuthError("an LM event cites at most one prev event".into()));
+        }
+        return Ok(());
+    }
     ruma::state_res::check_pdu_format(pdu.json(), &version.rules().event_format).map_err(AuthError)
 }
 

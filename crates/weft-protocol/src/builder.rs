@@ -65,6 +65,8 @@ pub enum BuildError {
     NotCanonical(String),
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Pdu(#[from] PduError),
 }
@@ -82,6 +84,17 @@ pub fn pdu_template(
     draft: &EventDraft,
     position: &Position<'_>,
 ) -> Result<CanonicalJsonObject, BuildError> {
+    if position.version.is_linearized() {
+        let room_id = position
+            .room_id
+            .ok_or_else(|| BuildError::Invalid("an LM event names its room".into()))?;
+        return crate::lm::build::template(
+            draft,
+            room_id,
+            lm_prev(position)?,
+            &position.auth_events,
+        );
+    }
     let mut content = match canonical::value_to_canonical(draft.content.clone()) {
         Ok(CanonicalJsonValue::Object(map)) => map,
         Ok(_) => return Err(BuildError::ContentNotObject),
@@ -144,6 +157,20 @@ pub fn build_pdu(
     origin: &str,
     key: &ServerSigningKey,
 ) -> Result<Pdu, BuildError> {
+    if position.version.is_linearized() {
+        // Built locally = built by the hub (participants send LPDUs: `lm::build::lpdu`).
+        let room_id = position
+            .room_id
+            .ok_or_else(|| BuildError::Invalid("an LM event names its room".into()))?;
+        return crate::lm::build::hub_event(
+            draft,
+            room_id,
+            lm_prev(position)?,
+            &position.auth_events,
+            origin,
+            key,
+        );
+    }
     let mut obj = pdu_template(draft, position)?;
     ruma::signatures::hash_and_sign_event(
         origin,
@@ -161,6 +188,17 @@ pub fn build_pdu(
     Ok(Pdu::from_json(obj, position.version)?)
 }
 
+/// The one previous event of an LM event (none for the create event); `depth` is unused.
+fn lm_prev<'a>(position: &'a Position<'_>) -> Result<Option<&'a ruma::EventId>, BuildError> {
+    match position.prev_events.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(BuildError::Invalid(
+            "an LM event cites exactly one previous event".into(),
+        )),
+    }
+}
+
 /// Signs an existing PDU's JSON with our key (e.g. the invitee's server counter-signing an
 /// invite). Signatures do not change the event ID.
 pub fn add_signature(
@@ -169,6 +207,10 @@ pub fn add_signature(
     origin: &str,
     key: &ServerSigningKey,
 ) -> Result<(), BuildError> {
+    if version.is_linearized() {
+        crate::lm::build::sign(obj, origin, key);
+        return Ok(());
+    }
     ruma::signatures::sign_event(origin, key, obj, &version.rules().redaction)
         .map_err(|e| BuildError::Signing(e.to_string()))
 }

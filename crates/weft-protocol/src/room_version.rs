@@ -21,9 +21,10 @@ pub enum RoomVersion {
     Linearized,
 }
 
-/// Rules for the Linearized version: v11 authorization and event format. Redaction, hashes and
-/// signatures differ in ways ruma's switches cannot express; those are written by hand in the
-/// Linearized Matrix module and never go through ruma's `verify_event`.
+/// ruma's switches for the Linearized version: those of v11 (the create event's sender is the
+/// creator, `redacts` in the content). Redaction, hashes, signatures and the authorization
+/// rules differ in ways ruma cannot express; they are written in [`crate::lm`], and every
+/// function of this crate hands LM rooms to it.
 static LINEARIZED_RULES: LazyLock<RoomVersionRules> = LazyLock::new(|| RoomVersionRules::V11);
 
 impl RoomVersion {

@@ -104,6 +104,9 @@ pub fn signing_bytes(
     json: &CanonicalJsonObject,
     version: RoomVersion,
 ) -> Result<String, SignatureError> {
+    if version.is_linearized() {
+        return Ok(crate::lm::signing_bytes(json));
+    }
     let redacted = ruma::canonical_json::redact(json.clone(), &version.rules().redaction, None)
         .map_err(|e| SignatureError::Malformed(e.to_string()))?;
     ruma::signatures::to_canonical_json_string_for_signing(&redacted)

@@ -78,8 +78,23 @@ impl ServerView<'_> {
     }
 }
 
+/// Whether `server` may see the event of `row` (for endpoints outside this module, such as
+/// the Linearized Matrix `event` and `backfill`).
+pub(crate) fn server_may_see_row(
+    conn: &mut AnyConnection,
+    server: &str,
+    row: &EventRow,
+) -> StorageResult<bool> {
+    let mut view = ServerView {
+        server,
+        groups: HashMap::new(),
+        currently_in_room: None,
+    };
+    view.may_see(conn, row)
+}
+
 /// Requires the origin to have a user joined to the room now.
-async fn require_in_room(s: &Services, origin: &str, room_id: &str) -> Result<()> {
+pub(crate) async fn require_in_room(s: &Services, origin: &str, room_id: &str) -> Result<()> {
     let (o, r) = (origin.to_owned(), room_id.to_owned());
     let ok = s
         .core

@@ -22,6 +22,8 @@ use super::{keys, membership};
 /// Registers the federation and key endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use web::{get, post, put};
+    // First: the generic scope below would answer 404 for LM paths under it.
+    super::linearized::configure(cfg);
     cfg.route("/_matrix/key/v2/server", get().to(keys::server_keys))
         .route(
             "/_matrix/key/v2/server/{key_id}",

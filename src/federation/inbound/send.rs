@@ -50,7 +50,8 @@ pub async fn process_pdus(
     let Some(fed) = s.federation().cloned() else {
         return Vec::new();
     };
-    let mut results: Vec<(String, Option<String>)> = Vec::new();
+    // Linearized Matrix rooms have their own path (LPDUs to a hub, line order).
+    let (mut results, raws) = crate::federation::linearized::take_lm_pdus(s, origin, raws).await;
     // Room versions, once per room.
     let mut versions: HashMap<String, Option<RoomVersion>> = HashMap::new();
     for raw in &raws {
@@ -214,7 +215,12 @@ pub async fn send_transaction(
     let results = process_pdus(&s, &origin, txn.pdus).await;
     edus::handle(&s, &origin, txn.edus).await;
     let mut pdus = Map::new();
+    // The Linearized Matrix draft's name for the refused ones.
+    let mut failed = Map::new();
     for (id, err) in results {
+        if let Some(e) = &err {
+            failed.insert(id.clone(), json!({"error": e}));
+        }
         pdus.insert(
             id,
             match err {
@@ -223,7 +229,7 @@ pub async fn send_transaction(
             },
         );
     }
-    let body = json!({"pdus": pdus});
+    let body = json!({"pdus": pdus, "failed_pdus": failed});
     let (o, t, b) = (origin.clone(), txn_id, body.to_string());
     if let Err(e) = s
         .core

@@ -9,6 +9,14 @@
 //!
 //! Every rule here is checked against events produced by the reference implementation
 //! (`testdata/linearized-matrix-vectors.json`).
+//!
+//! * this module: redaction, the LPDU/PDU/reference hashes, signing bytes, verification;
+//! * [`build`]: making events — a hub-local event, a participant's signed LPDU, and the hub
+//!   completing an LPDU into a PDU;
+//! * [`auth`]: the auth-event selection and the authorization rules of the LM room version.
+
+pub mod auth;
+pub mod build;
 
 use std::collections::BTreeSet;
 
@@ -139,6 +147,21 @@ pub fn reference_hash(event: &CanonicalJsonObject) -> Result<String, String> {
     Ok(b64_encode_url(&sha256_b64(&obj)))
 }
 
+/// The event ID of an event (PDU or LPDU): `$` + its reference hash.
+pub fn event_id(event: &CanonicalJsonObject) -> String {
+    let mut obj = redact(event);
+    obj.remove("signatures");
+    obj.remove("unsigned");
+    obj.remove("event_id");
+    format!("${}", b64_encode_url(&sha256_b64(&obj)))
+}
+
+/// The LPDU event ID of a PDU made from an LPDU (the key of `failed_pdus`, the `txnId` of
+/// `send_join`); `None` for hub-local events.
+pub fn lpdu_event_id(pdu: &CanonicalJsonObject) -> Option<String> {
+    lpdu_of(pdu).map(|l| event_id(&l))
+}
+
 /// Reconstructs the LPDU a PDU was made from: drop `auth_events`/`prev_events`, keep only
 /// `hashes.lpdu`. `None` for hub-local events (no `hub_server`).
 pub fn lpdu_of(pdu: &CanonicalJsonObject) -> Option<CanonicalJsonObject> {
@@ -263,7 +286,7 @@ mod tests {
     use super::*;
     use crate::keys::{ServerSigningKey, b64_decode, parse_verify_key};
 
-    const VECTORS: &str = include_str!("../testdata/linearized-matrix-vectors.json");
+    const VECTORS: &str = include_str!("../../testdata/linearized-matrix-vectors.json");
 
     fn vectors() -> serde_json::Value {
         serde_json::from_str(VECTORS).unwrap()
