@@ -378,6 +378,97 @@ fn weft_room_joined_from_synapse() {
     w.assert_no_panics();
 }
 
+/// Whether a sync response shows `who` typing in `room`.
+fn shows_typing(s: &Value, room: &str, who: &str) -> bool {
+    s["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()
+        .is_some_and(|evs| {
+            evs.iter().any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|u| u.iter().any(|x| x == who))
+            })
+        })
+}
+
+/// Typing notifications and read receipts travel as EDUs, both ways.
+#[test]
+fn typing_and_receipts_with_synapse() {
+    let syn = Synapse::start();
+    let w = weft(Backend::Sqlite);
+    let alice = syn.register("alice");
+    let bob = w.register("bob");
+    let room = bob.create_room(&json!({"preset": "private_chat", "invite": [alice.user_id]}));
+    wait_invite(&alice, &room);
+    join_via(&alice, &room, &w.server_name);
+    wait_membership(&bob, &room, &alice.user_id, "join");
+    let event = alice.send_text(&room, "read me");
+    wait_bodies(&bob, &room, &["read me"]);
+
+    let mut a_since = Some(
+        alice.sync(None, 0, None)["next_batch"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    let mut b_since = Some(
+        bob.sync(None, 0, None)["next_batch"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    let typing = |c: &Client, who: &Client| {
+        let r = c.put(
+            &format!("/rooms/{}/typing/{}", enc(&room), enc(&who.user_id)),
+            &json!({"typing": true, "timeout": 20000}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+    };
+    typing(&bob, &bob);
+    alice.sync_until(&mut a_since, WAIT, "weft's typing", |s| {
+        shows_typing(s, &room, &bob.user_id)
+    });
+    typing(&alice, &alice);
+    bob.sync_until(&mut b_since, WAIT, "Synapse's typing", |s| {
+        shows_typing(s, &room, &alice.user_id)
+    });
+
+    let r = bob.post(
+        &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&event)),
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    alice.sync_until(&mut a_since, WAIT, "weft's read receipt", |s| {
+        s["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .is_some_and(|evs| {
+                evs.iter().any(|e| {
+                    e["type"] == "m.receipt"
+                        && !e["content"][&event]["m.read"][&bob.user_id].is_null()
+                })
+            })
+    });
+    let mine = bob.send_text(&room, "and you read mine");
+    wait_bodies(&alice, &room, &["and you read mine"]);
+    let r = alice.post(
+        &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&mine)),
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    bob.sync_until(&mut b_since, WAIT, "Synapse's read receipt", |s| {
+        s["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .is_some_and(|evs| {
+                evs.iter().any(|e| {
+                    e["type"] == "m.receipt"
+                        && !e["content"][&mine]["m.read"][&alice.user_id].is_null()
+                })
+            })
+    });
+    w.assert_no_panics();
+}
+
 /// Knocking on a Synapse room from weft, being let in, and joining.
 #[test]
 fn knock_on_a_synapse_room() {
