@@ -570,6 +570,56 @@ fn ver_query() -> String {
     super::linearized::participant::make_join_versions()
 }
 
+/// Turns a `make_join`/`make_leave`/`make_knock` template into our signed event: drops what
+/// the resident server may not choose for us, stamps the time, adds `extra` content, hashes
+/// and signs, and checks the result is `membership` for `user`.
+fn sign_template(
+    s: &Services,
+    server: &str,
+    template: Value,
+    version: RoomVersion,
+    user: &OwnedUserId,
+    membership: &str,
+    extra: &Value,
+) -> Result<Pdu> {
+    let mut obj = canonical::value_to_object(template).map_err(|e| Error::Remote(e.to_string()))?;
+    for k in ["origin", "event_id", "hashes", "signatures", "unsigned"] {
+        obj.remove(k);
+    }
+    obj.insert(
+        "origin_server_ts".into(),
+        ruma::CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
+    );
+    if let (Some(ruma::CanonicalJsonValue::Object(content)), Some(extra)) =
+        (obj.get_mut("content"), extra.as_object())
+    {
+        for (k, v) in extra {
+            if k != "membership"
+                && let Ok(cv) = canonical::value_to_canonical(v.clone())
+            {
+                content.insert(k.clone(), cv);
+            }
+        }
+    }
+    ruma::signatures::hash_and_sign_event(
+        s.server_name(),
+        &s.core.key,
+        &mut obj,
+        &version.rules().redaction,
+    )
+    .map_err(|e| Error::internal(e.to_string()))?;
+    let pdu = Pdu::from_json(obj, version).map_err(|e| Error::Remote(e.to_string()))?;
+    if pdu.sender() != user
+        || pdu.state_key() != Some(user.as_str())
+        || pdu.membership().as_deref() != Some(membership)
+    {
+        return Err(Error::Remote(format!(
+            "{server} sent a bad {membership} template"
+        )));
+    }
+    Ok(pdu)
+}
+
 /// Joins a local user to a room held by other servers.
 pub async fn join_remote(
     s: &Services,
@@ -664,43 +714,7 @@ async fn complete_join(
     template: Value,
     content_extra: Value,
 ) -> Result<OwnedEventId> {
-    let mut obj = canonical::value_to_object(template).map_err(|e| Error::Remote(e.to_string()))?;
-    // Fill in what the joining server owns.
-    obj.remove("origin");
-    obj.remove("event_id");
-    obj.remove("hashes");
-    obj.remove("signatures");
-    obj.remove("unsigned");
-    obj.insert(
-        "origin_server_ts".into(),
-        ruma::CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
-    );
-    if let (Some(ruma::CanonicalJsonValue::Object(content)), Some(extra)) =
-        (obj.get_mut("content"), content_extra.as_object())
-    {
-        for (k, v) in extra {
-            if k != "membership"
-                && let Ok(cv) = canonical::value_to_canonical(v.clone())
-            {
-                content.insert(k.clone(), cv);
-            }
-        }
-    }
-    let sender_ok = matches!(obj.get("sender"), Some(ruma::CanonicalJsonValue::String(s)) if s == user.as_str());
-    let key_ok = matches!(obj.get("state_key"), Some(ruma::CanonicalJsonValue::String(s)) if s == user.as_str());
-    if !sender_ok || !key_ok {
-        return Err(Error::Remote(format!(
-            "{server} sent a template for another user"
-        )));
-    }
-    ruma::signatures::hash_and_sign_event(
-        s.server_name(),
-        &s.core.key,
-        &mut obj,
-        &version.rules().redaction,
-    )
-    .map_err(|e| Error::internal(e.to_string()))?;
-    let join = Pdu::from_json(obj, version).map_err(|e| Error::Remote(e.to_string()))?;
+    let join = sign_template(s, server, template, version, user, "join", &content_extra)?;
     let path = format!(
         "/_matrix/federation/v2/send_join/{}/{}",
         enc(room.as_str()),
@@ -905,28 +919,7 @@ pub async fn leave_remote(
         let Some(template) = resp.get("event").cloned() else {
             continue;
         };
-        let mut obj =
-            canonical::value_to_object(template).map_err(|e| Error::Remote(e.to_string()))?;
-        for k in ["origin", "event_id", "hashes", "signatures", "unsigned"] {
-            obj.remove(k);
-        }
-        obj.insert(
-            "origin_server_ts".into(),
-            ruma::CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
-        );
-        ruma::signatures::hash_and_sign_event(
-            s.server_name(),
-            &s.core.key,
-            &mut obj,
-            &version.rules().redaction,
-        )
-        .map_err(|e| Error::internal(e.to_string()))?;
-        let leave = Pdu::from_json(obj, version).map_err(|e| Error::Remote(e.to_string()))?;
-        if leave.state_key() != Some(user.as_str())
-            || leave.membership().as_deref() != Some("leave")
-        {
-            return Err(Error::Remote(format!("{server} sent a bad leave template")));
-        }
+        let leave = sign_template(s, server, template, version, user, "leave", &Value::Null)?;
         let path = format!(
             "/_matrix/federation/v2/send_leave/{}/{}",
             enc(room.as_str()),
@@ -1017,33 +1010,11 @@ pub async fn knock_remote(
         let Some(template) = resp.get("event").cloned() else {
             continue;
         };
-        let mut obj =
-            canonical::value_to_object(template).map_err(|e| Error::Remote(e.to_string()))?;
-        for k in ["origin", "event_id", "hashes", "signatures", "unsigned"] {
-            obj.remove(k);
-        }
-        obj.insert(
-            "origin_server_ts".into(),
-            ruma::CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).unwrap_or_default()),
-        );
-        if let (Some(r), Some(ruma::CanonicalJsonValue::Object(content))) =
-            (&reason, obj.get_mut("content"))
-        {
-            content.insert("reason".into(), ruma::CanonicalJsonValue::String(r.clone()));
-        }
-        ruma::signatures::hash_and_sign_event(
-            s.server_name(),
-            &s.core.key,
-            &mut obj,
-            &version.rules().redaction,
-        )
-        .map_err(|e| Error::internal(e.to_string()))?;
-        let knock = Pdu::from_json(obj, version).map_err(|e| Error::Remote(e.to_string()))?;
-        if knock.state_key() != Some(user.as_str())
-            || knock.membership().as_deref() != Some("knock")
-        {
-            return Err(Error::Remote(format!("{server} sent a bad knock template")));
-        }
+        let extra = match &reason {
+            Some(r) => json!({"reason": r}),
+            None => Value::Null,
+        };
+        let knock = sign_template(s, server, template, version, user, "knock", &extra)?;
         let path = format!(
             "/_matrix/federation/v1/send_knock/{}/{}",
             enc(room.as_str()),

@@ -469,6 +469,20 @@ fn typing_and_receipts_with_synapse() {
     w.assert_no_panics();
 }
 
+/// Declining an invite from Synapse: the leave goes through make_leave/send_leave.
+#[test]
+fn decline_a_synapse_invite() {
+    let syn = Synapse::start();
+    let w = weft(Backend::Sqlite);
+    let alice = syn.register("alice");
+    let bob = w.register("bob");
+    let room = alice.create_room(&json!({"preset": "private_chat", "invite": [bob.user_id]}));
+    wait_invite(&bob, &room);
+    assert_eq!(bob.leave(&room).status, 200);
+    wait_membership(&alice, &room, &bob.user_id, "leave");
+    w.assert_no_panics();
+}
+
 /// Knocking on a Synapse room from weft, being let in, and joining.
 #[test]
 fn knock_on_a_synapse_room() {
