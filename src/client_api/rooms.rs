@@ -419,31 +419,58 @@ pub async fn forget(s: Data, user: AuthedUser, path: web::Path<String>) -> Resul
     }
 }
 
+/// Sets another user's membership (kick, ban, unban), if their current membership is one of
+/// `from` (`None`: any). The auth rules decide whether the sender may.
+async fn moderate(
+    s: &Services,
+    user: &AuthedUser,
+    room: String,
+    body: TargetBody,
+    membership: &str,
+    from: Option<&[&str]>,
+    refusal: &str,
+) -> Result<HttpResponse> {
+    let room_id = parse_room_id(&room)?;
+    let target = parse_user_id(&body.user_id)?;
+    if let Some(from) = from {
+        let current = access::membership(s, room_id.as_str(), target.as_str()).await?;
+        if !current
+            .as_ref()
+            .is_some_and(|m| from.contains(&m.membership.as_str()))
+        {
+            return Err(Error::forbidden(refusal));
+        }
+    }
+    let content = json!({"membership": membership});
+    membership_event(
+        s,
+        &room_id,
+        &user.user_id,
+        target.as_str(),
+        content,
+        body.reason,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
 pub async fn kick(
     s: Data,
     user: AuthedUser,
     path: web::Path<String>,
     JsonBody(body): JsonBody<TargetBody>,
 ) -> Result<HttpResponse> {
-    let room_id = parse_room_id(&path.into_inner())?;
-    let target = parse_user_id(&body.user_id)?;
-    let current = access::membership(&s, room_id.as_str(), target.as_str()).await?;
-    if !matches!(
-        current.as_ref().map(|m| m.membership.as_str()),
-        Some("join" | "invite" | "knock")
-    ) {
-        return Err(Error::forbidden("the user is not in the room"));
-    }
-    membership_event(
+    let from: &[&str] = &["join", "invite", "knock"];
+    moderate(
         &s,
-        &room_id,
-        &user.user_id,
-        target.as_str(),
-        json!({"membership": "leave"}),
-        body.reason,
+        &user,
+        path.into_inner(),
+        body,
+        "leave",
+        Some(from),
+        "the user is not in the room",
     )
-    .await?;
-    Ok(HttpResponse::Ok().json(json!({})))
+    .await
 }
 
 pub async fn ban(
@@ -452,18 +479,7 @@ pub async fn ban(
     path: web::Path<String>,
     JsonBody(body): JsonBody<TargetBody>,
 ) -> Result<HttpResponse> {
-    let room_id = parse_room_id(&path.into_inner())?;
-    let target = parse_user_id(&body.user_id)?;
-    membership_event(
-        &s,
-        &room_id,
-        &user.user_id,
-        target.as_str(),
-        json!({"membership": "ban"}),
-        body.reason,
-    )
-    .await?;
-    Ok(HttpResponse::Ok().json(json!({})))
+    moderate(&s, &user, path.into_inner(), body, "ban", None, "").await
 }
 
 pub async fn unban(
@@ -472,22 +488,16 @@ pub async fn unban(
     path: web::Path<String>,
     JsonBody(body): JsonBody<TargetBody>,
 ) -> Result<HttpResponse> {
-    let room_id = parse_room_id(&path.into_inner())?;
-    let target = parse_user_id(&body.user_id)?;
-    let current = access::membership(&s, room_id.as_str(), target.as_str()).await?;
-    if current.as_ref().map(|m| m.membership.as_str()) != Some("ban") {
-        return Err(Error::forbidden("the user is not banned"));
-    }
-    membership_event(
+    moderate(
         &s,
-        &room_id,
-        &user.user_id,
-        target.as_str(),
-        json!({"membership": "leave"}),
-        body.reason,
+        &user,
+        path.into_inner(),
+        body,
+        "leave",
+        Some(&["ban"]),
+        "the user is not banned",
     )
-    .await?;
-    Ok(HttpResponse::Ok().json(json!({})))
+    .await
 }
 
 pub async fn joined_rooms(s: Data, user: AuthedUser) -> Result<HttpResponse> {
