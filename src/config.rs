@@ -40,6 +40,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub federation: FederationConfig,
     pub logging: LoggingConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +143,49 @@ pub struct LoggingConfig {
     pub format: String,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve Prometheus metrics.
+    pub enabled: bool,
+    /// A separate listener for metrics (`host:port`); empty: the client listener.
+    pub listener: String,
+    /// The path metrics are served at.
+    pub path: String,
+    /// Addresses or networks (CIDR) allowed to scrape; others get 403 `M_FORBIDDEN`.
+    /// Behind a reverse proxy every request comes from the proxy: do not forward the path.
+    pub allowed: Vec<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listener: String::new(),
+            path: "/metrics".into(),
+            allowed: vec!["127.0.0.0/8".into(), "::1/128".into()],
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The allowed networks, parsed (a bare address is a /32 or /128).
+    pub fn allowed_nets(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.allowed
+            .iter()
+            .map(|a| {
+                a.parse::<ipnet::IpNet>()
+                    .or_else(|_| a.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        ConfigError::Invalid(format!(
+                            "metrics.allowed: {a:?} is not an address or CIDR network"
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -156,6 +200,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             federation: FederationConfig::default(),
             logging: LoggingConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -291,6 +336,12 @@ impl Config {
                 "database.sqlite_synchronous must be full or normal".into(),
             ));
         }
+        if !self.metrics.path.starts_with('/') || self.metrics.path.starts_with("/_matrix") {
+            return Err(ConfigError::Invalid(
+                "metrics.path must start with / and not with /_matrix".into(),
+            ));
+        }
+        self.metrics.allowed_nets()?;
         self.database_url()?;
         Ok(())
     }
@@ -372,6 +423,22 @@ mod tests {
         bad = Config::default();
         bad.rooms.default_version = "9".into();
         assert!(bad.validate().is_err());
+        bad = Config::default();
+        bad.metrics.allowed = vec!["not-an-address".into()];
+        assert!(bad.validate().is_err());
+        bad = Config::default();
+        bad.metrics.path = "metrics".into();
+        assert!(bad.validate().is_err());
+        let nets = Config::default().metrics.allowed_nets().unwrap();
+        assert!(
+            nets.iter()
+                .any(|n| n.contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()))
+        );
+        assert!(
+            !nets
+                .iter()
+                .any(|n| n.contains(&"10.0.0.1".parse::<std::net::IpAddr>().unwrap()))
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct Core {
     pub config: Config,
     pub server_name: OwnedServerName,
     pub key: ServerSigningKey,
+    /// Keys we signed with before a rotation (`weft keys rotate`): served as
+    /// `old_verify_keys`, so events signed with them keep verifying elsewhere.
+    pub old_keys: Vec<OldKey>,
     pub db: Db,
     pub notifier: Notifier,
     state_group_ids: AtomicI64,
@@ -45,6 +48,7 @@ impl Core {
             message: e.to_string(),
         })?;
         let key = load_or_create_key(&config.signing_key_path())?;
+        let old_keys = load_old_keys(&config.signing_key_path())?;
         let server_name = OwnedServerName::try_from(config.server_name.as_str())
             .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e.to_string())))?;
         let db = Db::open(&config)?;
@@ -60,6 +64,7 @@ impl Core {
             config,
             server_name,
             key,
+            old_keys,
             db,
         }))
     }
@@ -81,6 +86,80 @@ impl Core {
     pub fn next_backfill_position(&self) -> i64 {
         self.backfill_positions.fetch_sub(1, Ordering::Relaxed) - 1
     }
+}
+
+/// A retired signing key: its ID, public key (unpadded base64) and when it was retired.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OldKey {
+    pub key_id: String,
+    pub key: String,
+    pub expired_ts: i64,
+}
+
+/// Where the retired keys of a signing key file are kept: `<key file>.old.json`.
+pub fn old_keys_path(key_path: &Path) -> std::path::PathBuf {
+    let mut p = key_path.as_os_str().to_owned();
+    p.push(".old.json");
+    std::path::PathBuf::from(p)
+}
+
+/// The retired keys (none if the file does not exist).
+pub fn load_old_keys(key_path: &Path) -> Result<Vec<OldKey>, StartError> {
+    let path = old_keys_path(key_path);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| StartError::Key {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StartError::Key {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Replaces the signing key with a new one, retiring the old one (its public half is kept
+/// in `<key file>.old.json`). Both files are written beside the key and renamed into place.
+/// Returns `(retired key ID, new key ID)`. A running server picks the new key up when it
+/// restarts.
+pub fn rotate_key(key_path: &Path) -> Result<(String, String), StartError> {
+    let err = |message: String| StartError::Key {
+        path: key_path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(key_path).map_err(|e| err(e.to_string()))?;
+    let old = ServerSigningKey::from_file_contents(&text).map_err(|e| err(e.to_string()))?;
+    let mut retired = load_old_keys(key_path)?;
+    retired.retain(|k| k.key_id != old.key_id());
+    retired.push(OldKey {
+        key_id: old.key_id().to_owned(),
+        key: old.public_key_b64(),
+        expired_ts: crate::storage::now_ms(),
+    });
+    let new = loop {
+        let mut seed = [0u8; 32];
+        let mut version = [0u8; 4];
+        getrandom_fill(&mut seed).map_err(err)?;
+        getrandom_fill(&mut version).map_err(err)?;
+        let k = ServerSigningKey::generate(seed, version).map_err(|e| err(e.to_string()))?;
+        if k.key_id() != old.key_id() && !retired.iter().any(|r| r.key_id == k.key_id()) {
+            break k;
+        }
+    };
+    let old_path = old_keys_path(key_path);
+    let tmp_old = old_path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp_old);
+    let json = serde_json::to_string_pretty(&retired).map_err(|e| err(e.to_string()))?;
+    write_private(&tmp_old, json.as_bytes()).map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp_old, &old_path).map_err(|e| err(e.to_string()))?;
+    let mut tmp_key = key_path.as_os_str().to_owned();
+    tmp_key.push(".tmp");
+    let tmp_key = std::path::PathBuf::from(tmp_key);
+    let _ = std::fs::remove_file(&tmp_key);
+    write_private(&tmp_key, new.to_file_contents().as_bytes()).map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp_key, key_path).map_err(|e| err(e.to_string()))?;
+    Ok((old.key_id().to_owned(), new.key_id().to_owned()))
 }
 
 /// Loads the signing key, creating it (mode 0600) on first start.

@@ -3,6 +3,9 @@
 //! See `docs/ARCHITECTURE.md` for the map of the code.
 
 pub mod accounts;
+pub mod admin;
+pub mod admin_api;
+pub mod cli;
 pub mod client_api;
 pub mod config;
 pub mod core;
@@ -12,6 +15,7 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod notifier;
+pub mod observe;
 pub mod rooms;
 pub mod server;
 pub mod services;

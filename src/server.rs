@@ -31,6 +31,23 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         "weft starting"
     );
 
+    if core.config.metrics.enabled {
+        crate::observe::metrics::install();
+    }
+    // Exporter housekeeping; deactivated users leave their rooms (also those deactivated
+    // from the command line, while the server was running or stopped).
+    {
+        let services = Arc::clone(&services);
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(crate::admin::SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                crate::observe::metrics::upkeep();
+                crate::admin::sweep_deactivated(&services).await;
+            }
+        });
+    }
+
     // Expire typing notifications every second and wake the rooms' members.
     {
         let services = Arc::clone(&services);
@@ -76,6 +93,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         path: addr.to_owned(),
         message: format!("cannot listen: {e}"),
     };
+    let metrics_cfg = core.config.metrics.clone();
+    let metrics_here =
+        (metrics_cfg.enabled && metrics_cfg.listener.is_empty()).then(|| metrics_cfg.path.clone());
     let client_data = data.clone();
     let client_server = HttpServer::new(move || {
         App::new()
@@ -88,8 +108,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()))
             .wrap(http::matrix_errors())
             .wrap_fn(http::cors::cors)
-            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("weft::http"))
+            .wrap(middleware::from_fn(crate::observe::request::client))
             .configure(client_api::configure)
+            .configure(|cfg| crate::admin_api::configure(cfg, metrics_here.as_deref()))
             .route(
                 "/_matrix/key/v2/server",
                 web::get().to(federation::keys::server_keys),
@@ -116,9 +137,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                     web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()),
                 )
                 .wrap(http::matrix_errors())
-                .wrap(
-                    middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("weft::federation"),
-                )
+                .wrap(middleware::from_fn(crate::observe::request::federation))
                 .configure(federation::inbound::configure)
                 .default_service(web::to(http::unrecognized))
         })
@@ -140,6 +159,30 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     } else {
         None
     };
+
+    // A separate metrics listener (`metrics.listener`), when configured.
+    if metrics_cfg.enabled && !metrics_cfg.listener.is_empty() {
+        let (addr, path, mdata) = (
+            metrics_cfg.listener.clone(),
+            metrics_cfg.path.clone(),
+            data.clone(),
+        );
+        let srv = HttpServer::new(move || {
+            let path = path.clone();
+            App::new()
+                .app_data(mdata.clone())
+                .wrap(http::matrix_errors())
+                .configure(move |cfg| crate::admin_api::configure_metrics_only(cfg, &path))
+                .default_service(web::to(http::unrecognized))
+        })
+        .workers(1)
+        .bind(&addr)
+        .map_err(|e| listen_err(&addr, e))?
+        .shutdown_timeout(1)
+        .run();
+        tracing::info!(metrics = %addr, "metrics listening");
+        actix_rt::spawn(srv);
+    }
 
     let result = match fed_server {
         Some(f) => futures_util::future::try_join(client_server, f)

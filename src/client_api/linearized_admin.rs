@@ -13,16 +13,13 @@ use ruma::OwnedRoomId;
 use serde_json::json;
 use weft_protocol::RoomVersion;
 
-use super::tokens::AuthedUser;
-use crate::error::{Error, Result};
+use super::tokens::AdminUser;
+use crate::error::Result;
 use crate::rooms::linearized::hub_of;
 use crate::services::Services;
 use crate::storage::{federation as fstore, linearized as lstore, rooms};
 
-pub async fn linearized(s: web::Data<Services>, user: AuthedUser) -> Result<HttpResponse> {
-    if !user.is_admin {
-        return Err(Error::forbidden("this endpoint is for server admins"));
-    }
+pub async fn linearized(s: web::Data<Services>, _admin: AdminUser) -> Result<HttpResponse> {
     let backlog: HashMap<String, i64> = match s.federation() {
         Some(fed) => fed.sender.backlog().await.into_iter().collect(),
         None => HashMap::new(),

@@ -74,6 +74,8 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
         user_id: user.user_id.to_string(),
         device_id: user.device_id.clone(),
     };
+    // When the long-poll was last woken (for weft_sync_wakeup_duration_seconds).
+    let mut woken: Option<Instant> = None;
     loop {
         // Subscribe before reading: a write completing in between still wakes us.
         let mut rx = s.core.notifier.subscribe(user.user_id.as_str());
@@ -106,6 +108,9 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             .await?;
         let now = Instant::now();
         if result.has_changes || since.is_none() || full_state || now >= deadline {
+            if let Some(w) = woken {
+                crate::observe::metrics::sync_wakeup(w.elapsed().as_secs_f64());
+            }
             return Ok(HttpResponse::Ok().json(result.body));
         }
         if tokio::time::timeout(deadline - now, rx.changed())
@@ -115,6 +120,7 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             // Timed out: one last read so the token moves on.
             continue;
         }
+        woken = Some(Instant::now());
     }
 }
 

@@ -1,5 +1,10 @@
 //! Access tokens: issuing them, the `AuthedUser` extractor, and a cache in front of the
 //! database. Tokens are stored only as SHA-256 hashes.
+//!
+//! Cache entries live [`CACHE_TTL`]: a token deleted or a user demoted by another process
+//! (the `weft` admin commands) stops counting within that time; changes made through this
+//! server evict at once. Admin endpoints read the admin flag fresh on every request
+//! ([`AdminUser`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,9 +30,14 @@ pub struct AuthedUser {
     pub token_hash: String,
 }
 
+/// How long a cached token is trusted before the database is asked again.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+type CacheEntry = (OwnedUserId, String, bool, std::time::Instant);
+
 #[derive(Default)]
 pub struct TokenCache {
-    map: Mutex<HashMap<String, (OwnedUserId, String, bool)>>,
+    map: Mutex<HashMap<String, CacheEntry>>,
 }
 
 impl TokenCache {
@@ -36,6 +46,41 @@ impl TokenCache {
         for h in hashes {
             map.remove(h);
         }
+    }
+
+    /// Drops every cached token of a user (deactivation, demotion, password reset).
+    pub fn forget_user(&self, user_id: &str) {
+        self.map.lock().retain(|_, e| e.0.as_str() != user_id);
+    }
+}
+
+/// An authenticated caller who is a server admin *now* (read from the database on every
+/// request, not cached): 403 `M_FORBIDDEN` otherwise.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub AuthedUser);
+
+impl FromRequest for AdminUser {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let authed = AuthedUser::from_request(req, payload);
+        let services = req.app_data::<web::Data<Services>>().cloned();
+        Box::pin(async move {
+            let user = authed.await?;
+            let services = services.ok_or_else(|| Error::internal("services missing"))?;
+            let u = user.user_id.to_string();
+            let admin = services
+                .core
+                .db
+                .read(move |c| storage::admin::is_active_admin(c, &u))
+                .await?;
+            if !admin {
+                tracing::info!(user = %user.user_id, "admin endpoint refused to a non-admin");
+                return Err(Error::forbidden("this endpoint is for server admins"));
+            }
+            Ok(AdminUser(user))
+        })
     }
 }
 
@@ -68,7 +113,10 @@ fn token_from_request(req: &HttpRequest) -> Option<String> {
 /// Resolves a token to its user and device.
 pub async fn authenticate(services: &Services, token: &str) -> Result<AuthedUser, Error> {
     let hash = hash_token(token);
-    if let Some((user_id, device_id, is_admin)) = services.tokens.map.lock().get(&hash).cloned() {
+    let cached = services.tokens.map.lock().get(&hash).cloned();
+    if let Some((user_id, device_id, is_admin, at)) = cached
+        && at.elapsed() < CACHE_TTL
+    {
         return Ok(AuthedUser {
             user_id,
             device_id,
@@ -87,11 +135,15 @@ pub async fn authenticate(services: &Services, token: &str) -> Result<AuthedUser
     };
     let user_id = OwnedUserId::try_from(user_id)
         .map_err(|e| Error::Storage(storage::StorageError::Corrupt(e.to_string())))?;
-    services
-        .tokens
-        .map
-        .lock()
-        .insert(hash.clone(), (user_id.clone(), device_id.clone(), is_admin));
+    services.tokens.map.lock().insert(
+        hash.clone(),
+        (
+            user_id.clone(),
+            device_id.clone(),
+            is_admin,
+            std::time::Instant::now(),
+        ),
+    );
     Ok(AuthedUser {
         user_id,
         device_id,

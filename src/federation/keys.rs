@@ -38,9 +38,19 @@ pub fn server_keys_object(s: &Services) -> Result<CanonicalJsonObject> {
         "verify_keys".into(),
         CanonicalJsonValue::Object(verify_keys),
     );
+    let mut old_keys = CanonicalJsonObject::new();
+    for old in &s.core.old_keys {
+        let mut k = CanonicalJsonObject::new();
+        k.insert("key".into(), CanonicalJsonValue::String(old.key.clone()));
+        k.insert(
+            "expired_ts".into(),
+            CanonicalJsonValue::Integer(ruma::Int::try_from(old.expired_ts).unwrap_or_default()),
+        );
+        old_keys.insert(old.key_id.clone(), CanonicalJsonValue::Object(k));
+    }
     obj.insert(
         "old_verify_keys".into(),
-        CanonicalJsonValue::Object(CanonicalJsonObject::new()),
+        CanonicalJsonValue::Object(old_keys),
     );
     ruma::signatures::sign_json(s.server_name(), key, &mut obj)
         .map_err(|e| Error::internal(e.to_string()))?;
@@ -79,6 +89,8 @@ pub struct KeyRing {
     client: FederationClient,
     our_name: String,
     our_key: (String, KnownKey),
+    /// Our retired keys, valid until they were retired.
+    our_old: Vec<(String, KnownKey)>,
     notaries: Vec<String>,
     cache: Mutex<HashMap<String, HashMap<String, KnownKey>>>,
     recently_failed: Mutex<HashMap<String, Instant>>,
@@ -160,9 +172,22 @@ impl KeyRing {
         client: FederationClient,
         our_name: &str,
         our_key: &weft_protocol::keys::ServerSigningKey,
+        our_old: &[crate::core::OldKey],
         notaries: Vec<String>,
     ) -> Self {
         Self {
+            our_old: our_old
+                .iter()
+                .filter_map(|k| {
+                    Some((
+                        k.key_id.clone(),
+                        KnownKey {
+                            key: parse_verify_key(&k.key).ok()?,
+                            valid_until_ts: k.expired_ts.max(0) as u64,
+                        },
+                    ))
+                })
+                .collect(),
             db,
             client,
             our_name: our_name.to_owned(),
@@ -181,7 +206,14 @@ impl KeyRing {
 
     fn cached(&self, server: &str, key_id: &str) -> Option<KnownKey> {
         if server == self.our_name {
-            return (key_id == self.our_key.0).then(|| self.our_key.1.clone());
+            if key_id == self.our_key.0 {
+                return Some(self.our_key.1.clone());
+            }
+            return self
+                .our_old
+                .iter()
+                .find(|k| k.0 == key_id)
+                .map(|k| k.1.clone());
         }
         self.cache
             .lock()
@@ -217,6 +249,9 @@ impl KeyRing {
         for s in servers {
             if s == &self.our_name {
                 out.insert((s.clone(), self.our_key.0.clone()), self.our_key.1.clone());
+                for (id, k) in &self.our_old {
+                    out.insert((s.clone(), id.clone()), k.clone());
+                }
             } else if let Some(keys) = cache.get(s) {
                 for (id, k) in keys {
                     out.insert((s.clone(), id.clone()), k.clone());
@@ -254,11 +289,15 @@ impl KeyRing {
             return false;
         }
         // Network: the server itself, then notaries.
-        if self.fetch_direct(server).await.is_ok() && have_all(self) {
+        let direct = self.fetch_direct(server).await.is_ok();
+        crate::observe::metrics::key_fetch("direct", direct);
+        if direct && have_all(self) {
             return true;
         }
         for notary in self.notaries.clone() {
-            if self.fetch_via_notary(&notary, server).await.is_ok() && have_all(self) {
+            let via = self.fetch_via_notary(&notary, server).await.is_ok();
+            crate::observe::metrics::key_fetch("notary", via);
+            if via && have_all(self) {
                 return true;
             }
         }

@@ -46,6 +46,7 @@ impl Federation {
             client.clone(),
             core.server_name(),
             &core.key,
+            &core.old_keys,
             cfg.trusted_key_servers.clone(),
         );
         let sender = outbound::Sender::new(Arc::clone(core), client.clone())?;

@@ -253,9 +253,11 @@ impl DestinationActor {
         let client = self.client.clone();
         let dest = self.destination.clone();
         let failures = self.failures;
+        crate::observe::metrics::transaction_in_flight(&dest, true);
         let fut = async move { send_one_transaction(&core, &client, &dest, failures).await };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             act.in_flight = false;
+            crate::observe::metrics::transaction_done(&act.destination, &res.as_ref().map(|s| matches!(s, Sent::Some(_))));
             match res {
                 Ok(Sent::Nothing) => {
                     if act.again {

@@ -556,6 +556,7 @@ impl RoomActor {
             match res {
                 Ok(()) => {
                     tracing::debug!(room = %act.room_id, events = pending.len(), ms = started.elapsed().as_millis() as u64, "batch committed");
+                    crate::observe::rooms::committed(act.room_id.as_str(), pending.len(), pending.iter().filter(|p| act.core.is_local(p.pdu.sender().server_name().as_str())).count());
                     let wake = act.users_to_wake(&memberships);
                     act.core.notifier.complete(&positions, wake);
                     if let Some(fed) = act.core.federation.get() {
@@ -795,8 +796,14 @@ impl RoomActor {
                     .then(move |_, act: &mut Self, _| {
                         let input = act.inbound_input(&pdu, hint);
                         let db = act.core.db.clone();
-                        async move { (pdu, db.read(move |c| inbound::prepare(c, input)).await) }
-                            .into_actor(act)
+                        let timer = crate::observe::metrics::SlowPath::start("inbound_prepare");
+                        async move {
+                            (
+                                pdu,
+                                timer.finish(db.read(move |c| inbound::prepare(c, input)).await),
+                            )
+                        }
+                        .into_actor(act)
                     })
                     .then(move |(pdu, prepared), act: &mut Self, _| {
                         let outcome = act.apply_prepared(pdu, prepared, local);

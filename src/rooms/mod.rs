@@ -105,6 +105,7 @@ impl RoomRegistry {
         M::Result: Send,
         RoomActor: Handler<M>,
     {
+        let _waiting = crate::observe::rooms::global().enter(room_id.as_str());
         let mut last = None;
         for attempt in 0..3 {
             let addr = self.get(room_id);
@@ -129,5 +130,15 @@ impl RoomRegistry {
     /// Number of live room actors (for the status page).
     pub fn live_actors(&self) -> usize {
         self.actors.lock().len()
+    }
+
+    /// The rooms whose actors are alive (for the status page).
+    pub fn live_rooms(&self) -> std::collections::HashSet<String> {
+        self.actors
+            .lock()
+            .iter()
+            .filter(|(_, a)| a.connected())
+            .map(|(r, _)| r.to_string())
+            .collect()
     }
 }

@@ -13,6 +13,7 @@
 //! * Migrations are embedded, one directory per dialect, and run at start.
 
 pub mod account;
+pub mod admin;
 pub mod connection;
 pub mod e2ee;
 pub mod events;
@@ -33,8 +34,8 @@ pub use connection::AnyConnection;
 
 use crate::config::{Config, DatabaseUrl};
 
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+pub(crate) const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+pub(crate) const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -177,6 +178,36 @@ impl Db {
     /// Queue depth of each writer (for the status page).
     pub fn writer_queue_depths(&self) -> Vec<usize> {
         self.writers.queue_depths()
+    }
+
+    /// Read pool connections `(in_use, idle)`.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let st = self.pool.state();
+        (
+            st.connections.saturating_sub(st.idle_connections),
+            st.idle_connections,
+        )
+    }
+
+    /// Readiness: a read on the pool and an (empty) job through every writer, each bounded
+    /// by `timeout`. Returns `(database_ok, writers_ok)`.
+    pub async fn health(&self, timeout: std::time::Duration) -> (bool, bool) {
+        let read = tokio::time::timeout(
+            timeout,
+            self.read(|c| {
+                use diesel::RunQueryDsl;
+                diesel::sql_query("SELECT 1").execute(c)?;
+                Ok(())
+            }),
+        )
+        .await;
+        let db_ok = matches!(read, Ok(Ok(())));
+        let mut writers_ok = true;
+        for shard in self.writers.one_shard_per_writer() {
+            let w = tokio::time::timeout(timeout, self.write(&shard, |_| Ok(()))).await;
+            writers_ok &= matches!(w, Ok(Ok(())));
+        }
+        (db_ok, writers_ok)
     }
 }
 

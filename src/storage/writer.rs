@@ -77,14 +77,18 @@ impl Writers {
         Ok(Self { handles })
     }
 
-    fn pick(&self, shard: &str) -> &WriterHandle {
+    fn index_of(&self, shard: &str) -> usize {
         // FNV-1a: stable, cheap, good enough to spread rooms over a few writers.
         let mut h: u64 = 0xcbf29ce484222325;
         for b in shard.bytes() {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x100000001b3);
         }
-        &self.handles[(h % self.handles.len() as u64) as usize]
+        (h % self.handles.len() as u64) as usize
+    }
+
+    fn pick(&self, shard: &str) -> &WriterHandle {
+        &self.handles[self.index_of(shard)]
     }
 
     fn boxed<T, F>(f: F) -> JobFn
@@ -145,6 +149,24 @@ impl Writers {
         Self::unbox(rx.recv().map_err(|_| StorageError::WriterGone)?)
     }
 
+    /// A shard key for each writer, in writer order (to reach every writer once).
+    pub fn one_shard_per_writer(&self) -> Vec<String> {
+        let mut keys: Vec<Option<String>> = vec![None; self.handles.len()];
+        let mut missing = self.handles.len();
+        for i in 0u32..10_000 {
+            if missing == 0 {
+                break;
+            }
+            let key = format!("health-{i}");
+            let idx = self.index_of(&key);
+            if keys[idx].is_none() {
+                keys[idx] = Some(key);
+                missing -= 1;
+            }
+        }
+        keys.into_iter().flatten().collect()
+    }
+
     pub fn queue_depths(&self) -> Vec<usize> {
         self.handles
             .iter()
@@ -174,6 +196,7 @@ fn run_writer(
             }
         }
         let n = jobs.len();
+        let started = std::time::Instant::now();
         let mut results: Vec<StorageResult<AnyBox>> = Vec::with_capacity(n);
         let mut replies = Vec::with_capacity(n);
         let outcome = conn.transaction::<(), diesel::result::Error, _>(|tx| {
@@ -204,6 +227,7 @@ fn run_writer(
             Ok(())
         });
         depth.fetch_sub(n, Ordering::Relaxed);
+        crate::observe::metrics::db_commit(n, started.elapsed().as_secs_f64(), outcome.is_ok());
         match outcome {
             Ok(()) => {
                 for (reply, result) in replies.into_iter().zip(results) {

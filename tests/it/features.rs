@@ -682,10 +682,11 @@ fn registration_is_closed_by_default(backend: Backend) {
     )
     .expect_err(403, "M_FORBIDDEN");
     // The operator creates users with the CLI, against the same database, while the server runs.
-    let (ok, out, err) = srv.cli(&["register-user", "dave", "--password", "pw-dave"]);
+    // The password comes on stdin, never on the command line.
+    let (ok, out, err) = srv.cli_input(&["register-user", "dave"], Some("pw-dave\n"));
     assert!(ok, "register-user failed: {out} {err}");
     assert_eq!(out.trim(), "@dave:weft.test");
-    let (ok, _, err) = srv.cli(&["register-user", "dave", "--password", "again"]);
+    let (ok, _, err) = srv.cli_input(&["register-user", "dave"], Some("again\n"));
     assert!(!ok, "registering dave twice succeeded");
     assert!(!err.contains("panicked"), "{err}");
     let mut dave = srv.anonymous();

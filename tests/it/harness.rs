@@ -86,6 +86,8 @@ pub struct Server {
     starts: u32,
     /// The client port; kept across restarts so clients keep working.
     port: Option<u16>,
+    /// Extra PostgreSQL databases made for this server (dropped with it).
+    extra_pg: Vec<String>,
 }
 
 fn pg_base_url() -> String {
@@ -156,6 +158,7 @@ impl Server {
             child: None,
             starts: 0,
             port: None,
+            extra_pg: Vec::new(),
         };
         server.spawn();
         server
@@ -265,6 +268,30 @@ impl Server {
             std::thread::sleep(step);
             step = (step * 2).min(Duration::from_millis(200));
         }
+    }
+
+    /// A new, empty PostgreSQL database `(name, url)`; dropped when this server is
+    /// dropped (or, after [`Server::use_postgres`], as the server's own database).
+    pub fn new_pg_database(&mut self) -> (String, String) {
+        let name = unique("weft_it_");
+        pg_admin()
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        self.extra_pg.push(name.clone());
+        let url = format!("{}/{name}", pg_base_url());
+        (name, url)
+    }
+
+    /// Points the (stopped) server at a PostgreSQL database made by
+    /// [`Server::new_pg_database`]; the next start uses it.
+    pub fn use_postgres(&mut self, name: &str, url: &str) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.extra_pg.retain(|n| n != name);
+        self.database = Database::Postgres {
+            name: name.to_owned(),
+            url: url.to_owned(),
+        };
+        self.backend = Backend::Postgres;
     }
 
     /// The log of the current (or last) run.
@@ -384,16 +411,30 @@ impl Server {
     /// Runs `weft <args> --config <this server's config>` to completion (bounded) and returns
     /// (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        self.cli_input(args, None)
+    }
+
+    /// Like [`Server::cli`], with `input` written to the command's standard input (passwords).
+    pub fn cli_input(&self, args: &[&str], input: Option<&str>) -> (bool, String, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(args)
             .arg("--config")
             .arg(&self.config_path)
             .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn weft cli");
+        if let Some(text) = input {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(text.as_bytes()).expect("write stdin");
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait for weft cli") {
@@ -434,6 +475,10 @@ impl Drop for Server {
                 self.dir.display(),
                 tail(&self.all_logs(), 80)
             );
+        }
+        for name in &self.extra_pg {
+            let _ =
+                pg_admin().batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
         if let Database::Postgres { name, .. } = &self.database {
             // FORCE: a pool connection may linger for a moment after SIGKILL.

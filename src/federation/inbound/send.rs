@@ -86,6 +86,7 @@ pub async fn process_pdus(
             Ok(p) => parsed.push((p, *version)),
             Err(e) => {
                 tracing::info!(origin, error = %e, "malformed PDU");
+                crate::observe::metrics::inbound_pdu("rejected", "format");
                 if let Ok(obj) = weft_protocol::canonical::value_to_object(raw.clone())
                     && let Ok(id) = weft_protocol::pdu::compute_event_id(&obj, *version)
                 {
@@ -105,6 +106,7 @@ pub async fn process_pdus(
                 .push(c.pdu),
             Err(e) => {
                 tracing::info!(origin, event = %pdu.event_id(), error = %e, "PDU refused");
+                crate::observe::metrics::inbound_pdu("rejected", "signature");
                 results.push((pdu.event_id().to_string(), Some(e)));
             }
         }
@@ -173,6 +175,7 @@ pub async fn submit_room(
             other => other,
         };
         let id = pdu.event_id().to_string();
+        count_outcome(&outcome);
         match outcome {
             InboundOutcome::Accepted | InboundOutcome::SoftFailed(_) => out.push((id, None)),
             InboundOutcome::Rejected(r) => {
@@ -242,4 +245,16 @@ pub async fn send_transaction(
         tracing::warn!(error = %e, "could not record transaction");
     }
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// Counts a received PDU's fate (`weft_federation_inbound_pdus_total`).
+fn count_outcome(outcome: &InboundOutcome) {
+    let (o, reason) = match outcome {
+        InboundOutcome::Accepted => ("accepted", "none"),
+        InboundOutcome::SoftFailed(_) => ("soft_failed", "auth_current_state"),
+        InboundOutcome::Rejected(_) => ("rejected", "auth"),
+        InboundOutcome::Missing { .. } => ("rejected", "missing_events"),
+        InboundOutcome::Error(_) => ("rejected", "error"),
+    };
+    crate::observe::metrics::inbound_pdu(o, reason);
 }

@@ -187,12 +187,21 @@ impl Weft {
 
     /// Creates an admin with `weft register-user --admin` and logs in.
     pub fn admin(&self, localpart: &str) -> User {
-        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["register-user", "--config"])
             .arg(&self.config)
-            .args([localpart, "--password", "pw-admin", "--admin"])
-            .output()
+            .args([localpart, "--admin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("weft register-user");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(b"pw-admin\n").expect("password on stdin");
+        }
+        let out = child.wait_with_output().expect("weft register-user");
         assert!(
             out.status.success(),
             "{}",

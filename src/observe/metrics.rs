@@ -1,0 +1,363 @@
+//! The Prometheus metrics of weft: names, the recorder, and the recording calls.
+//!
+//! Names follow Prometheus conventions: a `weft_` prefix, base units in the name (`_seconds`,
+//! `_bytes`), `_total` on counters, labels of small fixed vocabularies (route *patterns*,
+//! never raw paths; destination server names and room IDs only on gauges of live things).
+//! docs/OPERATING.md lists every series with its meaning.
+//!
+//! Callers use the small functions below (one line at the place where a thing happens), so
+//! instrumentation never obscures the code it measures. Gauges of current state are set by
+//! [`refresh`] from values gathered when `/metrics` is scraped.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+pub const HTTP_REQUESTS: &str = "weft_http_requests_total";
+pub const HTTP_DURATION: &str = "weft_http_request_duration_seconds";
+pub const ROOM_ACTORS: &str = "weft_room_actors";
+pub const ROOM_MAILBOX_CAPACITY: &str = "weft_room_mailbox_capacity";
+pub const ROOM_MAILBOX_DEPTH: &str = "weft_room_mailbox_depth";
+pub const ROOM_MAILBOX_HIGH_WATER: &str = "weft_room_mailbox_high_water";
+pub const ROOM_MESSAGES: &str = "weft_room_messages_handled_total";
+pub const ROOM_EVENTS: &str = "weft_room_events_appended_total";
+pub const ROOM_BATCH_SIZE: &str = "weft_room_batch_size_events";
+pub const ROOM_SLOW_PATH: &str = "weft_room_slow_path_duration_seconds";
+pub const DEST_BACKLOG: &str = "weft_federation_destination_backlog";
+pub const DEST_FAILURES: &str = "weft_federation_destination_consecutive_failures";
+pub const DEST_BACKOFF: &str = "weft_federation_destination_backoff_seconds";
+pub const DEST_IN_FLIGHT_AGE: &str = "weft_federation_destination_in_flight_age_seconds";
+pub const DEST_CATCHING_UP: &str = "weft_federation_destination_catching_up";
+pub const DEST_TRANSACTIONS: &str = "weft_federation_transactions_total";
+pub const INBOUND_PDUS: &str = "weft_federation_inbound_pdus_total";
+pub const KEY_FETCHES: &str = "weft_federation_key_fetches_total";
+pub const DB_WRITER_QUEUE: &str = "weft_db_writer_queue_depth";
+pub const DB_COMMIT_DURATION: &str = "weft_db_commit_duration_seconds";
+pub const DB_BATCH_SIZE: &str = "weft_db_commit_batch_size_jobs";
+pub const DB_COMMIT_FAILURES: &str = "weft_db_commit_failures_total";
+pub const DB_POOL: &str = "weft_db_read_pool_connections";
+pub const SYNC_WAKEUP: &str = "weft_sync_wakeup_duration_seconds";
+pub const RATE_LIMITED: &str = "weft_ratelimit_refusals_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Installs the process-wide recorder (once; later calls return the same handle).
+pub fn install() -> Option<&'static PrometheusHandle> {
+    if let Some(h) = HANDLE.get() {
+        return Some(h);
+    }
+    let builder = PrometheusBuilder::new()
+        // Gauges not refreshed for a while belong to rooms and peers no longer live.
+        .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(600)))
+        .set_buckets(SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_events".into()), SIZE_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_jobs".into()), SIZE_BUCKETS));
+    match builder.and_then(|b| b.install_recorder()) {
+        Ok(handle) => {
+            describe();
+            let _ = HANDLE.set(handle);
+            HANDLE.get()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the metrics recorder");
+            None
+        }
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by listener, method, route pattern and status"
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "HTTP request latency by listener, method and route pattern"
+    );
+    describe_gauge!(ROOM_ACTORS, "Room actors alive");
+    describe_gauge!(
+        ROOM_MAILBOX_CAPACITY,
+        "Configured capacity of each room actor's mailbox (actors.room_mailbox)"
+    );
+    describe_gauge!(
+        ROOM_MAILBOX_DEPTH,
+        "Messages waiting for (or being handled by) a room's actor"
+    );
+    describe_gauge!(
+        ROOM_MAILBOX_HIGH_WATER,
+        "Most messages ever waiting at once for a room's actor"
+    );
+    describe_counter!(ROOM_MESSAGES, "Messages handled by room actors");
+    describe_counter!(
+        ROOM_EVENTS,
+        "Events appended to room timelines, by origin (local, remote)"
+    );
+    describe_histogram!(
+        ROOM_BATCH_SIZE,
+        "Events per group-commit batch of a room actor"
+    );
+    describe_histogram!(
+        ROOM_SLOW_PATH,
+        metrics::Unit::Seconds,
+        "Time room actors spent in slow paths (loading state for a received event)"
+    );
+    describe_gauge!(
+        DEST_BACKLOG,
+        "Queued PDUs and EDUs not yet delivered, per destination"
+    );
+    describe_gauge!(
+        DEST_FAILURES,
+        "Consecutive failed deliveries, per destination (0 when healthy)"
+    );
+    describe_gauge!(
+        DEST_BACKOFF,
+        "Seconds until the next retry of a backing-off destination"
+    );
+    describe_gauge!(
+        DEST_IN_FLIGHT_AGE,
+        "Age of the transaction in flight to a destination (0: none)"
+    );
+    describe_gauge!(
+        DEST_CATCHING_UP,
+        "1 while a destination is in catch-up mode"
+    );
+    describe_counter!(
+        DEST_TRANSACTIONS,
+        "Outbound transactions by destination and result (ok, error)"
+    );
+    describe_counter!(
+        INBOUND_PDUS,
+        "Received PDUs by outcome (accepted, rejected, soft_failed) and reason"
+    );
+    describe_counter!(
+        KEY_FETCHES,
+        "Remote key fetches by source (direct, notary) and result"
+    );
+    describe_gauge!(DB_WRITER_QUEUE, "Write jobs queued per database writer");
+    describe_histogram!(
+        DB_COMMIT_DURATION,
+        metrics::Unit::Seconds,
+        "Time to run and commit one writer batch"
+    );
+    describe_histogram!(DB_BATCH_SIZE, "Write jobs committed per writer transaction");
+    describe_counter!(DB_COMMIT_FAILURES, "Writer batches that failed to commit");
+    describe_gauge!(DB_POOL, "Read pool connections by state (in_use, idle)");
+    describe_histogram!(
+        SYNC_WAKEUP,
+        metrics::Unit::Seconds,
+        "Time from a /sync long-poll being woken to its response"
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused by a rate limiter, by limiter"
+    );
+}
+
+/// The text exposition of every metric (after housekeeping).
+pub fn render() -> String {
+    match HANDLE.get() {
+        Some(h) => {
+            h.run_upkeep();
+            h.render()
+        }
+        None => String::new(),
+    }
+}
+
+/// Housekeeping the exporter needs now and then (histogram draining).
+pub fn upkeep() {
+    if let Some(h) = HANDLE.get() {
+        h.run_upkeep();
+    }
+}
+
+// ---- recording calls ---------------------------------------------------------------------
+
+pub fn http_request(listener: &'static str, method: &str, route: &str, status: u16, secs: f64) {
+    let (m, r) = (method.to_owned(), route.to_owned());
+    counter!(HTTP_REQUESTS, "listener" => listener, "method" => m.clone(), "route" => r.clone(), "status" => status.to_string()).increment(1);
+    histogram!(HTTP_DURATION, "listener" => listener, "method" => m, "route" => r).record(secs);
+}
+
+pub fn room_message_handled() {
+    counter!(ROOM_MESSAGES).increment(1);
+}
+
+/// A room actor committed a batch of `n` events (`local` of them created here).
+pub fn room_batch(n: usize, local: usize) {
+    histogram!(ROOM_BATCH_SIZE).record(n as f64);
+    counter!(ROOM_EVENTS, "origin" => "local").increment(local as u64);
+    counter!(ROOM_EVENTS, "origin" => "remote").increment(n.saturating_sub(local) as u64);
+}
+
+/// Time a room actor spent in a slow path (`path`: a fixed name).
+pub fn room_slow_path(path: &'static str, secs: f64) {
+    histogram!(ROOM_SLOW_PATH, "path" => path).record(secs);
+}
+
+/// Times a slow path: `SlowPath::start("name")` … `.finish(value)`.
+pub struct SlowPath {
+    path: &'static str,
+    started: std::time::Instant,
+}
+
+impl SlowPath {
+    pub fn start(path: &'static str) -> Self {
+        Self {
+            path,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Records the time since `start` and passes `value` through.
+    pub fn finish<T>(self, value: T) -> T {
+        room_slow_path(self.path, self.started.elapsed().as_secs_f64());
+        value
+    }
+}
+
+/// One outbound transaction finished.
+pub fn transaction(destination: &str, ok: bool) {
+    counter!(DEST_TRANSACTIONS, "destination" => destination.to_owned(), "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// A destination entered (true) or left (false) catch-up mode.
+pub fn destination_catching_up(destination: &str, on: bool) {
+    gauge!(DEST_CATCHING_UP, "destination" => destination.to_owned()).set(if on {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// A received PDU's fate; `reason` is a fixed word (auth, signature, format, missing, ...).
+pub fn inbound_pdu(outcome: &'static str, reason: &'static str) {
+    counter!(INBOUND_PDUS, "outcome" => outcome, "reason" => reason).increment(1);
+}
+
+pub fn key_fetch(via: &'static str, ok: bool) {
+    counter!(KEY_FETCHES, "via" => via, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// One writer batch: `jobs` jobs, `secs` to run and commit, and whether it committed.
+pub fn db_commit(jobs: usize, secs: f64, ok: bool) {
+    histogram!(DB_BATCH_SIZE).record(jobs as f64);
+    histogram!(DB_COMMIT_DURATION).record(secs);
+    if !ok {
+        counter!(DB_COMMIT_FAILURES).increment(1);
+    }
+}
+
+pub fn sync_wakeup(secs: f64) {
+    histogram!(SYNC_WAKEUP).record(secs);
+}
+
+static REFUSALS: OnceLock<parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>> =
+    OnceLock::new();
+
+/// A rate limiter refused a request. `limiter` names it (a fixed word, e.g. `login`).
+pub fn rate_limited(limiter: &'static str) {
+    counter!(RATE_LIMITED, "limiter" => limiter).increment(1);
+    *REFUSALS
+        .get_or_init(Default::default)
+        .lock()
+        .entry(limiter)
+        .or_default() += 1;
+}
+
+/// Refusals so far, per limiter (for the status page).
+pub fn rate_limit_refusals() -> std::collections::BTreeMap<&'static str, u64> {
+    REFUSALS.get().map(|m| m.lock().clone()).unwrap_or_default()
+}
+
+// ---- gauges refreshed at scrape time -------------------------------------------------------
+
+/// One destination's current numbers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DestinationGauges {
+    pub destination: String,
+    pub backlog: i64,
+    pub failures: i64,
+    pub backoff_secs: f64,
+    pub in_flight_age_secs: f64,
+}
+
+/// What `/metrics` refreshes before rendering.
+pub struct Current<'a> {
+    pub room_actors: usize,
+    pub room_mailbox_capacity: usize,
+    pub rooms: &'a [super::rooms::RoomStatsSnapshot],
+    pub writer_depths: &'a [usize],
+    pub pool_in_use: u32,
+    pub pool_idle: u32,
+    pub destinations: &'a [DestinationGauges],
+}
+
+pub fn refresh(c: &Current<'_>) {
+    gauge!(ROOM_ACTORS).set(c.room_actors as f64);
+    gauge!(ROOM_MAILBOX_CAPACITY).set(c.room_mailbox_capacity as f64);
+    for r in c.rooms {
+        gauge!(ROOM_MAILBOX_DEPTH, "room" => r.room_id.clone()).set(r.waiting as f64);
+        gauge!(ROOM_MAILBOX_HIGH_WATER, "room" => r.room_id.clone()).set(r.high_water as f64);
+    }
+    for (i, d) in c.writer_depths.iter().enumerate() {
+        gauge!(DB_WRITER_QUEUE, "writer" => i.to_string()).set(*d as f64);
+    }
+    gauge!(DB_POOL, "state" => "in_use").set(f64::from(c.pool_in_use));
+    gauge!(DB_POOL, "state" => "idle").set(f64::from(c.pool_idle));
+    for d in c.destinations {
+        let l = d.destination.clone();
+        gauge!(DEST_BACKLOG, "destination" => l.clone()).set(d.backlog as f64);
+        gauge!(DEST_FAILURES, "destination" => l.clone()).set(d.failures as f64);
+        gauge!(DEST_BACKOFF, "destination" => l.clone()).set(d.backoff_secs);
+        gauge!(DEST_IN_FLIGHT_AGE, "destination" => l).set(d.in_flight_age_secs);
+    }
+}
+
+// ---- transactions in flight (kept here so the outbound module needs one line per event) ---
+
+static IN_FLIGHT: OnceLock<
+    parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+> = OnceLock::new();
+
+fn in_flight_map()
+-> &'static parking_lot::Mutex<std::collections::HashMap<String, std::time::Instant>> {
+    IN_FLIGHT.get_or_init(Default::default)
+}
+
+/// A transaction to `destination` was sent (`true`) or answered/failed (`false`).
+pub fn transaction_in_flight(destination: &str, sending: bool) {
+    let mut m = in_flight_map().lock();
+    if sending {
+        m.insert(destination.to_owned(), std::time::Instant::now());
+    } else {
+        m.remove(destination);
+    }
+}
+
+/// A send attempt to `destination` ended: `Ok(true)` delivered, `Ok(false)` nothing to
+/// send, `Err` failed.
+pub fn transaction_done<E>(destination: &str, result: &Result<bool, E>) {
+    transaction_in_flight(destination, false);
+    match result {
+        Ok(true) => transaction(destination, true),
+        Ok(false) => {}
+        Err(_) => transaction(destination, false),
+    }
+}
+
+/// Age of the transaction in flight to `destination`, if any.
+pub fn in_flight_age(destination: &str) -> Option<Duration> {
+    in_flight_map().lock().get(destination).map(|t| t.elapsed())
+}

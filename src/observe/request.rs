@@ -1,0 +1,111 @@
+//! Every HTTP request gets a request ID, a tracing span and one log line, and is counted.
+//!
+//! The ID is the caller's `X-Request-Id` when that is a short token of safe characters (a
+//! proxy's ID then follows the request through), else a fresh random one; it is echoed in
+//! the response's `X-Request-Id`. The span `request{id, method, route}` wraps the handler,
+//! so every log line a handler writes carries the ID. Logged: method, route pattern, path
+//! *without* its query string (`?access_token=` must never reach a log), status, duration.
+//! Never logged: headers, bodies, query strings.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use tracing::Instrument;
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// A caller-supplied ID we are willing to repeat in logs and headers.
+pub fn acceptable_id(id: &str) -> bool {
+    (8..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// `middleware::from_fn` body for the client listener.
+pub async fn client(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    observe("client", req, next).await
+}
+
+/// `middleware::from_fn` body for the federation listener.
+pub async fn federation(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    observe("federation", req, next).await
+}
+
+async fn observe<B: MessageBody + 'static>(
+    listener: &'static str,
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<B>, actix_web::Error> {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| crate::core::random_string(16));
+    let method = req.method().to_string();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let path = req.path().to_owned();
+    let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
+    let result = next.call(req).instrument(span.clone()).await;
+    let secs = started.elapsed().as_secs_f64();
+    let _enter = span.enter();
+    match result {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static(REQUEST_ID), v);
+            }
+            crate::observe::metrics::http_request(listener, &method, &route, status, secs);
+            tracing::info!(
+                target: "weft::http",
+                listener,
+                %path,
+                status,
+                ms = (secs * 1000.0) as u64,
+                "request"
+            );
+            Ok(resp)
+        }
+        Err(e) => {
+            let status = e.as_response_error().status_code().as_u16();
+            crate::observe::metrics::http_request(listener, &method, &route, status, secs);
+            tracing::info!(target: "weft::http", listener, %path, status, ms = (secs * 1000.0) as u64, "request failed");
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acceptable_id;
+
+    #[test]
+    fn request_ids() {
+        assert!(acceptable_id("abcDEF123-_.x"));
+        for bad in [
+            "",
+            "short",
+            "with space xx",
+            "new\nline123",
+            &"a".repeat(65),
+            "quote\"1234",
+        ] {
+            assert!(!acceptable_id(bad), "{bad:?}");
+        }
+    }
+}
