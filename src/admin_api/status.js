@@ -93,7 +93,9 @@
       tr.appendChild(td(d.backoff_secs > 0 ? d.backoff_secs.toFixed(1) + " s" : "—", "num"));
       tr.appendChild(td(d.next_retry_ts ? new Date(d.next_retry_ts).toLocaleTimeString() : "—"));
       tr.appendChild(td(ago(d.last_success_ts, now)));
-      tr.appendChild(td(d.last_error || "", "bad"));
+      const err = td(d.last_error || "", "bad error");
+      err.title = d.last_error || "";
+      tr.appendChild(err);
       return tr;
     }), "no destination has queued work or retry state", 8);
 

@@ -282,6 +282,17 @@ impl Server {
         (name, url)
     }
 
+    /// Drops the server's PostgreSQL database under it (terminating its connections): the
+    /// database outage of a readiness test.
+    pub fn drop_database_now(&self) {
+        let Database::Postgres { name, .. } = &self.database else {
+            panic!("drop_database_now needs PostgreSQL");
+        };
+        pg_admin()
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .unwrap_or_else(|e| panic!("DROP DATABASE {name}: {e}"));
+    }
+
     /// Points the (stopped) server at a PostgreSQL database made by
     /// [`Server::new_pg_database`]; the next start uses it.
     pub fn use_postgres(&mut self, name: &str, url: &str) {

@@ -173,6 +173,26 @@ fn health_and_request_ids() {
     srv.assert_no_panics();
 }
 
+/// Readiness fails (503) when the database goes away, and says which part.
+#[test]
+fn health_reports_a_lost_database() {
+    let mut srv = Server::start(Backend::Postgres);
+    let c = srv.anonymous();
+    c.get("/health").ok();
+    srv.drop_database_now();
+    let r = wait("/health to fail", WAIT, || {
+        let r = c.get("/health");
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(r.body["status"], "unavailable", "{}", r.text);
+    assert_eq!(r.body["database"], "unreachable", "{}", r.text);
+    assert!(
+        srv.is_running(),
+        "the server must survive a database outage"
+    );
+    srv.assert_no_panics();
+}
+
 // ---- 2. metrics ---------------------------------------------------------------------------
 
 /// A burst of concurrent sends into one room: its mailbox depth and high-water mark rise
