@@ -507,3 +507,20 @@ fn redact_url(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn database_passwords_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://weft:s3cret@db.example:5432/weft"),
+            "postgres://weft:***@db.example:5432/weft"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/weft"),
+            "postgres://postgres@127.0.0.1/weft"
+        );
+    }
+}

@@ -237,3 +237,35 @@ fn copy_all(
     }
     Ok(counts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_checked_before_they_reach_sql() {
+        assert_eq!(quote_ident("events").unwrap(), "\"events\"");
+        assert_eq!(
+            quote_ident("e2e_one_time_keys").unwrap(),
+            "\"e2e_one_time_keys\""
+        );
+        for bad in ["", "a b", "x\"; DROP TABLE users; --", "t-1", "é"] {
+            assert!(quote_ident(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backup_and_migrate_refuse_the_wrong_backend() {
+        let mut c = Config::default();
+        c.database.url = Some("postgres://u@h/db".into());
+        assert!(matches!(
+            backup(&c, Path::new("/tmp/x.db")),
+            Err(DbToolError::Usage(m)) if m.contains("pg_dump")
+        ));
+        let mut noop = |_: &str, _: u64, _: u64| {};
+        assert!(matches!(
+            migrate_to_postgres(&Config::default(), "mysql://x", &mut noop),
+            Err(DbToolError::Usage(_))
+        ));
+    }
+}

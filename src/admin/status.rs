@@ -69,6 +69,7 @@ pub async fn gather(s: &Services) -> Result<Status> {
                     in_flight_age_secs: metrics::in_flight_age(&server)
                         .map(|d| d.as_secs_f64())
                         .unwrap_or(0.0),
+                    catching_up: metrics::is_catching_up(&server),
                     destination: server,
                     backlog: 0,
                     failures: i64::from(failures),
@@ -92,6 +93,7 @@ pub async fn gather(s: &Services) -> Result<Status> {
                     in_flight_age_secs: metrics::in_flight_age(&server)
                         .map(|d| d.as_secs_f64())
                         .unwrap_or(0.0),
+                    catching_up: metrics::is_catching_up(&server),
                     destination: server,
                     backlog: 0,
                     failures: 0,

@@ -92,12 +92,13 @@
       tr.appendChild(td(d.failures, "num failures" + (d.failures > 0 ? " bad" : "")));
       tr.appendChild(td(d.backoff_secs > 0 ? d.backoff_secs.toFixed(1) + " s" : "—", "num"));
       tr.appendChild(td(d.next_retry_ts ? new Date(d.next_retry_ts).toLocaleTimeString() : "—"));
+      tr.appendChild(td(d.catching_up ? "catching up" : "—", d.catching_up ? "warn" : ""));
       tr.appendChild(td(ago(d.last_success_ts, now)));
       const err = td(d.last_error || "", "bad error");
       err.title = d.last_error || "";
       tr.appendChild(err);
       return tr;
-    }), "no destination has queued work or retry state", 8);
+    }), "no destination has queued work or retry state", 9);
 
     kv($("writer").tBodies[0], st.writer);
     const refusals = st.rate_limits.refusals || {};

@@ -232,13 +232,24 @@ pub fn transaction(destination: &str, ok: bool) {
     counter!(DEST_TRANSACTIONS, "destination" => destination.to_owned(), "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
+static CATCHING_UP: OnceLock<parking_lot::Mutex<std::collections::HashSet<String>>> =
+    OnceLock::new();
+
 /// A destination entered (true) or left (false) catch-up mode.
 pub fn destination_catching_up(destination: &str, on: bool) {
-    gauge!(DEST_CATCHING_UP, "destination" => destination.to_owned()).set(if on {
-        1.0
+    let mut set = CATCHING_UP.get_or_init(Default::default).lock();
+    if on {
+        set.insert(destination.to_owned());
     } else {
-        0.0
-    });
+        set.remove(destination);
+    }
+}
+
+/// Whether a destination is in catch-up mode (as last reported).
+pub fn is_catching_up(destination: &str) -> bool {
+    CATCHING_UP
+        .get()
+        .is_some_and(|s| s.lock().contains(destination))
 }
 
 /// A received PDU's fate; `reason` is a fixed word (auth, signature, format, missing, ...).
@@ -291,6 +302,7 @@ pub struct DestinationGauges {
     pub failures: i64,
     pub backoff_secs: f64,
     pub in_flight_age_secs: f64,
+    pub catching_up: bool,
 }
 
 /// What `/metrics` refreshes before rendering.
@@ -321,7 +333,8 @@ pub fn refresh(c: &Current<'_>) {
         gauge!(DEST_BACKLOG, "destination" => l.clone()).set(d.backlog as f64);
         gauge!(DEST_FAILURES, "destination" => l.clone()).set(d.failures as f64);
         gauge!(DEST_BACKOFF, "destination" => l.clone()).set(d.backoff_secs);
-        gauge!(DEST_IN_FLIGHT_AGE, "destination" => l).set(d.in_flight_age_secs);
+        gauge!(DEST_IN_FLIGHT_AGE, "destination" => l.clone()).set(d.in_flight_age_secs);
+        gauge!(DEST_CATCHING_UP, "destination" => l).set(if d.catching_up { 1.0 } else { 0.0 });
     }
 }
 
@@ -360,4 +373,34 @@ pub fn transaction_done<E>(destination: &str, result: &Result<bool, E>) {
 /// Age of the transaction in flight to `destination`, if any.
 pub fn in_flight_age(destination: &str) -> Option<Duration> {
     in_flight_map().lock().get(destination).map(|t| t.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catch_up_and_in_flight_state() {
+        assert!(!is_catching_up("a.example"));
+        destination_catching_up("a.example", true);
+        assert!(is_catching_up("a.example"));
+        destination_catching_up("a.example", false);
+        assert!(!is_catching_up("a.example"));
+
+        assert!(in_flight_age("b.example").is_none());
+        transaction_in_flight("b.example", true);
+        assert!(in_flight_age("b.example").is_some());
+        transaction_done::<()>("b.example", &Ok(true));
+        assert!(in_flight_age("b.example").is_none());
+    }
+
+    #[test]
+    fn rate_limit_refusals_are_counted_per_limiter() {
+        rate_limited("test_login");
+        rate_limited("test_login");
+        rate_limited("test_register");
+        let r = rate_limit_refusals();
+        assert_eq!(r.get("test_login"), Some(&2));
+        assert_eq!(r.get("test_register"), Some(&1));
+    }
 }
