@@ -12,6 +12,7 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod notifier;
+pub mod passwords;
 pub mod rooms;
 pub mod server;
 pub mod services;
