@@ -16,6 +16,7 @@ pub mod federation;
 pub mod http;
 pub mod notifier;
 pub mod observe;
+pub mod passwords;
 pub mod rooms;
 pub mod server;
 pub mod services;

@@ -118,7 +118,7 @@ pub async fn reset_password(core: &Core, user_id: &str, password: String) -> Res
     if row.deactivated {
         return Err(Error::BadState("the user is deactivated".into()));
     }
-    let hash = crate::accounts::hash_password_async(password).await?;
+    let hash = crate::accounts::hash_password(core, password).await?;
     let u = user_id.to_owned();
     let hashes = core
         .db

@@ -22,4 +22,5 @@ mod federation;
 mod hostile_peer;
 mod linearized;
 mod ops;
+mod passwords;
 mod signatures;
