@@ -14,6 +14,20 @@ use peer::{Peers, UNSTABLE};
 use serde_json::{Value, json};
 use weft_protocol::{canonical, lm};
 
+use crate::both_backends;
+use crate::harness::Backend;
+
+both_backends!(
+    three_servers_converse_and_agree_on_one_line,
+    a_participant_that_was_down_misses_nothing,
+    a_gap_in_the_line_is_filled_from_the_hub,
+    a_send_while_the_hub_is_down_fails_at_once_and_its_retry_lands_once,
+    the_operator_view_is_for_admins,
+    forged_lpdus_are_refused_and_nothing_is_fanned_out,
+    invites_and_kicks_reach_the_right_servers,
+    weft_participates_in_a_room_of_a_reference_like_hub,
+);
+
 type Line = Vec<(String, String, String, String)>;
 
 fn ids(t: &Line) -> Vec<&str> {
@@ -25,10 +39,10 @@ fn contains_all(t: &Line, wanted: &[String]) -> bool {
 }
 
 /// A hub with `alice`, and participants with one user each, all joined to a new LM room.
-fn room_of_three() -> (Weft, Weft, Weft, User, User, User, String) {
-    let hub = Weft::start();
-    let p1 = Weft::start();
-    let p2 = Weft::start();
+fn room_of_three(backend: Backend) -> (Weft, Weft, Weft, User, User, User, String) {
+    let hub = Weft::start(backend);
+    let p1 = Weft::start(backend);
+    let p2 = Weft::start(backend);
     let alice = hub.register("alice");
     let bob = p1.register("bob");
     let carol = p2.register("carol");
@@ -40,9 +54,8 @@ fn room_of_three() -> (Weft, Weft, Weft, User, User, User, String) {
     (hub, p1, p2, alice, bob, carol, room)
 }
 
-#[test]
-fn three_servers_converse_and_agree_on_one_line() {
-    let (hub, p1, p2, alice, bob, carol, room) = room_of_three();
+fn three_servers_converse_and_agree_on_one_line(backend: Backend) {
+    let (hub, p1, p2, alice, bob, carol, room) = room_of_three(backend);
 
     // Users on all three servers converse; each send answers with the final event ID (the
     // participants' through the hub's echo).
@@ -119,13 +132,12 @@ fn three_servers_converse_and_agree_on_one_line() {
     }
 }
 
-#[test]
-fn a_participant_that_was_down_misses_nothing() {
+fn a_participant_that_was_down_misses_nothing(backend: Backend) {
     // The hub backs off for a minute after the first failure: the participant catches up
     // within the test only because it tells the hub it is back when it starts.
-    let hub = Weft::start_with("retry_min_ms = 60000\nretry_max_ms = 600000\n");
-    let mut p1 = Weft::start();
-    let p2 = Weft::start();
+    let hub = Weft::start_with(backend, "retry_min_ms = 60000\nretry_max_ms = 600000\n");
+    let mut p1 = Weft::start(backend);
+    let p2 = Weft::start(backend);
     let alice = hub.register("alice");
     let bob = p1.register("bob");
     let carol = p2.register("carol");
@@ -209,10 +221,9 @@ fn a_participant_that_was_down_misses_nothing() {
     }
 }
 
-#[test]
-fn a_gap_in_the_line_is_filled_from_the_hub() {
-    let hub = Weft::start();
-    let mut p1 = Weft::start();
+fn a_gap_in_the_line_is_filled_from_the_hub(backend: Backend) {
+    let hub = Weft::start(backend);
+    let mut p1 = Weft::start(backend);
     let alice = hub.register("alice");
     let bob = p1.register("bob");
     let room = alice.create_lm_room(&[&bob.id], "private_chat");
@@ -254,10 +265,9 @@ fn a_gap_in_the_line_is_filled_from_the_hub() {
     p1.assert_quiet();
 }
 
-#[test]
-fn a_send_while_the_hub_is_down_fails_at_once_and_its_retry_lands_once() {
-    let mut hub = Weft::start();
-    let p1 = Weft::start();
+fn a_send_while_the_hub_is_down_fails_at_once_and_its_retry_lands_once(backend: Backend) {
+    let mut hub = Weft::start(backend);
+    let p1 = Weft::start(backend);
     let alice = hub.register("alice");
     let bob = p1.register("bob");
     let room = alice.create_lm_room(&[&bob.id], "private_chat");
@@ -290,9 +300,8 @@ fn a_send_while_the_hub_is_down_fails_at_once_and_its_retry_lands_once() {
     p1.assert_quiet();
 }
 
-#[test]
-fn the_operator_view_is_for_admins() {
-    let hub = Weft::start();
+fn the_operator_view_is_for_admins(backend: Backend) {
+    let hub = Weft::start(backend);
     let alice = hub.register("alice");
     let (s, b) = alice.get_raw("/_weft/admin/v1/linearized");
     assert_eq!(
@@ -310,10 +319,9 @@ fn refusal(answer: &Value, lpdu_id: &str) -> String {
         .to_owned()
 }
 
-#[test]
-fn forged_lpdus_are_refused_and_nothing_is_fanned_out() {
-    let hub = Weft::start();
-    let p1 = Weft::start();
+fn forged_lpdus_are_refused_and_nothing_is_fanned_out(backend: Backend) {
+    let hub = Weft::start(backend);
+    let p1 = Weft::start(backend);
     let peers = Peers::start(2, true);
     let (mallory_server, other_server) = (&peers.names[0], &peers.names[1]);
     let alice = hub.register("alice");
@@ -537,10 +545,9 @@ fn forged_lpdus_are_refused_and_nothing_is_fanned_out() {
     p1.assert_quiet();
 }
 
-#[test]
-fn invites_and_kicks_reach_the_right_servers() {
-    let hub = Weft::start();
-    let p1 = Weft::start();
+fn invites_and_kicks_reach_the_right_servers(backend: Backend) {
+    let hub = Weft::start(backend);
+    let p1 = Weft::start(backend);
     let peers = Peers::start(1, true);
     let fake = &peers.names[0];
     let alice = hub.register("alice");
@@ -600,10 +607,9 @@ fn invites_and_kicks_reach_the_right_servers() {
 /// fans out before it answers (our join and our echo arrive while our requests are open),
 /// answers `backfill` newest first ten at a time, refuses with 500 `M_UNKNOWN`, and drops
 /// what it could not deliver.
-#[test]
-fn weft_participates_in_a_room_of_a_reference_like_hub() {
+fn weft_participates_in_a_room_of_a_reference_like_hub(backend: Backend) {
     let fake = FakeHub::start();
-    let p1 = Weft::start();
+    let p1 = Weft::start(backend);
     let bob = p1.register("bob");
     fake.invite(&bob.id).expect("bob's server signs the invite");
     bob.wait_invite(&fake.room);

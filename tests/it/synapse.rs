@@ -1,11 +1,14 @@
 //! Real Synapse (1.163.2) as a federation peer, driven through the project's harness
 //! scripts in `tools/synapse/` (install once into a venv, start an instance on loopback
-//! with TLS and fast retries, register users, stop or kill it). Each test gets its own
-//! instance and data directory.
+//! with TLS and fast retries, register users, stop or kill it). A test that stops or kills
+//! Synapse gets its own instance ([`Synapse::start`]); the others share one with whatever
+//! test runs at the same time ([`Synapse::shared`], e.g. a scenario's `::sqlite` and
+//! `::postgres` runs), each with users of its own ([`Synapse::register_fresh`]).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -82,6 +85,27 @@ impl Synapse {
         };
         s.start_again();
         s
+    }
+
+    /// A running instance shared with the tests that hold it at the same time; it stops
+    /// when the last of them drops it. Never stop or kill a shared instance.
+    pub fn shared() -> Arc<Synapse> {
+        static SHARED: Mutex<Weak<Synapse>> = Mutex::new(Weak::new());
+        // Held while a new instance starts, so concurrent callers wait for it.
+        let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = slot.upgrade() {
+            return s;
+        }
+        let s = Arc::new(Synapse::start());
+        *slot = Arc::downgrade(&s);
+        s
+    }
+
+    /// Registers a new user `<localpart>_<n>` (unique on this instance), for tests sharing it.
+    pub fn register_fresh(&self, localpart: &str) -> Client {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        self.register(&format!("{localpart}_{n}"))
     }
 
     pub fn server_name(&self) -> String {
