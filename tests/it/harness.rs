@@ -92,13 +92,6 @@ impl TestDb {
         TestDb { kind }
     }
 
-    pub fn backend(&self) -> Backend {
-        match self.kind {
-            Database::Sqlite(_) => Backend::Sqlite,
-            Database::Postgres { .. } => Backend::Postgres,
-        }
-    }
-
     /// The `[database] url` for weft's config.
     pub fn url(&self) -> String {
         match &self.kind {
@@ -136,37 +129,6 @@ impl TestDb {
                 q.execute(&mut c).expect("execute")
             }
         }
-    }
-
-    /// Runs a query returning one text column, with text parameters as in [`Self::execute`].
-    pub fn query_strings(&self, sql: &str, params: &[&str]) -> Vec<String> {
-        #[derive(QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            v: String,
-        }
-        let rows: Vec<Row> = match &self.kind {
-            Database::Sqlite(path) => {
-                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
-                    .expect("open the SQLite database");
-                c.batch_execute("PRAGMA busy_timeout = 10000;")
-                    .expect("busy timeout");
-                let mut q = diesel::sql_query(sql).into_boxed::<diesel::sqlite::Sqlite>();
-                for p in params {
-                    q = q.bind::<diesel::sql_types::Text, _>(p.to_string());
-                }
-                q.load(&mut c).expect("query")
-            }
-            Database::Postgres { url, .. } => {
-                let mut c = diesel::PgConnection::establish(url).expect("connect to PostgreSQL");
-                let mut q = diesel::sql_query(pg_placeholders(sql)).into_boxed::<diesel::pg::Pg>();
-                for p in params {
-                    q = q.bind::<diesel::sql_types::Text, _>(p.to_string());
-                }
-                q.load(&mut c).expect("query")
-            }
-        };
-        rows.into_iter().map(|r| r.v).collect()
     }
 }
 
@@ -460,6 +422,37 @@ impl Server {
         let mut c = self.anonymous();
         c.register(localpart, &format!("pw-{localpart}"));
         c
+    }
+
+    /// A server admin made with `weft register-user --admin`, logged in.
+    pub fn admin(&self, localpart: &str) -> Client {
+        let pw = format!("pw-{localpart}");
+        let (ok, out, err) = self.cli(&["register-user", localpart, "--password", &pw, "--admin"]);
+        assert!(ok, "register-user --admin failed: {out} {err}");
+        let mut c = self.anonymous();
+        c.login(localpart, &pw);
+        c
+    }
+
+    /// Waits (bounded) until `n` `/sync` requests are parked on a wake-up, as the server's
+    /// notifier counts them (`/_weft/admin/v1/sync_waiters`, asked as `admin`): a wake-up
+    /// test sends only then, so the event cannot be read by the request's first pass.
+    #[track_caller]
+    pub fn wait_parked_syncs(&self, admin: &Client, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = admin.get("/_weft/admin/v1/sync_waiters");
+            assert_eq!(r.status, 200, "sync_waiters: {}", r.text);
+            if r.body["parked"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} parked /sync request(s) never showed: {}",
+                r.text
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The stored PDU JSON of every event of a room, in stream order, as

@@ -30,7 +30,7 @@ both_backends!(
 
 type Line = Vec<(String, String, String, String)>;
 
-fn ids(t: &Line) -> Vec<&str> {
+fn ids(t: &[(String, String, String, String)]) -> Vec<&str> {
     t.iter().map(|e| e.0.as_str()).collect()
 }
 
@@ -184,9 +184,7 @@ fn a_participant_that_was_down_misses_nothing(backend: Backend) {
     let hub_line = alice.wait_timeline(&room, "everything sent", |t| {
         contains_all(&t.to_vec(), &sent)
     });
-    let bob_line = bob.wait_timeline(&room, "the hub's line", |t| {
-        ids(&t.to_vec()) == ids(&hub_line)
-    });
+    let bob_line = bob.wait_timeline(&room, "the hub's line", |t| ids(t) == ids(&hub_line));
     assert_eq!(ids(&bob_line), ids(&hub_line));
     assert!(
         back.elapsed() < Duration::from_secs(30),
@@ -229,6 +227,11 @@ fn a_gap_in_the_line_is_filled_from_the_hub(backend: Backend) {
     let room = alice.create_lm_room(&[&bob.id], "private_chat");
     bob.wait_invite(&room);
     bob.join(&room);
+    // A second room on the same hub: its messages take the same way to the participant, so
+    // one arriving is a barrier for anything the hub sent before it.
+    let side = alice.create_lm_room(&[&bob.id], "private_chat");
+    bob.wait_invite(&side);
+    bob.join(&side);
     let first = alice.say(&room, "before");
     bob.wait_timeline(&room, "the first message", |t| {
         t.iter().any(|e| e.0 == first)
@@ -246,19 +249,21 @@ fn a_gap_in_the_line_is_filled_from_the_hub(backend: Backend) {
         "the hub owed the participant nothing"
     );
     p1.restart();
-    std::thread::sleep(Duration::from_secs(1));
+    // Barrier: a message in the side room, sent after the restart, has arrived; a
+    // redelivery of the dropped queue would have come first.
+    let marker = alice.say(&side, "barrier after the restart");
+    bob.wait_timeline(&side, "the barrier", |t| t.iter().any(|e| e.0 == marker));
+    let have = bob.timeline(&room);
     assert!(
-        !contains_all(&bob.timeline(&room), &missed[..1]),
-        "nothing was redelivered"
+        !missed.iter().any(|m| have.iter().any(|e| &e.0 == m)),
+        "the dropped queue was redelivered"
     );
 
     // The next event does not extend the participant's tip: it backfills the gap.
     let next = alice.say(&room, "after the gap");
     let hub_line =
         alice.wait_timeline(&room, "the last message", |t| t.iter().any(|e| e.0 == next));
-    let bob_line = bob.wait_timeline(&room, "the hub's line", |t| {
-        ids(&t.to_vec()) == ids(&hub_line)
-    });
+    let bob_line = bob.wait_timeline(&room, "the hub's line", |t| ids(t) == ids(&hub_line));
     assert_eq!(ids(&bob_line), ids(&hub_line));
     assert!(p1.log().contains("filled a gap in the line from the hub"));
     hub.assert_quiet();
@@ -495,24 +500,9 @@ fn forged_lpdus_are_refused_and_nothing_is_fanned_out(backend: Backend) {
         "{a}"
     );
 
-    // Nothing was appended or fanned out: the hub's line, the weft participant's and what
-    // the fake participant received are unchanged; a legit LPDU afterwards goes through.
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        ids(&alice.timeline(&room)),
-        ids(&hub_before),
-        "the hub appended a forgery"
-    );
-    assert_eq!(
-        ids(&bob.timeline(&room)),
-        ids(&hub_before),
-        "a forgery reached a participant"
-    );
-    assert_eq!(
-        peers.count(mallory_server),
-        received_before,
-        "a forgery was fanned out"
-    );
+    // Nothing was appended or fanned out. Barrier: a legit LPDU sent after the forgeries
+    // goes through and reaches the weft participant and the fake one; anything the hub had
+    // appended or fanned out of the forgeries would be in the line before it.
     let after = msg("still welcome");
     let (_, a) = peers.send_to(
         mallory_server,
@@ -527,8 +517,34 @@ fn forged_lpdus_are_refused_and_nothing_is_fanned_out(backend: Backend) {
     let line = bob.wait_timeline(&room, "the legit message", |t| {
         t.iter().any(|e| e.3 == "still welcome")
     });
-    assert_eq!(line.len(), hub_before.len() + 1);
-    // The same LPDU again (a retry in a new transaction) is not appended twice.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !peers
+        .received(mallory_server)
+        .iter()
+        .any(|p| p["content"]["body"] == json!("still welcome"))
+    {
+        assert!(Instant::now() < deadline, "no echo of the barrier");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hub_after = alice.timeline(&room);
+    assert_eq!(
+        ids(&hub_after[..hub_after.len() - 1]),
+        ids(&hub_before),
+        "the hub appended a forgery"
+    );
+    assert_eq!(
+        ids(&line),
+        ids(&hub_after),
+        "a forgery reached a participant"
+    );
+    assert_eq!(
+        peers.count(mallory_server),
+        received_before + 1,
+        "a forgery was fanned out: {:?}",
+        peers.received(mallory_server)
+    );
+    // The same LPDU again (a retry in a new transaction) is not appended twice. Barrier:
+    // one more legit LPDU, sent after the retry, lands right after the first.
     let (_, a) = peers.send_to(
         mallory_server,
         &hub.name,
@@ -539,8 +555,33 @@ fn forged_lpdus_are_refused_and_nothing_is_fanned_out(backend: Backend) {
         a["failed_pdus"].as_object().is_some_and(|f| f.is_empty()),
         "{a}"
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(alice.timeline(&room).len(), hub_before.len() + 1);
+    let last = msg("and again");
+    let (_, a) = peers.send_to(
+        mallory_server,
+        &hub.name,
+        hub.fed_port,
+        &[canonical::to_value(&last)],
+    );
+    assert!(
+        a["failed_pdus"].as_object().is_some_and(|f| f.is_empty()),
+        "{a}"
+    );
+    let line = bob.wait_timeline(&room, "the second legit message", |t| {
+        t.iter().any(|e| e.3 == "and again")
+    });
+    let hub_line = alice.timeline(&room);
+    assert_eq!(ids(&line), ids(&hub_line));
+    assert_eq!(
+        hub_line.len(),
+        hub_before.len() + 2,
+        "the retry was appended"
+    );
+    assert_eq!(
+        hub_line.iter().filter(|e| e.3 == "still welcome").count(),
+        1,
+        "the retry was appended"
+    );
+
     hub.assert_quiet();
     p1.assert_quiet();
 }
@@ -639,7 +680,7 @@ fn weft_participates_in_a_room_of_a_reference_like_hub(backend: Backend) {
     fake.set_delivering(&p1.name, true);
     let last = fake.say("after the drop");
     bob.wait_timeline(&fake.room, "the hub's line", |t| {
-        ids(&t.to_vec()) == fake.line().iter().map(String::as_str).collect::<Vec<_>>()
+        ids(t) == fake.line().iter().map(String::as_str).collect::<Vec<_>>()
     });
     assert!(p1.log().contains("filled a gap in the line from the hub"));
     assert!(bob.timeline(&fake.room).iter().any(|e| e.0 == last));
