@@ -20,5 +20,6 @@ mod e2ee;
 mod features;
 mod federation;
 mod hostile_peer;
+mod independent_signing;
 mod linearized;
 mod signatures;

@@ -16,6 +16,12 @@ use serde_json::Value;
 use crate::client::Client;
 use crate::harness::free_port;
 
+/// The Python interpreter of Synapse's venv (`SYNAPSE_VENV`, as tools/synapse/common.sh).
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var("SYNAPSE_VENV").unwrap_or_else(|_| "/tmp/synvenv".into());
+    PathBuf::from(venv).join("bin/python")
+}
+
 fn scripts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/synapse")
 }
@@ -53,7 +59,7 @@ fn run(script: &str, args: &[&str], data: &PathBuf, timeout: Duration) -> String
 }
 
 /// Installs Synapse once per test run (idempotent; a minute at most on a fresh machine).
-fn install() {
+pub fn install() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let tmp = std::env::temp_dir();
