@@ -22,4 +22,5 @@ mod federation;
 mod hostile_peer;
 mod independent_signing;
 mod linearized;
+mod power_cut;
 mod signatures;
