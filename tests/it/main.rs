@@ -20,6 +20,8 @@ mod e2ee;
 mod features;
 mod federation;
 mod hostile_peer;
+mod independent_signing;
 mod linearized;
 mod passwords;
+mod power_cut;
 mod signatures;
