@@ -169,12 +169,22 @@ impl Server {
         let (fed_listener, fed_section) = match self.fed_port {
             Some(p) => (
                 format!("127.0.0.1:{p}"),
-                "enabled = true\nverify_tls = false\nallow_private_addresses = true\n\
+                "enabled = true\nverify_tls = false\n\
                  retry_min_ms = 200\nretry_max_ms = 2000\nrequest_timeout_ms = 15000\n"
                     .to_owned(),
             ),
             None => (String::new(), "enabled = false\n".to_owned()),
         };
+        // Loopback peers are allowed by name (the outbound address policy refuses them
+        // otherwise); rate limits are off. A test that sets either section itself wins.
+        let extra = &self.options.extra_toml;
+        let mut defaults = String::new();
+        if !extra.contains("[outbound]") {
+            defaults.push_str("[outbound]\nallowed_addresses = [\"127.0.0.0/8\", \"::1\"]\n");
+        }
+        if !extra.contains("[rate_limits]") {
+            defaults.push_str("[rate_limits]\nenabled = false\n");
+        }
         let text = format!(
             "server_name = \"{name}\"\n\
              data_dir = \"{dir}\"\n\
@@ -182,12 +192,12 @@ impl Server {
              [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"{fed_listener}\"\n\
              [registration]\nopen = {open}\n\
              [federation]\n{fed_section}\
+             {defaults}\
              [logging]\nfilter = \"info,weft=debug,ruma_state_res=warn\"\n\
              {extra}\n",
             name = self.server_name,
             dir = self.dir.display(),
             open = self.options.registration_open,
-            extra = self.options.extra_toml,
         );
         fs::write(&self.config_path, text).expect("write config");
     }
