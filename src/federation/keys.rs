@@ -333,8 +333,7 @@ impl KeyRing {
         )
     }
 
-    /// Makes sure we hold one of `key_ids` of `server` valid at `ts` (fetching if needed);
-    /// `current_only` additionally requires a current (not old) key.
+    /// Makes sure we hold one of `key_ids` of `server` valid at `ts` (fetching if needed).
     pub async fn ensure(&self, server: &str, key_ids: &[String], ts: u64) -> bool {
         self.ensure_with(server, key_ids, ts, false).await
     }
@@ -625,4 +624,167 @@ pub async fn key_query_get(
 /// Encodes a server name for a URL path (used by callers of the key endpoints).
 pub fn key_path(server: &str) -> String {
     format!("/_matrix/key/v2/query/{}", enc(server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::core::Core;
+    use crate::federation::client::ClientSettings;
+
+    fn temp_core(tag: &str, tweak: impl FnOnce(&mut Config)) -> (Arc<Core>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "weft-keys-{tag}-{}-{}",
+            std::process::id(),
+            crate::core::random_string(6)
+        ));
+        let mut config = Config {
+            server_name: "keys.test".into(),
+            data_dir: dir.clone(),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        (Core::open(config).expect("open core"), dir)
+    }
+
+    fn new_ring(core: &Arc<Core>, cache_size: u64) -> (KeyRing, FederationClient) {
+        let client = FederationClient::new(ClientSettings {
+            origin: core.server_name().to_owned(),
+            key: core.key.clone(),
+            verify_tls: false,
+            plain_http: true,
+            timeout: Duration::from_secs(2),
+            net: crate::net::context_from_config(&core.config).unwrap(),
+            well_known_port: 443,
+            discovery_cache_size: cache_size,
+        });
+        let ring = KeyRing::new(
+            core.db.clone(),
+            client.clone(),
+            core.server_name(),
+            &core.key,
+            KeyRingLimits {
+                notaries: Vec::new(),
+                cache_size,
+                max_concurrent_fetches: 4,
+            },
+        );
+        (ring, client)
+    }
+
+    #[actix_rt::test]
+    async fn caches_stay_bounded_under_a_flood_of_server_names() {
+        let (core, dir) = temp_core("flood", |_| {});
+        let (ring, client) = new_ring(&core, 100);
+        // 2,000 distinct servers, all in refused ranges (no DNS, no network needed): each
+        // costs a database read and a refused connection, then a negative entry.
+        for i in 0..2000u32 {
+            let name = format!("10.{}.{}.{}:8448", i >> 16, (i >> 8) & 255, i & 255);
+            assert!(!ring.ensure(&name, &["ed25519:x".into()], 0).await);
+            assert!(!ring.ensure_request_key(&name, "ed25519:x").await);
+        }
+        let (keys, failed, in_flight) = ring.cache_sizes();
+        assert_eq!(keys, 0, "no key entries for servers without keys");
+        assert!(failed <= 100, "negative cache holds {failed}");
+        assert!(in_flight <= 100, "single-flight map holds {in_flight}");
+        assert!(failed > 0, "failures are remembered");
+        let discovered = client.discovery_entries();
+        assert!(discovered <= 100, "discovery cache holds {discovered}");
+        assert_eq!(client.net().dial_entries(), 0);
+        assert!(client.net().refused() >= 100, "every dial was refused");
+        assert_eq!(client.net().connects(), 0, "nothing was connected to");
+        // Names that cannot be server names are not even looked up.
+        assert!(!ring.ensure("not a server", &["ed25519:x".into()], 0).await);
+        drop(core);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_server_is_not_asked_again_within_the_negative_ttl() {
+        let (core, dir) = temp_core("negative", |_| {});
+        let (ring, client) = new_ring(&core, 100);
+        let name = "10.9.9.9:8448";
+        assert!(!ring.ensure(name, &["ed25519:x".into()], 0).await);
+        let refused = client.net().refused();
+        for _ in 0..50 {
+            assert!(!ring.ensure(name, &["ed25519:x".into()], 0).await);
+            assert!(ring.fetch_direct(name).await.is_err());
+        }
+        assert_eq!(client.net().refused(), refused, "no new dial attempts");
+        drop(core);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn key_answer(server: &str, mode: &str) -> (Value, weft_protocol::keys::ServerSigningKey) {
+        let k = weft_protocol::keys::ServerSigningKey::generate([7; 32], [1, 2, 3, 4]).unwrap();
+        let spare = weft_protocol::keys::ServerSigningKey::generate([9; 32], [5, 6, 7, 8]).unwrap();
+        let now = now_ms();
+        let entry = |k: &weft_protocol::keys::ServerSigningKey| serde_json::json!({"key": k.public_key_b64()});
+        let (verify, old, until, signer) = match mode {
+            "current" => (
+                serde_json::json!({k.key_id(): entry(&k)}),
+                serde_json::json!({}),
+                now + 3_600_000,
+                &k,
+            ),
+            "expired" => (
+                serde_json::json!({k.key_id(): entry(&k)}),
+                serde_json::json!({}),
+                now - 3_600_000,
+                &k,
+            ),
+            _ => (
+                serde_json::json!({spare.key_id(): entry(&spare)}),
+                serde_json::json!({k.key_id(): {"key": k.public_key_b64(), "expired_ts": now - 3_600_000}}),
+                now + 3_600_000,
+                &spare,
+            ),
+        };
+        let v = serde_json::json!({
+            "server_name": server, "valid_until_ts": until,
+            "verify_keys": verify, "old_verify_keys": old,
+        });
+        let mut obj = weft_protocol::canonical::value_to_object(v).unwrap();
+        ruma::signatures::sign_json(server, signer, &mut obj).unwrap();
+        (weft_protocol::canonical::to_value(&obj), k)
+    }
+
+    #[actix_rt::test]
+    async fn request_keys_must_be_current_and_unexpired_event_keys_by_timestamp() {
+        let (core, dir) = temp_core("validity", |_| {});
+        let (ring, _) = new_ring(&core, 100);
+        let now = now_ms() as u64;
+        for (server, mode, request_ok) in [
+            ("a.test", "current", true),
+            ("b.test", "expired", false),
+            ("c.test", "old", false),
+        ] {
+            let (answer, k) = key_answer(server, mode);
+            ring.store(server, &answer).await.unwrap();
+            assert_eq!(
+                ring.request_key(server, k.key_id()).is_some(),
+                request_ok,
+                "{server} ({mode}) for a request"
+            );
+            // Event signatures: the key verifies events from before its expiry only.
+            let known = ring.lookup()(server, k.key_id()).expect("key kept for events");
+            let before = now - 2 * 3_600_000;
+            assert!(
+                known.valid_until_ts >= before,
+                "{mode}: event before expiry"
+            );
+            if mode != "current" {
+                assert!(known.valid_until_ts < now, "{mode}: event after expiry");
+            }
+        }
+        // Loaded back from the database (a new ring), the old key stays old.
+        let (fresh, _) = new_ring(&core, 100);
+        let (_, k) = key_answer("c.test", "old");
+        assert!(fresh.load_stored("c.test").await);
+        assert!(fresh.request_key("c.test", k.key_id()).is_none());
+        assert!(fresh.lookup()("c.test", k.key_id()).is_some());
+        drop(core);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

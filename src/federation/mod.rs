@@ -34,7 +34,7 @@ impl Federation {
     pub fn new(core: &Arc<Core>) -> Result<Arc<Self>, crate::core::StartError> {
         let cfg = &core.config.federation;
         let net = crate::net::context_from_config(&core.config)
-            .map_err(|e| crate::config::ConfigError::Invalid(e))?;
+            .map_err(crate::config::ConfigError::Invalid)?;
         let client = client::FederationClient::new(client::ClientSettings {
             origin: core.server_name().to_owned(),
             key: core.key.clone(),

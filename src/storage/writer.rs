@@ -227,3 +227,43 @@ fn run_writer(
     }
     tracing::info!("database writer stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Backend;
+
+    #[actix_rt::test]
+    async fn a_full_queue_pushes_back_and_every_job_completes() {
+        let path = std::env::temp_dir().join(format!(
+            "weft-writer-{}-{}.db",
+            std::process::id(),
+            crate::core::random_string(6)
+        ));
+        let options = ConnectionOptions {
+            backend: Backend::Sqlite,
+            url: path.display().to_string(),
+            sqlite_synchronous: "normal".into(),
+        };
+        let writers = Arc::new(Writers::start(&options, 1, 8, 2).unwrap());
+        // 200 writers' callers against a queue of 2: they wait for room in turn, none is
+        // lost or refused, and answers match their jobs.
+        let jobs = (0..200usize).map(|i| {
+            let w = Arc::clone(&writers);
+            async move {
+                w.submit("s", move |_c| {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    Ok(i)
+                })
+                .await
+            }
+        });
+        let results = futures_util::future::join_all(jobs).await;
+        assert_eq!(results.len(), 200);
+        for (i, r) in results.into_iter().enumerate() {
+            assert_eq!(r.unwrap(), i);
+        }
+        assert_eq!(writers.queue_depths(), vec![0]);
+        let _ = std::fs::remove_file(&path);
+    }
+}

@@ -42,6 +42,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Turn federation on (TLS listener on loopback, self-signed, fast retries).
     pub federation: Option<Federation>,
+    /// Extra keys for the `[federation]` table (when federation is on).
+    pub extra_federation: String,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             registration_open: true,
             extra_toml: String::new(),
             federation: None,
+            extra_federation: String::new(),
         }
     }
 }
@@ -171,7 +174,9 @@ impl Server {
                 format!("127.0.0.1:{p}"),
                 "enabled = true\nverify_tls = false\n\
                  retry_min_ms = 200\nretry_max_ms = 2000\nrequest_timeout_ms = 15000\n"
-                    .to_owned(),
+                    .to_owned()
+                    + &self.options.extra_federation
+                    + "\n",
             ),
             None => (String::new(), "enabled = false\n".to_owned()),
         };
@@ -389,6 +394,32 @@ impl Server {
             }
         };
         rows.into_iter().map(|r| (r.event_id, r.json)).collect()
+    }
+
+    /// The number of rows of a table (a fixed name from the test, not user input).
+    pub fn count_rows(&self, table: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        let row: Count = match &self.database {
+            Database::Sqlite(path) => {
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite database");
+                diesel::sql_query(sql)
+                    .get_result(&mut c)
+                    .expect("count rows")
+            }
+            Database::Postgres { url, .. } => {
+                let mut c = diesel::PgConnection::establish(url).expect("connect to PostgreSQL");
+                diesel::sql_query(sql)
+                    .get_result(&mut c)
+                    .expect("count rows")
+            }
+        };
+        row.n
     }
 
     /// Runs `weft <args> --config <this server's config>` to completion (bounded) and returns
