@@ -283,6 +283,11 @@ impl Server {
     }
 
     /// The log of the current (or last) run.
+    /// The server's data directory (keys, SQLite database).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
