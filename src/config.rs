@@ -43,6 +43,7 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     pub retention: RetentionConfig,
     pub well_known: WellKnownConfig,
+    pub passwords: PasswordsConfig,
     pub logging: LoggingConfig,
 }
 
@@ -219,6 +220,27 @@ pub struct FederationConfig {
     pub trusted_key_servers: Vec<String>,
 }
 
+/// Password hashing (argon2id) on its own bounded pool; see `src/passwords.rs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PasswordsConfig {
+    /// Threads that hash and check passwords (0 = one per CPU). Each keeps one argon2
+    /// buffer of `memory_kib`, so the pool's memory is at most `threads × memory_kib`.
+    pub threads: usize,
+    /// Checks waiting for a thread; beyond this a request gets 429 `M_LIMIT_EXCEEDED` at
+    /// once, without hashing.
+    pub queue: usize,
+    /// argon2id memory cost of new hashes, in KiB (OWASP minimum: 19456 = 19 MiB).
+    pub memory_kib: u32,
+    /// argon2id iterations (time cost) of new hashes (OWASP minimum with 19 MiB: 2).
+    pub iterations: u32,
+    /// argon2id lanes (parallelism) of new hashes.
+    pub parallelism: u32,
+    /// Nice value of the hashing threads (Linux; 0 keeps normal priority), so a flood of
+    /// logins yields the CPU to the rest of the server.
+    pub nice: i32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoggingConfig {
@@ -245,6 +267,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             retention: RetentionConfig::default(),
             well_known: WellKnownConfig::default(),
+            passwords: PasswordsConfig::default(),
             logging: LoggingConfig::default(),
         }
     }
@@ -369,6 +392,41 @@ impl Default for RetentionConfig {
     }
 }
 
+impl Default for PasswordsConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            queue: 32,
+            memory_kib: argon2::Params::DEFAULT_M_COST,
+            iterations: argon2::Params::DEFAULT_T_COST,
+            parallelism: argon2::Params::DEFAULT_P_COST,
+            nice: 10,
+        }
+    }
+}
+
+impl PasswordsConfig {
+    /// The argon2 parameters of new hashes, checked.
+    pub fn params(&self) -> Result<argon2::Params, String> {
+        if self.memory_kib > crate::passwords::MAX_STORED_MEMORY_KIB {
+            return Err(format!(
+                "passwords.memory_kib must be at most {}",
+                crate::passwords::MAX_STORED_MEMORY_KIB
+            ));
+        }
+        argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| format!("invalid argon2 parameters in [passwords]: {e}"))
+    }
+
+    /// Hashing threads: the configured number, or one per CPU.
+    pub fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 impl Default for LoggingConfig {
     fn default() -> Self {
         Self {
@@ -426,6 +484,17 @@ impl Config {
         if self.actors.room_mailbox == 0 || self.actors.destination_mailbox == 0 {
             return Err(ConfigError::Invalid(
                 "actor mailboxes must hold at least one message".into(),
+            ));
+        }
+        self.passwords.params().map_err(ConfigError::Invalid)?;
+        if self.passwords.queue == 0 {
+            return Err(ConfigError::Invalid(
+                "passwords.queue must hold at least one check".into(),
+            ));
+        }
+        if !(-20..=19).contains(&self.passwords.nice) {
+            return Err(ConfigError::Invalid(
+                "passwords.nice must be between -20 and 19".into(),
             ));
         }
         if !matches!(self.database.sqlite_synchronous.as_str(), "full" | "normal") {
@@ -548,6 +617,22 @@ mod tests {
         assert!(bad.validate().is_err());
         bad = Config::default();
         bad.rooms.default_version = "9".into();
+        assert!(bad.validate().is_err());
+        for (m, t, p, q) in [
+            (4, 2, 1, 32),
+            (19456, 0, 1, 32),
+            (19456, 2, 0, 32),
+            (19456, 2, 1, 0),
+        ] {
+            bad = Config::default();
+            bad.passwords.memory_kib = m;
+            bad.passwords.iterations = t;
+            bad.passwords.parallelism = p;
+            bad.passwords.queue = q;
+            assert!(bad.validate().is_err(), "{m} {t} {p} {q}");
+        }
+        bad = Config::default();
+        bad.passwords.memory_kib = crate::passwords::MAX_STORED_MEMORY_KIB + 1;
         assert!(bad.validate().is_err());
     }
 

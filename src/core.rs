@@ -11,6 +11,7 @@ use weft_protocol::keys::ServerSigningKey;
 
 use crate::config::Config;
 use crate::notifier::Notifier;
+use crate::passwords::PasswordPool;
 use crate::storage::{self, Db, StorageError};
 
 pub struct Core {
@@ -19,6 +20,8 @@ pub struct Core {
     pub key: ServerSigningKey,
     pub db: Db,
     pub notifier: Notifier,
+    /// Every password hash and check runs on this bounded pool (`passwords.rs`).
+    pub passwords: Arc<PasswordPool>,
     state_group_ids: AtomicI64,
     /// Lowest stream position used by backfilled history (counts down from 0).
     backfill_positions: AtomicI64,
@@ -34,6 +37,8 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("{path}: {message}")]
     Key { path: String, message: String },
+    #[error("password hashing: {0}")]
+    Passwords(String),
 }
 
 impl Core {
@@ -52,8 +57,10 @@ impl Core {
         let max_other = db.read_blocking(crate::storage::account::max_account_data_stream)?;
         let max_e2ee = db.read_blocking(storage::e2ee::max_stream)?;
         let max_group = db.read_blocking(storage::state::max_group_id)?;
+        let passwords = PasswordPool::start(&config.passwords).map_err(StartError::Passwords)?;
         Ok(Arc::new(Self {
             notifier: Notifier::new(max_event.max(max_other).max(max_e2ee)),
+            passwords,
             state_group_ids: AtomicI64::new(max_group),
             backfill_positions: AtomicI64::new(min_event.min(0)),
             federation: std::sync::OnceLock::new(),

@@ -13,6 +13,7 @@ pub mod federation;
 pub mod http;
 pub mod net;
 pub mod notifier;
+pub mod passwords;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server;

@@ -365,7 +365,7 @@ pub async fn change_password(
     if body.new_password.is_empty() {
         return Err(Error::invalid_param("password must not be empty"));
     }
-    let hash = accounts::hash_password_async(body.new_password).await?;
+    let hash = accounts::hash_password(&s.core, body.new_password).await?;
     let u = user.user_id.to_string();
     s.core
         .db

@@ -427,6 +427,41 @@ impl Server {
         row.n
     }
 
+    /// Replaces the extra TOML of the config; takes effect at the next (re)start.
+    pub fn set_extra_toml(&mut self, toml: &str) {
+        self.options.extra_toml = toml.to_owned();
+    }
+
+    /// The stored password hash (PHC string) of a local user.
+    pub fn password_hash(&self, user_id: &str) -> String {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            password_hash: Option<String>,
+        }
+        let rows: Vec<Row> = match &self.database {
+            Database::Sqlite(path) => {
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite database");
+                diesel::sql_query("SELECT password_hash FROM users WHERE user_id = ?")
+                    .bind::<diesel::sql_types::Text, _>(user_id)
+                    .load(&mut c)
+                    .expect("read users")
+            }
+            Database::Postgres { url, .. } => {
+                let mut c = diesel::PgConnection::establish(url).expect("connect to PostgreSQL");
+                diesel::sql_query("SELECT password_hash FROM users WHERE user_id = $1")
+                    .bind::<diesel::sql_types::Text, _>(user_id)
+                    .load(&mut c)
+                    .expect("read users")
+            }
+        };
+        rows.into_iter()
+            .next()
+            .and_then(|r| r.password_hash)
+            .unwrap_or_else(|| panic!("{user_id} has no stored password"))
+    }
+
     /// Runs `weft <args> --config <this server's config>` to completion (bounded) and returns
     /// (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {

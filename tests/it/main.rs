@@ -21,5 +21,6 @@ mod features;
 mod federation;
 mod hostile_peer;
 mod linearized;
+mod passwords;
 mod perimeter;
 mod signatures;
