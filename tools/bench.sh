@@ -82,6 +82,8 @@ federation = ""
 open = true
 [federation]
 enabled = false
+[rate_limits]
+enabled = false
 [logging]
 filter = "warn,weft::server=info"
 EOF

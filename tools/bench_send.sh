@@ -70,7 +70,10 @@ federation = "127.0.0.1:$WEFT_FED"
 open = true
 [federation]
 verify_tls = false
-allow_private_addresses = true
+[outbound]
+allowed_addresses = ["127.0.0.0/8"]
+[rate_limits]
+enabled = false
 EOF
 "$WEFT_BIN" serve --config "$OUT/weft/weft.toml" >"$OUT/weft/weft.log" 2>&1 &
 WEFT_PID=$!

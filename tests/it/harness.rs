@@ -42,6 +42,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Turn federation on (TLS listener on loopback, self-signed, fast retries).
     pub federation: Option<Federation>,
+    /// Extra keys for the `[federation]` table (when federation is on).
+    pub extra_federation: String,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             registration_open: true,
             extra_toml: String::new(),
             federation: None,
+            extra_federation: String::new(),
         }
     }
 }
@@ -246,12 +249,24 @@ impl Server {
         let (fed_listener, fed_section) = match self.fed_port {
             Some(p) => (
                 format!("127.0.0.1:{p}"),
-                "enabled = true\nverify_tls = false\nallow_private_addresses = true\n\
+                "enabled = true\nverify_tls = false\n\
                  retry_min_ms = 200\nretry_max_ms = 2000\nrequest_timeout_ms = 15000\n"
-                    .to_owned(),
+                    .to_owned()
+                    + &self.options.extra_federation
+                    + "\n",
             ),
             None => (String::new(), "enabled = false\n".to_owned()),
         };
+        // Loopback peers are allowed by name (the outbound address policy refuses them
+        // otherwise); rate limits are off. A test that sets either section itself wins.
+        let extra = &self.options.extra_toml;
+        let mut defaults = String::new();
+        if !extra.contains("[outbound]") {
+            defaults.push_str("[outbound]\nallowed_addresses = [\"127.0.0.0/8\", \"::1\"]\n");
+        }
+        if !extra.contains("[rate_limits]") {
+            defaults.push_str("[rate_limits]\nenabled = false\n");
+        }
         let text = format!(
             "server_name = \"{name}\"\n\
              data_dir = \"{dir}\"\n\
@@ -259,12 +274,12 @@ impl Server {
              [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"{fed_listener}\"\n\
              [registration]\nopen = {open}\n\
              [federation]\n{fed_section}\
+             {defaults}\
              [logging]\nfilter = \"info,weft=debug,ruma_state_res=warn\"\n\
              {extra}\n",
             name = self.server_name,
             dir = self.dir.display(),
             open = self.options.registration_open,
-            extra = self.options.extra_toml,
         );
         fs::write(&self.config_path, text).expect("write config");
     }
@@ -345,6 +360,11 @@ impl Server {
     }
 
     /// The log of the current (or last) run.
+    /// The server's data directory (keys, SQLite database).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -487,6 +507,32 @@ impl Server {
             }
         };
         rows.into_iter().map(|r| (r.event_id, r.json)).collect()
+    }
+
+    /// The number of rows of a table (a fixed name from the test, not user input).
+    pub fn count_rows(&self, table: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        let row: Count = match &self.database {
+            Database::Sqlite(path) => {
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite database");
+                diesel::sql_query(sql)
+                    .get_result(&mut c)
+                    .expect("count rows")
+            }
+            Database::Postgres { url, .. } => {
+                let mut c = diesel::PgConnection::establish(url).expect("connect to PostgreSQL");
+                diesel::sql_query(sql)
+                    .get_result(&mut c)
+                    .expect("count rows")
+            }
+        };
+        row.n
     }
 
     /// Replaces the extra TOML of the config; takes effect at the next (re)start.

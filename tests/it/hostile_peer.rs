@@ -86,7 +86,9 @@ impl Weft {
                  {database}\
                  [listeners]\nclient = \"127.0.0.1:{client_port}\"\nfederation = \"127.0.0.1:{fed_port}\"\n\
                  [registration]\nopen = true\n\
-                 [federation]\nverify_tls = false\nallow_private_addresses = true\nrequest_timeout_ms = 10000\n\
+                 [federation]\nverify_tls = false\nrequest_timeout_ms = 10000\n\
+                 [outbound]\nallowed_addresses = [\"127.0.0.0/8\"]\n\
+                 [rate_limits]\nenabled = false\n\
                  [logging]\nfilter = \"info\"\n",
                 dir = dir.display(),
                 database = db.toml(),

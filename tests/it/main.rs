@@ -24,4 +24,5 @@ mod independent_signing;
 mod linearized;
 mod passwords;
 mod power_cut;
+mod perimeter;
 mod signatures;

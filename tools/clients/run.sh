@@ -108,9 +108,12 @@ federation = "127.0.0.1:$fed_port"
 open = true
 [federation]
 verify_tls = false
-allow_private_addresses = true
 retry_min_ms = 200
 retry_max_ms = 2000
+[outbound]
+allowed_addresses = ["127.0.0.0/8"]
+[rate_limits]
+enabled = false
 EOF
 else
 cat >"$work/weft.toml" <<EOF
@@ -124,6 +127,8 @@ federation = ""
 [registration]
 open = true
 [federation]
+enabled = false
+[rate_limits]
 enabled = false
 EOF
 fi

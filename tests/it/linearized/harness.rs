@@ -74,8 +74,10 @@ impl Weft {
              {database}\
              [listeners]\nclient = \"127.0.0.1:{client_port}\"\nfederation = \"127.0.0.1:{fed_port}\"\n\
              [registration]\nopen = true\n\
-             [federation]\nplain_http = true\nallow_private_addresses = true\nverify_tls = false\n\
+             [federation]\nplain_http = true\nverify_tls = false\n\
              request_timeout_ms = 10000\n{retry}{extra_federation}\n\
+             [outbound]\nallowed_addresses = [\"127.0.0.0/8\"]\n\
+             [rate_limits]\nenabled = false\n\
              [logging]\nfilter = \"info,weft=debug\"\n",
             d = dir.display(),
             database = db.toml(),
