@@ -3,6 +3,15 @@
 //! A `Pdu` keeps the signed JSON exactly as created or received (the source of truth, what is
 //! stored and served) next to the fields the rules need, parsed once. It implements ruma's
 //! `state_res::Event` so ruma's authorization rules and state resolution run directly on it.
+//!
+//! The event formats of the room versions differ only here, behind one API:
+//!
+//! * Versions 1 and 2 carry the event ID in the event (`event_id`, `$local:server`, chosen by the
+//!   sender) and cite other events as `[event_id, {"sha256": reference hash}]` pairs.
+//! * Version 3 and later derive the event ID from the event's reference hash (standard base64 in
+//!   v3, URL-safe from v4) and cite bare event IDs.
+//!
+//! Accessors (`event_id`, `prev_events`, `auth_events`) return IDs in every version.
 
 use ruma::events::TimelineEventType;
 use ruma::{
@@ -54,29 +63,78 @@ fn get_str<'a>(obj: &'a CanonicalJsonObject, key: &'static str) -> Result<&'a st
     }
 }
 
+/// Parses one cited event: a bare ID (v3+), or an `[id, {"sha256": hash}]` pair (v1, v2).
+fn cited_event_id(
+    v: &CanonicalJsonValue,
+    key: &'static str,
+    version: RoomVersion,
+) -> Result<OwnedEventId, PduError> {
+    let id = if version.cites_event_hashes() {
+        match v {
+            CanonicalJsonValue::Array(pair) => match pair.as_slice() {
+                [
+                    CanonicalJsonValue::String(id),
+                    CanonicalJsonValue::Object(hashes),
+                ] if matches!(hashes.get("sha256"), Some(CanonicalJsonValue::String(_))) => id,
+                _ => return Err(PduError::Field(key)),
+            },
+            _ => return Err(PduError::Field(key)),
+        }
+    } else {
+        match v {
+            CanonicalJsonValue::String(s) => s,
+            _ => return Err(PduError::Field(key)),
+        }
+    };
+    parse_event_id(id, version).map_err(|_| PduError::Field(key))
+}
+
+/// Parses an event ID in the format of the version: `$local:server` in v1 and v2.
+fn parse_event_id(id: &str, version: RoomVersion) -> Result<OwnedEventId, ()> {
+    let id = OwnedEventId::try_from(id).map_err(|_| ())?;
+    if version.event_id_in_event() && id.server_name().is_none() {
+        return Err(());
+    }
+    Ok(id)
+}
+
 fn get_event_ids(
     obj: &CanonicalJsonObject,
     key: &'static str,
+    version: RoomVersion,
 ) -> Result<Vec<OwnedEventId>, PduError> {
     match obj.get(key) {
         Some(CanonicalJsonValue::Array(items)) => items
             .iter()
-            .map(|v| match v {
-                CanonicalJsonValue::String(s) => {
-                    OwnedEventId::try_from(s.as_str()).map_err(|_| PduError::Field(key))
-                }
-                _ => Err(PduError::Field(key)),
-            })
+            .map(|v| cited_event_id(v, key, version))
             .collect(),
         _ => Err(PduError::Field(key)),
     }
 }
 
-/// Computes the event ID (reference hash) of a PDU in a room of the given version.
+/// The reference hash of a PDU (unpadded base64, the alphabet of the version): the event ID
+/// without its `$` from v3, and the `sha256` that v1/v2 events cite next to the ID.
+pub fn reference_hash(
+    json: &CanonicalJsonObject,
+    version: RoomVersion,
+) -> Result<String, PduError> {
+    if version.is_linearized() {
+        return crate::lm::reference_hash(json).map_err(PduError::Hash);
+    }
+    ruma::signatures::reference_hash(json, version.rules())
+        .map_err(|e| PduError::Hash(e.to_string()))
+}
+
+/// Computes the event ID of a PDU in a room of the given version: its reference hash from v3,
+/// and in v1/v2 the `event_id` the event carries.
 pub fn compute_event_id(
     json: &CanonicalJsonObject,
     version: RoomVersion,
 ) -> Result<OwnedEventId, PduError> {
+    if version.event_id_in_event() {
+        let id = get_str(json, "event_id")?;
+        return parse_event_id(id, version).map_err(|_| PduError::Field("event_id"));
+    }
     let hash = if version.is_linearized() {
         crate::lm::reference_hash(json).map_err(PduError::Hash)?
     } else {
@@ -106,6 +164,11 @@ impl Pdu {
         json: CanonicalJsonObject,
         version: RoomVersion,
     ) -> Result<Self, PduError> {
+        if version.event_id_in_event() && compute_event_id(&json, version)? != event_id {
+            return Err(PduError::Format(format!(
+                "the event says it is not {event_id}"
+            )));
+        }
         let kind = TimelineEventType::from(get_str(&json, "type")?);
         let sender = OwnedUserId::try_from(get_str(&json, "sender")?)
             .map_err(|_| PduError::Field("sender"))?;
@@ -144,8 +207,8 @@ impl Pdu {
             Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
             Some(_) => return Err(PduError::Field("state_key")),
         };
-        let prev_events = get_event_ids(&json, "prev_events")?;
-        let auth_events = get_event_ids(&json, "auth_events")?;
+        let prev_events = get_event_ids(&json, "prev_events", version)?;
+        let auth_events = get_event_ids(&json, "auth_events", version)?;
         let depth = match json.get("depth") {
             Some(CanonicalJsonValue::Integer(i)) => {
                 u64::try_from(i64::from(*i)).map_err(|_| PduError::Field("depth"))?
@@ -173,7 +236,7 @@ impl Pdu {
             } else {
                 top
             };
-            chosen.and_then(|s| OwnedEventId::try_from(s).ok())
+            chosen.and_then(|s| parse_event_id(s, version).ok())
         } else {
             None
         };
