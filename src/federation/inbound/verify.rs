@@ -23,8 +23,11 @@ pub struct Checked {
 /// Parses a PDU in a room of `version`: format and event ID.
 pub fn parse(raw: &Value, version: RoomVersion) -> Result<Pdu, String> {
     let mut obj = canonical::value_to_object(raw.clone()).map_err(|e| e.to_string())?;
-    // Some peers add these outside the signed form; they are never part of a v3+ PDU.
-    obj.remove("event_id");
+    // Some peers add these outside the signed form; they are never part of a v3+ PDU (in
+    // v1/v2 the event ID is part of the event).
+    if !version.event_id_in_event() {
+        obj.remove("event_id");
+    }
     obj.remove("unsigned");
     let pdu = Pdu::from_json(obj, version).map_err(|e| e.to_string())?;
     if !version.is_linearized() {
