@@ -2,6 +2,8 @@
 //! messages, a state change and a redaction in each direction, and both servers ending with
 //! the same room state. One Synapse and one weft serve all nine rooms, and every step runs
 //! across all rooms before waiting, so the test costs about as much as one room would.
+//! Then the other way round for the two event formats weft must also build from scratch
+//! (v1 and v3): rooms created on weft, joined from Synapse through weft's `make_join`.
 
 use serde_json::{Value, json};
 
@@ -164,6 +166,40 @@ fn synapse_rooms_of_versions_1_to_9() {
     }
 
     for (room, _) in &rooms {
+        wait_state_equal(&alice, &bob, room);
+    }
+
+    // Rooms of the old formats created on weft: Synapse joins through weft's templates.
+    let ours: Vec<(String, &str)> = ["1", "3"]
+        .iter()
+        .map(|v| {
+            let room = bob.create_room(&json!({
+                "room_version": v,
+                "preset": "private_chat",
+                "invite": [alice.user_id],
+            }));
+            (room, *v)
+        })
+        .collect();
+    for (room, v) in &ours {
+        wait_invite(&alice, room);
+        join_via(&alice, room, &w.server_name);
+        wait_membership(&bob, room, &alice.user_id, "join");
+        let create = state_content(&alice, room, "m.room.create", "").expect("create event");
+        assert_eq!(create["room_version"], *v);
+    }
+    for (room, v) in &ours {
+        let mine = bob.send_text(room, &format!("weft's v{v} room, from weft"));
+        alice.send_text(room, &format!("weft's v{v} room, from synapse"));
+        let both = [
+            format!("weft's v{v} room, from weft"),
+            format!("weft's v{v} room, from synapse"),
+        ];
+        let both: Vec<&str> = both.iter().map(String::as_str).collect();
+        wait_bodies(&alice, room, &both);
+        wait_bodies(&bob, room, &both);
+        redact(&bob, room, &mine);
+        wait_redacted(&alice, room, &mine);
         wait_state_equal(&alice, &bob, room);
     }
     w.assert_no_panics();

@@ -166,6 +166,23 @@ impl Pdu {
         Self::from_json_with_id(event_id, json, version)
     }
 
+    /// Parses a PDU as received over federation (`/send`, `send_join`, `/event`, ...): any JSON
+    /// value, checked for the version's event format. Fields peers add outside the signed form
+    /// are dropped first: `unsigned`, and `event_id` from v3 (in v1/v2 it is part of the event).
+    pub fn from_received(raw: serde_json::Value, version: RoomVersion) -> Result<Self, PduError> {
+        let mut obj =
+            crate::canonical::value_to_object(raw).map_err(|e| PduError::Format(e.to_string()))?;
+        if !version.event_id_in_event() {
+            obj.remove("event_id");
+        }
+        obj.remove("unsigned");
+        let pdu = Self::from_json(obj, version)?;
+        if !version.is_linearized() {
+            crate::auth::check_format(version, &pdu).map_err(|e| PduError::Format(e.0))?;
+        }
+        Ok(pdu)
+    }
+
     /// Builds a PDU from JSON whose event ID is already known (e.g. loaded from storage).
     pub fn from_json_with_id(
         event_id: OwnedEventId,
