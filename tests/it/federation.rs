@@ -21,7 +21,7 @@ use crate::harness::{Backend, Federation, Options, Server, free_port};
 use crate::proxy::Proxy;
 use crate::synapse::Synapse;
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 both_backends!(
     synapse_room_joined_from_weft,
@@ -34,7 +34,7 @@ both_backends!(
 );
 
 /// A weft server with federation on (loopback, self-signed TLS, fast retries).
-fn weft(backend: Backend) -> Server {
+pub(crate) fn weft(backend: Backend) -> Server {
     Server::start_with(
         backend,
         Options {
@@ -46,7 +46,7 @@ fn weft(backend: Backend) -> Server {
 
 /// Polls `f` until it yields a value; panics with `what` after `within`.
 #[track_caller]
-fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     let mut step = Duration::from_millis(50);
     loop {
@@ -63,7 +63,7 @@ fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T 
 }
 
 /// The room's current state as `(type, state_key, event_id)`.
-fn state(c: &Client, room: &str) -> BTreeSet<(String, String, String)> {
+pub(crate) fn state(c: &Client, room: &str) -> BTreeSet<(String, String, String)> {
     let r = c.get(&format!("/rooms/{}/state", enc(room)));
     if r.status != 200 {
         return BTreeSet::new();
@@ -84,7 +84,7 @@ fn state(c: &Client, room: &str) -> BTreeSet<(String, String, String)> {
         .unwrap_or_default()
 }
 
-fn state_content(c: &Client, room: &str, kind: &str, key: &str) -> Option<Value> {
+pub(crate) fn state_content(c: &Client, room: &str, kind: &str, key: &str) -> Option<Value> {
     let r = c.get(&format!(
         "/rooms/{}/state/{}/{}",
         enc(room),
@@ -95,7 +95,7 @@ fn state_content(c: &Client, room: &str, kind: &str, key: &str) -> Option<Value>
 }
 
 /// Message bodies of a room in timeline order, as `(sender, body)`.
-fn bodies(c: &Client, room: &str) -> Vec<(String, String)> {
+pub(crate) fn bodies(c: &Client, room: &str) -> Vec<(String, String)> {
     let r = c.get(&format!("/rooms/{}/messages?dir=b&limit=500", enc(room)));
     if r.status != 200 {
         return Vec::new();
@@ -119,7 +119,7 @@ fn bodies(c: &Client, room: &str) -> Vec<(String, String)> {
 }
 
 #[track_caller]
-fn wait_bodies(c: &Client, room: &str, wanted: &[&str]) {
+pub(crate) fn wait_bodies(c: &Client, room: &str, wanted: &[&str]) {
     wait(&format!("{} to see {wanted:?}", c.user_id), WAIT, || {
         let have: Vec<String> = bodies(c, room).into_iter().map(|(_, b)| b).collect();
         wanted
@@ -129,20 +129,20 @@ fn wait_bodies(c: &Client, room: &str, wanted: &[&str]) {
     });
 }
 
-fn membership(c: &Client, room: &str, user: &str) -> Option<String> {
+pub(crate) fn membership(c: &Client, room: &str, user: &str) -> Option<String> {
     state_content(c, room, "m.room.member", user)
         .and_then(|v| v["membership"].as_str().map(str::to_owned))
 }
 
 #[track_caller]
-fn wait_membership(c: &Client, room: &str, user: &str, m: &str) {
+pub(crate) fn wait_membership(c: &Client, room: &str, user: &str, m: &str) {
     wait(&format!("{} to see {user} {m}", c.user_id), WAIT, || {
         (membership(c, room, user).as_deref() == Some(m)).then_some(())
     });
 }
 
 #[track_caller]
-fn wait_invite(c: &Client, room: &str) {
+pub(crate) fn wait_invite(c: &Client, room: &str) {
     wait(
         &format!("{} to be invited to {room}", c.user_id),
         WAIT,
@@ -154,7 +154,7 @@ fn wait_invite(c: &Client, room: &str) {
 }
 
 #[track_caller]
-fn join_via(c: &Client, room: &str, server: &str) {
+pub(crate) fn join_via(c: &Client, room: &str, server: &str) {
     let r = c.post(
         &format!("/join/{}?server_name={}", enc(room), enc(server)),
         &json!({}),
@@ -167,7 +167,7 @@ fn join_via(c: &Client, room: &str, server: &str) {
 }
 
 #[track_caller]
-fn set_state(c: &Client, room: &str, kind: &str, key: &str, content: Value) {
+pub(crate) fn set_state(c: &Client, room: &str, kind: &str, key: &str, content: Value) {
     let r = c.put_state(room, kind, key, &content);
     assert_eq!(
         r.status, 200,
@@ -177,7 +177,7 @@ fn set_state(c: &Client, room: &str, kind: &str, key: &str, content: Value) {
 }
 
 #[track_caller]
-fn wait_state_equal(a: &Client, b: &Client, room: &str) {
+pub(crate) fn wait_state_equal(a: &Client, b: &Client, room: &str) {
     let mut last;
     let ok = {
         let deadline = Instant::now() + WAIT;
@@ -202,7 +202,7 @@ fn wait_state_equal(a: &Client, b: &Client, room: &str) {
     );
 }
 
-fn raise_power(c: &Client, room: &str, user: &str, level: i64) {
+pub(crate) fn raise_power(c: &Client, room: &str, user: &str, level: i64) {
     let mut pl = state_content(c, room, "m.room.power_levels", "").expect("power levels");
     pl["users"][user] = json!(level);
     set_state(c, room, "m.room.power_levels", "", pl);

@@ -25,4 +25,5 @@ mod linearized;
 mod passwords;
 mod power_cut;
 mod perimeter;
+mod room_versions;
 mod signatures;
