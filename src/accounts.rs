@@ -44,6 +44,8 @@ pub async fn hash_password(core: &Core, password: String) -> Result<String> {
 /// timing). A hash made with outdated parameters is replaced by one with the current
 /// parameters after a successful check.
 pub async fn check_password(core: &Core, user_id: &str, password: String) -> Result<bool> {
+    // During a flood, refuse before reading the user: a refused login costs no database work.
+    core.passwords.check_capacity()?;
     let u = user_id.to_owned();
     let user = core.db.read(move |c| users::get_user(c, &u)).await?;
     let hash = user
@@ -80,6 +82,9 @@ pub async fn create_user(
 ) -> Result<String> {
     validate_localpart(localpart, core.server_name())?;
     let user_id = format!("@{localpart}:{}", core.server_name());
+    if password.is_some() {
+        core.passwords.check_capacity()?;
+    }
     let hash = match password {
         Some(p) => Some(hash_password(core, p).await?),
         None => None,

@@ -93,6 +93,7 @@ struct Stats {
 pub struct PasswordPool {
     tx: SyncSender<Job>,
     stats: Arc<Stats>,
+    capacity: usize,
 }
 
 impl PasswordPool {
@@ -127,7 +128,11 @@ impl PasswordPool {
                 .spawn(move || worker.run())
                 .map_err(|e| format!("cannot start a password-hashing thread: {e}"))?;
         }
-        Ok(Arc::new(Self { tx, stats }))
+        Ok(Arc::new(Self {
+            tx,
+            stats,
+            capacity: config.queue.max(1),
+        }))
     }
 
     /// Hashes a new password with the configured parameters.
@@ -147,6 +152,25 @@ impl PasswordPool {
         }
     }
 
+    /// Refuses at once (429) when the queue is full, so a caller can skip the work that
+    /// would come before its hash (reading the user) during a flood. The queue still
+    /// enforces the bound itself; this is only the cheap early answer.
+    pub fn check_capacity(&self) -> Result<()> {
+        if self.stats.queued.load(Ordering::Relaxed) >= self.capacity {
+            return Err(self.refusal());
+        }
+        Ok(())
+    }
+
+    fn refusal(&self) -> Error {
+        let retry = self.retry_after_ms();
+        tracing::warn!(retry_after_ms = retry, "password queue full; refusing");
+        Error::LimitExceeded(
+            "too many password checks in progress; try again later".into(),
+            retry,
+        )
+    }
+
     /// Jobs waiting for a thread right now.
     pub fn queued(&self) -> usize {
         self.stats.queued.load(Ordering::Relaxed)
@@ -159,12 +183,7 @@ impl PasswordPool {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                let retry = self.retry_after_ms();
-                tracing::warn!(retry_after_ms = retry, "password queue full; refusing");
-                return Err(Error::LimitExceeded(
-                    "too many password checks in progress; try again later".into(),
-                    retry,
-                ));
+                return Err(self.refusal());
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.stats.queued.fetch_sub(1, Ordering::Relaxed);

@@ -10,6 +10,8 @@
 # postgres://postgres@127.0.0.1:5432, dropped afterwards) on a free loopback port, one
 # loadgen run, stop. Prints every run and the median of each figure, plus the machine.
 # Extra loadgen flags: LOADGEN_ARGS="--messages 2000 --in-flight 16 --samples 200".
+# Extra server configuration: WEFT_TOML is appended to each run's config (top-level tables,
+# e.g. WEFT_TOML=$'[metrics]\nenabled = false').
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${1:-5}
@@ -17,12 +19,13 @@ WHICH=${2:-both}
 TMP=${TMPDIR:-/tmp}
 PG=${WEFT_TEST_PG:-postgres://postgres@127.0.0.1:5432}
 LOADGEN_ARGS=${LOADGEN_ARGS:-}
+WEFT_TOML=${WEFT_TOML:-}
 
 if [ -z "${WEFT_BIN:-}" ] || [ -z "${LOADGEN:-}" ]; then
   (cd "$ROOT" && cargo build --release -p weft -p weft-loadgen)
 fi
-WEFT_BIN=${WEFT_BIN:-$ROOT/target/release/weft}
-LOADGEN=${LOADGEN:-$ROOT/target/release/weft-loadgen}
+WEFT_BIN=${WEFT_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/weft}
+LOADGEN=${LOADGEN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/weft-loadgen}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -49,6 +52,7 @@ trap 'stop_weft; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT INT TERM
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "weft: $WEFT_BIN ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 echo "loadgen flags: ${LOADGEN_ARGS:-(defaults)}"
+echo "extra config: ${WEFT_TOML:-(none)}"
 
 backends=()
 case "$WHICH" in
@@ -82,8 +86,11 @@ federation = ""
 open = true
 [federation]
 enabled = false
+[rate_limits]
+enabled = false
 [logging]
 filter = "warn,weft::server=info"
+$WEFT_TOML
 EOF
     "$WEFT_BIN" serve --config "$dir/weft.toml" >"$dir/weft.log" 2>&1 &
     weft_pid=$!

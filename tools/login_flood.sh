@@ -57,6 +57,8 @@ federation = ""
 open = true
 [federation]
 enabled = false
+[rate_limits]
+enabled = false
 [logging]
 filter = "warn,weft::server=info"
 ${WEFT_TOML:-}

@@ -59,9 +59,26 @@ pub fn configure_metrics_only(cfg: &mut web::ServiceConfig, path: &str) {
 
 // ---- health and metrics -------------------------------------------------------------------
 
+/// The last readiness result: callers within [`HEALTH_REUSE`] of it share it, so a flood
+/// of probes costs the database at most one check per interval.
+static LAST_HEALTH: parking_lot::Mutex<Option<(std::time::Instant, (bool, bool))>> =
+    parking_lot::Mutex::new(None);
+const HEALTH_REUSE: Duration = Duration::from_secs(1);
+
 /// Readiness: the database answers a read and every writer commits an empty job (5 s each).
 pub async fn health(s: Data) -> HttpResponse {
-    let (db, writer) = s.core.db.health(Duration::from_secs(5)).await;
+    let recent = LAST_HEALTH
+        .lock()
+        .filter(|(at, _)| at.elapsed() < HEALTH_REUSE)
+        .map(|(_, r)| r);
+    let (db, writer) = match recent {
+        Some(r) => r,
+        None => {
+            let r = s.core.db.health(Duration::from_secs(5)).await;
+            *LAST_HEALTH.lock() = Some((std::time::Instant::now(), r));
+            r
+        }
+    };
     let body = json!({
         "status": if db && writer { "ok" } else { "unavailable" },
         "database": if db { "ok" } else { "unreachable" },

@@ -113,10 +113,10 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             }
             return Ok(HttpResponse::Ok().json(result.body));
         }
-        if tokio::time::timeout(deadline - now, rx.changed())
-            .await
-            .is_err()
-        {
+        let parked = s.core.notifier.park();
+        let waited = tokio::time::timeout(deadline - now, rx.changed()).await;
+        drop(parked);
+        if waited.is_err() {
             // Timed out: one last read so the token moves on.
             continue;
         }

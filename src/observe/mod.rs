@@ -8,8 +8,8 @@
 //!   `/metrics` is scraped, so nothing polls in the background and stopped rooms vanish.
 //! * [`request`]: a middleware giving every HTTP request a request ID (the `X-Request-Id`
 //!   header, echoed back), a tracing span carrying it, one log line per request (method,
-//!   route pattern, path without the query string, status, time — never headers, bodies
-//!   or query strings, which carry access tokens) and the HTTP metrics.
+//!   route pattern, path and query with credentials blanked, status, time — never headers
+//!   or bodies) and the HTTP metrics.
 //! * [`rooms`]: per-room actor statistics (messages waiting, high-water mark, messages
 //!   handled, events appended, last activity) kept by the room registry for the status page
 //!   and the per-room gauges.

@@ -4,8 +4,8 @@
 //! proxy's ID then follows the request through), else a fresh random one; it is echoed in
 //! the response's `X-Request-Id`. The span `request{id, method, route}` wraps the handler,
 //! so every log line a handler writes carries the ID. Logged: method, route pattern, path
-//! *without* its query string (`?access_token=` must never reach a log), status, duration.
-//! Never logged: headers, bodies, query strings.
+//! and query with credentials blanked ([`crate::http::redact_query`]: `?access_token=`
+//! never reaches a log), status, duration. Never logged: headers and bodies.
 
 use std::time::Instant;
 
@@ -23,6 +23,21 @@ pub fn acceptable_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// The method as a metric label: the standard ones, anything else `other` (a client may
+/// send any token as a method; labels must stay a small set).
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "HEAD" => "HEAD",
+        "PATCH" => "PATCH",
+        _ => "other",
+    }
 }
 
 /// `middleware::from_fn` body for the client listener.
@@ -54,11 +69,16 @@ async fn observe<B: MessageBody + 'static>(
         .filter(|v| acceptable_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| crate::core::random_string(16));
-    let method = req.method().to_string();
+    let method = method_label(req.method().as_str()).to_owned();
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let path = req.path().to_owned();
+    let path = crate::http::redact_query(
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+    );
     let span = tracing::info_span!("request", id = %id, method = %method, route = %route);
     let result = next.call(req).instrument(span.clone()).await;
     let secs = started.elapsed().as_secs_f64();
@@ -92,7 +112,15 @@ async fn observe<B: MessageBody + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use super::acceptable_id;
+    use super::{acceptable_id, method_label};
+
+    #[test]
+    fn method_labels_stay_a_small_set() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("DELETE"), "DELETE");
+        assert_eq!(method_label("BREW"), "other");
+        assert_eq!(method_label("get"), "other");
+    }
 
     #[test]
     fn request_ids() {

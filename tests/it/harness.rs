@@ -42,6 +42,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Turn federation on (TLS listener on loopback, self-signed, fast retries).
     pub federation: Option<Federation>,
+    /// Extra keys for the `[federation]` table (when federation is on).
+    pub extra_federation: String,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             registration_open: true,
             extra_toml: String::new(),
             federation: None,
+            extra_federation: String::new(),
         }
     }
 }
@@ -63,9 +66,99 @@ pub struct Federation {
     pub advertised_port: Option<u16>,
 }
 
+/// A fresh database for one server under test: a SQLite file path, or a new PostgreSQL
+/// database that is dropped with this value. The other harnesses (hostile peer, Linearized,
+/// power cut) use it too, so every scenario can run on both backends.
+pub struct TestDb {
+    kind: Database,
+}
+
 enum Database {
     Sqlite(PathBuf),
     Postgres { name: String, url: String },
+}
+
+impl TestDb {
+    /// A new database; for SQLite, the file `weft.db` in `dir` (not created yet).
+    pub fn new(backend: Backend, dir: &std::path::Path) -> TestDb {
+        let kind = match backend {
+            Backend::Sqlite => Database::Sqlite(dir.join("weft.db")),
+            Backend::Postgres => {
+                let name = unique("weft_it_");
+                pg_admin()
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+                let url = format!("{}/{name}", pg_base_url());
+                Database::Postgres { name, url }
+            }
+        };
+        TestDb { kind }
+    }
+
+    /// The `[database] url` for weft's config.
+    pub fn url(&self) -> String {
+        match &self.kind {
+            Database::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Database::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// The TOML `[database]` table naming this database.
+    pub fn toml(&self) -> String {
+        format!("[database]\nurl = \"{}\"\n", self.url())
+    }
+
+    /// Runs one SQL statement with text parameters (`?` placeholders; rewritten to `$n` on
+    /// PostgreSQL) and returns the number of rows it touched.
+    pub fn execute(&self, sql: &str, params: &[&str]) -> usize {
+        match &self.kind {
+            Database::Sqlite(path) => {
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite database");
+                c.batch_execute("PRAGMA busy_timeout = 10000;")
+                    .expect("busy timeout");
+                let mut q = diesel::sql_query(sql).into_boxed::<diesel::sqlite::Sqlite>();
+                for p in params {
+                    q = q.bind::<diesel::sql_types::Text, _>(p.to_string());
+                }
+                q.execute(&mut c).expect("execute")
+            }
+            Database::Postgres { url, .. } => {
+                let mut c = diesel::PgConnection::establish(url).expect("connect to PostgreSQL");
+                let mut q = diesel::sql_query(pg_placeholders(sql)).into_boxed::<diesel::pg::Pg>();
+                for p in params {
+                    q = q.bind::<diesel::sql_types::Text, _>(p.to_string());
+                }
+                q.execute(&mut c).expect("execute")
+            }
+        }
+    }
+}
+
+/// `?` placeholders to PostgreSQL's `$1, $2, ...` (the harness's queries have no `?` in
+/// string literals).
+fn pg_placeholders(sql: &str) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for ch in sql.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Database::Postgres { name, .. } = &self.kind {
+            // FORCE: a pool connection may linger for a moment after SIGKILL.
+            let _ =
+                pg_admin().batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
 }
 
 /// A running (or stopped, between restarts) weft process.
@@ -79,7 +172,7 @@ pub struct Server {
     dir: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
-    database: Database,
+    database: TestDb,
     options: Options,
     child: Option<Child>,
     /// Number of times the process was started (log files are kept per start).
@@ -87,7 +180,7 @@ pub struct Server {
     /// The client port; kept across restarts so clients keep working.
     port: Option<u16>,
     /// Extra PostgreSQL databases made for this server (dropped with it).
-    extra_pg: Vec<String>,
+    extra_pg: Vec<TestDb>,
 }
 
 fn pg_base_url() -> String {
@@ -127,17 +220,7 @@ impl Server {
     pub fn start_with(backend: Backend, options: Options) -> Server {
         let dir = std::env::temp_dir().join(unique("weft-it-"));
         fs::create_dir_all(&dir).expect("create temp dir");
-        let database = match backend {
-            Backend::Sqlite => Database::Sqlite(dir.join("weft.db")),
-            Backend::Postgres => {
-                let name = unique("weft_it_");
-                pg_admin()
-                    .batch_execute(&format!("CREATE DATABASE {name}"))
-                    .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-                let url = format!("{}/{name}", pg_base_url());
-                Database::Postgres { name, url }
-            }
-        };
+        let database = TestDb::new(backend, &dir);
         let fed_ports = options.federation.as_ref().map(|f| {
             let listen = f.listen_port.unwrap_or_else(free_port);
             (listen, f.advertised_port.unwrap_or(listen))
@@ -165,19 +248,28 @@ impl Server {
     }
 
     fn write_config(&self, port: u16) {
-        let db_url = match &self.database {
-            Database::Sqlite(path) => format!("sqlite://{}", path.display()),
-            Database::Postgres { url, .. } => url.clone(),
-        };
+        let db_url = self.database.url();
         let (fed_listener, fed_section) = match self.fed_port {
             Some(p) => (
                 format!("127.0.0.1:{p}"),
-                "enabled = true\nverify_tls = false\nallow_private_addresses = true\n\
+                "enabled = true\nverify_tls = false\n\
                  retry_min_ms = 200\nretry_max_ms = 2000\nrequest_timeout_ms = 15000\n"
-                    .to_owned(),
+                    .to_owned()
+                    + &self.options.extra_federation
+                    + "\n",
             ),
             None => (String::new(), "enabled = false\n".to_owned()),
         };
+        // Loopback peers are allowed by name (the outbound address policy refuses them
+        // otherwise); rate limits are off. A test that sets either section itself wins.
+        let extra = &self.options.extra_toml;
+        let mut defaults = String::new();
+        if !extra.contains("[outbound]") {
+            defaults.push_str("[outbound]\nallowed_addresses = [\"127.0.0.0/8\", \"::1\"]\n");
+        }
+        if !extra.contains("[rate_limits]") {
+            defaults.push_str("[rate_limits]\nenabled = false\n");
+        }
         let text = format!(
             "server_name = \"{name}\"\n\
              data_dir = \"{dir}\"\n\
@@ -185,12 +277,12 @@ impl Server {
              [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"{fed_listener}\"\n\
              [registration]\nopen = {open}\n\
              [federation]\n{fed_section}\
+             {defaults}\
              [logging]\nfilter = \"info,weft=debug,ruma_state_res=warn\"\n\
              {extra}\n",
             name = self.server_name,
             dir = self.dir.display(),
             open = self.options.registration_open,
-            extra = self.options.extra_toml,
         );
         fs::write(&self.config_path, text).expect("write config");
     }
@@ -270,22 +362,22 @@ impl Server {
         }
     }
 
-    /// A new, empty PostgreSQL database `(name, url)`; dropped when this server is
-    /// dropped (or, after [`Server::use_postgres`], as the server's own database).
+    /// A new, empty PostgreSQL database `(name, url)`; dropped with this server (or, after
+    /// [`Server::use_postgres`], as the server's own database).
     pub fn new_pg_database(&mut self) -> (String, String) {
-        let name = unique("weft_it_");
-        pg_admin()
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        self.extra_pg.push(name.clone());
-        let url = format!("{}/{name}", pg_base_url());
-        (name, url)
+        let db = TestDb::new(Backend::Postgres, &self.dir);
+        let Database::Postgres { name, url } = &db.kind else {
+            unreachable!("TestDb::new(Postgres) makes a PostgreSQL database")
+        };
+        let out = (name.clone(), url.clone());
+        self.extra_pg.push(db);
+        out
     }
 
     /// Drops the server's PostgreSQL database under it (terminating its connections): the
     /// database outage of a readiness test.
     pub fn drop_database_now(&self) {
-        let Database::Postgres { name, .. } = &self.database else {
+        let Database::Postgres { name, .. } = &self.database.kind else {
             panic!("drop_database_now needs PostgreSQL");
         };
         pg_admin()
@@ -295,14 +387,20 @@ impl Server {
 
     /// Points the (stopped) server at a PostgreSQL database made by
     /// [`Server::new_pg_database`]; the next start uses it.
-    pub fn use_postgres(&mut self, name: &str, url: &str) {
+    pub fn use_postgres(&mut self, name: &str) {
         assert!(self.child.is_none(), "stop the server first");
-        self.extra_pg.retain(|n| n != name);
-        self.database = Database::Postgres {
-            name: name.to_owned(),
-            url: url.to_owned(),
-        };
+        let at = self
+            .extra_pg
+            .iter()
+            .position(|d| matches!(&d.kind, Database::Postgres { name: n, .. } if n == name))
+            .expect("a database made by new_pg_database");
+        self.database = self.extra_pg.remove(at);
         self.backend = Backend::Postgres;
+    }
+
+    /// The server's data directory (keys, SQLite database).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// The log of the current (or last) run.
@@ -385,6 +483,37 @@ impl Server {
         c
     }
 
+    /// A server admin made with `weft register-user --admin`, logged in.
+    pub fn admin(&self, localpart: &str) -> Client {
+        let pw = format!("pw-{localpart}");
+        let (ok, out, err) = self.cli(&["register-user", localpart, "--password", &pw, "--admin"]);
+        assert!(ok, "register-user --admin failed: {out} {err}");
+        let mut c = self.anonymous();
+        c.login(localpart, &pw);
+        c
+    }
+
+    /// Waits (bounded) until `n` `/sync` requests are parked on a wake-up, as the server's
+    /// notifier counts them (`/_weft/admin/v1/sync_waiters`, asked as `admin`): a wake-up
+    /// test sends only then, so the event cannot be read by the request's first pass.
+    #[track_caller]
+    pub fn wait_parked_syncs(&self, admin: &Client, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = admin.get("/_weft/admin/v1/sync_waiters");
+            assert_eq!(r.status, 200, "sync_waiters: {}", r.text);
+            if r.body["parked"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} parked /sync request(s) never showed: {}",
+                r.text
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The stored PDU JSON of every event of a room, in stream order, as
     /// `(event_id column, json)`.
     pub fn stored_events(&self, room_id: &str) -> Vec<(String, String)> {
@@ -395,7 +524,7 @@ impl Server {
             #[diesel(sql_type = diesel::sql_types::Text)]
             json: String,
         }
-        let rows: Vec<Row> = match &self.database {
+        let rows: Vec<Row> = match &self.database.kind {
             Database::Sqlite(path) => {
                 let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
                     .expect("open the SQLite database");
@@ -419,6 +548,32 @@ impl Server {
         rows.into_iter().map(|r| (r.event_id, r.json)).collect()
     }
 
+    /// The number of rows of a table (a fixed name from the test, not user input).
+    pub fn count_rows(&self, table: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        let row: Count = match &self.database.kind {
+            Database::Sqlite(path) => {
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite database");
+                diesel::sql_query(sql)
+                    .get_result(&mut c)
+                    .expect("count rows")
+            }
+            Database::Postgres { url, .. } => {
+                let mut c = diesel::PgConnection::establish(url).expect("connect to PostgreSQL");
+                diesel::sql_query(sql)
+                    .get_result(&mut c)
+                    .expect("count rows")
+            }
+        };
+        row.n
+    }
+
     /// Replaces the extra TOML of the config; takes effect at the next (re)start.
     pub fn set_extra_toml(&mut self, toml: &str) {
         self.options.extra_toml = toml.to_owned();
@@ -431,7 +586,7 @@ impl Server {
             #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
             password_hash: Option<String>,
         }
-        let rows: Vec<Row> = match &self.database {
+        let rows: Vec<Row> = match &self.database.kind {
             Database::Sqlite(path) => {
                 let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
                     .expect("open the SQLite database");
@@ -522,15 +677,7 @@ impl Drop for Server {
                 tail(&self.all_logs(), 80)
             );
         }
-        for name in &self.extra_pg {
-            let _ =
-                pg_admin().batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
-        if let Database::Postgres { name, .. } = &self.database {
-            // FORCE: a pool connection may linger for a moment after SIGKILL.
-            let _ =
-                pg_admin().batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
+        // The database (a PostgreSQL one is dropped) goes with `self.database`.
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -6,8 +6,9 @@
 //!    memory (`VmRSS` of `--pid`): the idle figure;
 //! 2. releases `--logins` wrong-password logins for the target user and `--registrations`
 //!    registrations of fresh users at once, each on its own connection and thread;
-//! 3. meanwhile, the bystander issues `GET /_matrix/client/versions` and a message send
-//!    back to back until the flood is over, timing each answer;
+//! 3. before the flood (`--baseline-secs`) and during it, the bystander issues `GET /_matrix/client/versions` and a message send
+//!    back to back, timing each answer (the baseline shows what the machine gives without
+//!    the flood);
 //! 4. reports the answers by status (a 500, or a login answered anything but 403/429, or a
 //!    registration anything but 200/429, is a failure), the server's peak memory during the
 //!    run (`VmHWM`), the bystander's latencies (p50/p99/max), and the resident memory again
@@ -44,6 +45,9 @@ struct Args {
     /// Seconds to wait after the flood before reading memory again.
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
+    /// Seconds the bystander runs alone before the flood (its baseline latencies).
+    #[arg(long, default_value_t = 3)]
+    baseline_secs: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -114,11 +118,11 @@ struct Bystander {
 }
 
 impl Bystander {
-    fn run(over: &AtomicBool, hs: &str, token: &str, room: &str) -> Self {
+    fn run(over: &AtomicBool, hs: &str, token: &str, room: &str, first_txn: u64) -> Self {
         let mut me = Self::default();
         let mut a = agent();
         let room = room.replace('!', "%21").replace(':', "%3A");
-        let mut n = 0u64;
+        let mut n = first_txn;
         while !over.load(Ordering::Relaxed) {
             n += 1;
             let t = Instant::now();
@@ -214,11 +218,21 @@ fn run(args: &Args) -> Res<bool> {
     std::thread::sleep(Duration::from_secs(1));
     let idle_kib = proc_kib(args.pid, "VmRSS")?;
 
+    // The bystander alone first: what this machine gives without the flood.
+    let baseline = {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, hs, token, room) = (stop.clone(), hs.clone(), token.clone(), room.clone());
+        let h = std::thread::spawn(move || Bystander::run(&s2, &hs, &token, &room, 0));
+        std::thread::sleep(Duration::from_secs(args.baseline_secs));
+        stop.store(true, Ordering::Relaxed);
+        h.join().map_err(|_| "the bystander thread panicked")?
+    };
+
     // The bystander: /versions and a send, back to back, until the flood is over.
     let over = Arc::new(AtomicBool::new(false));
     let bystander = {
         let (over, hs, token, room) = (over.clone(), hs.clone(), token.clone(), room.clone());
-        std::thread::spawn(move || Bystander::run(&over, &hs, &token, &room))
+        std::thread::spawn(move || Bystander::run(&over, &hs, &token, &room, 1_000_000))
     };
 
     let total = args.logins + args.registrations;
@@ -284,6 +298,11 @@ fn run(args: &Args) -> Res<bool> {
 
     versions.sort_by(f64::total_cmp);
     sends.sort_by(f64::total_cmp);
+    let (mut base_versions, mut base_sends) = (baseline.versions, baseline.sends);
+    let mut failures = failures;
+    failures.extend(baseline.failures);
+    base_versions.sort_by(f64::total_cmp);
+    base_sends.sort_by(f64::total_cmp);
     let bad: usize = counts
         .iter()
         .filter(|((kind, status), _)| match *kind {
@@ -314,6 +333,12 @@ fn run(args: &Args) -> Res<bool> {
                 "send_ms": {"n": sends.len(), "p50": percentile(&sends, 0.5),
                             "p99": percentile(&sends, 0.99),
                             "max": sends.last().copied().unwrap_or(f64::NAN)},
+                "baseline_versions_ms": {"n": base_versions.len(),
+                    "p50": percentile(&base_versions, 0.5),
+                    "max": base_versions.last().copied().unwrap_or(f64::NAN)},
+                "baseline_send_ms": {"n": base_sends.len(),
+                    "p50": percentile(&base_sends, 0.5),
+                    "max": base_sends.last().copied().unwrap_or(f64::NAN)},
             })
         );
     } else {
@@ -340,9 +365,14 @@ fn run(args: &Args) -> Res<bool> {
                 .map(|f| format!(" (first: {f})"))
                 .unwrap_or_default()
         );
-        for (name, v) in [("GET /versions", &versions), ("PUT send", &sends)] {
+        for (name, when, v) in [
+            ("GET /versions", "before", &base_versions),
+            ("GET /versions", "during", &versions),
+            ("PUT send", "before", &base_sends),
+            ("PUT send", "during", &sends),
+        ] {
             println!(
-                "{name} during the flood: n={} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                "{name} {when} the flood: n={} p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 v.len(),
                 percentile(v, 0.5),
                 percentile(v, 0.99),
