@@ -69,6 +69,12 @@ pub enum Error {
     /// End-to-end encryption: a key's signature does not verify.
     #[error("{0}")]
     InvalidSignature(String),
+    /// Key backup: the upload names a version that is not the current one.
+    #[error("wrong backup version")]
+    WrongRoomKeysVersion { current_version: Option<String> },
+    /// Login or use of a deactivated account.
+    #[error("this account has been deactivated")]
+    UserDeactivated,
 
     // ---- our side (5xx)
     #[error("unable to reach {0}")]
@@ -128,6 +134,8 @@ impl Error {
             Self::Unauthorized(_) => "M_UNAUTHORIZED",
             Self::WrongServer(_) => "M_WRONG_SERVER",
             Self::InvalidSignature(_) => "M_INVALID_SIGNATURE",
+            Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
+            Self::UserDeactivated => "M_USER_DEACTIVATED",
             Self::Unreachable(_) | Self::Remote(_) | Self::Storage(_) | Self::Internal(_) => {
                 "M_UNKNOWN"
             }
@@ -159,7 +167,9 @@ impl ResponseError for Error {
             Self::Forbidden(_)
             | Self::InvalidLogin
             | Self::RegistrationDisabled
-            | Self::GuestAccessForbidden(_) => StatusCode::FORBIDDEN,
+            | Self::GuestAccessForbidden(_)
+            | Self::WrongRoomKeysVersion { .. }
+            | Self::UserDeactivated => StatusCode::FORBIDDEN,
             Self::MissingToken
             | Self::UnknownToken
             | Self::UiaRequired(_)
@@ -196,6 +206,11 @@ impl ResponseError for Error {
                 "errcode": self.errcode(),
                 "error": msg,
                 "retry_after_ms": retry,
+            }),
+            Self::WrongRoomKeysVersion { current_version } => json!({
+                "errcode": self.errcode(),
+                "error": self.to_string(),
+                "current_version": current_version,
             }),
             Self::Overloaded => json!({
                 "errcode": self.errcode(),

@@ -11,6 +11,7 @@ pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod http;
+pub mod key_backup;
 pub mod notifier;
 pub mod rooms;
 pub mod server;

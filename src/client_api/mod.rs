@@ -9,6 +9,7 @@ pub mod keys;
 pub mod linearized_admin;
 pub mod misc;
 pub mod profile;
+pub mod room_keys;
 pub mod rooms;
 pub mod sync;
 pub mod tokens;
@@ -183,6 +184,42 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/sendToDevice/{event_type}/{txn_id}",
             put().to(keys::send_to_device),
+        )
+        // server-side key backup
+        .route("/room_keys/version", post().to(room_keys::create_version))
+        .route("/room_keys/version", get().to(room_keys::current_version))
+        .route(
+            "/room_keys/version/{version}",
+            get().to(room_keys::get_version),
+        )
+        .route(
+            "/room_keys/version/{version}",
+            put().to(room_keys::update_version),
+        )
+        .route(
+            "/room_keys/version/{version}",
+            delete().to(room_keys::delete_version),
+        )
+        .route("/room_keys/keys", put().to(room_keys::put_all))
+        .route("/room_keys/keys", get().to(room_keys::get_all))
+        .route("/room_keys/keys", delete().to(room_keys::delete_all))
+        .route("/room_keys/keys/{room_id}", put().to(room_keys::put_room))
+        .route("/room_keys/keys/{room_id}", get().to(room_keys::get_room))
+        .route(
+            "/room_keys/keys/{room_id}",
+            delete().to(room_keys::delete_room),
+        )
+        .route(
+            "/room_keys/keys/{room_id}/{session_id}",
+            put().to(room_keys::put_session),
+        )
+        .route(
+            "/room_keys/keys/{room_id}/{session_id}",
+            get().to(room_keys::get_session),
+        )
+        .route(
+            "/room_keys/keys/{room_id}/{session_id}",
+            delete().to(room_keys::delete_session),
         );
 }
 

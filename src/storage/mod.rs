@@ -13,6 +13,7 @@
 //! * Migrations are embedded, one directory per dialect, and run at start.
 
 pub mod account;
+pub mod backup;
 pub mod connection;
 pub mod e2ee;
 pub mod events;

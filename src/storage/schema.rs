@@ -19,6 +19,7 @@ diesel::table! {
         display_name -> Nullable<Text>,
         last_seen_ts -> Nullable<BigInt>,
         created_ts -> BigInt,
+        last_seen_ip -> Nullable<Text>,
     }
 }
 
@@ -312,5 +313,29 @@ diesel::table! {
         user_id -> Text,
         stream_id -> BigInt,
         stale -> Bool,
+    }
+}
+
+diesel::table! {
+    backup_versions (user_id, version) {
+        user_id -> Text,
+        version -> BigInt,
+        algorithm -> Text,
+        auth_data -> Text,
+        etag -> BigInt,
+        deleted -> Bool,
+    }
+}
+
+diesel::table! {
+    backup_keys (user_id, version, room_id, session_id) {
+        user_id -> Text,
+        version -> BigInt,
+        room_id -> Text,
+        session_id -> Text,
+        first_message_index -> BigInt,
+        forwarded_count -> BigInt,
+        is_verified -> Bool,
+        session_data -> Text,
     }
 }

@@ -23,6 +23,7 @@ pub struct DeviceRow {
     pub display_name: Option<String>,
     pub last_seen_ts: Option<i64>,
     pub created_ts: i64,
+    pub last_seen_ip: Option<String>,
 }
 
 /// Creates a user; `Ok(false)` if the ID is taken.

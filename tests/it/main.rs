@@ -20,5 +20,6 @@ mod e2ee;
 mod features;
 mod federation;
 mod hostile_peer;
+mod key_backup;
 mod linearized;
 mod signatures;

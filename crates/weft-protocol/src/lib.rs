@@ -15,6 +15,7 @@ pub mod auth;
 pub mod builder;
 pub mod canonical;
 pub mod client_event;
+pub mod key_backup;
 pub mod keys;
 pub mod lm;
 pub mod pdu;
