@@ -63,17 +63,22 @@ pub async fn hash_password_async(password: String) -> Result<String> {
         .map_err(|e| Error::internal(e.to_string()))?
 }
 
-/// Checks a user's password; `Ok(false)` for a wrong password or unknown/deactivated user.
+/// Checks a user's password; `Ok(false)` for a wrong password or unknown user, 403
+/// `M_USER_DEACTIVATED` for the right password of a deactivated account.
 pub async fn check_password(core: &Core, user_id: &str, password: String) -> Result<bool> {
     let u = user_id.to_owned();
     let user = core.db.read(move |c| users::get_user(c, &u)).await?;
     let Some(user) = user else { return Ok(false) };
-    let Some(hash) = user.password_hash.filter(|_| !user.deactivated) else {
+    let Some(hash) = user.password_hash else {
         return Ok(false);
     };
-    tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
         .await
-        .map_err(|e| Error::internal(e.to_string()))
+        .map_err(|e| Error::internal(e.to_string()))?;
+    if ok && user.deactivated {
+        return Err(Error::UserDeactivated);
+    }
+    Ok(ok)
 }
 
 /// Creates a user; `M_USER_IN_USE` if the localpart is taken.

@@ -39,7 +39,24 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub limits: LimitsConfig,
     pub federation: FederationConfig,
+    pub devices: DevicesConfig,
     pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// How often, in milliseconds, the devices' last-seen time and address (kept in memory
+    /// as requests arrive) are written to the database, in one batch.
+    pub last_seen_flush_ms: u64,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            last_seen_flush_ms: 60_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +172,7 @@ impl Default for Config {
             rooms: RoomsConfig::default(),
             limits: LimitsConfig::default(),
             federation: FederationConfig::default(),
+            devices: DevicesConfig::default(),
             logging: LoggingConfig::default(),
         }
     }

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod client_api;
 pub mod config;
 pub mod core;
+pub mod deactivation;
 pub mod devices;
 pub mod e2ee;
 pub mod error;

@@ -14,6 +14,7 @@ pub struct Services {
     pub rooms: Arc<RoomRegistry>,
     pub tokens: TokenCache,
     pub typing: Typing,
+    pub last_seen: crate::devices::LastSeen,
 }
 
 impl Services {
@@ -22,6 +23,7 @@ impl Services {
             rooms: Arc::new(RoomRegistry::new(Arc::clone(&core))),
             tokens: TokenCache::default(),
             typing: Typing::default(),
+            last_seen: crate::devices::LastSeen::default(),
             core,
         })
     }

@@ -29,6 +29,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/logout/all", post().to(account::logout_all))
         .route("/account/whoami", get().to(account::whoami))
         .route("/account/password", post().to(account::change_password))
+        .route("/account/deactivate", post().to(account::deactivate))
+        .route("/account/3pid", get().to(account::threepids))
         .route("/devices", get().to(account::devices))
         .route("/devices/{device_id}", get().to(account::get_device))
         .route("/devices/{device_id}", put().to(account::put_device))
@@ -118,6 +120,26 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/user/{user_id}/account_data/{type}",
             put().to(misc::put_account_data),
+        )
+        .route(
+            "/user/{user_id}/account_data/{type}",
+            delete().to(misc::delete_account_data),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/account_data/{type}",
+            delete().to(misc::delete_room_account_data),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags",
+            get().to(misc::get_tags),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags/{tag}",
+            put().to(misc::put_tag),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags/{tag}",
+            delete().to(misc::delete_tag),
         )
         .route(
             "/user/{user_id}/rooms/{room_id}/account_data/{type}",
@@ -229,6 +251,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/_weft/admin/v1/linearized",
             web::get().to(linearized_admin::linearized),
+        )
+        .service(
+            web::scope("/_matrix/client/unstable/org.matrix.msc3391")
+                .route(
+                    "/user/{user_id}/account_data/{type}",
+                    web::delete().to(misc::delete_account_data),
+                )
+                .route(
+                    "/user/{user_id}/rooms/{room_id}/account_data/{type}",
+                    web::delete().to(misc::delete_room_account_data),
+                ),
         )
         .service(web::scope("/_matrix/client/v3").configure(routes))
         .service(web::scope("/_matrix/client/r0").configure(routes));

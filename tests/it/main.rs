@@ -13,6 +13,7 @@ mod harness;
 mod proxy;
 mod synapse;
 
+mod accounts;
 mod bad_input;
 mod durability;
 mod e2e;
