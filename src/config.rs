@@ -40,7 +40,39 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub federation: FederationConfig,
     pub devices: DevicesConfig,
+    pub media: MediaConfig,
     pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest upload (and largest remote file fetched), in bytes.
+    pub max_upload_bytes: u64,
+    /// Bytes each local user may have uploaded in total (0: no quota).
+    pub user_quota_bytes: u64,
+    /// Serve the unauthenticated `/_matrix/media/v3/download|thumbnail` endpoints (off:
+    /// only `/_matrix/client/v1/media/*` serves content, as Synapse does by default).
+    pub legacy_unauthenticated: bool,
+    /// How long a media ID from `/create` may wait for its upload, in milliseconds.
+    pub unused_expires_ms: u64,
+    /// How many created-but-not-uploaded media IDs a user may hold at once.
+    pub max_pending_creates: u32,
+    /// Largest image, in pixels, that thumbnails are made from.
+    pub max_thumbnail_source_pixels: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 50 * 1024 * 1024,
+            user_quota_bytes: 1024 * 1024 * 1024,
+            legacy_unauthenticated: false,
+            unused_expires_ms: 24 * 3600 * 1000,
+            max_pending_creates: 10,
+            max_thumbnail_source_pixels: 32_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +205,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             federation: FederationConfig::default(),
             devices: DevicesConfig::default(),
+            media: MediaConfig::default(),
             logging: LoggingConfig::default(),
         }
     }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod federation;
 pub mod http;
 pub mod key_backup;
+pub mod media;
 pub mod notifier;
 pub mod rooms;
 pub mod server;

@@ -7,6 +7,7 @@ pub mod directory;
 pub mod events;
 pub mod keys;
 pub mod linearized_admin;
+pub mod media;
 pub mod misc;
 pub mod profile;
 pub mod room_keys;
@@ -252,6 +253,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/_weft/admin/v1/linearized",
             web::get().to(linearized_admin::linearized),
         )
+        .configure(media::configure)
         .service(
             web::scope("/_matrix/client/unstable/org.matrix.msc3391")
                 .route(

@@ -19,6 +19,7 @@ pub mod e2ee;
 pub mod events;
 pub mod federation;
 pub mod linearized;
+pub mod media;
 pub mod rooms;
 pub mod schema;
 pub mod state;

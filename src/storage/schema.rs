@@ -339,3 +339,29 @@ diesel::table! {
         session_data -> Text,
     }
 }
+
+diesel::table! {
+    media (server_name, media_id) {
+        server_name -> Text,
+        media_id -> Text,
+        sha256 -> Nullable<Text>,
+        content_type -> Nullable<Text>,
+        filename -> Nullable<Text>,
+        size -> BigInt,
+        uploader -> Nullable<Text>,
+        created_ts -> BigInt,
+        unused_expires_ts -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    media_thumbnails (sha256, width, height, method) {
+        sha256 -> Text,
+        width -> Integer,
+        height -> Integer,
+        method -> Text,
+        thumb_sha256 -> Text,
+        content_type -> Text,
+        size -> BigInt,
+    }
+}

@@ -23,4 +23,5 @@ mod federation;
 mod hostile_peer;
 mod key_backup;
 mod linearized;
+mod media;
 mod signatures;

@@ -18,6 +18,7 @@ pub mod client_event;
 pub mod key_backup;
 pub mod keys;
 pub mod lm;
+pub mod media;
 pub mod pdu;
 pub mod redaction;
 pub mod room_version;
