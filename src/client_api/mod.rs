@@ -10,6 +10,7 @@ pub mod linearized_admin;
 pub mod media;
 pub mod misc;
 pub mod profile;
+pub mod relations;
 pub mod room_keys;
 pub mod rooms;
 pub mod sync;
@@ -254,6 +255,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(linearized_admin::linearized),
         )
         .configure(media::configure)
+        .configure(relations::configure)
         .service(
             web::scope("/_matrix/client/unstable/org.matrix.msc3391")
                 .route(

@@ -20,6 +20,7 @@ pub mod events;
 pub mod federation;
 pub mod linearized;
 pub mod media;
+pub mod relations;
 pub mod rooms;
 pub mod schema;
 pub mod state;

@@ -365,3 +365,16 @@ diesel::table! {
         size -> BigInt,
     }
 }
+
+diesel::table! {
+    event_relations (event_id) {
+        event_id -> Text,
+        room_id -> Text,
+        relates_to -> Text,
+        rel_type -> Text,
+        event_type -> Text,
+        sender -> Text,
+        origin_server_ts -> BigInt,
+        stream_ordering -> BigInt,
+    }
+}

@@ -21,6 +21,7 @@ pub mod lm;
 pub mod media;
 pub mod pdu;
 pub mod redaction;
+pub mod relations;
 pub mod room_version;
 pub mod signatures;
 pub mod state_res;
