@@ -2,6 +2,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the map of the code.
 
+pub mod account_data;
 pub mod accounts;
 pub mod client_api;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod key_backup;
 pub mod media;
 pub mod notifier;
+pub mod push;
 pub mod rooms;
 pub mod server;
 pub mod services;

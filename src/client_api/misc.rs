@@ -1,4 +1,4 @@
-//! Small endpoints: versions, capabilities, push rules, account data, typing, receipts,
+//! Small endpoints: versions, capabilities, account data, tags, typing, receipts,
 //! read markers, presence.
 
 use std::collections::HashMap;
@@ -51,18 +51,6 @@ pub async fn capabilities(s: Data, _user: AuthedUser) -> HttpResponse {
     }))
 }
 
-pub async fn push_rules(user: AuthedUser) -> Result<HttpResponse> {
-    let text = include_str!("default_push_rules.json").replace("@USER_ID@", user.user_id.as_str());
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(HttpResponse::Ok().json(v))
-}
-
-pub async fn push_rules_global(user: AuthedUser) -> Result<HttpResponse> {
-    let text = include_str!("default_push_rules.json").replace("@USER_ID@", user.user_id.as_str());
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(HttpResponse::Ok().json(v["global"].clone()))
-}
-
 fn own(user: &AuthedUser, path_user: &str) -> Result<()> {
     if path_user != user.user_id.as_str() {
         return Err(Error::forbidden(
@@ -72,62 +60,7 @@ fn own(user: &AuthedUser, path_user: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes account data and wakes the user's syncs.
-pub async fn set_account_data(
-    s: &Services,
-    user_id: &str,
-    room_id: &str,
-    kind: &str,
-    content: &Value,
-) -> Result<()> {
-    let content = content.clone();
-    modify_account_data(s, user_id, room_id, kind, move |_| Ok(content)).await
-}
-
-/// Reads, changes and writes one piece of account data in one write job (so concurrent
-/// changes to, say, a room's tags do not lose each other), and wakes the user's syncs.
-/// `change` gets the current content (if any) and returns the new one.
-pub async fn modify_account_data<F>(
-    s: &Services,
-    user_id: &str,
-    room_id: &str,
-    kind: &str,
-    change: F,
-) -> Result<()>
-where
-    F: FnOnce(Option<Value>) -> Result<Value> + Send + 'static,
-{
-    let pos = s.core.notifier.allocate();
-    let (u, r, t) = (user_id.to_owned(), room_id.to_owned(), kind.to_owned());
-    let res = s
-        .core
-        .db
-        .write(user_id, move |conn| {
-            let current = account::get_account_data(conn, &u, &r, &t)?
-                .and_then(|c| serde_json::from_str::<Value>(&c).ok());
-            let new = match change(current) {
-                Ok(v) => v,
-                Err(e) => return Ok(Err(e)),
-            };
-            account::set_account_data(conn, &u, &r, &t, &new.to_string(), pos)?;
-            Ok(Ok(()))
-        })
-        .await;
-    match res {
-        Ok(Ok(())) => {
-            s.core.notifier.complete(&[pos], [user_id.to_owned()]);
-            Ok(())
-        }
-        Ok(Err(e)) => {
-            s.core.notifier.complete(&[pos], []);
-            Err(e)
-        }
-        Err(e) => {
-            s.core.notifier.complete(&[pos], []);
-            Err(e.into())
-        }
-    }
-}
+pub use crate::account_data::{modify_account_data, set_account_data};
 
 /// Deleted account data is stored as `{}` (what `/sync` shows for it, as MSC3391 says);
 /// reading it answers 404 like data never set.

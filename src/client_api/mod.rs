@@ -10,6 +10,7 @@ pub mod linearized_admin;
 pub mod media;
 pub mod misc;
 pub mod profile;
+pub mod push;
 pub mod relations;
 pub mod room_keys;
 pub mod rooms;
@@ -187,9 +188,38 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/publicRooms", get().to(directory::public_rooms))
         .route("/publicRooms", post().to(directory::public_rooms_post))
         // push rules, presence
-        .route("/pushrules/", get().to(misc::push_rules))
-        .route("/pushrules", get().to(misc::push_rules))
-        .route("/pushrules/global/", get().to(misc::push_rules_global))
+        .route("/pushrules/", get().to(push::all))
+        .route("/pushrules", get().to(push::all))
+        .route("/pushrules/global/", get().to(push::global))
+        .route("/pushrules/global", get().to(push::global))
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}",
+            get().to(push::get_rule),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}",
+            put().to(push::put_rule),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}",
+            delete().to(push::delete_rule),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}/enabled",
+            get().to(push::get_enabled),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}/enabled",
+            put().to(push::put_enabled),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}/actions",
+            get().to(push::get_actions),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}/actions",
+            put().to(push::put_actions),
+        )
         .route("/presence/{user_id}/status", get().to(misc::get_presence))
         .route("/presence/{user_id}/status", put().to(misc::set_presence))
         // end-to-end encryption

@@ -11,6 +11,7 @@
 mod client;
 mod harness;
 mod proxy;
+mod push;
 mod relations;
 mod synapse;
 
