@@ -26,8 +26,15 @@ pub const SPEC_VERSIONS: &[&str] = &[
     "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12",
 ];
 
+/// Unstable features served (each named by its MSC): MSC3391, deleting account data.
+pub const UNSTABLE_FEATURES: &[&str] = &["org.matrix.msc3391"];
+
 pub async fn versions() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"versions": SPEC_VERSIONS, "unstable_features": {}}))
+    let unstable: serde_json::Map<String, Value> = UNSTABLE_FEATURES
+        .iter()
+        .map(|f| ((*f).to_owned(), json!(true)))
+        .collect();
+    HttpResponse::Ok().json(json!({"versions": SPEC_VERSIONS, "unstable_features": unstable}))
 }
 
 pub async fn capabilities(s: Data, _user: AuthedUser) -> HttpResponse {

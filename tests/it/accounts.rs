@@ -104,6 +104,9 @@ fn account_data_delete(backend: Backend) {
     // Another user's data cannot be deleted.
     let bob = srv.register("bob");
     bob.delete(&path).expect_err(403, "M_FORBIDDEN");
+    // /versions advertises the deletion (MSC3391).
+    let v = srv.anonymous().get("/_matrix/client/versions").ok();
+    assert_eq!(v["unstable_features"]["org.matrix.msc3391"], true);
     // 3pids: none, but the endpoint answers.
     assert_eq!(alice.get("/account/3pid").ok()["threepids"], json!([]));
     srv.assert_no_panics();
