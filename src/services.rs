@@ -15,6 +15,7 @@ pub struct Services {
     pub tokens: TokenCache,
     pub typing: Typing,
     pub last_seen: crate::devices::LastSeen,
+    pub limits: Arc<crate::ratelimit::RateLimits>,
 }
 
 impl Services {
@@ -24,6 +25,7 @@ impl Services {
             tokens: TokenCache::default(),
             typing: Typing::default(),
             last_seen: crate::devices::LastSeen::default(),
+            limits: Arc::new(crate::ratelimit::RateLimits::new(&core.config.rate_limits)),
             core,
         })
     }

@@ -284,6 +284,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/_weft/admin/v1/linearized",
             web::get().to(linearized_admin::linearized),
         )
+        .route(
+            "/_weft/admin/v1/sync_waiters",
+            web::get().to(linearized_admin::sync_waiters),
+        )
         .configure(media::configure)
         .configure(relations::configure)
         .service(

@@ -70,6 +70,7 @@ diesel::table! {
         scope -> Text,
         txn_id -> Text,
         event_id -> Text,
+        seen_ts -> BigInt,
     }
 }
 
@@ -289,6 +290,7 @@ diesel::table! {
         user_id -> Text,
         device_id -> Text,
         txn_id -> Text,
+        seen_ts -> BigInt,
     }
 }
 
@@ -305,6 +307,7 @@ diesel::table! {
         stream_id -> BigInt,
         user_id -> Text,
         observer -> Text,
+        seen_ts -> BigInt,
     }
 }
 

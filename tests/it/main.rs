@@ -11,8 +11,6 @@
 mod client;
 mod harness;
 mod proxy;
-mod push;
-mod relations;
 mod synapse;
 
 mod accounts;
@@ -23,7 +21,14 @@ mod e2ee;
 mod features;
 mod federation;
 mod hostile_peer;
+mod independent_signing;
 mod key_backup;
 mod linearized;
 mod media;
+mod passwords;
+mod perimeter;
+mod power_cut;
+mod push;
+mod relations;
+mod room_versions;
 mod signatures;
