@@ -246,3 +246,59 @@ fn relations_and_threads(backend: Backend) {
         .expect_err(403, "M_FORBIDDEN");
     srv.assert_no_panics();
 }
+
+/// A Synapse user's edit and thread reply, received over federation, are aggregated on
+/// weft (bundled on the root, listed by `/relations` and `/threads`).
+#[test]
+fn synapse_edit_and_thread_aggregated_on_weft() {
+    use crate::federation::{join_via, wait_bodies, wait_invite};
+    use crate::harness::{Federation, Options};
+    use crate::synapse::Synapse;
+    use std::time::{Duration, Instant};
+
+    let syn = Synapse::start();
+    let w = Server::start_with(
+        Backend::Sqlite,
+        Options {
+            federation: Some(Federation::default()),
+            ..Default::default()
+        },
+    );
+    let alice = syn.register("alice");
+    let bob = w.register("bob");
+    let room = alice.create_room(&json!({"preset": "private_chat", "invite": [bob.user_id]}));
+    wait_invite(&bob, &room);
+    join_via(&bob, &room, &syn.server_name());
+    let root = alice.send_text(&room, "root from synapse");
+    let e = edit(&alice, &room, &root, "edited on synapse");
+    let t = in_thread(&alice, &room, &root, "thread from synapse");
+    wait_bodies(&bob, &room, &["thread from synapse"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rels = loop {
+        let ev = bob
+            .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&root)))
+            .ok();
+        let rels = ev["unsigned"]["m.relations"].clone();
+        if rels["m.replace"]["event_id"] == e.as_str() && rels["m.thread"]["count"] == 1 {
+            break rels;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no aggregation of Synapse's edit and thread on weft: {ev}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(rels["m.thread"]["latest_event"]["event_id"], t.as_str());
+    assert_eq!(rels["m.thread"]["current_user_participated"], false);
+    let thread = rel(
+        &bob,
+        &room,
+        &format!("{}/m.thread?recurse=true", enc(&root)),
+    );
+    assert_eq!(ids(&thread), [t.as_str()]);
+    let threads = bob
+        .get(&format!("/_matrix/client/v1/rooms/{}/threads", enc(&room)))
+        .ok();
+    assert_eq!(ids(&threads), [root.as_str()]);
+    w.assert_no_panics();
+}
