@@ -667,7 +667,7 @@ mod tests {
         bad.server_name = "not a name".into();
         assert!(bad.validate().is_err());
         bad = Config::default();
-        bad.rooms.default_version = "9".into();
+        bad.rooms.default_version = "99".into();
         assert!(bad.validate().is_err());
         for (m, t, p, q) in [
             (4, 2, 1, 32),
