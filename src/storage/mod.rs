@@ -14,11 +14,14 @@
 
 pub mod account;
 pub mod admin;
+pub mod backup;
 pub mod connection;
 pub mod e2ee;
 pub mod events;
 pub mod federation;
 pub mod linearized;
+pub mod media;
+pub mod relations;
 pub mod retention;
 pub mod rooms;
 pub mod schema;
