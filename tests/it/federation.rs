@@ -4,18 +4,34 @@
 //! weft killed with a non-empty outbound queue, weft down while Synapse sends; a to-device
 //! message to a server that is down. Between two weft servers: a network partition with
 //! conflicting state changes on both sides, healed and resolved to one state.
+//!
+//! Every scenario runs with weft on SQLite and on PostgreSQL (`::sqlite`, `::postgres`).
+//! Scenarios that leave Synapse running share one instance ([`Synapse::shared`]; their users
+//! are fresh per run); those that stop or kill it start their own. The partition test runs
+//! once: its two weft servers are on one backend each.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::both_backends;
 use crate::client::{Client, enc};
 use crate::harness::{Backend, Federation, Options, Server, free_port};
 use crate::proxy::Proxy;
 use crate::synapse::Synapse;
 
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
+
+both_backends!(
+    synapse_room_joined_from_weft,
+    weft_room_joined_from_synapse,
+    typing_and_receipts_with_synapse,
+    decline_a_synapse_invite,
+    knock_on_a_synapse_room,
+    outages_with_synapse,
+    to_device_survives_synapse_outage,
+);
 
 /// A weft server with federation on (loopback, self-signed TLS, fast retries).
 pub(crate) fn weft(backend: Backend) -> Server {
@@ -193,12 +209,11 @@ pub(crate) fn raise_power(c: &Client, room: &str, user: &str, level: i64) {
 }
 
 /// A room on Synapse, joined from weft: everything flows both ways.
-#[test]
-fn synapse_room_joined_from_weft() {
-    let syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
-    let alice = syn.register("alice");
-    let dave = syn.register("dave");
+fn synapse_room_joined_from_weft(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
+    let dave = syn.register_fresh("dave");
     let bob = w.register("bob");
     let carol = w.register("carol");
 
@@ -305,12 +320,11 @@ fn synapse_room_joined_from_weft() {
 }
 
 /// A room on weft, joined from Synapse: everything flows both ways.
-#[test]
-fn weft_room_joined_from_synapse() {
-    let syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
-    let alice = syn.register("alice");
-    let dave = syn.register("dave");
+fn weft_room_joined_from_synapse(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
+    let dave = syn.register_fresh("dave");
     let bob = w.register("bob");
     let carol = w.register("carol");
 
@@ -393,11 +407,10 @@ fn shows_typing(s: &Value, room: &str, who: &str) -> bool {
 }
 
 /// Typing notifications and read receipts travel as EDUs, both ways.
-#[test]
-fn typing_and_receipts_with_synapse() {
-    let syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
-    let alice = syn.register("alice");
+fn typing_and_receipts_with_synapse(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
     let bob = w.register("bob");
     let room = bob.create_room(&json!({"preset": "private_chat", "invite": [alice.user_id]}));
     wait_invite(&alice, &room);
@@ -470,11 +483,10 @@ fn typing_and_receipts_with_synapse() {
 }
 
 /// Declining an invite from Synapse: the leave goes through make_leave/send_leave.
-#[test]
-fn decline_a_synapse_invite() {
-    let syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
-    let alice = syn.register("alice");
+fn decline_a_synapse_invite(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
     let bob = w.register("bob");
     let room = alice.create_room(&json!({"preset": "private_chat", "invite": [bob.user_id]}));
     wait_invite(&bob, &room);
@@ -484,11 +496,10 @@ fn decline_a_synapse_invite() {
 }
 
 /// Knocking on a Synapse room from weft, being let in, and joining.
-#[test]
-fn knock_on_a_synapse_room() {
-    let syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
-    let alice = syn.register("alice");
+fn knock_on_a_synapse_room(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
     let bob = w.register("bob");
     let room = alice.create_room(&json!({
         "preset": "private_chat",
@@ -522,10 +533,9 @@ fn knock_on_a_synapse_room() {
 
 /// Outages: every event sent while the other side was down arrives after it returns, and
 /// both timelines agree.
-#[test]
-fn outages_with_synapse() {
+fn outages_with_synapse(backend: Backend) {
     let mut syn = Synapse::start();
-    let mut w = weft(Backend::Sqlite);
+    let mut w = weft(backend);
     let alice = syn.register("alice");
     let bob = w.register("bob");
     let room = bob.create_room(&json!({"preset": "private_chat", "invite": [alice.user_id]}));
@@ -619,10 +629,9 @@ fn outages_with_synapse() {
 }
 
 /// A to-device message for a server that is down is delivered after it returns.
-#[test]
-fn to_device_survives_synapse_outage() {
+fn to_device_survives_synapse_outage(backend: Backend) {
     let mut syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
+    let w = weft(backend);
     let alice = syn.register("alice");
     let bob = w.register("bob");
     // Share a room so the servers know each other.
