@@ -23,7 +23,7 @@ mod hostile_peer;
 mod independent_signing;
 mod linearized;
 mod passwords;
-mod power_cut;
 mod perimeter;
+mod power_cut;
 mod room_versions;
 mod signatures;
