@@ -13,7 +13,10 @@ use crate::rooms::view::pdu_of;
 use crate::storage::StorageResult;
 use crate::storage::events::{self, NewEvent};
 
-/// Orders events so that each comes after the events it cites in `auth_events`.
+/// Orders events so that each comes after the events it cites in `auth_events`. Ends on any
+/// input: in rooms of v1/v2 (event IDs chosen by senders) a hostile server can send auth events
+/// that cite each other; the cycle's events are ordered arbitrarily among themselves (the
+/// auth checks then reject them).
 pub fn auth_order(pdus: Vec<Pdu>) -> Vec<Pdu> {
     let ids: HashSet<String> = pdus.iter().map(|p| p.event_id().to_string()).collect();
     let mut by_id: HashMap<String, Pdu> = pdus
@@ -24,10 +27,15 @@ pub fn auth_order(pdus: Vec<Pdu>) -> Vec<Pdu> {
     let mut out = Vec::with_capacity(by_id.len());
     let mut keys: Vec<String> = by_id.keys().cloned().collect();
     keys.sort_by_key(|k| by_id.get(k).map(|p| p.depth()).unwrap_or(0));
+    let mut started: HashSet<String> = HashSet::new();
     for start in keys {
         let mut stack = vec![(start, false)];
         while let Some((id, expanded)) = stack.pop() {
             if done.contains(&id) {
+                continue;
+            }
+            // Met again before it is finished: only on an auth cycle.
+            if !expanded && !started.insert(id.clone()) {
                 continue;
             }
             if expanded {
@@ -142,4 +150,45 @@ pub async fn store(
 fn create_id(pdu: &Pdu, version: RoomVersion) -> Option<String> {
     (version.room_id_from_create_event() && pdu.kind_str() != "m.room.create")
         .then(|| format!("${}", &pdu.room_id().as_str()[1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn v1_event(id: &str, auth: &[&str]) -> Pdu {
+        let auth: Vec<_> = auth.iter().map(|a| json!([a, {"sha256": "h"}])).collect();
+        let json = json!({
+            "event_id": id, "type": "m.room.power_levels", "state_key": "", "room_id": "!r:a.test",
+            "sender": "@u:a.test", "content": {}, "origin_server_ts": 1, "depth": 2,
+            "prev_events": [], "auth_events": auth, "hashes": {"sha256": "h"}, "signatures": {},
+        });
+        Pdu::from_received(json, RoomVersion::V1).unwrap()
+    }
+
+    #[test]
+    fn auth_order_puts_auth_events_first_and_ends_on_cycles() {
+        let order = |pdus: Vec<Pdu>| -> Vec<String> {
+            auth_order(pdus)
+                .iter()
+                .map(|p| p.event_id().to_string())
+                .collect()
+        };
+        let chain = vec![
+            v1_event("$c:a.test", &["$b:a.test"]),
+            v1_event("$a:a.test", &[]),
+            v1_event("$b:a.test", &["$a:a.test"]),
+        ];
+        assert_eq!(order(chain), ["$a:a.test", "$b:a.test", "$c:a.test"]);
+        // A hostile cycle (possible in v1/v2 only) used to loop forever.
+        let cycle = vec![
+            v1_event("$x:a.test", &["$y:a.test"]),
+            v1_event("$y:a.test", &["$x:a.test"]),
+            v1_event("$z:a.test", &["$y:a.test"]),
+        ];
+        let got = order(cycle);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got.last().map(String::as_str), Some("$z:a.test"));
+    }
 }

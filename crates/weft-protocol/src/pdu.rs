@@ -234,6 +234,11 @@ impl Pdu {
         };
         let prev_events = get_event_ids(&json, "prev_events", version)?;
         let auth_events = get_event_ids(&json, "auth_events", version)?;
+        // Only possible where senders choose event IDs (v1/v2); state resolution must never
+        // meet such a loop.
+        if prev_events.contains(&event_id) || auth_events.contains(&event_id) {
+            return Err(PduError::Format(format!("{event_id} cites itself")));
+        }
         let depth = match json.get("depth") {
             Some(CanonicalJsonValue::Integer(i)) => {
                 u64::try_from(i64::from(*i)).map_err(|_| PduError::Field("depth"))?

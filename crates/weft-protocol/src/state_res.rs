@@ -5,6 +5,13 @@
 //! caller: the auth chain of each state set and, for v2.1, the *conflicted state subgraph*
 //! (every event on an `auth_events` path between two conflicted state events), computed here
 //! as a pure function over an event lookup.
+//!
+//! In room versions 1 and 2 event IDs are chosen by their senders, so a hostile server can make
+//! `auth_events` form a cycle (an event citing itself, or two citing each other), which no
+//! hash-named event can. ruma's resolution follows auth events without a guard (the mainline
+//! walk never ends on a cycle, found by the `state_res` fuzz target), so [`resolve`] refuses
+//! inputs whose auth graph has a cycle before handing them over, and the helpers here terminate
+//! on any graph.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -86,9 +93,15 @@ pub fn conflicted_state_subgraph(
         reaches: &mut HashMap<OwnedEventId, bool>,
     ) -> bool {
         // Iterative post-order DFS to avoid deep recursion on long auth chains.
+        // `started` guards against auth cycles (possible in v1/v2 only): a node met again
+        // before it is finished is not expanded twice, so the walk ends on any graph.
         let mut work: Vec<(OwnedEventId, bool)> = vec![(id.clone(), false)];
+        let mut started: HashSet<OwnedEventId> = HashSet::new();
         while let Some((node, expanded)) = work.pop() {
             if reaches.contains_key(&node) {
+                continue;
+            }
+            if !expanded && !started.insert(node.clone()) {
                 continue;
             }
             let parents = edges.get(&node).map(Vec::as_slice).unwrap_or(&[]);
@@ -121,6 +134,52 @@ pub fn conflicted_state_subgraph(
     out
 }
 
+/// The first auth-event cycle reachable from `roots`, if any (an event citing itself counts).
+pub fn find_auth_cycle(
+    roots: impl IntoIterator<Item = OwnedEventId>,
+    fetch: &impl Fn(&EventId) -> Option<Arc<Pdu>>,
+) -> Option<OwnedEventId> {
+    // Iterative depth-first search: `on_path` holds the events whose auth events are still
+    // being explored; meeting one again closes a cycle.
+    let mut done: HashSet<OwnedEventId> = HashSet::new();
+    let mut on_path: HashSet<OwnedEventId> = HashSet::new();
+    for root in roots {
+        if done.contains(&root) {
+            continue;
+        }
+        let mut stack: Vec<(OwnedEventId, Vec<OwnedEventId>)> = Vec::new();
+        let parents = fetch(&root)
+            .map(|e| e.auth_events().to_vec())
+            .unwrap_or_default();
+        on_path.insert(root.clone());
+        stack.push((root, parents));
+        while let Some((node, parents)) = stack.last_mut() {
+            match parents.pop() {
+                Some(p) => {
+                    if on_path.contains(&p) {
+                        return Some(p);
+                    }
+                    if done.contains(&p) {
+                        continue;
+                    }
+                    let next = fetch(&p)
+                        .map(|e| e.auth_events().to_vec())
+                        .unwrap_or_default();
+                    on_path.insert(p.clone());
+                    stack.push((p, next));
+                }
+                None => {
+                    let node = node.clone();
+                    on_path.remove(&node);
+                    done.insert(node);
+                    stack.pop();
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Resolves several state maps into one, per the room version's algorithm.
 pub fn resolve(
     version: RoomVersion,
@@ -135,6 +194,12 @@ pub fn resolve(
     }
     if version.uses_state_res_v1() {
         return Ok(v1::resolve(version, state_sets, &fetch));
+    }
+    let all_ids = state_sets.iter().flat_map(|set| set.values().cloned());
+    if let Some(id) = find_auth_cycle(all_ids, &fetch) {
+        return Err(ResolveError(format!(
+            "the auth events of {id} form a cycle"
+        )));
     }
     let rules = version.rules();
     let Some(v2_rules) = rules.state_res.v2_rules() else {

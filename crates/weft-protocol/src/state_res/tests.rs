@@ -795,3 +795,73 @@ fn auth_chain_of_real_rooms() {
         assert!(auth_chain([room.id("create")], &room.fetch()).is_empty());
     }
 }
+
+/// Room versions 1 and 2 let senders choose event IDs, so `auth_events` can form a cycle. The
+/// `state_res` fuzz target found that ruma's resolution then never ends (its mainline walk
+/// follows power-levels auth events round the loop); such inputs are refused instead, at once.
+#[test]
+fn auth_cycles_are_refused_not_followed() {
+    use ruma::CanonicalJsonValue;
+    for v in [RoomVersion::V1, RoomVersion::V2] {
+        let room = Room::base(v);
+        let pl = room.event("pl");
+        let create = room.id("create");
+        // Two power-levels events citing each other.
+        let with = |id: &str, cites: &str| {
+            let mut json = pl.json().clone();
+            json.insert("event_id".into(), CanonicalJsonValue::String(id.into()));
+            let pair = |e: &str| {
+                crate::canonical::value_to_canonical(json!([e, {"sha256": "x"}])).unwrap()
+            };
+            json.insert(
+                "auth_events".into(),
+                CanonicalJsonValue::Array(vec![pair(create.as_str()), pair(cites)]),
+            );
+            Arc::new(Pdu::from_json(json, v).unwrap())
+        };
+        let a = with("$a:a.test", "$b:a.test");
+        let b = with("$b:a.test", "$a:a.test");
+        let mut events: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+        for e in [&a, &b] {
+            events.insert(e.owned_event_id(), Arc::clone(e));
+        }
+        let fetch = |id: &EventId| events.get(id).cloned().or_else(|| room.get(id));
+        let key = (StateEventType::RoomPowerLevels, String::new());
+        let mut one = room.state();
+        one.insert(key.clone(), a.owned_event_id());
+        let mut two = room.state();
+        two.insert(key, b.owned_event_id());
+        assert!(
+            find_auth_cycle([a.owned_event_id()], &fetch).is_some(),
+            "v{v}"
+        );
+        if v == RoomVersion::V2 {
+            let err = resolve(v, &[one, two], fetch).unwrap_err();
+            assert!(err.0.contains("cycle"), "v{v}: {err}");
+        } else {
+            // State resolution v1 does not walk auth chains; it still ends.
+            resolve(v, &[one, two], fetch).unwrap();
+        }
+        // The helpers end on the cycle too.
+        let conflicted: HashSet<OwnedEventId> = [a.owned_event_id()].into();
+        assert!(conflicted_state_subgraph(&conflicted, &fetch).contains(&b.owned_event_id()));
+        assert!(auth_chain([a.owned_event_id()], &fetch).contains(&a.owned_event_id()));
+        // An event citing itself is refused when parsed (the fuzz target's input: a
+        // power-levels event reusing the create event's ID and citing it).
+        let mut json = pl.json().clone();
+        json.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String(create.to_string()),
+        );
+        assert!(matches!(
+            Pdu::from_json(json, v),
+            Err(crate::pdu::PduError::Format(_))
+        ));
+    }
+    // Hash-named events cannot form cycles; the check finds none in a real room.
+    let room = Room::base(RoomVersion::V12);
+    assert_eq!(
+        find_auth_cycle(room.state().into_values(), &room.fetch()),
+        None
+    );
+}
