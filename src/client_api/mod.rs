@@ -3,6 +3,7 @@
 //! services; errors are `crate::error::Error`.
 
 pub mod account;
+pub mod destinations_admin;
 pub mod directory;
 pub mod events;
 pub mod keys;
@@ -192,6 +193,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/_weft/admin/v1/linearized",
             web::get().to(linearized_admin::linearized),
+        )
+        .route(
+            "/_weft/admin/v1/destinations",
+            web::get().to(destinations_admin::list),
+        )
+        .route(
+            "/_weft/admin/v1/destinations/{server}/reset",
+            web::post().to(destinations_admin::reset),
         )
         .service(web::scope("/_matrix/client/v3").configure(routes))
         .service(web::scope("/_matrix/client/r0").configure(routes));

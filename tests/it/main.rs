@@ -14,6 +14,7 @@ mod proxy;
 mod synapse;
 
 mod bad_input;
+mod catchup;
 mod durability;
 mod e2e;
 mod e2ee;
