@@ -3,7 +3,7 @@
 
 Run through tools/bench_catchup.sh (builds a release weft, installs Synapse); directly:
 
-  tools/bench_catchup.py --weft target/release/weft [--outages 30,240,900] [--runs 3]
+  tools/bench_catchup.py --weft target/release/weft [--outages 30,240,900] [--runs 3] [--long-runs 1]
                          [--backlog 10000] [--cap 1800] [--workdir DIR]
 
 Scenario per outage T (all outages run concurrently, each with its own servers):
@@ -300,20 +300,22 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--weft", default=os.path.join(ROOT, "target", "release", "weft"))
     ap.add_argument("--outages", default="30,240,900")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="runs per outage under 600 s")
+    ap.add_argument("--long-runs", type=int, default=1, help="runs per outage of 600 s or more")
     ap.add_argument("--backlog", type=int, default=10000)
     ap.add_argument("--cap", type=int, default=1800)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="weft-catchup-")
     outages = [int(x) for x in args.outages.split(",") if x]
-    log(f"workdir {workdir}; outages {outages} x {args.runs} runs (concurrent); "
+    log(f"workdir {workdir}; outages {outages} x {args.runs} runs ({args.long_runs} from 600 s; "
+        f"concurrent); "
         f"backlog {args.backlog}")
     results = {}
 
     def series(t):
         out = []
-        for i in range(args.runs):
+        for i in range(args.runs if t < 600 else args.long_runs):
             res = outage_run(args.weft, os.path.join(workdir, f"o{t}_{i}"), t, args.cap)
             log(f"outage {t} s run {i + 1}: weft {fmt(res[0], args.cap)}, "
                 f"synapse {fmt(res[1], args.cap)}")
@@ -353,7 +355,8 @@ def main():
             print(f"| {kind} | {fmt(v, args.cap)} | {rate} |")
     print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
           f"{platform.platform()}")
-    shutil.rmtree(workdir, ignore_errors=True)
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

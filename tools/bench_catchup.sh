@@ -3,7 +3,7 @@
 # what it missed, after outages of 30 s, 240 s and 900 s (both senders with production
 # retry settings), and the time to deliver a 10,000-event backlog. See tools/bench_catchup.py.
 #
-#   tools/bench_catchup.sh [--outages 30,240,900] [--runs 3] [--backlog 10000] [--cap 1800]
+#   tools/bench_catchup.sh [--outages 30,240,900] [--runs 3] [--long-runs 1] [--backlog 10000] [--cap 1800]
 #
 # Self-contained from a fresh clone: builds the release weft (unless WEFT_BIN is given) and
 # installs Synapse 1.163.2 into a venv (tools/synapse/install.sh, idempotent). Loopback

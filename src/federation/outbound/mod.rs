@@ -164,6 +164,8 @@ pub(crate) struct Health {
     probing: bool,
     /// A transaction is in flight.
     sending: bool,
+    /// When the transaction in flight (or the last one) was started (ms).
+    sent_at_ms: i64,
     /// Rows queued, as last seen (exact after every read of the queue, approximate between).
     backlog: i64,
     catch_up: bool,
@@ -173,10 +175,11 @@ pub(crate) struct Health {
     /// Last authenticated request from it.
     last_inbound_ms: Option<i64>,
     last_error: Option<String>,
-    /// What ended its last outage.
-    recovered_by: Option<&'static str>,
-    /// The sign of life that woke it, until the next successful transaction.
-    woken_by: Option<&'static str>,
+    /// What ended its last outage, when that sign of life came, when the first
+    /// transaction after it was started and when it was delivered.
+    recovered_by: Option<(&'static str, i64, i64, i64)>,
+    /// The sign of life that woke it and when, until the next successful transaction.
+    woken_by: Option<(&'static str, i64)>,
 }
 
 /// One destination as the operator sees it (`GET /_weft/admin/v1/destinations`).
@@ -201,6 +204,12 @@ pub struct DestinationView {
     /// What ended its last outage: `probe`, `contact`, `answer`, `reset` or `new_work`
     /// (the backoff timer or fresh work).
     pub recovered_by: Option<String>,
+    /// When the sign of life that ended the last outage came (ms).
+    pub recovery_signal_ts: Option<i64>,
+    /// When the first transaction after it went out (ms).
+    pub recovery_sent_ts: Option<i64>,
+    /// When that transaction was delivered (ms).
+    pub recovered_ts: Option<i64>,
     /// Whether its actor is running.
     pub active: bool,
 }
@@ -266,7 +275,10 @@ impl Shared {
                 }
             };
             entry.wakes.fetch_add(1, Ordering::Relaxed);
-            match entry.addr.try_send(Wake { reason }) {
+            match entry.addr.try_send(Wake {
+                reason,
+                at: now_ms(),
+            }) {
                 Ok(()) => return,
                 // A full mailbox already holds wake-ups; the work itself is in the database.
                 Err(SendError::Full(_)) => {
@@ -375,7 +387,7 @@ impl Sender {
                     h.failures = 0;
                     h.down = false;
                     h.retry_at_ms = None;
-                    h.woken_by = Some(WakeReason::Reset.as_str());
+                    h.woken_by = Some((WakeReason::Reset.as_str(), now_ms()));
                     true
                 }
                 None if queued > 0 => {
@@ -383,7 +395,7 @@ impl Sender {
                         server.to_owned(),
                         Health {
                             backlog: queued,
-                            woken_by: Some(WakeReason::Reset.as_str()),
+                            woken_by: Some((WakeReason::Reset.as_str(), now_ms())),
                             ..Default::default()
                         },
                     );
@@ -461,7 +473,10 @@ impl Sender {
                     last_error: h
                         .and_then(|h| h.last_error.clone())
                         .or_else(|| row.and_then(|r| r.last_error.clone())),
-                    recovered_by: h.and_then(|h| h.recovered_by).map(str::to_owned),
+                    recovered_by: h.and_then(|h| h.recovered_by).map(|r| r.0.to_owned()),
+                    recovery_signal_ts: h.and_then(|h| h.recovered_by).map(|r| r.1),
+                    recovery_sent_ts: h.and_then(|h| h.recovered_by).map(|r| r.2),
+                    recovered_ts: h.and_then(|h| h.recovered_by).map(|r| r.3),
                     active: active.contains(&name),
                     server_name: name,
                 }
@@ -621,6 +636,8 @@ async fn enforce_bounds(s: &Arc<Shared>, dest: &str) {
 #[rtype(result = "()")]
 pub struct Wake {
     pub reason: WakeReason,
+    /// When the reason arose (ms).
+    pub at: i64,
 }
 
 pub struct DestinationActor {
@@ -667,6 +684,7 @@ impl DestinationActor {
         self.again = false;
         let failures = self.health(|h| {
             h.sending = true;
+            h.sent_at_ms = now_ms();
             h.failures
         });
         let shared = Arc::clone(&self.shared);
@@ -701,7 +719,8 @@ impl DestinationActor {
             let was = h.failures > 0 || h.down;
             let by = h.woken_by.take();
             if was {
-                h.recovered_by = Some(by.unwrap_or(WakeReason::NewWork.as_str()));
+                let (reason, at) = by.unwrap_or((WakeReason::NewWork.as_str(), now));
+                h.recovered_by = Some((reason, at, h.sent_at_ms, now));
             }
             h.failures = 0;
             h.down = false;
@@ -713,7 +732,7 @@ impl DestinationActor {
             (was, by)
         });
         if was_failing {
-            tracing::info!(destination = %self.destination, woken_by = woken_by.unwrap_or("backoff timer"), "destination is reachable again");
+            tracing::info!(destination = %self.destination, woken_by = woken_by.map_or("backoff timer", |w| w.0), "destination is reachable again");
         }
         tracing::debug!(destination = %self.destination, items, remaining, "transaction delivered");
         if let Some(h) = self.retry_timer.take() {
@@ -855,7 +874,7 @@ impl Handler<Wake> for DestinationActor {
             self.health(|h| {
                 h.retry_at_ms = None;
                 // The first sign of life is what ended the outage.
-                h.woken_by.get_or_insert(msg.reason.as_str());
+                h.woken_by.get_or_insert((msg.reason.as_str(), msg.at));
             });
         }
         self.start_send(ctx);
