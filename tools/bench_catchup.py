@@ -202,6 +202,28 @@ class Synapse:
         return User(self.client, v["user_id"], v["access_token"])
 
 
+def arrivals(r_log, r_fed_port, senders):
+    """From the receiver's log: seconds from its federation listener coming up (the last
+    start) to the last transaction each sender pushed after it (the sender's own part of
+    the catch-up, without the receiver's client)."""
+    import datetime
+
+    def ts(line):
+        return datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    up, last = None, {}
+    with open(r_log, errors="replace") as f:
+        for line in f:
+            if f"now listening on TCP port {r_fed_port} (TLS)" in line:
+                up, last = ts(line), {}
+            elif up is not None and "Received txn" in line:
+                for name in senders:
+                    if line.rstrip().endswith(f"from {name}. (PDUs: 0, EDUs: 0)"):
+                        continue
+                    if f"from {name}." in line and "PDUs: 0," not in line:
+                        last[name] = ts(line) - up
+    return {n: last.get(n) for n in senders}
+
+
 def shared_room(host, guest, via):
     room = call(host.port, "POST", "/createRoom", host.token,
                 {"preset": "private_chat", "invite": [guest.user_id]})["room_id"]
@@ -247,6 +269,10 @@ def outage_run(weft_bin, workdir, outage, cap):
             t.start()
         for t in threads:
             t.join()
+        log_path = os.path.join(r.data, r.name, "homeserver.log")
+        arr = arrivals(log_path, r.fed, [w.server_name, s.server_name])
+        log(f"outage {outage} s: last transaction with PDUs after the receiver came up: "
+            f"weft {arr[w.server_name]}, synapse {arr[s.server_name]}")
         return got.get("weft"), got.get("synapse")
     finally:
         for x in (w, s, r):

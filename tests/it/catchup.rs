@@ -200,6 +200,13 @@ fn synapse_caught_up_within_seconds_after_240s() {
         "weft must find Synapse itself: {d}"
     );
     assert_eq!(d["backlog"], 0, "{d}");
+    let since_probe =
+        |k: &str| d[k].as_i64().unwrap_or(0) - d["recovery_signal_ts"].as_i64().unwrap_or(0);
+    eprintln!(
+        "after the probe answered: backlog sent {} ms later, delivered {} ms later",
+        since_probe("recovery_sent_ts"),
+        since_probe("recovered_ts"),
+    );
     w.assert_no_panics();
 }
 
