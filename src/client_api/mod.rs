@@ -202,6 +202,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/_weft/admin/v1/destinations/{server}/reset",
             web::post().to(destinations_admin::reset),
         )
+        .route(
+            "/_weft/admin/v1/sync_waiters",
+            web::get().to(linearized_admin::sync_waiters),
+        )
         .service(web::scope("/_matrix/client/v3").configure(routes))
         .service(web::scope("/_matrix/client/r0").configure(routes));
 }

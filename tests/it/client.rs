@@ -138,8 +138,8 @@ impl Client {
 
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("/_matrix")
-            || path.starts_with("/.well-known")
             || path.starts_with("/_weft")
+            || path.starts_with("/.well-known")
         {
             format!("{}{path}", self.base)
         } else {

@@ -201,16 +201,19 @@ impl Peers {
             .unwrap_or_default()
     }
 
+    /// Every PDU received, duplicates included.
     pub fn count(&self, name: &str) -> usize {
         self.shared.received.lock().get(name).map_or(0, Vec::len)
     }
 
     /// Every participant answers `/send` only after `delay` (a paused process).
+    #[allow(dead_code)] // not used by the benchmark (benches/lm_hub)
     pub fn set_answer_delay(&self, delay: Option<Duration>) {
         *self.shared.answer_delay.lock() = delay;
     }
 
     /// The transaction IDs a participant was sent, in arrival order (repeats included).
+    #[allow(dead_code)] // not used by the benchmark (benches/lm_hub)
     pub fn txns(&self, name: &str) -> Vec<String> {
         self.shared
             .txns
@@ -219,6 +222,17 @@ impl Peers {
             .filter(|(n, _)| n == name)
             .map(|(_, t)| t.clone())
             .collect()
+    }
+
+    /// Distinct PDUs received (a redelivered PDU counts once).
+    #[allow(dead_code)] // used by the benchmark (benches/lm_hub)
+    pub fn distinct(&self, name: &str) -> usize {
+        self.shared.received.lock().get(name).map_or(0, |v| {
+            v.iter()
+                .map(|(_, p)| p.to_string())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        })
     }
 
     /// A participant that is "down" answers 503 to `/send`.
