@@ -209,6 +209,9 @@ pub struct ActorsConfig {
     pub destination_mailbox: usize,
     /// Seconds a room actor may sit idle before it stops (it restarts on demand).
     pub room_idle_secs: u64,
+    /// Seconds a destination actor with nothing queued may sit idle before it stops (it
+    /// restarts on demand).
+    pub destination_idle_secs: u64,
     /// Arbiter threads hosting room actors (0 = number of CPUs).
     pub room_threads: usize,
 }
@@ -265,6 +268,25 @@ pub struct FederationConfig {
     pub retry_multiplier: f64,
     /// Timeout of one outbound request, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Timeout of a transaction to a peer that announces `m.linearized` (eigen-server
+    /// appends a re-sent transaction twice, so a paused peer must be able to answer the
+    /// first attempt; see docs/LINEARIZED.md).
+    pub linearized_request_timeout_ms: u64,
+    /// Liveness probes (`GET /_matrix/federation/v1/version`) to unreachable destinations
+    /// with queued work, per second, for all destinations together (0 turns probes off and
+    /// leaves return detection to the retry backoff).
+    pub probe_per_second: f64,
+    /// Time between two probes of the same destination, in milliseconds (±20% jitter).
+    pub probe_interval_ms: u64,
+    /// Timeout of one probe, in milliseconds.
+    pub probe_timeout_ms: u64,
+    /// A destination whose queue holds more rows than this switches to catch-up mode: only
+    /// the latest event per room is kept for it (it pulls the rest with
+    /// `get_missing_events`), ephemeral EDUs are dropped and device-list updates collapse
+    /// to the latest per user.
+    pub catchup_max_queue: i64,
+    /// The same, when the oldest queued row is older than this many seconds.
+    pub catchup_max_age_secs: i64,
     /// Notary servers asked for keys a server cannot give us itself (empty: ask only the
     /// server itself).
     pub trusted_key_servers: Vec<String>,
@@ -397,6 +419,7 @@ impl Default for ActorsConfig {
             room_mailbox: 1024,
             destination_mailbox: 4096,
             room_idle_secs: 300,
+            destination_idle_secs: 60,
             room_threads: 0,
         }
     }
@@ -432,6 +455,12 @@ impl Default for FederationConfig {
             retry_max_ms: 10 * 60 * 1000,
             retry_multiplier: 2.0,
             request_timeout_ms: 30_000,
+            linearized_request_timeout_ms: 120_000,
+            probe_per_second: 10.0,
+            probe_interval_ms: 2_000,
+            probe_timeout_ms: 3_000,
+            catchup_max_queue: 20_000,
+            catchup_max_age_secs: 6 * 3600,
             trusted_key_servers: Vec::new(),
             max_key_query_servers: 20,
             max_concurrent_key_fetches: 16,
@@ -580,6 +609,18 @@ impl Config {
         if self.actors.room_mailbox == 0 || self.actors.destination_mailbox == 0 {
             return Err(ConfigError::Invalid(
                 "actor mailboxes must hold at least one message".into(),
+            ));
+        }
+        let f = &self.federation;
+        if !(f.probe_per_second.is_finite() && (0.0..=1000.0).contains(&f.probe_per_second)) {
+            return Err(ConfigError::Invalid(
+                "federation.probe_per_second must be between 0 and 1000".into(),
+            ));
+        }
+        if f.probe_interval_ms == 0 || f.probe_timeout_ms == 0 || f.catchup_max_queue < 1 {
+            return Err(ConfigError::Invalid(
+                "federation.probe_interval_ms, probe_timeout_ms and catchup_max_queue must be positive"
+                    .into(),
             ));
         }
         self.passwords.params().map_err(ConfigError::Invalid)?;

@@ -3,6 +3,7 @@
 //! services; errors are `crate::error::Error`.
 
 pub mod account;
+pub mod destinations_admin;
 pub mod directory;
 pub mod events;
 pub mod keys;
@@ -283,6 +284,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/_weft/admin/v1/linearized",
             web::get().to(linearized_admin::linearized),
+        )
+        .route(
+            "/_weft/admin/v1/destinations",
+            web::get().to(destinations_admin::list),
+        )
+        .route(
+            "/_weft/admin/v1/destinations/{server}/reset",
+            web::post().to(destinations_admin::reset),
         )
         .route(
             "/_weft/admin/v1/sync_waiters",

@@ -191,12 +191,17 @@ pub struct ClientSettings {
     pub discovery_cache_size: u64,
 }
 
+/// Called with a destination's name whenever it answers a request at all (a sign of life
+/// for the outbound queue, see `outbound`).
+pub type AnswerHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// The outbound federation client (shared; cheap to clone).
 #[derive(Clone)]
 pub struct FederationClient {
     settings: ClientSettings,
     http: OutboundClient,
     targets: moka::sync::Cache<String, (Target, Duration)>,
+    on_answer: Arc<std::sync::OnceLock<AnswerHook>>,
 }
 
 impl FederationClient {
@@ -214,6 +219,53 @@ impl FederationClient {
             settings,
             http,
             targets,
+            on_answer: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Installs the hook told about every answer (once; later calls are ignored).
+    pub fn set_answer_hook(&self, hook: AnswerHook) {
+        let _ = self.on_answer.set(hook);
+    }
+
+    fn answered(&self, destination: &str, status: u16) {
+        // A gateway error is a proxy speaking for a server that is not there.
+        if !matches!(status, 502..=504)
+            && let Some(hook) = self.on_answer.get()
+        {
+            hook(destination);
+        }
+    }
+
+    /// A liveness probe: `GET /_matrix/federation/v1/version` (unsigned), bounded by
+    /// `timeout` from the first byte sent to the last one received. Any HTTP answer but a
+    /// gateway error means the server is up.
+    pub async fn probe(&self, destination: &str, timeout: Duration) -> Result<(), FedError> {
+        let unreachable = |message: String| FedError::Unreachable {
+            destination: destination.to_owned(),
+            message,
+        };
+        let work = async {
+            let target = self.resolve(destination).await?;
+            let url = self.url(&target, "/_matrix/federation/v1/version");
+            let resp = self
+                .http
+                .client()
+                .get(&url)
+                .insert_header(("Host", target.host_header.clone()))
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = resp.status().as_u16();
+            if matches!(status, 502..=504) {
+                return Err(unreachable(format!("gateway answered {status}")));
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(unreachable("probe timed out".into())),
         }
     }
 
@@ -372,6 +424,20 @@ impl FederationClient {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<Value, FedError> {
+        self.request_within(method, destination, path_and_query, body, None)
+            .await
+    }
+
+    /// [`Self::request`] with its own timeout instead of the configured one.
+    pub async fn request_within(
+        &self,
+        method: &str,
+        destination: &str,
+        path_and_query: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Value, FedError> {
+        let timeout = timeout.unwrap_or(self.settings.timeout);
         let target = self.resolve(destination).await?;
         let content = match body {
             Some(b) => Some(
@@ -398,6 +464,7 @@ impl FederationClient {
             .map_err(|e| FedError::Refused(destination.to_owned(), e.to_string()))?;
         let req = client
             .request(method, &url)
+            .timeout(timeout)
             .insert_header(("Host", target.host_header.clone()))
             .insert_header(("Authorization", auth))
             .insert_header(("User-Agent", concat!("weft/", env!("CARGO_PKG_VERSION"))));
@@ -410,11 +477,12 @@ impl FederationClient {
             message: e.to_string(),
         })?;
         let status = resp.status().as_u16();
+        self.answered(destination, status);
         // awc bounds the wait for the answer's head only: bound the body too, or a peer
         // that stalls mid-body holds the caller (a destination's one transaction in
         // flight) forever.
         let bytes = resp
-            .timeout(self.settings.timeout)
+            .timeout(timeout)
             .body()
             .limit(64 * 1024 * 1024)
             .await
@@ -456,6 +524,7 @@ impl FederationClient {
                 message: e.to_string(),
             })?;
         let status = resp.status().as_u16();
+        self.answered(destination, status);
         let value: Value = resp
             .timeout(self.settings.timeout)
             .json()

@@ -222,3 +222,72 @@ pub fn set_destination_state(
         .execute(conn)?;
     Ok(())
 }
+
+/// How many rows a destination has queued, and when the oldest was queued.
+pub fn queue_stats(
+    conn: &mut AnyConnection,
+    destination: &str,
+) -> StorageResult<(i64, Option<i64>)> {
+    Ok(outbound_queue::table
+        .filter(outbound_queue::destination.eq(destination))
+        .select((
+            diesel::dsl::count_star(),
+            diesel::dsl::min(outbound_queue::created_ts),
+        ))
+        .first(conn)?)
+}
+
+/// Every queued row of one kind for a destination, `(id, payload)`, oldest first.
+pub fn queue_payloads(
+    conn: &mut AnyConnection,
+    destination: &str,
+    kind: &str,
+) -> StorageResult<Vec<(i64, String)>> {
+    Ok(outbound_queue::table
+        .filter(outbound_queue::destination.eq(destination))
+        .filter(outbound_queue::kind.eq(kind))
+        .order(outbound_queue::id.asc())
+        .select((outbound_queue::id, outbound_queue::payload))
+        .load(conn)?)
+}
+
+/// The room of each of `event_ids` that we hold, `(event_id, room_id)`.
+pub fn rooms_of_events(
+    conn: &mut AnyConnection,
+    event_ids: &[String],
+) -> StorageResult<Vec<(String, String)>> {
+    use super::schema::events;
+    let mut out = Vec::with_capacity(event_ids.len());
+    for chunk in event_ids.chunks(500) {
+        out.extend(
+            events::table
+                .filter(events::event_id.eq_any(chunk))
+                .select((events::event_id, events::room_id))
+                .load::<(String, String)>(conn)?,
+        );
+    }
+    Ok(out)
+}
+
+/// A destination's persisted retry state, as the operator sees it.
+#[derive(Debug, Clone, Queryable)]
+pub struct DestinationRow {
+    pub server_name: String,
+    pub failures: i32,
+    pub retry_at: i64,
+    pub last_success_ts: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Every destination with persisted retry state.
+pub fn destination_rows(conn: &mut AnyConnection) -> StorageResult<Vec<DestinationRow>> {
+    Ok(destinations::table
+        .select((
+            destinations::server_name,
+            destinations::failures,
+            destinations::retry_at,
+            destinations::last_success_ts,
+            destinations::last_error,
+        ))
+        .load(conn)?)
+}

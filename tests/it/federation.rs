@@ -676,6 +676,7 @@ fn partition_heals_to_one_state() {
         federation: Some(Federation {
             listen_port: Some(listen),
             advertised_port: Some(advertised),
+            ..Default::default()
         }),
         ..Default::default()
     };

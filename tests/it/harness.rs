@@ -64,6 +64,9 @@ pub struct Federation {
     pub listen_port: Option<u16>,
     /// The port in the server name, when peers must go through something else (a proxy).
     pub advertised_port: Option<u16>,
+    /// `key = value` lines for the `[federation]` table; a key given here replaces the
+    /// harness's test default (e.g. production retry timings instead of fast ones).
+    pub settings: String,
 }
 
 /// A fresh database for one server under test: a SQLite file path, or a new PostgreSQL
@@ -250,14 +253,36 @@ impl Server {
     fn write_config(&self, port: u16) {
         let db_url = self.database.url();
         let (fed_listener, fed_section) = match self.fed_port {
-            Some(p) => (
-                format!("127.0.0.1:{p}"),
-                "enabled = true\nverify_tls = false\n\
-                 retry_min_ms = 200\nretry_max_ms = 2000\nrequest_timeout_ms = 15000\n"
-                    .to_owned()
-                    + &self.options.extra_federation
-                    + "\n",
-            ),
+            Some(p) => {
+                // Keys given by the test (`Federation::settings`, `extra_federation`)
+                // replace the harness's test defaults.
+                let ours = self
+                    .options
+                    .federation
+                    .as_ref()
+                    .map(|f| f.settings.clone())
+                    .unwrap_or_default()
+                    + "\n"
+                    + &self.options.extra_federation;
+                let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_owned();
+                let given: Vec<String> = ours.lines().map(key).collect();
+                let mut section: String = [
+                    "enabled = true",
+                    "verify_tls = false",
+                    "retry_min_ms = 200",
+                    "retry_max_ms = 2000",
+                    "request_timeout_ms = 15000",
+                ]
+                .iter()
+                .filter(|l| !given.contains(&key(l)))
+                .map(|l| format!("{l}\n"))
+                .collect();
+                for l in ours.lines().filter(|l| !l.trim().is_empty()) {
+                    section.push_str(l.trim());
+                    section.push('\n');
+                }
+                (format!("127.0.0.1:{p}"), section)
+            }
             None => (String::new(), "enabled = false\n".to_owned()),
         };
         // Loopback peers are allowed by name (the outbound address policy refuses them

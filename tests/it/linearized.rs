@@ -708,3 +708,62 @@ fn weft_participates_in_a_room_of_a_reference_like_hub(backend: Backend) {
     );
     p1.assert_quiet();
 }
+
+/// A paused linearized-only participant (it answers `/send` only after 4 s, and appends a
+/// repeated transaction again, like eigen-server) gets each transaction once: the request
+/// timeout for peers announcing `m.linearized` outlasts the pause. With the short timeout
+/// every other peer gets, the hub re-sends and the peer appends the event twice — the
+/// duplicate the long timeout exists to avoid.
+#[test]
+fn a_paused_linearized_peer_answers_the_first_attempt() {
+    let run = |lm_timeout_ms: u64| -> (Vec<String>, usize) {
+        let hub = Weft::start_with(
+            Backend::Sqlite,
+            &format!(
+                "request_timeout_ms = 1500\nlinearized_request_timeout_ms = {lm_timeout_ms}\n"
+            ),
+        );
+        let peers = Peers::start(1, true);
+        let fake = peers.names[0].clone();
+        let alice = hub.register("alice");
+        let room = alice.create_lm_room(&[], "public_chat");
+        let mallory = format!("@mallory:{fake}");
+        peers.join(&fake, &hub.name, hub.fed_port, &room, &mallory);
+        peers.set_answer_delay(Some(Duration::from_secs(4)));
+        let event_id = alice.say(&room, "while you were paused");
+        let has_it = |peers: &Peers| {
+            peers
+                .received(&fake)
+                .iter()
+                .filter(|p| p["content"]["body"] == json!("while you were paused"))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while has_it(&peers) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{event_id} never reached the peer"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Let any retry that is under way land too.
+        std::thread::sleep(Duration::from_secs(5));
+        hub.assert_quiet();
+        (peers.txns(&fake), has_it(&peers))
+    };
+    let (txns, copies) = run(20_000);
+    let mut unique = txns.clone();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        txns.len(),
+        "a transaction was re-sent: {txns:?}"
+    );
+    assert_eq!(copies, 1, "the peer appended the event {copies} times");
+    // The control: a timeout shorter than the pause makes the hub repeat itself.
+    let (txns, copies) = run(1_500);
+    assert!(
+        copies >= 2,
+        "expected a duplicate append with a short timeout: {txns:?}"
+    );
+}

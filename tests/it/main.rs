@@ -15,6 +15,7 @@ mod synapse;
 
 mod accounts;
 mod bad_input;
+mod catchup;
 mod durability;
 mod e2e;
 mod e2ee;

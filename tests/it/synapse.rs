@@ -173,6 +173,14 @@ impl Synapse {
         Client::with_token(&self.base(), user, token)
     }
 
+    /// Extra Synapse settings (YAML, top-level keys replace the harness's), applied at the
+    /// next (re)start.
+    pub fn set_extra_yaml(&self, yaml: &str) {
+        let dir = self.data.join(&self.name);
+        std::fs::create_dir_all(&dir).expect("synapse instance dir");
+        std::fs::write(dir.join("extra.yaml"), yaml).expect("write extra.yaml");
+    }
+
     /// The last lines of its log (for failure messages).
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.data.join(&self.name).join("homeserver.log"))

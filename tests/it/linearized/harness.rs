@@ -68,6 +68,14 @@ impl Weft {
         } else {
             "retry_min_ms = 200\nretry_max_ms = 1000\n"
         };
+        let timeout = if extra_federation
+            .lines()
+            .any(|l| l.trim_start().starts_with("request_timeout_ms"))
+        {
+            ""
+        } else {
+            "request_timeout_ms = 10000\n"
+        };
         let text = format!(
             "server_name = \"{name}\"\n\
              data_dir = \"{d}\"\n\
@@ -75,7 +83,7 @@ impl Weft {
              [listeners]\nclient = \"127.0.0.1:{client_port}\"\nfederation = \"127.0.0.1:{fed_port}\"\n\
              [registration]\nopen = true\n\
              [federation]\nplain_http = true\nverify_tls = false\n\
-             request_timeout_ms = 10000\n{retry}{extra_federation}\n\
+             {timeout}{retry}{extra_federation}\n\
              [outbound]\nallowed_addresses = [\"127.0.0.0/8\"]\n\
              [rate_limits]\nenabled = false\n\
              [logging]\nfilter = \"info,weft=debug\"\n",

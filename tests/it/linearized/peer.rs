@@ -31,6 +31,9 @@ struct Shared {
     linearized_only: bool,
     received: Mutex<HashMap<String, Vec<(Instant, Value)>>>,
     down: Mutex<HashSet<String>>,
+    /// How long `/send` takes to answer (a paused process), and every transaction ID taken.
+    answer_delay: Mutex<Option<Duration>>,
+    txns: Mutex<Vec<(String, String)>>,
 }
 
 /// One HTTP server carrying `n` fake participants.
@@ -77,6 +80,13 @@ async fn send(req: HttpRequest, shared: web::Data<Shared>, body: web::Json<Value
         return HttpResponse::ServiceUnavailable()
             .json(json!({"errcode": "M_UNKNOWN", "error": "down"}));
     }
+    let txn = req.match_info().get("txn").unwrap_or_default().to_owned();
+    shared.txns.lock().push((name.clone(), txn));
+    let delay = *shared.answer_delay.lock();
+    if let Some(d) = delay {
+        actix_rt::time::sleep(d).await;
+    }
+    // Like eigen-server: no de-duplication, a repeated transaction is appended again.
     let now = Instant::now();
     let pdus = body
         .get("pdus")
@@ -140,6 +150,8 @@ impl Peers {
             linearized_only,
             received: Mutex::new(HashMap::new()),
             down: Mutex::new(HashSet::new()),
+            answer_delay: Mutex::new(None),
+            txns: Mutex::new(Vec::new()),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let data = web::Data::from(Arc::clone(&shared));
@@ -192,6 +204,24 @@ impl Peers {
     /// Every PDU received, duplicates included.
     pub fn count(&self, name: &str) -> usize {
         self.shared.received.lock().get(name).map_or(0, Vec::len)
+    }
+
+    /// Every participant answers `/send` only after `delay` (a paused process).
+    #[allow(dead_code)] // not used by the benchmark (benches/lm_hub)
+    pub fn set_answer_delay(&self, delay: Option<Duration>) {
+        *self.shared.answer_delay.lock() = delay;
+    }
+
+    /// The transaction IDs a participant was sent, in arrival order (repeats included).
+    #[allow(dead_code)] // not used by the benchmark (benches/lm_hub)
+    pub fn txns(&self, name: &str) -> Vec<String> {
+        self.shared
+            .txns
+            .lock()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .collect()
     }
 
     /// Distinct PDUs received (a redelivered PDU counts once).
