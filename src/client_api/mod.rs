@@ -188,7 +188,20 @@ fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Registers the client API on an app.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Full paths before any scope: a scope owns its whole prefix.
     cfg.route("/_matrix/client/versions", web::get().to(misc::versions))
+        .route(
+            "/_matrix/client/v1/room_summary/{room_id_or_alias}",
+            web::get().to(directory::summary),
+        )
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/summary/{room_id_or_alias}",
+            web::get().to(directory::summary),
+        )
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/rooms/{room_id_or_alias}/summary",
+            web::get().to(directory::summary),
+        )
         .route(
             "/_weft/admin/v1/linearized",
             web::get().to(linearized_admin::linearized),

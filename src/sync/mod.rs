@@ -11,11 +11,11 @@
 //! `limited` the state section carries the state events the client skipped.
 
 pub mod filter;
+pub mod visibility;
 
 use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
-use weft_protocol::visibility::HistoryVisibility;
 
 use crate::rooms::typing::Typing;
 use crate::rooms::view::{self, Versions, Viewer};
@@ -70,30 +70,6 @@ pub struct SyncRequest<'a> {
 pub struct SyncResult {
     pub body: Value,
     pub has_changes: bool,
-}
-
-fn hv_of(conn: &mut AnyConnection, room_id: &str) -> StorageResult<HistoryVisibility> {
-    let Some(id) = state::current_state_entry(conn, room_id, "m.room.history_visibility", "")?
-    else {
-        return Ok(HistoryVisibility::Shared);
-    };
-    let content = events::get_event(conn, &id)?
-        .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
-        .and_then(|v| v.get("content").cloned());
-    Ok(HistoryVisibility::from_content(content.as_ref()))
-}
-
-/// The lowest stream position (exclusive) a member may see in a room: everything for
-/// `shared`/`world_readable`, from their membership event on for `invited`/`joined`.
-pub fn visibility_floor(
-    conn: &mut AnyConnection,
-    room_id: &str,
-    membership_stream: i64,
-) -> StorageResult<i64> {
-    Ok(match hv_of(conn, room_id)? {
-        HistoryVisibility::Shared | HistoryVisibility::WorldReadable => i64::MIN,
-        HistoryVisibility::Invited | HistoryVisibility::Joined => membership_stream - 1,
-    })
 }
 
 fn receipts_event(rows: &[account::ReceiptRow]) -> Option<Value> {
@@ -152,8 +128,13 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
     let mut invite = Map::new();
     let mut leave = Map::new();
     let mut knock = Map::new();
-    let memberships = rooms::rooms_for_user(conn, user)?;
+    // Forgotten rooms still count when their membership changed in the window: a declined
+    // invite (leave, then forget) must reach the client as a leave.
+    let memberships = rooms::rooms_for_user_since(conn, user, since_stream)?;
     for m in memberships {
+        if m.forgotten && !matches!(m.membership.as_str(), "leave" | "ban") {
+            continue;
+        }
         if !req.filter.room.allows_room(&m.room_id) {
             continue;
         }
@@ -165,18 +146,19 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                 let newly = since_stream.is_some_and(|s| m.stream_ordering > s);
                 let full = since_stream.is_none() || newly || req.full_state;
                 let limit = req.filter.room.timeline_limit();
-                let floor = visibility_floor(conn, &m.room_id, m.stream_ordering)?;
+                let ranges = visibility::user_ranges(conn, &m.room_id, user, req.upto)?;
                 let lower = if since_stream.is_none() || newly {
-                    floor
+                    i64::MIN
                 } else {
-                    after.max(floor)
+                    after
                 };
                 let mut rows = if req.filter.room.timeline.excludes_all() {
                     Vec::new()
                 } else {
-                    events::timeline_range(
+                    visibility::visible_timeline(
                         conn,
                         &m.room_id,
+                        &ranges,
                         lower,
                         req.upto,
                         (limit + 1) as i64,
@@ -294,9 +276,11 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
             {
                 let version = versions.get(conn, &m.room_id)?;
                 let limit = req.filter.room.timeline_limit();
-                let mut rows = events::timeline_range(
+                let ranges = visibility::user_ranges(conn, &m.room_id, user, m.stream_ordering)?;
+                let mut rows = visibility::visible_timeline(
                     conn,
                     &m.room_id,
+                    &ranges,
                     after,
                     m.stream_ordering,
                     (limit + 1) as i64,

@@ -21,4 +21,5 @@ mod features;
 mod federation;
 mod hostile_peer;
 mod linearized;
+mod semantics;
 mod signatures;
