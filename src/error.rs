@@ -69,6 +69,9 @@ pub enum Error {
     /// End-to-end encryption: a key's signature does not verify.
     #[error("{0}")]
     InvalidSignature(String),
+    /// Sliding sync: a `pos` this server did not issue for this connection (or forgot).
+    #[error("{0}")]
+    UnknownPos(String),
 
     // ---- our side (5xx)
     #[error("unable to reach {0}")]
@@ -128,6 +131,7 @@ impl Error {
             Self::Unauthorized(_) => "M_UNAUTHORIZED",
             Self::WrongServer(_) => "M_WRONG_SERVER",
             Self::InvalidSignature(_) => "M_INVALID_SIGNATURE",
+            Self::UnknownPos(_) => "M_UNKNOWN_POS",
             Self::Unreachable(_) | Self::Remote(_) | Self::Storage(_) | Self::Internal(_) => {
                 "M_UNKNOWN"
             }
@@ -151,7 +155,8 @@ impl ResponseError for Error {
             | Self::IncompatibleRoomVersion(_)
             | Self::BadState(_)
             | Self::WrongServer(_)
-            | Self::InvalidSignature(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidSignature(_)
+            | Self::UnknownPos(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotFound(_) | Self::Unrecognized => StatusCode::NOT_FOUND,

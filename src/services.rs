@@ -14,6 +14,8 @@ pub struct Services {
     pub rooms: Arc<RoomRegistry>,
     pub tokens: TokenCache,
     pub typing: Typing,
+    /// Sliding-sync connections and what each was sent.
+    pub sliding: crate::sync::sliding::connections::Connections,
 }
 
 impl Services {
@@ -22,6 +24,7 @@ impl Services {
             rooms: Arc::new(RoomRegistry::new(Arc::clone(&core))),
             tokens: TokenCache::default(),
             typing: Typing::default(),
+            sliding: Default::default(),
             core,
         })
     }

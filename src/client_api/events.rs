@@ -282,7 +282,7 @@ pub async fn joined_members(
     // Joined members, or anyone in a world-readable room (a past member's state at their
     // leave is not "joined members").
     let m = access::membership(&s, room_id.as_str(), user.user_id.as_str()).await?;
-    if !m.as_ref().is_some_and(|m| m.membership == "join") {
+    if m.as_ref().is_none_or(|m| m.membership != "join") {
         let r = room_id.to_string();
         let visibility = s
             .core

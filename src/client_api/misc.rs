@@ -27,7 +27,7 @@ pub const SPEC_VERSIONS: &[&str] = &[
 ];
 
 pub async fn versions() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"versions": SPEC_VERSIONS, "unstable_features": {}}))
+    HttpResponse::Ok().json(json!({"versions": SPEC_VERSIONS, "unstable_features": {"org.matrix.simplified_msc3575": true}}))
 }
 
 pub async fn capabilities(s: Data, _user: AuthedUser) -> HttpResponse {

@@ -10,6 +10,7 @@ pub mod linearized_admin;
 pub mod misc;
 pub mod profile;
 pub mod rooms;
+pub mod sliding_sync;
 pub mod sync;
 pub mod tokens;
 
@@ -190,6 +191,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Full paths before any scope: a scope owns its whole prefix.
     cfg.route("/_matrix/client/versions", web::get().to(misc::versions))
+        .route(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            web::post().to(sliding_sync::sync),
+        )
         .route(
             "/_matrix/client/v1/room_summary/{room_id_or_alias}",
             web::get().to(directory::summary),

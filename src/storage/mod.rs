@@ -20,6 +20,7 @@ pub mod federation;
 pub mod linearized;
 pub mod rooms;
 pub mod schema;
+pub mod sliding;
 pub mod state;
 pub mod users;
 pub mod writer;

@@ -23,3 +23,4 @@ mod hostile_peer;
 mod linearized;
 mod semantics;
 mod signatures;
+mod sliding;

@@ -21,6 +21,7 @@ pub mod pdu;
 pub mod redaction;
 pub mod room_version;
 pub mod signatures;
+pub mod sliding;
 pub mod state_res;
 #[cfg(test)]
 mod testing;

@@ -191,7 +191,8 @@ mod tests {
         let invite = || M(Some("invite".into()));
         let leave = || M(Some("leave".into()));
         // (changes, upto, expected ranges)
-        let cases: Vec<(Vec<(i64, VisibilityChange)>, i64, Vec<(i64, i64)>)> = vec![
+        type Case = (Vec<(i64, VisibilityChange)>, i64, Vec<(i64, i64)>);
+        let cases: Vec<Case> = vec![
             // Shared room, joined at 10: everything.
             (vec![(10, join())], 20, vec![(i64::MIN, 20)]),
             // Shared until 5, invited from 5, joined at 10: 1..=5 visible (shared, and the
