@@ -616,22 +616,21 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
             // In full: everything asked for, even what the timeline also carries.
             None => wanted_state(conn, room_id, &state_now, config, user, &lazy)?,
             Some(f) => {
+                // Clients read a room's state from `required_state` alone (matrix-rust-sdk
+                // ignores state events in the timeline), so what changed goes here even
+                // when the timeline carries it too.
                 let mut changed_state: Vec<EventRow> =
                     sliding::state_events_in_range(conn, room_id, f, ceiling, MAX_STATE_EVENTS)?
                         .into_iter()
                         .filter(|r| {
-                            !ids_in_timeline.contains(&r.event_id)
-                                && r.state_key.as_deref().is_some_and(|k| {
-                                    config.required_state.wants(&r.event_type, k, user, &lazy)
-                                })
+                            r.state_key.as_deref().is_some_and(|k| {
+                                config.required_state.wants(&r.event_type, k, user, &lazy)
+                            })
                         })
                         .collect();
                 // Lazy members of the new timeline's senders, when not carried already.
-                let have: HashSet<String> = changed_state
-                    .iter()
-                    .map(|r| r.event_id.clone())
-                    .chain(ids_in_timeline.iter().cloned())
-                    .collect();
+                let have: HashSet<String> =
+                    changed_state.iter().map(|r| r.event_id.clone()).collect();
                 let lazy_ids: Vec<String> = lazy
                     .iter()
                     .filter_map(|u| state_now.get(&("m.room.member".to_owned(), u.clone())))
