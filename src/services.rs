@@ -14,6 +14,7 @@ pub struct Services {
     pub rooms: Arc<RoomRegistry>,
     pub tokens: TokenCache,
     pub typing: Typing,
+    pub limits: Arc<crate::ratelimit::RateLimits>,
     /// Sliding-sync connections and what each was sent.
     pub sliding: crate::sync::sliding::connections::Connections,
 }
@@ -24,6 +25,7 @@ impl Services {
             rooms: Arc::new(RoomRegistry::new(Arc::clone(&core))),
             tokens: TokenCache::default(),
             typing: Typing::default(),
+            limits: Arc::new(crate::ratelimit::RateLimits::new(&core.config.rate_limits)),
             sliding: Default::default(),
             core,
         })

@@ -15,6 +15,8 @@
 //!   alice through the client API);
 //! * weft neither panics (its log has no "panicked") nor exits.
 //!
+//! Every case runs on SQLite and on PostgreSQL (`<case>::sqlite`, `<case>::postgres`).
+//!
 //! Ports: free loopback ports from the kernel's ephemeral range.
 
 use std::collections::HashMap;
@@ -32,6 +34,19 @@ use serde_json::{Value, json};
 use weft_protocol::builder::EventDraft;
 use weft_protocol::{Pdu, RoomVersion};
 
+use crate::both_backends;
+use crate::harness::{Backend, TestDb};
+
+both_backends!(
+    bad_signatures_and_hashes_are_refused_and_good_pdus_land,
+    forged_senders_and_auth_violations_are_refused,
+    malformed_transactions_are_refused,
+    bad_xmatrix_headers_are_refused,
+    spoofed_edus_are_ignored,
+    duplicate_pdus_are_harmless,
+    forks_with_conflicting_state_resolve_whatever_the_arrival_order,
+);
+
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -47,10 +62,12 @@ struct Weft {
     log: PathBuf,
     client_port: u16,
     server_name: String,
+    /// Dropped after the process is killed (a PostgreSQL database is dropped with it).
+    _db: TestDb,
 }
 
 impl Weft {
-    fn start() -> Weft {
+    fn start(backend: Backend) -> Weft {
         let (client_port, fed_port) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!(
             "weft-hostile-{}-{client_port}-{fed_port}",
@@ -58,6 +75,7 @@ impl Weft {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create temp dir");
+        let db = TestDb::new(backend, &dir);
         let server_name = format!("localhost:{fed_port}");
         let config = dir.join("weft.toml");
         fs::write(
@@ -65,11 +83,15 @@ impl Weft {
             format!(
                 "server_name = \"{server_name}\"\n\
                  data_dir = \"{dir}\"\n\
+                 {database}\
                  [listeners]\nclient = \"127.0.0.1:{client_port}\"\nfederation = \"127.0.0.1:{fed_port}\"\n\
                  [registration]\nopen = true\n\
-                 [federation]\nverify_tls = false\nallow_private_addresses = true\nrequest_timeout_ms = 10000\n\
+                 [federation]\nverify_tls = false\nrequest_timeout_ms = 10000\n\
+                 [outbound]\nallowed_addresses = [\"127.0.0.0/8\"]\n\
+                 [rate_limits]\nenabled = false\n\
                  [logging]\nfilter = \"info\"\n",
-                dir = dir.display()
+                dir = dir.display(),
+                database = db.toml(),
             ),
         )
         .expect("write config");
@@ -92,6 +114,7 @@ impl Weft {
             log,
             client_port,
             server_name,
+            _db: db,
         };
         weft.wait_ready();
         weft
@@ -177,8 +200,14 @@ struct Scene {
 }
 
 impl Scene {
+    /// On SQLite (for cases not yet listed in `both_backends!`; prefer [`Scene::on`]).
+    #[allow(dead_code)]
     fn new() -> Scene {
-        let weft = Weft::start();
+        Scene::on(Backend::Sqlite)
+    }
+
+    fn on(backend: Backend) -> Scene {
+        let weft = Weft::start(backend);
         let mut alice = ClientApi::new(&weft.base(), REQUEST_TIMEOUT).expect("client");
         alice
             .register("alice", "alice-password")
@@ -310,9 +339,8 @@ fn id_of(obj: &CanonicalJsonObject, version: RoomVersion) -> OwnedEventId {
     craft::event_id(obj, version).expect("event id")
 }
 
-#[test]
-fn bad_signatures_and_hashes_are_refused_and_good_pdus_land() {
-    let mut s = Scene::new();
+fn bad_signatures_and_hashes_are_refused_and_good_pdus_land(backend: Backend) {
+    let mut s = Scene::on(backend);
     let v = s.version;
     let good1 = s.good("good before");
 
@@ -377,9 +405,8 @@ fn bad_signatures_and_hashes_are_refused_and_good_pdus_land() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn forged_senders_and_auth_violations_are_refused() {
-    let mut s = Scene::new();
+fn forged_senders_and_auth_violations_are_refused(backend: Backend) {
+    let mut s = Scene::on(backend);
     let v = s.version;
     let weft_name = s.weft.server_name.clone();
     let alice_id = format!("@alice:{weft_name}");
@@ -658,9 +685,8 @@ fn forged_senders_and_auth_violations_are_refused() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn malformed_transactions_are_refused() {
-    let mut s = Scene::new();
+fn malformed_transactions_are_refused(backend: Backend) {
+    let mut s = Scene::on(backend);
     let v = s.version;
     let path = |txn: &str| format!("/_matrix/federation/v1/send/{}", enc(txn));
 
@@ -907,9 +933,8 @@ fn malformed_transactions_are_refused() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn bad_xmatrix_headers_are_refused() {
-    let mut s = Scene::new();
+fn bad_xmatrix_headers_are_refused(backend: Backend) {
+    let mut s = Scene::on(backend);
     let weft_name = s.weft.server_name.clone();
     let origin = s.peer.server_name().to_owned();
     let other_key = generate_key();
@@ -1122,9 +1147,8 @@ fn bad_xmatrix_headers_are_refused() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn spoofed_edus_are_ignored() {
-    let mut s = Scene::new();
+fn spoofed_edus_are_ignored(backend: Backend) {
+    let mut s = Scene::on(backend);
     let alice_id = format!("@alice:{}", s.weft.server_name);
     let mallory = s.peer.user("mallory").to_string();
     let ghost = s.peer.user("ghost").to_string();
@@ -1205,9 +1229,8 @@ fn spoofed_edus_are_ignored() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn duplicate_pdus_are_harmless() {
-    let mut s = Scene::new();
+fn duplicate_pdus_are_harmless(backend: Backend) {
+    let mut s = Scene::on(backend);
     let a = s.good("duplicated in one transaction");
     let b = s.good("after the duplicates");
     // The same PDU three times in one transaction, and a good one after it.
@@ -1335,9 +1358,8 @@ fn fork_and_merge(s: &mut Scene, first: (&str, u64), second: (&str, u64), concur
     );
 }
 
-#[test]
-fn forks_with_conflicting_state_resolve_whatever_the_arrival_order() {
-    let mut s = Scene::new();
+fn forks_with_conflicting_state_resolve_whatever_the_arrival_order(backend: Backend) {
+    let mut s = Scene::on(backend);
     let now = fedpeer::peer::now_ms();
     // The winner (later timestamp) arrives second, then first, then both at once.
     fork_and_merge(&mut s, ("A early", now), ("B late", now + 1000), false);
