@@ -517,7 +517,7 @@ impl Server {
             n: i64,
         }
         let sql = format!("SELECT COUNT(*) AS n FROM {table}");
-        let row: Count = match &self.database {
+        let row: Count = match &self.database.kind {
             Database::Sqlite(path) => {
                 let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
                     .expect("open the SQLite database");
@@ -547,7 +547,7 @@ impl Server {
             #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
             password_hash: Option<String>,
         }
-        let rows: Vec<Row> = match &self.database {
+        let rows: Vec<Row> = match &self.database.kind {
             Database::Sqlite(path) => {
                 let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
                     .expect("open the SQLite database");
