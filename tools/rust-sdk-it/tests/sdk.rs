@@ -47,13 +47,13 @@ impl Drop for Weft {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if std::thread::panicking() {
-            if let Ok(log) = std::fs::read_to_string(self.dir.join("weft.log")) {
-                let tail: Vec<&str> = log.lines().rev().take(60).collect();
-                eprintln!("--- weft log (last lines) ---");
-                for l in tail.into_iter().rev() {
-                    eprintln!("{l}");
-                }
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.dir.join("weft.log"))
+        {
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- weft log (last lines) ---");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
             }
         }
         if std::env::var_os("WEFT_SDK_KEEP").is_none() {
