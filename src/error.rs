@@ -84,6 +84,9 @@ pub enum Error {
     /// Login or use of a deactivated account.
     #[error("this account has been deactivated")]
     UserDeactivated,
+    /// Sliding sync: a `pos` this server did not issue for this connection (or forgot).
+    #[error("{0}")]
+    UnknownPos(String),
 
     // ---- our side (5xx)
     #[error("unable to reach {0}")]
@@ -148,6 +151,7 @@ impl Error {
             Self::QuotaExceeded(_) => "M_TOO_LARGE",
             Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
+            Self::UnknownPos(_) => "M_UNKNOWN_POS",
             Self::Unreachable(_) | Self::Remote(_) | Self::Storage(_) | Self::Internal(_) => {
                 "M_UNKNOWN"
             }
@@ -171,7 +175,8 @@ impl ResponseError for Error {
             | Self::IncompatibleRoomVersion(_)
             | Self::BadState(_)
             | Self::WrongServer(_)
-            | Self::InvalidSignature(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidSignature(_)
+            | Self::UnknownPos(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge | Self::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::CannotOverwriteMedia => StatusCode::CONFLICT,
             Self::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,

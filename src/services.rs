@@ -16,6 +16,8 @@ pub struct Services {
     pub typing: Typing,
     pub last_seen: crate::devices::LastSeen,
     pub limits: Arc<crate::ratelimit::RateLimits>,
+    /// Sliding-sync connections and what each was sent.
+    pub sliding: crate::sync::sliding::connections::Connections,
 }
 
 impl Services {
@@ -26,6 +28,7 @@ impl Services {
             typing: Typing::default(),
             last_seen: crate::devices::LastSeen::default(),
             limits: Arc::new(crate::ratelimit::RateLimits::new(&core.config.rate_limits)),
+            sliding: Default::default(),
             core,
         })
     }

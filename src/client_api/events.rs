@@ -14,8 +14,11 @@ use crate::rooms::access;
 use crate::rooms::messages::{SendEvent, TxnKey};
 use crate::rooms::view::{self, Versions, Viewer};
 use crate::services::Services;
+use crate::storage::rooms::MembershipRow;
+use crate::storage::state::StateIds;
 use crate::storage::{events, rooms, state};
-use crate::sync::{SyncToken, visibility_floor};
+use crate::sync::SyncToken;
+use crate::sync::visibility::{self as hv, Ranges};
 
 type Data = web::Data<Services>;
 
@@ -156,6 +159,34 @@ pub async fn get_state_event_empty_key(
     get_state_event_inner(s, user, room_id, kind, String::new(), q.format.clone()).await
 }
 
+/// The room state a caller may read (spec, `GET /rooms/{roomId}/state`): the current state
+/// for a joined member or anyone in a world-readable room; for a member who left, the state
+/// at their leave. Others get 403.
+async fn readable_state(s: &Services, room_id: &str, user_id: &str) -> Result<StateIds> {
+    let m = access::membership(s, room_id, user_id).await?;
+    let r = room_id.to_owned();
+    let found = s
+        .core
+        .db
+        .read(move |c| {
+            let joined = m.as_ref().is_some_and(|m| m.membership == "join");
+            if joined
+                || hv::current_visibility(c, &r)?
+                    == weft_protocol::visibility::HistoryVisibility::WorldReadable
+            {
+                return Ok(Some(state::current_state(c, &r)?));
+            }
+            match m {
+                Some(m) if matches!(m.membership.as_str(), "leave" | "ban") => {
+                    hv::state_after(c, &m.event_id)
+                }
+                _ => Ok(None),
+            }
+        })
+        .await?;
+    found.ok_or_else(|| Error::forbidden("you may not read this room's state"))
+}
+
 async fn get_state_event_inner(
     s: Data,
     user: AuthedUser,
@@ -165,17 +196,16 @@ async fn get_state_event_inner(
     format: Option<String>,
 ) -> Result<HttpResponse> {
     let room_id = room(&room_id)?;
-    access::require_joined(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let ids = readable_state(&s, room_id.as_str(), user.user_id.as_str()).await?;
     let v = viewer(&user);
-    let r = room_id.to_string();
     let found = s
         .core
         .db
         .read(move |c| {
-            let Some(id) = state::current_state_entry(c, &r, &kind, &state_key)? else {
+            let Some(id) = ids.get(&(kind, state_key)) else {
                 return Ok(None);
             };
-            view::client_event_by_id(c, &id, &v, &mut Versions::default())
+            view::client_event_by_id(c, id, &v, &mut Versions::default())
         })
         .await?;
     let (_, ev) = found.ok_or_else(|| Error::not_found("state event not found"))?;
@@ -185,25 +215,37 @@ async fn get_state_event_inner(
     Ok(HttpResponse::Ok().json(ev.get("content").cloned().unwrap_or(json!({}))))
 }
 
-/// Current state events of a room, as client events.
-async fn current_state_events(s: &Services, room_id: &str, viewer: Viewer) -> Result<Vec<Value>> {
-    let r = room_id.to_owned();
+/// State events by ID, as client events (oldest first).
+fn state_events(
+    c: &mut crate::storage::AnyConnection,
+    room_id: &str,
+    ids: &StateIds,
+    viewer: &Viewer,
+) -> crate::storage::StorageResult<Vec<Value>> {
+    let ids: Vec<String> = ids.values().cloned().collect();
+    let mut rows = events::get_events(c, &ids)?;
+    rows.sort_by_key(|r| r.stream_ordering.unwrap_or(i64::MIN));
+    let version = Versions::default().get(c, room_id)?;
+    view::client_events(c, &rows, version, viewer)
+}
+
+/// The state the caller may read, as client events.
+async fn readable_state_events(
+    s: &Services,
+    room_id: &str,
+    user: &AuthedUser,
+) -> Result<Vec<Value>> {
+    let ids = readable_state(s, room_id, user.user_id.as_str()).await?;
+    let (r, v) = (room_id.to_owned(), viewer(user));
     Ok(s.core
         .db
-        .read(move |c| {
-            let ids: Vec<String> = state::current_state(c, &r)?.into_values().collect();
-            let mut rows = events::get_events(c, &ids)?;
-            rows.sort_by_key(|r| r.stream_ordering.unwrap_or(i64::MIN));
-            let version = Versions::default().get(c, &r)?;
-            view::client_events(c, &rows, version, &viewer)
-        })
+        .read(move |c| state_events(c, &r, &ids, &v))
         .await?)
 }
 
 pub async fn get_state(s: Data, user: AuthedUser, path: web::Path<String>) -> Result<HttpResponse> {
     let room_id = room(&path.into_inner())?;
-    access::require_joined(&s, room_id.as_str(), user.user_id.as_str()).await?;
-    let evs = current_state_events(&s, room_id.as_str(), viewer(&user)).await?;
+    let evs = readable_state_events(&s, room_id.as_str(), &user).await?;
     Ok(HttpResponse::Ok().json(evs))
 }
 
@@ -220,8 +262,7 @@ pub async fn members(
     q: web::Query<MembersQuery>,
 ) -> Result<HttpResponse> {
     let room_id = room(&path.into_inner())?;
-    access::require_member_or_past(&s, room_id.as_str(), user.user_id.as_str()).await?;
-    let evs = current_state_events(&s, room_id.as_str(), viewer(&user)).await?;
+    let evs = readable_state_events(&s, room_id.as_str(), &user).await?;
     let chunk: Vec<Value> = evs
         .into_iter()
         .filter(|e| e["type"] == "m.room.member")
@@ -240,8 +281,21 @@ pub async fn joined_members(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     let room_id = room(&path.into_inner())?;
-    access::require_joined(&s, room_id.as_str(), user.user_id.as_str()).await?;
-    let evs = current_state_events(&s, room_id.as_str(), viewer(&user)).await?;
+    // Joined members, or anyone in a world-readable room (a past member's state at their
+    // leave is not "joined members").
+    let m = access::membership(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    if m.as_ref().is_none_or(|m| m.membership != "join") {
+        let r = room_id.to_string();
+        let visibility = s
+            .core
+            .db
+            .read(move |c| hv::current_visibility(c, &r))
+            .await?;
+        if visibility != weft_protocol::visibility::HistoryVisibility::WorldReadable {
+            return Err(Error::forbidden("you are not joined to this room"));
+        }
+    }
+    let evs = readable_state_events(&s, room_id.as_str(), &user).await?;
     let mut joined = serde_json::Map::new();
     for e in evs {
         if e["type"] == "m.room.member"
@@ -266,26 +320,29 @@ pub struct MessagesQuery {
     filter: Option<String>,
 }
 
-/// The stream window a member may read: `(floor, ceiling]`.
-pub(crate) async fn readable_window(
+/// What the caller may read in a room: the stream ranges visible to them, each event judged
+/// at its own state (see [`crate::sync::visibility`]), and their membership. Someone who
+/// never was a member and sees nothing gets 403.
+pub(crate) async fn readable(
     s: &Services,
     room_id: &str,
     user_id: &str,
-) -> Result<(i64, i64)> {
-    let m = access::require_member_or_past(s, room_id, user_id).await?;
-    let r = room_id.to_owned();
-    let stream = m.stream_ordering;
-    let floor = s
+) -> Result<(Ranges, Option<MembershipRow>)> {
+    let m = access::membership(s, room_id, user_id).await?;
+    let (r, u) = (room_id.to_owned(), user_id.to_owned());
+    let upto = s.core.notifier.frontier();
+    let ranges = s
         .core
         .db
-        .read(move |c| visibility_floor(c, &r, stream))
+        .read(move |c| hv::user_ranges(c, &r, &u, upto))
         .await?;
-    let ceiling = if m.membership == "join" {
-        i64::MAX
-    } else {
-        m.stream_ordering
-    };
-    Ok((floor, ceiling))
+    let past_member = m
+        .as_ref()
+        .is_some_and(|m| matches!(m.membership.as_str(), "join" | "leave" | "ban"));
+    if ranges.is_empty() && !past_member {
+        return Err(Error::forbidden("you are not a member of this room"));
+    }
+    Ok((ranges, m))
 }
 
 pub async fn messages(
@@ -295,7 +352,7 @@ pub async fn messages(
     q: web::Query<MessagesQuery>,
 ) -> Result<HttpResponse> {
     let room_id = room(&path.into_inner())?;
-    let (floor, ceiling) = readable_window(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let (ranges, _) = readable(&s, room_id.as_str(), user.user_id.as_str()).await?;
     let backwards = match q.dir.as_deref() {
         Some("b") | None => true,
         Some("f") => false,
@@ -322,19 +379,19 @@ pub async fn messages(
     };
     let v = viewer(&user);
     let r = room_id.to_string();
-    let upper_bound = ceiling.min(frontier);
     let read = |r: String, v: Viewer, filter: crate::sync::filter::EventFilter| {
+        let ranges = ranges.clone();
         s.core.db.read(move |c| {
             let version = Versions::default().get(c, &r)?;
             let rows = if backwards {
-                let lo = floor.max(to.unwrap_or(i64::MIN));
-                events::timeline_range(c, &r, lo, from.min(upper_bound), limit, true)?
+                let lo = to.unwrap_or(i64::MIN);
+                hv::visible_timeline(c, &r, &ranges, lo, from.min(frontier), limit, true)?
                     .into_iter()
                     .rev()
                     .collect::<Vec<_>>()
             } else {
-                let hi = upper_bound.min(to.unwrap_or(i64::MAX));
-                events::timeline_range(c, &r, from.max(floor), hi, limit, false)?
+                let hi = frontier.min(to.unwrap_or(i64::MAX));
+                hv::visible_timeline(c, &r, &ranges, from, hi, limit, false)?
             };
             let full = rows.len() as i64 == limit;
             let end = if full {
@@ -393,7 +450,7 @@ pub(crate) async fn visible_event(
     room_id: &OwnedRoomId,
     event_id: &str,
 ) -> Result<(crate::storage::events::EventRow, Value)> {
-    let (floor, ceiling) = readable_window(s, room_id.as_str(), user.user_id.as_str()).await?;
+    let (ranges, _) = readable(s, room_id.as_str(), user.user_id.as_str()).await?;
     let v = viewer(user);
     let e = event_id.to_owned();
     let found = s
@@ -407,7 +464,7 @@ pub(crate) async fn visible_event(
                 && !row.outlier
                 && row
                     .stream_ordering
-                    .is_some_and(|st| st > floor && st <= ceiling) =>
+                    .is_some_and(|st| weft_protocol::visibility::in_ranges(&ranges, st)) =>
         {
             Ok((row, ev))
         }
@@ -440,28 +497,37 @@ pub async fn context(
     let (room_id, event_id) = path.into_inner();
     let room_id = room(&room_id)?;
     let (row, ev) = visible_event(&s, &user, &room_id, &event_id).await?;
-    let (floor, ceiling) = readable_window(&s, room_id.as_str(), user.user_id.as_str()).await?;
-    let limit = q.limit.unwrap_or(10).min(100) as i64;
-    let half = (limit / 2).max(if limit > 0 { 1 } else { 0 });
+    let (ranges, _) = readable(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let (before_limit, after_limit) = context_split(q.limit.unwrap_or(10).min(100) as i64);
     let pos = row.stream_ordering.unwrap_or(0);
     let v = viewer(&user);
     let r = room_id.to_string();
-    let upper = ceiling.min(s.core.notifier.frontier());
+    let upper = s.core.notifier.frontier();
+    let target_id = row.event_id.clone();
     let (before, after, st) = s
         .core
         .db
         .read(move |c| {
             let version = Versions::default().get(c, &r)?;
-            let before_rows: Vec<_> = events::timeline_range(c, &r, floor, pos - 1, half, true)?
-                .into_iter()
-                .rev()
-                .collect();
-            let after_rows = events::timeline_range(c, &r, pos, upper, half, false)?;
+            let before_rows: Vec<_> =
+                hv::visible_timeline(c, &r, &ranges, i64::MIN, pos - 1, before_limit, true)?
+                    .into_iter()
+                    .rev()
+                    .collect();
+            let after_rows = hv::visible_timeline(c, &r, &ranges, pos, upper, after_limit, false)?;
             let before = view::client_events(c, &before_rows, version, &v)?;
             let after = view::client_events(c, &after_rows, version, &v)?;
-            let ids: Vec<String> = state::current_state(c, &r)?.into_values().collect();
-            let srows = events::get_events(c, &ids)?;
-            let st = view::client_events(c, &srows, version, &v)?;
+            // Spec: the state at the last event returned (so a member who left sees the
+            // state of their time in the room, never later).
+            let last = after_rows
+                .last()
+                .map(|r| r.event_id.clone())
+                .unwrap_or(target_id);
+            let ids = match hv::state_after(c, &last)? {
+                Some(ids) => ids,
+                None => state::current_state(c, &r)?,
+            };
+            let st = state_events(c, &r, &ids, &v)?;
             let start = before_rows
                 .last()
                 .and_then(|r| r.stream_ordering)
@@ -482,6 +548,14 @@ pub async fn context(
         "end": SyncToken::at(after.1),
         "state": st,
     })))
+}
+
+/// How `/context`'s `limit` splits into events before and after the target: the spec leaves
+/// it to the server; like Synapse, the smaller half before (limit 3: one before, two after).
+fn context_split(limit: i64) -> (i64, i64) {
+    let limit = limit.max(0);
+    let before = limit / 2;
+    (before, limit - before)
 }
 
 #[derive(Deserialize, Default)]
@@ -549,4 +623,21 @@ pub async fn room_exists(s: &Services, room_id: &str) -> Result<bool> {
         .read(move |c| rooms::get_room(c, &r))
         .await?
         .is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn context_split_like_synapse() {
+        for (limit, want) in [
+            (0, (0, 0)),
+            (1, (0, 1)),
+            (3, (1, 2)),
+            (4, (2, 2)),
+            (10, (5, 5)),
+            (-2, (0, 0)),
+        ] {
+            assert_eq!(super::context_split(limit), want, "limit {limit}");
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub const SPEC_VERSIONS: &[&str] = &[
 ];
 
 /// Unstable features served (each named by its MSC): MSC3391, deleting account data.
-pub const UNSTABLE_FEATURES: &[&str] = &["org.matrix.msc3391"];
+pub const UNSTABLE_FEATURES: &[&str] = &["org.matrix.msc3391", "org.matrix.simplified_msc3575"];
 
 pub async fn versions() -> HttpResponse {
     let unstable: serde_json::Map<String, Value> = UNSTABLE_FEATURES

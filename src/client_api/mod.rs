@@ -15,6 +15,7 @@ pub mod push;
 pub mod relations;
 pub mod room_keys;
 pub mod rooms;
+pub mod sliding_sync;
 pub mod sync;
 pub mod tokens;
 
@@ -280,7 +281,24 @@ fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Registers the client API on an app.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Full paths before any scope: a scope owns its whole prefix.
     cfg.route("/_matrix/client/versions", web::get().to(misc::versions))
+        .route(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            web::post().to(sliding_sync::sync),
+        )
+        .route(
+            "/_matrix/client/v1/room_summary/{room_id_or_alias}",
+            web::get().to(directory::summary),
+        )
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/summary/{room_id_or_alias}",
+            web::get().to(directory::summary),
+        )
+        .route(
+            "/_matrix/client/unstable/im.nheko.summary/rooms/{room_id_or_alias}/summary",
+            web::get().to(directory::summary),
+        )
         .route(
             "/_weft/admin/v1/linearized",
             web::get().to(linearized_admin::linearized),

@@ -13,7 +13,7 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::events::{readable_window, room, viewer, visible_event};
+use super::events::{readable, room, viewer, visible_event};
 use super::tokens::AuthedUser;
 use crate::error::{Error, Result};
 use crate::rooms::view::{self, Versions};
@@ -49,7 +49,11 @@ async fn relations_inner(
     q: &RelationsQuery,
 ) -> Result<HttpResponse> {
     let room_id = room(room_id)?;
-    let (floor, ceiling) = readable_window(s, room_id.as_str(), user.user_id.as_str()).await?;
+    let (ranges, _) = readable(s, room_id.as_str(), user.user_id.as_str()).await?;
+    // The page is read inside the window that bounds every visible range, then each
+    // relation is kept only if the caller may see it (visibility is judged per event).
+    let floor = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+    let ceiling = ranges.iter().map(|r| r.1).max().unwrap_or(0);
     visible_event(s, user, &room_id, event_id).await?;
     let backwards = match q.dir.as_deref() {
         Some("b") | None => true,
@@ -96,7 +100,8 @@ async fn relations_inner(
                 frontier = next_level;
             }
             rows.retain(|row| {
-                rel_type.as_deref().is_none_or(|t| row.rel_type == t)
+                weft_protocol::visibility::in_ranges(&ranges, row.stream_ordering)
+                    && rel_type.as_deref().is_none_or(|t| row.rel_type == t)
                     && event_type.as_deref().is_none_or(|t| row.event_type == t)
             });
             rows.sort_by_key(|row| row.stream_ordering);
@@ -194,7 +199,7 @@ pub async fn threads(
     q: web::Query<ThreadsQuery>,
 ) -> Result<HttpResponse> {
     let room_id = room(&path.into_inner())?;
-    let (floor, ceiling) = readable_window(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let (ranges, _) = readable(&s, room_id.as_str(), user.user_id.as_str()).await?;
     let participated = match q.include.as_deref() {
         None | Some("all") => false,
         Some("participated") => true,
@@ -229,7 +234,7 @@ pub async fn threads(
                     && !row.outlier
                     && row
                         .stream_ordering
-                        .is_some_and(|p| p > floor && p <= ceiling);
+                        .is_some_and(|p| weft_protocol::visibility::in_ranges(&ranges, p));
                 if !visible {
                     continue;
                 }

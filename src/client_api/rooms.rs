@@ -197,6 +197,22 @@ async fn join_room(
         content["reason"] = json!(r);
     }
     if local_room {
+        // A room everyone has left: no server is in it any more to vouch for a join, so
+        // (like Synapse) there is nobody to ask.
+        let r = room_id.to_string();
+        let anyone_joined = s
+            .core
+            .db
+            .read(move |c| rooms::members_with(c, &r, "join"))
+            .await?
+            .into_iter()
+            .next()
+            .is_some();
+        if !anyone_joined {
+            return Err(Error::not_found(
+                "no server in the room can be asked: every member has left",
+            ));
+        }
         membership_event(
             s,
             room_id,

@@ -382,7 +382,7 @@ pub async fn send_knock(
     accept_membership(&s, &signed, &room, &event_id, "knock").await?;
     let rid = room_id(&room)?;
     let snap = s.rooms.send(&rid, GetSnapshot).await??;
-    Ok(HttpResponse::Ok().json(json!({"knock_room_state": snap.state.stripped_for_invite()})))
+    Ok(HttpResponse::Ok().json(json!({"knock_room_state": snap.state.stripped_for_invite(None)})))
 }
 
 #[derive(Deserialize)]

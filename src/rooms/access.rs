@@ -28,19 +28,6 @@ pub async fn require_joined(s: &Services, room_id: &str, user_id: &str) -> Resul
     }
 }
 
-/// Requires the caller to be or to have been in the room (joined, or left/banned after
-/// having been joined). Returns the membership: readers bound what they show by it.
-pub async fn require_member_or_past(
-    s: &Services,
-    room_id: &str,
-    user_id: &str,
-) -> Result<MembershipRow> {
-    match membership(s, room_id, user_id).await? {
-        Some(m) if matches!(m.membership.as_str(), "join" | "leave" | "ban") => Ok(m),
-        _ => Err(Error::forbidden("you are not a member of this room")),
-    }
-}
-
 /// Resolves `!room:server` or `#alias:server` to a room ID (local aliases; remote aliases are
 /// asked over federation by the caller when this answers `None`).
 pub async fn resolve(s: &Services, id_or_alias: &str) -> Result<(OwnedRoomId, Vec<String>)> {

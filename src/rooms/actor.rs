@@ -421,8 +421,10 @@ impl RoomActor {
         if key.0 == "m.room.member"
             && let Some(m) = ev.membership()
         {
-            let invite_state = (m == "invite")
-                .then(|| serde_json::Value::Array(self.state.stripped_for_invite()).to_string());
+            let invite_state = (m == "invite").then(|| {
+                let stripped = self.state.stripped_for_invite(Some(ev.sender().as_str()));
+                serde_json::Value::Array(stripped).to_string()
+            });
             self.batch.memberships.push(MembershipChange {
                 user_id: key.1.clone(),
                 membership: m,
@@ -1138,6 +1140,11 @@ impl Handler<BuildEvent> for RoomActor {
         self.last_active = Instant::now();
         self.check_ready()?;
         let pdu = self.build_local(&msg.draft)?;
-        Ok((pdu, self.version, self.state.invite_state_pdus()))
+        let inviter = msg.draft.sender.to_string();
+        Ok((
+            pdu,
+            self.version,
+            self.state.invite_state_pdus(Some(&inviter)),
+        ))
     }
 }

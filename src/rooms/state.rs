@@ -113,8 +113,12 @@ impl CurrentState {
             .collect()
     }
 
-    /// The state events shown with an invite (create, join rules, name, ...).
-    fn invite_state_events(&self) -> impl Iterator<Item = &Arc<Pdu>> {
+    /// The state events shown with an invite (create, join rules, name, ...), and the
+    /// inviter's own membership so the invitee's client can say who invited them.
+    fn invite_state_events<'a>(
+        &'a self,
+        inviter: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<Pdu>> {
         [
             "m.room.create",
             "m.room.join_rules",
@@ -126,19 +130,21 @@ impl CurrentState {
         ]
         .into_iter()
         .filter_map(|t| self.get(t, ""))
+        .chain(inviter.and_then(|u| self.get("m.room.member", u)))
     }
 
-    /// Stripped state for invites: the events a client needs to show the room.
-    pub fn stripped_for_invite(&self) -> Vec<serde_json::Value> {
-        self.invite_state_events()
+    /// Stripped state for an invite from `inviter` (`None` for a knock): the events a
+    /// client needs to show the room.
+    pub fn stripped_for_invite(&self, inviter: Option<&str>) -> Vec<serde_json::Value> {
+        self.invite_state_events(inviter)
             .map(|e| weft_protocol::client_event::stripped_state(e))
             .collect()
     }
 
     /// The same events as full PDUs, as servers send them in `invite_room_state` (room
     /// version 12 requires it, so the invitee's server can check them).
-    pub fn invite_state_pdus(&self) -> Vec<serde_json::Value> {
-        self.invite_state_events()
+    pub fn invite_state_pdus(&self, inviter: Option<&str>) -> Vec<serde_json::Value> {
+        self.invite_state_events(inviter)
             .map(|e| e.to_federation_value())
             .collect()
     }

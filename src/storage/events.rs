@@ -253,3 +253,34 @@ pub fn set_state_before_if_unknown(
     .execute(conn)?;
     Ok(())
 }
+
+/// The timeline events that decide a user's history visibility in a room, in stream order:
+/// the room's `m.room.history_visibility` events and the user's own `m.room.member` events,
+/// as `(stream_ordering, event_type, json)`.
+pub fn visibility_events(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    user_id: &str,
+) -> StorageResult<Vec<(i64, String, String)>> {
+    let rows: Vec<(Option<i64>, String, String)> = events::table
+        .filter(events::room_id.eq(room_id))
+        .filter(events::outlier.eq(false))
+        .filter(events::rejected.is_null())
+        .filter(events::soft_failed.eq(false))
+        .filter(
+            events::event_type
+                .eq("m.room.history_visibility")
+                .and(events::state_key.eq(""))
+                .or(events::event_type
+                    .eq("m.room.member")
+                    .and(events::state_key.eq(user_id))),
+        )
+        .filter(events::stream_ordering.is_not_null())
+        .order(events::stream_ordering.asc())
+        .select((events::stream_ordering, events::event_type, events::json))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(s, t, j)| s.map(|s| (s, t, j)))
+        .collect())
+}

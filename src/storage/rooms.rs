@@ -141,6 +141,26 @@ pub fn rooms_for_user(
         .load::<MembershipRow>(conn)?)
 }
 
+/// The rooms `/sync` looks at: every membership not forgotten, plus forgotten ones that
+/// changed after `since` (the client has not seen the leave yet).
+pub fn rooms_for_user_since(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    since: Option<i64>,
+) -> StorageResult<Vec<MembershipRow>> {
+    let Some(since) = since else {
+        return rooms_for_user(conn, user_id);
+    };
+    Ok(memberships::table
+        .filter(memberships::user_id.eq(user_id))
+        .filter(
+            memberships::forgotten
+                .eq(false)
+                .or(memberships::stream_ordering.gt(since)),
+        )
+        .load::<MembershipRow>(conn)?)
+}
+
 /// Users with the given membership in a room.
 pub fn members_with(
     conn: &mut AnyConnection,

@@ -11,11 +11,12 @@
 //! `limited` the state section carries the state events the client skipped.
 
 pub mod filter;
+pub mod sliding;
+pub mod visibility;
 
 use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
-use weft_protocol::visibility::HistoryVisibility;
 
 use crate::rooms::typing::Typing;
 use crate::rooms::view::{self, Versions, Viewer};
@@ -72,28 +73,15 @@ pub struct SyncResult {
     pub has_changes: bool,
 }
 
-fn hv_of(conn: &mut AnyConnection, room_id: &str) -> StorageResult<HistoryVisibility> {
-    let Some(id) = state::current_state_entry(conn, room_id, "m.room.history_visibility", "")?
-    else {
-        return Ok(HistoryVisibility::Shared);
-    };
-    let content = events::get_event(conn, &id)?
-        .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
-        .and_then(|v| v.get("content").cloned());
-    Ok(HistoryVisibility::from_content(content.as_ref()))
-}
-
-/// The lowest stream position (exclusive) a member may see in a room: everything for
-/// `shared`/`world_readable`, from their membership event on for `invited`/`joined`.
-pub fn visibility_floor(
-    conn: &mut AnyConnection,
-    room_id: &str,
-    membership_stream: i64,
-) -> StorageResult<i64> {
-    Ok(match hv_of(conn, room_id)? {
-        HistoryVisibility::Shared | HistoryVisibility::WorldReadable => i64::MIN,
-        HistoryVisibility::Invited | HistoryVisibility::Joined => membership_stream - 1,
-    })
+/// A room's unread counts for a user: `(notification_count, highlight_count)`. weft keeps
+/// no push-rule counts yet, so both are 0; this one function is what `/sync` and sliding
+/// sync ask, for the push work to fill in.
+pub fn unread_counts(
+    _conn: &mut AnyConnection,
+    _room_id: &str,
+    _user_id: &str,
+) -> StorageResult<(u64, u64)> {
+    Ok((0, 0))
 }
 
 fn receipts_event(rows: &[account::ReceiptRow]) -> Option<Value> {
@@ -152,8 +140,13 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
     let mut invite = Map::new();
     let mut leave = Map::new();
     let mut knock = Map::new();
-    let memberships = rooms::rooms_for_user(conn, user)?;
+    // Forgotten rooms still count when their membership changed in the window: a declined
+    // invite (leave, then forget) must reach the client as a leave.
+    let memberships = rooms::rooms_for_user_since(conn, user, since_stream)?;
     for m in memberships {
+        if m.forgotten && !matches!(m.membership.as_str(), "leave" | "ban") {
+            continue;
+        }
         if !req.filter.room.allows_room(&m.room_id) {
             continue;
         }
@@ -165,18 +158,19 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                 let newly = since_stream.is_some_and(|s| m.stream_ordering > s);
                 let full = since_stream.is_none() || newly || req.full_state;
                 let limit = req.filter.room.timeline_limit();
-                let floor = visibility_floor(conn, &m.room_id, m.stream_ordering)?;
+                let ranges = visibility::user_ranges(conn, &m.room_id, user, req.upto)?;
                 let lower = if since_stream.is_none() || newly {
-                    floor
+                    i64::MIN
                 } else {
-                    after.max(floor)
+                    after
                 };
                 let mut rows = if req.filter.room.timeline.excludes_all() {
                     Vec::new()
                 } else {
-                    events::timeline_range(
+                    visibility::visible_timeline(
                         conn,
                         &m.room_id,
+                        &ranges,
                         lower,
                         req.upto,
                         (limit + 1) as i64,
@@ -238,6 +232,7 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                     continue;
                 }
                 has_changes = true;
+                let (notifications, highlights) = unread_counts(conn, &m.room_id, user)?;
                 let joined = rooms::members_with(conn, &m.room_id, "join")?.len();
                 let invited = rooms::members_with(conn, &m.room_id, "invite")?.len();
                 join.insert(
@@ -248,7 +243,7 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                         "ephemeral": {"events": ephemeral},
                         "account_data": {"events": room_account},
                         "summary": {"m.joined_member_count": joined, "m.invited_member_count": invited},
-                        "unread_notifications": {"highlight_count": 0, "notification_count": 0},
+                        "unread_notifications": {"highlight_count": highlights, "notification_count": notifications},
                     }),
                 );
             }
@@ -294,9 +289,11 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
             {
                 let version = versions.get(conn, &m.room_id)?;
                 let limit = req.filter.room.timeline_limit();
-                let mut rows = events::timeline_range(
+                let ranges = visibility::user_ranges(conn, &m.room_id, user, m.stream_ordering)?;
+                let mut rows = visibility::visible_timeline(
                     conn,
                     &m.room_id,
+                    &ranges,
                     after,
                     m.stream_ordering,
                     (limit + 1) as i64,

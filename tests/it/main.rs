@@ -33,4 +33,6 @@ mod power_cut;
 mod push;
 mod relations;
 mod room_versions;
+mod semantics;
 mod signatures;
+mod sliding;

@@ -24,6 +24,7 @@ pub mod redaction;
 pub mod relations;
 pub mod room_version;
 pub mod signatures;
+pub mod sliding;
 pub mod state_res;
 #[cfg(test)]
 mod testing;

@@ -58,6 +58,83 @@ pub fn server_may_see<'a>(
     }
 }
 
+/// A change, at a stream position, to what decides whether a user sees an event: the room's
+/// history visibility or the user's own membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VisibilityChange {
+    HistoryVisibility(HistoryVisibility),
+    Membership(Option<String>),
+}
+
+/// The stream positions a user may see in a room, as sorted, disjoint, non-adjacent ranges
+/// `(after, upto]`, evaluated per event at that event's state (spec, "History visibility"):
+///
+/// * `changes`: the room's history-visibility events and the user's membership events in
+///   stream order (the state before an event is what the changes below its position set);
+/// * an event with the user's own membership is visible when the membership before *or*
+///   after it allows (the one leaving sees their leave; the one invited, their invite);
+/// * a history-visibility event is visible when the visibility before *or* after it allows;
+/// * `shared` admits an event when the user joined at any point after it.
+///
+/// The room's other events lie between the changes; the last segment runs to `upto`.
+pub fn visible_ranges(changes: &[(i64, VisibilityChange)], upto: i64) -> Vec<(i64, i64)> {
+    let last_join = changes
+        .iter()
+        .filter(|(_, c)| matches!(c, VisibilityChange::Membership(Some(m)) if m == "join"))
+        .map(|(p, _)| *p)
+        .max();
+    let joined_after = |p: i64| last_join.is_some_and(|j| j > p);
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    let mut push = |lo: i64, hi: i64| {
+        if hi <= lo {
+            return;
+        }
+        match out.last_mut() {
+            Some(last) if last.1 >= lo => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    };
+    let mut hv = HistoryVisibility::Shared;
+    let mut membership: Option<String> = None;
+    // Events before the first change see the defaults.
+    let mut segment_start = i64::MIN;
+    for (pos, change) in changes {
+        let pos = (*pos).max(i64::MIN + 1);
+        // The segment (segment_start, pos): state as set so far; "joined later" holds for
+        // the whole segment exactly when a join lies at or after `pos`.
+        if user_may_see(hv, membership.as_deref(), joined_after(pos - 1)) {
+            push(segment_start, pos - 1);
+        }
+        let visible_here = match change {
+            VisibilityChange::Membership(m) => {
+                // The user's own membership event: as permissive as the membership before
+                // or after it (a leave is visible to the one leaving).
+                let before = user_may_see(hv, membership.as_deref(), joined_after(pos));
+                membership = m.clone();
+                before || user_may_see(hv, membership.as_deref(), joined_after(pos))
+            }
+            VisibilityChange::HistoryVisibility(new) => {
+                let before = user_may_see(hv, membership.as_deref(), joined_after(pos));
+                hv = *new;
+                before || user_may_see(hv, membership.as_deref(), joined_after(pos))
+            }
+        };
+        if visible_here {
+            push(pos - 1, pos);
+        }
+        segment_start = pos;
+    }
+    if segment_start < upto && user_may_see(hv, membership.as_deref(), false) {
+        push(segment_start, upto);
+    }
+    out
+}
+
+/// Whether a position lies in one of [`visible_ranges`]' ranges.
+pub fn in_ranges(ranges: &[(i64, i64)], pos: i64) -> bool {
+    ranges.iter().any(|(lo, hi)| pos > *lo && pos <= *hi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +182,54 @@ mod tests {
             HistoryVisibility::from_content(Some(&json!({"history_visibility": 3}))),
             Shared
         );
+    }
+
+    #[test]
+    fn ranges_are_evaluated_per_event() {
+        use VisibilityChange::{HistoryVisibility as H, Membership as M};
+        let join = || M(Some("join".into()));
+        let invite = || M(Some("invite".into()));
+        let leave = || M(Some("leave".into()));
+        // (changes, upto, expected ranges)
+        type Case = (Vec<(i64, VisibilityChange)>, i64, Vec<(i64, i64)>);
+        let cases: Vec<Case> = vec![
+            // Shared room, joined at 10: everything.
+            (vec![(10, join())], 20, vec![(i64::MIN, 20)]),
+            // Shared until 5, invited from 5, joined at 10: 1..=5 visible (shared, and the
+            // visibility event itself), 6..9 hidden, from the join on visible.
+            (
+                vec![(5, H(Invited)), (10, join())],
+                20,
+                vec![(i64::MIN, 5), (9, 20)],
+            ),
+            // Invited visibility from the start, invited at 8, joined at 12.
+            (
+                vec![(2, H(Invited)), (8, invite()), (12, join())],
+                20,
+                vec![(i64::MIN, 2), (7, 20)],
+            ),
+            // Joined visibility: invite gives nothing until the join.
+            (
+                vec![(2, H(Joined)), (8, invite()), (12, join())],
+                20,
+                vec![(i64::MIN, 2), (11, 20)],
+            ),
+            // Left at 15 in a shared room: up to and including the leave.
+            (vec![(10, join()), (15, leave())], 20, vec![(i64::MIN, 15)]),
+            // Never joined, world readable from 3: from 3 on (the change itself too).
+            (vec![(3, H(WorldReadable))], 9, vec![(2, 9)]),
+            // Never a member of a shared room: nothing.
+            (vec![], 9, vec![]),
+            // Joined, then visibility changed to joined: still sees everything after joining
+            // and the shared history before it.
+            (vec![(4, join()), (6, H(Joined))], 9, vec![(i64::MIN, 9)]),
+        ];
+        for (changes, upto, want) in cases {
+            assert_eq!(visible_ranges(&changes, upto), want, "{changes:?}");
+        }
+        assert!(in_ranges(&[(i64::MIN, 5), (9, 20)], 5));
+        assert!(!in_ranges(&[(i64::MIN, 5), (9, 20)], 9));
+        assert!(in_ranges(&[(i64::MIN, 5), (9, 20)], 10));
+        assert!(!in_ranges(&[(i64::MIN, 5), (9, 20)], 21));
     }
 }

@@ -437,7 +437,7 @@ pub async fn send_knock(s: Data, signed: Signed, _txn: web::Path<String>) -> Res
         .rooms
         .send(&room_id, crate::rooms::messages::GetSnapshot)
         .await??;
-    let stripped = snap.state.stripped_for_invite();
+    let stripped = snap.state.stripped_for_invite(None);
     Ok(HttpResponse::Ok().json(json!({
         "stripped_state": stripped,
         "knock_room_state": stripped,

@@ -215,7 +215,10 @@ impl Handler<HubAppend> for RoomActor {
             (Some("invite"), Some(target)) => {
                 let server = server_of_user(target).to_owned();
                 let needs = server != ours && !self.state.joined_servers().contains(&server);
-                (needs.then_some(server), self.state.stripped_for_invite())
+                (
+                    needs.then_some(server),
+                    self.state.stripped_for_invite(Some(pdu.sender().as_str())),
+                )
             }
             _ => (None, Vec::new()),
         };
