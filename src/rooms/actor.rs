@@ -42,7 +42,8 @@ use weft_protocol::{Pdu, RoomVersion};
 use super::ActorMap;
 use super::inbound::{self, InboundInput, Prepared};
 use super::messages::{
-    BuildEvent, GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot, SendEvent, TxnKey,
+    AppendHistory, BuildEvent, GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot,
+    SendEvent, TxnKey,
 };
 use super::persist::NewGroup;
 use super::persist::{MembershipChange, PersistBatch, PersistEvent, Redaction};
@@ -117,7 +118,15 @@ pub struct RoomActor {
     last_active: Instant,
     /// Linearized Matrix rooms: hub or participant (`None` for DAG rooms).
     lm: Option<super::linearized::Role>,
+    /// Events rejected since the actor started (older ones are found in the database, by
+    /// the admission step before the actor and by `inbound::prepare`): rejection is
+    /// permanent, so the in-memory path never re-checks one against a newer state.
+    rejected: HashSet<OwnedEventId>,
 }
+
+/// Most rejected event IDs an actor remembers (then it starts over; the database remembers
+/// all of them).
+const MAX_REMEMBERED_REJECTIONS: usize = 10_000;
 
 /// Flush the pending batch (sent by the actor to itself after the mailbox is drained).
 #[derive(Message)]
@@ -166,6 +175,7 @@ impl RoomActor {
             flush_scheduled: false,
             last_active: Instant::now(),
             lm: None,
+            rejected: HashSet::new(),
         }
     }
 
@@ -243,6 +253,10 @@ impl RoomActor {
     fn append(&mut self, plan: AppendPlan) {
         let pdu = plan.pdu;
         if let Some(reason) = plan.rejected {
+            if self.rejected.len() >= MAX_REMEMBERED_REJECTIONS {
+                self.rejected.clear();
+            }
+            self.rejected.insert(pdu.owned_event_id());
             let mut row = self.row_for(&pdu, None);
             row.rejected = Some(reason);
             self.pending.push(Pending {
@@ -642,6 +656,9 @@ impl RoomActor {
     fn try_fast(&mut self, pdu: &Arc<Pdu>, local: bool) -> Option<InboundOutcome> {
         if self.status != Status::Ready {
             return None;
+        }
+        if self.rejected.contains(pdu.event_id()) {
+            return Some(InboundOutcome::Rejected("rejected before".into()));
         }
         let prevs: HashSet<&OwnedEventId> = pdu.prev_events().iter().collect();
         let exts: HashSet<&OwnedEventId> = self.extremities.iter().collect();
@@ -1062,6 +1079,46 @@ impl Handler<InboundPdus> for RoomActor {
             .map(|(p, h)| (Arc::new(p), h))
             .collect();
         AtomicResponse::new(Self::process_inbound(items, Vec::new(), msg.local))
+    }
+}
+
+impl Handler<AppendHistory> for RoomActor {
+    type Result = AtomicResponse<Self, Result<()>>;
+
+    fn handle(&mut self, msg: AppendHistory, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        if let Err(e) = self.check_ready() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+        }
+        if self.lm.is_some() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(Error::forbidden(
+                "a Linearized Matrix room takes no DAG history",
+            )))));
+        }
+        self.batch.groups.extend(msg.groups);
+        for (pdu, row) in msg.events {
+            if row.rejected.is_some() {
+                self.rejected.insert(pdu.owned_event_id());
+            }
+            self.pending.push(Pending {
+                pdu,
+                persist: PersistEvent {
+                    row,
+                    txn: None,
+                    redaction: None,
+                },
+                // Backfill positions are not the notifier's: nothing to complete.
+                stream: None,
+                replies: Vec::new(),
+            });
+        }
+        AtomicResponse::new(Box::pin(self.flush_fut().map(|ok, _, _| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::internal("could not store backfilled history"))
+            }
+        })))
     }
 }
 

@@ -314,3 +314,13 @@ diesel::table! {
         stale -> Bool,
     }
 }
+
+diesel::table! {
+    lm_join_staging (room_id, seq) {
+        room_id -> Text,
+        seq -> BigInt,
+        origin -> Text,
+        pdu -> Text,
+        received_ts -> BigInt,
+    }
+}
