@@ -20,5 +20,6 @@ mod e2ee;
 mod features;
 mod federation;
 mod hostile_peer;
+mod layering;
 mod linearized;
 mod signatures;
