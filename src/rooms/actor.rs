@@ -122,7 +122,17 @@ pub struct RoomActor {
     /// the admission step before the actor and by `inbound::prepare`): rejection is
     /// permanent, so the in-memory path never re-checks one against a newer state.
     rejected: HashSet<OwnedEventId>,
+    /// Events (appended since the actor started) after which the room's state is exactly
+    /// the current state: the tips of concurrent chains of messages from one point. A
+    /// received message whose prev events are all here, while every forward extremity is
+    /// here too, has the current state as the state before it and leaves the current state
+    /// as it is: it is checked and appended in memory (forks at memory speed). Cleared when
+    /// the current state changes.
+    at_current: HashSet<OwnedEventId>,
 }
+
+/// Most events [`RoomActor::at_current`] holds (then only the forward extremities stay).
+const MAX_AT_CURRENT: usize = 20_000;
 
 /// Most rejected event IDs an actor remembers (then it starts over; the database remembers
 /// all of them).
@@ -176,6 +186,7 @@ impl RoomActor {
             last_active: Instant::now(),
             lm: None,
             rejected: HashSet::new(),
+            at_current: HashSet::new(),
         }
     }
 
@@ -344,6 +355,17 @@ impl RoomActor {
             let prevs: HashSet<&OwnedEventId> = pdu.prev_events().iter().collect();
             self.extremities.retain(|e| !prevs.contains(e));
             self.extremities.push(pdu.owned_event_id());
+            // Which tips still have the current state after them.
+            if !simple || pdu.state_key().is_some() {
+                self.at_current.clear();
+            }
+            if simple || self.extremities.len() == 1 {
+                self.at_current.insert(pdu.owned_event_id());
+            }
+            if self.at_current.len() > MAX_AT_CURRENT {
+                let exts: HashSet<&OwnedEventId> = self.extremities.iter().collect();
+                self.at_current.retain(|e| exts.contains(e));
+            }
             self.max_depth = self.max_depth.max(pdu.depth());
             self.batch.state_group = self.state.group.map(|g| g.0);
             self.batch.extremities = Some(self.extremities.iter().map(|e| e.to_string()).collect());
@@ -662,8 +684,19 @@ impl RoomActor {
         }
         let prevs: HashSet<&OwnedEventId> = pdu.prev_events().iter().collect();
         let exts: HashSet<&OwnedEventId> = self.extremities.iter().collect();
-        if prevs != exts || prevs.is_empty() {
+        if prevs.is_empty() {
             return None;
+        }
+        if prevs != exts {
+            // A fork of messages: in memory when the state after every prev event and after
+            // every tip is the current state (so resolving them changes nothing).
+            let fork_in_memory = pdu.state_key().is_none()
+                && !self.at_current.contains(pdu.event_id())
+                && prevs.iter().all(|p| self.at_current.contains(*p))
+                && exts.iter().all(|e| self.at_current.contains(*e));
+            if !fork_in_memory {
+                return None;
+            }
         }
         let index = self.state.index();
         if !pdu.auth_events().iter().all(|a| index.contains_key(a)) {
@@ -853,6 +886,10 @@ impl Actor for RoomActor {
                     act.version = loaded.version;
                     act.state = loaded.state;
                     act.extremities = loaded.extremities;
+                    if let [only] = act.extremities.as_slice() {
+                        // One tip: the current state is the state after it.
+                        act.at_current.insert(only.clone());
+                    }
                     act.max_depth = loaded.max_depth;
                     act.status = Status::Ready;
                     act.lm_set_role();

@@ -2106,3 +2106,78 @@ fn a_rejected_event_stays_rejected_through_backfill() {
     );
     weft.assert_healthy();
 }
+
+#[test]
+fn concurrent_chains_of_messages_land_and_bad_ones_do_not() {
+    let mut s = Scene::new();
+    let tip = s
+        .peer
+        .with_room(&s.room, |r| r.extremities().to_vec())
+        .expect("room");
+    // Four chains of three messages from one tip, sent interleaved; the third chain's
+    // last message is from a user who never joined.
+    let mut chains: Vec<Vec<Pdu>> = Vec::new();
+    for c in 0..4 {
+        let mut prev = tip.clone();
+        let mut chain = Vec::new();
+        for i in 0..3 {
+            let who = if c == 2 && i == 2 {
+                "stranger"
+            } else {
+                "mallory"
+            };
+            let d = EventDraft {
+                origin_server_ts: fedpeer::peer::now_ms(),
+                ..s.message_draft(who, &format!("chain {c} message {i}"))
+            };
+            let pdu = s
+                .peer
+                .with_room(&s.room, |r| {
+                    r.build(&d, Some(&prev), s.peer.server_name(), s.peer.key())
+                })
+                .expect("room")
+                .expect("build");
+            prev = vec![pdu.owned_event_id()];
+            chain.push(pdu);
+        }
+        chains.push(chain);
+    }
+    for i in 0..3 {
+        let pdus: Vec<Value> = chains.iter().map(|c| c[i].to_federation_value()).collect();
+        let results = s.results(pdus);
+        for (c, chain) in chains.iter().enumerate() {
+            let id = chain[i].owned_event_id();
+            if c == 2 && i == 2 {
+                refused(&results, &id, "stranger's message on a fork", "rejected");
+            } else {
+                accepted(&results, &id, "message on a fork");
+            }
+        }
+    }
+    for (c, chain) in chains.iter().enumerate() {
+        for (i, pdu) in chain.iter().enumerate() {
+            let body = format!("chain {c} message {i}");
+            if c == 2 && i == 2 {
+                s.assert_absent(pdu.event_id().as_str(), "stranger's message");
+            } else {
+                s.assert_landed(pdu, &body);
+            }
+        }
+    }
+    // Alice's next event merges the tips (at most ten prev events).
+    let sent = s
+        .alice
+        .call_ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/after-chains",
+                enc(&s.room)
+            ),
+            Some(&json!({"msgtype": "m.text", "body": "alice merges"})),
+        )
+        .expect("alice sends");
+    let id = sent["event_id"].as_str().expect("event_id").to_owned();
+    let ev = s.read(&id).expect("alice's message readable");
+    assert_eq!(ev["content"]["body"], json!("alice merges"));
+    s.weft.assert_healthy();
+}
