@@ -1,11 +1,10 @@
-//! Accounts: user-ID rules, password hashing (argon2id) and creating users. Shared by the
-//! client API's `/register` and the `weft register-user` command.
-
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+//! Accounts: user-ID rules, password checks and creating users. Shared by the client API's
+//! `/register`, `/login` and password changes and the `weft register-user` command. The
+//! argon2id work itself runs on the bounded pool in `passwords.rs`.
 
 use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::passwords::Verdict;
 use crate::storage::{self, users};
 
 /// Checks a localpart against the spec's user-ID grammar (lower case only for new users).
@@ -34,46 +33,44 @@ pub fn validate_localpart(localpart: &str, server_name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Hashes a password (argon2id, random salt). CPU-heavy: call from a blocking thread.
-pub fn hash_password(password: &str) -> Result<String> {
-    let mut salt = [0u8; 16];
-    crate::core::getrandom_fill(&mut salt).map_err(Error::internal)?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| Error::internal(e.to_string()))?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| Error::internal(e.to_string()))
+/// Hashes a new password on the bounded pool (`passwords.rs`); 429 `M_LIMIT_EXCEEDED`
+/// when the pool's queue is full.
+pub async fn hash_password(core: &Core, password: String) -> Result<String> {
+    core.passwords.hash(password).await
 }
 
-/// Verifies a password against a stored hash. CPU-heavy: call from a blocking thread.
-pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
-
-/// Hashes off the async threads.
-pub async fn hash_password_async(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| Error::internal(e.to_string()))?
-}
-
-/// Checks a user's password; `Ok(false)` for a wrong password or unknown/deactivated user.
+/// Checks a user's password; `Ok(false)` for a wrong password or an unknown, deactivated or
+/// password-less user. Every case costs one argon2 check on the pool (no enumeration by
+/// timing). A hash made with outdated parameters is replaced by one with the current
+/// parameters after a successful check.
 pub async fn check_password(core: &Core, user_id: &str, password: String) -> Result<bool> {
+    // During a flood, refuse before reading the user: a refused login costs no database work.
+    core.passwords.check_capacity()?;
     let u = user_id.to_owned();
     let user = core.db.read(move |c| users::get_user(c, &u)).await?;
-    let Some(user) = user else { return Ok(false) };
-    let Some(hash) = user.password_hash.filter(|_| !user.deactivated) else {
-        return Ok(false);
-    };
-    tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .map_err(|e| Error::internal(e.to_string()))
+    let hash = user
+        .filter(|u| !u.deactivated)
+        .and_then(|u| u.password_hash);
+    match core.passwords.verify(password, hash).await? {
+        Verdict::Wrong => Ok(false),
+        Verdict::Correct { rehash: None } => Ok(true),
+        Verdict::Correct {
+            rehash: Some(new_hash),
+        } => {
+            let u = user_id.to_owned();
+            // Best effort: the login succeeds even if the upgrade cannot be stored now.
+            if let Err(e) = core
+                .db
+                .write(user_id, move |c| users::set_password(c, &u, &new_hash))
+                .await
+            {
+                tracing::warn!(user = %user_id, error = %e, "could not store an upgraded password hash");
+            } else {
+                tracing::info!(user = %user_id, "password hash upgraded to the configured parameters");
+            }
+            Ok(true)
+        }
+    }
 }
 
 /// Creates a user; `M_USER_IN_USE` if the localpart is taken.
@@ -85,8 +82,11 @@ pub async fn create_user(
 ) -> Result<String> {
     validate_localpart(localpart, core.server_name())?;
     let user_id = format!("@{localpart}:{}", core.server_name());
+    if password.is_some() {
+        core.passwords.check_capacity()?;
+    }
     let hash = match password {
-        Some(p) => Some(hash_password_async(p).await?),
+        Some(p) => Some(hash_password(core, p).await?),
         None => None,
     };
     let (u, name) = (user_id.clone(), localpart.to_owned());
@@ -137,13 +137,5 @@ mod tests {
             assert!(validate_localpart(bad, "example.org").is_err(), "{bad}");
         }
         assert!(validate_localpart(&"a".repeat(250), "example.org").is_err());
-    }
-
-    #[test]
-    fn password_hash_round_trip() {
-        let h = hash_password("correct horse").unwrap();
-        assert!(verify_password("correct horse", &h));
-        assert!(!verify_password("wrong", &h));
-        assert!(!verify_password("x", "not a hash"));
     }
 }

@@ -39,7 +39,80 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub limits: LimitsConfig,
     pub federation: FederationConfig,
+    pub outbound: OutboundConfig,
+    pub rate_limits: RateLimitsConfig,
+    pub retention: RetentionConfig,
+    pub well_known: WellKnownConfig,
+    pub passwords: PasswordsConfig,
     pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Addresses or CIDRs that outbound connections (federation, keys, discovery) may reach
+    /// although they are loopback, private, link-local or otherwise special-purpose, e.g.
+    /// `["127.0.0.1", "10.1.0.0/16"]`. Everything else special is refused.
+    pub allowed_addresses: Vec<String>,
+    /// DNS servers (`ip:port`) for SRV and address lookups; empty: the system's.
+    pub dns_servers: Vec<String>,
+}
+
+/// One token bucket: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Off switch (tests and benchmarks).
+    pub enabled: bool,
+    /// Login attempts per client IP address.
+    pub login_per_ip: Rate,
+    /// Login attempts per account (the user ID tried).
+    pub login_per_account: Rate,
+    /// Registrations per client IP address.
+    pub register_per_ip: Rate,
+    /// Events sent per user (`PUT .../send`, state events, redactions).
+    pub send_per_user: Rate,
+    /// Rooms created per user.
+    pub create_room_per_user: Rate,
+    /// Federation requests per origin server (any endpoint).
+    pub federation_per_origin: Rate,
+    /// How long a second `/send` transaction from the same origin waits for the first
+    /// before it is answered 429, in milliseconds.
+    pub federation_send_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Seconds between prune runs (0: never prune).
+    pub sweep_interval_secs: u64,
+    /// Received federation transaction IDs kept this many seconds (their only use is
+    /// recognising a retried transaction).
+    pub inbound_txn_secs: u64,
+    /// Client transaction IDs (`PUT .../send/{type}/{txnId}`) kept this many seconds.
+    pub event_txn_secs: u64,
+    /// To-device de-duplication entries kept this many seconds.
+    pub to_device_dedup_secs: u64,
+    /// Device-list change log rows kept this many seconds (a client syncing from further
+    /// back gets a full resync of the lists it cares about).
+    pub device_list_changes_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WellKnownConfig {
+    /// `m.server` of `/.well-known/matrix/server` (e.g. `"matrix.example.org:443"`); empty:
+    /// not served (404).
+    pub server: String,
+    /// `m.homeserver.base_url` of `/.well-known/matrix/client`; empty: not served.
+    pub client_base_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +127,8 @@ pub struct DatabaseConfig {
     pub writers: usize,
     /// Most write jobs committed together in one transaction.
     pub max_batch: usize,
+    /// Jobs queued per writer before writers' callers wait (push-back).
+    pub writer_queue: usize,
     /// SQLite `synchronous` pragma: `full` (an acknowledged write survives power loss) or
     /// `normal` (survives a process crash).
     pub sqlite_synchronous: String,
@@ -115,8 +190,20 @@ pub struct FederationConfig {
     pub tls_key: Option<PathBuf>,
     /// Verify peers' TLS certificates (tests against self-signed peers turn this off).
     pub verify_tls: bool,
-    /// Allow calling servers whose names resolve to private, loopback or link-local addresses.
+    /// Allow outbound connections to every special-purpose address (loopback, private,
+    /// link-local, ...). Prefer naming what is needed in `outbound.allowed_addresses`.
     pub allow_private_addresses: bool,
+    /// Most servers named in one `POST /_matrix/key/v2/query`.
+    pub max_key_query_servers: usize,
+    /// Most key fetches in flight at once (the rest wait).
+    pub max_concurrent_key_fetches: usize,
+    /// Most remote servers one `/keys/query` or `/keys/claim` fans out to.
+    pub max_fanout_servers: usize,
+    /// Port of outbound `.well-known/matrix/server` requests (443; tests use their own).
+    pub well_known_port: u16,
+    /// Bounds of the caches keyed by remote server names (entries each): discovery
+    /// results, key sets, failed fetches.
+    pub server_cache_size: u64,
     /// Speak plain HTTP (no TLS) to peers and on the federation listener: for Linearized
     /// Matrix peers that serve no TLS. Off by default.
     pub plain_http: bool,
@@ -131,6 +218,27 @@ pub struct FederationConfig {
     /// Notary servers asked for keys a server cannot give us itself (empty: ask only the
     /// server itself).
     pub trusted_key_servers: Vec<String>,
+}
+
+/// Password hashing (argon2id) on its own bounded pool; see `src/passwords.rs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PasswordsConfig {
+    /// Threads that hash and check passwords (0 = one per CPU). Each keeps one argon2
+    /// buffer of `memory_kib`, so the pool's memory is at most `threads × memory_kib`.
+    pub threads: usize,
+    /// Checks waiting for a thread; beyond this a request gets 429 `M_LIMIT_EXCEEDED` at
+    /// once, without hashing.
+    pub queue: usize,
+    /// argon2id memory cost of new hashes, in KiB (OWASP minimum: 19456 = 19 MiB).
+    pub memory_kib: u32,
+    /// argon2id iterations (time cost) of new hashes (OWASP minimum with 19 MiB: 2).
+    pub iterations: u32,
+    /// argon2id lanes (parallelism) of new hashes.
+    pub parallelism: u32,
+    /// Nice value of the hashing threads (Linux; 0 keeps normal priority), so a flood of
+    /// logins yields the CPU to the rest of the server.
+    pub nice: i32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +263,11 @@ impl Default for Config {
             rooms: RoomsConfig::default(),
             limits: LimitsConfig::default(),
             federation: FederationConfig::default(),
+            outbound: OutboundConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            retention: RetentionConfig::default(),
+            well_known: WellKnownConfig::default(),
+            passwords: PasswordsConfig::default(),
             logging: LoggingConfig::default(),
         }
     }
@@ -167,6 +280,7 @@ impl Default for DatabaseConfig {
             pool_size: 8,
             writers: 2,
             max_batch: 256,
+            writer_queue: 10_000,
             sqlite_synchronous: "full".into(),
         }
     }
@@ -223,6 +337,92 @@ impl Default for FederationConfig {
             retry_multiplier: 2.0,
             request_timeout_ms: 30_000,
             trusted_key_servers: Vec::new(),
+            max_key_query_servers: 20,
+            max_concurrent_key_fetches: 16,
+            max_fanout_servers: 50,
+            well_known_port: 443,
+            server_cache_size: 10_000,
+        }
+    }
+}
+
+impl Default for RateLimitsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            login_per_ip: Rate {
+                per_second: 0.5,
+                burst: 10,
+            },
+            login_per_account: Rate {
+                per_second: 0.2,
+                burst: 5,
+            },
+            register_per_ip: Rate {
+                per_second: 0.1,
+                burst: 5,
+            },
+            send_per_user: Rate {
+                per_second: 10.0,
+                burst: 50,
+            },
+            create_room_per_user: Rate {
+                per_second: 0.5,
+                burst: 10,
+            },
+            federation_per_origin: Rate {
+                per_second: 50.0,
+                burst: 200,
+            },
+            federation_send_wait_ms: 5_000,
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: u64 = 24 * 3600;
+        Self {
+            sweep_interval_secs: 3600,
+            inbound_txn_secs: 7 * DAY,
+            event_txn_secs: 7 * DAY,
+            to_device_dedup_secs: 7 * DAY,
+            device_list_changes_secs: 90 * DAY,
+        }
+    }
+}
+
+impl Default for PasswordsConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            queue: 32,
+            memory_kib: argon2::Params::DEFAULT_M_COST,
+            iterations: argon2::Params::DEFAULT_T_COST,
+            parallelism: argon2::Params::DEFAULT_P_COST,
+            nice: 10,
+        }
+    }
+}
+
+impl PasswordsConfig {
+    /// The argon2 parameters of new hashes, checked.
+    pub fn params(&self) -> Result<argon2::Params, String> {
+        if self.memory_kib > crate::passwords::MAX_STORED_MEMORY_KIB {
+            return Err(format!(
+                "passwords.memory_kib must be at most {}",
+                crate::passwords::MAX_STORED_MEMORY_KIB
+            ));
+        }
+        argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| format!("invalid argon2 parameters in [passwords]: {e}"))
+    }
+
+    /// Hashing threads: the configured number, or one per CPU.
+    pub fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 }
@@ -286,12 +486,58 @@ impl Config {
                 "actor mailboxes must hold at least one message".into(),
             ));
         }
+        self.passwords.params().map_err(ConfigError::Invalid)?;
+        if self.passwords.queue == 0 {
+            return Err(ConfigError::Invalid(
+                "passwords.queue must hold at least one check".into(),
+            ));
+        }
+        if !(-20..=19).contains(&self.passwords.nice) {
+            return Err(ConfigError::Invalid(
+                "passwords.nice must be between -20 and 19".into(),
+            ));
+        }
         if !matches!(self.database.sqlite_synchronous.as_str(), "full" | "normal") {
             return Err(ConfigError::Invalid(
                 "database.sqlite_synchronous must be full or normal".into(),
             ));
         }
         self.database_url()?;
+        crate::net::AddressPolicy::new(
+            &self.outbound.allowed_addresses,
+            self.federation.allow_private_addresses,
+        )
+        .map_err(|e| ConfigError::Invalid(format!("outbound.allowed_addresses: {e}")))?;
+        for s in &self.outbound.dns_servers {
+            if s.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "outbound.dns_servers: {s:?} is not ip:port"
+                )));
+            }
+        }
+        if !self.well_known.server.is_empty()
+            && ruma::ServerName::parse(&self.well_known.server).is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "well_known.server {:?} is not host[:port]",
+                self.well_known.server
+            )));
+        }
+        let rl = &self.rate_limits;
+        for (name, r) in [
+            ("login_per_ip", rl.login_per_ip),
+            ("login_per_account", rl.login_per_account),
+            ("register_per_ip", rl.register_per_ip),
+            ("send_per_user", rl.send_per_user),
+            ("create_room_per_user", rl.create_room_per_user),
+            ("federation_per_origin", rl.federation_per_origin),
+        ] {
+            if !(r.per_second.is_finite() && r.per_second > 0.0) || r.burst == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "rate_limits.{name}: per_second must be > 0 and burst >= 1"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -371,6 +617,22 @@ mod tests {
         assert!(bad.validate().is_err());
         bad = Config::default();
         bad.rooms.default_version = "9".into();
+        assert!(bad.validate().is_err());
+        for (m, t, p, q) in [
+            (4, 2, 1, 32),
+            (19456, 0, 1, 32),
+            (19456, 2, 0, 32),
+            (19456, 2, 1, 0),
+        ] {
+            bad = Config::default();
+            bad.passwords.memory_kib = m;
+            bad.passwords.iterations = t;
+            bad.passwords.parallelism = p;
+            bad.passwords.queue = q;
+            assert!(bad.validate().is_err(), "{m} {t} {p} {q}");
+        }
+        bad = Config::default();
+        bad.passwords.memory_kib = crate::passwords::MAX_STORED_MEMORY_KIB + 1;
         assert!(bad.validate().is_err());
     }
 

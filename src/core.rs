@@ -11,6 +11,7 @@ use weft_protocol::keys::ServerSigningKey;
 
 use crate::config::Config;
 use crate::notifier::Notifier;
+use crate::passwords::PasswordPool;
 use crate::storage::{self, Db, StorageError};
 
 pub struct Core {
@@ -19,6 +20,8 @@ pub struct Core {
     pub key: ServerSigningKey,
     pub db: Db,
     pub notifier: Notifier,
+    /// Every password hash and check runs on this bounded pool (`passwords.rs`).
+    pub passwords: Arc<PasswordPool>,
     state_group_ids: AtomicI64,
     /// Lowest stream position used by backfilled history (counts down from 0).
     backfill_positions: AtomicI64,
@@ -34,6 +37,8 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("{path}: {message}")]
     Key { path: String, message: String },
+    #[error("password hashing: {0}")]
+    Passwords(String),
 }
 
 impl Core {
@@ -52,8 +57,10 @@ impl Core {
         let max_other = db.read_blocking(crate::storage::account::max_account_data_stream)?;
         let max_e2ee = db.read_blocking(storage::e2ee::max_stream)?;
         let max_group = db.read_blocking(storage::state::max_group_id)?;
+        let passwords = PasswordPool::start(&config.passwords).map_err(StartError::Passwords)?;
         Ok(Arc::new(Self {
             notifier: Notifier::new(max_event.max(max_other).max(max_e2ee)),
+            passwords,
             state_group_ids: AtomicI64::new(max_group),
             backfill_positions: AtomicI64::new(min_event.min(0)),
             federation: std::sync::OnceLock::new(),
@@ -109,7 +116,8 @@ pub fn load_or_create_key(path: &Path) -> Result<ServerSigningKey, StartError> {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates `path` with mode 0600 (fails if it exists) and writes `bytes`.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     {
@@ -139,23 +147,69 @@ pub fn getrandom_fill(buf: &mut [u8]) -> Result<(), String> {
 }
 
 /// A random alphanumeric string (access tokens, device IDs, room ID local parts).
+///
+/// There is no fallback: if the operating system's random source fails, a token would be
+/// guessable, so this panics instead of handing one out (it does not depend on input, and
+/// a server without randomness cannot run safely). Callers that can report an error use
+/// [`try_random_string`].
 pub fn random_string(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = vec![0u8; len];
-    if getrandom_fill(&mut bytes).is_err() {
-        // The OS RNG failing is not recoverable in any meaningful way; fall back to a
-        // time-seeded mix so callers still get distinct values, and say so loudly.
-        tracing::error!("OS random source unavailable; using a weak fallback");
-        let mut x = crate::storage::now_ms() as u64 ^ 0x9E37_79B9_7F4A_7C15;
-        for b in bytes.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
+    match try_random_string(len) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "OS random source failed; refusing to generate a token");
+            panic!("{e}")
         }
     }
-    bytes
-        .iter()
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect()
+}
+
+/// A random alphanumeric string, or the OS RNG's error.
+pub fn try_random_string(len: usize) -> Result<String, String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    // 62 * 4 = 248: bytes at or above it are dropped so every character is equally likely.
+    let mut out = String::with_capacity(len);
+    let mut bytes = [0u8; 64];
+    while out.len() < len {
+        getrandom_fill(&mut bytes)?;
+        for b in bytes {
+            if out.len() == len {
+                break;
+            }
+            if (b as usize) < ALPHABET.len() * 4 {
+                out.push(ALPHABET[b as usize % ALPHABET.len()] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_strings_are_alphanumeric_and_distinct() {
+        let a = try_random_string(32).unwrap();
+        let b = try_random_string(32).unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+        assert_eq!(try_random_string(0).unwrap(), "");
+        assert_eq!(try_random_string(200).unwrap().len(), 200);
+    }
+
+    #[test]
+    fn private_files_are_0600() {
+        let dir = std::env::temp_dir().join(format!("weft-core-{}", random_string(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("k");
+        write_private(&p, b"secret").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(write_private(&p, b"again").is_err(), "never overwrites");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -12,8 +12,13 @@
 //! Waiting `/sync` requests subscribe to their user's channel. When a write completes it names
 //! the users it concerns; they are woken once the frontier has passed the write's position
 //! (not before, or they would read nothing new and sleep again). Nothing polls the database.
+//!
+//! [`Notifier::park`] counts the `/sync` requests that have read everything and are now
+//! waiting for a wake-up (the operator endpoint `/_weft/admin/v1/sync_waiters` shows it; the
+//! wake-up tests wait for it before they send, so they test the wake-up, not a plain read).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -34,6 +39,17 @@ pub struct Notifier {
     users: Mutex<HashMap<String, watch::Sender<i64>>>,
     /// Woken on every frontier advance (for consumers that follow everything).
     all: watch::Sender<i64>,
+    /// `/sync` requests parked on a wake-up right now.
+    parked: AtomicUsize,
+}
+
+/// A parked `/sync` request; counted in [`Notifier::parked`] until dropped.
+pub struct Parked<'a>(&'a AtomicUsize);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Notifier {
@@ -47,7 +63,20 @@ impl Notifier {
             }),
             users: Mutex::new(HashMap::new()),
             all: watch::Sender::new(start_after),
+            parked: AtomicUsize::new(0),
         }
+    }
+
+    /// Marks a `/sync` request as parked (read everything, waiting for a wake-up) while the
+    /// guard lives.
+    pub fn park(&self) -> Parked<'_> {
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        Parked(&self.parked)
+    }
+
+    /// Number of `/sync` requests parked right now.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::SeqCst)
     }
 
     /// Allocates the next position; it must later be passed to [`Notifier::complete`].
@@ -181,6 +210,19 @@ mod tests {
         n.complete(&[a], []);
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), 2);
+    }
+
+    #[test]
+    fn parked_counts_live_guards() {
+        let n = Notifier::new(0);
+        assert_eq!(n.parked(), 0);
+        let a = n.park();
+        let b = n.park();
+        assert_eq!(n.parked(), 2);
+        drop(a);
+        assert_eq!(n.parked(), 1);
+        drop(b);
+        assert_eq!(n.parked(), 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, middleware, web};
+use actix_web::{App, HttpServer, web};
 
 use crate::client_api;
 use crate::client_api::misc::Presence;
@@ -17,6 +17,30 @@ use crate::services::Services;
 /// Installs the process-wide rustls crypto provider (ring).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// One retention sweep (see `storage::retention`).
+pub async fn run_retention(core: &Core) {
+    let r = &core.config.retention;
+    let ms = |secs: u64| (secs.saturating_mul(1000)).min(i64::MAX as u64) as i64;
+    let ages = crate::storage::retention::Ages {
+        inbound_txn_ms: ms(r.inbound_txn_secs),
+        event_txn_ms: ms(r.event_txn_secs),
+        to_device_dedup_ms: ms(r.to_device_dedup_secs),
+        device_list_changes_ms: ms(r.device_list_changes_secs),
+    };
+    let now = crate::storage::now_ms();
+    match core
+        .db
+        .write("retention", move |c| {
+            crate::storage::retention::prune(c, now, ages)
+        })
+        .await
+    {
+        Ok(p) if p.total() > 0 => tracing::info!(pruned = ?p, "retention sweep"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+    }
 }
 
 /// Runs the server until it is stopped.
@@ -42,6 +66,31 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 if !wake.is_empty() {
                     services.core.notifier.wake(wake);
                 }
+            }
+        });
+    }
+
+    // Rate-limit buckets that are full again are forgotten (bounded maps).
+    {
+        let services = Arc::clone(&services);
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                services.limits.sweep();
+            }
+        });
+    }
+
+    // Retention: prune transaction-ID, de-duplication and change-log tables.
+    let sweep_secs = core.config.retention.sweep_interval_secs;
+    if sweep_secs > 0 {
+        let core = Arc::clone(&core);
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(sweep_secs));
+            loop {
+                tick.tick().await;
+                run_retention(&core).await;
             }
         });
     }
@@ -90,7 +139,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()))
             .wrap(http::matrix_errors())
             .wrap_fn(http::cors::cors)
-            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("weft::http"))
+            .wrap(http::request_logger("weft::http"))
+            .configure(http::well_known::configure)
             .configure(client_api::configure)
             .route(
                 "/_matrix/key/v2/server",
@@ -118,9 +168,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                     web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()),
                 )
                 .wrap(http::matrix_errors())
-                .wrap(
-                    middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("weft::federation"),
-                )
+                .wrap(http::request_logger("weft::federation"))
+                .configure(http::well_known::configure)
                 .configure(federation::inbound::configure)
                 .default_service(web::to(http::unrecognized))
         })

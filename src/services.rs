@@ -14,6 +14,7 @@ pub struct Services {
     pub rooms: Arc<RoomRegistry>,
     pub tokens: TokenCache,
     pub typing: Typing,
+    pub limits: Arc<crate::ratelimit::RateLimits>,
 }
 
 impl Services {
@@ -22,6 +23,7 @@ impl Services {
             rooms: Arc::new(RoomRegistry::new(Arc::clone(&core))),
             tokens: TokenCache::default(),
             typing: Typing::default(),
+            limits: Arc::new(crate::ratelimit::RateLimits::new(&core.config.rate_limits)),
             core,
         })
     }

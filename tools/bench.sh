@@ -21,8 +21,8 @@ LOADGEN_ARGS=${LOADGEN_ARGS:-}
 if [ -z "${WEFT_BIN:-}" ] || [ -z "${LOADGEN:-}" ]; then
   (cd "$ROOT" && cargo build --release -p weft -p weft-loadgen)
 fi
-WEFT_BIN=${WEFT_BIN:-$ROOT/target/release/weft}
-LOADGEN=${LOADGEN:-$ROOT/target/release/weft-loadgen}
+WEFT_BIN=${WEFT_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/weft}
+LOADGEN=${LOADGEN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/weft-loadgen}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -81,6 +81,8 @@ federation = ""
 [registration]
 open = true
 [federation]
+enabled = false
+[rate_limits]
 enabled = false
 [logging]
 filter = "warn,weft::server=info"

@@ -12,10 +12,11 @@
 #
 # Ports (loopback, 21000-21999): weft client 21100 / federation 21101, Synapse client
 # 21200 / federation 21201, fedpeer 21300. Both servers use SQLite; both are stopped on
-# exit. Needs the Synapse harness (/work/shared/tools/synapse, install.sh already run).
+# exit. Synapse comes from the repository's harness (tools/synapse; its install.sh puts it
+# into a venv under $TMPDIR on first use), so a fresh clone needs nothing else.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SYN_TOOLS=${SYN_TOOLS:-/work/shared/tools/synapse}
+SYN_TOOLS=${SYN_TOOLS:-$ROOT/tools/synapse}
 OUT=${BENCH_DIR:-/tmp/fedbench-$$}
 TXNS=${TXNS:-10}
 RUNS=${RUNS:-5}
@@ -37,8 +38,14 @@ if [ -z "${NO_BUILD:-}" ]; then
   log "cargo build --release -p weft -p fedpeer"
   (cd "$ROOT" && cargo build --release -p weft -p fedpeer)
 fi
-WEFT_BIN="$ROOT/target/release/weft"
-PEER_BIN="$ROOT/target/release/fedpeer"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+WEFT_BIN="$TARGET/release/weft"
+PEER_BIN="$TARGET/release/fedpeer"
+for b in "$WEFT_BIN" "$PEER_BIN"; do
+  [ -x "$b" ] || { echo "$b is missing (run without NO_BUILD=1)" >&2; exit 1; }
+done
+log "installing Synapse if needed ($SYN_TOOLS/install.sh)"
+"$SYN_TOOLS/install.sh" >&2
 
 WEFT_PID=""
 cleanup() {
@@ -63,7 +70,10 @@ federation = "127.0.0.1:$WEFT_FED"
 open = true
 [federation]
 verify_tls = false
-allow_private_addresses = true
+[outbound]
+allowed_addresses = ["127.0.0.0/8"]
+[rate_limits]
+enabled = false
 EOF
 "$WEFT_BIN" serve --config "$OUT/weft/weft.toml" >"$OUT/weft/weft.log" 2>&1 &
 WEFT_PID=$!

@@ -19,8 +19,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::harness::{User, Weft, enc};
-use super::peer::{Peers, UNSTABLE};
+use crate::harness::Backend;
+use crate::linearized::harness::{User, Weft, enc};
+use crate::linearized::peer::{Peers, UNSTABLE};
 
 const ROUNDS: usize = 5;
 const SENDERS: usize = 8;
@@ -32,7 +33,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// A hub room with `n` fake participants joined; the hub's senders.
 fn setup(n: usize, linearized_only: bool) -> (Weft, Peers, Vec<User>, String) {
-    let hub = Weft::start();
+    let hub = Weft::start(Backend::Sqlite);
     let peers = Peers::start(n, linearized_only);
     let senders: Vec<User> = (0..SENDERS)
         .map(|i| hub.register(&format!("sender{i}")))
@@ -48,13 +49,14 @@ fn setup(n: usize, linearized_only: bool) -> (Weft, Peers, Vec<User>, String) {
     (hub, peers, senders, room)
 }
 
+/// Waits until each of `names` has received `want` distinct PDUs (duplicates do not count).
 fn wait_counts(peers: &Peers, names: &[String], want: &[usize], limit: Duration) -> Instant {
     let deadline = Instant::now() + limit;
     loop {
-        if names.iter().zip(want).all(|(n, w)| peers.count(n) >= *w) {
+        if names.iter().zip(want).all(|(n, w)| peers.distinct(n) >= *w) {
             return Instant::now();
         }
-        let have: Vec<usize> = names.iter().map(|n| peers.count(n)).collect();
+        let have: Vec<usize> = names.iter().map(|n| peers.distinct(n)).collect();
         assert!(
             Instant::now() < deadline,
             "deliveries stalled: have {have:?}, want {want:?}"
@@ -70,7 +72,7 @@ fn fanout(n: usize, linearized_only: bool, m: usize) -> (f64, f64) {
     for round in 0..ROUNDS {
         // Let the joins' own fan-out settle.
         std::thread::sleep(Duration::from_millis(300));
-        let before: Vec<usize> = peers.names.iter().map(|p| peers.count(p)).collect();
+        let before: Vec<usize> = peers.names.iter().map(|p| peers.distinct(p)).collect();
         let want: Vec<usize> = before.iter().map(|b| b + m).collect();
         let start = Instant::now();
         std::thread::scope(|s| {
@@ -97,7 +99,9 @@ fn catch_up(linearized_only: bool, k: usize) -> f64 {
     let mut times = Vec::new();
     for round in 0..ROUNDS {
         std::thread::sleep(Duration::from_millis(300));
-        let target = peers.count(&down) + k;
+        let target = peers.distinct(&down) + k;
+        let others: Vec<String> = peers.names[1..].to_vec();
+        let others_want: Vec<usize> = others.iter().map(|o| peers.distinct(o) + k).collect();
         peers.set_down(&down, true);
         std::thread::scope(|s| {
             for (i, u) in senders.iter().enumerate() {
@@ -109,11 +113,14 @@ fn catch_up(linearized_only: bool, k: usize) -> f64 {
                 });
             }
         });
-        // Every other participant has everything: the hub is only owing the one down.
-        let others: Vec<String> = peers.names[1..].to_vec();
-        let owed: Vec<usize> = others.iter().map(|o| peers.count(o)).collect();
-        wait_counts(&peers, &others, &owed, Duration::from_secs(600));
-        std::thread::sleep(Duration::from_millis(500));
+        // Every other participant has received all k: the hub owes only the one that is
+        // down, which has received none of them (else the outage was not one).
+        wait_counts(&peers, &others, &others_want, Duration::from_secs(600));
+        assert_eq!(
+            peers.distinct(&down),
+            target - k,
+            "the participant that is down received events"
+        );
         peers.set_down(&down, false);
         let start = Instant::now();
         // Coming back: any signed request tells the hub we are up.

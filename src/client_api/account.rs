@@ -1,6 +1,6 @@
 //! Registration, login, logout, whoami, devices and password changes.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -44,6 +44,7 @@ pub struct RegisterQuery {
 
 pub async fn register(
     s: Data,
+    http: HttpRequest,
     q: web::Query<RegisterQuery>,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<HttpResponse> {
@@ -55,6 +56,7 @@ pub async fn register(
     if !s.core.config.registration.open {
         return Err(Error::RegistrationDisabled);
     }
+    s.limits.register(http.peer_addr().map(|a| a.ip()))?;
     // The only stage is m.login.dummy; accept it with or without a session (nio sends it on
     // the first request), and challenge requests that carry no auth at all.
     match req
@@ -73,14 +75,19 @@ pub async fn register(
     }
     let localpart = match req.username {
         Some(u) => u.to_lowercase(),
-        None => crate::core::random_string(12).to_lowercase(),
+        None => crate::core::try_random_string(12)
+            .map_err(Error::internal)?
+            .to_lowercase(),
     };
     let password = req.password.filter(|p| !p.is_empty());
     let user_id = accounts::create_user(&s.core, &localpart, password, false).await?;
     if req.inhibit_login {
         return ok(json!({"user_id": user_id, "home_server": s.server_name()}));
     }
-    let device_id = req.device_id.unwrap_or_else(new_device_id);
+    let device_id = match req.device_id {
+        Some(d) => d,
+        None => new_device_id()?,
+    };
     let token = tokens::issue(&s, &user_id, &device_id, req.initial_device_display_name).await?;
     ok(json!({
         "user_id": user_id,
@@ -126,8 +133,10 @@ pub struct LoginRequest {
     initial_device_display_name: Option<String>,
 }
 
-fn new_device_id() -> String {
-    crate::core::random_string(10).to_uppercase()
+fn new_device_id() -> Result<String> {
+    Ok(crate::core::try_random_string(10)
+        .map_err(Error::internal)?
+        .to_uppercase())
 }
 
 /// The user named by a login or UIA body (`identifier` of type `m.id.user`, or legacy `user`).
@@ -152,7 +161,11 @@ fn login_user(identifier: Option<&Value>, user: Option<&str>) -> Result<String> 
         .ok_or_else(|| Error::MissingParam("missing identifier".into()))
 }
 
-pub async fn login(s: Data, JsonBody(req): JsonBody<LoginRequest>) -> Result<HttpResponse> {
+pub async fn login(
+    s: Data,
+    http: HttpRequest,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> Result<HttpResponse> {
     if req.kind != "m.login.password" {
         return Err(Error::invalid_param(format!(
             "unsupported login type {}",
@@ -161,13 +174,18 @@ pub async fn login(s: Data, JsonBody(req): JsonBody<LoginRequest>) -> Result<Htt
     }
     let user = login_user(req.identifier.as_ref(), req.user.as_deref())?;
     let user_id = accounts::resolve_user(&s.core, &user)?;
+    // Before the password hash: a flood of guesses costs a map lookup, not an argon2 run.
+    s.limits.login(http.peer_addr().map(|a| a.ip()), &user_id)?;
     let password = req
         .password
         .ok_or_else(|| Error::MissingParam("missing password".into()))?;
     if !accounts::check_password(&s.core, &user_id, password).await? {
         return Err(Error::InvalidLogin);
     }
-    let device_id = req.device_id.unwrap_or_else(new_device_id);
+    let device_id = match req.device_id {
+        Some(d) => d,
+        None => new_device_id()?,
+    };
     let token = tokens::issue(&s, &user_id, &device_id, req.initial_device_display_name).await?;
     tracing::info!(user = %user_id, device = %device_id, "logged in");
     ok(json!({
@@ -347,7 +365,7 @@ pub async fn change_password(
     if body.new_password.is_empty() {
         return Err(Error::invalid_param("password must not be empty"));
     }
-    let hash = accounts::hash_password_async(body.new_password).await?;
+    let hash = accounts::hash_password(&s.core, body.new_password).await?;
     let u = user.user_id.to_string();
     s.core
         .db

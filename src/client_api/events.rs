@@ -54,6 +54,7 @@ pub async fn send(
     path: web::Path<(String, String, String)>,
     JsonBody(content): JsonBody<Value>,
 ) -> Result<HttpResponse> {
+    s.limits.send(user.user_id.as_str())?;
     let (room_id, kind, txn_id) = path.into_inner();
     let room_id = room(&room_id)?;
     if !content.is_object() {
@@ -113,6 +114,7 @@ async fn put_state_inner(
     state_key: String,
     content: Value,
 ) -> Result<HttpResponse> {
+    s.limits.send(user.user_id.as_str())?;
     let room_id = room(&room_id)?;
     if !content.is_object() {
         return Err(Error::bad_json("event content must be a JSON object"));
@@ -489,6 +491,7 @@ pub async fn redact(
     path: web::Path<(String, String, String)>,
     JsonBody(body): JsonBody<RedactBody>,
 ) -> Result<HttpResponse> {
+    s.limits.send(user.user_id.as_str())?;
     let (room_id, event_id, txn_id) = path.into_inner();
     let room_id = room(&room_id)?;
     let target = OwnedEventId::try_from(event_id.as_str())

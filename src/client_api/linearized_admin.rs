@@ -1,4 +1,5 @@
 //! `GET /_weft/admin/v1/linearized` (admins only): the operator's view of Linearized Matrix.
+//! (Also `GET /_weft/admin/v1/sync_waiters`: the number of parked `/sync` requests.)
 //!
 //! * `hubbed_rooms`: rooms this server orders, each with its participant servers (joined
 //!   users per server) and each participant's outbound backlog;
@@ -92,4 +93,13 @@ pub async fn linearized(s: web::Data<Services>, user: AuthedUser) -> Result<Http
         "participating_rooms": participating,
         "destinations": destinations,
     })))
+}
+
+/// `GET /_weft/admin/v1/sync_waiters` (admins only): how many `/sync` requests are parked
+/// waiting for a wake-up right now (`{"parked": n}`).
+pub async fn sync_waiters(s: web::Data<Services>, user: AuthedUser) -> Result<HttpResponse> {
+    if !user.is_admin {
+        return Err(Error::forbidden("this endpoint is for server admins"));
+    }
+    Ok(HttpResponse::Ok().json(json!({"parked": s.core.notifier.parked()})))
 }

@@ -193,6 +193,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/_weft/admin/v1/linearized",
             web::get().to(linearized_admin::linearized),
         )
+        .route(
+            "/_weft/admin/v1/sync_waiters",
+            web::get().to(linearized_admin::sync_waiters),
+        )
         .service(web::scope("/_matrix/client/v3").configure(routes))
         .service(web::scope("/_matrix/client/r0").configure(routes));
 }

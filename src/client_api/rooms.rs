@@ -41,6 +41,7 @@ pub async fn create_room(
     user: AuthedUser,
     JsonBody(req): JsonBody<CreateRoomRequest>,
 ) -> Result<HttpResponse> {
+    s.limits.create_room(user.user_id.as_str())?;
     let version_id = req
         .room_version
         .clone()

@@ -108,10 +108,10 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
         if result.has_changes || since.is_none() || full_state || now >= deadline {
             return Ok(HttpResponse::Ok().json(result.body));
         }
-        if tokio::time::timeout(deadline - now, rx.changed())
-            .await
-            .is_err()
-        {
+        let parked = s.core.notifier.park();
+        let woken = tokio::time::timeout(deadline - now, rx.changed()).await;
+        drop(parked);
+        if woken.is_err() {
             // Timed out: one last read so the token moves on.
             continue;
         }

@@ -44,9 +44,10 @@ pub fn hash_token(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A new random access token.
-pub fn new_token() -> String {
-    format!("wft_{}", crate::core::random_string(40))
+/// A new random access token; an error (never a weak token) when the OS RNG fails.
+pub fn new_token() -> Result<String, Error> {
+    let random = crate::core::try_random_string(40).map_err(Error::internal)?;
+    Ok(format!("wft_{random}"))
 }
 
 fn token_from_request(req: &HttpRequest) -> Option<String> {
@@ -122,7 +123,7 @@ pub async fn issue(
     device_id: &str,
     display_name: Option<String>,
 ) -> Result<String, Error> {
-    let token = new_token();
+    let token = new_token()?;
     let hash = hash_token(&token);
     let (u, d) = (user_id.to_owned(), device_id.to_owned());
     let now = storage::now_ms();

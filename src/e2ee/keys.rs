@@ -359,12 +359,13 @@ pub async fn query(
         .await?;
     let mut failures = Map::new();
     let timeout = remote_timeout(req.timeout);
+    let uncached = cap_fanout(core, uncached, &mut failures);
     let asks = uncached.into_iter().map(|(server, users)| async move {
         let body = json!({"device_keys": users});
         let answer = remote.query_keys(&server, body, timeout).await;
         (server, answer)
     });
-    for (server, answer) in futures_util::future::join_all(asks).await {
+    for (server, answer) in bounded_all(asks).await {
         match answer {
             Ok(v) => merge_remote_answer(&mut out, &v, &server),
             Err(e) => {
@@ -448,12 +449,13 @@ pub async fn claim(
     };
     let mut failures = Map::new();
     let timeout = remote_timeout(req.timeout);
+    let by_server = cap_fanout(core, by_server, &mut failures);
     let asks = by_server.into_iter().map(|(server, users)| async move {
         let body = json!({"one_time_keys": users});
         let answer = remote.claim_keys(&server, body, timeout).await;
         (server, answer)
     });
-    for (server, answer) in futures_util::future::join_all(asks).await {
+    for (server, answer) in bounded_all(asks).await {
         match answer {
             Ok(v) => {
                 if let Some(keys) = v.get("one_time_keys").and_then(|k| k.as_object()) {
@@ -483,4 +485,38 @@ pub async fn changes(core: &Core, user_id: &str, from: i64, to: i64) -> Result<V
         .read(move |c| device_lists::changes(c, &u, from, upto))
         .await?;
     Ok(json!({"changed": changed, "left": left}))
+}
+
+/// Remote servers asked at once by one `/keys/query` or `/keys/claim`.
+const FANOUT_CONCURRENCY: usize = 8;
+
+/// Keeps the first `federation.max_fanout_servers` servers of a fan-out; the rest are
+/// answered as failures without being contacted (a client names servers freely).
+fn cap_fanout<V>(
+    core: &Core,
+    by_server: BTreeMap<String, V>,
+    failures: &mut Map<String, Value>,
+) -> BTreeMap<String, V> {
+    let max = core.config.federation.max_fanout_servers;
+    let mut kept = BTreeMap::new();
+    for (server, v) in by_server {
+        if kept.len() < max {
+            kept.insert(server, v);
+        } else {
+            failures.insert(
+                server,
+                json!({"errcode": "M_LIMIT_EXCEEDED", "error": "too many servers in one request"}),
+            );
+        }
+    }
+    kept
+}
+
+/// Runs the asks with at most [`FANOUT_CONCURRENCY`] in flight.
+async fn bounded_all<F: std::future::Future>(asks: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(asks)
+        .buffer_unordered(FANOUT_CONCURRENCY)
+        .collect()
+        .await
 }

@@ -1,6 +1,8 @@
-//! Tests of the E2EE services over a real (temporary SQLite) database: claim atomicity,
-//! fallback keys, to-device delivery and acknowledgement, device-list changes and wake-ups,
-//! cross-signing checks and the federation service functions.
+//! Tests of the E2EE services over a real temporary database, each on SQLite and on
+//! PostgreSQL (`<test>::sqlite`, `<test>::postgres`; `WEFT_TEST_PG` names the PostgreSQL
+//! server as for the integration tests): claim atomicity, fallback keys, to-device delivery
+//! and acknowledgement, device-list changes and wake-ups, cross-signing checks and the
+//! federation service functions.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -23,33 +25,100 @@ use crate::storage::{e2ee as store, rooms, users};
 
 const HS: &str = "test.example";
 
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 struct TestCore {
     core: Arc<Core>,
     dir: PathBuf,
+    /// The PostgreSQL server and the database made for this test, dropped with it.
+    pg: Option<(String, String)>,
 }
 
 impl Drop for TestCore {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some((base, name)) = &self.pg {
+            use diesel::connection::SimpleConnection;
+            if let Ok(mut c) =
+                <diesel::PgConnection as diesel::Connection>::establish(&format!("{base}/test"))
+            {
+                // FORCE: the core's pool still holds connections.
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
     }
 }
 
-fn open() -> TestCore {
+fn open(backend: Backend) -> TestCore {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "weft-e2ee-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("weft-e2ee-test-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let config = Config {
+    let mut config = Config {
         server_name: HS.into(),
         data_dir: dir.clone(),
         ..Config::default()
     };
+    let pg = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => {
+            use diesel::connection::SimpleConnection;
+            let base = std::env::var("WEFT_TEST_PG")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+            let name = format!("weft_unit_{}_{n}", std::process::id());
+            let mut admin =
+                <diesel::PgConnection as diesel::Connection>::establish(&format!("{base}/test"))
+                    .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {base}: {e}"));
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                format!("CREATE DATABASE {name}"),
+            ] {
+                admin.batch_execute(&sql).expect("create the test database");
+            }
+            config.database.url = Some(format!("{base}/{name}"));
+            Some((base, name))
+        }
+    };
     let core = Core::open(config).expect("open core");
-    TestCore { core, dir }
+    TestCore { core, dir, pg }
 }
+
+/// `#[tokio::test]`s (or another test attribute) `<name>::sqlite` and `<name>::postgres`
+/// calling `async fn name(Backend)`.
+macro_rules! both_backends {
+    ($attr:meta => $($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[$attr]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[$attr]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+both_backends!(tokio::test =>
+    one_time_keys_are_claimed_once_each_in_upload_order,
+    conflicting_one_time_key_fails_the_whole_upload,
+    fallback_key_is_handed_out_when_one_time_keys_run_out,
+    to_device_messages_are_delivered_once_and_wake_the_recipient,
+    a_long_to_device_queue_is_cut_and_the_token_stops_there,
+    device_list_changes_follow_keys_and_memberships,
+    cross_signing_upload_checks_signatures_and_asks_auth_only_to_replace,
+    signatures_upload_verifies_and_merges_signatures,
+    federation_answers_and_outbound_edus,
+    inbound_edus_update_the_cache_and_deliver_once,
+);
+both_backends!(actix_rt::test =>
+    deleting_a_device_deletes_its_keys_and_is_a_change,
+);
 
 fn uid(local: &str) -> String {
     format!("@{local}:{HS}")
@@ -123,9 +192,8 @@ fn claimed_key_id(answer: &Value, user: &str, device: &str) -> Option<String> {
         .and_then(|m| m.keys().next().cloned())
 }
 
-#[tokio::test]
-async fn one_time_keys_are_claimed_once_each_in_upload_order() {
-    let t = open();
+async fn one_time_keys_are_claimed_once_each_in_upload_order(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let bob = add_user(&t.core, "bob", &["B1"]).await;
     let first = keys::upload(
@@ -197,7 +265,7 @@ async fn one_time_keys_are_claimed_once_each_in_upload_order() {
         .unwrap();
     assert_eq!(answer, json!({"one_time_keys": {}, "failures": {}}));
 
-    let t2 = open();
+    let t2 = open(backend);
     let alice = add_user(&t2.core, "alice", &["A1"]).await;
     for prefix in ["b", "a"] {
         keys::upload(
@@ -222,9 +290,8 @@ async fn one_time_keys_are_claimed_once_each_in_upload_order() {
     );
 }
 
-#[tokio::test]
-async fn conflicting_one_time_key_fails_the_whole_upload() {
-    let t = open();
+async fn conflicting_one_time_key_fails_the_whole_upload(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let upload = |keys: Map<String, Value>| UploadRequest {
         one_time_keys: Some(keys),
@@ -283,9 +350,8 @@ async fn conflicting_one_time_key_fails_the_whole_upload() {
     assert!(matches!(err, Error::InvalidParam(_)), "{err:?}");
 }
 
-#[tokio::test]
-async fn fallback_key_is_handed_out_when_one_time_keys_run_out() {
-    let t = open();
+async fn fallback_key_is_handed_out_when_one_time_keys_run_out(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let fallback = |id: &str| {
         Map::from_iter([(
@@ -377,9 +443,8 @@ fn messages(pairs: &[(&str, &str, Value)]) -> to_device::Messages {
     m
 }
 
-#[tokio::test]
-async fn to_device_messages_are_delivered_once_and_wake_the_recipient() {
-    let t = open();
+async fn to_device_messages_are_delivered_once_and_wake_the_recipient(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let bob = add_user(&t.core, "bob", &["B1", "B2"]).await;
     let rx = t.core.notifier.subscribe(&bob);
@@ -447,9 +512,8 @@ async fn to_device_messages_are_delivered_once_and_wake_the_recipient() {
     );
 }
 
-#[tokio::test]
-async fn a_long_to_device_queue_is_cut_and_the_token_stops_there() {
-    let t = open();
+async fn a_long_to_device_queue_is_cut_and_the_token_stops_there(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let bob = add_user(&t.core, "bob", &["B1"]).await;
     let total = TO_DEVICE_LIMIT as usize + 5;
@@ -489,9 +553,8 @@ async fn a_long_to_device_queue_is_cut_and_the_token_stops_there() {
     assert_eq!(second.upto, t.core.notifier.frontier());
 }
 
-#[tokio::test]
-async fn device_list_changes_follow_keys_and_memberships() {
-    let t = open();
+async fn device_list_changes_follow_keys_and_memberships(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let bob = add_user(&t.core, "bob", &["B1"]).await;
     let carol = add_user(&t.core, "carol", &["C1"]).await;
@@ -589,9 +652,8 @@ async fn device_list_changes_follow_keys_and_memberships() {
     );
 }
 
-#[actix_rt::test]
-async fn deleting_a_device_deletes_its_keys_and_is_a_change() {
-    let t = open();
+async fn deleting_a_device_deletes_its_keys_and_is_a_change(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let bob = add_user(&t.core, "bob", &["B1", "B2"]).await;
     let room = "!room:test.example";
@@ -693,9 +755,8 @@ fn signing_request(
     }
 }
 
-#[tokio::test]
-async fn cross_signing_upload_checks_signatures_and_asks_auth_only_to_replace() {
-    let t = open();
+async fn cross_signing_upload_checks_signatures_and_asks_auth_only_to_replace(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let (master, ssk, usk) = (Signer::new(1), Signer::new(2), Signer::new(3));
     let m = master.cross_signing_key(&alice, "master");
@@ -773,9 +834,8 @@ async fn cross_signing_upload_checks_signatures_and_asks_auth_only_to_replace() 
     assert_eq!(by_alice["user_signing_keys"][&alice], u);
 }
 
-#[tokio::test]
-async fn signatures_upload_verifies_and_merges_signatures() {
-    let t = open();
+async fn signatures_upload_verifies_and_merges_signatures(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let bob = add_user(&t.core, "bob", &["B1"]).await;
     let device = Signer::new(9);
@@ -910,9 +970,8 @@ async fn signatures_upload_verifies_and_merges_signatures() {
 
 // ---------------------------------------------------------------- federation
 
-#[tokio::test]
-async fn federation_answers_and_outbound_edus() {
-    let t = open();
+async fn federation_answers_and_outbound_edus(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let remote = "@rita:remote.example";
     let room = "!room:test.example";
@@ -1044,9 +1103,8 @@ async fn federation_answers_and_outbound_edus() {
     assert!(q["failures"]["remote.example"].is_object(), "{q}");
 }
 
-#[tokio::test]
-async fn inbound_edus_update_the_cache_and_deliver_once() {
-    let t = open();
+async fn inbound_edus_update_the_cache_and_deliver_once(backend: Backend) {
+    let t = open(backend);
     let alice = add_user(&t.core, "alice", &["A1"]).await;
     let remote = "@rita:remote.example";
     let room = "!room:test.example";

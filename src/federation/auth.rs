@@ -1,7 +1,8 @@
 //! Inbound request authentication: the `Signed` extractor checks the X-Matrix signature of
 //! every federation request (all endpoints but the key endpoints), fetching the origin's key
 //! when needed, and yields the origin server and the raw body. Failures are 401
-//! `M_UNAUTHORIZED`.
+//! `M_UNAUTHORIZED`. Only keys valid now verify a request; after it verifies, the origin's
+//! rate limit applies (429 `M_LIMIT_EXCEEDED`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -67,14 +68,13 @@ async fn verify(req: HttpRequest, body: web::Bytes) -> Result<Signed, Error> {
         if h.destination.as_deref().is_some_and(|d| d != ours) {
             continue;
         }
-        if !fed
-            .keys
-            .ensure(&h.origin, std::slice::from_ref(&h.key), 0)
-            .await
-        {
+        // A request verifies only against a key the origin lists as current and valid now
+        // (never `old_verify_keys`, never past `valid_until_ts`). The fetch this may cause
+        // is bounded in the key ring and its connection by the outbound address policy.
+        if !fed.keys.ensure_request_key(&h.origin, &h.key).await {
             continue;
         }
-        let Some(known) = fed.keys.lookup()(&h.origin, &h.key) else {
+        let Some(known) = fed.keys.request_key(&h.origin, &h.key) else {
             continue;
         };
         if weft_protocol::xmatrix::verify_request(
@@ -86,6 +86,7 @@ async fn verify(req: HttpRequest, body: web::Bytes) -> Result<Signed, Error> {
             content.as_ref(),
         ) {
             fed.sender.mark_up(&h.origin);
+            services.limits.federation(&h.origin)?;
             return Ok(Signed {
                 origin: h.origin.clone(),
                 body,

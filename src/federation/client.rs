@@ -1,29 +1,25 @@
 //! Outbound federation requests: server discovery, the X-Matrix signature, TLS, timeouts.
 //!
-//! * Discovery: a server name with an explicit port (or an IP literal) is dialled as is;
-//!   otherwise `/.well-known/matrix/server` may delegate to another `host[:port]`; the default
-//!   port is 8448. Results are cached for an hour.
+//! * Discovery as the spec orders it (see [`FederationClient::resolve`]): IP literal,
+//!   explicit port, `.well-known/matrix/server` delegation (kept per its cache headers:
+//!   default 24 h, at most 48 h; failures 10 min), SRV `_matrix-fed._tcp` then `_matrix._tcp`,
+//!   port 8448. The cache is bounded (moka) in entries and time.
 //! * Every request is signed with X-Matrix over the exact path and query sent, including
 //!   `destination` (Synapse rebuilds and checks it).
-//! * Names resolving to loopback, private or link-local addresses are refused unless
-//!   `allow_private_addresses` is set, so a remote server name cannot make weft call into
-//!   its own network.
-//! * awc clients are not `Send`; each thread keeps its own (with its own connection pool).
+//! * Every connection goes through [`crate::net`]: the address actually dialled (IP
+//!   literals, `.well-known` delegations and SRV targets included) must pass the outbound
+//!   address policy, so a remote server name cannot make weft call into its own network.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_tls::connect::{Resolve, Resolver};
-use futures_util::future::LocalBoxFuture;
-use parking_lot::Mutex;
 use serde_json::Value;
 use weft_protocol::keys::ServerSigningKey;
 use weft_protocol::xmatrix;
 
 use super::tls;
+use crate::net::{NetContext, OutboundClient};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FedError {
@@ -100,13 +96,15 @@ impl From<FedError> for crate::error::Error {
 }
 
 /// Where to connect for a server name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// Host for the URL, TLS SNI and certificate check.
     pub host: String,
     pub port: u16,
     /// The `Host` header (the server name, or the delegated name).
     pub host_header: String,
+    /// An SRV target to connect to instead of `host` (the certificate still names `host`).
+    pub dial: Option<String>,
 }
 
 /// Splits `host[:port]` (IPv6 literals in brackets).
@@ -126,52 +124,54 @@ pub fn split_server_name(name: &str) -> Option<(String, Option<u16>)> {
     }
 }
 
-fn is_private(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
+fn is_ip_literal(host: &str) -> bool {
+    host.parse::<IpAddr>().is_ok()
+}
+
+/// How long a `.well-known/matrix/server` answer is kept (the spec: respect the cache
+/// headers, default 24 hours, at most 48 hours). `no-store`/`no-cache`/`max-age=0` keep it
+/// for the floor (a minute), so a peer cannot make us ask on every request.
+pub fn well_known_ttl(cache_control: Option<&str>, expires_in: Option<Duration>) -> Duration {
+    const FLOOR: Duration = Duration::from_secs(60);
+    const DEFAULT: Duration = Duration::from_secs(24 * 3600);
+    const CAP: Duration = Duration::from_secs(48 * 3600);
+    if let Some(cc) = cache_control {
+        let mut max_age = None;
+        for directive in cc.split(',').map(|d| d.trim().to_ascii_lowercase()) {
+            if directive == "no-store" || directive == "no-cache" {
+                return FLOOR;
+            }
+            if let Some(v) = directive.strip_prefix("max-age=") {
+                max_age = v.trim_matches('"').parse::<u64>().ok();
+            }
         }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6
-                    .to_ipv4_mapped()
-                    .is_some_and(|v4| is_private(&IpAddr::V4(v4)))
+        if let Some(secs) = max_age {
+            return Duration::from_secs(secs).clamp(FLOOR, CAP);
         }
+    }
+    match expires_in {
+        Some(d) => d.clamp(FLOOR, CAP),
+        None => DEFAULT,
     }
 }
 
-/// DNS resolution that refuses private addresses unless allowed.
-struct GuardedResolver {
-    allow_private: bool,
-}
+/// A failed `.well-known` lookup is remembered this long (the spec suggests up to an hour).
+const WELL_KNOWN_ERROR_TTL: Duration = Duration::from_secs(600);
+/// A resolution that used no `.well-known` answer (explicit port, IP literal, SRV) is
+/// redone after this long; DNS answers themselves are cached by the resolver per TTL.
+const RESOLVED_TTL: Duration = Duration::from_secs(600);
 
-impl Resolve for GuardedResolver {
-    fn lookup<'a>(
-        &'a self,
-        host: &'a str,
-        port: u16,
-    ) -> LocalBoxFuture<'a, Result<Vec<SocketAddr>, Box<dyn std::error::Error>>> {
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-            let allowed: Vec<SocketAddr> = addrs
-                .into_iter()
-                .filter(|a| self.allow_private || !is_private(&a.ip()))
-                .collect();
-            if allowed.is_empty() {
-                return Err(format!("{host} resolves to no allowed address").into());
-            }
-            Ok(allowed)
-        })
+/// Per-entry lifetimes for the discovery cache.
+struct DiscoveryExpiry;
+
+impl moka::Expiry<String, (Target, Duration)> for DiscoveryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &(Target, Duration),
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.1)
     }
 }
 
@@ -181,64 +181,55 @@ pub struct ClientSettings {
     pub origin: String,
     pub key: ServerSigningKey,
     pub verify_tls: bool,
-    pub allow_private: bool,
     pub plain_http: bool,
     pub timeout: Duration,
-}
-
-thread_local! {
-    static CLIENT: RefCell<Option<(bool, bool, Duration, awc::Client)>> = const { RefCell::new(None) };
-}
-
-fn http_client(s: &ClientSettings) -> awc::Client {
-    CLIENT.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if let Some((v, p, t, c)) = slot.as_ref()
-            && *v == s.verify_tls
-            && *p == s.allow_private
-            && *t == s.timeout
-        {
-            return c.clone();
-        }
-        let connector = awc::Connector::new()
-            .connector(
-                actix_tls::connect::Connector::new(Resolver::custom(GuardedResolver {
-                    allow_private: s.allow_private,
-                }))
-                .service(),
-            )
-            .rustls_0_23(Arc::new(tls::client_config(s.verify_tls)))
-            .timeout(Duration::from_secs(10))
-            .handshake_timeout(Duration::from_secs(10));
-        let client = awc::Client::builder()
-            .connector(connector)
-            .timeout(s.timeout)
-            .disable_redirects()
-            .finish();
-        *slot = Some((s.verify_tls, s.allow_private, s.timeout, client.clone()));
-        client
-    })
+    /// The connection policy and DNS shared with every outbound client.
+    pub net: Arc<NetContext>,
+    /// Port of `.well-known` requests (443; tests point it at their own listener).
+    pub well_known_port: u16,
+    /// Bound of the discovery cache (entries).
+    pub discovery_cache_size: u64,
 }
 
 /// The outbound federation client (shared; cheap to clone).
 #[derive(Clone)]
 pub struct FederationClient {
     settings: ClientSettings,
-    targets: Arc<Mutex<HashMap<String, (Target, Instant)>>>,
+    http: OutboundClient,
+    targets: moka::sync::Cache<String, (Target, Duration)>,
 }
-
-const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 
 impl FederationClient {
     pub fn new(settings: ClientSettings) -> Self {
+        let http = OutboundClient {
+            ctx: Arc::clone(&settings.net),
+            tls: Arc::new(tls::client_config(settings.verify_tls)),
+            timeout: settings.timeout,
+        };
+        let targets = moka::sync::Cache::builder()
+            .max_capacity(settings.discovery_cache_size.max(1))
+            .expire_after(DiscoveryExpiry)
+            .build();
         Self {
             settings,
-            targets: Arc::new(Mutex::new(HashMap::new())),
+            http,
+            targets,
         }
     }
 
     pub fn origin(&self) -> &str {
         &self.settings.origin
+    }
+
+    /// The shared network context (policy, DNS, counters).
+    pub fn net(&self) -> &Arc<NetContext> {
+        &self.settings.net
+    }
+
+    /// Entries in the discovery cache (for the bounds tests and the status page).
+    pub fn discovery_entries(&self) -> u64 {
+        self.targets.run_pending_tasks();
+        self.targets.entry_count()
     }
 
     fn scheme(&self) -> &'static str {
@@ -249,63 +240,127 @@ impl FederationClient {
         }
     }
 
-    /// Resolves a server name to where to connect (cached).
+    /// Resolves a server name to where to connect (cached), following the spec's order:
+    /// IP literal; explicit port; `.well-known` delegation (then IP literal, explicit port,
+    /// `_matrix-fed._tcp` SRV, `_matrix._tcp` SRV, port 8448); without delegation
+    /// `_matrix-fed._tcp` SRV, `_matrix._tcp` SRV, port 8448.
     pub async fn resolve(&self, server: &str) -> Result<Target, FedError> {
-        if let Some((t, at)) = self.targets.lock().get(server)
-            && at.elapsed() < DISCOVERY_TTL
-        {
-            return Ok(t.clone());
+        if let Some((t, _)) = self.targets.get(server) {
+            self.remember_dial(&t);
+            return Ok(t);
         }
         let (host, port) = split_server_name(server)
             .ok_or_else(|| FedError::Refused(server.to_owned(), "invalid server name".into()))?;
-        let target = match port {
-            Some(port) => Target {
-                host: host.clone(),
-                port,
-                host_header: server.to_owned(),
-            },
-            None if host.parse::<IpAddr>().is_ok() => Target {
-                host: host.clone(),
-                port: 8448,
-                host_header: server.to_owned(),
-            },
-            None => self.well_known(&host).await.unwrap_or(Target {
-                host: host.clone(),
-                port: 8448,
-                host_header: server.to_owned(),
-            }),
+        let direct = |host: &str, port: u16, header: &str| Target {
+            host: host.to_owned(),
+            port,
+            host_header: header.to_owned(),
+            dial: None,
         };
+        let (target, ttl) = if is_ip_literal(&host) {
+            (direct(&host, port.unwrap_or(8448), server), RESOLVED_TTL)
+        } else if let Some(port) = port {
+            (direct(&host, port, server), RESOLVED_TTL)
+        } else {
+            match self.well_known(&host).await {
+                Some((delegated, ttl)) => {
+                    let target = match split_server_name(&delegated) {
+                        Some((dh, Some(dp))) => direct(&dh, dp, &delegated),
+                        Some((dh, None)) if is_ip_literal(&dh) => direct(&dh, 8448, &delegated),
+                        Some((dh, None)) => self.srv_or_default(&dh).await,
+                        None => self.srv_or_default(&host).await,
+                    };
+                    (target, ttl)
+                }
+                None => (self.srv_or_default(&host).await, WELL_KNOWN_ERROR_TTL),
+            }
+        };
+        self.remember_dial(&target);
         self.targets
-            .lock()
-            .insert(server.to_owned(), (target.clone(), Instant::now()));
+            .insert(server.to_owned(), (target.clone(), ttl));
         Ok(target)
     }
 
-    async fn well_known(&self, host: &str) -> Option<Target> {
-        let url = format!("{}://{host}/.well-known/matrix/server", self.scheme());
-        let client = http_client(&self.settings);
-        let resp = client
+    fn remember_dial(&self, t: &Target) {
+        if let Some(dial) = &t.dial {
+            self.settings.net.set_dial(&t.host, t.port, dial);
+        }
+    }
+
+    /// SRV `_matrix-fed._tcp`, then the deprecated `_matrix._tcp`, then `host:8448`.
+    async fn srv_or_default(&self, host: &str) -> Target {
+        for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
+            let answers =
+                crate::net::dns::srv(&self.settings.net.dns, &format!("{service}.{host}")).await;
+            if let Some(first) = answers.first() {
+                return Target {
+                    host: host.to_owned(),
+                    port: first.port,
+                    host_header: host.to_owned(),
+                    dial: Some(first.target.clone()),
+                };
+            }
+        }
+        Target {
+            host: host.to_owned(),
+            port: 8448,
+            host_header: host.to_owned(),
+            dial: None,
+        }
+    }
+
+    /// `GET /.well-known/matrix/server`: the delegated name and how long to keep it.
+    async fn well_known(&self, host: &str) -> Option<(String, Duration)> {
+        let url = format!(
+            "{}://{}:{}/.well-known/matrix/server",
+            self.scheme(),
+            bracket(host),
+            self.settings.well_known_port
+        );
+        let resp = self
+            .http
+            .client()
             .get(&url)
             .timeout(Duration::from_secs(5))
             .send()
             .await
+            .inspect_err(|e| tracing::debug!(host, error = %e, ".well-known lookup failed"))
             .ok()?;
         if !resp.status().is_success() {
             return None;
         }
-        let body: Value = resp
-            .timeout(Duration::from_secs(5))
-            .json()
-            .limit(64 * 1024)
-            .await
-            .ok()?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let cache_control = header("cache-control");
+        let expires_in = header("expires")
+            .and_then(|e| e.parse::<actix_web::http::header::HttpDate>().ok())
+            .and_then(|d| {
+                std::time::SystemTime::from(d)
+                    .duration_since(std::time::SystemTime::now())
+                    .ok()
+            });
+        let mut resp = resp;
+        let body: Value = resp.json().limit(64 * 1024).await.ok()?;
         let delegated = body.get("m.server")?.as_str()?;
-        let (h, p) = split_server_name(delegated)?;
-        Some(Target {
-            host: h,
-            port: p.unwrap_or(8448),
-            host_header: delegated.to_owned(),
-        })
+        split_server_name(delegated)?;
+        ruma::ServerName::parse(delegated).ok()?;
+        Some((
+            delegated.to_owned(),
+            well_known_ttl(cache_control.as_deref(), expires_in),
+        ))
+    }
+
+    fn url(&self, target: &Target, path_and_query: &str) -> String {
+        format!(
+            "{}://{}:{}{path_and_query}",
+            self.scheme(),
+            bracket(&target.host),
+            target.port
+        )
     }
 
     /// Sends a signed request and parses the JSON answer.
@@ -337,13 +392,8 @@ impl FederationClient {
             destination,
             content.as_ref(),
         );
-        let host = if target.host.contains(':') {
-            format!("[{}]", target.host)
-        } else {
-            target.host.clone()
-        };
-        let url = format!("{}://{host}:{}{path_and_query}", self.scheme(), target.port);
-        let client = http_client(&self.settings);
+        let url = self.url(&target, path_and_query);
+        let client = self.http.client();
         let method = awc::http::Method::from_bytes(method.as_bytes())
             .map_err(|e| FedError::Refused(destination.to_owned(), e.to_string()))?;
         let req = client
@@ -393,14 +443,10 @@ impl FederationClient {
     /// An unsigned GET (server keys need no authentication).
     pub async fn get_unsigned(&self, destination: &str, path: &str) -> Result<Value, FedError> {
         let target = self.resolve(destination).await?;
-        let host = if target.host.contains(':') {
-            format!("[{}]", target.host)
-        } else {
-            target.host.clone()
-        };
-        let url = format!("{}://{host}:{}{path}", self.scheme(), target.port);
-        let client = http_client(&self.settings);
-        let resp = client
+        let url = self.url(&target, path);
+        let resp = self
+            .http
+            .client()
             .get(&url)
             .insert_header(("Host", target.host_header.clone()))
             .send()
@@ -427,6 +473,14 @@ impl FederationClient {
             });
         }
         Ok(value)
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
     }
 }
 
@@ -464,23 +518,26 @@ mod tests {
     }
 
     #[test]
-    fn private_ranges() {
-        for p in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "192.168.0.1",
-            "172.16.5.5",
-            "169.254.1.1",
-            "100.64.0.1",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
+    fn well_known_lifetimes() {
+        let h = Duration::from_secs(3600);
+        for (cc, expires, want) in [
+            (None, None, 24 * h),
+            (Some("max-age=7200"), None, 2 * h),
+            (Some("public, max-age=600"), None, Duration::from_secs(600)),
+            (Some("max-age=9999999"), None, 48 * h),
+            (Some("max-age=0"), None, Duration::from_secs(60)),
+            (Some("no-store"), None, Duration::from_secs(60)),
+            (
+                Some("no-cache, max-age=3600"),
+                None,
+                Duration::from_secs(60),
+            ),
+            (Some("private"), Some(3 * h), 3 * h),
+            (None, Some(100 * h), 48 * h),
+            (None, Some(Duration::from_secs(1)), Duration::from_secs(60)),
+            (Some("max-age=abc"), None, 24 * h),
         ] {
-            assert!(is_private(&p.parse().unwrap()), "{p}");
-        }
-        for p in ["8.8.8.8", "2001:4860::8888", "100.128.0.1"] {
-            assert!(!is_private(&p.parse().unwrap()), "{p}");
+            assert_eq!(well_known_ttl(cc, expires), want, "{cc:?} {expires:?}");
         }
     }
 

@@ -113,8 +113,16 @@ async fn make_membership(
         auth_events,
         depth: snap.max_depth + 1,
     };
-    let template =
-        builder::pdu_template(&draft, &position).map_err(|e| Error::BadJson(e.to_string()))?;
+    let index = snap.state.index();
+    let hashes = |id: &ruma::EventId| {
+        snap.extremity_hashes.get(id).cloned().or_else(|| {
+            index
+                .get(id)
+                .and_then(|e| weft_protocol::pdu::reference_hash(e.json(), snap.version).ok())
+        })
+    };
+    let template = builder::pdu_template_citing(&draft, &position, &hashes)
+        .map_err(|e| Error::BadJson(e.to_string()))?;
     // Would the event be allowed now? (The signed event is checked again on send.)
     let probe = Pdu::from_json(template.clone(), snap.version)
         .map_err(|e| Error::BadJson(e.to_string()))?;
@@ -638,6 +646,7 @@ fn sign_template(
     extra: &Value,
 ) -> Result<Pdu> {
     let mut obj = canonical::value_to_object(template).map_err(|e| Error::Remote(e.to_string()))?;
+    // `event_id` (v1/v2) is minted anew on our server by `finish_event`.
     for k in ["origin", "event_id", "hashes", "signatures", "unsigned"] {
         obj.remove(k);
     }
@@ -656,14 +665,8 @@ fn sign_template(
             }
         }
     }
-    ruma::signatures::hash_and_sign_event(
-        s.server_name(),
-        &s.core.key,
-        &mut obj,
-        &version.rules().redaction,
-    )
-    .map_err(|e| Error::internal(e.to_string()))?;
-    let pdu = Pdu::from_json(obj, version).map_err(|e| Error::Remote(e.to_string()))?;
+    let pdu = builder::finish_event(obj, version, s.server_name(), &s.core.key)
+        .map_err(|e| Error::Remote(e.to_string()))?;
     if pdu.sender() != user
         || pdu.state_key() != Some(user.as_str())
         || pdu.membership().as_deref() != Some(membership)

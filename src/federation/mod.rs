@@ -31,22 +31,30 @@ pub struct Federation {
 }
 
 impl Federation {
-    pub fn new(core: &Arc<Core>) -> Result<Arc<Self>, crate::storage::StorageError> {
+    pub fn new(core: &Arc<Core>) -> Result<Arc<Self>, crate::core::StartError> {
         let cfg = &core.config.federation;
+        let net = crate::net::context_from_config(&core.config)
+            .map_err(crate::config::ConfigError::Invalid)?;
         let client = client::FederationClient::new(client::ClientSettings {
             origin: core.server_name().to_owned(),
             key: core.key.clone(),
             verify_tls: cfg.verify_tls,
-            allow_private: cfg.allow_private_addresses,
             plain_http: cfg.plain_http,
             timeout: std::time::Duration::from_millis(cfg.request_timeout_ms),
+            net,
+            well_known_port: cfg.well_known_port,
+            discovery_cache_size: cfg.server_cache_size,
         });
         let keys = keys::KeyRing::new(
             core.db.clone(),
             client.clone(),
             core.server_name(),
             &core.key,
-            cfg.trusted_key_servers.clone(),
+            keys::KeyRingLimits {
+                notaries: cfg.trusted_key_servers.clone(),
+                cache_size: cfg.server_cache_size,
+                max_concurrent_fetches: cfg.max_concurrent_key_fetches.max(1),
+            },
         );
         let sender = outbound::Sender::new(Arc::clone(core), client.clone())?;
         Ok(Arc::new(Self {

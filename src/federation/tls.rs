@@ -55,7 +55,9 @@ pub fn ensure_cert(config: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
     let generated =
         rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Config(e.to_string()))?;
     std::fs::write(&cert, generated.cert.pem()).map_err(|e| file_err(&cert, e))?;
-    std::fs::write(&key, generated.key_pair.serialize_pem()).map_err(|e| file_err(&key, e))?;
+    // The private key is readable by us alone (created 0600, never widened).
+    crate::core::write_private(&key, generated.key_pair.serialize_pem().as_bytes())
+        .map_err(|e| file_err(&key, e))?;
     tracing::warn!(cert = %cert.display(), "generated a self-signed federation certificate (development only)");
     Ok((cert, key))
 }

@@ -108,6 +108,8 @@ pub struct RoomActor {
     version: RoomVersion,
     state: CurrentState,
     extremities: Vec<OwnedEventId>,
+    /// Rooms of v1/v2 cite events with their reference hashes: those of the extremities.
+    extremity_hashes: HashMap<OwnedEventId, String>,
     max_depth: u64,
     /// Transactions seen since the actor started (older ones are found in the database by
     /// the handler before it asks the actor).
@@ -148,7 +150,16 @@ struct Loaded {
     version: RoomVersion,
     state: CurrentState,
     extremities: Vec<OwnedEventId>,
+    extremity_hashes: HashMap<OwnedEventId, String>,
     max_depth: u64,
+}
+
+/// The reference hash a v1/v2 event cites `pdu` with (`None` in later versions).
+fn cited_hash(version: RoomVersion, pdu: &Pdu) -> Option<String> {
+    version
+        .cites_event_hashes()
+        .then(|| weft_protocol::pdu::reference_hash(pdu.json(), version).ok())
+        .flatten()
 }
 
 fn server_of(user: &str) -> &str {
@@ -178,6 +189,7 @@ impl RoomActor {
             version: fresh.unwrap_or(RoomVersion::V12),
             state: CurrentState::default(),
             extremities: Vec::new(),
+            extremity_hashes: HashMap::new(),
             max_depth: 0,
             txns: HashMap::new(),
             pending: Vec::new(),
@@ -228,13 +240,28 @@ impl RoomActor {
         if draft.origin_server_ts == 0 {
             draft.origin_server_ts = storage::now_ms() as u64;
         }
-        let pdu = builder::build_pdu(&draft, &position, self.core.server_name(), &self.core.key)
-            .map_err(|e| match e {
-                builder::BuildError::Pdu(weft_protocol::pdu::PduError::TooLarge(_)) => {
-                    Error::TooLarge
-                }
-                e => Error::BadJson(e.to_string()),
-            })?;
+        let index = if self.version.cites_event_hashes() {
+            self.state.index()
+        } else {
+            HashMap::new()
+        };
+        let hashes = |id: &ruma::EventId| {
+            self.extremity_hashes
+                .get(id)
+                .cloned()
+                .or_else(|| index.get(id).and_then(|e| cited_hash(self.version, e)))
+        };
+        let pdu = builder::build_pdu_citing(
+            &draft,
+            &position,
+            &hashes,
+            self.core.server_name(),
+            &self.core.key,
+        )
+        .map_err(|e| match e {
+            builder::BuildError::Pdu(weft_protocol::pdu::PduError::TooLarge(_)) => Error::TooLarge,
+            e => Error::BadJson(e.to_string()),
+        })?;
         auth::check_against_state(self.version, &pdu, self.state.as_map())
             .map_err(|e| Error::Forbidden(format!("event not allowed: {}", e.0)))?;
         Ok(pdu)
@@ -365,6 +392,11 @@ impl RoomActor {
             if self.at_current.len() > MAX_AT_CURRENT {
                 let exts: HashSet<&OwnedEventId> = self.extremities.iter().collect();
                 self.at_current.retain(|e| exts.contains(e));
+            }
+            if let Some(hash) = cited_hash(self.version, &pdu) {
+                self.extremity_hashes.insert(pdu.owned_event_id(), hash);
+                let exts = &self.extremities;
+                self.extremity_hashes.retain(|id, _| exts.contains(id));
             }
             self.max_depth = self.max_depth.max(pdu.depth());
             self.batch.state_group = self.state.group.map(|g| g.0);
@@ -663,10 +695,20 @@ impl RoomActor {
                 .iter()
                 .filter_map(|e| OwnedEventId::try_from(e.as_str()).ok())
                 .collect();
+            let mut extremity_hashes = HashMap::new();
+            if version.cites_event_hashes() {
+                for row in &ext_rows {
+                    let pdu = parse_row(&row.event_id, &row.json, version)?;
+                    if let Some(hash) = cited_hash(version, &pdu) {
+                        extremity_hashes.insert(pdu.owned_event_id(), hash);
+                    }
+                }
+            }
             Ok(Some(Loaded {
                 version,
                 state: CurrentState { events, group },
                 extremities,
+                extremity_hashes,
                 max_depth,
             }))
         })
@@ -890,6 +932,7 @@ impl Actor for RoomActor {
                         // One tip: the current state is the state after it.
                         act.at_current.insert(only.clone());
                     }
+                    act.extremity_hashes = loaded.extremity_hashes;
                     act.max_depth = loaded.max_depth;
                     act.status = Status::Ready;
                     act.lm_set_role();
@@ -1169,6 +1212,7 @@ impl Handler<GetSnapshot> for RoomActor {
             version: self.version,
             state: self.state.clone(),
             extremities: self.extremities.clone(),
+            extremity_hashes: self.extremity_hashes.clone(),
             max_depth: self.max_depth,
         })
     }

@@ -78,6 +78,8 @@ pub struct RoomSnapshot {
     pub version: RoomVersion,
     pub state: crate::rooms::state::CurrentState,
     pub extremities: Vec<OwnedEventId>,
+    /// v1/v2 rooms: the reference hashes of the extremities (to cite them).
+    pub extremity_hashes: std::collections::HashMap<OwnedEventId, String>,
     pub max_depth: u64,
 }
 

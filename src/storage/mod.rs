@@ -18,6 +18,7 @@ pub mod e2ee;
 pub mod events;
 pub mod federation;
 pub mod linearized;
+pub mod retention;
 pub mod rooms;
 pub mod schema;
 pub mod state;
@@ -119,7 +120,12 @@ impl Db {
             .max_size(config.database.pool_size.max(1))
             .build(options.clone())
             .map_err(|e| StorageError::Connection(e.to_string()))?;
-        let writers = writer::Writers::start(&options, writers, config.database.max_batch.max(1))?;
+        let writers = writer::Writers::start(
+            &options,
+            writers,
+            config.database.max_batch.max(1),
+            config.database.writer_queue,
+        )?;
         Ok(Self {
             pool,
             writers: Arc::new(writers),

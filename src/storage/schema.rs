@@ -69,6 +69,7 @@ diesel::table! {
         scope -> Text,
         txn_id -> Text,
         event_id -> Text,
+        seen_ts -> BigInt,
     }
 }
 
@@ -288,6 +289,7 @@ diesel::table! {
         user_id -> Text,
         device_id -> Text,
         txn_id -> Text,
+        seen_ts -> BigInt,
     }
 }
 
@@ -304,6 +306,7 @@ diesel::table! {
         stream_id -> BigInt,
         user_id -> Text,
         observer -> Text,
+        seen_ts -> BigInt,
     }
 }
 

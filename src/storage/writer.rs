@@ -8,6 +8,10 @@
 //! themselves, which is what makes throughput possible (one fsync per batch, not per event).
 //!
 //! SQLite gets exactly one writer, so two writes never contend for its lock.
+//!
+//! Each writer's queue is bounded (`database.writer_queue`): when it is full, an async
+//! caller waits for room (push-back reaches the handler or actor that is writing, and through
+//! it the client or peer), instead of memory growing with the backlog.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -48,7 +52,7 @@ impl Reply {
 }
 
 struct WriterHandle {
-    tx: mpsc::Sender<Job>,
+    tx: tokio::sync::mpsc::Sender<Job>,
     depth: Arc<AtomicUsize>,
 }
 
@@ -61,11 +65,12 @@ impl Writers {
         options: &ConnectionOptions,
         count: usize,
         max_batch: usize,
+        queue: usize,
     ) -> StorageResult<Self> {
         let mut handles = Vec::with_capacity(count);
         for i in 0..count {
             let conn = options.establish()?;
-            let (tx, rx) = mpsc::channel::<Job>();
+            let (tx, rx) = tokio::sync::mpsc::channel::<Job>(queue.max(1));
             let depth = Arc::new(AtomicUsize::new(0));
             let thread_depth = Arc::clone(&depth);
             std::thread::Builder::new()
@@ -115,6 +120,7 @@ impl Writers {
                 run: Self::boxed(f),
                 reply: Reply::Async(tx),
             })
+            .await
             .is_err()
         {
             handle.depth.fetch_sub(1, Ordering::Relaxed);
@@ -133,7 +139,7 @@ impl Writers {
         handle.depth.fetch_add(1, Ordering::Relaxed);
         if handle
             .tx
-            .send(Job {
+            .blocking_send(Job {
                 run: Self::boxed(f),
                 reply: Reply::Blocking(tx),
             })
@@ -161,11 +167,11 @@ fn catch(run: JobFn, conn: &mut AnyConnection) -> StorageResult<AnyBox> {
 
 fn run_writer(
     mut conn: AnyConnection,
-    rx: mpsc::Receiver<Job>,
+    mut rx: tokio::sync::mpsc::Receiver<Job>,
     depth: Arc<AtomicUsize>,
     max_batch: usize,
 ) {
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < max_batch {
             match rx.try_recv() {
@@ -220,4 +226,44 @@ fn run_writer(
         }
     }
     tracing::info!("database writer stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Backend;
+
+    #[actix_rt::test]
+    async fn a_full_queue_pushes_back_and_every_job_completes() {
+        let path = std::env::temp_dir().join(format!(
+            "weft-writer-{}-{}.db",
+            std::process::id(),
+            crate::core::random_string(6)
+        ));
+        let options = ConnectionOptions {
+            backend: Backend::Sqlite,
+            url: path.display().to_string(),
+            sqlite_synchronous: "normal".into(),
+        };
+        let writers = Arc::new(Writers::start(&options, 1, 8, 2).unwrap());
+        // 200 writers' callers against a queue of 2: they wait for room in turn, none is
+        // lost or refused, and answers match their jobs.
+        let jobs = (0..200usize).map(|i| {
+            let w = Arc::clone(&writers);
+            async move {
+                w.submit("s", move |_c| {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    Ok(i)
+                })
+                .await
+            }
+        });
+        let results = futures_util::future::join_all(jobs).await;
+        assert_eq!(results.len(), 200);
+        for (i, r) in results.into_iter().enumerate() {
+            assert_eq!(r.unwrap(), i);
+        }
+        assert_eq!(writers.queue_depths(), vec![0]);
+        let _ = std::fs::remove_file(&path);
+    }
 }

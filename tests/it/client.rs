@@ -137,7 +137,10 @@ impl Client {
     }
 
     pub fn url(&self, path: &str) -> String {
-        if path.starts_with("/_matrix") || path.starts_with("/.well-known") {
+        if path.starts_with("/_matrix")
+            || path.starts_with("/_weft")
+            || path.starts_with("/.well-known")
+        {
             format!("{}{path}", self.base)
         } else {
             format!("{}/_matrix/client/v3{path}", self.base)

@@ -191,14 +191,15 @@ fn keys_claims_and_to_device(backend: Backend) {
 fn device_list_changes_wake_sync(backend: Backend) {
     let srv = Server::start(backend);
     let (alice, bob, room) = two_in_a_room(&srv);
+    let op = srv.admin("operator");
     let since = next_batch(&alice.sync(None, 0, None));
 
-    // A waiting sync of Alice's returns as soon as Bob uploads keys.
+    // A waiting sync of Alice's returns as soon as Bob uploads keys (sent once it parked).
     let waiter = alice.clone_session();
     let s2 = since.clone();
-    let started = Instant::now();
     let poll = std::thread::spawn(move || waiter.sync(Some(&s2), 15_000, None));
-    std::thread::sleep(Duration::from_millis(300));
+    srv.wait_parked_syncs(&op, 1);
+    let started = Instant::now();
     bob.post(
         "/keys/upload",
         &json!({"device_keys": device_keys(&bob, "c", "e")}),

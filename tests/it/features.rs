@@ -120,6 +120,7 @@ fn sync_long_poll_wakes_on_new_events(backend: Backend) {
     let srv = Server::start(backend);
     let alice = srv.register("alice");
     let bob = srv.register("bob");
+    let op = srv.admin("operator");
     let room = alice.create_room(&json!({"preset": "public_chat"}));
     bob.join(&room).ok();
     let since = bob.sync(None, 0, None)["next_batch"]
@@ -151,9 +152,8 @@ fn sync_long_poll_wakes_on_new_events(backend: Backend) {
                 let r = poller.sync(Some(&since), 30_000, None);
                 (r, Instant::now())
             });
-            // Give the request time to reach the server and park (one short, bounded pause;
-            // sending earlier would also pass, just without exercising the wake-up).
-            std::thread::sleep(Duration::from_millis(200));
+            // Send only once the request has read everything and parked on a wake-up.
+            srv.wait_parked_syncs(&op, 1);
             let sent_at = Instant::now();
             alice.send_text(&room, &body);
             let (r, returned_at) = h.join().unwrap();
@@ -175,14 +175,15 @@ fn sync_long_poll_wakes_on_new_events(backend: Backend) {
     let (r, waited) = std::thread::scope(|s| {
         let h = s.spawn(|| {
             let t = Instant::now();
-            (carol.sync(Some(&c_since), 1_000, None), t.elapsed())
+            (carol.sync(Some(&c_since), 3_000, None), t.elapsed())
         });
+        srv.wait_parked_syncs(&op, 1);
         alice.send_text(&room, "not for carol");
         h.join().unwrap()
     });
     assert!(r["rooms"]["join"].as_object().unwrap().is_empty(), "{r}");
     assert!(
-        waited >= Duration::from_millis(900),
+        waited >= Duration::from_millis(2_900),
         "carol woke after {waited:?}"
     );
     srv.assert_no_panics();

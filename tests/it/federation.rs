@@ -4,21 +4,37 @@
 //! weft killed with a non-empty outbound queue, weft down while Synapse sends; a to-device
 //! message to a server that is down. Between two weft servers: a network partition with
 //! conflicting state changes on both sides, healed and resolved to one state.
+//!
+//! Every scenario runs with weft on SQLite and on PostgreSQL (`::sqlite`, `::postgres`).
+//! Scenarios that leave Synapse running share one instance ([`Synapse::shared`]; their users
+//! are fresh per run); those that stop or kill it start their own. The partition test runs
+//! once: its two weft servers are on one backend each.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::both_backends;
 use crate::client::{Client, enc};
 use crate::harness::{Backend, Federation, Options, Server, free_port};
 use crate::proxy::Proxy;
 use crate::synapse::Synapse;
 
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
+
+both_backends!(
+    synapse_room_joined_from_weft,
+    weft_room_joined_from_synapse,
+    typing_and_receipts_with_synapse,
+    decline_a_synapse_invite,
+    knock_on_a_synapse_room,
+    outages_with_synapse,
+    to_device_survives_synapse_outage,
+);
 
 /// A weft server with federation on (loopback, self-signed TLS, fast retries).
-fn weft(backend: Backend) -> Server {
+pub(crate) fn weft(backend: Backend) -> Server {
     Server::start_with(
         backend,
         Options {
@@ -30,7 +46,7 @@ fn weft(backend: Backend) -> Server {
 
 /// Polls `f` until it yields a value; panics with `what` after `within`.
 #[track_caller]
-fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
     let mut step = Duration::from_millis(50);
     loop {
@@ -47,7 +63,7 @@ fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T 
 }
 
 /// The room's current state as `(type, state_key, event_id)`.
-fn state(c: &Client, room: &str) -> BTreeSet<(String, String, String)> {
+pub(crate) fn state(c: &Client, room: &str) -> BTreeSet<(String, String, String)> {
     let r = c.get(&format!("/rooms/{}/state", enc(room)));
     if r.status != 200 {
         return BTreeSet::new();
@@ -68,7 +84,7 @@ fn state(c: &Client, room: &str) -> BTreeSet<(String, String, String)> {
         .unwrap_or_default()
 }
 
-fn state_content(c: &Client, room: &str, kind: &str, key: &str) -> Option<Value> {
+pub(crate) fn state_content(c: &Client, room: &str, kind: &str, key: &str) -> Option<Value> {
     let r = c.get(&format!(
         "/rooms/{}/state/{}/{}",
         enc(room),
@@ -79,7 +95,7 @@ fn state_content(c: &Client, room: &str, kind: &str, key: &str) -> Option<Value>
 }
 
 /// Message bodies of a room in timeline order, as `(sender, body)`.
-fn bodies(c: &Client, room: &str) -> Vec<(String, String)> {
+pub(crate) fn bodies(c: &Client, room: &str) -> Vec<(String, String)> {
     let r = c.get(&format!("/rooms/{}/messages?dir=b&limit=500", enc(room)));
     if r.status != 200 {
         return Vec::new();
@@ -103,7 +119,7 @@ fn bodies(c: &Client, room: &str) -> Vec<(String, String)> {
 }
 
 #[track_caller]
-fn wait_bodies(c: &Client, room: &str, wanted: &[&str]) {
+pub(crate) fn wait_bodies(c: &Client, room: &str, wanted: &[&str]) {
     wait(&format!("{} to see {wanted:?}", c.user_id), WAIT, || {
         let have: Vec<String> = bodies(c, room).into_iter().map(|(_, b)| b).collect();
         wanted
@@ -113,20 +129,20 @@ fn wait_bodies(c: &Client, room: &str, wanted: &[&str]) {
     });
 }
 
-fn membership(c: &Client, room: &str, user: &str) -> Option<String> {
+pub(crate) fn membership(c: &Client, room: &str, user: &str) -> Option<String> {
     state_content(c, room, "m.room.member", user)
         .and_then(|v| v["membership"].as_str().map(str::to_owned))
 }
 
 #[track_caller]
-fn wait_membership(c: &Client, room: &str, user: &str, m: &str) {
+pub(crate) fn wait_membership(c: &Client, room: &str, user: &str, m: &str) {
     wait(&format!("{} to see {user} {m}", c.user_id), WAIT, || {
         (membership(c, room, user).as_deref() == Some(m)).then_some(())
     });
 }
 
 #[track_caller]
-fn wait_invite(c: &Client, room: &str) {
+pub(crate) fn wait_invite(c: &Client, room: &str) {
     wait(
         &format!("{} to be invited to {room}", c.user_id),
         WAIT,
@@ -138,7 +154,7 @@ fn wait_invite(c: &Client, room: &str) {
 }
 
 #[track_caller]
-fn join_via(c: &Client, room: &str, server: &str) {
+pub(crate) fn join_via(c: &Client, room: &str, server: &str) {
     let r = c.post(
         &format!("/join/{}?server_name={}", enc(room), enc(server)),
         &json!({}),
@@ -151,7 +167,7 @@ fn join_via(c: &Client, room: &str, server: &str) {
 }
 
 #[track_caller]
-fn set_state(c: &Client, room: &str, kind: &str, key: &str, content: Value) {
+pub(crate) fn set_state(c: &Client, room: &str, kind: &str, key: &str, content: Value) {
     let r = c.put_state(room, kind, key, &content);
     assert_eq!(
         r.status, 200,
@@ -161,7 +177,7 @@ fn set_state(c: &Client, room: &str, kind: &str, key: &str, content: Value) {
 }
 
 #[track_caller]
-fn wait_state_equal(a: &Client, b: &Client, room: &str) {
+pub(crate) fn wait_state_equal(a: &Client, b: &Client, room: &str) {
     let mut last;
     let ok = {
         let deadline = Instant::now() + WAIT;
@@ -186,19 +202,18 @@ fn wait_state_equal(a: &Client, b: &Client, room: &str) {
     );
 }
 
-fn raise_power(c: &Client, room: &str, user: &str, level: i64) {
+pub(crate) fn raise_power(c: &Client, room: &str, user: &str, level: i64) {
     let mut pl = state_content(c, room, "m.room.power_levels", "").expect("power levels");
     pl["users"][user] = json!(level);
     set_state(c, room, "m.room.power_levels", "", pl);
 }
 
 /// A room on Synapse, joined from weft: everything flows both ways.
-#[test]
-fn synapse_room_joined_from_weft() {
-    let syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
-    let alice = syn.register("alice");
-    let dave = syn.register("dave");
+fn synapse_room_joined_from_weft(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
+    let dave = syn.register_fresh("dave");
     let bob = w.register("bob");
     let carol = w.register("carol");
 
@@ -305,12 +320,11 @@ fn synapse_room_joined_from_weft() {
 }
 
 /// A room on weft, joined from Synapse: everything flows both ways.
-#[test]
-fn weft_room_joined_from_synapse() {
-    let syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
-    let alice = syn.register("alice");
-    let dave = syn.register("dave");
+fn weft_room_joined_from_synapse(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
+    let dave = syn.register_fresh("dave");
     let bob = w.register("bob");
     let carol = w.register("carol");
 
@@ -393,11 +407,10 @@ fn shows_typing(s: &Value, room: &str, who: &str) -> bool {
 }
 
 /// Typing notifications and read receipts travel as EDUs, both ways.
-#[test]
-fn typing_and_receipts_with_synapse() {
-    let syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
-    let alice = syn.register("alice");
+fn typing_and_receipts_with_synapse(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
     let bob = w.register("bob");
     let room = bob.create_room(&json!({"preset": "private_chat", "invite": [alice.user_id]}));
     wait_invite(&alice, &room);
@@ -470,11 +483,10 @@ fn typing_and_receipts_with_synapse() {
 }
 
 /// Declining an invite from Synapse: the leave goes through make_leave/send_leave.
-#[test]
-fn decline_a_synapse_invite() {
-    let syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
-    let alice = syn.register("alice");
+fn decline_a_synapse_invite(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
     let bob = w.register("bob");
     let room = alice.create_room(&json!({"preset": "private_chat", "invite": [bob.user_id]}));
     wait_invite(&bob, &room);
@@ -484,11 +496,10 @@ fn decline_a_synapse_invite() {
 }
 
 /// Knocking on a Synapse room from weft, being let in, and joining.
-#[test]
-fn knock_on_a_synapse_room() {
-    let syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
-    let alice = syn.register("alice");
+fn knock_on_a_synapse_room(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
     let bob = w.register("bob");
     let room = alice.create_room(&json!({
         "preset": "private_chat",
@@ -522,10 +533,9 @@ fn knock_on_a_synapse_room() {
 
 /// Outages: every event sent while the other side was down arrives after it returns, and
 /// both timelines agree.
-#[test]
-fn outages_with_synapse() {
+fn outages_with_synapse(backend: Backend) {
     let mut syn = Synapse::start();
-    let mut w = weft(Backend::Sqlite);
+    let mut w = weft(backend);
     let alice = syn.register("alice");
     let bob = w.register("bob");
     let room = bob.create_room(&json!({"preset": "private_chat", "invite": [alice.user_id]}));
@@ -619,10 +629,9 @@ fn outages_with_synapse() {
 }
 
 /// A to-device message for a server that is down is delivered after it returns.
-#[test]
-fn to_device_survives_synapse_outage() {
+fn to_device_survives_synapse_outage(backend: Backend) {
     let mut syn = Synapse::start();
-    let w = weft(Backend::Sqlite);
+    let w = weft(backend);
     let alice = syn.register("alice");
     let bob = w.register("bob");
     // Share a room so the servers know each other.

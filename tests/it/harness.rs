@@ -42,6 +42,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Turn federation on (TLS listener on loopback, self-signed, fast retries).
     pub federation: Option<Federation>,
+    /// Extra keys for the `[federation]` table (when federation is on).
+    pub extra_federation: String,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             registration_open: true,
             extra_toml: String::new(),
             federation: None,
+            extra_federation: String::new(),
         }
     }
 }
@@ -63,9 +66,99 @@ pub struct Federation {
     pub advertised_port: Option<u16>,
 }
 
+/// A fresh database for one server under test: a SQLite file path, or a new PostgreSQL
+/// database that is dropped with this value. The other harnesses (hostile peer, Linearized,
+/// power cut) use it too, so every scenario can run on both backends.
+pub struct TestDb {
+    kind: Database,
+}
+
 enum Database {
     Sqlite(PathBuf),
     Postgres { name: String, url: String },
+}
+
+impl TestDb {
+    /// A new database; for SQLite, the file `weft.db` in `dir` (not created yet).
+    pub fn new(backend: Backend, dir: &std::path::Path) -> TestDb {
+        let kind = match backend {
+            Backend::Sqlite => Database::Sqlite(dir.join("weft.db")),
+            Backend::Postgres => {
+                let name = unique("weft_it_");
+                pg_admin()
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+                let url = format!("{}/{name}", pg_base_url());
+                Database::Postgres { name, url }
+            }
+        };
+        TestDb { kind }
+    }
+
+    /// The `[database] url` for weft's config.
+    pub fn url(&self) -> String {
+        match &self.kind {
+            Database::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Database::Postgres { url, .. } => url.clone(),
+        }
+    }
+
+    /// The TOML `[database]` table naming this database.
+    pub fn toml(&self) -> String {
+        format!("[database]\nurl = \"{}\"\n", self.url())
+    }
+
+    /// Runs one SQL statement with text parameters (`?` placeholders; rewritten to `$n` on
+    /// PostgreSQL) and returns the number of rows it touched.
+    pub fn execute(&self, sql: &str, params: &[&str]) -> usize {
+        match &self.kind {
+            Database::Sqlite(path) => {
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite database");
+                c.batch_execute("PRAGMA busy_timeout = 10000;")
+                    .expect("busy timeout");
+                let mut q = diesel::sql_query(sql).into_boxed::<diesel::sqlite::Sqlite>();
+                for p in params {
+                    q = q.bind::<diesel::sql_types::Text, _>(p.to_string());
+                }
+                q.execute(&mut c).expect("execute")
+            }
+            Database::Postgres { url, .. } => {
+                let mut c = diesel::PgConnection::establish(url).expect("connect to PostgreSQL");
+                let mut q = diesel::sql_query(pg_placeholders(sql)).into_boxed::<diesel::pg::Pg>();
+                for p in params {
+                    q = q.bind::<diesel::sql_types::Text, _>(p.to_string());
+                }
+                q.execute(&mut c).expect("execute")
+            }
+        }
+    }
+}
+
+/// `?` placeholders to PostgreSQL's `$1, $2, ...` (the harness's queries have no `?` in
+/// string literals).
+fn pg_placeholders(sql: &str) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for ch in sql.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Database::Postgres { name, .. } = &self.kind {
+            // FORCE: a pool connection may linger for a moment after SIGKILL.
+            let _ =
+                pg_admin().batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
 }
 
 /// A running (or stopped, between restarts) weft process.
@@ -79,7 +172,7 @@ pub struct Server {
     dir: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
-    database: Database,
+    database: TestDb,
     options: Options,
     child: Option<Child>,
     /// Number of times the process was started (log files are kept per start).
@@ -125,17 +218,7 @@ impl Server {
     pub fn start_with(backend: Backend, options: Options) -> Server {
         let dir = std::env::temp_dir().join(unique("weft-it-"));
         fs::create_dir_all(&dir).expect("create temp dir");
-        let database = match backend {
-            Backend::Sqlite => Database::Sqlite(dir.join("weft.db")),
-            Backend::Postgres => {
-                let name = unique("weft_it_");
-                pg_admin()
-                    .batch_execute(&format!("CREATE DATABASE {name}"))
-                    .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-                let url = format!("{}/{name}", pg_base_url());
-                Database::Postgres { name, url }
-            }
-        };
+        let database = TestDb::new(backend, &dir);
         let fed_ports = options.federation.as_ref().map(|f| {
             let listen = f.listen_port.unwrap_or_else(free_port);
             (listen, f.advertised_port.unwrap_or(listen))
@@ -162,19 +245,28 @@ impl Server {
     }
 
     fn write_config(&self, port: u16) {
-        let db_url = match &self.database {
-            Database::Sqlite(path) => format!("sqlite://{}", path.display()),
-            Database::Postgres { url, .. } => url.clone(),
-        };
+        let db_url = self.database.url();
         let (fed_listener, fed_section) = match self.fed_port {
             Some(p) => (
                 format!("127.0.0.1:{p}"),
-                "enabled = true\nverify_tls = false\nallow_private_addresses = true\n\
+                "enabled = true\nverify_tls = false\n\
                  retry_min_ms = 200\nretry_max_ms = 2000\nrequest_timeout_ms = 15000\n"
-                    .to_owned(),
+                    .to_owned()
+                    + &self.options.extra_federation
+                    + "\n",
             ),
             None => (String::new(), "enabled = false\n".to_owned()),
         };
+        // Loopback peers are allowed by name (the outbound address policy refuses them
+        // otherwise); rate limits are off. A test that sets either section itself wins.
+        let extra = &self.options.extra_toml;
+        let mut defaults = String::new();
+        if !extra.contains("[outbound]") {
+            defaults.push_str("[outbound]\nallowed_addresses = [\"127.0.0.0/8\", \"::1\"]\n");
+        }
+        if !extra.contains("[rate_limits]") {
+            defaults.push_str("[rate_limits]\nenabled = false\n");
+        }
         let text = format!(
             "server_name = \"{name}\"\n\
              data_dir = \"{dir}\"\n\
@@ -182,12 +274,12 @@ impl Server {
              [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"{fed_listener}\"\n\
              [registration]\nopen = {open}\n\
              [federation]\n{fed_section}\
+             {defaults}\
              [logging]\nfilter = \"info,weft=debug,ruma_state_res=warn\"\n\
              {extra}\n",
             name = self.server_name,
             dir = self.dir.display(),
             open = self.options.registration_open,
-            extra = self.options.extra_toml,
         );
         fs::write(&self.config_path, text).expect("write config");
     }
@@ -268,6 +360,11 @@ impl Server {
     }
 
     /// The log of the current (or last) run.
+    /// The server's data directory (keys, SQLite database).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -347,6 +444,37 @@ impl Server {
         c
     }
 
+    /// A server admin made with `weft register-user --admin`, logged in.
+    pub fn admin(&self, localpart: &str) -> Client {
+        let pw = format!("pw-{localpart}");
+        let (ok, out, err) = self.cli(&["register-user", localpart, "--password", &pw, "--admin"]);
+        assert!(ok, "register-user --admin failed: {out} {err}");
+        let mut c = self.anonymous();
+        c.login(localpart, &pw);
+        c
+    }
+
+    /// Waits (bounded) until `n` `/sync` requests are parked on a wake-up, as the server's
+    /// notifier counts them (`/_weft/admin/v1/sync_waiters`, asked as `admin`): a wake-up
+    /// test sends only then, so the event cannot be read by the request's first pass.
+    #[track_caller]
+    pub fn wait_parked_syncs(&self, admin: &Client, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = admin.get("/_weft/admin/v1/sync_waiters");
+            assert_eq!(r.status, 200, "sync_waiters: {}", r.text);
+            if r.body["parked"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} parked /sync request(s) never showed: {}",
+                r.text
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The stored PDU JSON of every event of a room, in stream order, as
     /// `(event_id column, json)`.
     pub fn stored_events(&self, room_id: &str) -> Vec<(String, String)> {
@@ -357,7 +485,7 @@ impl Server {
             #[diesel(sql_type = diesel::sql_types::Text)]
             json: String,
         }
-        let rows: Vec<Row> = match &self.database {
+        let rows: Vec<Row> = match &self.database.kind {
             Database::Sqlite(path) => {
                 let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
                     .expect("open the SQLite database");
@@ -379,6 +507,67 @@ impl Server {
             }
         };
         rows.into_iter().map(|r| (r.event_id, r.json)).collect()
+    }
+
+    /// The number of rows of a table (a fixed name from the test, not user input).
+    pub fn count_rows(&self, table: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        let row: Count = match &self.database.kind {
+            Database::Sqlite(path) => {
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite database");
+                diesel::sql_query(sql)
+                    .get_result(&mut c)
+                    .expect("count rows")
+            }
+            Database::Postgres { url, .. } => {
+                let mut c = diesel::PgConnection::establish(url).expect("connect to PostgreSQL");
+                diesel::sql_query(sql)
+                    .get_result(&mut c)
+                    .expect("count rows")
+            }
+        };
+        row.n
+    }
+
+    /// Replaces the extra TOML of the config; takes effect at the next (re)start.
+    pub fn set_extra_toml(&mut self, toml: &str) {
+        self.options.extra_toml = toml.to_owned();
+    }
+
+    /// The stored password hash (PHC string) of a local user.
+    pub fn password_hash(&self, user_id: &str) -> String {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            password_hash: Option<String>,
+        }
+        let rows: Vec<Row> = match &self.database.kind {
+            Database::Sqlite(path) => {
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite database");
+                diesel::sql_query("SELECT password_hash FROM users WHERE user_id = ?")
+                    .bind::<diesel::sql_types::Text, _>(user_id)
+                    .load(&mut c)
+                    .expect("read users")
+            }
+            Database::Postgres { url, .. } => {
+                let mut c = diesel::PgConnection::establish(url).expect("connect to PostgreSQL");
+                diesel::sql_query("SELECT password_hash FROM users WHERE user_id = $1")
+                    .bind::<diesel::sql_types::Text, _>(user_id)
+                    .load(&mut c)
+                    .expect("read users")
+            }
+        };
+        rows.into_iter()
+            .next()
+            .and_then(|r| r.password_hash)
+            .unwrap_or_else(|| panic!("{user_id} has no stored password"))
     }
 
     /// Runs `weft <args> --config <this server's config>` to completion (bounded) and returns
@@ -435,11 +624,7 @@ impl Drop for Server {
                 tail(&self.all_logs(), 80)
             );
         }
-        if let Database::Postgres { name, .. } = &self.database {
-            // FORCE: a pool connection may linger for a moment after SIGKILL.
-            let _ =
-                pg_admin().batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-        }
+        // The database (a PostgreSQL one is dropped) goes with `self.database`.
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

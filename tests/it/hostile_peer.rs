@@ -15,6 +15,8 @@
 //!   alice through the client API);
 //! * weft neither panics (its log has no "panicked") nor exits.
 //!
+//! Every case runs on SQLite and on PostgreSQL (`<case>::sqlite`, `<case>::postgres`).
+//!
 //! Ports: free loopback ports from the kernel's ephemeral range.
 
 use std::collections::HashMap;
@@ -32,6 +34,28 @@ use serde_json::{Value, json};
 use weft_protocol::builder::EventDraft;
 use weft_protocol::{Pdu, RoomVersion};
 
+use crate::both_backends;
+use crate::harness::{Backend, TestDb};
+
+both_backends!(
+    bad_signatures_and_hashes_are_refused_and_good_pdus_land,
+    forged_senders_and_auth_violations_are_refused,
+    malformed_transactions_are_refused,
+    bad_xmatrix_headers_are_refused,
+    spoofed_edus_are_ignored,
+    duplicate_pdus_are_harmless,
+    forks_with_conflicting_state_resolve_whatever_the_arrival_order,
+    an_invite_never_overwrites_a_join_or_a_ban,
+    history_is_served_only_to_servers_in_the_room,
+    a_gap_filled_from_a_state_answer_that_repeats_its_events_lands,
+    a_rejected_event_stays_rejected_through_get_missing_events,
+    a_rejected_event_stays_rejected_through_event,
+    a_rejected_event_stays_rejected_through_state,
+    backfill_takes_only_ancestors_of_the_point,
+    a_rejected_event_stays_rejected_through_backfill,
+    concurrent_chains_of_messages_land_and_bad_ones_do_not,
+);
+
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -47,10 +71,12 @@ struct Weft {
     log: PathBuf,
     client_port: u16,
     server_name: String,
+    /// Dropped after the process is killed (a PostgreSQL database is dropped with it).
+    _db: TestDb,
 }
 
 impl Weft {
-    fn start() -> Weft {
+    fn start(backend: Backend) -> Weft {
         let (client_port, fed_port) = (free_port(), free_port());
         let dir = std::env::temp_dir().join(format!(
             "weft-hostile-{}-{client_port}-{fed_port}",
@@ -58,6 +84,7 @@ impl Weft {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create temp dir");
+        let db = TestDb::new(backend, &dir);
         let server_name = format!("localhost:{fed_port}");
         let config = dir.join("weft.toml");
         fs::write(
@@ -65,11 +92,15 @@ impl Weft {
             format!(
                 "server_name = \"{server_name}\"\n\
                  data_dir = \"{dir}\"\n\
+                 {database}\
                  [listeners]\nclient = \"127.0.0.1:{client_port}\"\nfederation = \"127.0.0.1:{fed_port}\"\n\
                  [registration]\nopen = true\n\
-                 [federation]\nverify_tls = false\nallow_private_addresses = true\nrequest_timeout_ms = 10000\n\
+                 [federation]\nverify_tls = false\nrequest_timeout_ms = 10000\n\
+                 [outbound]\nallowed_addresses = [\"127.0.0.0/8\"]\n\
+                 [rate_limits]\nenabled = false\n\
                  [logging]\nfilter = \"info\"\n",
-                dir = dir.display()
+                dir = dir.display(),
+                database = db.toml(),
             ),
         )
         .expect("write config");
@@ -92,6 +123,7 @@ impl Weft {
             log,
             client_port,
             server_name,
+            _db: db,
         };
         weft.wait_ready();
         weft
@@ -177,8 +209,14 @@ struct Scene {
 }
 
 impl Scene {
+    /// On SQLite (for cases not yet listed in `both_backends!`; prefer [`Scene::on`]).
+    #[allow(dead_code)]
     fn new() -> Scene {
-        let weft = Weft::start();
+        Scene::on(Backend::Sqlite)
+    }
+
+    fn on(backend: Backend) -> Scene {
+        let weft = Weft::start(backend);
         let mut alice = ClientApi::new(&weft.base(), REQUEST_TIMEOUT).expect("client");
         alice
             .register("alice", "alice-password")
@@ -310,9 +348,8 @@ fn id_of(obj: &CanonicalJsonObject, version: RoomVersion) -> OwnedEventId {
     craft::event_id(obj, version).expect("event id")
 }
 
-#[test]
-fn bad_signatures_and_hashes_are_refused_and_good_pdus_land() {
-    let mut s = Scene::new();
+fn bad_signatures_and_hashes_are_refused_and_good_pdus_land(backend: Backend) {
+    let mut s = Scene::on(backend);
     let v = s.version;
     let good1 = s.good("good before");
 
@@ -377,9 +414,8 @@ fn bad_signatures_and_hashes_are_refused_and_good_pdus_land() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn forged_senders_and_auth_violations_are_refused() {
-    let mut s = Scene::new();
+fn forged_senders_and_auth_violations_are_refused(backend: Backend) {
+    let mut s = Scene::on(backend);
     let v = s.version;
     let weft_name = s.weft.server_name.clone();
     let alice_id = format!("@alice:{weft_name}");
@@ -658,9 +694,8 @@ fn forged_senders_and_auth_violations_are_refused() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn malformed_transactions_are_refused() {
-    let mut s = Scene::new();
+fn malformed_transactions_are_refused(backend: Backend) {
+    let mut s = Scene::on(backend);
     let v = s.version;
     let path = |txn: &str| format!("/_matrix/federation/v1/send/{}", enc(txn));
 
@@ -907,9 +942,8 @@ fn malformed_transactions_are_refused() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn bad_xmatrix_headers_are_refused() {
-    let mut s = Scene::new();
+fn bad_xmatrix_headers_are_refused(backend: Backend) {
+    let mut s = Scene::on(backend);
     let weft_name = s.weft.server_name.clone();
     let origin = s.peer.server_name().to_owned();
     let other_key = generate_key();
@@ -1122,9 +1156,8 @@ fn bad_xmatrix_headers_are_refused() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn spoofed_edus_are_ignored() {
-    let mut s = Scene::new();
+fn spoofed_edus_are_ignored(backend: Backend) {
+    let mut s = Scene::on(backend);
     let alice_id = format!("@alice:{}", s.weft.server_name);
     let mallory = s.peer.user("mallory").to_string();
     let ghost = s.peer.user("ghost").to_string();
@@ -1205,9 +1238,8 @@ fn spoofed_edus_are_ignored() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn duplicate_pdus_are_harmless() {
-    let mut s = Scene::new();
+fn duplicate_pdus_are_harmless(backend: Backend) {
+    let mut s = Scene::on(backend);
     let a = s.good("duplicated in one transaction");
     let b = s.good("after the duplicates");
     // The same PDU three times in one transaction, and a good one after it.
@@ -1335,9 +1367,8 @@ fn fork_and_merge(s: &mut Scene, first: (&str, u64), second: (&str, u64), concur
     );
 }
 
-#[test]
-fn forks_with_conflicting_state_resolve_whatever_the_arrival_order() {
-    let mut s = Scene::new();
+fn forks_with_conflicting_state_resolve_whatever_the_arrival_order(backend: Backend) {
+    let mut s = Scene::on(backend);
     let now = fedpeer::peer::now_ms();
     // The winner (later timestamp) arrives second, then first, then both at once.
     fork_and_merge(&mut s, ("A early", now), ("B late", now + 1000), false);
@@ -1469,9 +1500,8 @@ fn assert_still_joined(s: &mut Scene, what: &str) {
     assert_eq!(member["membership"], json!("join"), "{what}: {member}");
 }
 
-#[test]
-fn an_invite_never_overwrites_a_join_or_a_ban() {
-    let mut s = Scene::new();
+fn an_invite_never_overwrites_a_join_or_a_ban(backend: Backend) {
+    let mut s = Scene::on(backend);
     let alice = alice_id(&s);
     // 1. A server with no member in the room invites alice, who is joined.
     let outsider = Peer::start(free_port()).expect("outsider peer");
@@ -1601,9 +1631,8 @@ fn history_requests(s: &Scene, event: &str) -> Vec<(&'static str, String, Option
     ]
 }
 
-#[test]
-fn history_is_served_only_to_servers_in_the_room() {
-    let mut s = Scene::new();
+fn history_is_served_only_to_servers_in_the_room(backend: Backend) {
+    let mut s = Scene::on(backend);
     let sent = s
         .alice
         .call_ok(
@@ -1687,9 +1716,8 @@ fn history_is_served_only_to_servers_in_the_room() {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn a_gap_filled_from_a_state_answer_that_repeats_its_events_lands() {
-    let mut s = Scene::new();
+fn a_gap_filled_from_a_state_answer_that_repeats_its_events_lands(backend: Backend) {
+    let mut s = Scene::on(backend);
     // X extends the tip but is never sent; E follows X. get_missing_events finds nothing,
     // so weft asks /state at X, whose answer (like Synapse's) lists every state event in
     // `auth_chain` too.
@@ -1757,8 +1785,8 @@ fn mallory_power(s: &mut Scene) -> Value {
 
 /// R is rejected on /send; then a child of R is sent, and weft fetches R again the way
 /// `how` says (the peer's answers are scripted so that only that path can bring it).
-fn rejected_comes_back(how: &str) {
-    let mut s = Scene::new();
+fn rejected_comes_back(backend: Backend, how: &str) {
+    let mut s = Scene::on(backend);
     let r = power_grab(&s);
     let results = s.results(vec![r.to_federation_value()]);
     refused(&results, &r.owned_event_id(), "power grab", "rejected");
@@ -1860,25 +1888,25 @@ fn rejected_comes_back(how: &str) {
     s.weft.assert_healthy();
 }
 
-#[test]
-fn a_rejected_event_stays_rejected_through_get_missing_events() {
-    rejected_comes_back("get_missing_events");
+fn a_rejected_event_stays_rejected_through_get_missing_events(backend: Backend) {
+    rejected_comes_back(backend, "get_missing_events");
 }
 
-#[test]
-fn a_rejected_event_stays_rejected_through_event() {
-    rejected_comes_back("event");
+fn a_rejected_event_stays_rejected_through_event(backend: Backend) {
+    rejected_comes_back(backend, "event");
 }
 
-#[test]
-fn a_rejected_event_stays_rejected_through_state() {
-    rejected_comes_back("state");
+fn a_rejected_event_stays_rejected_through_state(backend: Backend) {
+    rejected_comes_back(backend, "state");
 }
 
 /// weft with alice, and a room hosted by the peer (mallory created it) with some history,
 /// built by `history` before alice joins; returns (weft, alice, peer, fed client, room).
-fn hosted_room(history: impl FnOnce(&Peer, &str)) -> (Weft, ClientApi, Peer, FedClient, String) {
-    let weft = Weft::start();
+fn hosted_room(
+    backend: Backend,
+    history: impl FnOnce(&Peer, &str),
+) -> (Weft, ClientApi, Peer, FedClient, String) {
+    let weft = Weft::start(backend);
     let mut alice = ClientApi::new(&weft.base(), REQUEST_TIMEOUT).expect("client");
     alice
         .register("alice", "alice-password")
@@ -1925,10 +1953,9 @@ fn bodies_back(alice: &mut ClientApi, room: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn backfill_takes_only_ancestors_of_the_point() {
+fn backfill_takes_only_ancestors_of_the_point(backend: Backend) {
     let mut real = Vec::new();
-    let (mut weft, mut alice, peer, _fed, room) = hosted_room(|peer, room| {
+    let (mut weft, mut alice, peer, _fed, room) = hosted_room(backend, |peer, room| {
         for i in 0..3 {
             real.push(peer_message(peer, room, "mallory", &format!("history {i}")));
         }
@@ -2018,12 +2045,11 @@ fn backfill_takes_only_ancestors_of_the_point() {
     weft.assert_healthy();
 }
 
-#[test]
-fn a_rejected_event_stays_rejected_through_backfill() {
+fn a_rejected_event_stays_rejected_through_backfill(backend: Backend) {
     // eve joins, is banned, then "speaks" citing her old join as auth event: rejected by
     // the state before it (the ban), not by its own auth events.
     let mut held: Vec<Pdu> = Vec::new();
-    let (mut weft, mut alice, peer, mut fed, room) = hosted_room(|peer, room| {
+    let (mut weft, mut alice, peer, mut fed, room) = hosted_room(backend, |peer, room| {
         let eve = peer.user("eve");
         let join = EventDraft::state(
             "m.room.member",
@@ -2107,9 +2133,8 @@ fn a_rejected_event_stays_rejected_through_backfill() {
     weft.assert_healthy();
 }
 
-#[test]
-fn concurrent_chains_of_messages_land_and_bad_ones_do_not() {
-    let mut s = Scene::new();
+fn concurrent_chains_of_messages_land_and_bad_ones_do_not(backend: Backend) {
+    let mut s = Scene::on(backend);
     let tip = s
         .peer
         .with_room(&s.room, |r| r.extremities().to_vec())

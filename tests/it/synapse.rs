@@ -1,17 +1,26 @@
 //! Real Synapse (1.163.2) as a federation peer, driven through the project's harness
 //! scripts in `tools/synapse/` (install once into a venv, start an instance on loopback
-//! with TLS and fast retries, register users, stop or kill it). Each test gets its own
-//! instance and data directory.
+//! with TLS and fast retries, register users, stop or kill it). A test that stops or kills
+//! Synapse gets its own instance ([`Synapse::start`]); the others share one with whatever
+//! test runs at the same time ([`Synapse::shared`], e.g. a scenario's `::sqlite` and
+//! `::postgres` runs), each with users of its own ([`Synapse::register_fresh`]).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::client::Client;
 use crate::harness::free_port;
+
+/// The Python interpreter of Synapse's venv (`SYNAPSE_VENV`, as tools/synapse/common.sh).
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var("SYNAPSE_VENV").unwrap_or_else(|_| "/tmp/synvenv".into());
+    PathBuf::from(venv).join("bin/python")
+}
 
 fn scripts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/synapse")
@@ -50,7 +59,7 @@ fn run(script: &str, args: &[&str], data: &PathBuf, timeout: Duration) -> String
 }
 
 /// Installs Synapse once per test run (idempotent; a minute at most on a fresh machine).
-fn install() {
+pub fn install() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let tmp = std::env::temp_dir();
@@ -82,6 +91,27 @@ impl Synapse {
         };
         s.start_again();
         s
+    }
+
+    /// A running instance shared with the tests that hold it at the same time; it stops
+    /// when the last of them drops it. Never stop or kill a shared instance.
+    pub fn shared() -> Arc<Synapse> {
+        static SHARED: Mutex<Weak<Synapse>> = Mutex::new(Weak::new());
+        // Held while a new instance starts, so concurrent callers wait for it.
+        let mut slot = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = slot.upgrade() {
+            return s;
+        }
+        let s = Arc::new(Synapse::start());
+        *slot = Arc::downgrade(&s);
+        s
+    }
+
+    /// Registers a new user `<localpart>_<n>` (unique on this instance), for tests sharing it.
+    pub fn register_fresh(&self, localpart: &str) -> Client {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        self.register(&format!("{localpart}_{n}"))
     }
 
     pub fn server_name(&self) -> String {

@@ -10,9 +10,13 @@
 #                                      # new-device check, one user on each server, both ways
 #
 # Each run starts its own weft (WEFT_BIN, default target/debug/weft; built with `cargo build`
-# when missing) with a temporary data dir (SQLite), open registration and no federation, on
-# a free loopback port, and stops it afterwards. The run fails if the client test fails or
-# weft's log shows a panic.
+# when missing) with a temporary data dir, open registration and no federation, on a free
+# loopback port, and stops it afterwards. WEFT_DB=sqlite (default: a file in the data dir)
+# or WEFT_DB=postgres (a fresh database on $WEFT_TEST_PG, default
+# postgres://postgres@127.0.0.1:5432, dropped afterwards) picks weft's backend. The run fails
+# if the client test fails or weft's log shows a panic. Encrypted runs (nio-e2e,
+# hydrogen-e2e, synapse-e2e) then run check_stored.py on weft's database (and Synapse's):
+# m.room.encryption set, messages stored as m.room.encrypted, no plaintext body anywhere.
 #
 # Needs: python3 (a venv with matrix-nio[e2e] is made under $WEFT_CLIENT_VENV, default
 # $TMPDIR/weft-client-venv); for hydrogen also node + npm and Debian's chromium
@@ -55,6 +59,8 @@ work=$(mktemp -d "$TMP/weft-clients-XXXXXX")
 weft_pid=""
 http_pid=""
 synapse_name=""
+pg_db=""
+PG_BASE=${WEFT_TEST_PG:-postgres://postgres@127.0.0.1:5432}
 cleanup() {
   local rc=$?
   [ -n "$http_pid" ] && kill "$http_pid" 2>/dev/null || true
@@ -66,6 +72,9 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "$weft_pid" 2>/dev/null || break; sleep 0.2; done
     kill -9 "$weft_pid" 2>/dev/null || true
   fi
+  if [ -n "$pg_db" ]; then
+    psql "$PG_BASE/test" -qc "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
   if [ $rc -ne 0 ] && [ -f "$work/weft.log" ]; then
     echo "---- last lines of weft's log ----"; tail -n 40 "$work/weft.log"; echo "----"
   fi
@@ -76,11 +85,22 @@ trap cleanup EXIT INT TERM
 
 port=$(free_port)
 hs="http://127.0.0.1:$port"
+case "${WEFT_DB:-sqlite}" in
+  sqlite) db_url="sqlite://$work/data/weft.db" ;;
+  postgres)
+    pg_db="weft_clients_$$_$port"
+    psql "$PG_BASE/test" -qc "CREATE DATABASE $pg_db" >/dev/null
+    db_url="$PG_BASE/$pg_db" ;;
+  *) echo "WEFT_DB must be sqlite or postgres" >&2; exit 2 ;;
+esac
+log "weft's database: $db_url"
 if [ "$what" = synapse-e2e ]; then
   fed_port=$(free_port)
   cat >"$work/weft.toml" <<EOF
 server_name = "localhost:$fed_port"
 data_dir = "$work/data"
+[database]
+url = "$db_url"
 [listeners]
 client = "127.0.0.1:$port"
 federation = "127.0.0.1:$fed_port"
@@ -88,20 +108,27 @@ federation = "127.0.0.1:$fed_port"
 open = true
 [federation]
 verify_tls = false
-allow_private_addresses = true
 retry_min_ms = 200
 retry_max_ms = 2000
+[outbound]
+allowed_addresses = ["127.0.0.0/8"]
+[rate_limits]
+enabled = false
 EOF
 else
 cat >"$work/weft.toml" <<EOF
 server_name = "localhost"
 data_dir = "$work/data"
+[database]
+url = "$db_url"
 [listeners]
 client = "127.0.0.1:$port"
 federation = ""
 [registration]
 open = true
 [federation]
+enabled = false
+[rate_limits]
 enabled = false
 EOF
 fi
@@ -123,6 +150,7 @@ case "$what" in
   nio|nio-e2e)
     flags=()
     [ "$what" = nio-e2e ] && flags+=(--e2e)
+    [ "$what" = nio-e2e ] && flags+=(--record "$work/run-1.json")
     "$VENV/bin/python" "$HERE/nio_smoke.py" --hs "$hs" \
       --user-a "a$nonce" --pass-a "pw-a-$nonce" --user-b "b$nonce" --pass-b "pw-b-$nonce" \
       --timeout 30 "${flags[@]}" || rc=$?
@@ -143,8 +171,10 @@ case "$what" in
     log "Synapse localhost:$s_fed up (client $shs)"
     # One user on each server, both ways: encrypted messages, then a new device.
     "$VENV/bin/python" "$HERE/nio_smoke.py" --hs "$hs" --hs-b "$shs" --e2e --timeout 45 \
+      --record "$work/run-1.json" \
       --user-a "wa$nonce" --pass-a "pw-wa" --user-b "sa$nonce" --pass-b "pw-sa" || rc=$?
     [ $rc -eq 0 ] && { "$VENV/bin/python" "$HERE/nio_smoke.py" --hs "$shs" --hs-b "$hs" --e2e --timeout 45 \
+      --record "$work/run-2.json" \
       --user-a "sb$nonce" --pass-a "pw-sb" --user-b "wb$nonce" --pass-b "pw-wb" || rc=$?; }
     [ $rc -eq 0 ] && { "$VENV/bin/python" "$HERE/nio_new_device.py" --hs "$hs" --hs-b "$shs" --timeout 45 \
       --user-a "wc$nonce" --pass-a "pw-wc" --user-b "sa$nonce" --pass-b "pw-sa" || rc=$?; }
@@ -165,11 +195,24 @@ case "$what" in
       sleep 0.2
     done
     flags=()
-    [ "$what" = hydrogen-e2e ] && flags+=(--e2e)
+    [ "$what" = hydrogen-e2e ] && flags+=(--e2e --record "$work/run-1.json")
     "$VENV/bin/python" "$HERE/hydrogen/web_smoke.py" --hs "$hs" \
       --app "http://127.0.0.1:$app_port/" --timeout 45 "${flags[@]}" || rc=$?
     ;;
 esac
+
+# ---- what the servers stored of the encrypted runs
+if [ $rc -eq 0 ]; then
+  syn_db=()
+  [ "$what" = synapse-e2e ] && syn_db=(--synapse-db "$work/synapse/$synapse_name/homeserver.db")
+  for rec in "$work"/run-*.json; do
+    [ -f "$rec" ] || continue
+    python3 "$HERE/check_stored.py" --record "$rec" --weft-db "$db_url" "${syn_db[@]}" || rc=$?
+  done
+  case "$what" in
+    *e2e) [ -f "$work/run-1.json" ] || { log "the encrypted run recorded nothing to check"; rc=1; } ;;
+  esac
+fi
 
 if grep -q "panicked" "$work/weft.log"; then
   log "weft panicked:"; grep -n -A3 "panicked" "$work/weft.log" | head -20

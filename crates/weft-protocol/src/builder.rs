@@ -1,7 +1,15 @@
 //! Building a local event: from a draft (what a client asked for) and the room's position
 //! (prev events, auth events, depth) to a hashed, signed PDU with its event ID.
+//!
+//! Room versions 1 and 2 need two things the later versions do not: the event carries its own
+//! ID, and every cited event comes with its reference hash. The ID is `$H:origin` where `H` is
+//! the URL-safe SHA-256 of the unsigned event (unique per event, and no randomness needed, so
+//! building stays a pure function); the hashes come from the caller (`*_citing` functions),
+//! who holds the cited events.
 
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedUserId, RoomId};
+use base64::Engine;
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedUserId, RoomId};
+use sha2::Digest;
 
 use crate::canonical;
 use crate::keys::ServerSigningKey;
@@ -71,18 +79,68 @@ pub enum BuildError {
     Pdu(#[from] PduError),
 }
 
-fn ids(list: &[OwnedEventId]) -> CanonicalJsonValue {
-    CanonicalJsonValue::Array(
-        list.iter()
-            .map(|id| CanonicalJsonValue::String(id.to_string()))
-            .collect(),
-    )
+/// The reference hash of a cited event by ID (`None`: not known), for v1/v2 rooms.
+pub type HashLookup<'a> = &'a dyn Fn(&EventId) -> Option<String>;
+
+/// For callers in rooms of v3 and later, which cite bare IDs.
+fn no_hashes(_: &EventId) -> Option<String> {
+    None
 }
 
-/// The unsigned, unhashed PDU JSON for a draft at a position.
+fn refs(
+    list: &[OwnedEventId],
+    version: RoomVersion,
+    hashes: HashLookup<'_>,
+) -> Result<CanonicalJsonValue, BuildError> {
+    let items = list
+        .iter()
+        .map(|id| {
+            if !version.cites_event_hashes() {
+                return Ok(CanonicalJsonValue::String(id.to_string()));
+            }
+            let hash = hashes(id).ok_or_else(|| {
+                BuildError::Invalid(format!("no reference hash for the cited event {id}"))
+            })?;
+            let mut h = CanonicalJsonObject::new();
+            h.insert("sha256".into(), CanonicalJsonValue::String(hash));
+            Ok(CanonicalJsonValue::Array(vec![
+                CanonicalJsonValue::String(id.to_string()),
+                CanonicalJsonValue::Object(h),
+            ]))
+        })
+        .collect::<Result<Vec<_>, BuildError>>()?;
+    Ok(CanonicalJsonValue::Array(items))
+}
+
+/// The event ID a v1/v2 event built by `origin` gets: `$` + URL-safe SHA-256 of the event
+/// without `event_id`, hashes, signatures and `unsigned`, + `:origin`.
+pub fn v1_event_id(obj: &CanonicalJsonObject, origin: &str) -> Result<OwnedEventId, BuildError> {
+    let mut copy = obj.clone();
+    for k in ["event_id", "hashes", "signatures", "unsigned"] {
+        copy.remove(k);
+    }
+    let digest = sha2::Sha256::digest(canonical::write_object(&copy).as_bytes());
+    let local = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+    OwnedEventId::try_from(format!("${local}:{origin}"))
+        .map_err(|e| BuildError::Invalid(format!("event ID for {origin}: {e}")))
+}
+
+/// The unsigned, unhashed PDU JSON for a draft at a position (rooms of v3 and later; in v1/v2
+/// rooms use [`pdu_template_citing`]).
 pub fn pdu_template(
     draft: &EventDraft,
     position: &Position<'_>,
+) -> Result<CanonicalJsonObject, BuildError> {
+    pdu_template_citing(draft, position, &no_hashes)
+}
+
+/// The unsigned, unhashed PDU JSON for a draft at a position; `hashes` gives the reference
+/// hashes of the cited events (needed in v1/v2 only). In v1/v2 the template carries an
+/// `event_id` on the sender's server.
+pub fn pdu_template_citing(
+    draft: &EventDraft,
+    position: &Position<'_>,
+    hashes: HashLookup<'_>,
 ) -> Result<CanonicalJsonObject, BuildError> {
     if position.version.is_linearized() {
         let room_id = position
@@ -114,8 +172,14 @@ pub fn pdu_template(
             );
         }
     }
-    obj.insert("auth_events".into(), ids(&position.auth_events));
-    obj.insert("prev_events".into(), ids(&position.prev_events));
+    obj.insert(
+        "auth_events".into(),
+        refs(&position.auth_events, position.version, hashes)?,
+    );
+    obj.insert(
+        "prev_events".into(),
+        refs(&position.prev_events, position.version, hashes)?,
+    );
     obj.insert("content".into(), CanonicalJsonValue::Object(content));
     obj.insert(
         "depth".into(),
@@ -147,13 +211,33 @@ pub fn pdu_template(
         "type".into(),
         CanonicalJsonValue::String(draft.kind.clone()),
     );
+    if position.version.event_id_in_event() {
+        let id = v1_event_id(&obj, draft.sender.server_name().as_str())?;
+        obj.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String(id.to_string()),
+        );
+    }
     Ok(obj)
 }
 
-/// Builds, hashes and signs a local event. `origin` is this server's name.
+/// Builds, hashes and signs a local event. `origin` is this server's name. (Rooms of v3 and
+/// later; in v1/v2 rooms use [`build_pdu_citing`].)
 pub fn build_pdu(
     draft: &EventDraft,
     position: &Position<'_>,
+    origin: &str,
+    key: &ServerSigningKey,
+) -> Result<Pdu, BuildError> {
+    build_pdu_citing(draft, position, &no_hashes, origin, key)
+}
+
+/// Builds, hashes and signs a local event; `hashes` gives the reference hashes of the cited
+/// events (needed in v1/v2 only).
+pub fn build_pdu_citing(
+    draft: &EventDraft,
+    position: &Position<'_>,
+    hashes: HashLookup<'_>,
     origin: &str,
     key: &ServerSigningKey,
 ) -> Result<Pdu, BuildError> {
@@ -171,21 +255,43 @@ pub fn build_pdu(
             key,
         );
     }
-    let mut obj = pdu_template(draft, position)?;
-    ruma::signatures::hash_and_sign_event(
-        origin,
-        key,
-        &mut obj,
-        &position.version.rules().redaction,
-    )
-    .map_err(|e| match e {
-        // Over the spec's PDU size limit: callers answer M_TOO_LARGE, not a signing failure.
-        ruma::signatures::JsonError::PduTooLarge => BuildError::Pdu(PduError::TooLarge(
-            crate::canonical::write_object(&obj).len(),
-        )),
-        e => BuildError::Signing(e.to_string()),
-    })?;
-    Ok(Pdu::from_json(obj, position.version)?)
+    let obj = pdu_template_citing(draft, position, hashes)?;
+    finish_event(obj, position.version, origin, key)
+}
+
+/// Hashes and signs a complete event (a template of ours, or one a resident server handed
+/// out with `make_join` and the like) and parses it. In v1/v2 rooms the event gets a fresh ID
+/// on `origin` (a template's `event_id`, minted by the resident server, is replaced).
+pub fn finish_event(
+    mut obj: CanonicalJsonObject,
+    version: RoomVersion,
+    origin: &str,
+    key: &ServerSigningKey,
+) -> Result<Pdu, BuildError> {
+    if version.is_linearized() {
+        return Err(BuildError::Invalid(
+            "LM events are finished by lm::build".into(),
+        ));
+    }
+    for k in ["event_id", "hashes", "signatures", "unsigned"] {
+        obj.remove(k);
+    }
+    if version.event_id_in_event() {
+        let id = v1_event_id(&obj, origin)?;
+        obj.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String(id.to_string()),
+        );
+    }
+    ruma::signatures::hash_and_sign_event(origin, key, &mut obj, &version.rules().redaction)
+        .map_err(|e| match e {
+            // Over the spec's PDU size limit: callers answer M_TOO_LARGE, not a signing failure.
+            ruma::signatures::JsonError::PduTooLarge => BuildError::Pdu(PduError::TooLarge(
+                crate::canonical::write_object(&obj).len(),
+            )),
+            e => BuildError::Signing(e.to_string()),
+        })?;
+    Ok(Pdu::from_json(obj, version)?)
 }
 
 /// The one previous event of an LM event (none for the create event); `depth` is unused.

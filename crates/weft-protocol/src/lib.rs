@@ -7,9 +7,9 @@
 //! Where a well-kept library already implements a rule, this crate wraps it rather than
 //! re-implementing it: ruma provides identifiers, canonical JSON, redaction, content and
 //! reference hashes, ed25519 signing, the authorization rules and state resolution v2 (with
-//! the v12 changes). What ruma cannot express is written here: the PDU type itself, event
-//! building, X-Matrix request signing, history visibility and the Linearized Matrix room
-//! version.
+//! the v12 changes), for every room version from 1 to 12. What ruma cannot express is written here: the PDU type itself, event
+//! building, the v1/v2 event format, state resolution v1, X-Matrix request signing, history
+//! visibility and the Linearized Matrix room version.
 
 pub mod auth;
 pub mod builder;
@@ -24,6 +24,8 @@ pub mod signatures;
 pub mod state_res;
 #[cfg(test)]
 mod testing;
+#[cfg(test)]
+mod versions_tests;
 pub mod visibility;
 pub mod xmatrix;
 

@@ -3,6 +3,17 @@
 //! A `Pdu` keeps the signed JSON exactly as created or received (the source of truth, what is
 //! stored and served) next to the fields the rules need, parsed once. It implements ruma's
 //! `state_res::Event` so ruma's authorization rules and state resolution run directly on it.
+//!
+//! The event formats of the room versions differ only here, behind one API:
+//!
+//! * Versions 1 and 2 carry the event ID in the event (`event_id`, `$local:server`, chosen by the
+//!   sender) and cite other events as `[event_id, {"sha256": reference hash}]` pairs. Nothing
+//!   checks those hashes (Synapse sends an empty object for some), so parsing asks only for an
+//!   object of strings; weft sends the reference hashes the spec describes.
+//! * Version 3 and later derive the event ID from the event's reference hash (standard base64 in
+//!   v3, URL-safe from v4) and cite bare event IDs.
+//!
+//! Accessors (`event_id`, `prev_events`, `auth_events`) return IDs in every version.
 
 use ruma::events::TimelineEventType;
 use ruma::{
@@ -54,29 +65,84 @@ fn get_str<'a>(obj: &'a CanonicalJsonObject, key: &'static str) -> Result<&'a st
     }
 }
 
+/// Parses one cited event: a bare ID (v3+), or an `[id, {"sha256": hash}]` pair (v1, v2).
+fn cited_event_id(
+    v: &CanonicalJsonValue,
+    key: &'static str,
+    version: RoomVersion,
+) -> Result<OwnedEventId, PduError> {
+    let id = if version.cites_event_hashes() {
+        match v {
+            CanonicalJsonValue::Array(pair) => match pair.as_slice() {
+                // Nobody checks the hashes (Synapse sends `{}` for some), only their shape.
+                [
+                    CanonicalJsonValue::String(id),
+                    CanonicalJsonValue::Object(hashes),
+                ] if hashes
+                    .values()
+                    .all(|h| matches!(h, CanonicalJsonValue::String(_))) =>
+                {
+                    id
+                }
+                _ => return Err(PduError::Field(key)),
+            },
+            _ => return Err(PduError::Field(key)),
+        }
+    } else {
+        match v {
+            CanonicalJsonValue::String(s) => s,
+            _ => return Err(PduError::Field(key)),
+        }
+    };
+    parse_event_id(id, version).map_err(|_| PduError::Field(key))
+}
+
+/// Parses an event ID in the format of the version: `$local:server` in v1 and v2.
+fn parse_event_id(id: &str, version: RoomVersion) -> Result<OwnedEventId, ()> {
+    let id = OwnedEventId::try_from(id).map_err(|_| ())?;
+    if version.event_id_in_event() && id.server_name().is_none() {
+        return Err(());
+    }
+    Ok(id)
+}
+
 fn get_event_ids(
     obj: &CanonicalJsonObject,
     key: &'static str,
+    version: RoomVersion,
 ) -> Result<Vec<OwnedEventId>, PduError> {
     match obj.get(key) {
         Some(CanonicalJsonValue::Array(items)) => items
             .iter()
-            .map(|v| match v {
-                CanonicalJsonValue::String(s) => {
-                    OwnedEventId::try_from(s.as_str()).map_err(|_| PduError::Field(key))
-                }
-                _ => Err(PduError::Field(key)),
-            })
+            .map(|v| cited_event_id(v, key, version))
             .collect(),
         _ => Err(PduError::Field(key)),
     }
 }
 
-/// Computes the event ID (reference hash) of a PDU in a room of the given version.
+/// The reference hash of a PDU (unpadded base64, the alphabet of the version): the event ID
+/// without its `$` from v3, and the `sha256` that v1/v2 events cite next to the ID.
+pub fn reference_hash(
+    json: &CanonicalJsonObject,
+    version: RoomVersion,
+) -> Result<String, PduError> {
+    if version.is_linearized() {
+        return crate::lm::reference_hash(json).map_err(PduError::Hash);
+    }
+    ruma::signatures::reference_hash(json, version.rules())
+        .map_err(|e| PduError::Hash(e.to_string()))
+}
+
+/// Computes the event ID of a PDU in a room of the given version: its reference hash from v3,
+/// and in v1/v2 the `event_id` the event carries.
 pub fn compute_event_id(
     json: &CanonicalJsonObject,
     version: RoomVersion,
 ) -> Result<OwnedEventId, PduError> {
+    if version.event_id_in_event() {
+        let id = get_str(json, "event_id")?;
+        return parse_event_id(id, version).map_err(|_| PduError::Field("event_id"));
+    }
     let hash = if version.is_linearized() {
         crate::lm::reference_hash(json).map_err(PduError::Hash)?
     } else {
@@ -100,12 +166,34 @@ impl Pdu {
         Self::from_json_with_id(event_id, json, version)
     }
 
+    /// Parses a PDU as received over federation (`/send`, `send_join`, `/event`, ...): any JSON
+    /// value, checked for the version's event format. Fields peers add outside the signed form
+    /// are dropped first: `unsigned`, and `event_id` from v3 (in v1/v2 it is part of the event).
+    pub fn from_received(raw: serde_json::Value, version: RoomVersion) -> Result<Self, PduError> {
+        let mut obj =
+            crate::canonical::value_to_object(raw).map_err(|e| PduError::Format(e.to_string()))?;
+        if !version.event_id_in_event() {
+            obj.remove("event_id");
+        }
+        obj.remove("unsigned");
+        let pdu = Self::from_json(obj, version)?;
+        if !version.is_linearized() {
+            crate::auth::check_format(version, &pdu).map_err(|e| PduError::Format(e.0))?;
+        }
+        Ok(pdu)
+    }
+
     /// Builds a PDU from JSON whose event ID is already known (e.g. loaded from storage).
     pub fn from_json_with_id(
         event_id: OwnedEventId,
         json: CanonicalJsonObject,
         version: RoomVersion,
     ) -> Result<Self, PduError> {
+        if version.event_id_in_event() && compute_event_id(&json, version)? != event_id {
+            return Err(PduError::Format(format!(
+                "the event says it is not {event_id}"
+            )));
+        }
         let kind = TimelineEventType::from(get_str(&json, "type")?);
         let sender = OwnedUserId::try_from(get_str(&json, "sender")?)
             .map_err(|_| PduError::Field("sender"))?;
@@ -144,8 +232,8 @@ impl Pdu {
             Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
             Some(_) => return Err(PduError::Field("state_key")),
         };
-        let prev_events = get_event_ids(&json, "prev_events")?;
-        let auth_events = get_event_ids(&json, "auth_events")?;
+        let prev_events = get_event_ids(&json, "prev_events", version)?;
+        let auth_events = get_event_ids(&json, "auth_events", version)?;
         let depth = match json.get("depth") {
             Some(CanonicalJsonValue::Integer(i)) => {
                 u64::try_from(i64::from(*i)).map_err(|_| PduError::Field("depth"))?
@@ -173,7 +261,7 @@ impl Pdu {
             } else {
                 top
             };
-            chosen.and_then(|s| OwnedEventId::try_from(s).ok())
+            chosen.and_then(|s| parse_event_id(s, version).ok())
         } else {
             None
         };

@@ -1,4 +1,5 @@
-//! State resolution v2 (room versions 2–11) and v2.1 (room version 12).
+//! State resolution v1 (room version 1, [`v1`]), v2 (room versions 2–11) and v2.1 (room
+//! version 12).
 //!
 //! The algorithm is ruma's `state_res::resolve`; this module supplies what it needs from the
 //! caller: the auth chain of each state set and, for v2.1, the *conflicted state subgraph*
@@ -14,6 +15,8 @@ use ruma::{EventId, OwnedEventId};
 use crate::auth::StateMap;
 use crate::pdu::Pdu;
 use crate::room_version::RoomVersion;
+
+pub mod v1;
 
 /// Why a resolution could not be computed.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +132,9 @@ pub fn resolve(
     }
     if state_sets.len() == 1 {
         return Ok(state_sets[0].clone());
+    }
+    if version.uses_state_res_v1() {
+        return Ok(v1::resolve(version, state_sets, &fetch));
     }
     let rules = version.rules();
     let Some(v2_rules) = rules.state_res.v2_rules() else {

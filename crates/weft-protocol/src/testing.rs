@@ -13,7 +13,7 @@ use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde_json::{Value, json};
 
 use crate::auth::{self, StateMap};
-use crate::builder::{EventDraft, Position, build_pdu};
+use crate::builder::{EventDraft, Position, build_pdu_citing};
 use crate::keys::ServerSigningKey;
 use crate::pdu::Pdu;
 use crate::room_version::RoomVersion;
@@ -27,6 +27,37 @@ pub const ZARA: &str = "@zara:z.test";
 
 /// The DAG-based versions every rule table runs against.
 pub const DAG_VERSIONS: [RoomVersion; 3] = [RoomVersion::V10, RoomVersion::V11, RoomVersion::V12];
+
+/// The versions resolving state with v2 or v2.1 (2 to 12).
+pub const STATE_RES_V2_VERSIONS: [RoomVersion; 11] = [
+    RoomVersion::V2,
+    RoomVersion::V3,
+    RoomVersion::V4,
+    RoomVersion::V5,
+    RoomVersion::V6,
+    RoomVersion::V7,
+    RoomVersion::V8,
+    RoomVersion::V9,
+    RoomVersion::V10,
+    RoomVersion::V11,
+    RoomVersion::V12,
+];
+
+/// Every DAG-based version (1 to 12), for the tables that hold across all of them.
+pub const EVERY_DAG_VERSION: [RoomVersion; 12] = [
+    RoomVersion::V1,
+    RoomVersion::V2,
+    RoomVersion::V3,
+    RoomVersion::V4,
+    RoomVersion::V5,
+    RoomVersion::V6,
+    RoomVersion::V7,
+    RoomVersion::V8,
+    RoomVersion::V9,
+    RoomVersion::V10,
+    RoomVersion::V11,
+    RoomVersion::V12,
+];
 
 pub fn uid(user: &str) -> OwnedUserId {
     OwnedUserId::try_from(user).unwrap()
@@ -245,7 +276,13 @@ impl Room {
             depth: self.depth_after(prevs),
         };
         let server = draft.sender.server_name().to_string();
-        build_pdu(&draft, &position, &server, &server_key(&server)).unwrap()
+        let version = self.version;
+        let hashes = |id: &EventId| {
+            self.events
+                .get(id)
+                .and_then(|e| crate::pdu::reference_hash(e.json(), version).ok())
+        };
+        build_pdu_citing(&draft, &position, &hashes, &server, &server_key(&server)).unwrap()
     }
 
     /// Builds an event on `prevs` with the auth events the selection algorithm picks from the

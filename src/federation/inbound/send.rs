@@ -196,6 +196,9 @@ pub async fn send_transaction(
 ) -> Result<HttpResponse> {
     let txn_id = path.into_inner();
     let origin = signed.origin.clone();
+    // One transaction per origin at a time (the spec's expectation of senders; a second
+    // waits briefly, then gets 429).
+    let _slot = s.limits.federation_send_slot(&origin).await?;
     let (o, t) = (origin.clone(), txn_id.clone());
     if let Some(stored) = s
         .core

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ruma::CanonicalJsonObject;
 use serde_json::Value;
 use weft_protocol::signatures::{self, HashCheck, KnownKey};
-use weft_protocol::{Pdu, RoomVersion, auth, canonical, redaction};
+use weft_protocol::{Pdu, RoomVersion, redaction};
 
 use crate::federation::Federation;
 
@@ -22,15 +22,7 @@ pub struct Checked {
 
 /// Parses a PDU in a room of `version`: format and event ID.
 pub fn parse(raw: &Value, version: RoomVersion) -> Result<Pdu, String> {
-    let mut obj = canonical::value_to_object(raw.clone()).map_err(|e| e.to_string())?;
-    // Some peers add these outside the signed form; they are never part of a v3+ PDU.
-    obj.remove("event_id");
-    obj.remove("unsigned");
-    let pdu = Pdu::from_json(obj, version).map_err(|e| e.to_string())?;
-    if !version.is_linearized() {
-        auth::check_format(version, &pdu).map_err(|e| e.0)?;
-    }
-    Ok(pdu)
+    Pdu::from_received(raw.clone(), version).map_err(|e| e.to_string())
 }
 
 fn key_ids_of(obj: &CanonicalJsonObject, server: &str) -> Vec<String> {

@@ -1,5 +1,6 @@
 //! A tiny harness for the Linearized Matrix tests: weft processes on loopback with plain-HTTP
-//! federation, each with a temporary data directory (SQLite) and free ports, and a blocking
+//! federation, each with a temporary data directory, a fresh database (SQLite or PostgreSQL,
+//! [`crate::harness::TestDb`]) and free ports, and a blocking
 //! client for the client API. Dropping a [`Weft`] kills its process; a failing test prints
 //! the tail of every log first.
 
@@ -11,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+use crate::harness::{Backend, TestDb};
 
 pub const LM: &str = "org.matrix.i-d.ralston-mimi-linearized-matrix.02";
 
@@ -42,16 +45,19 @@ pub struct Weft {
     config: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// Dropped after the process is killed.
+    db: TestDb,
 }
 
 impl Weft {
-    pub fn start() -> Weft {
-        Self::start_with("")
+    pub fn start(backend: Backend) -> Weft {
+        Self::start_with(backend, "")
     }
 
     /// Starts a server; `extra` is appended to its `[federation]` table.
-    pub fn start_with(extra_federation: &str) -> Weft {
+    pub fn start_with(backend: Backend, extra_federation: &str) -> Weft {
         let dir = unique_dir();
+        let db = TestDb::new(backend, &dir);
         let fed_port = free_port();
         let client_port = free_port();
         let name = format!("localhost:{fed_port}");
@@ -65,12 +71,16 @@ impl Weft {
         let text = format!(
             "server_name = \"{name}\"\n\
              data_dir = \"{d}\"\n\
+             {database}\
              [listeners]\nclient = \"127.0.0.1:{client_port}\"\nfederation = \"127.0.0.1:{fed_port}\"\n\
              [registration]\nopen = true\n\
-             [federation]\nplain_http = true\nallow_private_addresses = true\nverify_tls = false\n\
+             [federation]\nplain_http = true\nverify_tls = false\n\
              request_timeout_ms = 10000\n{retry}{extra_federation}\n\
+             [outbound]\nallowed_addresses = [\"127.0.0.0/8\"]\n\
+             [rate_limits]\nenabled = false\n\
              [logging]\nfilter = \"info,weft=debug\"\n",
             d = dir.display(),
+            database = db.toml(),
         );
         fs::write(&config, text).expect("write config");
         let mut w = Weft {
@@ -81,6 +91,7 @@ impl Weft {
             config,
             child: None,
             starts: 0,
+            db,
         };
         w.spawn();
         w
@@ -155,17 +166,10 @@ impl Weft {
 
     /// Drops everything this server still owes `destination` (as if it had given up).
     pub fn drop_outbound_queue(&self, destination: &str) -> usize {
-        use diesel::connection::SimpleConnection;
-        use diesel::prelude::*;
-        let path = self.dir.join("weft.db");
-        let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
-            .expect("open the SQLite database");
-        c.batch_execute("PRAGMA busy_timeout = 10000;")
-            .expect("busy timeout");
-        diesel::sql_query("DELETE FROM outbound_queue WHERE destination = ?")
-            .bind::<diesel::sql_types::Text, _>(destination)
-            .execute(&mut c)
-            .expect("delete the queue")
+        self.db.execute(
+            "DELETE FROM outbound_queue WHERE destination = ?",
+            &[destination],
+        )
     }
 
     /// Registers `localpart` (password `pw-<localpart>`).

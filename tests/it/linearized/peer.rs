@@ -189,8 +189,20 @@ impl Peers {
             .unwrap_or_default()
     }
 
+    /// Every PDU received, duplicates included.
     pub fn count(&self, name: &str) -> usize {
         self.shared.received.lock().get(name).map_or(0, Vec::len)
+    }
+
+    /// Distinct PDUs received (a redelivered PDU counts once).
+    #[allow(dead_code)] // used by the benchmark (benches/lm_hub)
+    pub fn distinct(&self, name: &str) -> usize {
+        self.shared.received.lock().get(name).map_or(0, |v| {
+            v.iter()
+                .map(|(_, p)| p.to_string())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        })
     }
 
     /// A participant that is "down" answers 503 to `/send`.

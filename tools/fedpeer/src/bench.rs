@@ -29,7 +29,13 @@
 //! concurrent transactions from one origin (429); those are retried after 10 ms and
 //! counted. Runs alternate between the targets so that background load on the machine
 //! affects them alike.
+//!
+//! A run that fails (a refused transaction or PDU, an error) or times out is not dropped:
+//! it is kept as a sample with rate 0 in the medians, and the summary lists how many runs of
+//! each setting failed. *Stored* PDUs are distinct event IDs of the run readable afterwards,
+//! so a PDU counts once however often it was sent or answered.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use ruma::OwnedEventId;
@@ -130,9 +136,49 @@ pub struct Sample {
     pub persisted: usize,
     /// 429 answers retried.
     pub retried_429: usize,
+    /// Why the run failed (`None`: it completed; a timeout shows as `visible == None`).
+    pub failed: Option<String>,
 }
 
 impl Sample {
+    /// A run that could not complete.
+    fn failure(target: &str, mode: Mode, inflight: usize, run: usize, why: String) -> Self {
+        Sample {
+            target: target.to_owned(),
+            mode,
+            inflight,
+            run,
+            pdus: 0,
+            acked: Duration::ZERO,
+            visible: None,
+            persisted: 0,
+            retried_429: 0,
+            failed: Some(why),
+        }
+    }
+
+    /// Failed or timed out: the newest PDUs never became readable.
+    pub fn is_failure(&self) -> bool {
+        self.failed.is_some() || self.visible.is_none()
+    }
+
+    /// The rate that goes into the medians: 0 for a failed or timed-out run.
+    fn stored_rate_or_zero(&self) -> f64 {
+        if self.is_failure() {
+            0.0
+        } else {
+            self.stored_rate()
+        }
+    }
+
+    fn acked_rate_or_zero(&self) -> f64 {
+        if self.failed.is_some() {
+            0.0
+        } else {
+            self.acked_rate()
+        }
+    }
+
     pub fn acked_rate(&self) -> f64 {
         self.pdus as f64 / self.acked.as_secs_f64()
     }
@@ -161,6 +207,7 @@ impl Sample {
             "visible_pdus_per_s": self.visible.map(|_| self.visible_rate()),
             "stored_pdus_per_s": self.visible.map(|_| self.stored_rate()),
             "retried_429": self.retried_429,
+            "failed": self.failed,
         })
     }
 }
@@ -393,13 +440,17 @@ fn run_once(
         )?;
     }
     let visible = all_visible.then(|| start.elapsed());
-    // Outside the timing: which PDUs of the run can the local user read?
+    // Outside the timing: which PDUs of the run can the local user read? (Each event ID
+    // once.)
     let mut persisted = 0;
-    for txn in lanes.iter().flatten() {
-        for id in &txn.event_ids {
-            if joined.client.event(&room_id, id.as_str())?.is_some() {
-                persisted += 1;
-            }
+    let ids: HashSet<&OwnedEventId> = lanes
+        .iter()
+        .flatten()
+        .flat_map(|t| t.event_ids.iter())
+        .collect();
+    for id in ids {
+        if joined.client.event(&room_id, id.as_str())?.is_some() {
+            persisted += 1;
         }
     }
     Ok(Sample {
@@ -412,6 +463,7 @@ fn run_once(
         visible,
         persisted,
         retried_429: retried,
+        failed: None,
     })
 }
 
@@ -521,7 +573,24 @@ pub fn run(
             }
             for run in 1..=opts.runs {
                 for j in joined.iter_mut() {
-                    let s = run_once(peer, j, opts, mode, lanes, run)?;
+                    let s = match run_once(peer, j, opts, mode, lanes, run) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            log(&format!(
+                                "{} {} inflight={lanes} run {run}: FAILED: {e}",
+                                j.target.name,
+                                mode.as_str()
+                            ));
+                            samples.push(Sample::failure(
+                                &j.target.name,
+                                mode,
+                                lanes,
+                                run,
+                                e.to_string(),
+                            ));
+                            continue;
+                        }
+                    };
                     log(&format!(
                         "{} {} inflight={} run {run}: {} PDUs acked in {:.0} ms ({:.0}/s), newest readable {}, stored {}/{}, 429s retried: {}",
                         s.target,
@@ -560,7 +629,7 @@ pub fn summary(samples: &[Sample], targets: &[Target], opts: &Options) -> String
         "{} runs x {} transactions x {} PDUs per target and setting; medians of the runs\n\n",
         opts.runs, opts.txns, opts.pdus_per_txn
     );
-    out.push_str("| mode | in flight | server | stored/s | acked/s | stored/s per run | stored PDUs | 429s retried |\n|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| mode | in flight | server | stored/s | acked/s | stored/s per run | stored PDUs | 429s retried | failed runs |\n|---|---|---|---|---|---|---|---|---|\n");
     let mut ratios = Vec::new();
     for &mode in &opts.modes {
         for &inflight in &opts.inflight {
@@ -572,28 +641,28 @@ pub fn summary(samples: &[Sample], targets: &[Target], opts: &Options) -> String
                         s.target == t.name && s.mode == mode && s.inflight == inflight.max(1)
                     })
                     .collect();
-                let stored: Vec<f64> = mine.iter().map(|s| s.stored_rate()).collect();
-                let ack: Vec<f64> = mine.iter().map(|s| s.acked_rate()).collect();
-                let runs: Vec<String> = stored
+                let stored: Vec<f64> = mine.iter().map(|s| s.stored_rate_or_zero()).collect();
+                let ack: Vec<f64> = mine.iter().map(|s| s.acked_rate_or_zero()).collect();
+                let runs: Vec<String> = mine
                     .iter()
-                    .map(|v| {
-                        if v.is_finite() {
-                            format!("{v:.0}")
-                        } else {
-                            "timeout".into()
-                        }
+                    .map(|s| match (&s.failed, s.visible) {
+                        (Some(_), _) => "failed".into(),
+                        (None, None) => "timeout".into(),
+                        (None, Some(_)) => format!("{:.0}", s.stored_rate()),
                     })
                     .collect();
+                let failed = mine.iter().filter(|s| s.is_failure()).count();
                 let persisted: usize = mine.iter().map(|s| s.persisted).sum();
                 let total: usize = mine.iter().map(|s| s.pdus).sum();
                 let retried: usize = mine.iter().map(|s| s.retried_429).sum();
                 out.push_str(&format!(
-                    "| {} | {inflight} | {} | {:.0} | {:.0} | {} | {persisted}/{total} | {retried} |\n",
+                    "| {} | {inflight} | {} | {:.0} | {:.0} | {} | {persisted}/{total} | {retried} | {failed}/{} |\n",
                     mode.as_str(),
                     t.name,
                     median(&stored),
                     median(&ack),
-                    runs.join(", ")
+                    runs.join(", "),
+                    mine.len()
                 ));
                 medians.push((t.name.clone(), median(&stored), median(&ack)));
             }
@@ -629,5 +698,44 @@ mod tests {
         assert_eq!(t.server_name, "localhost:21101");
         assert_eq!(t.token, "tok,en");
         assert!(Target::parse("weft,localhost:1").is_err());
+    }
+
+    fn sample(visible_ms: Option<u64>, failed: bool) -> Sample {
+        Sample {
+            target: "weft".into(),
+            mode: Mode::Open,
+            inflight: 1,
+            run: 1,
+            pdus: 100,
+            acked: Duration::from_millis(100),
+            visible: visible_ms.map(Duration::from_millis),
+            persisted: 100,
+            retried_429: 0,
+            failed: failed.then(|| "refused".to_owned()),
+        }
+    }
+
+    #[test]
+    fn failed_and_timed_out_runs_count_in_the_summary() {
+        let targets = [Target::parse("weft,localhost:1,http://127.0.0.1:2,t").unwrap()];
+        let opts = Options {
+            txns: 2,
+            pdus_per_txn: 50,
+            runs: 3,
+            inflight: vec![1],
+            modes: vec![Mode::Open],
+            timeout: Duration::from_secs(1),
+            poll_max: Duration::from_millis(50),
+        };
+        // 1000/s, a timeout and a failure: the median is 0, not 1000.
+        let samples = [
+            sample(Some(100), false),
+            sample(None, false),
+            sample(None, true),
+        ];
+        let text = summary(&samples, &targets, &opts);
+        assert!(text.contains("| open | 1 | weft | 0 |"), "{text}");
+        assert!(text.contains("1000, timeout, failed"), "{text}");
+        assert!(text.contains("| 2/3 |"), "{text}");
     }
 }

@@ -72,6 +72,18 @@ pub struct Script {
     pub body: Value,
 }
 
+/// How the peer publishes its signing key (to test how a server treats key validity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyMode {
+    /// Under `verify_keys`, valid for a day.
+    #[default]
+    Current,
+    /// Under `verify_keys`, but the answer's `valid_until_ts` lies an hour in the past.
+    Expired,
+    /// Only under `old_verify_keys` (expired an hour ago); a spare key is current.
+    Old,
+}
+
 /// The state shared by the peer's API and its listener threads.
 pub struct Shared {
     pub server_name: String,
@@ -79,6 +91,9 @@ pub struct Shared {
     pub rooms: Mutex<HashMap<OwnedRoomId, Room>>,
     pub inbound: Mutex<Vec<Inbound>>,
     pub scripts: Mutex<Vec<Script>>,
+    pub key_mode: Mutex<KeyMode>,
+    /// The current key in [`KeyMode::Old`].
+    pub spare_key: ServerSigningKey,
 }
 
 impl Shared {
@@ -97,24 +112,43 @@ impl Shared {
             .map(|s| (s.status, s.body.clone()))
     }
 
-    /// The signed answer of `GET /_matrix/key/v2/server`.
+    /// The signed answer of `GET /_matrix/key/v2/server` (shaped by the key mode).
     pub fn key_response(&self) -> CanonicalJsonObject {
-        let mut key = CanonicalJsonObject::new();
-        key.insert(
-            "key".into(),
-            CanonicalJsonValue::String(self.key.public_key_b64()),
-        );
+        let mode = *self.key_mode.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = |k: &ServerSigningKey, expired_ts: Option<u64>| {
+            let mut key = CanonicalJsonObject::new();
+            key.insert("key".into(), CanonicalJsonValue::String(k.public_key_b64()));
+            if let Some(ts) = expired_ts {
+                key.insert(
+                    "expired_ts".into(),
+                    CanonicalJsonValue::Integer(ruma::Int::try_from(ts).unwrap_or(ruma::Int::MAX)),
+                );
+            }
+            CanonicalJsonValue::Object(key)
+        };
+        let hour_ago = now_ms().saturating_sub(3600 * 1000);
         let mut verify_keys = CanonicalJsonObject::new();
-        verify_keys.insert(
-            self.key.key_id().to_owned(),
-            CanonicalJsonValue::Object(key),
-        );
+        let mut old_verify_keys = CanonicalJsonObject::new();
+        let current = match mode {
+            KeyMode::Old => {
+                old_verify_keys.insert(
+                    self.key.key_id().to_owned(),
+                    entry(&self.key, Some(hour_ago)),
+                );
+                &self.spare_key
+            }
+            _ => &self.key,
+        };
+        verify_keys.insert(current.key_id().to_owned(), entry(current, None));
         let mut obj = CanonicalJsonObject::new();
         obj.insert(
             "server_name".into(),
             CanonicalJsonValue::String(self.server_name.clone()),
         );
-        let until = now_ms() + 24 * 3600 * 1000;
+        let until = match mode {
+            KeyMode::Expired => hour_ago,
+            _ => now_ms() + 24 * 3600 * 1000,
+        };
         obj.insert(
             "valid_until_ts".into(),
             CanonicalJsonValue::Integer(ruma::Int::try_from(until).unwrap_or(ruma::Int::MAX)),
@@ -125,10 +159,10 @@ impl Shared {
         );
         obj.insert(
             "old_verify_keys".into(),
-            CanonicalJsonValue::Object(CanonicalJsonObject::new()),
+            CanonicalJsonValue::Object(old_verify_keys),
         );
         // Signing a fresh object with a valid key does not fail.
-        let _ = ruma::signatures::sign_json(&self.server_name, &self.key, &mut obj);
+        let _ = ruma::signatures::sign_json(&self.server_name, current, &mut obj);
         obj
     }
 }
@@ -193,6 +227,8 @@ impl Peer {
             rooms: Mutex::new(HashMap::new()),
             inbound: Mutex::new(Vec::new()),
             scripts: Mutex::new(Vec::new()),
+            key_mode: Mutex::new(KeyMode::Current),
+            spare_key: generate_key(),
         });
         let server_tls = tls::self_signed_server_config().map_err(Error)?;
         let listener = crate::server::serve(Arc::clone(&shared), tcp, server_tls)?;
@@ -214,6 +250,15 @@ impl Peer {
 
     pub fn port(&self) -> u16 {
         self.listener.port()
+    }
+
+    /// How `GET /_matrix/key/v2/server` publishes the peer's key from now on.
+    pub fn set_key_mode(&self, mode: KeyMode) {
+        *self
+            .shared
+            .key_mode
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = mode;
     }
 
     /// `@localpart:<our server name>`.

@@ -275,7 +275,7 @@ fn topic_setting(v: RoomVersion) -> Scenario {
 
 #[test]
 fn classic_scenarios() {
-    for v in DAG_VERSIONS {
+    for v in STATE_RES_V2_VERSIONS {
         for scenario in [
             ban_vs_power_levels(v),
             topic_basic(v),
@@ -291,7 +291,7 @@ fn classic_scenarios() {
 
 #[test]
 fn more_scenarios() {
-    for v in DAG_VERSIONS {
+    for v in STATE_RES_V2_VERSIONS {
         let mod_bob = || power_levels(ALICE, pl_content(v, &[(BOB, 50)], json!({})));
         let scenarios = vec![
             Scenario {
