@@ -39,8 +39,9 @@ pub async fn hash_password(core: &Core, password: String) -> Result<String> {
     core.passwords.hash(password).await
 }
 
-/// Checks a user's password; `Ok(false)` for a wrong password or an unknown, deactivated or
-/// password-less user. Every case costs one argon2 check on the pool (no enumeration by
+/// Checks a user's password; `Ok(false)` for a wrong password or an unknown or
+/// password-less user, 403 `M_USER_DEACTIVATED` for the right password of a deactivated
+/// account. Every case costs one argon2 check on the pool (no enumeration by
 /// timing). A hash made with outdated parameters is replaced by one with the current
 /// parameters after a successful check.
 pub async fn check_password(core: &Core, user_id: &str, password: String) -> Result<bool> {
@@ -48,11 +49,12 @@ pub async fn check_password(core: &Core, user_id: &str, password: String) -> Res
     core.passwords.check_capacity()?;
     let u = user_id.to_owned();
     let user = core.db.read(move |c| users::get_user(c, &u)).await?;
-    let hash = user
-        .filter(|u| !u.deactivated)
-        .and_then(|u| u.password_hash);
+    let deactivated = user.as_ref().is_some_and(|u| u.deactivated);
+    let hash = user.and_then(|u| u.password_hash);
     match core.passwords.verify(password, hash).await? {
         Verdict::Wrong => Ok(false),
+        // The right password of a deactivated account: say so (Synapse does too).
+        Verdict::Correct { .. } if deactivated => Err(Error::UserDeactivated),
         Verdict::Correct { rehash: None } => Ok(true),
         Verdict::Correct {
             rehash: Some(new_hash),

@@ -39,6 +39,8 @@ pub struct Config {
     pub rooms: RoomsConfig,
     pub limits: LimitsConfig,
     pub federation: FederationConfig,
+    pub devices: DevicesConfig,
+    pub media: MediaConfig,
     pub outbound: OutboundConfig,
     pub rate_limits: RateLimitsConfig,
     pub retention: RetentionConfig,
@@ -113,6 +115,53 @@ pub struct WellKnownConfig {
     pub server: String,
     /// `m.homeserver.base_url` of `/.well-known/matrix/client`; empty: not served.
     pub client_base_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest upload (and largest remote file fetched), in bytes.
+    pub max_upload_bytes: u64,
+    /// Bytes each local user may have uploaded in total (0: no quota).
+    pub user_quota_bytes: u64,
+    /// Serve the unauthenticated `/_matrix/media/v3/download|thumbnail` endpoints (off:
+    /// only `/_matrix/client/v1/media/*` serves content, as Synapse does by default).
+    pub legacy_unauthenticated: bool,
+    /// How long a media ID from `/create` may wait for its upload, in milliseconds.
+    pub unused_expires_ms: u64,
+    /// How many created-but-not-uploaded media IDs a user may hold at once.
+    pub max_pending_creates: u32,
+    /// Largest image, in pixels, that thumbnails are made from.
+    pub max_thumbnail_source_pixels: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 50 * 1024 * 1024,
+            user_quota_bytes: 1024 * 1024 * 1024,
+            legacy_unauthenticated: false,
+            unused_expires_ms: 24 * 3600 * 1000,
+            max_pending_creates: 10,
+            max_thumbnail_source_pixels: 32_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// How often, in milliseconds, the devices' last-seen time and address (kept in memory
+    /// as requests arrive) are written to the database, in one batch.
+    pub last_seen_flush_ms: u64,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            last_seen_flush_ms: 60_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,6 +312,8 @@ impl Default for Config {
             rooms: RoomsConfig::default(),
             limits: LimitsConfig::default(),
             federation: FederationConfig::default(),
+            devices: DevicesConfig::default(),
+            media: MediaConfig::default(),
             outbound: OutboundConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             retention: RetentionConfig::default(),
@@ -616,7 +667,7 @@ mod tests {
         bad.server_name = "not a name".into();
         assert!(bad.validate().is_err());
         bad = Config::default();
-        bad.rooms.default_version = "9".into();
+        bad.rooms.default_version = "99".into();
         assert!(bad.validate().is_err());
         for (m, t, p, q) in [
             (4, 2, 1, 32),

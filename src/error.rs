@@ -69,6 +69,21 @@ pub enum Error {
     /// End-to-end encryption: a key's signature does not verify.
     #[error("{0}")]
     InvalidSignature(String),
+    /// Key backup: the upload names a version that is not the current one.
+    #[error("wrong backup version")]
+    WrongRoomKeysVersion { current_version: Option<String> },
+    /// Media: an upload that would take the user over their quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Media: content was already uploaded to this media ID.
+    #[error("media already uploaded")]
+    CannotOverwriteMedia,
+    /// Media: the media ID was created but nothing uploaded yet.
+    #[error("media not yet uploaded")]
+    NotYetUploaded,
+    /// Login or use of a deactivated account.
+    #[error("this account has been deactivated")]
+    UserDeactivated,
 
     // ---- our side (5xx)
     #[error("unable to reach {0}")]
@@ -128,6 +143,11 @@ impl Error {
             Self::Unauthorized(_) => "M_UNAUTHORIZED",
             Self::WrongServer(_) => "M_WRONG_SERVER",
             Self::InvalidSignature(_) => "M_INVALID_SIGNATURE",
+            Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
+            Self::UserDeactivated => "M_USER_DEACTIVATED",
+            Self::QuotaExceeded(_) => "M_TOO_LARGE",
+            Self::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
+            Self::NotYetUploaded => "M_NOT_YET_UPLOADED",
             Self::Unreachable(_) | Self::Remote(_) | Self::Storage(_) | Self::Internal(_) => {
                 "M_UNKNOWN"
             }
@@ -152,14 +172,18 @@ impl ResponseError for Error {
             | Self::BadState(_)
             | Self::WrongServer(_)
             | Self::InvalidSignature(_) => StatusCode::BAD_REQUEST,
-            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooLarge | Self::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::CannotOverwriteMedia => StatusCode::CONFLICT,
+            Self::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotFound(_) | Self::Unrecognized => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Forbidden(_)
             | Self::InvalidLogin
             | Self::RegistrationDisabled
-            | Self::GuestAccessForbidden(_) => StatusCode::FORBIDDEN,
+            | Self::GuestAccessForbidden(_)
+            | Self::WrongRoomKeysVersion { .. }
+            | Self::UserDeactivated => StatusCode::FORBIDDEN,
             Self::MissingToken
             | Self::UnknownToken
             | Self::UiaRequired(_)
@@ -196,6 +220,11 @@ impl ResponseError for Error {
                 "errcode": self.errcode(),
                 "error": msg,
                 "retry_after_ms": retry,
+            }),
+            Self::WrongRoomKeysVersion { current_version } => json!({
+                "errcode": self.errcode(),
+                "error": self.to_string(),
+                "current_version": current_version,
             }),
             Self::Overloaded => json!({
                 "errcode": self.errcode(),

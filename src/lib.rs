@@ -2,18 +2,23 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the map of the code.
 
+pub mod account_data;
 pub mod accounts;
 pub mod client_api;
 pub mod config;
 pub mod core;
+pub mod deactivation;
 pub mod devices;
 pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod http;
+pub mod key_backup;
+pub mod media;
 pub mod net;
 pub mod notifier;
 pub mod passwords;
+pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod server;

@@ -70,6 +70,21 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         });
     }
 
+    // Write the devices' last-seen times and addresses in batches.
+    {
+        let services = Arc::clone(&services);
+        let every = Duration::from_millis(core.config.devices.last_seen_flush_ms.max(10));
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = services.last_seen.flush(&services).await {
+                    tracing::warn!(error = %e, "could not write devices' last-seen times");
+                }
+            }
+        });
+    }
+
     // Rate-limit buckets that are full again are forgotten (bounded maps).
     {
         let services = Arc::clone(&services);

@@ -14,6 +14,7 @@ pub struct Services {
     pub rooms: Arc<RoomRegistry>,
     pub tokens: TokenCache,
     pub typing: Typing,
+    pub last_seen: crate::devices::LastSeen,
     pub limits: Arc<crate::ratelimit::RateLimits>,
 }
 
@@ -23,6 +24,7 @@ impl Services {
             rooms: Arc::new(RoomRegistry::new(Arc::clone(&core))),
             tokens: TokenCache::default(),
             typing: Typing::default(),
+            last_seen: crate::devices::LastSeen::default(),
             limits: Arc::new(crate::ratelimit::RateLimits::new(&core.config.rate_limits)),
             core,
         })

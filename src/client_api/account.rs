@@ -254,13 +254,24 @@ pub(crate) async fn require_password_auth(
     Ok(())
 }
 
+/// A device as `/devices` shows it, with the last-seen values not written yet.
+fn device_json(s: &Services, d: users::DeviceRow) -> Value {
+    let (ts, ip) = match s.last_seen.pending(&d.user_id, &d.device_id) {
+        Some((ts, ip)) => (Some(ts), Some(ip)),
+        None => (d.last_seen_ts, d.last_seen_ip),
+    };
+    let mut v =
+        json!({"device_id": d.device_id, "display_name": d.display_name, "last_seen_ts": ts});
+    if let Some(ip) = ip {
+        v["last_seen_ip"] = json!(ip);
+    }
+    v
+}
+
 pub async fn devices(s: Data, user: AuthedUser) -> Result<HttpResponse> {
     let u = user.user_id.to_string();
     let list = s.core.db.read(move |c| users::list_devices(c, &u)).await?;
-    let devices: Vec<Value> = list
-        .into_iter()
-        .map(|d| json!({"device_id": d.device_id, "display_name": d.display_name, "last_seen_ts": d.last_seen_ts}))
-        .collect();
+    let devices: Vec<Value> = list.into_iter().map(|d| device_json(&s, d)).collect();
     ok(json!({"devices": devices}))
 }
 
@@ -276,9 +287,7 @@ pub async fn get_device(
         .read(move |c| users::get_device(c, &u, &d))
         .await?;
     let d = dev.ok_or_else(|| Error::not_found("unknown device"))?;
-    ok(
-        json!({"device_id": d.device_id, "display_name": d.display_name, "last_seen_ts": d.last_seen_ts}),
-    )
+    ok(device_json(&s, d))
 }
 
 #[derive(Deserialize)]
@@ -387,4 +396,25 @@ pub async fn change_password(
         crate::devices::delete_devices(&s, user.user_id.as_str(), devices).await?;
     }
     ok(json!({}))
+}
+
+#[derive(Deserialize)]
+pub struct DeactivateBody {
+    auth: Option<Value>,
+}
+
+/// `POST /account/deactivate` (password UIA); the work is `crate::deactivation`.
+pub async fn deactivate(
+    s: Data,
+    user: AuthedUser,
+    JsonBody(body): JsonBody<DeactivateBody>,
+) -> Result<HttpResponse> {
+    require_password_auth(&s, &user, body.auth.as_ref()).await?;
+    crate::deactivation::deactivate(&s, &user.user_id).await?;
+    ok(json!({"id_server_unbind_result": "no-support"}))
+}
+
+/// `GET /account/3pid`: weft binds no third-party identifiers.
+pub async fn threepids(_user: AuthedUser) -> Result<HttpResponse> {
+    ok(json!({"threepids": []}))
 }

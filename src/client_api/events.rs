@@ -19,7 +19,7 @@ use crate::sync::{SyncToken, visibility_floor};
 
 type Data = web::Data<Services>;
 
-fn room(s: &str) -> Result<OwnedRoomId> {
+pub(crate) fn room(s: &str) -> Result<OwnedRoomId> {
     OwnedRoomId::try_from(s).map_err(|_| Error::invalid_param("invalid room ID"))
 }
 
@@ -41,7 +41,7 @@ async fn committed_txn(s: &Services, key: &TxnKey) -> Result<Option<String>> {
         .await?)
 }
 
-fn viewer(user: &AuthedUser) -> Viewer {
+pub(crate) fn viewer(user: &AuthedUser) -> Viewer {
     Viewer {
         user_id: user.user_id.to_string(),
         device_id: user.device_id.clone(),
@@ -267,7 +267,11 @@ pub struct MessagesQuery {
 }
 
 /// The stream window a member may read: `(floor, ceiling]`.
-async fn readable_window(s: &Services, room_id: &str, user_id: &str) -> Result<(i64, i64)> {
+pub(crate) async fn readable_window(
+    s: &Services,
+    room_id: &str,
+    user_id: &str,
+) -> Result<(i64, i64)> {
     let m = access::require_member_or_past(s, room_id, user_id).await?;
     let r = room_id.to_owned();
     let stream = m.stream_ordering;
@@ -383,7 +387,7 @@ pub async fn messages(
 }
 
 /// An event the caller may see, with its row.
-async fn visible_event(
+pub(crate) async fn visible_event(
     s: &Services,
     user: &AuthedUser,
     room_id: &OwnedRoomId,

@@ -1,4 +1,4 @@
-//! Small endpoints: versions, capabilities, push rules, account data, typing, receipts,
+//! Small endpoints: versions, capabilities, account data, tags, typing, receipts,
 //! read markers, presence.
 
 use std::collections::HashMap;
@@ -26,8 +26,15 @@ pub const SPEC_VERSIONS: &[&str] = &[
     "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12",
 ];
 
+/// Unstable features served (each named by its MSC): MSC3391, deleting account data.
+pub const UNSTABLE_FEATURES: &[&str] = &["org.matrix.msc3391"];
+
 pub async fn versions() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"versions": SPEC_VERSIONS, "unstable_features": {}}))
+    let unstable: serde_json::Map<String, Value> = UNSTABLE_FEATURES
+        .iter()
+        .map(|f| ((*f).to_owned(), json!(true)))
+        .collect();
+    HttpResponse::Ok().json(json!({"versions": SPEC_VERSIONS, "unstable_features": unstable}))
 }
 
 pub async fn capabilities(s: Data, _user: AuthedUser) -> HttpResponse {
@@ -51,18 +58,6 @@ pub async fn capabilities(s: Data, _user: AuthedUser) -> HttpResponse {
     }))
 }
 
-pub async fn push_rules(user: AuthedUser) -> Result<HttpResponse> {
-    let text = include_str!("default_push_rules.json").replace("@USER_ID@", user.user_id.as_str());
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(HttpResponse::Ok().json(v))
-}
-
-pub async fn push_rules_global(user: AuthedUser) -> Result<HttpResponse> {
-    let text = include_str!("default_push_rules.json").replace("@USER_ID@", user.user_id.as_str());
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::internal(e.to_string()))?;
-    Ok(HttpResponse::Ok().json(v["global"].clone()))
-}
-
 fn own(user: &AuthedUser, path_user: &str) -> Result<()> {
     if path_user != user.user_id.as_str() {
         return Err(Error::forbidden(
@@ -72,38 +67,12 @@ fn own(user: &AuthedUser, path_user: &str) -> Result<()> {
     Ok(())
 }
 
-/// Writes account data and wakes the user's syncs.
-pub async fn set_account_data(
-    s: &Services,
-    user_id: &str,
-    room_id: &str,
-    kind: &str,
-    content: &Value,
-) -> Result<()> {
-    let pos = s.core.notifier.allocate();
-    let (u, r, t, c) = (
-        user_id.to_owned(),
-        room_id.to_owned(),
-        kind.to_owned(),
-        content.to_string(),
-    );
-    let res = s
-        .core
-        .db
-        .write(user_id, move |conn| {
-            account::set_account_data(conn, &u, &r, &t, &c, pos)
-        })
-        .await;
-    match res {
-        Ok(()) => {
-            s.core.notifier.complete(&[pos], [user_id.to_owned()]);
-            Ok(())
-        }
-        Err(e) => {
-            s.core.notifier.complete(&[pos], []);
-            Err(e.into())
-        }
-    }
+pub use crate::account_data::{modify_account_data, set_account_data};
+
+/// Deleted account data is stored as `{}` (what `/sync` shows for it, as MSC3391 says);
+/// reading it answers 404 like data never set.
+fn is_deleted(content: &str) -> bool {
+    content.trim() == "{}"
 }
 
 async fn get_account_data_inner(
@@ -118,7 +87,9 @@ async fn get_account_data_inner(
         .db
         .read(move |c| account::get_account_data(c, &u, &r, &t))
         .await?;
-    let content = found.ok_or_else(|| Error::not_found("account data not found"))?;
+    let content = found
+        .filter(|c| !is_deleted(c))
+        .ok_or_else(|| Error::not_found("account data not found"))?;
     let v: Value = serde_json::from_str(&content).map_err(|e| Error::internal(e.to_string()))?;
     Ok(HttpResponse::Ok().json(v))
 }
@@ -412,4 +383,103 @@ pub async fn get_presence(
         }),
         None => json!({"presence": "offline"}),
     }))
+}
+
+/// `DELETE /user/{userId}/account_data/{type}` (MSC3391, also under its unstable prefix).
+pub async fn delete_account_data(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (u, kind) = path.into_inner();
+    own(&user, &u)?;
+    set_account_data(&s, &u, "", &kind, &json!({})).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+pub async fn delete_room_account_data(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse> {
+    let (u, room, kind) = path.into_inner();
+    own(&user, &u)?;
+    ruma::RoomId::parse(&room).map_err(|_| Error::invalid_param("invalid room ID"))?;
+    set_account_data(&s, &u, &room, &kind, &json!({})).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+// ---------------------------------------------------------------- room tags
+
+/// The longest tag name accepted, in bytes.
+const MAX_TAG_BYTES: usize = 255;
+
+/// The tags of a room, from its `m.tag` room account data.
+fn tags_of(content: Option<Value>) -> serde_json::Map<String, Value> {
+    content
+        .and_then(|c| c.get("tags").and_then(Value::as_object).cloned())
+        .unwrap_or_default()
+}
+
+pub async fn get_tags(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (u, room) = path.into_inner();
+    own(&user, &u)?;
+    let (uu, r) = (u.clone(), room.clone());
+    let found = s
+        .core
+        .db
+        .read(move |c| account::get_account_data(c, &uu, &r, "m.tag"))
+        .await?
+        .and_then(|c| serde_json::from_str::<Value>(&c).ok());
+    Ok(HttpResponse::Ok().json(json!({"tags": tags_of(found)})))
+}
+
+pub async fn put_tag(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String, String)>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<HttpResponse> {
+    let (u, room, tag) = path.into_inner();
+    own(&user, &u)?;
+    ruma::RoomId::parse(&room).map_err(|_| Error::invalid_param("invalid room ID"))?;
+    if tag.is_empty() || tag.len() > MAX_TAG_BYTES {
+        return Err(Error::invalid_param(format!(
+            "a tag must be 1 to {MAX_TAG_BYTES} bytes"
+        )));
+    }
+    if !body.is_object() {
+        return Err(Error::bad_json("a tag's content must be an object"));
+    }
+    if body.get("order").is_some_and(|o| !o.is_number()) {
+        return Err(Error::bad_json("order must be a number"));
+    }
+    modify_account_data(&s, &u, &room, "m.tag", move |current| {
+        let mut tags = tags_of(current);
+        tags.insert(tag, body);
+        Ok(json!({"tags": tags}))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+pub async fn delete_tag(
+    s: Data,
+    user: AuthedUser,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse> {
+    let (u, room, tag) = path.into_inner();
+    own(&user, &u)?;
+    ruma::RoomId::parse(&room).map_err(|_| Error::invalid_param("invalid room ID"))?;
+    modify_account_data(&s, &u, &room, "m.tag", move |current| {
+        let mut tags = tags_of(current);
+        tags.remove(&tag);
+        Ok(json!({"tags": tags}))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({})))
 }

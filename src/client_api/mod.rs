@@ -7,8 +7,12 @@ pub mod directory;
 pub mod events;
 pub mod keys;
 pub mod linearized_admin;
+pub mod media;
 pub mod misc;
 pub mod profile;
+pub mod push;
+pub mod relations;
+pub mod room_keys;
 pub mod rooms;
 pub mod sync;
 pub mod tokens;
@@ -28,6 +32,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/logout/all", post().to(account::logout_all))
         .route("/account/whoami", get().to(account::whoami))
         .route("/account/password", post().to(account::change_password))
+        .route("/account/deactivate", post().to(account::deactivate))
+        .route("/account/3pid", get().to(account::threepids))
         .route("/devices", get().to(account::devices))
         .route("/devices/{device_id}", get().to(account::get_device))
         .route("/devices/{device_id}", put().to(account::put_device))
@@ -119,6 +125,26 @@ fn routes(cfg: &mut web::ServiceConfig) {
             put().to(misc::put_account_data),
         )
         .route(
+            "/user/{user_id}/account_data/{type}",
+            delete().to(misc::delete_account_data),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/account_data/{type}",
+            delete().to(misc::delete_room_account_data),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags",
+            get().to(misc::get_tags),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags/{tag}",
+            put().to(misc::put_tag),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags/{tag}",
+            delete().to(misc::delete_tag),
+        )
+        .route(
             "/user/{user_id}/rooms/{room_id}/account_data/{type}",
             get().to(misc::get_room_account_data),
         )
@@ -162,9 +188,38 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/publicRooms", get().to(directory::public_rooms))
         .route("/publicRooms", post().to(directory::public_rooms_post))
         // push rules, presence
-        .route("/pushrules/", get().to(misc::push_rules))
-        .route("/pushrules", get().to(misc::push_rules))
-        .route("/pushrules/global/", get().to(misc::push_rules_global))
+        .route("/pushrules/", get().to(push::all))
+        .route("/pushrules", get().to(push::all))
+        .route("/pushrules/global/", get().to(push::global))
+        .route("/pushrules/global", get().to(push::global))
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}",
+            get().to(push::get_rule),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}",
+            put().to(push::put_rule),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}",
+            delete().to(push::delete_rule),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}/enabled",
+            get().to(push::get_enabled),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}/enabled",
+            put().to(push::put_enabled),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}/actions",
+            get().to(push::get_actions),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}/actions",
+            put().to(push::put_actions),
+        )
         .route("/presence/{user_id}/status", get().to(misc::get_presence))
         .route("/presence/{user_id}/status", put().to(misc::set_presence))
         // end-to-end encryption
@@ -183,6 +238,42 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/sendToDevice/{event_type}/{txn_id}",
             put().to(keys::send_to_device),
+        )
+        // server-side key backup
+        .route("/room_keys/version", post().to(room_keys::create_version))
+        .route("/room_keys/version", get().to(room_keys::current_version))
+        .route(
+            "/room_keys/version/{version}",
+            get().to(room_keys::get_version),
+        )
+        .route(
+            "/room_keys/version/{version}",
+            put().to(room_keys::update_version),
+        )
+        .route(
+            "/room_keys/version/{version}",
+            delete().to(room_keys::delete_version),
+        )
+        .route("/room_keys/keys", put().to(room_keys::put_all))
+        .route("/room_keys/keys", get().to(room_keys::get_all))
+        .route("/room_keys/keys", delete().to(room_keys::delete_all))
+        .route("/room_keys/keys/{room_id}", put().to(room_keys::put_room))
+        .route("/room_keys/keys/{room_id}", get().to(room_keys::get_room))
+        .route(
+            "/room_keys/keys/{room_id}",
+            delete().to(room_keys::delete_room),
+        )
+        .route(
+            "/room_keys/keys/{room_id}/{session_id}",
+            put().to(room_keys::put_session),
+        )
+        .route(
+            "/room_keys/keys/{room_id}/{session_id}",
+            get().to(room_keys::get_session),
+        )
+        .route(
+            "/room_keys/keys/{room_id}/{session_id}",
+            delete().to(room_keys::delete_session),
         );
 }
 
@@ -196,6 +287,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/_weft/admin/v1/sync_waiters",
             web::get().to(linearized_admin::sync_waiters),
+        )
+        .configure(media::configure)
+        .configure(relations::configure)
+        .service(
+            web::scope("/_matrix/client/unstable/org.matrix.msc3391")
+                .route(
+                    "/user/{user_id}/account_data/{type}",
+                    web::delete().to(misc::delete_account_data),
+                )
+                .route(
+                    "/user/{user_id}/rooms/{room_id}/account_data/{type}",
+                    web::delete().to(misc::delete_room_account_data),
+                ),
         )
         .service(web::scope("/_matrix/client/v3").configure(routes))
         .service(web::scope("/_matrix/client/r0").configure(routes));

@@ -354,50 +354,7 @@ pub async fn leave(
     JsonBody(body): JsonBody<JoinBody>,
 ) -> Result<HttpResponse> {
     let room_id = parse_room_id(&path.into_inner())?;
-    let current = access::membership(&s, room_id.as_str(), user.user_id.as_str()).await?;
-    let local_room = {
-        let r = room_id.to_string();
-        s.core
-            .db
-            .read(move |c| rooms::get_room(c, &r))
-            .await?
-            .is_some()
-    };
-    if !local_room
-        && let Some(m) = &current
-        && matches!(m.membership.as_str(), "invite" | "knock")
-    {
-        // Declining an invite to a room held elsewhere: tell the inviting server.
-        let servers: Vec<String> = m
-            .sender
-            .split_once(':')
-            .map(|(_, srv)| vec![srv.to_owned()])
-            .unwrap_or_default();
-        if let Err(e) =
-            crate::federation::membership::leave_remote(&s, &room_id, &user.user_id, &servers).await
-        {
-            tracing::info!(room = %room_id, error = %e, "could not reach the inviting server; declining locally");
-            crate::federation::membership::forget_remote_invite(&s, &room_id, &user.user_id)
-                .await?;
-        }
-        return Ok(HttpResponse::Ok().json(json!({})));
-    }
-    match current.as_ref().map(|m| m.membership.as_str()) {
-        Some("join" | "invite" | "knock") => {
-            membership_event(
-                &s,
-                &room_id,
-                &user.user_id,
-                user.user_id.as_str(),
-                json!({"membership": "leave"}),
-                body.reason,
-            )
-            .await?;
-        }
-        // Already out: leaving is idempotent.
-        Some("leave" | "ban") => {}
-        _ => return Err(Error::not_found("you are not in this room")),
-    }
+    crate::deactivation::leave_room(&s, &room_id, &user.user_id, body.reason).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 

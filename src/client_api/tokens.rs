@@ -108,10 +108,21 @@ impl FromRequest for AuthedUser {
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let token = token_from_request(req);
         let services = req.app_data::<web::Data<Services>>().cloned();
+        let ip = req
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
         Box::pin(async move {
             let token = token.ok_or(Error::MissingToken)?;
             let services = services.ok_or_else(|| Error::internal("services missing"))?;
-            authenticate(&services, &token).await
+            let user = authenticate(&services, &token).await?;
+            services.last_seen.touch(
+                user.user_id.as_str(),
+                &user.device_id,
+                ip,
+                storage::now_ms(),
+            );
+            Ok(user)
         })
     }
 }

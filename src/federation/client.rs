@@ -474,6 +474,56 @@ impl FederationClient {
         }
         Ok(value)
     }
+
+    /// A signed GET whose answer is not JSON (federation media): returns the status, the
+    /// `Content-Type` and the body, read up to `limit` bytes within the request timeout.
+    /// Goes through the same discovery and address checks as [`Self::request`].
+    pub async fn get_bytes(
+        &self,
+        destination: &str,
+        path_and_query: &str,
+        limit: usize,
+    ) -> Result<(u16, Option<String>, actix_web::web::Bytes), FedError> {
+        let target = self.resolve(destination).await?;
+        let auth = xmatrix::sign_request(
+            &self.settings.key,
+            "GET",
+            path_and_query,
+            &self.settings.origin,
+            destination,
+            None,
+        );
+        let url = self.url(&target, path_and_query);
+        let resp = self
+            .http
+            .client()
+            .get(&url)
+            .insert_header(("Host", target.host_header.clone()))
+            .insert_header(("Authorization", auth))
+            .insert_header(("User-Agent", concat!("weft/", env!("CARGO_PKG_VERSION"))))
+            .send()
+            .await
+            .map_err(|e| FedError::Unreachable {
+                destination: destination.to_owned(),
+                message: e.to_string(),
+            })?;
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp
+            .timeout(self.settings.timeout)
+            .body()
+            .limit(limit)
+            .await
+            .map_err(|e| FedError::BadResponse {
+                destination: destination.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok((status, content_type, body))
+    }
 }
 
 fn bracket(host: &str) -> String {

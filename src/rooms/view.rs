@@ -1,5 +1,7 @@
 //! How stored events look to a client: the Client-Server event format with `unsigned`
-//! (age, the viewer's own transaction ID, `redacted_because`), with redactions applied.
+//! (age, the viewer's own transaction ID, `redacted_because`, and the bundled aggregations
+//! of `m.relations`: latest edit, thread summary, references), with redactions applied.
+//! Every endpoint that serves events goes through [`client_events`], so all of them bundle.
 //! Runs inside a database read (synchronous).
 
 use std::collections::HashMap;
@@ -12,7 +14,8 @@ use weft_protocol::{Pdu, RoomVersion};
 
 use crate::rooms::actor::parse_row;
 use crate::storage::events::EventRow;
-use crate::storage::{AnyConnection, StorageResult, events, now_ms, rooms};
+use crate::storage::{AnyConnection, StorageResult, events, now_ms, relations, rooms};
+use weft_protocol::relations as rel;
 
 /// Who is looking (their own transaction IDs are shown back to them).
 #[derive(Debug, Clone)]
@@ -50,8 +53,112 @@ pub fn pdu_of(row: &EventRow, version: RoomVersion) -> StorageResult<Pdu> {
         .map_err(|e| crate::storage::StorageError::Corrupt(e.to_string()))
 }
 
-/// Client events for rows of one room, in the given order.
+/// Client events for rows of one room, in the given order, with bundled aggregations.
 pub fn client_events(
+    conn: &mut AnyConnection,
+    rows: &[EventRow],
+    version: RoomVersion,
+    viewer: &Viewer,
+) -> StorageResult<Vec<Value>> {
+    let mut out = render(conn, rows, version, viewer)?;
+    bundle_aggregations(conn, rows, &mut out, version, viewer)?;
+    Ok(out)
+}
+
+/// Adds `unsigned["m.relations"]` to each event that others relate to.
+fn bundle_aggregations(
+    conn: &mut AnyConnection,
+    rows: &[EventRow],
+    out: &mut [Value],
+    version: RoomVersion,
+    viewer: &Viewer,
+) -> StorageResult<()> {
+    let ids: Vec<String> = rows
+        .iter()
+        .filter(|r| r.redacted_by.is_none())
+        .map(|r| r.event_id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let children = relations::children_of(conn, &ids)?;
+    if children.is_empty() {
+        return Ok(());
+    }
+    let mut by_parent: HashMap<&str, Vec<weft_protocol::relations::Child>> = HashMap::new();
+    for c in &children {
+        by_parent
+            .entry(c.relates_to.as_str())
+            .or_default()
+            .push(c.child());
+    }
+    let mut bundles = Vec::new();
+    let mut wanted: Vec<String> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let Some(kids) = by_parent.get(row.event_id.as_str()) else {
+            continue;
+        };
+        let parent = rel::Parent {
+            event_type: &row.event_type,
+            sender: &row.sender,
+            is_state: row.state_key.is_some(),
+        };
+        let b = rel::bundle(&parent, kids, &viewer.user_id);
+        if b.is_empty() {
+            continue;
+        }
+        wanted.extend(b.latest_edit.iter().cloned());
+        wanted.extend(b.thread_latest.iter().cloned());
+        bundles.push((i, b));
+    }
+    if bundles.is_empty() {
+        return Ok(());
+    }
+    let related_rows = events::get_events(conn, &wanted)?;
+    let rendered = render(conn, &related_rows, version, viewer)?;
+    let related: HashMap<&str, &Value> = related_rows
+        .iter()
+        .map(|r| r.event_id.as_str())
+        .zip(rendered.iter())
+        .collect();
+    for (i, b) in bundles {
+        let mut m = Map::new();
+        if let Some(e) = b.latest_edit.as_deref().and_then(|id| related.get(id)) {
+            m.insert("m.replace".into(), (*e).clone());
+        }
+        if let Some(e) = b.thread_latest.as_deref().and_then(|id| related.get(id)) {
+            m.insert(
+                "m.thread".into(),
+                json!({
+                    "latest_event": e,
+                    "count": b.thread_count,
+                    "current_user_participated": b.thread_participated,
+                }),
+            );
+        }
+        if !b.references.is_empty() {
+            let chunk: Vec<Value> = b
+                .references
+                .iter()
+                .map(|id| json!({"event_id": id}))
+                .collect();
+            m.insert("m.reference".into(), json!({"chunk": chunk}));
+        }
+        if m.is_empty() {
+            continue;
+        }
+        if let Some(obj) = out.get_mut(i).and_then(Value::as_object_mut) {
+            let unsigned = obj.entry("unsigned").or_insert_with(|| json!({}));
+            if let Some(u) = unsigned.as_object_mut() {
+                u.insert("m.relations".into(), Value::Object(m));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Client events without bundled aggregations (for the events bundled into others).
+fn render(
     conn: &mut AnyConnection,
     rows: &[EventRow],
     version: RoomVersion,

@@ -331,6 +331,15 @@ pub fn get_cross_signing_key(
         .optional()?)
 }
 
+/// Deletes all cross-signing keys of a user (account deactivation).
+pub fn delete_cross_signing_keys(conn: &mut AnyConnection, user_id: &str) -> StorageResult<()> {
+    diesel::delete(
+        e2e_cross_signing_keys::table.filter(e2e_cross_signing_keys::user_id.eq(user_id)),
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
 pub fn set_cross_signing_key(
     conn: &mut AnyConnection,
     user_id: &str,

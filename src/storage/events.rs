@@ -63,6 +63,7 @@ pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bo
             diesel::insert_into(events::table)
                 .values(ev)
                 .execute(conn)?;
+            super::relations::index_event(conn, ev)?;
             Ok(true)
         }
         Some((true, None)) if !ev.outlier => {
@@ -76,6 +77,7 @@ pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bo
                     events::soft_failed.eq(ev.soft_failed),
                 ))
                 .execute(conn)?;
+            super::relations::index_event(conn, ev)?;
             Ok(true)
         }
         Some(_) => Ok(false),
@@ -200,6 +202,8 @@ pub fn set_redacted_by(
     diesel::update(events::table.filter(events::event_id.eq(event_id)))
         .set(events::redacted_by.eq(redaction_id))
         .execute(conn)?;
+    // A redaction strips `m.relates_to`: the event no longer relates to anything.
+    super::relations::forget_event(conn, event_id)?;
     Ok(())
 }
 

@@ -13,11 +13,14 @@
 //! * Migrations are embedded, one directory per dialect, and run at start.
 
 pub mod account;
+pub mod backup;
 pub mod connection;
 pub mod e2ee;
 pub mod events;
 pub mod federation;
 pub mod linearized;
+pub mod media;
+pub mod relations;
 pub mod retention;
 pub mod rooms;
 pub mod schema;

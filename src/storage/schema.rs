@@ -19,6 +19,7 @@ diesel::table! {
         display_name -> Nullable<Text>,
         last_seen_ts -> Nullable<BigInt>,
         created_ts -> BigInt,
+        last_seen_ip -> Nullable<Text>,
     }
 }
 
@@ -325,5 +326,68 @@ diesel::table! {
         origin -> Text,
         pdu -> Text,
         received_ts -> BigInt,
+    }
+}
+
+diesel::table! {
+    backup_versions (user_id, version) {
+        user_id -> Text,
+        version -> BigInt,
+        algorithm -> Text,
+        auth_data -> Text,
+        etag -> BigInt,
+        deleted -> Bool,
+    }
+}
+
+diesel::table! {
+    backup_keys (user_id, version, room_id, session_id) {
+        user_id -> Text,
+        version -> BigInt,
+        room_id -> Text,
+        session_id -> Text,
+        first_message_index -> BigInt,
+        forwarded_count -> BigInt,
+        is_verified -> Bool,
+        session_data -> Text,
+    }
+}
+
+diesel::table! {
+    media (server_name, media_id) {
+        server_name -> Text,
+        media_id -> Text,
+        sha256 -> Nullable<Text>,
+        content_type -> Nullable<Text>,
+        filename -> Nullable<Text>,
+        size -> BigInt,
+        uploader -> Nullable<Text>,
+        created_ts -> BigInt,
+        unused_expires_ts -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    media_thumbnails (sha256, width, height, method) {
+        sha256 -> Text,
+        width -> Integer,
+        height -> Integer,
+        method -> Text,
+        thumb_sha256 -> Text,
+        content_type -> Text,
+        size -> BigInt,
+    }
+}
+
+diesel::table! {
+    event_relations (event_id) {
+        event_id -> Text,
+        room_id -> Text,
+        relates_to -> Text,
+        rel_type -> Text,
+        event_type -> Text,
+        sender -> Text,
+        origin_server_ts -> BigInt,
+        stream_ordering -> BigInt,
     }
 }

@@ -23,6 +23,7 @@ pub struct DeviceRow {
     pub display_name: Option<String>,
     pub last_seen_ts: Option<i64>,
     pub created_ts: i64,
+    pub last_seen_ip: Option<String>,
 }
 
 /// Creates a user; `Ok(false)` if the ID is taken.
@@ -65,6 +66,13 @@ pub fn count_users(conn: &mut AnyConnection) -> StorageResult<i64> {
 pub fn set_password(conn: &mut AnyConnection, user_id: &str, hash: &str) -> StorageResult<()> {
     diesel::update(users::table.filter(users::user_id.eq(user_id)))
         .set(users::password_hash.eq(hash))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn set_deactivated(conn: &mut AnyConnection, user_id: &str, on: bool) -> StorageResult<()> {
+    diesel::update(users::table.filter(users::user_id.eq(user_id)))
+        .set(users::deactivated.eq(on))
         .execute(conn)?;
     Ok(())
 }
@@ -139,6 +147,27 @@ pub fn list_devices(conn: &mut AnyConnection, user_id: &str) -> StorageResult<Ve
         .filter(devices::user_id.eq(user_id))
         .order(devices::device_id.asc())
         .load::<DeviceRow>(conn)?)
+}
+
+/// Records when and from where a device was last seen (no-op for a deleted device).
+pub fn set_last_seen(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+    ts: i64,
+    ip: &str,
+) -> StorageResult<()> {
+    diesel::update(
+        devices::table
+            .filter(devices::user_id.eq(user_id))
+            .filter(devices::device_id.eq(device_id)),
+    )
+    .set((
+        devices::last_seen_ts.eq(Some(ts)),
+        devices::last_seen_ip.eq(Some(ip)),
+    ))
+    .execute(conn)?;
+    Ok(())
 }
 
 pub fn set_device_name(

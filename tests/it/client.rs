@@ -167,7 +167,10 @@ impl Client {
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
-        if body.is_some() {
+        let typed = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if body.is_some() && !typed {
             req = req.header("Content-Type", "application/json");
         }
         for (k, v) in headers {
@@ -197,6 +200,53 @@ impl Client {
             text,
             body,
         }
+    }
+
+    /// Uploads bytes with a content type (`None`: no Content-Type header at all).
+    pub fn upload(&self, path: &str, bytes: &[u8], content_type: Option<&str>) -> Resp {
+        let method = if path.contains("/upload/") {
+            "PUT"
+        } else {
+            "POST"
+        };
+        let headers: Vec<(&str, &str)> = match content_type {
+            Some(ct) => vec![("Content-Type", ct)],
+            None => vec![("Content-Type", "")],
+        };
+        self.raw_with(
+            method,
+            path,
+            Some(bytes.to_vec()),
+            self.token.as_deref(),
+            &headers,
+        )
+    }
+
+    /// A GET whose answer is bytes: (status, headers, body).
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut req = ureq::http::Request::builder()
+            .method("GET")
+            .uri(self.url(path));
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = self
+            .agent
+            .run(req.body(()).expect("build request"))
+            .unwrap_or_else(|e| panic!("GET {path}: transport error: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_vec()
+            .unwrap_or_else(|e| panic!("GET {path}: reading the body: {e}"));
+        (status, headers, body)
     }
 
     pub fn get(&self, path: &str) -> Resp {

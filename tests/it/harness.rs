@@ -509,6 +509,34 @@ impl Server {
         rows.into_iter().map(|r| (r.event_id, r.json)).collect()
     }
 
+    /// Runs a query returning one text column named `v`, with one text parameter written
+    /// `?` (turned into `$1` for PostgreSQL), straight on the server's database.
+    pub fn query_text(&self, sql: &str, param: &str) -> Vec<String> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            v: String,
+        }
+        let rows: Vec<Row> = match &self.database.kind {
+            Database::Sqlite(path) => {
+                let mut c = diesel::SqliteConnection::establish(&path.display().to_string())
+                    .expect("open the SQLite database");
+                diesel::sql_query(sql)
+                    .bind::<diesel::sql_types::Text, _>(param)
+                    .load(&mut c)
+                    .expect("query")
+            }
+            Database::Postgres { url, .. } => {
+                let mut c = diesel::PgConnection::establish(url).expect("connect to PostgreSQL");
+                diesel::sql_query(sql.replace('?', "$1"))
+                    .bind::<diesel::sql_types::Text, _>(param)
+                    .load(&mut c)
+                    .expect("query")
+            }
+        };
+        rows.into_iter().map(|r| r.v).collect()
+    }
+
     /// The number of rows of a table (a fixed name from the test, not user input).
     pub fn count_rows(&self, table: &str) -> i64 {
         #[derive(QueryableByName)]

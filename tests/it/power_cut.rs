@@ -297,7 +297,8 @@ impl Weft {
                 "server_name = \"weft.test\"\ndata_dir = \"{}\"\n\
                  [database]\nurl = \"{db_url}\"\n\
                  [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"\"\n\
-                 [registration]\nopen = true\n[federation]\nenabled = false\n",
+                 [registration]\nopen = true\n[federation]\nenabled = false\n\
+                 [rate_limits]\nenabled = false\n",
                 dir.join("data").display()
             ),
         )

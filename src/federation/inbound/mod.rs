@@ -11,6 +11,7 @@ pub mod e2ee;
 pub mod edus;
 pub mod gaps;
 pub mod history;
+pub mod media;
 pub mod query;
 pub mod send;
 pub mod verify;
@@ -37,6 +38,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/_matrix/federation")
                 .route("/v1/version", get().to(query::version))
+                .route("/v1/media/download/{media_id}", get().to(media::download))
+                .route("/v1/media/thumbnail/{media_id}", get().to(media::thumbnail))
                 .route("/v1/send/{txn_id}", put().to(send::send_transaction))
                 .route("/v1/event/{event_id}", get().to(history::get_event))
                 .route("/v1/state/{room_id}", get().to(history::get_state))
