@@ -228,7 +228,7 @@ async fn accept_membership(
     }
     let outcome = s
         .rooms
-        .send(
+        .admit(
             &room_id,
             InboundPdus {
                 pdus: vec![(checked.pdu.clone(), None)],
@@ -393,7 +393,9 @@ pub struct InviteBody {
     invite_room_state: Vec<Value>,
 }
 
-/// Records an invite (or knock) of a local user to a room we may hold no copy of.
+/// Records an invite (or knock) of a local user to a room we may hold no copy of. Such an
+/// out-of-band membership never replaces a join (or ban) held in a room we know: that one
+/// changes only through the room's events (403 `M_FORBIDDEN` otherwise).
 pub(crate) async fn record_remote_membership(
     s: &Services,
     pdu: &Pdu,
@@ -431,9 +433,16 @@ pub(crate) async fn record_remote_membership(
         .core
         .db
         .write(pdu.room_id().as_str(), move |c| {
+            let known = rooms::get_room(c, &room)?.is_some();
+            if known
+                && rooms::get_membership(c, &room, &t)?
+                    .is_some_and(|m| matches!(m.membership.as_str(), "join" | "ban"))
+            {
+                return Ok(false);
+            }
             events::insert_event(c, &row)?;
             // A room we are in keeps its own version row; others get the version recorded.
-            if rooms::get_room(c, &room)?.is_none() {
+            if !known {
                 rooms::set_known_version(c, &room, version.as_str())?;
             }
             rooms::set_membership(
@@ -445,19 +454,58 @@ pub(crate) async fn record_remote_membership(
                 stream,
                 &sender,
                 Some(&invite_state),
-            )
+            )?;
+            Ok(true)
         })
         .await;
     s.core.notifier.complete(
         &[stream],
-        if res.is_ok() {
+        if matches!(res, Ok(true)) {
             vec![target]
         } else {
             Vec::new()
         },
     );
-    res?;
+    if !res? {
+        tracing::info!(room = %pdu.room_id(), user = %pdu.state_key().unwrap_or_default(), "out-of-band membership refused: the user's membership in a room we know changes only by its events");
+        return Err(Error::forbidden(
+            "the user's membership in this room is decided by the room's state",
+        ));
+    }
     Ok(())
+}
+
+/// An invite for a room we hold: checked against the room's current state like any event
+/// (an invite of a joined or banned user, or from a sender who may not invite, is 403
+/// `M_FORBIDDEN`). `false` when we hold no copy of the room.
+async fn check_invite_against_room(s: &Services, pdu: &Pdu, version: RoomVersion) -> Result<bool> {
+    let Ok(room_id) = OwnedRoomId::try_from(pdu.room_id().as_str()) else {
+        return Ok(false);
+    };
+    let r = room_id.to_string();
+    let held = s.core.db.read(move |c| rooms::get_room(c, &r)).await?;
+    let Some(row) = held else {
+        return Ok(false);
+    };
+    if row.room_version != version.as_str() {
+        return Err(Error::bad_json(format!(
+            "the room has version {}, not {}",
+            row.room_version,
+            version.as_str()
+        )));
+    }
+    let snap = match s.rooms.send(&room_id, GetSnapshot).await? {
+        Ok(snap) => snap,
+        Err(_) => return Ok(false),
+    };
+    auth::check_state_dependent(version, pdu, |t, k| {
+        snap.state.as_map().get(&(t.clone(), k.to_owned())).cloned()
+    })
+    .map_err(|e| {
+        tracing::info!(room = %room_id, event = %pdu.event_id(), reason = %e.0, "invite refused by the room's state");
+        Error::forbidden(format!("invite not allowed by the room's state: {}", e.0))
+    })?;
+    Ok(true)
 }
 
 pub async fn invite_v2(
@@ -513,31 +561,38 @@ pub async fn invite_v2(
         .pop()
         .ok_or_else(|| Error::internal("no check result"))?;
     let checked = checked.map_err(Error::Forbidden)?;
+    if checked.redacted {
+        return Err(Error::forbidden("content hash mismatch"));
+    }
+    let known = check_invite_against_room(&s, &checked.pdu, version).await?;
     let mut obj = checked.pdu.json().clone();
     builder::add_signature(&mut obj, version, s.server_name(), &s.core.key)
         .map_err(|e| Error::internal(e.to_string()))?;
     let signed_pdu = Pdu::from_json_with_id(checked.pdu.owned_event_id(), obj, version)
         .map_err(|e| Error::internal(e.to_string()))?;
-    record_remote_membership(&s, &signed_pdu, version, body.invite_room_state).await?;
-    // A room we are in: the invite is an event of our copy too (it will also arrive by
-    // /send, but the invitee may join before that).
-    let known = {
-        let r = room.clone();
-        s.core
-            .db
-            .read(move |c| rooms::get_room(c, &r))
-            .await?
-            .is_some()
-    };
+    // A room we hold: the invite is an event of our copy, admitted like any other (it
+    // will also arrive by /send, but the invitee may join before that). Only when our copy
+    // cannot place it yet (its prev events are unknown here) is it kept out of band.
+    let mut placed = false;
     if known && let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) {
         let msg = InboundPdus {
             pdus: vec![(signed_pdu.clone(), None)],
             local: false,
             version: None,
         };
-        if let Ok(outcome) = s.rooms.send(&room_id, msg).await {
-            tracing::debug!(room = %room, ?outcome, "applied an invite to our copy of the room");
+        match s.rooms.admit(&room_id, msg).await?.pop() {
+            Some(InboundOutcome::Accepted) => placed = true,
+            Some(InboundOutcome::Rejected(r)) | Some(InboundOutcome::SoftFailed(r)) => {
+                tracing::info!(room = %room, reason = %r, "invite refused by the room");
+                return Err(Error::forbidden(format!("invite not allowed: {r}")));
+            }
+            other => {
+                tracing::debug!(room = %room, ?other, "invite not placed in our copy of the room yet")
+            }
         }
+    }
+    if !placed {
+        record_remote_membership(&s, &signed_pdu, version, body.invite_room_state).await?;
     }
     tracing::info!(room = %room, invitee = %target, inviter = %signed_pdu.sender(), "accepted an invite from another server");
     Ok(HttpResponse::Ok().json(json!({"event": signed_pdu.to_federation_value()})))
@@ -764,7 +819,10 @@ async fn complete_join(
     }
     let rejected = outliers::store(&s.core, room.as_str(), version, pdus).await?;
     if !rejected.is_empty() {
-        tracing::warn!(room = %room, count = rejected.len(), "some of the room's state failed its auth checks");
+        // Rejected events are never state: the join's state is what remains.
+        tracing::warn!(room = %room, count = rejected.len(), "some of the room's state failed its auth checks; left out");
+        let bad: std::collections::HashSet<&String> = rejected.iter().collect();
+        state_ids.retain(|_, id| !bad.contains(id));
     }
     // A resident server may have countersigned the join (restricted rooms).
     let join = match resp.get("event") {
@@ -777,7 +835,7 @@ async fn complete_join(
     let id = join.owned_event_id();
     let outcome = s
         .rooms
-        .send(
+        .admit(
             room,
             InboundPdus {
                 pdus: vec![(join, Some(state_ids))],
@@ -861,7 +919,7 @@ pub async fn invite_remote(
     .map_err(|e| Error::Remote(format!("{dest} did not sign the invite: {e}")))?;
     let outcome = s
         .rooms
-        .send(
+        .admit(
             room,
             InboundPdus {
                 pdus: vec![(signed_back, None)],

@@ -42,7 +42,8 @@ use weft_protocol::{Pdu, RoomVersion};
 use super::ActorMap;
 use super::inbound::{self, InboundInput, Prepared};
 use super::messages::{
-    BuildEvent, GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot, SendEvent, TxnKey,
+    AppendHistory, BuildEvent, GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot,
+    SendEvent, TxnKey,
 };
 use super::persist::NewGroup;
 use super::persist::{MembershipChange, PersistBatch, PersistEvent, Redaction};
@@ -119,7 +120,25 @@ pub struct RoomActor {
     last_active: Instant,
     /// Linearized Matrix rooms: hub or participant (`None` for DAG rooms).
     lm: Option<super::linearized::Role>,
+    /// Events rejected since the actor started (older ones are found in the database, by
+    /// the admission step before the actor and by `inbound::prepare`): rejection is
+    /// permanent, so the in-memory path never re-checks one against a newer state.
+    rejected: HashSet<OwnedEventId>,
+    /// Events (appended since the actor started) after which the room's state is exactly
+    /// the current state: the tips of concurrent chains of messages from one point. A
+    /// received message whose prev events are all here, while every forward extremity is
+    /// here too, has the current state as the state before it and leaves the current state
+    /// as it is: it is checked and appended in memory (forks at memory speed). Cleared when
+    /// the current state changes.
+    at_current: HashSet<OwnedEventId>,
 }
+
+/// Most events [`RoomActor::at_current`] holds (then only the forward extremities stay).
+const MAX_AT_CURRENT: usize = 20_000;
+
+/// Most rejected event IDs an actor remembers (then it starts over; the database remembers
+/// all of them).
+const MAX_REMEMBERED_REJECTIONS: usize = 10_000;
 
 /// Flush the pending batch (sent by the actor to itself after the mailbox is drained).
 #[derive(Message)]
@@ -178,6 +197,8 @@ impl RoomActor {
             flush_scheduled: false,
             last_active: Instant::now(),
             lm: None,
+            rejected: HashSet::new(),
+            at_current: HashSet::new(),
         }
     }
 
@@ -270,6 +291,10 @@ impl RoomActor {
     fn append(&mut self, plan: AppendPlan) {
         let pdu = plan.pdu;
         if let Some(reason) = plan.rejected {
+            if self.rejected.len() >= MAX_REMEMBERED_REJECTIONS {
+                self.rejected.clear();
+            }
+            self.rejected.insert(pdu.owned_event_id());
             let mut row = self.row_for(&pdu, None);
             row.rejected = Some(reason);
             self.pending.push(Pending {
@@ -357,6 +382,17 @@ impl RoomActor {
             let prevs: HashSet<&OwnedEventId> = pdu.prev_events().iter().collect();
             self.extremities.retain(|e| !prevs.contains(e));
             self.extremities.push(pdu.owned_event_id());
+            // Which tips still have the current state after them.
+            if !simple || pdu.state_key().is_some() {
+                self.at_current.clear();
+            }
+            if simple || self.extremities.len() == 1 {
+                self.at_current.insert(pdu.owned_event_id());
+            }
+            if self.at_current.len() > MAX_AT_CURRENT {
+                let exts: HashSet<&OwnedEventId> = self.extremities.iter().collect();
+                self.at_current.retain(|e| exts.contains(e));
+            }
             if let Some(hash) = cited_hash(self.version, &pdu) {
                 self.extremity_hashes.insert(pdu.owned_event_id(), hash);
                 let exts = &self.extremities;
@@ -688,10 +724,24 @@ impl RoomActor {
         if self.status != Status::Ready {
             return None;
         }
+        if self.rejected.contains(pdu.event_id()) {
+            return Some(InboundOutcome::Rejected("rejected before".into()));
+        }
         let prevs: HashSet<&OwnedEventId> = pdu.prev_events().iter().collect();
         let exts: HashSet<&OwnedEventId> = self.extremities.iter().collect();
-        if prevs != exts || prevs.is_empty() {
+        if prevs.is_empty() {
             return None;
+        }
+        if prevs != exts {
+            // A fork of messages: in memory when the state after every prev event and after
+            // every tip is the current state (so resolving them changes nothing).
+            let fork_in_memory = pdu.state_key().is_none()
+                && !self.at_current.contains(pdu.event_id())
+                && prevs.iter().all(|p| self.at_current.contains(*p))
+                && exts.iter().all(|e| self.at_current.contains(*e));
+            if !fork_in_memory {
+                return None;
+            }
         }
         let index = self.state.index();
         if !pdu.auth_events().iter().all(|a| index.contains_key(a)) {
@@ -887,6 +937,10 @@ impl Actor for RoomActor {
                     act.version = loaded.version;
                     act.state = loaded.state;
                     act.extremities = loaded.extremities;
+                    if let [only] = act.extremities.as_slice() {
+                        // One tip: the current state is the state after it.
+                        act.at_current.insert(only.clone());
+                    }
                     act.extremity_hashes = loaded.extremity_hashes;
                     act.max_depth = loaded.max_depth;
                     act.status = Status::Ready;
@@ -1114,6 +1168,46 @@ impl Handler<InboundPdus> for RoomActor {
             .map(|(p, h)| (Arc::new(p), h))
             .collect();
         AtomicResponse::new(Self::process_inbound(items, Vec::new(), msg.local))
+    }
+}
+
+impl Handler<AppendHistory> for RoomActor {
+    type Result = AtomicResponse<Self, Result<()>>;
+
+    fn handle(&mut self, msg: AppendHistory, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        if let Err(e) = self.check_ready() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+        }
+        if self.lm.is_some() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(Error::forbidden(
+                "a Linearized Matrix room takes no DAG history",
+            )))));
+        }
+        self.batch.groups.extend(msg.groups);
+        for (pdu, row) in msg.events {
+            if row.rejected.is_some() {
+                self.rejected.insert(pdu.owned_event_id());
+            }
+            self.pending.push(Pending {
+                pdu,
+                persist: PersistEvent {
+                    row,
+                    txn: None,
+                    redaction: None,
+                },
+                // Backfill positions are not the notifier's: nothing to complete.
+                stream: None,
+                replies: Vec::new(),
+            });
+        }
+        AtomicResponse::new(Box::pin(self.flush_fut().map(|ok, _, _| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::internal("could not store backfilled history"))
+            }
+        })))
     }
 }
 

@@ -146,10 +146,14 @@ fn resolve(
 pub fn prepare(conn: &mut AnyConnection, input: InboundInput) -> StorageResult<Prepared> {
     let pdu = &input.pdu;
     let version = input.version;
-    if let Some(row) = events::get_event(conn, pdu.event_id().as_str())?
-        && !row.outlier
-    {
-        return Ok(Prepared::Known);
+    if let Some(row) = events::get_event(conn, pdu.event_id().as_str())? {
+        // Rejection is permanent, whichever path brings the event again.
+        if let Some(reason) = row.rejected {
+            return Ok(Prepared::Rejected(format!("rejected before: {reason}")));
+        }
+        if !row.outlier {
+            return Ok(Prepared::Known);
+        }
     }
     let lookup = Lookup {
         conn: RefCell::new(conn),

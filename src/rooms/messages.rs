@@ -117,3 +117,13 @@ pub enum InboundOutcome {
 pub struct BuildEvent {
     pub draft: EventDraft,
 }
+
+/// History fetched by backfill and admitted by [`crate::rooms::admission::backfill`]: rows
+/// (negative stream positions, or rejected outliers) and the state groups before them. The
+/// room's current state, extremities and memberships are not touched.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<()>")]
+pub struct AppendHistory {
+    pub groups: Vec<crate::rooms::persist::NewGroup>,
+    pub events: Vec<(std::sync::Arc<Pdu>, crate::storage::events::NewEvent)>,
+}

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod actor;
+pub mod admission;
 pub mod create;
 pub mod inbound;
 pub mod linearized;
@@ -125,6 +126,55 @@ impl RoomRegistry {
             }
         }
         Err(last.map(Error::from).unwrap_or(Error::Overloaded))
+    }
+
+    /// The one door for received PDUs (signatures and hashes already checked): what the
+    /// store already decided answers at once ([`admission::known`]); the rest goes to the
+    /// room's actor. Outcomes come back in the order of `msg.pdus`.
+    pub async fn admit(
+        &self,
+        room_id: &RoomId,
+        mut msg: messages::InboundPdus,
+    ) -> Result<Vec<messages::InboundOutcome>> {
+        let ids: Vec<String> = msg
+            .pdus
+            .iter()
+            .map(|(p, _)| p.event_id().to_string())
+            .collect();
+        let q = ids.clone();
+        let known = self
+            .core
+            .db
+            .read(move |c| admission::known::screen(c, &q))
+            .await?;
+        let mut decided: Vec<Option<messages::InboundOutcome>> = Vec::with_capacity(ids.len());
+        let mut rest = Vec::with_capacity(ids.len());
+        for ((pdu, hint), k) in msg.pdus.drain(..).zip(known) {
+            match k {
+                admission::known::Known::Decided(o) => decided.push(Some(o)),
+                admission::known::Known::Admit => {
+                    decided.push(None);
+                    rest.push((pdu, hint));
+                }
+            }
+        }
+        let mut outcomes = if rest.is_empty() {
+            Vec::new()
+        } else {
+            msg.pdus = rest;
+            self.send(room_id, msg).await?
+        }
+        .into_iter();
+        Ok(decided
+            .into_iter()
+            .map(|d| {
+                d.unwrap_or_else(|| {
+                    outcomes
+                        .next()
+                        .unwrap_or_else(|| messages::InboundOutcome::Error("no outcome".into()))
+                })
+            })
+            .collect())
     }
 
     /// Number of live room actors (for the status page).

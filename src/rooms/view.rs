@@ -215,6 +215,10 @@ pub fn client_event_by_id(
     let Some(row) = events::get_event(conn, event_id)? else {
         return Ok(None);
     };
+    // A rejected event is never shown to clients, whatever path stored it.
+    if row.rejected.is_some() {
+        return Ok(None);
+    }
     let version = versions.get(conn, &row.room_id)?;
     let mut evs = client_events(conn, std::slice::from_ref(&row), version, viewer)?;
     Ok(evs.pop().map(|e| (row, e)))

@@ -48,10 +48,14 @@ pub struct NewEvent {
 
 /// Inserts an event; an event already stored is left alone (`Ok(false)`), except that an
 /// outlier copy is promoted into the timeline when the new row is not an outlier.
+///
+/// Rejection is permanent: a row stored as rejected is never promoted, never un-rejected,
+/// whichever path brings the event again (the room actor also refuses such events before it
+/// gets here; this is the last line).
 pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bool> {
-    let existing: Option<bool> = events::table
+    let existing: Option<(bool, Option<String>)> = events::table
         .filter(events::event_id.eq(&ev.event_id))
-        .select(events::outlier)
+        .select((events::outlier, events::rejected))
         .first(conn)
         .optional()?;
     match existing {
@@ -62,7 +66,7 @@ pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bo
             super::relations::index_event(conn, ev)?;
             Ok(true)
         }
-        Some(true) if !ev.outlier => {
+        Some((true, None)) if !ev.outlier => {
             diesel::update(events::table.filter(events::event_id.eq(&ev.event_id)))
                 .set((
                     events::stream_ordering.eq(ev.stream_ordering),
@@ -78,6 +82,34 @@ pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bo
         }
         Some(_) => Ok(false),
     }
+}
+
+/// Why a stored event was rejected (`None`: not stored, or not rejected).
+pub fn rejection(conn: &mut AnyConnection, event_id: &str) -> StorageResult<Option<String>> {
+    Ok(events::table
+        .filter(events::event_id.eq(event_id))
+        .select(events::rejected)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten())
+}
+
+/// The stored status of some events: `event_id → (in the timeline, rejected reason)`.
+pub fn statuses(
+    conn: &mut AnyConnection,
+    ids: &[String],
+) -> StorageResult<std::collections::HashMap<String, (bool, Option<String>)>> {
+    let mut out = std::collections::HashMap::new();
+    for chunk in ids.chunks(500) {
+        let rows: Vec<(String, bool, Option<String>)> = events::table
+            .filter(events::event_id.eq_any(chunk))
+            .select((events::event_id, events::outlier, events::rejected))
+            .load(conn)?;
+        for (id, outlier, rejected) in rows {
+            out.insert(id, (!outlier, rejected));
+        }
+    }
+    Ok(out)
 }
 
 pub fn get_event(conn: &mut AnyConnection, event_id: &str) -> StorageResult<Option<EventRow>> {

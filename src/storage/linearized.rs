@@ -72,3 +72,65 @@ pub fn rooms_of_version(conn: &mut AnyConnection, version: &str) -> StorageResul
         .order(rooms::created_ts.asc())
         .load::<RoomRow>(conn)?)
 }
+
+/// Stages PDUs that arrived for a room being joined (`seq` orders them).
+pub fn stage_join_pdus(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    origin: &str,
+    first_seq: i64,
+    pdus: &[String],
+    now: i64,
+) -> StorageResult<()> {
+    use super::schema::lm_join_staging as t;
+    for (i, pdu) in pdus.iter().enumerate() {
+        diesel::insert_into(t::table)
+            .values((
+                t::room_id.eq(room_id),
+                t::seq.eq(first_seq + i as i64),
+                t::origin.eq(origin),
+                t::pdu.eq(pdu),
+                t::received_ts.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// The PDUs staged for a room, oldest first, as `(seq, pdu JSON)`.
+pub fn staged_join_pdus(
+    conn: &mut AnyConnection,
+    room_id: &str,
+) -> StorageResult<Vec<(i64, String)>> {
+    use super::schema::lm_join_staging as t;
+    Ok(t::table
+        .filter(t::room_id.eq(room_id))
+        .order(t::seq.asc())
+        .select((t::seq, t::pdu))
+        .load(conn)?)
+}
+
+/// Removes staged PDUs up to `upto_seq` (taken) for a room.
+pub fn unstage_join_pdus(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    upto_seq: i64,
+) -> StorageResult<()> {
+    use super::schema::lm_join_staging as t;
+    diesel::delete(
+        t::table
+            .filter(t::room_id.eq(room_id))
+            .filter(t::seq.le(upto_seq)),
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Rooms with staged PDUs (at start-up: joins that were in progress).
+pub fn rooms_with_staged_pdus(conn: &mut AnyConnection) -> StorageResult<Vec<String>> {
+    use super::schema::lm_join_staging as t;
+    let mut rooms: Vec<String> = t::table.select(t::room_id).load(conn)?;
+    rooms.sort();
+    rooms.dedup();
+    Ok(rooms)
+}

@@ -320,6 +320,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    lm_join_staging (room_id, seq) {
+        room_id -> Text,
+        seq -> BigInt,
+        origin -> Text,
+        pdu -> Text,
+        received_ts -> BigInt,
+    }
+}
+
+diesel::table! {
     backup_versions (user_id, version) {
         user_id -> Text,
         version -> BigInt,

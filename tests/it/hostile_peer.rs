@@ -45,6 +45,15 @@ both_backends!(
     spoofed_edus_are_ignored,
     duplicate_pdus_are_harmless,
     forks_with_conflicting_state_resolve_whatever_the_arrival_order,
+    an_invite_never_overwrites_a_join_or_a_ban,
+    history_is_served_only_to_servers_in_the_room,
+    a_gap_filled_from_a_state_answer_that_repeats_its_events_lands,
+    a_rejected_event_stays_rejected_through_get_missing_events,
+    a_rejected_event_stays_rejected_through_event,
+    a_rejected_event_stays_rejected_through_state,
+    backfill_takes_only_ancestors_of_the_point,
+    a_rejected_event_stays_rejected_through_backfill,
+    concurrent_chains_of_messages_land_and_bad_ones_do_not,
 );
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -1392,5 +1401,808 @@ fn forks_with_conflicting_state_resolve_whatever_the_arrival_order(backend: Back
         .expect("alice sends after the merges");
     let id = sent["event_id"].as_str().expect("event_id").to_owned();
     assert!(s.read(&id).is_some(), "alice's message not readable");
+    s.weft.assert_healthy();
+}
+
+// ---- doors into a room's history (issue 8): each attack, then what a local user sees.
+
+fn alice_id(s: &Scene) -> String {
+    format!("@alice:{}", s.weft.server_name)
+}
+
+/// Alice's `/sync` (no filter, no since): the room's section under `join` / `invite`.
+fn sync_rooms(c: &mut ClientApi) -> Value {
+    c.call_ok("GET", "/_matrix/client/v3/sync?timeout=0", None)
+        .expect("sync")["rooms"]
+        .clone()
+}
+
+/// A membership event of `sender` about `target`, built by `origin` on `prevs` of the peer's
+/// copy of the room (the default: its tip).
+fn membership_pdu(s: &Scene, origin: &Peer, sender: &str, target: &str, membership: &str) -> Pdu {
+    let draft = EventDraft {
+        origin_server_ts: fedpeer::peer::now_ms(),
+        ..EventDraft::state(
+            "m.room.member",
+            target,
+            origin.user(sender),
+            json!({"membership": membership}),
+        )
+    };
+    s.peer
+        .with_room(&s.room, |r| {
+            r.build(&draft, None, origin.server_name(), origin.key())
+        })
+        .expect("room")
+        .expect("build")
+}
+
+fn put_invite(fed: &mut FedClient, s: &Scene, pdu: &Pdu) -> fedpeer::http::Response {
+    let body = json!({
+        "room_version": s.version.as_str(),
+        "event": pdu.to_federation_value(),
+        "invite_room_state": [
+            {"type": "m.room.name", "state_key": "", "sender": pdu.sender().as_str(),
+             "content": {"name": "chosen by the attacker"}}
+        ],
+    });
+    fed.request(
+        "PUT",
+        &format!(
+            "/_matrix/federation/v2/invite/{}/{}",
+            enc(&s.room),
+            enc(pdu.event_id().as_str())
+        ),
+        Some(&body),
+    )
+    .expect("invite request")
+}
+
+/// Alice is still joined, as every client API view says.
+fn assert_still_joined(s: &mut Scene, what: &str) {
+    let joined = s
+        .alice
+        .call_ok("GET", "/_matrix/client/v3/joined_rooms", None)
+        .expect("joined_rooms");
+    assert!(
+        joined["joined_rooms"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!(s.room))),
+        "{what}: room left alice's /joined_rooms: {joined}"
+    );
+    let r = s
+        .alice
+        .call(
+            "GET",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5",
+                enc(&s.room)
+            ),
+            None,
+        )
+        .expect("messages");
+    assert_eq!(r.status, 200, "{what}: /messages {}", r.text());
+    let rooms = sync_rooms(&mut s.alice);
+    assert!(
+        rooms["invite"].get(&s.room).is_none(),
+        "{what}: /sync shows an invite: {}",
+        rooms["invite"]
+    );
+    assert!(
+        rooms["join"].get(&s.room).is_some(),
+        "{what}: /sync no longer shows the room joined"
+    );
+    let member = s
+        .alice
+        .state(&s.room, "m.room.member", &alice_id(s))
+        .expect("member state")
+        .expect("alice's member event");
+    assert_eq!(member["membership"], json!("join"), "{what}: {member}");
+}
+
+fn an_invite_never_overwrites_a_join_or_a_ban(backend: Backend) {
+    let mut s = Scene::on(backend);
+    let alice = alice_id(&s);
+    // 1. A server with no member in the room invites alice, who is joined.
+    let outsider = Peer::start(free_port()).expect("outsider peer");
+    let mut ofed = outsider.client(&s.weft.server_name).expect("client");
+    let pdu = membership_pdu(&s, &outsider, "eve", &alice, "invite");
+    let r = put_invite(&mut ofed, &s, &pdu);
+    assert_eq!(
+        r.status,
+        403,
+        "outsider's invite of a joined user: {}",
+        r.text()
+    );
+    assert_eq!(r.errcode().as_deref(), Some("M_FORBIDDEN"), "{}", r.text());
+    assert_still_joined(&mut s, "after an outsider's invite");
+
+    // 2. A member's server invites alice (joined) too: the room's state refuses it.
+    let mut fed = s.peer.client(&s.weft.server_name).expect("client");
+    let pdu = membership_pdu(&s, &s.peer, "mallory", &alice, "invite");
+    let r = put_invite(&mut fed, &s, &pdu);
+    assert_eq!(
+        r.status,
+        403,
+        "member's invite of a joined user: {}",
+        r.text()
+    );
+    assert_eq!(r.errcode().as_deref(), Some("M_FORBIDDEN"), "{}", r.text());
+    assert_still_joined(&mut s, "after a member's invite");
+
+    // 3. A banned local user stays banned.
+    let mut bob = ClientApi::new(&s.weft.base(), REQUEST_TIMEOUT).expect("client");
+    bob.register("bob", "bob-password").expect("register bob");
+    let bob_id = format!("@bob:{}", s.weft.server_name);
+    bob.call_ok(
+        "POST",
+        &format!("/_matrix/client/v3/join/{}", enc(&s.room)),
+        Some(&json!({})),
+    )
+    .expect("bob joins");
+    let ban = s
+        .alice
+        .call_ok(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&s.room)),
+            Some(&json!({"user_id": bob_id})),
+        )
+        .expect("alice bans bob");
+    let _ = ban;
+    // The peer learns of the ban the way it learns of everything: weft's /send.
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    while s
+        .peer
+        .with_room(&s.room, |r| {
+            r.state_event("m.room.member", &bob_id)
+                .and_then(|e| e.membership())
+                .is_some_and(|m| m == "ban")
+        })
+        .ok()
+        != Some(true)
+    {
+        assert!(Instant::now() < deadline, "the peer never saw bob's ban");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pdu = membership_pdu(&s, &s.peer, "mallory", &bob_id, "invite");
+    let r = put_invite(&mut fed, &s, &pdu);
+    assert_eq!(r.status, 403, "invite of a banned user: {}", r.text());
+    assert_eq!(r.errcode().as_deref(), Some("M_FORBIDDEN"), "{}", r.text());
+    let member = s
+        .alice
+        .state(&s.room, "m.room.member", &bob_id)
+        .expect("state")
+        .expect("bob's member event");
+    assert_eq!(member["membership"], json!("ban"), "{member}");
+    let rooms = sync_rooms(&mut bob);
+    assert!(
+        rooms["invite"].get(&s.room).is_none(),
+        "bob's /sync shows an invite: {}",
+        rooms["invite"]
+    );
+
+    // 4. A legitimate invite still works: mallory invites a local user who is not in it.
+    let mut carol = ClientApi::new(&s.weft.base(), REQUEST_TIMEOUT).expect("client");
+    carol
+        .register("carol", "carol-password")
+        .expect("register carol");
+    let carol_id = format!("@carol:{}", s.weft.server_name);
+    let pdu = membership_pdu(&s, &s.peer, "mallory", &carol_id, "invite");
+    let r = put_invite(&mut fed, &s, &pdu);
+    assert_eq!(r.status, 200, "a good invite: {}", r.text());
+    let rooms = sync_rooms(&mut carol);
+    assert!(
+        rooms["invite"].get(&s.room).is_some(),
+        "carol's /sync shows no invite: {rooms}"
+    );
+    s.weft.assert_healthy();
+}
+
+/// The federation history endpoints, as a server asks them about `event`.
+fn history_requests(s: &Scene, event: &str) -> Vec<(&'static str, String, Option<Value>)> {
+    let (room, ev) = (enc(&s.room), enc(event));
+    vec![
+        ("GET", format!("/_matrix/federation/v1/event/{ev}"), None),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/state/{room}?event_id={ev}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/state_ids/{room}?event_id={ev}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/event_auth/{room}/{ev}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/backfill/{room}?v={ev}&limit=10"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/_matrix/federation/v1/get_missing_events/{room}"),
+            Some(json!({"earliest_events": [], "latest_events": [event], "limit": 10})),
+        ),
+    ]
+}
+
+fn history_is_served_only_to_servers_in_the_room(backend: Backend) {
+    let mut s = Scene::on(backend);
+    let sent = s
+        .alice
+        .call_ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/private-1",
+                enc(&s.room)
+            ),
+            Some(&json!({"msgtype": "m.text", "body": "for members only"})),
+        )
+        .expect("alice sends");
+    let secret = sent["event_id"].as_str().expect("event_id").to_owned();
+    // A member's server may read it (the control).
+    for (method, path, body) in history_requests(&s, &secret) {
+        let r = s
+            .fed
+            .request(method, &path, body.as_ref())
+            .expect("request");
+        assert_eq!(
+            r.status,
+            200,
+            "member server: {method} {path}: {}",
+            r.text()
+        );
+    }
+    let outsider = Peer::start(free_port()).expect("outsider peer");
+    let mut ofed = outsider.client(&s.weft.server_name).expect("client");
+    for (method, path, body) in history_requests(&s, &secret) {
+        let r = ofed.request(method, &path, body.as_ref()).expect("request");
+        assert_eq!(r.status, 403, "outsider: {method} {path}: {}", r.text());
+        assert_eq!(r.errcode().as_deref(), Some("M_FORBIDDEN"), "{}", r.text());
+        assert!(
+            !r.text().contains("for members only"),
+            "outsider got the event: {}",
+            r.text()
+        );
+    }
+    // world_readable history is for everyone.
+    s.alice
+        .call_ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.history_visibility/",
+                enc(&s.room)
+            ),
+            Some(&json!({"history_visibility": "world_readable"})),
+        )
+        .expect("world_readable");
+    let sent = s
+        .alice
+        .call_ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/public-1",
+                enc(&s.room)
+            ),
+            Some(&json!({"msgtype": "m.text", "body": "for the world"})),
+        )
+        .expect("alice sends");
+    let public = sent["event_id"].as_str().expect("event_id").to_owned();
+    let r = ofed
+        .request(
+            "GET",
+            &format!("/_matrix/federation/v1/event/{}", enc(&public)),
+            None,
+        )
+        .expect("request");
+    assert_eq!(r.status, 200, "world_readable event: {}", r.text());
+    assert!(r.text().contains("for the world"), "{}", r.text());
+    // The earlier event was not world_readable when sent: still refused.
+    let r = ofed
+        .request(
+            "GET",
+            &format!("/_matrix/federation/v1/event/{}", enc(&secret)),
+            None,
+        )
+        .expect("request");
+    assert_eq!(r.status, 403, "shared event after the change: {}", r.text());
+    // The local user's view is unchanged.
+    assert!(s.read(&secret).is_some(), "alice lost her own event");
+    s.weft.assert_healthy();
+}
+
+fn a_gap_filled_from_a_state_answer_that_repeats_its_events_lands(backend: Backend) {
+    let mut s = Scene::on(backend);
+    // X extends the tip but is never sent; E follows X. get_missing_events finds nothing,
+    // so weft asks /state at X, whose answer (like Synapse's) lists every state event in
+    // `auth_chain` too.
+    let x = s.good("the missing one");
+    let e = s.good("after the gap");
+    s.peer.script(
+        "POST",
+        "/_matrix/federation/v1/get_missing_events/",
+        200,
+        json!({"events": []}),
+    );
+    let (state, chain) = s
+        .peer
+        .with_room(&s.room, |r| {
+            let (st, ch) = r.state_ids_at(&x.owned_event_id()).expect("state at X");
+            let mut all = ch.clone();
+            all.extend(st.iter().cloned());
+            (r.events_json(&st), r.events_json(&all))
+        })
+        .expect("room");
+    assert!(chain.len() > state.len(), "the answer repeats its state");
+    s.peer.script(
+        "GET",
+        "/_matrix/federation/v1/state/",
+        200,
+        json!({"pdus": state, "auth_chain": chain}),
+    );
+    let results = s.results(vec![e.to_federation_value()]);
+    accepted(
+        &results,
+        &e.owned_event_id(),
+        "event after a gap filled with /state",
+    );
+    s.assert_landed(&e, "after the gap");
+    let log = s.weft.log_text();
+    assert!(!log.contains("UNIQUE constraint"), "{log}");
+    s.weft.assert_healthy();
+}
+
+/// Mallory (power 50) changes the power levels (needs 100): rejected by the auth rules.
+fn power_grab(s: &Scene) -> Pdu {
+    let mut users = serde_json::Map::new();
+    users.insert(s.peer.user("mallory").to_string(), json!(100));
+    users.insert(alice_id(s), json!(100));
+    let d = EventDraft {
+        origin_server_ts: fedpeer::peer::now_ms(),
+        ..EventDraft::state(
+            "m.room.power_levels",
+            "",
+            s.peer.user("mallory"),
+            json!({"users": users}),
+        )
+    };
+    s.peer.build(&s.room, &d).expect("build")
+}
+
+fn mallory_power(s: &mut Scene) -> Value {
+    let pl = s
+        .alice
+        .state(&s.room, "m.room.power_levels", "")
+        .expect("state")
+        .expect("power levels");
+    pl["users"][s.peer.user("mallory").as_str()].clone()
+}
+
+/// R is rejected on /send; then a child of R is sent, and weft fetches R again the way
+/// `how` says (the peer's answers are scripted so that only that path can bring it).
+fn rejected_comes_back(backend: Backend, how: &str) {
+    let mut s = Scene::on(backend);
+    let r = power_grab(&s);
+    let results = s.results(vec![r.to_federation_value()]);
+    refused(&results, &r.owned_event_id(), "power grab", "rejected");
+    // The peer builds on R as if it had been accepted.
+    s.peer.append(&s.room, &r).expect("append");
+    // The child needs the power R grants (a tombstone needs 100), so it stands only if R
+    // counts as state.
+    let child = {
+        let d = EventDraft {
+            origin_server_ts: fedpeer::peer::now_ms(),
+            ..EventDraft::state(
+                "m.room.tombstone",
+                "",
+                s.peer.user("mallory"),
+                json!({"body": format!("taken over ({how})"), "replacement_room": "!elsewhere:x"}),
+            )
+        };
+        let pdu = s.peer.build(&s.room, &d).expect("build");
+        s.peer.append(&s.room, &pdu).expect("append");
+        pdu
+    };
+    let r_json = r.to_federation_value();
+    match how {
+        "get_missing_events" => s.peer.script(
+            "POST",
+            "/_matrix/federation/v1/get_missing_events/",
+            200,
+            json!({"events": [r_json]}),
+        ),
+        "event" => {
+            s.peer.script(
+                "POST",
+                "/_matrix/federation/v1/get_missing_events/",
+                200,
+                json!({"events": []}),
+            );
+            s.peer.script(
+                "GET",
+                "/_matrix/federation/v1/event/",
+                200,
+                json!({"origin": s.peer.server_name(), "origin_server_ts": 0, "pdus": [r_json]}),
+            );
+        }
+        "state" => {
+            // The state "at" R's child names R as the power levels.
+            s.peer.script(
+                "POST",
+                "/_matrix/federation/v1/get_missing_events/",
+                200,
+                json!({"events": []}),
+            );
+            let (state, chain) = s
+                .peer
+                .with_room(&s.room, |room| {
+                    let (st, ch) = room.state_ids_at(&child.owned_event_id()).expect("state");
+                    (room.events_json(&st), room.events_json(&ch))
+                })
+                .expect("room");
+            assert!(
+                state
+                    .iter()
+                    .any(|e| e["event_id"] == json!(r.event_id().as_str()) || e == &r_json),
+                "the scripted state holds R"
+            );
+            s.peer.script(
+                "GET",
+                "/_matrix/federation/v1/state/",
+                200,
+                json!({"pdus": state, "auth_chain": chain}),
+            );
+        }
+        other => panic!("unknown path {other}"),
+    }
+    let _ = s.results(vec![child.to_federation_value()]);
+    // Whatever became of the child, R is not in the timeline, not state, not readable.
+    s.assert_absent(r.event_id().as_str(), "rejected power grab");
+    assert_eq!(
+        mallory_power(&mut s),
+        json!(50),
+        "the rejected power levels became state ({how})"
+    );
+    let tomb = s
+        .alice
+        .state(&s.room, "m.room.tombstone", "")
+        .expect("state");
+    assert!(
+        tomb.is_none(),
+        "an event authorized by the rejected one is state ({how}): {tomb:?}"
+    );
+    // Sent once more on /send: still rejected.
+    let results = s.results(vec![r.to_federation_value()]);
+    refused(
+        &results,
+        &r.owned_event_id(),
+        "power grab, again",
+        "rejected",
+    );
+    s.assert_absent(r.event_id().as_str(), "rejected power grab");
+    s.weft.assert_healthy();
+}
+
+fn a_rejected_event_stays_rejected_through_get_missing_events(backend: Backend) {
+    rejected_comes_back(backend, "get_missing_events");
+}
+
+fn a_rejected_event_stays_rejected_through_event(backend: Backend) {
+    rejected_comes_back(backend, "event");
+}
+
+fn a_rejected_event_stays_rejected_through_state(backend: Backend) {
+    rejected_comes_back(backend, "state");
+}
+
+/// weft with alice, and a room hosted by the peer (mallory created it) with some history,
+/// built by `history` before alice joins; returns (weft, alice, peer, fed client, room).
+fn hosted_room(
+    backend: Backend,
+    history: impl FnOnce(&Peer, &str),
+) -> (Weft, ClientApi, Peer, FedClient, String) {
+    let weft = Weft::start(backend);
+    let mut alice = ClientApi::new(&weft.base(), REQUEST_TIMEOUT).expect("client");
+    alice
+        .register("alice", "alice-password")
+        .expect("register alice");
+    let peer = Peer::start(free_port()).expect("start peer");
+    let room = peer.create_room("mallory").expect("create room");
+    history(&peer, &room);
+    alice
+        .call_ok(
+            "POST",
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(&room),
+                enc(peer.server_name())
+            ),
+            Some(&json!({})),
+        )
+        .expect("alice joins the peer's room");
+    let fed = peer.client(&weft.server_name).expect("fed client");
+    (weft, alice, peer, fed, room)
+}
+
+fn peer_message(peer: &Peer, room: &str, who: &str, body: &str) -> Pdu {
+    peer.message(room, who, body).expect("message")
+}
+
+/// Bodies of the messages alice reads paging back through the room.
+fn bodies_back(alice: &mut ClientApi, room: &str) -> Vec<String> {
+    let r = alice
+        .call_ok(
+            "GET",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                enc(room)
+            ),
+            None,
+        )
+        .expect("messages");
+    r["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn backfill_takes_only_ancestors_of_the_point(backend: Backend) {
+    let mut real = Vec::new();
+    let (mut weft, mut alice, peer, _fed, room) = hosted_room(backend, |peer, room| {
+        for i in 0..3 {
+            real.push(peer_message(peer, room, "mallory", &format!("history {i}")));
+        }
+    });
+    let version = peer.room_version(&room).expect("version");
+    // The peer's true history, plus events that descend from nothing we asked about: a
+    // message and a topic on a fabricated parent.
+    let tip = real.last().expect("history").owned_event_id();
+    let mut answer = peer
+        .with_room(&room, |r| r.backfill(&[tip], 50))
+        .expect("room");
+    let orphan_parent = {
+        let d = EventDraft::new(
+            "m.room.message",
+            peer.user("mallory"),
+            json!({"msgtype": "m.text", "body": "never sent"}),
+        );
+        peer.build(&room, &d).expect("build")
+    };
+    let fabricated: Vec<Pdu> = [
+        EventDraft::new(
+            "m.room.message",
+            peer.user("mallory"),
+            json!({"msgtype": "m.text", "body": "injected"}),
+        ),
+        EventDraft::state(
+            "m.room.topic",
+            "",
+            peer.user("mallory"),
+            json!({"topic": "injected topic"}),
+        ),
+    ]
+    .iter()
+    .map(|d| {
+        peer.with_room(&room, |r| {
+            r.build(
+                d,
+                Some(&[orphan_parent.owned_event_id()]),
+                peer.server_name(),
+                peer.key(),
+            )
+        })
+        .expect("room")
+        .expect("build")
+    })
+    .collect();
+    for f in &fabricated {
+        answer.insert(0, f.to_federation_value());
+    }
+    let _ = version;
+    peer.script(
+        "GET",
+        "/_matrix/federation/v1/backfill/",
+        200,
+        json!({"origin": peer.server_name(), "origin_server_ts": 0, "pdus": answer}),
+    );
+    let bodies = bodies_back(&mut alice, &room);
+    for i in 0..3 {
+        assert!(
+            bodies.contains(&format!("history {i}")),
+            "backfilled history {i} missing: {bodies:?}"
+        );
+    }
+    assert!(
+        !bodies.iter().any(|b| b == "injected"),
+        "a non-ancestor was backfilled: {bodies:?}"
+    );
+    let topic = alice.state(&room, "m.room.topic", "").expect("state");
+    assert!(
+        topic.is_none(),
+        "backfill changed the current state: {topic:?}"
+    );
+    for f in &fabricated {
+        assert!(
+            alice
+                .event(&room, f.event_id().as_str())
+                .expect("event")
+                .is_none(),
+            "fabricated {} readable",
+            f.event_id()
+        );
+    }
+    assert!(
+        weft.log_text().contains("not history of the point"),
+        "dropping was not logged"
+    );
+    weft.assert_healthy();
+}
+
+fn a_rejected_event_stays_rejected_through_backfill(backend: Backend) {
+    // eve joins, is banned, then "speaks" citing her old join as auth event: rejected by
+    // the state before it (the ban), not by its own auth events.
+    let mut held: Vec<Pdu> = Vec::new();
+    let (mut weft, mut alice, peer, mut fed, room) = hosted_room(backend, |peer, room| {
+        let eve = peer.user("eve");
+        let join = EventDraft::state(
+            "m.room.member",
+            eve.as_str(),
+            eve.clone(),
+            json!({"membership": "join"}),
+        );
+        let join = peer.build(room, &join).expect("build");
+        peer.append(room, &join).expect("append");
+        held.push(peer_message(peer, room, "mallory", "before the ban"));
+        let ban = EventDraft::state(
+            "m.room.member",
+            eve.as_str(),
+            peer.user("mallory"),
+            json!({"membership": "ban"}),
+        );
+        let ban = peer.build(room, &ban).expect("build");
+        peer.append(room, &ban).expect("append");
+        let version = peer.room_version(room).expect("version");
+        let mut obj = peer
+            .template(
+                room,
+                &EventDraft::new(
+                    "m.room.message",
+                    eve.clone(),
+                    json!({"msgtype": "m.text", "body": "banned but speaking"}),
+                ),
+            )
+            .expect("template");
+        let (create, pl) = peer
+            .with_room(room, |r| {
+                (
+                    r.state_event("m.room.create", "")
+                        .map(|e| e.event_id().to_string()),
+                    r.state_event("m.room.power_levels", "")
+                        .map(|e| e.event_id().to_string()),
+                )
+            })
+            .expect("room");
+        let auth: Vec<String> = [create, pl, Some(join.event_id().to_string())]
+            .into_iter()
+            .flatten()
+            .collect();
+        craft::set(&mut obj, "auth_events", json!(auth)).expect("set");
+        let banned_speech = peer.sign(obj, version).expect("sign");
+        peer.append(room, &banned_speech).expect("append");
+        held.push(banned_speech);
+        held.push(peer_message(peer, room, "mallory", "after the ban"));
+    });
+    let bad = held[1].clone();
+    // The banned speech arrives on /send: a gap (its parent, the ban, predates our join),
+    // filled from /state and /event; then it is rejected.
+    peer.script(
+        "POST",
+        "/_matrix/federation/v1/get_missing_events/",
+        200,
+        json!({"events": []}),
+    );
+    let r = fed
+        .send_transaction("banned-speech", vec![bad.to_federation_value()], vec![])
+        .expect("send");
+    let results = pdu_results(&r.json());
+    refused(&results, &bad.owned_event_id(), "banned speech", "rejected");
+    // Paging back: backfill brings the whole history, the banned speech included.
+    let bodies = bodies_back(&mut alice, &room);
+    assert!(
+        bodies.iter().any(|b| b == "before the ban") && bodies.iter().any(|b| b == "after the ban"),
+        "history not backfilled: {bodies:?}"
+    );
+    assert!(
+        !bodies.iter().any(|b| b == "banned but speaking"),
+        "the rejected event entered the timeline through backfill: {bodies:?}"
+    );
+    assert!(
+        alice
+            .event(&room, bad.event_id().as_str())
+            .expect("event")
+            .is_none(),
+        "the rejected event is readable"
+    );
+    weft.assert_healthy();
+}
+
+fn concurrent_chains_of_messages_land_and_bad_ones_do_not(backend: Backend) {
+    let mut s = Scene::on(backend);
+    let tip = s
+        .peer
+        .with_room(&s.room, |r| r.extremities().to_vec())
+        .expect("room");
+    // Four chains of three messages from one tip, sent interleaved; the third chain's
+    // last message is from a user who never joined.
+    let mut chains: Vec<Vec<Pdu>> = Vec::new();
+    for c in 0..4 {
+        let mut prev = tip.clone();
+        let mut chain = Vec::new();
+        for i in 0..3 {
+            let who = if c == 2 && i == 2 {
+                "stranger"
+            } else {
+                "mallory"
+            };
+            let d = EventDraft {
+                origin_server_ts: fedpeer::peer::now_ms(),
+                ..s.message_draft(who, &format!("chain {c} message {i}"))
+            };
+            let pdu = s
+                .peer
+                .with_room(&s.room, |r| {
+                    r.build(&d, Some(&prev), s.peer.server_name(), s.peer.key())
+                })
+                .expect("room")
+                .expect("build");
+            prev = vec![pdu.owned_event_id()];
+            chain.push(pdu);
+        }
+        chains.push(chain);
+    }
+    for i in 0..3 {
+        let pdus: Vec<Value> = chains.iter().map(|c| c[i].to_federation_value()).collect();
+        let results = s.results(pdus);
+        for (c, chain) in chains.iter().enumerate() {
+            let id = chain[i].owned_event_id();
+            if c == 2 && i == 2 {
+                refused(&results, &id, "stranger's message on a fork", "rejected");
+            } else {
+                accepted(&results, &id, "message on a fork");
+            }
+        }
+    }
+    for (c, chain) in chains.iter().enumerate() {
+        for (i, pdu) in chain.iter().enumerate() {
+            let body = format!("chain {c} message {i}");
+            if c == 2 && i == 2 {
+                s.assert_absent(pdu.event_id().as_str(), "stranger's message");
+            } else {
+                s.assert_landed(pdu, &body);
+            }
+        }
+    }
+    // Alice's next event merges the tips (at most ten prev events).
+    let sent = s
+        .alice
+        .call_ok(
+            "PUT",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/after-chains",
+                enc(&s.room)
+            ),
+            Some(&json!({"msgtype": "m.text", "body": "alice merges"})),
+        )
+        .expect("alice sends");
+    let id = sent["event_id"].as_str().expect("event_id").to_owned();
+    let ev = s.read(&id).expect("alice's message readable");
+    assert_eq!(ev["content"]["body"], json!("alice merges"));
     s.weft.assert_healthy();
 }

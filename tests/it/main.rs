@@ -24,6 +24,7 @@ mod federation;
 mod hostile_peer;
 mod independent_signing;
 mod key_backup;
+mod layering;
 mod linearized;
 mod media;
 mod ops;

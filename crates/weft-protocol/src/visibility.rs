@@ -45,16 +45,26 @@ pub fn user_may_see(
     }
 }
 
-/// Whether a server may see an event, given the memberships of its users at the event.
+/// Whether a server may see an event (spec: server-server "history visibility", the user
+/// rules applied to the server's users together).
+///
+/// * `memberships`: the memberships of the server's users in the state before the event;
+/// * `in_room_now`: whether the server has a user joined to the room now (the `shared`
+///   rule: history is shared with the room's present members, not with outsiders).
+///
+/// A server with no member in the room, then or now, sees only `world_readable` history.
 pub fn server_may_see<'a>(
     visibility: HistoryVisibility,
     memberships: impl IntoIterator<Item = &'a str>,
+    in_room_now: bool,
 ) -> bool {
-    let mut memberships = memberships.into_iter();
+    let memberships: Vec<&str> = memberships.into_iter().collect();
     match visibility {
-        HistoryVisibility::WorldReadable | HistoryVisibility::Shared => true,
-        HistoryVisibility::Invited => memberships.any(|m| m == "join" || m == "invite"),
-        HistoryVisibility::Joined => memberships.any(|m| m == "join"),
+        HistoryVisibility::WorldReadable => true,
+        _ if memberships.contains(&"join") => true,
+        HistoryVisibility::Shared => in_room_now,
+        HistoryVisibility::Invited => memberships.contains(&"invite"),
+        HistoryVisibility::Joined => false,
     }
 }
 
@@ -163,11 +173,30 @@ mod tests {
 
     #[test]
     fn server_rules() {
-        assert!(server_may_see(Shared, []));
-        assert!(!server_may_see(Invited, ["leave"]));
-        assert!(server_may_see(Invited, ["leave", "invite"]));
-        assert!(!server_may_see(Joined, ["invite"]));
-        assert!(server_may_see(Joined, ["join"]));
+        // (visibility, memberships at the event, in the room now, may see)
+        let cases: [(HistoryVisibility, &[&str], bool, bool); 14] = [
+            (WorldReadable, &[], false, true),
+            (Shared, &[], false, false),
+            (Shared, &[], true, true),
+            (Shared, &["leave"], false, false),
+            (Shared, &["join"], false, true),
+            (Invited, &["leave"], true, false),
+            (Invited, &["leave", "invite"], false, true),
+            (Invited, &["join"], false, true),
+            (Invited, &[], true, false),
+            (Joined, &["invite"], true, false),
+            (Joined, &["join"], false, true),
+            (Joined, &["leave", "join"], false, true),
+            (Joined, &[], true, false),
+            (Joined, &["ban"], false, false),
+        ];
+        for (v, m, now, want) in cases {
+            assert_eq!(
+                server_may_see(v, m.iter().copied(), now),
+                want,
+                "{v:?} {m:?} {now}"
+            );
+        }
     }
 
     #[test]

@@ -28,7 +28,9 @@ use crate::storage::state::{self, StateDelta};
 
 const MISSING_EVENTS_LIMIT: u64 = 50;
 
-/// Parses and checks PDUs from a remote answer; drops (and logs) the bad ones.
+/// Parses and checks PDUs from a remote answer; drops (and logs) the bad ones. An event
+/// listed twice (a `/state` answer's `auth_chain` repeating its `pdus`, as Synapse's do) is
+/// kept once.
 pub async fn checked_pdus(
     fed: &Arc<Federation>,
     raws: &[Value],
@@ -36,8 +38,10 @@ pub async fn checked_pdus(
     room_id: &str,
 ) -> Vec<Pdu> {
     let mut parsed = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for raw in raws {
         match verify::parse(raw, version) {
+            Ok(p) if !seen.insert(p.owned_event_id()) => {}
             Ok(p) if p.room_id().as_str() == room_id => parsed.push((p, version)),
             Ok(p) => {
                 tracing::warn!(event = %p.event_id(), "remote answer carried an event of another room")
@@ -123,16 +127,36 @@ async fn fetch_state_at(
         .filter_map(|r| verify::parse(r, version).ok())
         .map(|p| (p.event_id().to_string(), ()))
         .collect();
-    let mut state: Vec<((String, String), Option<String>)> = Vec::new();
+    // One entry per state key (an answer listing two events for one key is not a state).
+    let mut by_key: std::collections::BTreeMap<(String, String), String> = Default::default();
     for p in &pdus {
         if state_ids.contains_key(p.event_id().as_str())
             && let Some(k) = p.state_key()
+            && by_key
+                .insert((p.kind_str(), k.to_owned()), p.event_id().to_string())
+                .is_some()
         {
-            state.push(((p.kind_str(), k.to_owned()), Some(p.event_id().to_string())));
+            tracing::warn!(room = room_id, event = %p.event_id(), "/state answer lists two events for one state key");
+            return false;
         }
     }
+    let state: StateDelta = by_key.into_iter().map(|(k, v)| (k, Some(v))).collect();
     if let Err(e) = outliers::store(&s.core, room_id, version, pdus).await {
         tracing::warn!(error = %e, "could not store fetched state");
+        return false;
+    }
+    // A state that holds a rejected event (rejected now, or before) is no state at all:
+    // rejection is permanent, so it never becomes state by way of a `/state` answer.
+    let ids: Vec<String> = state.iter().filter_map(|(_, v)| v.clone()).collect();
+    let statuses = match s.core.db.read(move |c| events::statuses(c, &ids)).await {
+        Ok(st) => st,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read fetched state");
+            return false;
+        }
+    };
+    if let Some(bad) = statuses.iter().find(|(_, (_, r))| r.is_some()) {
+        tracing::warn!(room = room_id, at = prev, event = %bad.0, "/state answer holds a rejected event; not used");
         return false;
     }
     // The prev event itself.
@@ -256,7 +280,7 @@ pub async fn fill(
                 local: false,
                 version: None,
             };
-            match s.rooms.send(room_id, msg).await {
+            match s.rooms.admit(room_id, msg).await {
                 Ok(outcomes) => {
                     let missing = outcomes
                         .iter()

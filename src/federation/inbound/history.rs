@@ -1,6 +1,13 @@
 //! Serving history to other servers: `/event`, `/state`, `/state_ids`, `/event_auth`,
 //! `/backfill`, `/get_missing_events`. A server only gets events its users may see
-//! (history visibility and its users' memberships in the state before each event).
+//! (history visibility and its users' memberships in the state before each event, or its
+//! presence in the room now for `shared` history: [`server_may_see`]).
+//!
+//! Every endpoint first asks the same question of the point it names (the event, the event
+//! whose state is asked, the events to walk back from): may the requesting server see it?
+//! A server with no member in the room at that point (nor now, for `shared` history) gets
+//! 403 `M_FORBIDDEN`, unless the history there is `world_readable`; an unknown event or
+//! room is 404. Rejected events are never served.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -72,7 +79,8 @@ impl ServerView<'_> {
                 memberships.push(m.to_owned());
             }
         }
-        let v = server_may_see(hv, memberships.iter().map(String::as_str));
+        let now = hv == HistoryVisibility::Shared && self.in_room_now(conn, &row.room_id)?;
+        let v = server_may_see(hv, memberships.iter().map(String::as_str), now);
         self.groups.insert(g, v);
         Ok(v)
     }
@@ -93,26 +101,57 @@ pub(crate) fn server_may_see_row(
     view.may_see(conn, row)
 }
 
-/// Requires the origin to have a user joined to the room now.
-pub(crate) async fn require_in_room(s: &Services, origin: &str, room_id: &str) -> Result<()> {
+/// The gate of every history endpoint: the origin has a member in the room now, or may see
+/// at least one of `points` (events of `room_id`; this covers `world_readable` history and
+/// members at that point). 404 for an unknown room or when none of the points is known
+/// here, 403 otherwise. What is then served is still filtered event by event.
+pub(crate) async fn require_may_see(
+    s: &Services,
+    origin: &str,
+    room_id: &str,
+    points: Vec<String>,
+) -> Result<()> {
     let (o, r) = (origin.to_owned(), room_id.to_owned());
-    let ok = s
+    let verdict = s
         .core
         .db
         .read(move |c| {
             if rooms::get_room(c, &r)?.is_none() {
                 return Ok(None);
             }
-            Ok(Some(
-                rooms::members_with(c, &r, "join")?
-                    .iter()
-                    .any(|u| server_of(u) == o),
-            ))
+            let mut view = ServerView {
+                server: &o,
+                groups: HashMap::new(),
+                currently_in_room: None,
+            };
+            let mut known = false;
+            for p in &points {
+                let Some(row) = events::get_event(c, p)? else {
+                    continue;
+                };
+                if row.room_id != r || row.rejected.is_some() {
+                    continue;
+                }
+                known = true;
+                if view.in_room_now(c, &r)? || view.may_see(c, &row)? {
+                    return Ok(Some(true));
+                }
+            }
+            Ok(known.then_some(false))
         })
         .await?;
-    match ok {
-        None => Err(Error::not_found("unknown room")),
-        Some(false) => Err(Error::forbidden("your server is not in this room")),
+    match verdict {
+        None => Err(Error::not_found("unknown room or event")),
+        Some(false) => {
+            tracing::info!(
+                origin,
+                room = room_id,
+                "history refused to a server with no member in the room"
+            );
+            Err(Error::forbidden(
+                "your server has no member in the room at that point",
+            ))
+        }
         Some(true) => Ok(()),
     }
 }
@@ -174,10 +213,15 @@ pub async fn get_event(s: Data, signed: Signed, path: web::Path<String>) -> Resu
                 groups: HashMap::new(),
                 currently_in_room: None,
             };
-            Ok(view.may_see(c, &row)?.then(|| pdu_value(&row)))
+            Ok(Some(view.may_see(c, &row)?.then(|| pdu_value(&row))))
         })
         .await?;
-    let pdu = found.ok_or_else(|| Error::not_found("event not found"))?;
+    let pdu = found
+        .ok_or_else(|| Error::not_found("event not found"))?
+        .ok_or_else(|| {
+            tracing::info!(origin = %signed.origin, "event refused to a server with no member in the room");
+            Error::forbidden("your server has no member in the room at that point")
+        })?;
     Ok(HttpResponse::Ok()
         .json(json!({"origin": s.server_name(), "origin_server_ts": now_ms(), "pdus": [pdu]})))
 }
@@ -223,7 +267,7 @@ pub async fn get_state(
     q: web::Query<AtEvent>,
 ) -> Result<HttpResponse> {
     let room_id = path.into_inner();
-    require_in_room(&s, &signed.origin, &room_id).await?;
+    require_may_see(&s, &signed.origin, &room_id, vec![q.event_id.clone()]).await?;
     let (st, chain) = state_at(&s, room_id, q.event_id.clone()).await?;
     Ok(HttpResponse::Ok().json(json!({
         "pdus": st.iter().map(pdu_value).collect::<Vec<_>>(),
@@ -238,7 +282,7 @@ pub async fn get_state_ids(
     q: web::Query<AtEvent>,
 ) -> Result<HttpResponse> {
     let room_id = path.into_inner();
-    require_in_room(&s, &signed.origin, &room_id).await?;
+    require_may_see(&s, &signed.origin, &room_id, vec![q.event_id.clone()]).await?;
     let (st, chain) = state_at(&s, room_id, q.event_id.clone()).await?;
     Ok(HttpResponse::Ok().json(json!({
         "pdu_ids": st.iter().map(|r| r.event_id.clone()).collect::<Vec<_>>(),
@@ -252,7 +296,7 @@ pub async fn get_event_auth(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
     let (room_id, event_id) = path.into_inner();
-    require_in_room(&s, &signed.origin, &room_id).await?;
+    require_may_see(&s, &signed.origin, &room_id, vec![event_id.clone()]).await?;
     let chain = s
         .core
         .db
@@ -334,7 +378,6 @@ pub async fn backfill(
     q: web::Query<BackfillQuery>,
 ) -> Result<HttpResponse> {
     let room_id = path.into_inner();
-    require_in_room(&s, &signed.origin, &room_id).await?;
     // `v` may repeat: parse the query by hand.
     let vs: Vec<String> = url::form_urlencoded::parse(req.query_string().as_bytes())
         .filter(|(k, _)| k == "v")
@@ -343,6 +386,7 @@ pub async fn backfill(
     if vs.is_empty() {
         return Err(Error::MissingParam("missing v".into()));
     }
+    require_may_see(&s, &signed.origin, &room_id, vs.clone()).await?;
     let limit = q.limit.unwrap_or(10).clamp(1, 100);
     let origin = signed.origin.clone();
     let r = room_id.clone();
@@ -380,8 +424,8 @@ pub async fn get_missing_events(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     let room_id = path.into_inner();
-    require_in_room(&s, &signed.origin, &room_id).await?;
     let body: MissingEventsBody = signed.json()?;
+    require_may_see(&s, &signed.origin, &room_id, body.latest_events.clone()).await?;
     let limit = body.limit.unwrap_or(10).clamp(1, 100);
     let origin = signed.origin.clone();
     let r = room_id.clone();

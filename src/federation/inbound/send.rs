@@ -142,7 +142,7 @@ pub async fn submit_room(
         local: false,
         version: None,
     };
-    let outcomes = match s.rooms.send(&room_id, msg).await {
+    let outcomes = match s.rooms.admit(&room_id, msg).await {
         Ok(o) => o,
         Err(e) => {
             return pdus
@@ -162,7 +162,7 @@ pub async fn submit_room(
                         local: false,
                         version: None,
                     };
-                    match s.rooms.send(&room_id, retry).await {
+                    match s.rooms.admit(&room_id, retry).await {
                         Ok(mut o) => o
                             .pop()
                             .unwrap_or(InboundOutcome::Error("no outcome".into())),

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::federation::auth::Signed;
-use crate::federation::inbound::history::{require_in_room, server_may_see_row};
+use crate::federation::inbound::history::{require_may_see, server_may_see_row};
 use crate::services::Services;
 use crate::storage::{events, now_ms};
 
@@ -29,13 +29,18 @@ pub async fn event(
             let Some(row) = events::get_event(c, &event_id)? else {
                 return Ok(None);
             };
-            if row.rejected.is_some() || !server_may_see_row(c, &origin, &row)? {
+            if row.rejected.is_some() {
                 return Ok(None);
             }
-            Ok(serde_json::from_str::<Value>(&row.json).ok())
+            if !server_may_see_row(c, &origin, &row)? {
+                return Ok(Some(None));
+            }
+            Ok(Some(serde_json::from_str::<Value>(&row.json).ok()))
         })
         .await?;
-    let pdu = found.ok_or_else(|| Error::not_found("event not found"))?;
+    let pdu = found
+        .ok_or_else(|| Error::not_found("event not found"))?
+        .ok_or_else(|| Error::forbidden("your server has no member in the room at that point"))?;
     Ok(HttpResponse::Ok().json(pdu))
 }
 
@@ -52,11 +57,11 @@ pub async fn backfill(
     q: web::Query<BackfillQuery>,
 ) -> Result<HttpResponse> {
     let room_id = path.into_inner();
-    require_in_room(&s, &signed.origin, &room_id).await?;
     let v = url::form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == "v")
         .map(|(_, v)| v.into_owned())
         .ok_or_else(|| Error::MissingParam("missing v".into()))?;
+    require_may_see(&s, &signed.origin, &room_id, vec![v.clone()]).await?;
     let limit = q.limit.unwrap_or(10).clamp(1, MAX_LIMIT);
     let origin = signed.origin.clone();
     let pdus = s

@@ -26,8 +26,9 @@ pub mod hub;
 pub mod invite;
 pub mod participant;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use actix_web::web;
 use parking_lot::Mutex;
@@ -64,28 +65,121 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     }
 }
 
-/// Rooms being joined right now, with the PDUs that arrived for them meanwhile (a hub may
-/// fan our join, and what follows it, out before it answers our `send_join`). One server
-/// per process, so this is process-wide.
-static JOINING: LazyLock<Mutex<HashMap<String, Vec<Value>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+/// Rooms being joined right now. A hub may fan our join, and what follows it, out before it
+/// answers our `send_join`: such PDUs are *staged* in the database (`lm_join_staging`)
+/// before the `/send` that carried them is answered, and taken out, in order, when the join
+/// completes ([`take_staged`]) or at start-up ([`resume_staged`]) — a 200 means stored.
+static JOINING: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// Orders staged PDUs (process-wide; seeded from the clock so a restart continues above).
+static STAGE_SEQ: LazyLock<AtomicI64> =
+    LazyLock::new(|| AtomicI64::new(crate::storage::now_ms().saturating_mul(1000)));
 
 pub(crate) fn begin_join(room: &str) {
-    JOINING.lock().entry(room.to_owned()).or_default();
+    JOINING.lock().insert(room.to_owned());
 }
 
-/// Ends a join: the PDUs that arrived during it.
-pub(crate) fn end_join(room: &str) -> Vec<Value> {
-    JOINING.lock().remove(room).unwrap_or_default()
+/// Ends a join (whatever its outcome): no more PDUs are staged for the room.
+pub(crate) fn end_join(room: &str) {
+    JOINING.lock().remove(room);
 }
 
-fn buffer_if_joining(room: &str, raws: &[Value]) -> bool {
-    match JOINING.lock().get_mut(room) {
-        Some(buf) => {
-            buf.extend(raws.iter().cloned());
-            true
+/// Writes PDUs that arrived for a room being joined; `Err` means they are not acknowledged.
+async fn stage(s: &Services, origin: &str, room: &str, raws: &[Value]) -> crate::error::Result<()> {
+    let pdus: Vec<String> = raws.iter().map(Value::to_string).collect();
+    let first = STAGE_SEQ.fetch_add(pdus.len() as i64, Ordering::Relaxed);
+    let (r, o) = (room.to_owned(), origin.to_owned());
+    s.core
+        .db
+        .write(room, move |c| {
+            crate::storage::linearized::stage_join_pdus(
+                c,
+                &r,
+                &o,
+                first,
+                &pdus,
+                crate::storage::now_ms(),
+            )
+        })
+        .await?;
+    Ok(())
+}
+
+/// Takes the PDUs staged for a room (oldest first) through the participant's path, then
+/// removes them. Run when a join completes, and again until nothing is left (a `/send`
+/// that was staging while the join ended).
+pub(crate) async fn take_staged(s: &Services, hub: &str, room: &str) {
+    for _ in 0..3 {
+        let r = room.to_owned();
+        let staged = match s
+            .core
+            .db
+            .read(move |c| crate::storage::linearized::staged_join_pdus(c, &r))
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(room, error = %e, "could not read staged PDUs");
+                return;
+            }
+        };
+        let Some(last) = staged.last().map(|(seq, _)| *seq) else {
+            return;
+        };
+        let raws: Vec<Value> = staged
+            .iter()
+            .filter_map(|(_, p)| serde_json::from_str(p).ok())
+            .collect();
+        tracing::debug!(room, count = raws.len(), "PDUs that arrived while joining");
+        participant::receive(s, hub, room, raws).await;
+        let r = room.to_owned();
+        if let Err(e) = s
+            .core
+            .db
+            .write(room, move |c| {
+                crate::storage::linearized::unstage_join_pdus(c, &r, last)
+            })
+            .await
+        {
+            tracing::warn!(room, error = %e, "could not remove staged PDUs");
+            return;
         }
-        None => false,
+    }
+}
+
+/// At start-up: PDUs staged by a join the process did not finish taking. A room we now hold
+/// as participant takes them; for any other room the join never completed and they go.
+pub async fn resume_staged(s: std::sync::Arc<Services>) {
+    let rooms = match s
+        .core
+        .db
+        .read(crate::storage::linearized::rooms_with_staged_pdus)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read staged PDUs");
+            return;
+        }
+    };
+    for room in rooms {
+        match room_kind(&s, &room).await {
+            RoomKind::Lm(Role::Participant(p)) => take_staged(&s, p.hub(), &room).await,
+            _ => {
+                tracing::info!(
+                    room,
+                    "dropping PDUs staged for a join that did not complete"
+                );
+                let r = room.clone();
+                let _ = s
+                    .core
+                    .db
+                    .write(&room, move |c| {
+                        crate::storage::linearized::unstage_join_pdus(c, &r, i64::MAX)
+                    })
+                    .await;
+            }
+        }
     }
 }
 
@@ -106,7 +200,7 @@ async fn room_kind(s: &Services, room: &str) -> RoomKind {
         .and_then(|row| RoomVersion::parse(&row.room_version));
     match (version, OwnedRoomId::try_from(room)) {
         (Some(v), Ok(id)) if v.is_linearized() => RoomKind::Lm(Role::of(&id, s.server_name())),
-        (None, _) if JOINING.lock().contains_key(room) => RoomKind::Joining,
+        (None, _) if JOINING.lock().contains(room) => RoomKind::Joining,
         (v, _) => RoomKind::Other(v),
     }
 }
@@ -167,7 +261,28 @@ pub async fn take_lm_pdus(
                 }
             }
             RoomKind::Joining => {
-                buffer_if_joining(&room, &items);
+                // Acknowledged (not listed as failed) only once durably staged.
+                if let Err(e) = stage(s, origin, &room, &items).await {
+                    tracing::warn!(room, error = %e, "could not stage PDUs for a room being joined");
+                    for raw in &items {
+                        let id = if is_lpdu(raw) {
+                            lpdu_id_of(raw).unwrap_or_default()
+                        } else {
+                            weft_protocol::canonical::value_to_object(raw.clone())
+                                .ok()
+                                .and_then(|o| {
+                                    weft_protocol::pdu::compute_event_id(
+                                        &o,
+                                        RoomVersion::Linearized,
+                                    )
+                                    .ok()
+                                })
+                                .map(|i| i.to_string())
+                                .unwrap_or_default()
+                        };
+                        results.push((id, Some(format!("not stored: {e}"))));
+                    }
+                }
             }
             RoomKind::Lm(role) => work.push((room, role, items)),
         }

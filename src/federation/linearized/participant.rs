@@ -333,12 +333,9 @@ pub async fn join_with_template(
     let lpdu_id = lm::event_id(&lpdu);
     super::begin_join(room.as_str());
     let result = send_join(s, &fed, hub, room, &lpdu, &lpdu_id).await;
-    let buffered = super::end_join(room.as_str());
+    super::end_join(room.as_str());
     let join_id = result?;
-    if !buffered.is_empty() {
-        tracing::debug!(room = %room, count = buffered.len(), "PDUs that arrived while joining");
-        receive(s, hub, room.as_str(), buffered).await;
-    }
+    super::take_staged(s, hub, room.as_str()).await;
     Ok(join_id)
 }
 

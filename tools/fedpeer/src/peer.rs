@@ -62,6 +62,16 @@ pub struct Inbound {
     pub authorization: Option<String>,
 }
 
+/// A canned answer: requests whose method is `method` and whose path starts with `path`
+/// get `(status, body)` instead of what the peer's rooms say (a hostile peer lying).
+#[derive(Debug, Clone)]
+pub struct Script {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub body: Value,
+}
+
 /// How the peer publishes its signing key (to test how a server treats key validity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KeyMode {
@@ -80,6 +90,7 @@ pub struct Shared {
     pub key: ServerSigningKey,
     pub rooms: Mutex<HashMap<OwnedRoomId, Room>>,
     pub inbound: Mutex<Vec<Inbound>>,
+    pub scripts: Mutex<Vec<Script>>,
     pub key_mode: Mutex<KeyMode>,
     /// The current key in [`KeyMode::Old`].
     pub spare_key: ServerSigningKey,
@@ -88,6 +99,17 @@ pub struct Shared {
 impl Shared {
     pub fn rooms(&self) -> MutexGuard<'_, HashMap<OwnedRoomId, Room>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The canned answer for a request, if one was scripted (the latest matching wins).
+    pub fn scripted(&self, method: &str, path: &str) -> Option<(u16, Value)> {
+        self.scripts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .find(|s| s.method == method && path.starts_with(&s.path))
+            .map(|s| (s.status, s.body.clone()))
     }
 
     /// The signed answer of `GET /_matrix/key/v2/server` (shaped by the key mode).
@@ -204,6 +226,7 @@ impl Peer {
             key: generate_key(),
             rooms: Mutex::new(HashMap::new()),
             inbound: Mutex::new(Vec::new()),
+            scripts: Mutex::new(Vec::new()),
             key_mode: Mutex::new(KeyMode::Current),
             spare_key: generate_key(),
         });
@@ -242,6 +265,74 @@ impl Peer {
     pub fn user(&self, localpart: &str) -> OwnedUserId {
         OwnedUserId::try_from(format!("@{localpart}:{}", self.server_name()))
             .expect("a lowercase localpart on our server name is a valid user ID")
+    }
+
+    /// From now on, answer requests `method path*` with `(status, body)` (see [`Script`]).
+    pub fn script(&self, method: &str, path: &str, status: u16, body: Value) {
+        self.shared
+            .scripts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Script {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                status,
+                body,
+            });
+    }
+
+    /// Creates a room hosted here (version 11: create, `@localpart` joined with power 100,
+    /// public join rule, `shared` history), which other servers may join through our
+    /// `make_join`/`send_join`. Returns its ID.
+    pub fn create_room(&self, localpart: &str) -> Result<String> {
+        let version = RoomVersion::V11;
+        let room_id = OwnedRoomId::try_from(format!(
+            "!{}:{}",
+            weft_protocol::keys::b64_encode_url(&random_bytes::<9>()),
+            self.server_name()
+        ))
+        .map_err(|e| Error(e.to_string()))?;
+        self.shared
+            .rooms()
+            .insert(room_id.clone(), Room::new(room_id.clone(), version));
+        let creator = self.user(localpart);
+        let drafts = [
+            EventDraft::state(
+                "m.room.create",
+                "",
+                creator.clone(),
+                json!({"room_version": version.as_str()}),
+            ),
+            EventDraft::state(
+                "m.room.member",
+                creator.as_str(),
+                creator.clone(),
+                json!({"membership": "join"}),
+            ),
+            EventDraft::state(
+                "m.room.power_levels",
+                "",
+                creator.clone(),
+                json!({"users": {creator.as_str(): 100}}),
+            ),
+            EventDraft::state(
+                "m.room.join_rules",
+                "",
+                creator.clone(),
+                json!({"join_rule": "public"}),
+            ),
+            EventDraft::state(
+                "m.room.history_visibility",
+                "",
+                creator.clone(),
+                json!({"history_visibility": "shared"}),
+            ),
+        ];
+        for d in &drafts {
+            let pdu = self.build(room_id.as_str(), d)?;
+            self.append(room_id.as_str(), &pdu)?;
+        }
+        Ok(room_id.to_string())
     }
 
     /// The requests the listener received so far.

@@ -173,6 +173,9 @@ fn route(shared: &Shared, req: &Request) -> (u16, String) {
         }
     }
     let path = req.path();
+    if let Some((status, body)) = shared.scripted(&req.method, path) {
+        return (status, body.to_string());
+    }
     let segs: Vec<String> = path.split('/').skip(1).map(decode).collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     match (req.method.as_str(), segs.as_slice()) {
@@ -302,6 +305,62 @@ fn route(shared: &Shared, req: &Request) -> (u16, String) {
                 })),
                 None => not_found("unknown room"),
             }
+        }
+        ("GET", ["_matrix", "federation", "v1", "make_join", room_id, user_id]) => {
+            let Ok(user) = ruma::OwnedUserId::try_from(*user_id) else {
+                return not_found("bad user ID");
+            };
+            let rooms = shared.rooms();
+            let Some(r) = rooms.values().find(|r| r.room_id.as_str() == *room_id) else {
+                return not_found("unknown room");
+            };
+            let draft = weft_protocol::builder::EventDraft {
+                origin_server_ts: now_ms(),
+                ..weft_protocol::builder::EventDraft::state(
+                    "m.room.member",
+                    user.as_str(),
+                    user.clone(),
+                    json!({"membership": "join"}),
+                )
+            };
+            match r.template(&draft, None) {
+                Ok(t) => ok(json!({
+                    "room_version": r.version.as_str(),
+                    "event": crate::craft::to_value(&t),
+                })),
+                Err(e) => not_found(&e),
+            }
+        }
+        (
+            "PUT",
+            [
+                "_matrix",
+                "federation",
+                "v2",
+                "send_join",
+                room_id,
+                _event_id,
+            ],
+        ) => {
+            let body: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let mut rooms = shared.rooms();
+            let Some(r) = rooms.values_mut().find(|r| r.room_id.as_str() == *room_id) else {
+                return not_found("unknown room");
+            };
+            let Ok(join) = parse_pdu(&body, r.version) else {
+                return not_found("unparsable join");
+            };
+            r.append(join.clone());
+            let Some((state, chain)) = r.state_ids_at(&join.owned_event_id()) else {
+                return not_found("join not placed");
+            };
+            ok(json!({
+                "origin": shared.server_name,
+                "state": r.events_json(&state),
+                "auth_chain": r.events_json(&chain),
+                "event": join.to_federation_value(),
+                "members_omitted": false,
+            }))
         }
         ("GET", ["_matrix", "federation", "v1", "user", "devices", user_id]) => ok(json!({
             "user_id": user_id,

@@ -1,0 +1,1 @@
+DROP TABLE lm_join_staging;
