@@ -125,7 +125,7 @@ fn shared_room(host: &Client, guest: &Client, via: &str) -> String {
 
 /// An admin of `w` (registered with the CLI, logged in over HTTP).
 fn admin(w: &Server, localpart: &str) -> Client {
-    let (ok, out, err) = w.cli(&["register-user", localpart, "--password", "pw-op", "--admin"]);
+    let (ok, out, err) = w.cli_input(&["register-user", localpart, "--admin"], Some("pw-op\n"));
     assert!(ok, "register-user: {out}{err}");
     let mut c = Client::new(&w.base);
     c.login(localpart, "pw-op");
