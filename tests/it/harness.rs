@@ -511,8 +511,10 @@ impl Server {
     /// A server admin made with `weft register-user --admin`, logged in.
     pub fn admin(&self, localpart: &str) -> Client {
         let pw = format!("pw-{localpart}");
-        let (ok, out, err) =
-            self.cli_input(&["register-user", localpart, "--admin"], Some(&format!("{pw}\n")));
+        let (ok, out, err) = self.cli_input(
+            &["register-user", localpart, "--admin"],
+            Some(&format!("{pw}\n")),
+        );
         assert!(ok, "register-user --admin failed: {out} {err}");
         let mut c = self.anonymous();
         c.login(localpart, &pw);
