@@ -69,8 +69,8 @@ fn resolver(settings: &Arc<DnsSettings>) -> Option<TokioResolver> {
     })
 }
 
-/// SRV records of `name` (e.g. `_matrix-fed._tcp.example.org`), sorted by priority, then by
-/// descending weight. Empty when there are none or DNS fails.
+/// SRV records of `name` (e.g. `_matrix-fed._tcp.example.org`) in the order RFC 2782 says
+/// to try them ([`rfc2782_order`]). Empty when there are none or DNS fails.
 pub async fn srv(settings: &Arc<DnsSettings>, name: &str) -> Vec<SrvTarget> {
     let Some(r) = resolver(settings) else {
         return Vec::new();
@@ -96,8 +96,60 @@ pub async fn srv(settings: &Arc<DnsSettings>, name: &str) -> Vec<SrvTarget> {
         // "." means the service is decidedly not available at this domain.
         .filter(|s| !s.target.is_empty())
         .collect();
-    out.sort_by(|a, b| a.priority.cmp(&b.priority).then(b.weight.cmp(&a.weight)));
+    out.truncate(64);
+    let mut out = rfc2782_order(out, &mut random_upto);
     out.truncate(16);
+    out
+}
+
+/// A uniform random number in `0..=n` from the OS RNG (0 if it fails: the order then
+/// degrades to "first listed", never to a wrong target).
+fn random_upto(n: u32) -> u32 {
+    use rand::TryRng;
+    let mut b = [0u8; 8];
+    if rand::rngs::SysRng.try_fill_bytes(&mut b).is_err() {
+        return 0;
+    }
+    (u64::from_le_bytes(b) % (u64::from(n) + 1)) as u32
+}
+
+/// Orders SRV records as RFC 2782 says a client must try them: lowest priority first;
+/// within a priority, a weighted random order (a record's chance of coming next is its
+/// weight over the sum of the weights left; weight-0 records first in the running sum, so
+/// they are picked only rarely when others have weight). `pick(n)` returns a number in
+/// `0..=n`.
+pub fn rfc2782_order(
+    mut records: Vec<SrvTarget>,
+    pick: &mut dyn FnMut(u32) -> u32,
+) -> Vec<SrvTarget> {
+    records.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.weight.cmp(&b.weight)));
+    let mut out = Vec::with_capacity(records.len());
+    let mut rest = records.as_slice();
+    while let Some(first) = rest.first() {
+        let end = rest
+            .iter()
+            .position(|r| r.priority != first.priority)
+            .unwrap_or(rest.len());
+        let (group, tail) = rest.split_at(end);
+        // Zero weights sort first (RFC 2782: "all those with weight 0 are placed at the
+        // beginning of the list").
+        let mut left: Vec<&SrvTarget> = group.iter().collect();
+        while !left.is_empty() {
+            let total: u32 = left.iter().map(|r| u32::from(r.weight)).sum();
+            let n = pick(total).min(total);
+            let mut running = 0u32;
+            let mut chosen = left.len() - 1;
+            for (i, r) in left.iter().enumerate() {
+                running += u32::from(r.weight);
+                if running >= n {
+                    chosen = i;
+                    break;
+                }
+            }
+            out.push(left.remove(chosen).clone());
+        }
+        rest = tail;
+    }
     out
 }
 
@@ -121,5 +173,104 @@ pub async fn lookup(
     match r.lookup_ip(fqdn.as_str()).await {
         Ok(ips) => Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
         Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(priority: u16, weight: u16, target: &str) -> SrvTarget {
+        SrvTarget {
+            priority,
+            weight,
+            port: 8448,
+            target: target.to_owned(),
+        }
+    }
+
+    fn order(records: Vec<SrvTarget>, picks: &[u32]) -> Vec<String> {
+        let mut it = picks.iter().copied();
+        rfc2782_order(records, &mut |n| it.next().unwrap_or(0).min(n))
+            .into_iter()
+            .map(|r| r.target)
+            .collect()
+    }
+
+    #[test]
+    fn priorities_first_then_weighted_choice() {
+        // (records, the numbers the RNG returns, expected order)
+        let table: Vec<(Vec<SrvTarget>, Vec<u32>, Vec<&str>)> = vec![
+            // Lower priority always first, whatever the weights.
+            (
+                vec![rec(20, 100, "b"), rec(10, 0, "a")],
+                vec![0, 0],
+                vec!["a", "b"],
+            ),
+            // Same priority: weights 10 (x) and 90 (y). A draw of 0..=10 picks x, above y.
+            (
+                vec![rec(10, 90, "y"), rec(10, 10, "x")],
+                vec![5, 0],
+                vec!["x", "y"],
+            ),
+            (
+                vec![rec(10, 90, "y"), rec(10, 10, "x")],
+                vec![11, 0],
+                vec!["y", "x"],
+            ),
+            (
+                vec![rec(10, 90, "y"), rec(10, 10, "x")],
+                vec![100, 0],
+                vec!["y", "x"],
+            ),
+            // A weight-0 record is chosen only by a draw of exactly 0.
+            (
+                vec![rec(10, 50, "w"), rec(10, 0, "z")],
+                vec![0, 0],
+                vec!["z", "w"],
+            ),
+            (
+                vec![rec(10, 50, "w"), rec(10, 0, "z")],
+                vec![1, 0],
+                vec!["w", "z"],
+            ),
+            // All weights zero: every draw is 0, the order is the listed one.
+            (
+                vec![rec(5, 0, "p"), rec(5, 0, "q")],
+                vec![0, 0],
+                vec!["p", "q"],
+            ),
+        ];
+        for (records, picks, want) in table {
+            assert_eq!(
+                order(records.clone(), &picks),
+                want,
+                "{records:?} {picks:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn weights_share_the_first_choice() {
+        // Over every possible draw, a record comes first in proportion to its weight.
+        let records = vec![rec(10, 1, "light"), rec(10, 3, "heavy")];
+        let mut first = std::collections::BTreeMap::new();
+        for draw in 0..=4u32 {
+            let got = order(records.clone(), &[draw, 0]);
+            *first.entry(got[0].clone()).or_insert(0) += 1;
+        }
+        // Draws 0 and 1 pick "light" (running sum 1 >= n), 2..=4 pick "heavy".
+        assert_eq!(first.get("light"), Some(&2));
+        assert_eq!(first.get("heavy"), Some(&3));
+    }
+
+    #[test]
+    fn real_randomness_keeps_every_record() {
+        let records: Vec<SrvTarget> = (0..10)
+            .map(|i| rec(i % 3, i * 7, &format!("t{i}")))
+            .collect();
+        let got = rfc2782_order(records.clone(), &mut random_upto);
+        assert_eq!(got.len(), records.len());
+        assert!(got.windows(2).all(|w| w[0].priority <= w[1].priority));
     }
 }
