@@ -10,7 +10,8 @@
 //!   listed under `old_verify_keys`, gets 401 for a correctly signed request; a peer with a
 //!   current key gets through.
 //! * **Rate limits.** Each limit answers 429 `M_LIMIT_EXCEEDED` with `retry_after_ms`, and
-//!   recovers after it; a flood of logins does not stall other requests.
+//!   recovers after it; a flood of logins does not stall other requests; one `/send` in
+//!   flight per origin (a second one while the first fills a gap gets 429).
 //! * **Key validity for events.** An event whose server's key expired before the event's
 //!   timestamp is rejected for its signature.
 //! * **Retention.** Transaction IDs older than the configured age are pruned (both backends).
@@ -634,6 +635,111 @@ fn federation_requests_are_limited_per_origin() {
     std::thread::sleep(Duration::from_millis(ms + 100));
     let r = fed.request("GET", &path, None).expect("request");
     assert!(r.status != 429 && r.status != 401, "recovers: {}", r.text());
+    srv.assert_no_panics();
+}
+
+/// One `/send` in flight per origin: while a transaction from a server is still being
+/// processed (here: weft is filling a gap from that server, which answers slowly), a
+/// second one from the same server gets 429 with `retry_after_ms`; another server is not
+/// held up; once the first is answered, the origin may send again, and the first
+/// transaction's events all landed.
+#[test]
+fn one_transaction_in_flight_per_origin() {
+    use fedpeer::Peer;
+    use fedpeer::peer::pdu_results;
+    let srv = Server::start_with(
+        Backend::Sqlite,
+        Options {
+            federation: Some(Federation::default()),
+            extra_toml: "[rate_limits]\nenabled = true\nfederation_send_wait_ms = 300\n\
+                         federation_per_origin = { per_second = 1000.0, burst = 1000 }\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    let alice = srv.register("alice");
+    let room = alice.create_room(&json!({"preset": "public_chat"}));
+    let a = Peer::start(0).expect("peer a");
+    let mut fed = a.client(&srv.server_name).expect("client");
+    a.join(&mut fed, &room, "mallory").expect("mallory joins");
+    // `hidden` is on the peer's chain but never pushed: weft must fetch it to accept `tip`,
+    // and the peer takes its time answering.
+    let hidden = a.message(&room, "mallory", "hidden").expect("message");
+    let tip = a.message(&room, "mallory", "tip").expect("message");
+    let slow = Duration::from_secs(4);
+    for (method, path) in [
+        ("POST", "/_matrix/federation/v1/get_missing_events"),
+        ("GET", "/_matrix/federation/v1/event/"),
+        ("GET", "/_matrix/federation/v1/state_ids/"),
+        ("GET", "/_matrix/federation/v1/state/"),
+    ] {
+        a.delay(method, path, slow);
+    }
+    let fetches = |p: &Peer| {
+        p.inbound()
+            .iter()
+            .filter(|i| {
+                i.path.contains("get_missing_events")
+                    || i.path.starts_with("/_matrix/federation/v1/event/")
+                    || i.path.starts_with("/_matrix/federation/v1/state")
+            })
+            .count()
+    };
+    let before = fetches(&a);
+    let mut first_client = a.client(&srv.server_name).expect("client");
+    let tip_json = tip.to_federation_value();
+    let first = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let r = first_client
+            .send_transaction("slot-first", vec![tip_json], vec![])
+            .expect("first /send");
+        (r, t0.elapsed())
+    });
+    // The first transaction is in flight once weft asks the peer for the missing event.
+    wait_until(
+        Duration::from_secs(30),
+        "weft fetches the missing event",
+        || fetches(&a) > before,
+    );
+    let second = fed
+        .send_transaction("slot-second", vec![], vec![])
+        .expect("second /send");
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert_eq!(second.errcode().as_deref(), Some("M_LIMIT_EXCEEDED"));
+    let ms = second.json()["retry_after_ms"]
+        .as_u64()
+        .expect("retry_after_ms");
+    assert!((1..=60_000).contains(&ms), "{ms}");
+    // Another origin is not held up by it.
+    let b = Peer::start(0).expect("peer b");
+    let mut fed_b = b.client(&srv.server_name).expect("client");
+    let other = fed_b
+        .send_transaction("slot-other", vec![], vec![])
+        .expect("other origin's /send");
+    assert_eq!(other.status, 200, "{}", other.text());
+    let (r, took) = first.join().expect("first /send thread");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        took >= slow,
+        "the first /send was answered before its gap was filled ({took:?})"
+    );
+    let results = pdu_results(&r.json());
+    assert_eq!(results.get(tip.event_id()), Some(&None), "{results:?}");
+    // The slot is free again: the same origin's next transaction is taken.
+    let again = fed
+        .send_transaction("slot-again", vec![], vec![])
+        .expect("third /send");
+    assert_eq!(again.status, 200, "{}", again.text());
+    // And nothing of the first transaction was lost.
+    for (pdu, body) in [(&hidden, "hidden"), (&tip, "tip")] {
+        let ev = alice.get(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(&room),
+            enc(pdu.event_id().as_str())
+        ));
+        assert_eq!(ev.status, 200, "{body}: {}", ev.text);
+        assert_eq!(ev.body["content"]["body"], json!(body));
+    }
     srv.assert_no_panics();
 }
 

@@ -91,6 +91,9 @@ pub struct Shared {
     pub rooms: Mutex<HashMap<OwnedRoomId, Room>>,
     pub inbound: Mutex<Vec<Inbound>>,
     pub scripts: Mutex<Vec<Script>>,
+    /// `(method, path prefix, delay)`: requests that match are answered only after the
+    /// delay (a slow peer; the answer itself is the normal one).
+    pub delays: Mutex<Vec<(String, String, std::time::Duration)>>,
     pub key_mode: Mutex<KeyMode>,
     /// The current key in [`KeyMode::Old`].
     pub spare_key: ServerSigningKey,
@@ -110,6 +113,17 @@ impl Shared {
             .rev()
             .find(|s| s.method == method && path.starts_with(&s.path))
             .map(|s| (s.status, s.body.clone()))
+    }
+
+    /// How long to hold a request `method path` before answering it (the latest match wins).
+    pub fn delay_for(&self, method: &str, path: &str) -> Option<std::time::Duration> {
+        self.delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .find(|(m, prefix, _)| m == method && path.starts_with(prefix.as_str()))
+            .map(|(_, _, d)| *d)
     }
 
     /// The signed answer of `GET /_matrix/key/v2/server` (shaped by the key mode).
@@ -227,6 +241,7 @@ impl Peer {
             rooms: Mutex::new(HashMap::new()),
             inbound: Mutex::new(Vec::new()),
             scripts: Mutex::new(Vec::new()),
+            delays: Mutex::new(Vec::new()),
             key_mode: Mutex::new(KeyMode::Current),
             spare_key: generate_key(),
         });
@@ -279,6 +294,15 @@ impl Peer {
                 status,
                 body,
             });
+    }
+
+    /// From now on, answer requests `method path*` only after `delay` (a slow server).
+    pub fn delay(&self, method: &str, path: &str, delay: std::time::Duration) {
+        self.shared
+            .delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((method.to_owned(), path.to_owned(), delay));
     }
 
     /// Creates a room hosted here (version 11: create, `@localpart` joined with power 100,

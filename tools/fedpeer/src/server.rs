@@ -173,6 +173,9 @@ fn route(shared: &Shared, req: &Request) -> (u16, String) {
         }
     }
     let path = req.path();
+    if let Some(d) = shared.delay_for(&req.method, path) {
+        std::thread::sleep(d);
+    }
     if let Some((status, body)) = shared.scripted(&req.method, path) {
         return (status, body.to_string());
     }
