@@ -987,6 +987,7 @@ fn db_migrate_sqlite_to_postgres() {
         "e2e_one_time_keys",
         "outbound_queue",
         "current_state",
+        "event_search",
     ] {
         let line = out
             .lines()
@@ -1036,6 +1037,15 @@ fn db_migrate_sqlite_to_postgres() {
             .is_some_and(|m| !m.is_empty()),
         "{claim}"
     );
+    // The search index moved too (SQLite's FTS5 tables are not copied: PostgreSQL
+    // indexes the copied rows itself).
+    let found = olga
+        .post(
+            "/search",
+            &json!({"search_categories": {"room_events": {"search_term": "msg"}}}),
+        )
+        .ok();
+    assert_eq!(found["search_categories"]["room_events"]["count"], 30, "{found}");
     // New events go on from where SQLite stopped, and sync still works incrementally.
     let since = after["next_batch"].as_str().unwrap().to_owned();
     olga.send_text(&room, "on postgres");
