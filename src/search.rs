@@ -175,7 +175,9 @@ pub fn parse_room_events(body: &Value, next_batch: Option<&str>) -> Result<RoomE
         .get("room_events")
         .ok_or_else(|| Error::MissingParam("missing search_categories.room_events".into()))?;
     if raw.get("search_term").is_none() {
-        return Err(Error::MissingParam("missing room_events.search_term".into()));
+        return Err(Error::MissingParam(
+            "missing room_events.search_term".into(),
+        ));
     }
     let raw: RawRoomEvents = serde_json::from_value(raw.clone())
         .map_err(|e| Error::bad_json(format!("invalid room_events: {e}")))?;
@@ -218,7 +220,11 @@ pub fn parse_room_events(body: &Value, next_batch: Option<&str>) -> Result<RoomE
         let key = match g.key.as_str() {
             "room_id" => GroupKey::RoomId,
             "sender" => GroupKey::Sender,
-            other => return Err(Error::invalid_param(format!("unknown group_by key {other:?}"))),
+            other => {
+                return Err(Error::invalid_param(format!(
+                    "unknown group_by key {other:?}"
+                )));
+            }
         };
         if !groupings.contains(&key) {
             groupings.push(key);
@@ -300,11 +306,10 @@ fn page(
         .collect();
     let more = rest.len() > req.limit;
     let hits: Vec<index::Hit> = rest.into_iter().take(req.limit).collect();
-    let next = more
-        .then(|| match req.order {
-            Order::Rank => format!("r{}", skip + hits.len()),
-            Order::Recent => format!("s{}", hits.last().map_or(0, |h| h.stream_ordering)),
-        });
+    let next = more.then(|| match req.order {
+        Order::Rank => format!("r{}", skip + hits.len()),
+        Order::Recent => format!("s{}", hits.last().map_or(0, |h| h.stream_ordering)),
+    });
     Ok(Page {
         hits,
         count,
@@ -359,9 +364,10 @@ pub async fn room_events(s: &Services, viewer: Viewer, req: RoomEventsRequest) -
                     continue;
                 };
                 let version = versions.get(c, &h.room_id)?;
-                let Some(ev) = view::client_events(c, std::slice::from_ref(&row), version, &viewer)?
-                    .into_iter()
-                    .next()
+                let Some(ev) =
+                    view::client_events(c, std::slice::from_ref(&row), version, &viewer)?
+                        .into_iter()
+                        .next()
                 else {
                     continue;
                 };
@@ -392,7 +398,10 @@ pub async fn room_events(s: &Services, viewer: Viewer, req: RoomEventsRequest) -
                     let mut srows = events::get_events(c, &ids)?;
                     srows.sort_by_key(|r| r.stream_ordering.unwrap_or(i64::MIN));
                     let version = versions.get(c, r)?;
-                    st.insert(r.to_owned(), json!(view::client_events(c, &srows, version, &viewer)?));
+                    st.insert(
+                        r.to_owned(),
+                        json!(view::client_events(c, &srows, version, &viewer)?),
+                    );
                 }
                 out["state"] = Value::Object(st);
             }
@@ -414,11 +423,18 @@ fn context(
     let pos = row.stream_ordering.unwrap_or(0);
     let empty = hv::Ranges::new();
     let ranges = ranges.get(&row.room_id).unwrap_or(&empty);
-    let before: Vec<EventRow> =
-        hv::visible_timeline(c, &row.room_id, ranges, i64::MIN, pos - 1, ctx.before as i64, true)?
-            .into_iter()
-            .rev()
-            .collect();
+    let before: Vec<EventRow> = hv::visible_timeline(
+        c,
+        &row.room_id,
+        ranges,
+        i64::MIN,
+        pos - 1,
+        ctx.before as i64,
+        true,
+    )?
+    .into_iter()
+    .rev()
+    .collect();
     let after = hv::visible_timeline(c, &row.room_id, ranges, pos, upto, ctx.after as i64, false)?;
     let start = before
         .last()
@@ -544,7 +560,10 @@ mod tests {
         let ok = parse_room_events(&body(json!({"search_term": "Brown fox"})), None).unwrap();
         assert_eq!(ok.words, ["brown", "fox"]);
         assert_eq!(ok.keys, rules::KEYS.to_vec());
-        assert_eq!((ok.order, ok.limit, ok.cursor), (Order::Rank, DEFAULT_LIMIT, Cursor::Start));
+        assert_eq!(
+            (ok.order, ok.limit, ok.cursor),
+            (Order::Rank, DEFAULT_LIMIT, Cursor::Start)
+        );
         let full = parse_room_events(
             &body(json!({
                 "search_term": "x", "keys": ["content.name"], "order_by": "recent",
@@ -561,7 +580,11 @@ mod tests {
         assert_eq!(full.cursor, Cursor::Before(42));
         assert_eq!(
             full.context,
-            Some(ContextOpts { before: MAX_CONTEXT, after: 5, include_profile: true })
+            Some(ContextOpts {
+                before: MAX_CONTEXT,
+                after: 5,
+                include_profile: true
+            })
         );
         assert_eq!(full.groupings, [GroupKey::RoomId]);
         assert!(full.include_state);
@@ -570,20 +593,64 @@ mod tests {
         let bad: Vec<(Value, Option<&str>, &str)> = vec![
             (json!({}), None, "M_MISSING_PARAM"),
             (json!({"search_categories": []}), None, "M_BAD_JSON"),
-            (json!({"search_categories": {"nonsense": {}}}), None, "M_INVALID_PARAM"),
+            (
+                json!({"search_categories": {"nonsense": {}}}),
+                None,
+                "M_INVALID_PARAM",
+            ),
             (json!({"search_categories": {}}), None, "M_MISSING_PARAM"),
             (body(json!({})), None, "M_MISSING_PARAM"),
             (body(json!({"search_term": 5})), None, "M_BAD_JSON"),
-            (body(json!({"search_term": "x".repeat(5000)})), None, "M_INVALID_PARAM"),
-            (body(json!({"search_term": "x", "keys": ["content.ciphertext"]})), None, "M_INVALID_PARAM"),
-            (body(json!({"search_term": "x", "order_by": "random"})), None, "M_INVALID_PARAM"),
-            (body(json!({"search_term": "x", "filter": {"limit": 0}})), None, "M_INVALID_PARAM"),
-            (body(json!({"search_term": "x", "filter": {"limit": "ten"}})), None, "M_BAD_JSON"),
-            (body(json!({"search_term": "x", "groupings": {"group_by": [{"key": "type"}]}})), None, "M_INVALID_PARAM"),
-            (body(json!({"search_term": "x"})), Some("garbage"), "M_INVALID_PARAM"),
-            (body(json!({"search_term": "x"})), Some("s5"), "M_INVALID_PARAM"),
-            (body(json!({"search_term": "x", "order_by": "recent"})), Some("r5"), "M_INVALID_PARAM"),
-            (body(json!({"search_term": "x"})), Some("r-1"), "M_INVALID_PARAM"),
+            (
+                body(json!({"search_term": "x".repeat(5000)})),
+                None,
+                "M_INVALID_PARAM",
+            ),
+            (
+                body(json!({"search_term": "x", "keys": ["content.ciphertext"]})),
+                None,
+                "M_INVALID_PARAM",
+            ),
+            (
+                body(json!({"search_term": "x", "order_by": "random"})),
+                None,
+                "M_INVALID_PARAM",
+            ),
+            (
+                body(json!({"search_term": "x", "filter": {"limit": 0}})),
+                None,
+                "M_INVALID_PARAM",
+            ),
+            (
+                body(json!({"search_term": "x", "filter": {"limit": "ten"}})),
+                None,
+                "M_BAD_JSON",
+            ),
+            (
+                body(json!({"search_term": "x", "groupings": {"group_by": [{"key": "type"}]}})),
+                None,
+                "M_INVALID_PARAM",
+            ),
+            (
+                body(json!({"search_term": "x"})),
+                Some("garbage"),
+                "M_INVALID_PARAM",
+            ),
+            (
+                body(json!({"search_term": "x"})),
+                Some("s5"),
+                "M_INVALID_PARAM",
+            ),
+            (
+                body(json!({"search_term": "x", "order_by": "recent"})),
+                Some("r5"),
+                "M_INVALID_PARAM",
+            ),
+            (
+                body(json!({"search_term": "x"})),
+                Some("r-1"),
+                "M_INVALID_PARAM",
+            ),
         ];
         for (b, next, code) in bad {
             match parse_room_events(&b, next) {
@@ -600,7 +667,9 @@ mod tests {
             (vec!["bob".to_owned()], 3)
         );
         assert_eq!(
-            parse_directory(&json!({"search_term": "bob", "limit": 100000})).unwrap().1,
+            parse_directory(&json!({"search_term": "bob", "limit": 100000}))
+                .unwrap()
+                .1,
             DIRECTORY_MAX_LIMIT
         );
         for (b, code) in [
@@ -637,7 +706,11 @@ mod tests {
             stream_ordering: 1,
             rank: 1.0,
         };
-        let hits = [hit("$1", "!b", "@u"), hit("$2", "!a", "@u"), hit("$3", "!b", "@v")];
+        let hits = [
+            hit("$1", "!b", "@u"),
+            hit("$2", "!a", "@u"),
+            hit("$3", "!b", "@v"),
+        ];
         let g = groups(&hits, &[GroupKey::RoomId, GroupKey::Sender], Some("r3"));
         assert_eq!(g["room_id"]["!b"]["results"], json!(["$1", "$3"]));
         assert_eq!(g["room_id"]["!b"]["order"], 1);

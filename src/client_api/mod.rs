@@ -192,10 +192,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/publicRooms", post().to(directory::public_rooms_post))
         // search
         .route("/search", post().to(search::search))
-        .route(
-            "/user_directory/search",
-            post().to(search::user_directory),
-        )
+        .route("/user_directory/search", post().to(search::user_directory))
         // push rules, presence
         .route("/pushrules/", get().to(push::all))
         .route("/pushrules", get().to(push::all))

@@ -31,7 +31,12 @@ pub fn index_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<()>
         return Ok(());
     }
     let member = ev.event_type == "m.room.member";
-    if !member && !matches!(ev.event_type.as_str(), "m.room.message" | "m.room.name" | "m.room.topic") {
+    if !member
+        && !matches!(
+            ev.event_type.as_str(),
+            "m.room.message" | "m.room.name" | "m.room.topic"
+        )
+    {
         return Ok(());
     }
     let Ok(json) = serde_json::from_str::<serde_json::Value>(&ev.json) else {

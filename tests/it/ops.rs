@@ -1045,7 +1045,10 @@ fn db_migrate_sqlite_to_postgres() {
             &json!({"search_categories": {"room_events": {"search_term": "msg"}}}),
         )
         .ok();
-    assert_eq!(found["search_categories"]["room_events"]["count"], 30, "{found}");
+    assert_eq!(
+        found["search_categories"]["room_events"]["count"], 30,
+        "{found}"
+    );
     // New events go on from where SQLite stopped, and sync still works incrementally.
     let since = after["next_batch"].as_str().unwrap().to_owned();
     olga.send_text(&room, "on postgres");

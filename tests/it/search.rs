@@ -15,8 +15,11 @@ use crate::harness::{Backend, Server};
 both_backends!(room_event_search, search_bad_input, user_directory_search);
 
 fn search(c: &Client, room_events: Value) -> Value {
-    c.post("/search", &json!({"search_categories": {"room_events": room_events}}))
-        .ok()["search_categories"]["room_events"]
+    c.post(
+        "/search",
+        &json!({"search_categories": {"room_events": room_events}}),
+    )
+    .ok()["search_categories"]["room_events"]
         .clone()
 }
 
@@ -58,7 +61,12 @@ fn room_event_search(backend: Backend) {
     let fox = alice.send_text(&shared, "The quick brown Fox jumps");
     let dogs = alice.send_text(&shared, "lazy dogs sleeping all day");
     let foxes = bob.send_text(&shared, "foxes again, brown ones");
-    let topic = alice.put_state(&shared, "m.room.topic", "", &json!({"topic": "brown hounds"}));
+    let topic = alice.put_state(
+        &shared,
+        "m.room.topic",
+        "",
+        &json!({"topic": "brown hounds"}),
+    );
     let topic = topic.ok()["event_id"].as_str().unwrap().to_owned();
     let noise: Vec<String> = (0..3)
         .map(|i| bob.send_text(&shared, &format!("unrelated chatter {i}")))
@@ -77,7 +85,12 @@ fn room_event_search(backend: Backend) {
     // History visibility `joined`: carol must not find what was said before she joined.
     let late = alice.create_room(&json!({"preset": "public_chat"}));
     alice
-        .put_state(&late, "m.room.history_visibility", "", &json!({"history_visibility": "joined"}))
+        .put_state(
+            &late,
+            "m.room.history_visibility",
+            "",
+            &json!({"history_visibility": "joined"}),
+        )
         .ok();
     let early_msg = alice.send_text(&late, "brown words before carol");
     carol.join(&late).ok();
@@ -85,7 +98,11 @@ fn room_event_search(backend: Backend) {
 
     // Words: every word must match, as a prefix, case-folded; stems (fox/foxes).
     let r = search(&bob, json!({"search_term": "brown fox"}));
-    assert_eq!(sorted(result_ids(&r)), sorted(vec![fox.clone(), foxes.clone()]), "{r}");
+    assert_eq!(
+        sorted(result_ids(&r)),
+        sorted(vec![fox.clone(), foxes.clone()]),
+        "{r}"
+    );
     assert_eq!(r["count"], 2);
     assert_eq!(r["highlights"], json!(["brown", "fox"]));
     let r = search(&bob, json!({"search_term": "QUI"}));
@@ -93,7 +110,10 @@ fn room_event_search(backend: Backend) {
     let r = search(&bob, json!({"search_term": "sleep"}));
     assert_eq!(result_ids(&r), vec![dogs.clone()], "stem: {r}");
     // Each result is a whole client event.
-    assert_eq!(r["results"][0]["result"]["content"]["body"], "lazy dogs sleeping all day");
+    assert_eq!(
+        r["results"][0]["result"]["content"]["body"],
+        "lazy dogs sleeping all day"
+    );
     assert!(r["results"][0]["rank"].is_number());
 
     // Who sees what.
@@ -106,24 +126,49 @@ fn room_event_search(backend: Backend) {
     let alice_brown = sorted(result_ids(&search(&alice, json!({"search_term": "brown"}))));
     assert!(alice_brown.contains(&secret) && alice_brown.contains(&early_msg));
     let carol_brown = result_ids(&search(&carol, json!({"search_term": "brown"})));
-    assert_eq!(carol_brown, vec![late_msg.clone()], "carol: only after her join");
+    assert_eq!(
+        carol_brown,
+        vec![late_msg.clone()],
+        "carol: only after her join"
+    );
     let none = search(&carol, json!({"search_term": "secret"}));
-    assert_eq!((none["results"].clone(), none["count"].clone()), (json!([]), json!(0)));
+    assert_eq!(
+        (none["results"].clone(), none["count"].clone()),
+        (json!([]), json!(0))
+    );
 
     // Keys: only the topic.
-    let r = search(&bob, json!({"search_term": "brown", "keys": ["content.topic"]}));
+    let r = search(
+        &bob,
+        json!({"search_term": "brown", "keys": ["content.topic"]}),
+    );
     assert_eq!(result_ids(&r), vec![topic.clone()]);
-    let r = search(&bob, json!({"search_term": "foxes", "keys": ["content.name"]}));
+    let r = search(
+        &bob,
+        json!({"search_term": "foxes", "keys": ["content.name"]}),
+    );
     assert_eq!(r["count"], 1, "the room name event: {r}");
     assert_eq!(r["results"][0]["result"]["type"], "m.room.name");
 
     // Filters: rooms, senders, types.
-    let r = search(&alice, json!({"search_term": "brown", "filter": {"rooms": [private]}}));
+    let r = search(
+        &alice,
+        json!({"search_term": "brown", "filter": {"rooms": [private]}}),
+    );
     assert_eq!(result_ids(&r), vec![secret.clone()]);
-    let r = search(&alice, json!({"search_term": "brown", "filter": {"senders": ["@bob:weft.test"]}}));
+    let r = search(
+        &alice,
+        json!({"search_term": "brown", "filter": {"senders": ["@bob:weft.test"]}}),
+    );
     assert_eq!(result_ids(&r), vec![foxes.clone()]);
-    let r = search(&bob, json!({"search_term": "brown", "filter": {"not_types": ["m.room.topic"]}}));
-    assert_eq!(sorted(result_ids(&r)), sorted(vec![fox.clone(), foxes.clone()]));
+    let r = search(
+        &bob,
+        json!({"search_term": "brown", "filter": {"not_types": ["m.room.topic"]}}),
+    );
+    assert_eq!(
+        sorted(result_ids(&r)),
+        sorted(vec![fox.clone(), foxes.clone()])
+    );
 
     // Recent order: newest first; pages of one cover everything once.
     let term = json!({"search_term": "brown", "order_by": "recent", "filter": {"limit": 1}});
@@ -170,12 +215,21 @@ fn room_event_search(backend: Backend) {
     assert_eq!(ctx["events_after"].as_array().map(Vec::len), Some(2));
     assert!(ctx["start"].is_string() && ctx["end"].is_string());
     assert!(ctx["profile_info"]["@alice:weft.test"].is_object(), "{ctx}");
-    assert_eq!(r["groups"]["room_id"][&shared]["results"], json!([dogs.clone()]));
+    assert_eq!(
+        r["groups"]["room_id"][&shared]["results"],
+        json!([dogs.clone()])
+    );
     let state = r["state"][&shared].as_array().expect("state of the room");
     assert!(state.iter().any(|e| e["type"] == "m.room.topic"));
 
     // Client text never reaches the query languages' operators.
-    for term in ["\"brown", "brown OR NEAR(", "brown:* & !fox", "'; DROP TABLE events; --", "*"] {
+    for term in [
+        "\"brown",
+        "brown OR NEAR(",
+        "brown:* & !fox",
+        "'; DROP TABLE events; --",
+        "*",
+    ] {
         let r = search(&bob, json!({"search_term": term}));
         assert!(r["count"].is_number(), "{term}: {r}");
     }
@@ -202,9 +256,20 @@ fn room_event_search(backend: Backend) {
     );
     srv.start_again();
     let r = search(&bob, json!({"search_term": "brown fox"}));
-    assert_eq!(sorted(result_ids(&r)), sorted(vec![fox, foxes]), "after the refill: {r}");
-    assert_eq!(search(&bob, json!({"search_term": "lazy"}))["count"], 0, "redacted stays out");
-    assert_eq!(search(&bob, json!({"search_term": "chatter"}))["count"], noise.len());
+    assert_eq!(
+        sorted(result_ids(&r)),
+        sorted(vec![fox, foxes]),
+        "after the refill: {r}"
+    );
+    assert_eq!(
+        search(&bob, json!({"search_term": "lazy"}))["count"],
+        0,
+        "redacted stays out"
+    );
+    assert_eq!(
+        search(&bob, json!({"search_term": "chatter"}))["count"],
+        noise.len()
+    );
     srv.assert_no_panics();
 }
 
@@ -219,15 +284,22 @@ fn search_bad_input(backend: Backend) {
     post(re(json!({}))).expect_err(400, "M_MISSING_PARAM");
     post(re(json!({"search_term": ["x"]}))).expect_err(400, "M_BAD_JSON");
     post(re(json!({"search_term": "x".repeat(10_000)}))).expect_err(400, "M_INVALID_PARAM");
-    post(re(json!({"search_term": "a b c d e f g h i j k l m n o p q r"})))
+    post(re(
+        json!({"search_term": "a b c d e f g h i j k l m n o p q r"}),
+    ))
+    .expect_err(400, "M_INVALID_PARAM");
+    post(re(json!({"search_term": "x", "keys": ["content.url"]})))
         .expect_err(400, "M_INVALID_PARAM");
-    post(re(json!({"search_term": "x", "keys": ["content.url"]}))).expect_err(400, "M_INVALID_PARAM");
     post(re(json!({"search_term": "x", "order_by": "oldest"}))).expect_err(400, "M_INVALID_PARAM");
     post(re(json!({"search_term": "x", "filter": {"limit": -3}}))).expect_err(400, "M_BAD_JSON");
-    post(re(json!({"search_term": "x", "event_context": {"before_limit": "many"}})))
-        .expect_err(400, "M_BAD_JSON");
-    post(re(json!({"search_term": "x", "groupings": {"group_by": [{"key": "type"}]}})))
-        .expect_err(400, "M_INVALID_PARAM");
+    post(re(
+        json!({"search_term": "x", "event_context": {"before_limit": "many"}}),
+    ))
+    .expect_err(400, "M_BAD_JSON");
+    post(re(
+        json!({"search_term": "x", "groupings": {"group_by": [{"key": "type"}]}}),
+    ))
+    .expect_err(400, "M_INVALID_PARAM");
     alice
         .post("/search?next_batch=zzz", &re(json!({"search_term": "x"})))
         .expect_err(400, "M_INVALID_PARAM");
@@ -255,7 +327,10 @@ fn search_bad_input(backend: Backend) {
 
 fn found(c: &Client, term: &str) -> Vec<String> {
     let r = c
-        .post("/user_directory/search", &json!({"search_term": term, "limit": 50}))
+        .post(
+            "/user_directory/search",
+            &json!({"search_term": term, "limit": 50}),
+        )
         .ok();
     r["results"]
         .as_array()
@@ -274,8 +349,11 @@ fn user_directory_search(backend: Backend) {
     let carol = srv.register("carol");
     let dave = srv.register("dave");
     let eve = srv.register("eve");
-    bob.put("/profile/@bob:weft.test/displayname", &json!({"displayname": "Bobby Tables"}))
-        .ok();
+    bob.put(
+        "/profile/@bob:weft.test/displayname",
+        &json!({"displayname": "Bobby Tables"}),
+    )
+    .ok();
 
     // alice and bob share a private room; carol is in a published room; eve shares nothing.
     let private = alice.create_room(&json!({"preset": "private_chat"}));
@@ -285,11 +363,27 @@ fn user_directory_search(backend: Backend) {
     carol.join(&public).ok();
 
     assert_eq!(found(&alice, "bob"), vec!["@bob:weft.test"], "by user ID");
-    assert_eq!(found(&alice, "tables"), vec!["@bob:weft.test"], "by display name");
-    assert_eq!(found(&alice, "bobby tab"), vec!["@bob:weft.test"], "every word");
-    assert_eq!(found(&alice, "carol"), vec!["@carol:weft.test"], "member of a public room");
+    assert_eq!(
+        found(&alice, "tables"),
+        vec!["@bob:weft.test"],
+        "by display name"
+    );
+    assert_eq!(
+        found(&alice, "bobby tab"),
+        vec!["@bob:weft.test"],
+        "every word"
+    );
+    assert_eq!(
+        found(&alice, "carol"),
+        vec!["@carol:weft.test"],
+        "member of a public room"
+    );
     assert_eq!(found(&alice, "eve"), Vec::<String>::new(), "shares no room");
-    assert_eq!(found(&eve, "bob"), Vec::<String>::new(), "eve shares nothing with bob");
+    assert_eq!(
+        found(&eve, "bob"),
+        Vec::<String>::new(),
+        "eve shares nothing with bob"
+    );
     let r = alice
         .post("/user_directory/search", &json!({"search_term": "tables"}))
         .ok();
@@ -298,14 +392,20 @@ fn user_directory_search(backend: Backend) {
 
     // limit and limited.
     let r = alice
-        .post("/user_directory/search", &json!({"search_term": "weft", "limit": 2}))
+        .post(
+            "/user_directory/search",
+            &json!({"search_term": "weft", "limit": 2}),
+        )
         .ok();
     assert_eq!(r["results"].as_array().map(Vec::len), Some(2), "{r}");
     assert_eq!(r["limited"], true);
 
     // A new name shows at once; the old one finds nobody.
-    bob.put("/profile/@bob:weft.test/displayname", &json!({"displayname": "Robert"}))
-        .ok();
+    bob.put(
+        "/profile/@bob:weft.test/displayname",
+        &json!({"displayname": "Robert"}),
+    )
+    .ok();
     assert_eq!(found(&alice, "robert"), vec!["@bob:weft.test"]);
     assert_eq!(found(&alice, "tables"), Vec::<String>::new());
 
@@ -325,4 +425,72 @@ fn user_directory_search(backend: Backend) {
         .ok();
     assert_eq!(found(&alice, "carol"), Vec::<String>::new());
     srv.assert_no_panics();
+}
+
+/// With a real Synapse: a Synapse user's message is found by `/search` on weft, and the
+/// Synapse user by weft's user directory, under the name their member event carries (a
+/// remote profile), following a rename.
+#[test]
+fn search_and_directory_with_synapse() {
+    use crate::federation::{join_via, wait_bodies, wait_invite};
+    use crate::harness::{Federation, Options};
+    use crate::synapse::Synapse;
+    use std::time::{Duration, Instant};
+
+    let syn = Synapse::start();
+    let w = Server::start_with(
+        Backend::Sqlite,
+        Options {
+            federation: Some(Federation::default()),
+            ..Default::default()
+        },
+    );
+    let alice = syn.register("alice");
+    let bob = w.register("bob");
+    alice
+        .put(
+            &format!("/profile/{}/displayname", enc(&alice.user_id)),
+            &json!({"displayname": "Alice Faraway"}),
+        )
+        .ok();
+    let room = alice.create_room(&json!({"preset": "private_chat", "invite": [bob.user_id]}));
+    wait_invite(&bob, &room);
+    join_via(&bob, &room, &syn.server_name());
+    let msg = alice.send_text(&room, "federated kumquat harvest");
+    wait_bodies(&bob, &room, &["federated kumquat harvest"]);
+
+    let r = search(&bob, json!({"search_term": "kumquat"}));
+    assert_eq!(result_ids(&r), vec![msg], "{r}");
+    assert_eq!(r["results"][0]["result"]["sender"], alice.user_id.as_str());
+
+    let hit = bob
+        .post("/user_directory/search", &json!({"search_term": "faraway"}))
+        .ok();
+    assert_eq!(
+        hit["results"][0]["user_id"],
+        alice.user_id.as_str(),
+        "{hit}"
+    );
+    assert_eq!(hit["results"][0]["display_name"], "Alice Faraway");
+
+    // A rename on Synapse reaches weft as a new member event.
+    alice
+        .put(
+            &format!("/profile/{}/displayname", enc(&alice.user_id)),
+            &json!({"displayname": "Alice Nearby"}),
+        )
+        .ok();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if found(&bob, "nearby") == vec![alice.user_id.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "weft's directory did not follow the rename"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(found(&bob, "faraway"), Vec::<String>::new());
+    w.assert_no_panics();
 }

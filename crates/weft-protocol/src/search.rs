@@ -61,7 +61,11 @@ pub fn words(term: &str) -> Result<Vec<String>, TermError> {
         if w.is_empty() {
             continue;
         }
-        let w: String = w.chars().take(MAX_WORD_CHARS).collect::<String>().to_lowercase();
+        let w: String = w
+            .chars()
+            .take(MAX_WORD_CHARS)
+            .collect::<String>()
+            .to_lowercase();
         if !out.contains(&w) {
             out.push(w);
         }
@@ -118,9 +122,21 @@ mod tests {
     #[test]
     fn searchable_fields() {
         let cases = [
-            ("m.room.message", json!({"body": "hello"}), Some(("content.body", "hello"))),
-            ("m.room.name", json!({"name": "Lobby"}), Some(("content.name", "Lobby"))),
-            ("m.room.topic", json!({"topic": "cats"}), Some(("content.topic", "cats"))),
+            (
+                "m.room.message",
+                json!({"body": "hello"}),
+                Some(("content.body", "hello")),
+            ),
+            (
+                "m.room.name",
+                json!({"name": "Lobby"}),
+                Some(("content.name", "Lobby")),
+            ),
+            (
+                "m.room.topic",
+                json!({"topic": "cats"}),
+                Some(("content.topic", "cats")),
+            ),
             ("m.room.message", json!({"body": 5}), None),
             ("m.room.message", json!({"body": "   "}), None),
             ("m.room.encrypted", json!({"ciphertext": "x"}), None),
@@ -148,14 +164,20 @@ mod tests {
             ("' & | ! :* () <->", Ok(vec![])),
             ("", Ok(vec![])),
             ("grüße 東京", Ok(vec!["grüße", "東京"])),
-            ("a b c d e f g h i j k l m n o p q", Err(TermError::TooManyWords)),
+            (
+                "a b c d e f g h i j k l m n o p q",
+                Err(TermError::TooManyWords),
+            ),
         ];
         for (term, want) in cases {
             let got = words(term);
             let want = want.map(|v| v.into_iter().map(str::to_owned).collect::<Vec<_>>());
             assert_eq!(got, want, "{term:?}");
         }
-        assert_eq!(words(&"x".repeat(MAX_TERM_BYTES + 1)), Err(TermError::TooLong));
+        assert_eq!(
+            words(&"x".repeat(MAX_TERM_BYTES + 1)),
+            Err(TermError::TooLong)
+        );
         assert_eq!(words(&"y".repeat(200)).unwrap()[0].len(), MAX_WORD_CHARS);
     }
 
@@ -180,7 +202,11 @@ mod tests {
         ];
         for (term, id, name, want) in cases {
             let w = directory_words(term).unwrap();
-            assert_eq!(directory_matches(&w, id, name), want, "{term:?} {id} {name:?}");
+            assert_eq!(
+                directory_matches(&w, id, name),
+                want,
+                "{term:?} {id} {name:?}"
+            );
         }
     }
 }
