@@ -292,7 +292,7 @@ fn page(
                 .total_cmp(&a.rank)
                 .then(b.stream_ordering.cmp(&a.stream_ordering))
         }),
-        Order::Recent => hits.sort_by(|a, b| b.stream_ordering.cmp(&a.stream_ordering)),
+        Order::Recent => hits.sort_by_key(|h| std::cmp::Reverse(h.stream_ordering)),
     }
     let (skip, before) = match req.cursor {
         Cursor::Start => (0, i64::MAX),
