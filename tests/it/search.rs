@@ -14,6 +14,69 @@ use crate::harness::{Backend, Server};
 
 both_backends!(room_event_search, search_bad_input, user_directory_search);
 
+/// `/versions` advertises up to v1.12, so every endpoint family those versions give
+/// Element-class clients must be routed: a probe of each may fail on its input or
+/// permissions, never with 404 `M_UNRECOGNIZED` (what the issue saw for media, search, the
+/// directory, key backup and tags).
+#[test]
+fn advertised_endpoints_are_served() {
+    let srv = Server::start(Backend::Sqlite);
+    let alice = srv.register("alice");
+    let v = srv.anonymous().get("/_matrix/client/versions").ok();
+    assert!(
+        v["versions"]
+            .as_array()
+            .is_some_and(|l| l.contains(&json!("v1.12"))),
+        "{v}"
+    );
+    let caps = alice.get("/capabilities").ok();
+    assert_eq!(
+        caps["capabilities"]["m.3pid_changes"]["enabled"], false,
+        "{caps}"
+    );
+    let room = alice.create_room(&json!({}));
+    let me = enc(&alice.user_id);
+    let r = enc(&room);
+    let probes: Vec<(&str, String, Option<Value>)> = vec![
+        (
+            "POST",
+            "/search".into(),
+            Some(json!({"search_categories": {"room_events": {"search_term": "x"}}})),
+        ),
+        (
+            "POST",
+            "/user_directory/search".into(),
+            Some(json!({"search_term": "x"})),
+        ),
+        ("GET", "/_matrix/client/v1/media/config".into(), None),
+        (
+            "GET",
+            "/_matrix/client/v1/media/download/weft.test/nothing".into(),
+            None,
+        ),
+        ("POST", "/_matrix/media/v1/create".into(), Some(json!({}))),
+        (
+            "GET",
+            format!("/_matrix/client/v1/rooms/{r}/relations/%24x"),
+            None,
+        ),
+        ("GET", format!("/_matrix/client/v1/rooms/{r}/threads"), None),
+        ("GET", format!("/user/{me}/rooms/{r}/tags"), None),
+        ("GET", "/room_keys/version".into(), None),
+        ("GET", "/account/3pid".into(), None),
+        ("GET", "/pushrules/".into(), None),
+    ];
+    for (method, path, body) in probes {
+        let resp = alice.raw(method, &path, body.map(|b| b.to_string().into_bytes()));
+        assert!(
+            !(resp.status == 404 && resp.errcode() == "M_UNRECOGNIZED"),
+            "{method} {path} is not served: {}",
+            resp.text
+        );
+    }
+    srv.assert_no_panics();
+}
+
 fn search(c: &Client, room_events: Value) -> Value {
     c.post(
         "/search",
