@@ -25,6 +25,7 @@ pub mod passwords;
 pub mod push;
 pub mod ratelimit;
 pub mod rooms;
+pub mod search;
 pub mod server;
 pub mod services;
 pub mod storage;

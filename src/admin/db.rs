@@ -108,13 +108,19 @@ fn quote_ident(name: &str) -> Result<String, DbToolError> {
     Ok(format!("\"{name}\""))
 }
 
-/// The data tables of the SQLite database, with their columns and row counts.
+/// The data tables of the SQLite database, with their columns and row counts. Virtual tables
+/// and their shadow tables (the FTS5 search index) are left out: PostgreSQL indexes the
+/// copied `event_search` rows itself.
 fn source_tables(
     src: &mut SqliteConnection,
 ) -> Result<Vec<(String, Vec<String>, i64)>, DbToolError> {
     let tables: Vec<Name> = diesel::sql_query(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
-         AND name <> '__diesel_schema_migrations' ORDER BY name",
+        "SELECT name FROM sqlite_master m WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+         AND name <> '__diesel_schema_migrations' \
+         AND sql NOT LIKE 'CREATE VIRTUAL TABLE%' \
+         AND NOT EXISTS (SELECT 1 FROM sqlite_master v WHERE v.type = 'table' \
+             AND v.sql LIKE 'CREATE VIRTUAL TABLE%' AND m.name LIKE v.name || '\\_%' ESCAPE '\\') \
+         ORDER BY name",
     )
     .load(src)?;
     let mut out = Vec::new();

@@ -15,6 +15,7 @@ pub mod push;
 pub mod relations;
 pub mod room_keys;
 pub mod rooms;
+pub mod search;
 pub mod sliding_sync;
 pub mod sync;
 pub mod tokens;
@@ -189,6 +190,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/publicRooms", get().to(directory::public_rooms))
         .route("/publicRooms", post().to(directory::public_rooms_post))
+        // search
+        .route("/search", post().to(search::search))
+        .route("/user_directory/search", post().to(search::user_directory))
         // push rules, presence
         .route("/pushrules/", get().to(push::all))
         .route("/pushrules", get().to(push::all))

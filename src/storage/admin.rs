@@ -4,7 +4,8 @@
 use diesel::prelude::*;
 
 use super::schema::{
-    current_state, destinations, event_txns, events, forward_extremities, memberships, rooms, users,
+    current_state, destinations, event_relations, event_search, event_txns, events,
+    forward_extremities, memberships, rooms, users,
 };
 use super::users::UserRow;
 use super::{AnyConnection, StorageResult};
@@ -164,6 +165,12 @@ pub fn purge_history(conn: &mut AnyConnection, room_id: &str, before: i64) -> St
         .load(conn)?;
     for chunk in doomed.chunks(500) {
         diesel::delete(event_txns::table.filter(event_txns::event_id.eq_any(chunk)))
+            .execute(conn)?;
+        // The indexes built from these events go with them (the words must not outlive
+        // the purge).
+        diesel::delete(event_search::table.filter(event_search::event_id.eq_any(chunk)))
+            .execute(conn)?;
+        diesel::delete(event_relations::table.filter(event_relations::event_id.eq_any(chunk)))
             .execute(conn)?;
         diesel::delete(events::table.filter(events::event_id.eq_any(chunk))).execute(conn)?;
     }

@@ -64,6 +64,7 @@ pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bo
                 .values(ev)
                 .execute(conn)?;
             super::relations::index_event(conn, ev)?;
+            super::search::index_event(conn, ev)?;
             Ok(true)
         }
         Some((true, None)) if !ev.outlier => {
@@ -78,6 +79,7 @@ pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bo
                 ))
                 .execute(conn)?;
             super::relations::index_event(conn, ev)?;
+            super::search::index_event(conn, ev)?;
             Ok(true)
         }
         Some(_) => Ok(false),
@@ -204,6 +206,7 @@ pub fn set_redacted_by(
         .execute(conn)?;
     // A redaction strips `m.relates_to`: the event no longer relates to anything.
     super::relations::forget_event(conn, event_id)?;
+    super::search::forget_event(conn, event_id)?;
     Ok(())
 }
 

@@ -25,6 +25,7 @@ pub mod relations;
 pub mod retention;
 pub mod rooms;
 pub mod schema;
+pub mod search;
 pub mod sliding;
 pub mod state;
 pub mod users;

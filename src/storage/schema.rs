@@ -391,3 +391,25 @@ diesel::table! {
         stream_ordering -> BigInt,
     }
 }
+
+diesel::table! {
+    // SQLite also has an `id INTEGER PRIMARY KEY` (the FTS5 index's rowid), never named here.
+    event_search (event_id) {
+        event_id -> Text,
+        room_id -> Text,
+        event_type -> Text,
+        sender -> Text,
+        key -> Text,
+        stream_ordering -> BigInt,
+        value -> Text,
+    }
+}
+
+diesel::table! {
+    user_directory (user_id) {
+        user_id -> Text,
+        display_name -> Nullable<Text>,
+        avatar_url -> Nullable<Text>,
+        stream_ordering -> BigInt,
+    }
+}

@@ -604,6 +604,11 @@ impl Server {
         rows.into_iter().map(|r| r.v).collect()
     }
 
+    /// Runs one SQL statement on the server's database (see `TestDb::execute`).
+    pub fn execute(&self, sql: &str, params: &[&str]) -> usize {
+        self.database.execute(sql, params)
+    }
+
     /// The number of rows of a table (a fixed name from the test, not user input).
     pub fn count_rows(&self, table: &str) -> i64 {
         #[derive(QueryableByName)]

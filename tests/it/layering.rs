@@ -33,6 +33,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("key_backup", 6),
     ("media", 6),
     ("deactivation", 6),
+    ("search", 6),
     ("http", 6),
     ("admin", 6),
     ("client_api", 7),

@@ -34,6 +34,7 @@ mod power_cut;
 mod push;
 mod relations;
 mod room_versions;
+mod search;
 mod semantics;
 mod signatures;
 mod sliding;

@@ -662,6 +662,12 @@ fn admin_api_rooms_and_keys() {
         &json!({"before_ts": 1}),
     )
     .expect_err(404, "M_NOT_FOUND");
+    let old_words = json!({"search_categories": {"room_events": {"search_term": "old"}}});
+    let before = ivy.post("/search", &old_words).ok();
+    assert_eq!(
+        before["search_categories"]["room_events"]["count"], 5,
+        "{before}"
+    );
     let purged = root.post(&p, &json!({"before_event_id": cut})).ok();
     assert!(purged["purged_events"].as_u64().unwrap() >= 5, "{purged}");
     for id in &old {
@@ -682,6 +688,19 @@ fn admin_api_rooms_and_keys() {
         "{bodies:?}"
     );
     assert!(!bodies.iter().any(|b| b.starts_with("old ")), "{bodies:?}");
+    // Nor does the search index keep their words (nor the relations index their links).
+    let found = ivy.post("/search", &old_words).ok();
+    assert_eq!(
+        found["search_categories"]["room_events"]["count"], 0,
+        "{found}"
+    );
+    assert_eq!(
+        srv.query_text(
+            "SELECT event_id AS v FROM event_search WHERE room_id = ? AND value LIKE 'old %'",
+            &room
+        ),
+        Vec::<String>::new()
+    );
     let after = root.get(&format!("{V1}/rooms/{}", enc(&room))).ok();
     assert!(after["events"].as_i64().unwrap() <= events_before - 5);
     assert_eq!(
@@ -987,6 +1006,7 @@ fn db_migrate_sqlite_to_postgres() {
         "e2e_one_time_keys",
         "outbound_queue",
         "current_state",
+        "event_search",
     ] {
         let line = out
             .lines()
@@ -1035,6 +1055,18 @@ fn db_migrate_sqlite_to_postgres() {
             .as_object()
             .is_some_and(|m| !m.is_empty()),
         "{claim}"
+    );
+    // The search index moved too (SQLite's FTS5 tables are not copied: PostgreSQL
+    // indexes the copied rows itself).
+    let found = olga
+        .post(
+            "/search",
+            &json!({"search_categories": {"room_events": {"search_term": "msg"}}}),
+        )
+        .ok();
+    assert_eq!(
+        found["search_categories"]["room_events"]["count"], 30,
+        "{found}"
     );
     // New events go on from where SQLite stopped, and sync still works incrementally.
     let since = after["next_batch"].as_str().unwrap().to_owned();

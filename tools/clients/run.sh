@@ -8,6 +8,9 @@
 #   tools/clients/run.sh nio-new-device  # a device logging in after a device-list change decrypts
 #   tools/clients/run.sh synapse-e2e   # weft <-> real Synapse (tools/synapse): nio --e2e and the
 #                                      # new-device check, one user on each server, both ways
+#   tools/clients/run.sh jssdk         # two matrix-js-sdk clients (Element Web's SDK) through
+#                                      # media, relations, threads, tags, search, the user
+#                                      # directory, key backup and deactivation (jssdk/scenario.mjs)
 #
 # Each run starts its own weft (WEFT_BIN, default target/debug/weft; built with `cargo build`
 # when missing) with a temporary data dir, open registration and no federation, on a free
@@ -20,7 +23,9 @@
 #
 # Needs: python3 (a venv with matrix-nio[e2e] is made under $WEFT_CLIENT_VENV, default
 # $TMPDIR/weft-client-venv); for hydrogen also node + npm and Debian's chromium
-# (node_modules go to $HYDROGEN_WORK, default $TMPDIR/weft-hydrogen/work).
+# (node_modules go to $HYDROGEN_WORK, default $TMPDIR/weft-hydrogen/work); for jssdk node + npm
+# (matrix-js-sdk pinned by jssdk/package-lock.json, installed with `npm ci` into $JSSDK_WORK,
+# default $TMPDIR/weft-jssdk/work).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -29,11 +34,12 @@ TMP=${TMPDIR:-/tmp}
 VENV=${WEFT_CLIENT_VENV:-$TMP/weft-client-venv}
 NIO_VERSION=${NIO_VERSION:-0.26.0}
 export HYDROGEN_WORK=${HYDROGEN_WORK:-$TMP/weft-hydrogen/work}
+export JSSDK_WORK=${JSSDK_WORK:-$TMP/weft-jssdk/work}
 
 what=${1:-}
 case "$what" in
-  nio|nio-e2e|hydrogen|hydrogen-e2e|nio-new-device|synapse-e2e) ;;
-  *) echo "usage: $0 nio|nio-e2e|hydrogen|hydrogen-e2e|nio-new-device|synapse-e2e" >&2; exit 2 ;;
+  nio|nio-e2e|hydrogen|hydrogen-e2e|nio-new-device|synapse-e2e|jssdk) ;;
+  *) echo "usage: $0 nio|nio-e2e|hydrogen|hydrogen-e2e|nio-new-device|synapse-e2e|jssdk" >&2; exit 2 ;;
 esac
 
 log() { echo "[clients/run.sh $(date +%H:%M:%S)] $*"; }
@@ -132,6 +138,10 @@ enabled = false
 enabled = false
 EOF
 fi
+# matrix-js-sdk's scenario also downloads through the legacy unauthenticated media endpoints.
+if [ "$what" = jssdk ]; then
+  printf '[media]\nlegacy_unauthenticated = true\n' >>"$work/weft.toml"
+fi
 "$WEFT_BIN" serve --config "$work/weft.toml" >"$work/weft.log" 2>&1 &
 weft_pid=$!
 for i in $(seq 150); do
@@ -180,6 +190,18 @@ case "$what" in
       --user-a "wc$nonce" --pass-a "pw-wc" --user-b "sa$nonce" --pass-b "pw-sa" || rc=$?; }
     [ $rc -eq 0 ] && { "$VENV/bin/python" "$HERE/nio_new_device.py" --hs "$shs" --hs-b "$hs" --timeout 45 \
       --user-a "sb$nonce" --pass-a "pw-sb" --user-b "wd$nonce" --pass-b "pw-wd" || rc=$?; }
+    ;;
+  jssdk)
+    command -v node >/dev/null || { log "node is missing"; exit 2; }
+    mkdir -p "$JSSDK_WORK"
+    if ! cmp -s "$HERE/jssdk/package-lock.json" "$JSSDK_WORK/package-lock.json" \
+        || [ ! -d "$JSSDK_WORK/node_modules/matrix-js-sdk" ]; then
+      cp "$HERE/jssdk/package.json" "$HERE/jssdk/package-lock.json" "$JSSDK_WORK/"
+      (cd "$JSSDK_WORK" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
+    node "$HERE/jssdk/scenario.mjs" --hs "$hs" \
+      --user-a "a$nonce" --pass-a "pw-a-$nonce" --user-b "b$nonce" --pass-b "pw-b-$nonce" \
+      --timeout 30 || rc=$?
     ;;
   hydrogen|hydrogen-e2e)
     command -v node >/dev/null || { log "node is missing"; exit 2; }

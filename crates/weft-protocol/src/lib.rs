@@ -23,6 +23,7 @@ pub mod pdu;
 pub mod redaction;
 pub mod relations;
 pub mod room_version;
+pub mod search;
 pub mod signatures;
 pub mod sliding;
 pub mod state_res;
