@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod admin;
 pub mod admin_api;
 pub mod cli;
+pub mod cluster;
 pub mod client_api;
 pub mod config;
 pub mod core;
