@@ -491,7 +491,7 @@ impl Cluster {
                 && l.remaining_ms > 0
                 && l.owner != self.node_id
             {
-                if live.contains(&l.owner) {
+                if self.is_live(&l.owner) {
                     return Ok(Route::Remote(l.owner.clone()));
                 }
                 if Instant::now() > deadline {
@@ -550,13 +550,34 @@ impl Cluster {
         Ok(got)
     }
 
-    /// Sends a request to `node`'s room handler and waits for its answer.
+    /// Sends a request to `node`'s room handler and waits for its answer: at most the request
+    /// timeout, and no longer than `node` stays live (a request a node took with it when it
+    /// died is given up as soon as the node is missed, so the room can move).
     pub async fn forward(&self, node: &str, body: Vec<u8>) -> Result<Vec<u8>> {
         let subject = self.subject(&format!("rooms.{node}"));
-        match self.nats.request(subject, body.into()).await {
-            Ok(m) => Ok(m.payload.to_vec()),
-            Err(e) => Err(Error::Unreachable(format!("cluster node {node}: {e}"))),
+        let request = self.nats.request(subject, body.into());
+        tokio::pin!(request);
+        loop {
+            match tokio::time::timeout(Duration::from_millis(100), &mut request).await {
+                Ok(Ok(m)) => return Ok(m.payload.to_vec()),
+                Ok(Err(e)) => return Err(Error::Unreachable(format!("cluster node {node}: {e}"))),
+                Err(_) if !self.is_live(node) => {
+                    return Err(Error::Unreachable(format!(
+                        "cluster node {node} went silent before answering"
+                    )));
+                }
+                Err(_) => {}
+            }
         }
+    }
+
+    fn is_live(&self, node: &str) -> bool {
+        node == self.node_id
+            || self
+                .peers
+                .lock()
+                .get(node)
+                .is_some_and(|p| p.seen.elapsed() < self.ttl)
     }
 
     /// Serves the requests other nodes forward to this one.

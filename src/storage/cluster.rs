@@ -10,7 +10,11 @@
 //! inside its write transaction, which locks the room's lease row (`FOR SHARE`) and refuses the
 //! write unless this node holds the lease, at the epoch it acquired, unexpired. A take-over
 //! (`UPDATE ... epoch + 1`) waits for that lock, so no batch commits after its node has lost
-//! the room. A single node installs no fence and pays nothing.
+//! the room. A node paused (or cut off) inside such a transaction must not hold the room
+//! forever: the fence also sets `idle_in_transaction_session_timeout` for the rest of the
+//! transaction, so PostgreSQL ends a transaction left idle for [`IDLE_TX_TIMEOUT_MS`] (the
+//! paused node's commit then fails: its write is refused), and a take-over waits at most
+//! `lock_timeout` before trying again. A single node installs no fence and pays nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -20,6 +24,9 @@ use diesel::pg::PgConnection;
 use diesel::sql_types::{Array, BigInt, Text};
 
 use super::{AnyConnection, StorageError, StorageResult};
+
+/// How long a fenced transaction may sit idle before PostgreSQL ends it (a paused node).
+pub const IDLE_TX_TIMEOUT_MS: i64 = 1000;
 
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
@@ -86,12 +93,29 @@ pub fn acquire(
          WHERE cluster_leases.owner = $2 OR cluster_leases.expires_at < {NOW_MS} \
          RETURNING epoch"
     );
-    let rows: Vec<EpochRow> = diesel::sql_query(q)
-        .bind::<Text, _>(room_id)
-        .bind::<Text, _>(node)
-        .bind::<BigInt, _>(ttl_ms)
-        .load(pg(conn)?)?;
-    Ok(rows.first().map(|r| r.epoch))
+    let c = pg(conn)?;
+    let got = diesel::Connection::transaction::<_, diesel::result::Error, _>(c, |c| {
+        // A former owner paused inside a fenced transaction holds the row until PostgreSQL
+        // ends it; do not wait longer than that here (the caller tries again).
+        diesel::sql_query(format!("SET LOCAL lock_timeout = '{}ms'", IDLE_TX_TIMEOUT_MS * 2))
+            .execute(c)?;
+        let rows: Vec<EpochRow> = diesel::sql_query(&q)
+            .bind::<Text, _>(room_id)
+            .bind::<Text, _>(node)
+            .bind::<BigInt, _>(ttl_ms)
+            .load(c)?;
+        Ok(rows.first().map(|r| r.epoch))
+    });
+    match got {
+        Ok(epoch) => Ok(epoch),
+        // lock_timeout: 55P03 (lock_not_available); someone else's transaction holds it.
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("lock timeout") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Extends `node`'s leases on `rooms`; answers the ones still held and their epochs (a room
@@ -189,11 +213,16 @@ pub fn holds(
         "SELECT epoch FROM cluster_leases WHERE room_id = $1 AND owner = $2 AND epoch = $3 \
          AND expires_at > {NOW_MS} FOR SHARE"
     );
+    let c = pg(conn)?;
+    diesel::sql_query(format!(
+        "SET LOCAL idle_in_transaction_session_timeout = '{IDLE_TX_TIMEOUT_MS}ms'"
+    ))
+    .execute(c)?;
     let rows: Vec<EpochRow> = diesel::sql_query(q)
         .bind::<Text, _>(room_id)
         .bind::<Text, _>(node)
         .bind::<BigInt, _>(epoch)
-        .load(pg(conn)?)?;
+        .load(c)?;
     Ok(!rows.is_empty())
 }
 
@@ -217,6 +246,7 @@ pub fn check_fence(conn: &mut AnyConnection, room_id: &str) -> StorageResult<()>
         return Ok(());
     };
     let Some(epoch) = fence.epoch(room_id) else {
+        tracing::warn!(room_id, "fenced: a write of a room this node no longer owns");
         return Err(StorageError::Fenced(format!(
             "{} does not own {room_id}",
             fence.node()
