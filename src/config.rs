@@ -637,7 +637,8 @@ impl Config {
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
         if !name_ok(&c.node_id) || !name_ok(&c.prefix) {
             return Err(ConfigError::Invalid(

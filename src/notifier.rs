@@ -247,7 +247,10 @@ impl Notifier {
         if let Some(max) = max
             && !users.is_empty()
         {
-            p.pending.entry(max).or_default().extend(users.iter().cloned());
+            p.pending
+                .entry(max)
+                .or_default()
+                .extend(users.iter().cloned());
         }
         let (frontier, due, safe) = Self::advance(&mut p);
         drop(p);
@@ -395,7 +398,11 @@ mod tests {
         assert_eq!(a.safe_point(), 10, "11 is still in flight on a");
         b.note_remote(12, vec![]);
         b.set_remote_floor(Some(a.safe_point()));
-        assert_eq!(b.frontier(), 10, "b must not read past a's position in flight");
+        assert_eq!(
+            b.frontier(),
+            10,
+            "b must not read past a's position in flight"
+        );
         a.complete(&[p11], []);
         assert_eq!(a.safe_point(), 12);
         b.set_remote_floor(Some(a.safe_point()));
@@ -409,7 +416,10 @@ mod tests {
         let mut rx = b.subscribe("bob");
         b.set_remote_floor(Some(0));
         b.note_remote(3, vec!["bob".into()]);
-        assert!(!rx.has_changed().unwrap(), "the writer's node has not passed 3");
+        assert!(
+            !rx.has_changed().unwrap(),
+            "the writer's node has not passed 3"
+        );
         b.set_remote_floor(Some(3));
         assert!(rx.has_changed().unwrap());
         assert_eq!(*rx.borrow_and_update(), 3);
@@ -437,7 +447,10 @@ mod tests {
         assert_eq!(
             *got.lock(),
             vec![
-                Published::Wake { pos: 2, users: vec!["bob".into()] },
+                Published::Wake {
+                    pos: 2,
+                    users: vec!["bob".into()]
+                },
                 Published::Safe(2)
             ]
         );

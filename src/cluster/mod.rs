@@ -334,7 +334,10 @@ impl Cluster {
                 peers.remove(&h.node);
                 tracing::info!(peer = %h.node, "cluster: peer left");
             } else {
-                if !peers.get(&h.node).is_some_and(|p| p.seen.elapsed() < self.ttl) {
+                if !peers
+                    .get(&h.node)
+                    .is_some_and(|p| p.seen.elapsed() < self.ttl)
+                {
                     tracing::info!(peer = %h.node, advertise = %h.advertise, "cluster: peer joined");
                 }
                 let p = peers.entry(h.node.clone()).or_insert_with(|| Peer {

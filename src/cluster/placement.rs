@@ -72,7 +72,10 @@ mod tests {
                 moved += 1;
             }
         }
-        assert!((600..900).contains(&moved), "{moved} of 3000 moved, ~1/4 expected");
+        assert!(
+            (600..900).contains(&moved),
+            "{moved} of 3000 moved, ~1/4 expected"
+        );
     }
 
     #[test]

@@ -178,7 +178,9 @@ impl RoomRegistry {
                 Ok(bytes) => match serde_json::from_slice::<remote::Reply>(&bytes) {
                     Ok(remote::Reply::Done { value }) => return M::reply_from_wire(value),
                     Ok(remote::Reply::NotOwner) => {
-                        last = Some(Error::Unreachable(format!("{node} no longer owns {room_id}")))
+                        last = Some(Error::Unreachable(format!(
+                            "{node} no longer owns {room_id}"
+                        )))
                     }
                     Ok(remote::Reply::Failed { errcode, error }) => {
                         let failed = serde_json::json!({

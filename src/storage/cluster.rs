@@ -97,8 +97,11 @@ pub fn acquire(
     let got = diesel::Connection::transaction::<_, diesel::result::Error, _>(c, |c| {
         // A former owner paused inside a fenced transaction holds the row until PostgreSQL
         // ends it; do not wait longer than that here (the caller tries again).
-        diesel::sql_query(format!("SET LOCAL lock_timeout = '{}ms'", IDLE_TX_TIMEOUT_MS * 2))
-            .execute(c)?;
+        diesel::sql_query(format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            IDLE_TX_TIMEOUT_MS * 2
+        ))
+        .execute(c)?;
         let rows: Vec<EpochRow> = diesel::sql_query(&q)
             .bind::<Text, _>(room_id)
             .bind::<Text, _>(node)
@@ -173,8 +176,8 @@ pub fn next_state_group(conn: &mut AnyConnection) -> StorageResult<i64> {
 }
 
 fn next(conn: &mut AnyConnection, seq: &str) -> StorageResult<i64> {
-    let rows: Vec<ValueRow> = diesel::sql_query(format!("SELECT nextval('{seq}') AS value"))
-        .load(pg(conn)?)?;
+    let rows: Vec<ValueRow> =
+        diesel::sql_query(format!("SELECT nextval('{seq}') AS value")).load(pg(conn)?)?;
     rows.first()
         .map(|r| r.value)
         .ok_or_else(|| StorageError::Corrupt(format!("nextval({seq}) returned nothing")))
@@ -246,7 +249,10 @@ pub fn check_fence(conn: &mut AnyConnection, room_id: &str) -> StorageResult<()>
         return Ok(());
     };
     let Some(epoch) = fence.epoch(room_id) else {
-        tracing::warn!(room_id, "fenced: a write of a room this node no longer owns");
+        tracing::warn!(
+            room_id,
+            "fenced: a write of a room this node no longer owns"
+        );
         return Err(StorageError::Fenced(format!(
             "{} does not own {room_id}",
             fence.node()
@@ -255,7 +261,11 @@ pub fn check_fence(conn: &mut AnyConnection, room_id: &str) -> StorageResult<()>
     if holds(conn, room_id, fence.node(), epoch)? {
         Ok(())
     } else {
-        tracing::warn!(room_id, epoch, "fenced: a write of a room this node no longer owns");
+        tracing::warn!(
+            room_id,
+            epoch,
+            "fenced: a write of a room this node no longer owns"
+        );
         Err(StorageError::Fenced(format!(
             "{} lost the lease of {room_id} (epoch {epoch})",
             fence.node()

@@ -333,7 +333,8 @@ impl TestCluster {
     /// Public rooms made by `creator` until one is owned by `owner` (a third of them are).
     fn room_owned_by(&self, creator: &Client, owner: &str) -> String {
         for i in 0..30 {
-            let room = creator.create_room(&json!({"preset": "public_chat", "name": format!("r{i}")}));
+            let room =
+                creator.create_room(&json!({"preset": "public_chat", "name": format!("r{i}")}));
             let (o, _, _) = self.lease(&room).expect("a created room has a lease");
             if o == owner {
                 return room;
@@ -394,7 +395,11 @@ fn users_on_two_nodes_share_a_room_owned_by_the_third() {
     alice.send_text(&room, "hello from n1");
     let woken = waiting.join().expect("sync thread");
     assert_eq!(texts(&woken, &room), vec!["hello from n1"]);
-    assert_eq!(c.lease(&room).expect("lease").0, "n3", "n3 still owns the room");
+    assert_eq!(
+        c.lease(&room).expect("lease").0,
+        "n3",
+        "n3 still owns the room"
+    );
 
     // State set on n1 is read on n2.
     alice
@@ -417,7 +422,8 @@ fn users_on_two_nodes_share_a_room_owned_by_the_third() {
 
     // A sync token from n2 means the same on n1 (one cluster-wide stream).
     let b_token = woken["next_batch"].as_str().expect("next_batch").to_owned();
-    let bob_on_n1 = Client::with_token(&n1.base, &bob.user_id, bob.token.as_deref().expect("token"));
+    let bob_on_n1 =
+        Client::with_token(&n1.base, &bob.user_id, bob.token.as_deref().expect("token"));
     let later = bob_on_n1.sync(Some(&b_token), 0, None);
     assert!(
         texts(&later, &room).is_empty(),
@@ -425,9 +431,12 @@ fn users_on_two_nodes_share_a_room_owned_by_the_third() {
     );
     alice.send_text(&room, "after the token");
     let mut since = Some(b_token);
-    bob_on_n1.sync_until(&mut since, Duration::from_secs(20), "the next message", |s| {
-        texts(s, &room) == vec!["after the token"]
-    });
+    bob_on_n1.sync_until(
+        &mut since,
+        Duration::from_secs(20),
+        "the next message",
+        |s| texts(s, &room) == vec!["after the token"],
+    );
 
     // Typing on n1 wakes bob on n2 with alice typing.
     let b0 = bob.sync(None, 0, None);
@@ -448,7 +457,12 @@ fn users_on_two_nodes_share_a_room_owned_by_the_third() {
         .into_iter()
         .flatten()
         .filter(|e| e["type"] == "m.typing")
-        .flat_map(|e| e["content"]["user_ids"].as_array().cloned().unwrap_or_default())
+        .flat_map(|e| {
+            e["content"]["user_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter_map(|u| u.as_str().map(str::to_owned))
         .collect();
     assert_eq!(typing, vec![alice.user_id.clone()], "{woken}");
@@ -591,7 +605,11 @@ fn a_paused_owner_cannot_append_after_its_lease() {
     alice.register("alice", "pw-alice");
     // Writers on the owner itself keep its actor busy when it is paused, so some of its
     // writes are in flight at that moment; up to three tries to catch one in flight.
-    let on_owner = Client::with_token(&n3.base, &alice.user_id, alice.token.as_deref().expect("token"));
+    let on_owner = Client::with_token(
+        &n3.base,
+        &alice.user_id,
+        alice.token.as_deref().expect("token"),
+    );
     let mut refused_seen = false;
     for round in 0..3 {
         let room = c.room_owned_by(&alice, "n3");
@@ -609,7 +627,10 @@ fn a_paused_owner_cannot_append_after_its_lease() {
                             &c.next_txn(),
                             &json!({"msgtype": "m.text", "body": format!("n3 r{round} w{w} {i}")}),
                         );
-                        results.push((resp.status, resp.body["event_id"].as_str().map(str::to_owned)));
+                        results.push((
+                            resp.status,
+                            resp.body["event_id"].as_str().map(str::to_owned),
+                        ));
                         if resp.status != 200 {
                             break;
                         }
@@ -649,7 +670,10 @@ fn a_paused_owner_cannot_append_after_its_lease() {
         if log.contains("fenced: a write of a room this node no longer owns")
             || log.contains("write batch failed to commit")
         {
-            for l in log.lines().filter(|l| l.contains("fenced") || l.contains("failed to commit")) {
+            for l in log
+                .lines()
+                .filter(|l| l.contains("fenced") || l.contains("failed to commit"))
+            {
                 eprintln!("round {round}: n3 refused: {l}");
             }
             eprintln!("round {round}: n3 acknowledged {} sends", acked.len());
@@ -677,7 +701,12 @@ fn a_former_owners_epoch_does_not_pass_the_fence() {
         log: dir.join("plain.log"),
         child: None,
     };
-    let port: u16 = node.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let port: u16 = node
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
     fs::write(
         &node.config,
         format!(
@@ -694,8 +723,14 @@ fn a_former_owners_epoch_does_not_pass_the_fence() {
     use weft::storage::cluster as rows;
     let mut conn = AnyConnection::establish(&db.url()).expect("connect");
     let room = "!fence:weft.test";
-    let e1 = rows::acquire(&mut conn, room, "a", 60_000).expect("acquire").expect("free");
-    assert_eq!(rows::acquire(&mut conn, room, "b", 60_000).expect("acquire"), None, "held by a");
+    let e1 = rows::acquire(&mut conn, room, "a", 60_000)
+        .expect("acquire")
+        .expect("free");
+    assert_eq!(
+        rows::acquire(&mut conn, room, "b", 60_000).expect("acquire"),
+        None,
+        "held by a"
+    );
     assert!(rows::holds(&mut conn, room, "a", e1).expect("holds"));
     assert!(!rows::holds(&mut conn, room, "b", e1).expect("holds"));
     // a's lease runs out (as if a were paused); b takes the room at a new epoch.
@@ -703,10 +738,18 @@ fn a_former_owners_epoch_does_not_pass_the_fence() {
         .bind::<diesel::sql_types::Text, _>(room)
         .execute(&mut conn)
         .expect("expire");
-    assert!(!rows::holds(&mut conn, room, "a", e1).expect("holds"), "expired");
-    let e2 = rows::acquire(&mut conn, room, "b", 60_000).expect("acquire").expect("expired");
+    assert!(
+        !rows::holds(&mut conn, room, "a", e1).expect("holds"),
+        "expired"
+    );
+    let e2 = rows::acquire(&mut conn, room, "b", 60_000)
+        .expect("acquire")
+        .expect("expired");
     assert!(e2 > e1);
-    assert!(!rows::holds(&mut conn, room, "a", e1).expect("holds"), "a was taken over");
+    assert!(
+        !rows::holds(&mut conn, room, "a", e1).expect("holds"),
+        "a was taken over"
+    );
     assert!(rows::holds(&mut conn, room, "b", e2).expect("holds"));
     // a renewing finds nothing; b renewing keeps it.
     let a_renewed = rows::renew(&mut conn, "a", &[room.to_owned()], 60_000).expect("renew");
