@@ -334,9 +334,9 @@ impl Cluster {
                 peers.remove(&h.node);
                 tracing::info!(peer = %h.node, "cluster: peer left");
             } else {
-                if !peers
+                if peers
                     .get(&h.node)
-                    .is_some_and(|p| p.seen.elapsed() < self.ttl)
+                    .is_none_or(|p| p.seen.elapsed() >= self.ttl)
                 {
                     tracing::info!(peer = %h.node, advertise = %h.advertise, "cluster: peer joined");
                 }

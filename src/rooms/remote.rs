@@ -61,10 +61,13 @@ pub enum Body {
     Inbound {
         version: Option<String>,
         local: bool,
-        pdus: Vec<(PduWire, Option<Vec<(String, String, String)>>)>,
+        pdus: Vec<(PduWire, Option<Vec<StateEntry>>)>,
     },
     Snapshot,
 }
+
+/// One entry of the state before a PDU: `(type, state key, event ID)`.
+pub type StateEntry = (String, String, String);
 
 /// What comes back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
