@@ -172,6 +172,29 @@ impl Notifier {
         let _ = self.publisher.set(publisher);
     }
 
+    /// The highest position this node has allocated or heard of.
+    pub fn last_position(&self) -> i64 {
+        self.positions.lock().last
+    }
+
+    /// Waits (at most `within`) until the frontier reaches `pos`: a cluster node answering a
+    /// request another node carried out makes the result readable here first
+    /// (read-your-writes on every node). Answers whether it got there.
+    pub async fn wait_for(&self, pos: i64, within: std::time::Duration) -> bool {
+        let mut rx = self.all.subscribe();
+        let wait = async {
+            loop {
+                if *rx.borrow_and_update() >= pos {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
+    }
+
     /// This node's safe point now (sent with every heartbeat).
     pub fn safe_point(&self) -> i64 {
         self.positions.lock().safe()

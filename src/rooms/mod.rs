@@ -164,7 +164,14 @@ impl RoomRegistry {
             }
             let node = match cluster.route(room_id.as_str()).await? {
                 crate::cluster::Route::Local { epoch } => {
-                    return self.send_local(room_id, msg, Some(epoch)).await;
+                    let r = self.send_local(room_id, msg, Some(epoch)).await;
+                    // The frontier also waits for the other nodes' safe points: answer once
+                    // what was just written is readable here.
+                    let upto = self.core.notifier.last_position();
+                    let _ = (self.core.notifier)
+                        .wait_for(upto, std::time::Duration::from_secs(2))
+                        .await;
+                    return r;
                 }
                 crate::cluster::Route::Remote(node) => node,
             };
@@ -176,7 +183,19 @@ impl RoomRegistry {
             let body = serde_json::to_vec(&req).map_err(|e| Error::internal(e.to_string()))?;
             match cluster.forward(&node, body).await {
                 Ok(bytes) => match serde_json::from_slice::<remote::Reply>(&bytes) {
-                    Ok(remote::Reply::Done { value }) => return M::reply_from_wire(value),
+                    Ok(remote::Reply::Done { value, upto }) => {
+                        // Read-your-writes here: the client may sync on this node next.
+                        self.core.notifier.note_remote(upto, Vec::new());
+                        if !self
+                            .core
+                            .notifier
+                            .wait_for(upto, std::time::Duration::from_secs(2))
+                            .await
+                        {
+                            tracing::warn!(room_id = %room_id, upto, "cluster: frontier slow to pass a forwarded write");
+                        }
+                        return M::reply_from_wire(value);
+                    }
                     Ok(remote::Reply::NotOwner) => {
                         last = Some(Error::Unreachable(format!(
                             "{node} no longer owns {room_id}"

@@ -73,9 +73,18 @@ pub type StateEntry = (String, String, String);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reply {
-    Done { value: Value },
+    /// `upto`: the owner's highest stream position when it answered (the requester waits for
+    /// its own frontier to pass it before answering its client).
+    Done {
+        value: Value,
+        #[serde(default)]
+        upto: i64,
+    },
     NotOwner,
-    Failed { errcode: String, error: String },
+    Failed {
+        errcode: String,
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -413,7 +422,10 @@ runs_where_it_arrives!(
 pub async fn handle(rooms: &super::RoomRegistry, bytes: &[u8]) -> Vec<u8> {
     let reply = match serde_json::from_slice::<Request>(bytes) {
         Ok(req) => match run(rooms, req).await {
-            Ok(Some(value)) => Reply::Done { value },
+            Ok(Some(value)) => Reply::Done {
+                value,
+                upto: rooms.core.notifier.last_position(),
+            },
             Ok(None) => Reply::NotOwner,
             Err(e) => Reply::Failed {
                 errcode: e.errcode().to_owned(),

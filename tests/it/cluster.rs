@@ -604,17 +604,17 @@ fn a_paused_owner_cannot_append_after_its_lease() {
     let mut alice = c.node("n1").client();
     alice.register("alice", "pw-alice");
     // Writers on the owner itself keep its actor busy when it is paused, so some of its
-    // writes are in flight at that moment; up to three tries to catch one in flight.
+    // writes are in flight at that moment; up to eight tries to catch one in flight.
     let on_owner = Client::with_token(
         &n3.base,
         &alice.user_id,
         alice.token.as_deref().expect("token"),
     );
     let mut refused_seen = false;
-    for round in 0..3 {
+    for round in 0..8 {
         let room = c.room_owned_by(&alice, "n3");
         alice.send_text(&room, "before the pause");
-        let writers: Vec<_> = (0..4)
+        let writers: Vec<_> = (0..8)
             .map(|w| {
                 let c = on_owner.clone_session();
                 let r = room.clone();
