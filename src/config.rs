@@ -48,6 +48,42 @@ pub struct Config {
     pub passwords: PasswordsConfig,
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
+    /// Several nodes sharing one server name, signing key and PostgreSQL database
+    /// (`docs/CLUSTER.md`); off by default.
+    pub cluster: ClusterConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Off: a single node, no NATS needed.
+    pub enabled: bool,
+    /// This node's name, unique in the cluster (`[A-Za-z0-9_-]`, at most 64).
+    pub node_id: String,
+    /// The NATS server (`nats://host:port`).
+    pub nats_url: String,
+    /// Prefix of every NATS subject the cluster uses (one cluster, or one test run, each).
+    pub prefix: String,
+    /// How long a room's ownership lease and a node's liveness last without renewal.
+    pub lease_ttl_ms: u64,
+    /// How long a forwarded request waits for the owner's answer.
+    pub request_timeout_ms: u64,
+    /// How other nodes and operators reach this node's client listener (informational).
+    pub advertise: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: String::new(),
+            nats_url: "nats://127.0.0.1:4222".into(),
+            prefix: "weft".into(),
+            lease_ttl_ms: 5000,
+            request_timeout_ms: 15_000,
+            advertise: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -387,6 +423,7 @@ impl Default for Config {
             passwords: PasswordsConfig::default(),
             logging: LoggingConfig::default(),
             metrics: MetricsConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -592,6 +629,40 @@ impl Config {
         toml::from_str(text)
     }
 
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if !c.enabled {
+            return Ok(());
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !name_ok(&c.node_id) || !name_ok(&c.prefix) {
+            return Err(ConfigError::Invalid(
+                "cluster.node_id and cluster.prefix must be 1-64 of [A-Za-z0-9_-]".into(),
+            ));
+        }
+        if !self
+            .database
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid(
+                "cluster mode needs a PostgreSQL database.url".into(),
+            ));
+        }
+        if c.lease_ttl_ms < 500 || c.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster.lease_ttl_ms must be at least 500 and request_timeout_ms positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if ruma::ServerName::parse(&self.server_name).is_err() {
@@ -634,6 +705,7 @@ impl Config {
                 "passwords.nice must be between -20 and 19".into(),
             ));
         }
+        self.validate_cluster()?;
         if !matches!(self.database.sqlite_synchronous.as_str(), "full" | "normal") {
             return Err(ConfigError::Invalid(
                 "database.sqlite_synchronous must be full or normal".into(),

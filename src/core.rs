@@ -26,6 +26,8 @@ pub struct Core {
     /// Every password hash and check runs on this bounded pool (`passwords.rs`).
     pub passwords: Arc<PasswordPool>,
     state_group_ids: AtomicI64,
+    /// Cluster mode: state group IDs from the shared sequence (`None`: unreachable).
+    group_allocator: std::sync::OnceLock<Box<dyn Fn() -> Option<i64> + Send + Sync>>,
     /// Lowest stream position used by backfilled history (counts down from 0).
     backfill_positions: AtomicI64,
     /// Set at start-up when federation is enabled.
@@ -42,6 +44,8 @@ pub enum StartError {
     Key { path: String, message: String },
     #[error("password hashing: {0}")]
     Passwords(String),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl Core {
@@ -66,6 +70,7 @@ impl Core {
             notifier: Notifier::new(max_event.max(max_other).max(max_e2ee)),
             passwords,
             state_group_ids: AtomicI64::new(max_group),
+            group_allocator: std::sync::OnceLock::new(),
             backfill_positions: AtomicI64::new(min_event.min(0)),
             federation: std::sync::OnceLock::new(),
             config,
@@ -86,7 +91,16 @@ impl Core {
     }
 
     pub fn next_state_group(&self) -> i64 {
+        if let Some(id) = self.group_allocator.get().and_then(|next| next()) {
+            self.state_group_ids.fetch_max(id, Ordering::Relaxed);
+            return id;
+        }
         self.state_group_ids.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Cluster mode: state group IDs come from `next` (the cluster's sequence).
+    pub fn set_state_group_allocator(&self, next: Box<dyn Fn() -> Option<i64> + Send + Sync>) {
+        let _ = self.group_allocator.set(next);
     }
 
     /// A stream position for history inserted *before* everything we have (backfill).

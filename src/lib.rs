@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admin_api;
 pub mod cli;
 pub mod client_api;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod deactivation;

@@ -43,6 +43,61 @@ pub async fn run_retention(core: &Core) {
     }
 }
 
+/// Cluster mode: joins the cluster and wires it to the room registry (routing), the typing
+/// tracker (replication) and the forwarded-request handler.
+async fn start_cluster(
+    services: &Arc<Services>,
+) -> Result<Arc<crate::cluster::Cluster>, StartError> {
+    use crate::cluster::{Cluster, TypingChange};
+    let cluster = Cluster::start(Arc::clone(&services.core))
+        .await
+        .map_err(StartError::Cluster)?;
+    services.rooms.attach_cluster(Arc::clone(&cluster));
+    {
+        let c = Arc::downgrade(&cluster);
+        let node = cluster.node_id.clone();
+        services.typing.set_replicator(Box::new(
+            move |room_id, user_id, typing, timeout, audience| {
+                if let Some(c) = c.upgrade() {
+                    c.publish_typing(TypingChange {
+                        node: node.clone(),
+                        room_id: room_id.to_owned(),
+                        user_id: user_id.to_owned(),
+                        typing,
+                        timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                        audience: audience.to_vec(),
+                    });
+                }
+            },
+        ));
+    }
+    {
+        let s = Arc::downgrade(services);
+        cluster.on_typing(Arc::new(move |t: TypingChange| {
+            if let Some(s) = s.upgrade() {
+                let timeout = Duration::from_millis(t.timeout_ms.min(10 * 60 * 1000));
+                s.typing.apply_remote(
+                    &t.room_id,
+                    &t.user_id,
+                    t.typing,
+                    timeout,
+                    t.audience.clone(),
+                );
+                s.core.notifier.wake_local(t.audience);
+            }
+        }));
+    }
+    let s = Arc::clone(services);
+    cluster
+        .serve_rooms(Arc::new(move |bytes: Vec<u8>| {
+            let s = Arc::clone(&s);
+            Box::pin(async move { crate::rooms::remote::handle(&s.rooms, &bytes).await })
+        }))
+        .await
+        .map_err(StartError::Cluster)?;
+    Ok(cluster)
+}
+
 /// Runs the server until it is stopped.
 pub async fn serve(config: Config) -> Result<(), StartError> {
     install_crypto_provider();
@@ -58,6 +113,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     if core.config.metrics.enabled {
         crate::observe::metrics::install();
     }
+    let cluster = if core.config.cluster.enabled {
+        Some(start_cluster(&services).await?)
+    } else {
+        None
+    };
     // Exporter housekeeping; deactivated users leave their rooms (also those deactivated
     // from the command line, while the server was running or stopped).
     {
@@ -258,6 +318,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             .map(|_| ()),
         None => client_server.await,
     };
+    if let Some(c) = cluster {
+        c.leave().await;
+    }
     result.map_err(|e| StartError::Key {
         path: client_addr,
         message: e.to_string(),

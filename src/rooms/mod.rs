@@ -3,6 +3,11 @@
 //!
 //! Room actors live on a fixed set of arbiters (threads), a room always on the same one, so
 //! rooms run in parallel while each room's events are strictly ordered by its actor.
+//!
+//! In cluster mode (`docs/CLUSTER.md`) [`RoomRegistry::send`] first asks the cluster where
+//! the room lives: here, under a lease epoch (an actor started under an older epoch, or while
+//! the room was not ours, is replaced by a fresh one loaded from the database), or on another
+//! node, to which the message is forwarded ([`remote`]).
 
 pub mod access;
 pub mod actor;
@@ -13,6 +18,7 @@ pub mod linearized;
 pub mod messages;
 pub mod outliers;
 pub mod persist;
+pub mod remote;
 pub mod state;
 pub mod typing;
 pub mod view;
@@ -35,6 +41,9 @@ pub struct RoomRegistry {
     core: Arc<Core>,
     actors: ActorMap,
     arbiters: Vec<ArbiterHandle>,
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Cluster mode: the lease epoch each live actor was started under (0: not owned here).
+    epochs: Mutex<HashMap<OwnedRoomId, i64>>,
 }
 
 impl RoomRegistry {
@@ -51,7 +60,42 @@ impl RoomRegistry {
             core,
             actors: Arc::new(Mutex::new(HashMap::new())),
             arbiters,
+            cluster: std::sync::OnceLock::new(),
+            epochs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Cluster mode: routes every room message through `cluster` from now on.
+    pub fn attach_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster this node belongs to, if any.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Cluster mode: the actor of a room started under lease `epoch` (0: not owned here),
+    /// replacing one started under another epoch; `fresh` starts a new room's actor.
+    fn get_under(
+        &self,
+        room_id: &RoomId,
+        epoch: i64,
+        fresh: Option<RoomVersion>,
+    ) -> Addr<RoomActor> {
+        let mut map = self.actors.lock();
+        let mut epochs = self.epochs.lock();
+        if let Some(addr) = map.get(room_id)
+            && addr.connected()
+            && epochs.get(room_id) == Some(&epoch)
+        {
+            return addr.clone();
+        }
+        let addr = self.start(room_id, fresh);
+        map.insert(room_id.to_owned(), addr.clone());
+        epochs.retain(|r, _| map.contains_key(r));
+        epochs.insert(room_id.to_owned(), epoch);
+        addr
     }
 
     fn arbiter_for(&self, room_id: &RoomId) -> &ArbiterHandle {
@@ -87,14 +131,18 @@ impl RoomRegistry {
     }
 
     /// Starts the actor of a room being created here.
-    pub fn create(&self, room_id: &RoomId, version: RoomVersion) -> Result<Addr<RoomActor>> {
+    pub fn create(&self, room_id: &RoomId, version: RoomVersion) -> Result<()> {
+        if self.cluster.get().is_some() {
+            // The owner starts it when `InitRoom` arrives (`Forward::creates`).
+            return Ok(());
+        }
         let mut map = self.actors.lock();
         if map.get(room_id).is_some_and(|a| a.connected()) {
             return Err(Error::RoomInUse("room already exists".into()));
         }
         let addr = self.start(room_id, Some(version));
-        map.insert(room_id.to_owned(), addr.clone());
-        Ok(addr)
+        map.insert(room_id.to_owned(), addr);
+        Ok(())
     }
 
     /// Sends a message to a room's actor, waiting for mailbox space (backpressure). If the
@@ -102,14 +150,103 @@ impl RoomRegistry {
     /// started and the message sent again.
     pub async fn send<M>(&self, room_id: &RoomId, msg: M) -> Result<M::Result>
     where
-        M: Message + Send + Clone + 'static,
+        M: Message + remote::Forward + Send + Clone + 'static,
+        M::Result: Send,
+        RoomActor: Handler<M>,
+    {
+        let Some(cluster) = self.cluster.get() else {
+            return self.send_local(room_id, msg, None).await;
+        };
+        let mut last = None;
+        for attempt in 0..5u64 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            let node = match cluster.route(room_id.as_str()).await? {
+                crate::cluster::Route::Local { epoch } => {
+                    let r = self.send_local(room_id, msg, Some(epoch)).await;
+                    // The frontier also waits for the other nodes' safe points: answer once
+                    // what was just written is readable here.
+                    let upto = self.core.notifier.last_position();
+                    let _ = (self.core.notifier)
+                        .wait_for(upto, std::time::Duration::from_secs(2))
+                        .await;
+                    return r;
+                }
+                crate::cluster::Route::Remote(node) => node,
+            };
+            let Some(mut req) = msg.encode() else {
+                // No wire form: run here on an actor loaded from the database (fenced).
+                return self.send_local(room_id, msg, Some(0)).await;
+            };
+            req.room_id = room_id.to_string();
+            let body = serde_json::to_vec(&req).map_err(|e| Error::internal(e.to_string()))?;
+            match cluster.forward(&node, body).await {
+                Ok(bytes) => match serde_json::from_slice::<remote::Reply>(&bytes) {
+                    Ok(remote::Reply::Done { value, upto }) => {
+                        // Read-your-writes here: the client may sync on this node next.
+                        self.core.notifier.note_remote(upto, Vec::new());
+                        if !self
+                            .core
+                            .notifier
+                            .wait_for(upto, std::time::Duration::from_secs(2))
+                            .await
+                        {
+                            tracing::warn!(room_id = %room_id, upto, "cluster: frontier slow to pass a forwarded write");
+                        }
+                        return M::reply_from_wire(value);
+                    }
+                    Ok(remote::Reply::NotOwner) => {
+                        last = Some(Error::Unreachable(format!(
+                            "{node} no longer owns {room_id}"
+                        )))
+                    }
+                    Ok(remote::Reply::Failed { errcode, error }) => {
+                        let failed = serde_json::json!({
+                            "kind": "failed", "errcode": errcode, "error": error
+                        });
+                        return M::reply_from_wire(failed);
+                    }
+                    Err(e) => return Err(Error::internal(format!("cluster answer: {e}"))),
+                },
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(Error::Overloaded))
+    }
+
+    /// Runs a message forwarded by another node: `None` when this node does not own the room.
+    pub async fn send_here<M>(&self, room_id: &RoomId, msg: M) -> Result<Option<M::Result>>
+    where
+        M: Message + remote::Forward + Send + Clone + 'static,
+        M::Result: Send,
+        RoomActor: Handler<M>,
+    {
+        let Some(cluster) = self.cluster.get() else {
+            return self.send_local(room_id, msg, None).await.map(Some);
+        };
+        match cluster.route(room_id.as_str()).await? {
+            crate::cluster::Route::Local { epoch } => {
+                self.send_local(room_id, msg, Some(epoch)).await.map(Some)
+            }
+            crate::cluster::Route::Remote(_) => Ok(None),
+        }
+    }
+
+    async fn send_local<M>(&self, room_id: &RoomId, msg: M, epoch: Option<i64>) -> Result<M::Result>
+    where
+        M: Message + remote::Forward + Send + Clone + 'static,
         M::Result: Send,
         RoomActor: Handler<M>,
     {
         let _waiting = crate::observe::rooms::global().enter(room_id.as_str());
+        let fresh = msg.creates();
         let mut last = None;
         for attempt in 0..3 {
-            let addr = self.get(room_id);
+            let addr = match epoch {
+                Some(e) => self.get_under(room_id, e, fresh.filter(|_| attempt == 0)),
+                None => self.get(room_id),
+            };
             match addr.send(msg.clone()).await {
                 Ok(r) => return Ok(r),
                 Err(MailboxError::Closed) => {

@@ -69,6 +69,8 @@ fn server_of(user: &str) -> &str {
 
 impl PersistBatch {
     pub fn run(self, conn: &mut AnyConnection) -> StorageResult<()> {
+        // Cluster mode: refused unless this node still owns the room (a no-op otherwise).
+        crate::storage::cluster::check_fence(conn, &self.room_id)?;
         let now = crate::storage::now_ms();
         if let Some((version, creator)) = &self.new_room {
             rooms::insert_room(conn, &self.room_id, version, creator.as_deref(), now)?;

@@ -3,6 +3,11 @@
 //! The serial starts at the process start time in milliseconds and counts up, so a sync
 //! token from before a restart never looks newer than the state after it. Expired entries
 //! are swept by [`Typing::sweep`], which the server runs every second.
+//!
+//! In cluster mode every change is also handed to the hook set with [`Typing::set_replicator`]
+//! (NATS) and replayed on the other nodes with [`Typing::apply_remote`]; each node keeps its
+//! own serial, so a typing token is only meaningful to the node that issued it (a `/sync` on
+//! another node at worst repeats the current typing state once).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,9 +23,12 @@ struct RoomTyping {
     audience: Vec<String>,
 }
 
+type Replicator = Box<dyn Fn(&str, &str, bool, Duration, &[String]) + Send + Sync>;
+
 pub struct Typing {
     rooms: Mutex<HashMap<String, RoomTyping>>,
     serial: Mutex<i64>,
+    replicator: std::sync::OnceLock<Replicator>,
 }
 
 impl Default for Typing {
@@ -28,6 +36,7 @@ impl Default for Typing {
         Self {
             rooms: Mutex::new(HashMap::new()),
             serial: Mutex::new(crate::storage::now_ms()),
+            replicator: std::sync::OnceLock::new(),
         }
     }
 }
@@ -47,6 +56,26 @@ impl Typing {
     /// Sets or clears a user's typing state; returns whether anything changed. `audience` is
     /// who to wake (the room's local members).
     pub fn set(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        typing: bool,
+        timeout: Duration,
+        audience: Vec<String>,
+    ) -> bool {
+        if let Some(replicate) = self.replicator.get() {
+            replicate(room_id, user_id, typing, timeout, &audience);
+        }
+        self.apply_remote(room_id, user_id, typing, timeout, audience)
+    }
+
+    /// Cluster mode: every local change also goes to `replicator`.
+    pub fn set_replicator(&self, replicator: Replicator) {
+        let _ = self.replicator.set(replicator);
+    }
+
+    /// Applies a change (made here, or on another node of the cluster) without replicating it.
+    pub fn apply_remote(
         &self,
         room_id: &str,
         user_id: &str,

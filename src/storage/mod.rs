@@ -15,6 +15,7 @@
 pub mod account;
 pub mod admin;
 pub mod backup;
+pub mod cluster;
 pub mod connection;
 pub mod e2ee;
 pub mod events;
@@ -57,6 +58,9 @@ pub enum StorageError {
     WriterGone,
     #[error("a blocking task failed: {0}")]
     Task(String),
+    /// Cluster mode: a write of a room whose lease this node does not hold (`cluster.rs`).
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl From<diesel::r2d2::PoolError> for StorageError {

@@ -73,9 +73,10 @@ impl Writers {
             let (tx, rx) = tokio::sync::mpsc::channel::<Job>(queue.max(1));
             let depth = Arc::new(AtomicUsize::new(0));
             let thread_depth = Arc::clone(&depth);
+            let reopen = options.clone();
             std::thread::Builder::new()
                 .name(format!("weft-db-writer-{i}"))
-                .spawn(move || run_writer(conn, rx, thread_depth, max_batch))
+                .spawn(move || run_writer(conn, &reopen, rx, thread_depth, max_batch))
                 .map_err(|e| StorageError::Connection(format!("spawning writer: {e}")))?;
             handles.push(WriterHandle { tx, depth });
         }
@@ -189,6 +190,7 @@ fn catch(run: JobFn, conn: &mut AnyConnection) -> StorageResult<AnyBox> {
 
 fn run_writer(
     mut conn: AnyConnection,
+    options: &ConnectionOptions,
     mut rx: tokio::sync::mpsc::Receiver<Job>,
     depth: Arc<AtomicUsize>,
     max_batch: usize,
@@ -245,6 +247,18 @@ fn run_writer(
                 let msg = e.to_string();
                 for reply in replies {
                     reply.send(Err(StorageError::Task(format!("commit failed: {msg}"))));
+                }
+                // A connection the server closed (restart, or a cluster node's transaction
+                // ended by `idle_in_transaction_session_timeout` while it was paused) is
+                // replaced, or every later batch would fail too.
+                if diesel::RunQueryDsl::execute(diesel::sql_query("SELECT 1"), &mut conn).is_err() {
+                    match options.establish() {
+                        Ok(c) => {
+                            tracing::warn!("database writer reconnected");
+                            conn = c;
+                        }
+                        Err(e) => tracing::error!(error = %e, "database writer cannot reconnect"),
+                    }
                 }
             }
         }

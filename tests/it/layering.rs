@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("notifier", 2),
     ("observe", 1),
     ("core", 3),
+    ("cluster", 3),
     ("passwords", 3),
     ("ratelimit", 3),
     ("accounts", 4),

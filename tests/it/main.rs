@@ -16,6 +16,7 @@ mod synapse;
 mod accounts;
 mod bad_input;
 mod catchup;
+mod cluster;
 mod durability;
 mod e2e;
 mod e2ee;

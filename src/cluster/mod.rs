@@ -1,0 +1,630 @@
+//! weft cluster: several nodes sharing one server name, one signing key and one PostgreSQL
+//! database, coordinated over NATS (design, failure cases and how to run it:
+//! `docs/CLUSTER.md`). Off by default; a single node never builds any of this.
+//!
+//! * **Liveness**: every node publishes a heartbeat on `<prefix>.node` every `lease_ttl / 5`
+//!   carrying its name and its stream *safe point* (see `notifier.rs`); a node not heard for
+//!   `lease_ttl` is dead. The live set is this node plus the nodes heard recently.
+//! * **Ownership**: a room's actor runs on the node holding the room's lease (a PostgreSQL row
+//!   with an epoch, `storage/cluster.rs`). With no valid lease, the room goes to its
+//!   rendezvous-hash owner among the live nodes ([`placement`]), which acquires it. Leases are
+//!   renewed every `lease_ttl / 3`; a lease found taken over is dropped at once. Every write
+//!   of a room's events is fenced by the lease row inside its transaction.
+//! * **Routing**: [`Cluster::route`] answers whether a room's messages run here (and at which
+//!   epoch) or on another node; the room registry forwards those to the owner by NATS
+//!   request/reply on `<prefix>.rooms.<node>` ([`Cluster::forward`], served by the handler
+//!   the server installs with [`Cluster::serve_rooms`]).
+//! * **Streams**: positions and state group IDs come from PostgreSQL sequences; safe points
+//!   and wake-ups go out on `<prefix>.node` / `<prefix>.wake`, so `/sync` tokens mean the
+//!   same on every node and a write on one node wakes a `/sync` parked on another.
+//! * **Typing** changes are replayed on every node (`<prefix>.typing`).
+
+pub mod placement;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClusterConfig;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::notifier::Published;
+use crate::storage::cluster as rows;
+
+/// Where a room's messages are handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Here, under the lease of this epoch.
+    Local { epoch: i64 },
+    /// On this other node.
+    Remote(String),
+}
+
+/// A request another node forwarded, answered with bytes.
+pub type RoomHandler = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Vec<u8>> + Send + Sync>;
+/// A typing change replayed from another node.
+pub type TypingHandler = Arc<dyn Fn(TypingChange) + Send + Sync>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Heartbeat {
+    node: String,
+    safe: i64,
+    #[serde(default)]
+    advertise: String,
+    /// Sent once by a node shutting down cleanly.
+    #[serde(default)]
+    leaving: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Wake {
+    node: String,
+    pos: Option<i64>,
+    users: Vec<String>,
+}
+
+/// A typing change, as replayed on the other nodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TypingChange {
+    pub node: String,
+    pub room_id: String,
+    pub user_id: String,
+    pub typing: bool,
+    pub timeout_ms: u64,
+    pub audience: Vec<String>,
+}
+
+struct Peer {
+    seen: Instant,
+    safe: i64,
+    advertise: String,
+}
+
+struct Held {
+    epoch: i64,
+    /// This node treats the lease as its own until then (a margin before the database's end).
+    until: Instant,
+}
+
+enum Outgoing {
+    Node(Heartbeat),
+    Wake(Wake),
+    Typing(TypingChange),
+}
+
+pub struct Cluster {
+    core: Arc<Core>,
+    pub node_id: String,
+    prefix: String,
+    ttl: Duration,
+    advertise: String,
+    nats: async_nats::Client,
+    peers: Mutex<HashMap<String, Peer>>,
+    held: Mutex<HashMap<String, Held>>,
+    /// One acquisition at a time on this node (two callers must not bump the epoch twice).
+    acquiring: tokio::sync::Mutex<()>,
+    out: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    typing: std::sync::OnceLock<TypingHandler>,
+}
+
+impl rows::FenceSource for Cluster {
+    fn node(&self) -> &str {
+        &self.node_id
+    }
+    fn epoch(&self, room_id: &str) -> Option<i64> {
+        self.held.lock().get(room_id).map(|h| h.epoch)
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Cluster {
+    /// Connects to NATS, moves the shared sequences past what is stored, hooks the notifier
+    /// (positions, safe points, wake-ups), the state group IDs and the write fence, and starts
+    /// the heartbeat, lease and subscription tasks (on the calling actix arbiter).
+    pub async fn start(core: Arc<Core>) -> std::result::Result<Arc<Self>, String> {
+        let cfg: &ClusterConfig = &core.config.cluster;
+        let nats = async_nats::ConnectOptions::new()
+            .name(format!("weft-{}", cfg.node_id))
+            .request_timeout(Some(Duration::from_millis(cfg.request_timeout_ms)))
+            .connect(cfg.nats_url.as_str())
+            .await
+            .map_err(|e| format!("cluster: cannot connect to NATS at {}: {e}", cfg.nats_url))?;
+
+        let start = core.notifier.frontier();
+        let (max_group, last) = core
+            .db
+            .read(move |c| {
+                let g = crate::storage::state::max_group_id(c)?;
+                rows::init_sequences(c, start, g)?;
+                let last = rows::next_stream_position(c)?;
+                Ok((g, last))
+            })
+            .await
+            .map_err(|e| format!("cluster: cannot set up the shared sequences: {e}"))?;
+        tracing::info!(max_group, last, "cluster: sequences ready");
+
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cluster = Arc::new(Self {
+            node_id: cfg.node_id.clone(),
+            prefix: cfg.prefix.clone(),
+            ttl: Duration::from_millis(cfg.lease_ttl_ms),
+            advertise: cfg.advertise.clone(),
+            nats,
+            peers: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
+            acquiring: tokio::sync::Mutex::new(()),
+            out: tx,
+            typing: std::sync::OnceLock::new(),
+            core: Arc::clone(&core),
+        });
+
+        // Everything this node allocates from now on comes from the sequence; the position
+        // just taken (`last`) was skipped on purpose, so it is known-allocated.
+        core.notifier.note_remote(last, Vec::new());
+        core.notifier.complete(&[], []);
+        let db = core.db.clone();
+        core.notifier.set_allocator(Box::new(move || {
+            match db.read_blocking(rows::next_stream_position) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!(error = %e, "cluster: no stream position from the database");
+                    None
+                }
+            }
+        }));
+        let db = core.db.clone();
+        core.set_state_group_allocator(Box::new(move || {
+            db.read_blocking(rows::next_state_group).ok()
+        }));
+        {
+            let c = Arc::downgrade(&cluster);
+            core.notifier.set_publisher(Box::new(move |p| {
+                if let Some(c) = c.upgrade() {
+                    c.publish_stream(p);
+                }
+            }));
+        }
+        rows::install_fence(cluster.clone() as Arc<dyn rows::FenceSource>);
+
+        cluster.spawn_sender(rx);
+        cluster.spawn_subscriptions().await?;
+        cluster.spawn_heartbeats();
+        cluster.spawn_renewals();
+        tracing::info!(node = %cluster.node_id, prefix = %cluster.prefix, "cluster: node started");
+        Ok(cluster)
+    }
+
+    fn subject(&self, tail: &str) -> String {
+        format!("{}.{tail}", self.prefix)
+    }
+
+    fn publish_stream(&self, p: Published) {
+        let msg = match p {
+            Published::Safe(safe) => Outgoing::Node(self.heartbeat(safe, false)),
+            Published::Wake { pos, users } => Outgoing::Wake(Wake {
+                node: self.node_id.clone(),
+                pos: Some(pos),
+                users,
+            }),
+            Published::WakeNow(users) => Outgoing::Wake(Wake {
+                node: self.node_id.clone(),
+                pos: None,
+                users,
+            }),
+        };
+        let _ = self.out.send(msg);
+    }
+
+    fn heartbeat(&self, safe: i64, leaving: bool) -> Heartbeat {
+        Heartbeat {
+            node: self.node_id.clone(),
+            safe,
+            advertise: self.advertise.clone(),
+            leaving,
+        }
+    }
+
+    /// Replays a typing change on the other nodes.
+    pub fn publish_typing(&self, change: TypingChange) {
+        let _ = self.out.send(Outgoing::Typing(change));
+    }
+
+    /// Installs what applies other nodes' typing changes here.
+    pub fn on_typing(&self, handler: TypingHandler) {
+        let _ = self.typing.set(handler);
+    }
+
+    /// One task publishes everything, in the order it was queued (a wake-up before the safe
+    /// point that makes it due).
+    fn spawn_sender(self: &Arc<Self>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Outgoing>) {
+        let nats = self.nats.clone();
+        let (node, wake, typing) = (
+            self.subject("node"),
+            self.subject("wake"),
+            self.subject("typing"),
+        );
+        actix_rt::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                let (subject, body) = match &msg {
+                    Outgoing::Node(h) => (&node, serde_json::to_vec(h)),
+                    Outgoing::Wake(w) => (&wake, serde_json::to_vec(w)),
+                    Outgoing::Typing(t) => (&typing, serde_json::to_vec(t)),
+                };
+                let Ok(body) = body else { continue };
+                if let Err(e) = nats.publish(subject.clone(), body.into()).await {
+                    tracing::warn!(error = %e, "cluster: publish failed");
+                }
+            }
+        });
+    }
+
+    async fn spawn_subscriptions(self: &Arc<Self>) -> std::result::Result<(), String> {
+        let sub = |s: String| {
+            let nats = self.nats.clone();
+            async move {
+                nats.subscribe(s.clone())
+                    .await
+                    .map_err(|e| format!("cluster: cannot subscribe to {s}: {e}"))
+            }
+        };
+        let mut nodes = sub(self.subject("node")).await?;
+        let mut wakes = sub(self.subject("wake")).await?;
+        let mut typing = sub(self.subject("typing")).await?;
+        let weak = Arc::downgrade(self);
+        actix_rt::spawn(async move {
+            while let Some(m) = nodes.next().await {
+                let Some(c) = weak.upgrade() else { break };
+                match serde_json::from_slice::<Heartbeat>(&m.payload) {
+                    Ok(h) => c.on_heartbeat(h),
+                    Err(e) => tracing::warn!(error = %e, "cluster: bad heartbeat"),
+                }
+            }
+        });
+        let weak = Arc::downgrade(self);
+        actix_rt::spawn(async move {
+            while let Some(m) = wakes.next().await {
+                let Some(c) = weak.upgrade() else { break };
+                match serde_json::from_slice::<Wake>(&m.payload) {
+                    Ok(w) if w.node == c.node_id => {}
+                    Ok(Wake {
+                        pos: Some(pos),
+                        users,
+                        ..
+                    }) => c.core.notifier.note_remote(pos, users),
+                    Ok(Wake {
+                        pos: None, users, ..
+                    }) => c.core.notifier.wake_local(users),
+                    Err(e) => tracing::warn!(error = %e, "cluster: bad wake-up"),
+                }
+            }
+        });
+        let weak = Arc::downgrade(self);
+        actix_rt::spawn(async move {
+            while let Some(m) = typing.next().await {
+                let Some(c) = weak.upgrade() else { break };
+                match serde_json::from_slice::<TypingChange>(&m.payload) {
+                    Ok(t) if t.node == c.node_id => {}
+                    Ok(t) => {
+                        if let Some(h) = c.typing.get() {
+                            h(t)
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cluster: bad typing change"),
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn on_heartbeat(&self, h: Heartbeat) {
+        if h.node == self.node_id {
+            return;
+        }
+        {
+            let mut peers = self.peers.lock();
+            if h.leaving {
+                peers.remove(&h.node);
+                tracing::info!(peer = %h.node, "cluster: peer left");
+            } else {
+                if peers
+                    .get(&h.node)
+                    .is_none_or(|p| p.seen.elapsed() >= self.ttl)
+                {
+                    tracing::info!(peer = %h.node, advertise = %h.advertise, "cluster: peer joined");
+                }
+                let p = peers.entry(h.node.clone()).or_insert_with(|| Peer {
+                    seen: Instant::now(),
+                    safe: h.safe,
+                    advertise: h.advertise.clone(),
+                });
+                p.seen = Instant::now();
+                p.safe = p.safe.max(h.safe);
+                p.advertise = h.advertise;
+            }
+        }
+        if !h.leaving {
+            self.core.notifier.note_remote(h.safe, Vec::new());
+        }
+        self.update_floor();
+    }
+
+    /// The other live nodes' lowest safe point goes to the notifier.
+    fn update_floor(&self) {
+        let floor = {
+            let mut peers = self.peers.lock();
+            let ttl = self.ttl;
+            peers.retain(|_, p| p.seen.elapsed() < ttl);
+            peers.values().map(|p| p.safe).min()
+        };
+        self.core.notifier.set_remote_floor(floor);
+    }
+
+    /// This node and every node heard within the lease TTL, sorted.
+    pub fn live_nodes(&self) -> Vec<String> {
+        let ttl = self.ttl;
+        let mut nodes: Vec<String> = self
+            .peers
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.seen.elapsed() < ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        nodes.push(self.node_id.clone());
+        nodes.sort();
+        nodes
+    }
+
+    /// The live nodes with what they advertise (status page and tests).
+    pub fn peers(&self) -> Vec<(String, String)> {
+        let ttl = self.ttl;
+        let mut v: Vec<(String, String)> = self
+            .peers
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.seen.elapsed() < ttl)
+            .map(|(n, p)| (n.clone(), p.advertise.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Rooms whose lease this node holds now, with their epochs.
+    pub fn held_rooms(&self) -> Vec<(String, i64)> {
+        let mut v: Vec<(String, i64)> = self
+            .held
+            .lock()
+            .iter()
+            .map(|(r, h)| (r.clone(), h.epoch))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn spawn_heartbeats(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = self.ttl / 5;
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(c) = weak.upgrade() else { break };
+                let safe = c.core.notifier.safe_point();
+                let _ = c.out.send(Outgoing::Node(c.heartbeat(safe, false)));
+                c.update_floor();
+            }
+        });
+    }
+
+    fn spawn_renewals(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = self.ttl / 3;
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(c) = weak.upgrade() else { break };
+                c.renew().await;
+            }
+        });
+    }
+
+    /// Extends every held lease; drops the ones another node took over.
+    async fn renew(&self) {
+        let rooms: Vec<String> = self.held.lock().keys().cloned().collect();
+        if rooms.is_empty() {
+            return;
+        }
+        let began = Instant::now();
+        let node = self.node_id.clone();
+        let ttl = ms(self.ttl);
+        let asked = rooms.clone();
+        match self
+            .core
+            .db
+            .read(move |c| rows::renew(c, &node, &asked, ttl))
+            .await
+        {
+            Ok(still) => {
+                let until = began + self.local_term();
+                let mut held = self.held.lock();
+                for room in rooms {
+                    match (held.get_mut(&room), still.get(&room)) {
+                        (Some(h), Some(epoch)) if h.epoch == *epoch => h.until = until,
+                        (Some(_), _) => {
+                            tracing::warn!(room_id = %room, "cluster: lease lost");
+                            held.remove(&room);
+                        }
+                        (None, _) => {}
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cluster: lease renewal failed"),
+        }
+    }
+
+    /// How long after a renewal began this node still calls the lease its own: a quarter of
+    /// the TTL short of the database's end.
+    fn local_term(&self) -> Duration {
+        self.ttl - self.ttl / 4
+    }
+
+    /// Where `room_id`'s messages are handled: here under a held (or just acquired) lease, or
+    /// on the node holding it, or on the room's rendezvous owner, which acquires it. A lease
+    /// held by a node that has gone silent is waited out (at most one TTL).
+    pub async fn route(&self, room_id: &str) -> Result<Route> {
+        let deadline = Instant::now() + self.ttl * 2;
+        loop {
+            if let Some(h) = self.held.lock().get(room_id)
+                && h.until > Instant::now()
+            {
+                return Ok(Route::Local { epoch: h.epoch });
+            }
+            let room = room_id.to_owned();
+            let lease = self.core.db.read(move |c| rows::lease(c, &room)).await?;
+            let live = self.live_nodes();
+            if let Some(l) = &lease
+                && l.remaining_ms > 0
+                && l.owner != self.node_id
+            {
+                if self.is_live(&l.owner) {
+                    return Ok(Route::Remote(l.owner.clone()));
+                }
+                if Instant::now() > deadline {
+                    return Err(Error::Unreachable(format!(
+                        "the owner of {room_id} ({}) is not answering",
+                        l.owner
+                    )));
+                }
+                let wait = u64::try_from(l.remaining_ms).unwrap_or(0).clamp(20, 200);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                continue;
+            }
+            let target = placement::owner(room_id, live.iter().map(String::as_str))
+                .unwrap_or(self.node_id.as_str())
+                .to_owned();
+            let ours = lease
+                .as_ref()
+                .is_some_and(|l| l.owner == self.node_id && l.remaining_ms > 0);
+            if target != self.node_id && !ours {
+                return Ok(Route::Remote(target));
+            }
+            if let Some(epoch) = self.acquire(room_id).await? {
+                return Ok(Route::Local { epoch });
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Unreachable(format!("no node could take {room_id}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn acquire(&self, room_id: &str) -> Result<Option<i64>> {
+        let _one = self.acquiring.lock().await;
+        if let Some(h) = self.held.lock().get(room_id)
+            && h.until > Instant::now()
+        {
+            return Ok(Some(h.epoch));
+        }
+        let began = Instant::now();
+        let (room, node, ttl) = (room_id.to_owned(), self.node_id.clone(), ms(self.ttl));
+        let got = self
+            .core
+            .db
+            .read(move |c| rows::acquire(c, &room, &node, ttl))
+            .await?;
+        if let Some(epoch) = got {
+            tracing::info!(room_id, epoch, node = %self.node_id, "cluster: room acquired");
+            self.held.lock().insert(
+                room_id.to_owned(),
+                Held {
+                    epoch,
+                    until: began + self.local_term(),
+                },
+            );
+        }
+        Ok(got)
+    }
+
+    /// Sends a request to `node`'s room handler and waits for its answer: at most the request
+    /// timeout, and no longer than `node` stays live (a request a node took with it when it
+    /// died is given up as soon as the node is missed, so the room can move).
+    pub async fn forward(&self, node: &str, body: Vec<u8>) -> Result<Vec<u8>> {
+        let subject = self.subject(&format!("rooms.{node}"));
+        let request = self.nats.request(subject, body.into());
+        tokio::pin!(request);
+        loop {
+            match tokio::time::timeout(Duration::from_millis(100), &mut request).await {
+                Ok(Ok(m)) => return Ok(m.payload.to_vec()),
+                Ok(Err(e)) => return Err(Error::Unreachable(format!("cluster node {node}: {e}"))),
+                Err(_) if !self.is_live(node) => {
+                    return Err(Error::Unreachable(format!(
+                        "cluster node {node} went silent before answering"
+                    )));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn is_live(&self, node: &str) -> bool {
+        node == self.node_id
+            || self
+                .peers
+                .lock()
+                .get(node)
+                .is_some_and(|p| p.seen.elapsed() < self.ttl)
+    }
+
+    /// Serves the requests other nodes forward to this one.
+    pub async fn serve_rooms(&self, handler: RoomHandler) -> std::result::Result<(), String> {
+        let subject = self.subject(&format!("rooms.{}", self.node_id));
+        let mut sub = self
+            .nats
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| format!("cluster: cannot subscribe to {subject}: {e}"))?;
+        let nats = self.nats.clone();
+        actix_rt::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let Some(reply) = m.reply.clone() else {
+                    continue;
+                };
+                let (h, nats) = (Arc::clone(&handler), nats.clone());
+                actix_rt::spawn(async move {
+                    let answer = h(m.payload.to_vec()).await;
+                    if let Err(e) = nats.publish(reply, answer.into()).await {
+                        tracing::warn!(error = %e, "cluster: could not answer a forwarded request");
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// A clean stop: leases given up and the others told, so rooms move at once.
+    pub async fn leave(&self) {
+        let rooms: Vec<String> = self.held.lock().drain().map(|(r, _)| r).collect();
+        let node = self.node_id.clone();
+        if let Err(e) = self
+            .core
+            .db
+            .read(move |c| rows::release(c, &node, &rooms))
+            .await
+        {
+            tracing::warn!(error = %e, "cluster: could not release leases");
+        }
+        let body = serde_json::to_vec(&self.heartbeat(self.core.notifier.safe_point(), true));
+        if let Ok(body) = body {
+            let _ = self.nats.publish(self.subject("node"), body.into()).await;
+            let _ = self.nats.flush().await;
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! Room messages crossing cluster nodes (`docs/CLUSTER.md`): the wire form of the messages
+//! the room registry forwards to a room's owner, and the owner's side that answers them.
+//!
+//! A message is forwarded only after its order-free work is done where it arrived (a client's
+//! request parsed and authorized, a PDU's signatures and hashes checked); what crosses is the
+//! message itself, as JSON, and its answer. Errors cross as `(errcode, message)` and come back
+//! as the matching [`Error`]. A node that is asked about a room it does not own (the two
+//! nodes' views of the live set differ for a moment) answers [`Reply::NotOwner`], and the
+//! sender routes again. Messages without a wire form ([`Forward::encode`] answers `None`:
+//! building an invite, backfilled history, Linearized Matrix) run where they arrive, on an
+//! actor loaded from the database; their writes are fenced like any other.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use weft_protocol::builder::EventDraft;
+use weft_protocol::{Pdu, RoomVersion};
+
+use super::messages::{
+    GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot, SendEvent, TxnKey,
+};
+use super::state::CurrentState;
+use crate::error::{Error, Result};
+
+/// A message the registry may forward to another node.
+pub trait Forward: actix::Message + Sized {
+    /// The request's wire form (`None`: run it where it arrived).
+    fn encode(&self) -> Option<Request>;
+    /// The answer's wire form.
+    fn reply_to_wire(r: &Self::Result) -> Value;
+    /// The answer from its wire form.
+    fn reply_from_wire(v: Value) -> Result<Self::Result>;
+    /// A room created by this message (its actor starts empty, not from the database).
+    fn creates(&self) -> Option<RoomVersion> {
+        None
+    }
+}
+
+/// What crosses to the owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub room_id: String,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Body {
+    Send {
+        draft: DraftWire,
+        txn: Option<TxnWire>,
+    },
+    Init {
+        version: String,
+        create: PduWire,
+        drafts: Vec<DraftWire>,
+    },
+    Inbound {
+        version: Option<String>,
+        local: bool,
+        pdus: Vec<(PduWire, Option<Vec<StateEntry>>)>,
+    },
+    Snapshot,
+}
+
+/// One entry of the state before a PDU: `(type, state key, event ID)`.
+pub type StateEntry = (String, String, String);
+
+/// What comes back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// `upto`: the owner's highest stream position when it answered (the requester waits for
+    /// its own frontier to pass it before answering its client).
+    Done {
+        value: Value,
+        #[serde(default)]
+        upto: i64,
+    },
+    NotOwner,
+    Failed {
+        errcode: String,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DraftWire {
+    kind: String,
+    state_key: Option<String>,
+    sender: String,
+    content: Value,
+    redacts: Option<String>,
+    origin_server_ts: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TxnWire {
+    user_id: String,
+    device_id: String,
+    scope: String,
+    txn_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PduWire {
+    event_id: String,
+    json: Value,
+    #[serde(default)]
+    rejected: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotWire {
+    version: String,
+    state: Vec<PduWire>,
+    group: Option<(i64, i32)>,
+    extremities: Vec<String>,
+    extremity_hashes: HashMap<String, String>,
+    max_depth: u64,
+}
+
+fn bad(what: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("cluster wire: {what}"))
+}
+
+fn draft_to_wire(d: &EventDraft) -> DraftWire {
+    DraftWire {
+        kind: d.kind.clone(),
+        state_key: d.state_key.clone(),
+        sender: d.sender.to_string(),
+        content: d.content.clone(),
+        redacts: d.redacts.as_ref().map(|r| r.to_string()),
+        origin_server_ts: d.origin_server_ts,
+    }
+}
+
+fn draft_from_wire(d: DraftWire) -> Result<EventDraft> {
+    Ok(EventDraft {
+        kind: d.kind,
+        state_key: d.state_key,
+        sender: OwnedUserId::try_from(d.sender).map_err(bad)?,
+        content: d.content,
+        redacts: d
+            .redacts
+            .map(OwnedEventId::try_from)
+            .transpose()
+            .map_err(bad)?,
+        origin_server_ts: d.origin_server_ts,
+    })
+}
+
+fn pdu_to_wire(p: &Pdu) -> PduWire {
+    PduWire {
+        event_id: p.event_id().to_string(),
+        json: serde_json::to_value(p.json()).unwrap_or(Value::Null),
+        rejected: p.is_rejected(),
+    }
+}
+
+fn pdu_from_wire(p: PduWire, version: RoomVersion) -> Result<Pdu> {
+    let obj = weft_protocol::canonical::value_to_object(p.json).map_err(bad)?;
+    let id = OwnedEventId::try_from(p.event_id).map_err(bad)?;
+    let mut pdu = Pdu::from_json_with_id(id, obj, version).map_err(bad)?;
+    pdu.set_rejected(p.rejected);
+    Ok(pdu)
+}
+
+fn version_from(s: &str) -> Result<RoomVersion> {
+    RoomVersion::parse(s).ok_or_else(|| bad(format!("room version {s:?}")))
+}
+
+fn ids_from(v: Value) -> Result<Vec<OwnedEventId>> {
+    let ids: Vec<String> = serde_json::from_value(v).map_err(bad)?;
+    ids.into_iter()
+        .map(|i| OwnedEventId::try_from(i).map_err(bad))
+        .collect()
+}
+
+/// An error as it crosses.
+fn error_to_wire(e: &Error) -> Value {
+    serde_json::to_value(Reply::Failed {
+        errcode: e.errcode().to_owned(),
+        error: e.to_string(),
+    })
+    .unwrap_or(Value::Null)
+}
+
+/// An error as it arrives, mapped back to the variant with that errcode.
+fn error_from_wire(errcode: &str, error: String) -> Error {
+    match errcode {
+        "M_FORBIDDEN" => Error::Forbidden(error),
+        "M_NOT_FOUND" => Error::NotFound(error),
+        "M_BAD_JSON" => Error::BadJson(error),
+        "M_INVALID_PARAM" => Error::InvalidParam(error),
+        "M_BAD_STATE" => Error::BadState(error),
+        "M_LIMIT_EXCEEDED" => Error::Overloaded,
+        "M_TOO_LARGE" => Error::TooLarge,
+        _ => Error::Internal(error),
+    }
+}
+
+/// `Result<T>` answers: `{"ok": T}` or an error.
+fn result_to_wire<T>(r: &Result<T>, f: impl FnOnce(&T) -> Value) -> Value {
+    match r {
+        Ok(v) => serde_json::json!({ "ok": f(v) }),
+        Err(e) => error_to_wire(e),
+    }
+}
+
+fn result_from_wire<T>(v: Value, f: impl FnOnce(Value) -> Result<T>) -> Result<Result<T>> {
+    if let Some(ok) = v.get("ok") {
+        return Ok(f(ok.clone()));
+    }
+    match serde_json::from_value::<Reply>(v) {
+        Ok(Reply::Failed { errcode, error }) => Ok(Err(error_from_wire(&errcode, error))),
+        Ok(_) | Err(_) => Err(bad("unexpected answer")),
+    }
+}
+
+impl Forward for SendEvent {
+    fn encode(&self) -> Option<Request> {
+        Some(Request {
+            room_id: String::new(),
+            body: Body::Send {
+                draft: draft_to_wire(&self.draft),
+                txn: self.txn.as_ref().map(|t| TxnWire {
+                    user_id: t.user_id.clone(),
+                    device_id: t.device_id.clone(),
+                    scope: t.scope.clone(),
+                    txn_id: t.txn_id.clone(),
+                }),
+            },
+        })
+    }
+    fn reply_to_wire(r: &Self::Result) -> Value {
+        result_to_wire(r, |id| Value::from(id.to_string()))
+    }
+    fn reply_from_wire(v: Value) -> Result<Self::Result> {
+        result_from_wire(v, |ok| {
+            let id: String = serde_json::from_value(ok).map_err(bad)?;
+            OwnedEventId::try_from(id).map_err(bad)
+        })
+    }
+}
+
+impl Forward for InitRoom {
+    fn encode(&self) -> Option<Request> {
+        Some(Request {
+            room_id: String::new(),
+            body: Body::Init {
+                version: self.version.as_str().to_owned(),
+                create: pdu_to_wire(&self.create),
+                drafts: self.drafts.iter().map(draft_to_wire).collect(),
+            },
+        })
+    }
+    fn reply_to_wire(r: &Self::Result) -> Value {
+        result_to_wire(r, |ids| {
+            Value::from(ids.iter().map(|i| i.to_string()).collect::<Vec<_>>())
+        })
+    }
+    fn reply_from_wire(v: Value) -> Result<Self::Result> {
+        result_from_wire(v, ids_from)
+    }
+    fn creates(&self) -> Option<RoomVersion> {
+        Some(self.version)
+    }
+}
+
+fn outcome_to_wire(o: &InboundOutcome) -> Value {
+    match o {
+        InboundOutcome::Accepted => serde_json::json!({"accepted": true}),
+        InboundOutcome::SoftFailed(m) => serde_json::json!({"soft_failed": m}),
+        InboundOutcome::Rejected(m) => serde_json::json!({"rejected": m}),
+        InboundOutcome::Missing { prev, auth } => {
+            serde_json::json!({"missing": {"prev": prev, "auth": auth}})
+        }
+        InboundOutcome::Error(m) => serde_json::json!({"error": m}),
+    }
+}
+
+fn outcome_from_wire(v: &Value) -> InboundOutcome {
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let list = |m: &Value, k: &str| -> Vec<String> {
+        m.get(k)
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default()
+    };
+    if v.get("accepted").is_some() {
+        InboundOutcome::Accepted
+    } else if let Some(m) = text("soft_failed") {
+        InboundOutcome::SoftFailed(m)
+    } else if let Some(m) = text("rejected") {
+        InboundOutcome::Rejected(m)
+    } else if let Some(m) = v.get("missing") {
+        InboundOutcome::Missing {
+            prev: list(m, "prev"),
+            auth: list(m, "auth"),
+        }
+    } else {
+        InboundOutcome::Error(text("error").unwrap_or_else(|| "unreadable outcome".into()))
+    }
+}
+
+impl Forward for InboundPdus {
+    fn encode(&self) -> Option<Request> {
+        Some(Request {
+            room_id: String::new(),
+            body: Body::Inbound {
+                version: self.version.map(|v| v.as_str().to_owned()),
+                local: self.local,
+                pdus: self
+                    .pdus
+                    .iter()
+                    .map(|(p, state)| {
+                        let state = state.as_ref().map(|s| {
+                            s.iter()
+                                .map(|((k, sk), id)| (k.clone(), sk.clone(), id.clone()))
+                                .collect()
+                        });
+                        (pdu_to_wire(p), state)
+                    })
+                    .collect(),
+            },
+        })
+    }
+    fn reply_to_wire(r: &Self::Result) -> Value {
+        Value::from(r.iter().map(outcome_to_wire).collect::<Vec<_>>())
+    }
+    fn reply_from_wire(v: Value) -> Result<Self::Result> {
+        match v {
+            Value::Array(items) => Ok(items.iter().map(outcome_from_wire).collect()),
+            _ => Err(bad("inbound outcomes are not a list")),
+        }
+    }
+}
+
+impl Forward for GetSnapshot {
+    fn encode(&self) -> Option<Request> {
+        Some(Request {
+            room_id: String::new(),
+            body: Body::Snapshot,
+        })
+    }
+    fn reply_to_wire(r: &Self::Result) -> Value {
+        result_to_wire(r, |s| {
+            serde_json::to_value(SnapshotWire {
+                version: s.version.as_str().to_owned(),
+                state: s.state.events.values().map(|p| pdu_to_wire(p)).collect(),
+                group: s.state.group,
+                extremities: s.extremities.iter().map(|e| e.to_string()).collect(),
+                extremity_hashes: s
+                    .extremity_hashes
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+                max_depth: s.max_depth,
+            })
+            .unwrap_or(Value::Null)
+        })
+    }
+    fn reply_from_wire(v: Value) -> Result<Self::Result> {
+        result_from_wire(v, |ok| {
+            let w: SnapshotWire = serde_json::from_value(ok).map_err(bad)?;
+            let version = version_from(&w.version)?;
+            let mut state = CurrentState {
+                group: w.group,
+                ..Default::default()
+            };
+            for p in w.state {
+                let pdu = pdu_from_wire(p, version)?;
+                let key = (
+                    ruma::events::StateEventType::from(pdu.kind_str()),
+                    pdu.state_key().unwrap_or_default().to_owned(),
+                );
+                state.events.insert(key, Arc::new(pdu));
+            }
+            let mut hashes = HashMap::new();
+            for (k, v) in w.extremity_hashes {
+                hashes.insert(OwnedEventId::try_from(k).map_err(bad)?, v);
+            }
+            Ok(RoomSnapshot {
+                version,
+                state,
+                extremities: ids_from(Value::from(w.extremities))?,
+                extremity_hashes: hashes,
+                max_depth: w.max_depth,
+            })
+        })
+    }
+}
+
+macro_rules! runs_where_it_arrives {
+    ($($t:ty),* $(,)?) => {$(
+        impl Forward for $t {
+            fn encode(&self) -> Option<Request> {
+                None
+            }
+            fn reply_to_wire(_: &Self::Result) -> Value {
+                Value::Null
+            }
+            fn reply_from_wire(_: Value) -> Result<Self::Result> {
+                Err(bad("this message is never forwarded"))
+            }
+        }
+    )*};
+}
+
+runs_where_it_arrives!(
+    super::messages::BuildEvent,
+    super::messages::AppendHistory,
+    super::linearized::HubAppend,
+    super::linearized::ParticipantReceive,
+);
+
+/// The owner's side: decodes a forwarded request, runs it here if this node owns the room,
+/// and encodes the answer.
+pub async fn handle(rooms: &super::RoomRegistry, bytes: &[u8]) -> Vec<u8> {
+    let reply = match serde_json::from_slice::<Request>(bytes) {
+        Ok(req) => match run(rooms, req).await {
+            Ok(Some(value)) => Reply::Done {
+                value,
+                upto: rooms.core.notifier.last_position(),
+            },
+            Ok(None) => Reply::NotOwner,
+            Err(e) => Reply::Failed {
+                errcode: e.errcode().to_owned(),
+                error: e.to_string(),
+            },
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: unreadable forwarded request");
+            Reply::Failed {
+                errcode: "M_BAD_JSON".into(),
+                error: format!("unreadable forwarded request: {e}"),
+            }
+        }
+    };
+    serde_json::to_vec(&reply).unwrap_or_default()
+}
+
+async fn run(rooms: &super::RoomRegistry, req: Request) -> Result<Option<Value>> {
+    let room_id = OwnedRoomId::try_from(req.room_id).map_err(bad)?;
+    macro_rules! here {
+        ($msg:expr, $t:ty) => {
+            match rooms.send_here(&room_id, $msg).await? {
+                Some(r) => Ok(Some(<$t as Forward>::reply_to_wire(&r))),
+                None => Ok(None),
+            }
+        };
+    }
+    match req.body {
+        Body::Send { draft, txn } => {
+            let msg = SendEvent {
+                draft: draft_from_wire(draft)?,
+                txn: txn.map(|t| TxnKey {
+                    user_id: t.user_id,
+                    device_id: t.device_id,
+                    scope: t.scope,
+                    txn_id: t.txn_id,
+                }),
+            };
+            here!(msg, SendEvent)
+        }
+        Body::Init {
+            version,
+            create,
+            drafts,
+        } => {
+            let version = version_from(&version)?;
+            let msg = InitRoom {
+                version,
+                create: pdu_from_wire(create, version)?,
+                drafts: drafts
+                    .into_iter()
+                    .map(draft_from_wire)
+                    .collect::<Result<_>>()?,
+            };
+            here!(msg, InitRoom)
+        }
+        Body::Inbound {
+            version,
+            local,
+            pdus,
+        } => {
+            let known = match &version {
+                Some(v) => Some(version_from(v)?),
+                None => None,
+            };
+            let room_version = match known {
+                Some(v) => v,
+                None => {
+                    let r = room_id.to_string();
+                    let stored = rooms
+                        .core
+                        .db
+                        .read(move |c| crate::storage::rooms::room_version(c, &r))
+                        .await?;
+                    stored
+                        .as_deref()
+                        .and_then(RoomVersion::parse)
+                        .ok_or_else(|| Error::not_found("unknown room"))?
+                }
+            };
+            let mut list = Vec::with_capacity(pdus.len());
+            for (p, state) in pdus {
+                let state = state.map(|s| s.into_iter().map(|(k, sk, id)| ((k, sk), id)).collect());
+                list.push((pdu_from_wire(p, room_version)?, state));
+            }
+            let msg = InboundPdus {
+                pdus: list,
+                local,
+                version: known,
+            };
+            here!(msg, InboundPdus)
+        }
+        Body::Snapshot => here!(GetSnapshot, GetSnapshot),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_cross_with_their_errcode() {
+        let r: Result<OwnedEventId> = Err(Error::forbidden("not in the room"));
+        let back = SendEvent::reply_from_wire(SendEvent::reply_to_wire(&r)).unwrap();
+        let e = back.unwrap_err();
+        assert_eq!(e.errcode(), "M_FORBIDDEN");
+        assert!(e.to_string().contains("not in the room"));
+    }
+
+    #[test]
+    fn event_ids_cross() {
+        let id = OwnedEventId::try_from("$abc:example.org").unwrap();
+        let r: Result<OwnedEventId> = Ok(id.clone());
+        let back = SendEvent::reply_from_wire(SendEvent::reply_to_wire(&r)).unwrap();
+        assert_eq!(back.unwrap(), id);
+    }
+
+    #[test]
+    fn outcomes_cross() {
+        let all = vec![
+            InboundOutcome::Accepted,
+            InboundOutcome::SoftFailed("s".into()),
+            InboundOutcome::Rejected("r".into()),
+            InboundOutcome::Missing {
+                prev: vec!["$p".into()],
+                auth: vec!["$a".into()],
+            },
+            InboundOutcome::Error("e".into()),
+        ];
+        let back = InboundPdus::reply_from_wire(InboundPdus::reply_to_wire(&all)).unwrap();
+        assert_eq!(back, all);
+    }
+
+    #[test]
+    fn a_garbled_answer_is_an_error_not_a_panic() {
+        assert!(SendEvent::reply_from_wire(serde_json::json!({"what": 1})).is_err());
+        assert!(InboundPdus::reply_from_wire(serde_json::json!("x")).is_err());
+    }
+
+    #[test]
+    fn drafts_cross() {
+        let d = EventDraft::state(
+            "m.room.topic",
+            "",
+            OwnedUserId::try_from("@a:example.org").unwrap(),
+            serde_json::json!({"topic": "t"}),
+        );
+        let back = draft_from_wire(draft_to_wire(&d)).unwrap();
+        assert_eq!(back.kind, "m.room.topic");
+        assert_eq!(back.state_key.as_deref(), Some(""));
+        assert_eq!(back.content, d.content);
+    }
+}

@@ -1,0 +1,766 @@
+//! weft cluster (`docs/CLUSTER.md`): three weft nodes on loopback sharing one PostgreSQL
+//! database (the harness's `TestDb`) and the NATS server at 127.0.0.1:4222, each test run
+//! under its own subject prefix. Cluster mode needs PostgreSQL, so these run on it only.
+//!
+//! * users on two nodes share a room owned by the third: messages, state, `/sync` wake-ups,
+//!   typing and to-device cross nodes, and a sync token from one node works on another;
+//! * SIGKILL of a room's owner during a burst of sends: every acknowledged event is stored,
+//!   the room is owned again within the lease time, the room's DAG never forks;
+//! * SIGSTOP of an owner past its lease, then SIGCONT: its writes are refused (the fence);
+//! * the lease rows themselves: a former owner's epoch no longer passes the fence.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use serde_json::{Value, json};
+
+use crate::client::Client;
+use crate::harness::{Backend, TestDb, free_port};
+
+const NATS: &str = "nats://127.0.0.1:4222";
+const TTL_MS: u64 = 2000;
+
+struct Node {
+    name: String,
+    base: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// The node's log without terminal colour codes.
+    fn log_text(&self) -> String {
+        let raw = fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(ch) = chars.next() {
+            if ch == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(ch);
+            }
+        }
+        out
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        self.child.as_ref().expect("running").id() as libc::pid_t
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.base)
+    }
+
+    /// A server admin (for `/_weft/admin/v1/sync_waiters`), made with the CLI.
+    fn admin(&self, localpart: &str) -> Client {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["register-user", localpart, "--admin", "--config"])
+            .arg(&self.config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn weft cli");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(format!("pw-{localpart}\n").as_bytes())
+                .expect("password");
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                assert!(st.success(), "register-user --admin failed");
+                break;
+            }
+            assert!(Instant::now() < deadline, "register-user did not finish");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut c = self.client();
+        c.login(localpart, &format!("pw-{localpart}"));
+        c
+    }
+
+    /// Waits (bounded) until `n` `/sync` requests are parked on this node.
+    #[track_caller]
+    fn wait_parked(&self, admin: &Client, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = admin.get("/_weft/admin/v1/sync_waiters");
+            assert_eq!(r.status, 200, "sync_waiters: {}", r.text);
+            if r.body["parked"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{n} parked syncs never showed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+struct TestCluster {
+    db: TestDb,
+    nodes: Vec<Node>,
+    _dir: PathBuf,
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if n.child.is_some() {
+                n.signal(libc::SIGCONT);
+            }
+            n.kill();
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}{}_{nanos:x}", std::process::id())
+}
+
+fn write_config(dir: &Path, db: &TestDb, node: &str, port: u16, prefix: &str) -> PathBuf {
+    let data = dir.join(node);
+    fs::create_dir_all(&data).expect("node dir");
+    let text = format!(
+        "server_name = \"weft.test\"\n\
+         data_dir = \"{data}\"\n\
+         signing_key_path = \"{key}\"\n\
+         {db}\
+         [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"\"\n\
+         [registration]\nopen = true\n\
+         [federation]\nenabled = false\n\
+         [rate_limits]\nenabled = false\n\
+         [cluster]\nenabled = true\nnode_id = \"{node}\"\nnats_url = \"{NATS}\"\n\
+         prefix = \"{prefix}\"\nlease_ttl_ms = {TTL_MS}\nrequest_timeout_ms = 3000\nadvertise = \"http://127.0.0.1:{port}\"\n\
+         [logging]\nfilter = \"info,weft=debug,ruma_state_res=warn\"\n",
+        data = data.display(),
+        key = dir.join("signing.key").display(),
+        db = db.toml(),
+    );
+    let path = data.join("weft.toml");
+    fs::write(&path, text).expect("config");
+    path
+}
+
+fn spawn(node: &mut Node) {
+    let log = fs::File::create(&node.log).expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&node.config)
+        .env_remove("RUST_LOG")
+        .env_remove("WEFT_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn weft");
+    node.child = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if node.log_text().contains("client API listening")
+            && node.client().get("/_matrix/client/versions").status == 200
+        {
+            return;
+        }
+        if let Some(c) = node.child.as_mut()
+            && let Ok(Some(st)) = c.try_wait()
+        {
+            panic!("{} exited with {st}:\n{}", node.name, node.log_text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not start:\n{}",
+            node.name,
+            node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Three nodes, started one after the other (the first creates the shared signing key), then
+/// waited for until each has heard the other two.
+fn start_cluster() -> TestCluster {
+    let dir = std::env::temp_dir().join(unique("weft-cluster-"));
+    fs::create_dir_all(&dir).expect("dir");
+    let db = TestDb::new(Backend::Postgres, &dir);
+    let prefix = unique("weft_it_");
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let port = free_port();
+        let config = write_config(&dir, &db, name, port, &prefix);
+        let mut node = Node {
+            name: name.to_owned(),
+            base: format!("http://127.0.0.1:{port}"),
+            log: dir.join(format!("{name}.log")),
+            config,
+            child: None,
+        };
+        spawn(&mut node);
+        nodes.push(node);
+    }
+    let c = TestCluster {
+        db,
+        nodes,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &c.nodes {
+        for other in &c.nodes {
+            if other.name == n.name {
+                continue;
+            }
+            let line = format!("peer={}", other.name);
+            while !n
+                .log_text()
+                .lines()
+                .any(|l| l.contains("cluster: peer joined") && l.contains(&line))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never heard {}:\n{}",
+                    n.name,
+                    other.name,
+                    n.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    c
+}
+
+impl TestCluster {
+    fn pg(&self) -> diesel::PgConnection {
+        diesel::PgConnection::establish(&self.db.url()).expect("connect")
+    }
+
+    /// The room's lease as stored: `(owner, epoch, ms left)`.
+    fn lease(&self, room: &str) -> Option<(String, i64, i64)> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            owner: String,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            epoch: i64,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            left: i64,
+        }
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT owner, epoch, expires_at - (extract(epoch from clock_timestamp()) * 1000)::bigint AS left \
+             FROM cluster_leases WHERE room_id = $1",
+        )
+        .bind::<diesel::sql_types::Text, _>(room)
+        .load(&mut self.pg())
+        .expect("lease");
+        rows.into_iter().next().map(|r| (r.owner, r.epoch, r.left))
+    }
+
+    /// `(event_id, depth, prev_events)` of every event of a room.
+    fn events(&self, room: &str) -> Vec<(String, i64, Vec<String>)> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            event_id: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            json: String,
+        }
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT event_id, json FROM events WHERE room_id = $1 ORDER BY stream_ordering",
+        )
+        .bind::<diesel::sql_types::Text, _>(room)
+        .load(&mut self.pg())
+        .expect("events");
+        rows.into_iter()
+            .map(|r| {
+                let v: Value = serde_json::from_str(&r.json).expect("event json");
+                let prev = v["prev_events"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (r.event_id, v["depth"].as_i64().unwrap_or(-1), prev)
+            })
+            .collect()
+    }
+
+    /// Asserts the room's events form one chain: no two events cite the same prev event, so
+    /// no two owners ever appended concurrently.
+    #[track_caller]
+    fn assert_linear(&self, room: &str) {
+        let events = self.events(room);
+        let mut cited = std::collections::HashMap::new();
+        for (id, _, prev) in &events {
+            for p in prev {
+                if let Some(other) = cited.insert(p.clone(), id.clone()) {
+                    panic!("{p} is the prev event of both {other} and {id}: the room forked");
+                }
+            }
+        }
+    }
+
+    /// Public rooms made by `creator` until one is owned by `owner` (a third of them are).
+    fn room_owned_by(&self, creator: &Client, owner: &str) -> String {
+        for i in 0..30 {
+            let room =
+                creator.create_room(&json!({"preset": "public_chat", "name": format!("r{i}")}));
+            let (o, _, _) = self.lease(&room).expect("a created room has a lease");
+            if o == owner {
+                return room;
+            }
+        }
+        panic!("no room of 30 hashed to {owner}");
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        self.nodes.iter().find(|n| n.name == name).expect("node")
+    }
+}
+
+fn texts(sync: &Value, room: &str) -> Vec<String> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["type"] == "m.room.message")
+                .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `/sync` on another thread, parked on `node` before the caller acts.
+fn parked_sync(
+    c: &Client,
+    node: &Node,
+    admin: &Client,
+    since: &str,
+) -> std::thread::JoinHandle<Value> {
+    let c = c.clone_session();
+    let since = since.to_owned();
+    let h = std::thread::spawn(move || c.sync(Some(&since), 20_000, None));
+    node.wait_parked(admin, 1);
+    h
+}
+
+#[test]
+fn users_on_two_nodes_share_a_room_owned_by_the_third() {
+    let c = start_cluster();
+    let (n1, n2) = (c.node("n1"), c.node("n2"));
+    let mut alice = n1.client();
+    alice.register("alice", "pw-alice");
+    let mut bob = n2.client();
+    bob.register("bob", "pw-bob");
+    let admin2 = n2.admin("admin2");
+    let admin1 = n1.admin("admin1");
+
+    let room = c.room_owned_by(&alice, "n3");
+    assert_eq!(bob.join(&room).status, 200, "bob joins through n2");
+
+    // A message sent on n1 wakes bob's /sync parked on n2; the room's owner n3 wrote it.
+    let first = bob.sync(None, 0, None);
+    let since = first["next_batch"].as_str().expect("next_batch").to_owned();
+    let waiting = parked_sync(&bob, n2, &admin2, &since);
+    alice.send_text(&room, "hello from n1");
+    let woken = waiting.join().expect("sync thread");
+    assert_eq!(texts(&woken, &room), vec!["hello from n1"]);
+    assert_eq!(
+        c.lease(&room).expect("lease").0,
+        "n3",
+        "n3 still owns the room"
+    );
+
+    // State set on n1 is read on n2.
+    alice
+        .put_state(&room, "m.room.topic", "", &json!({"topic": "across nodes"}))
+        .ok();
+    let topic = bob.get(&format!(
+        "/rooms/{}/state/m.room.topic/",
+        crate::client::enc(&room)
+    ));
+    assert_eq!(topic.status, 200, "{}", topic.text);
+    assert_eq!(topic.body["topic"], "across nodes");
+
+    // bob answers from n2; alice's sync on n1 is woken by it.
+    let a0 = alice.sync(None, 0, None);
+    let a_since = a0["next_batch"].as_str().expect("next_batch").to_owned();
+    let waiting = parked_sync(&alice, n1, &admin1, &a_since);
+    bob.send_text(&room, "hello from n2");
+    let woken = waiting.join().expect("sync thread");
+    assert_eq!(texts(&woken, &room), vec!["hello from n2"]);
+
+    // A sync token from n2 means the same on n1 (one cluster-wide stream).
+    let b_token = woken["next_batch"].as_str().expect("next_batch").to_owned();
+    let bob_on_n1 =
+        Client::with_token(&n1.base, &bob.user_id, bob.token.as_deref().expect("token"));
+    let later = bob_on_n1.sync(Some(&b_token), 0, None);
+    assert!(
+        texts(&later, &room).is_empty(),
+        "nothing new after the token: {later}"
+    );
+    alice.send_text(&room, "after the token");
+    let mut since = Some(b_token);
+    bob_on_n1.sync_until(
+        &mut since,
+        Duration::from_secs(20),
+        "the next message",
+        |s| texts(s, &room) == vec!["after the token"],
+    );
+
+    // Typing on n1 wakes bob on n2 with alice typing.
+    let b0 = bob.sync(None, 0, None);
+    let since = b0["next_batch"].as_str().expect("next_batch").to_owned();
+    let waiting = parked_sync(&bob, n2, &admin2, &since);
+    let r = alice.put(
+        &format!(
+            "/rooms/{}/typing/{}",
+            crate::client::enc(&room),
+            crate::client::enc(&alice.user_id)
+        ),
+        &json!({"typing": true, "timeout": 20000}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let woken = waiting.join().expect("sync thread");
+    let typing: Vec<String> = woken["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.typing")
+        .flat_map(|e| {
+            e["content"]["user_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(typing, vec![alice.user_id.clone()], "{woken}");
+
+    // To-device (E2EE key exchange) from n1 reaches bob's device on n2.
+    let since = woken["next_batch"].as_str().expect("next_batch").to_owned();
+    let waiting = parked_sync(&bob, n2, &admin2, &since);
+    let r = alice.put(
+        &format!("/sendToDevice/m.room_key_request/{}", alice.next_txn()),
+        &json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"probe": "n1->n2"}}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let woken = waiting.join().expect("sync thread");
+    let got: Vec<&Value> = woken["to_device"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["content"]["probe"] == "n1->n2")
+        .collect();
+    assert_eq!(got.len(), 1, "{woken}");
+    assert_eq!(got[0]["sender"], alice.user_id.as_str());
+
+    assert_eq!(c.lease(&room).expect("lease").0, "n3");
+    c.assert_linear(&room);
+    let n3_log = c.node("n3").log_text();
+    assert!(
+        n3_log.contains("cluster: room acquired") && n3_log.contains(room.as_str()),
+        "n3 acquired the room"
+    );
+    for n in &c.nodes {
+        assert!(!n.log_text().contains("panicked"), "{} panicked", n.name);
+    }
+}
+
+/// Sends `count` messages one after the other from `c` with retries (the same transaction
+/// ID, as a client does), returning the acknowledged event IDs and the times of the acks.
+fn burst(c: &Client, room: &str, count: usize, tag: &str) -> Vec<(String, Instant)> {
+    let mut acked = Vec::new();
+    for i in 0..count {
+        let txn = c.next_txn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = c.send_txn(
+                room,
+                "m.room.message",
+                &txn,
+                &json!({"msgtype": "m.text", "body": format!("{tag} {i}")}),
+            );
+            if r.status == 200 {
+                let id = r.body["event_id"].as_str().expect("event_id").to_owned();
+                acked.push((id, Instant::now()));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "send {i} never acknowledged: {} {}",
+                r.status,
+                r.text
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    acked
+}
+
+#[test]
+fn sigkill_of_an_owner_loses_no_acknowledged_event() {
+    let mut c = start_cluster();
+    let mut alice = c.node("n1").client();
+    alice.register("alice", "pw-alice");
+    let room = c.room_owned_by(&alice, "n3");
+    let (_, epoch_before, _) = c.lease(&room).expect("lease");
+
+    // Two senders (through n1 and n2), so one request lost with the owner does not hold up
+    // the other.
+    let bursts: Vec<_> = ["n1", "n2"]
+        .iter()
+        .map(|n| {
+            let sender = Client::with_token(
+                &c.node(n).base,
+                &alice.user_id,
+                alice.token.as_deref().expect("token"),
+            );
+            let (r, tag) = (room.clone(), format!("via {n}"));
+            std::thread::spawn(move || burst(&sender, &r, 30, &tag))
+        })
+        .collect();
+    // Kill the owner once the bursts are under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.events(&room).len() < 20 {
+        assert!(Instant::now() < deadline, "the burst did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let killed_at = Instant::now();
+    c.nodes[2].kill();
+    // The room is owned again (by a live node, at a new epoch) within the lease time plus
+    // one TTL of slack for a loaded two-core machine.
+    let owned_again = loop {
+        if let Some((owner, epoch, left)) = c.lease(&room)
+            && owner != "n3"
+            && epoch > epoch_before
+            && left > 0
+        {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(30),
+            "the room was never owned again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut acked = Vec::new();
+    for b in bursts {
+        acked.extend(b.join().expect("burst"));
+    }
+    assert_eq!(acked.len(), 60);
+    eprintln!("owned again {owned_again:?} after the SIGKILL (lease {TTL_MS} ms)");
+    assert!(
+        owned_again < Duration::from_millis(TTL_MS * 2),
+        "the room was owned again only after {owned_again:?} (lease {TTL_MS} ms)"
+    );
+
+    let stored: std::collections::HashSet<String> =
+        c.events(&room).into_iter().map(|(id, _, _)| id).collect();
+    for (id, _) in &acked {
+        assert!(stored.contains(id), "acknowledged {id} is not stored");
+    }
+    assert!(
+        acked.iter().any(|(_, t)| *t > killed_at),
+        "sends were acknowledged after the kill"
+    );
+    c.assert_linear(&room);
+}
+
+#[test]
+fn a_paused_owner_cannot_append_after_its_lease() {
+    let c = start_cluster();
+    let n3 = c.node("n3");
+    let mut alice = c.node("n1").client();
+    alice.register("alice", "pw-alice");
+    // Writers on the owner itself keep its actor busy when it is paused, so some of its
+    // writes are in flight at that moment; up to eight tries to catch one in flight.
+    let on_owner = Client::with_token(
+        &n3.base,
+        &alice.user_id,
+        alice.token.as_deref().expect("token"),
+    );
+    let mut refused_seen = false;
+    for round in 0..8 {
+        let room = c.room_owned_by(&alice, "n3");
+        alice.send_text(&room, "before the pause");
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let c = on_owner.clone_session();
+                let r = room.clone();
+                std::thread::spawn(move || {
+                    let mut results = Vec::new();
+                    for i in 0..40 {
+                        let resp = c.send_txn(
+                            &r,
+                            "m.room.message",
+                            &c.next_txn(),
+                            &json!({"msgtype": "m.text", "body": format!("n3 r{round} w{w} {i}")}),
+                        );
+                        results.push((
+                            resp.status,
+                            resp.body["event_id"].as_str().map(str::to_owned),
+                        ));
+                        if resp.status != 200 {
+                            break;
+                        }
+                    }
+                    results
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        n3.signal(libc::SIGSTOP);
+        // Past the lease: another node takes the room over (a send through n1 succeeds).
+        std::thread::sleep(Duration::from_millis(TTL_MS + 500));
+        let (_, epoch_paused, _) = c.lease(&room).expect("lease");
+        alice.send_text(&room, &format!("while n3 is paused {round}"));
+        let (owner, epoch_now, _) = c.lease(&room).expect("lease");
+        assert_ne!(owner, "n3", "a paused node kept the room");
+        assert!(epoch_now > epoch_paused || owner != "n3");
+        n3.signal(libc::SIGCONT);
+        let mut acked = Vec::new();
+        for w in writers {
+            for (status, id) in w.join().expect("writer") {
+                if let (200, Some(id)) = (status, id) {
+                    acked.push(id);
+                }
+            }
+        }
+        // Everything n3 acknowledged is stored, and the room never forked.
+        let stored: std::collections::HashSet<String> =
+            c.events(&room).into_iter().map(|(id, _, _)| id).collect();
+        for id in &acked {
+            assert!(stored.contains(id), "acknowledged {id} is not stored");
+        }
+        c.assert_linear(&room);
+        let log = n3.log_text();
+        // Refused by the fence (the lease check in the write's transaction), or by
+        // PostgreSQL ending the transaction the paused node had left open.
+        if log.contains("fenced: a write of a room this node no longer owns")
+            || log.contains("write batch failed to commit")
+        {
+            for l in log
+                .lines()
+                .filter(|l| l.contains("fenced") || l.contains("failed to commit"))
+            {
+                eprintln!("round {round}: n3 refused: {l}");
+            }
+            eprintln!("round {round}: n3 acknowledged {} sends", acked.len());
+            refused_seen = true;
+            break;
+        }
+    }
+    assert!(
+        refused_seen,
+        "no write of n3 was in flight at any of the pauses:\n{}",
+        crate::harness::tail(&n3.log_text(), 40)
+    );
+}
+
+#[test]
+fn a_former_owners_epoch_does_not_pass_the_fence() {
+    let dir = std::env::temp_dir().join(unique("weft-lease-"));
+    fs::create_dir_all(&dir).expect("dir");
+    let db = TestDb::new(Backend::Postgres, &dir);
+    // The schema comes from a weft start (migrations) with cluster mode off.
+    let mut node = Node {
+        name: "plain".into(),
+        base: format!("http://127.0.0.1:{}", free_port()),
+        config: dir.join("plain.toml"),
+        log: dir.join("plain.log"),
+        child: None,
+    };
+    let port: u16 = node
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    fs::write(
+        &node.config,
+        format!(
+            "server_name = \"weft.test\"\ndata_dir = \"{}\"\n{}[listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"\"\n[federation]\nenabled = false\n",
+            dir.display(),
+            db.toml()
+        ),
+    )
+    .expect("config");
+    spawn(&mut node);
+    node.kill();
+
+    use weft::storage::AnyConnection;
+    use weft::storage::cluster as rows;
+    let mut conn = AnyConnection::establish(&db.url()).expect("connect");
+    let room = "!fence:weft.test";
+    let e1 = rows::acquire(&mut conn, room, "a", 60_000)
+        .expect("acquire")
+        .expect("free");
+    assert_eq!(
+        rows::acquire(&mut conn, room, "b", 60_000).expect("acquire"),
+        None,
+        "held by a"
+    );
+    assert!(rows::holds(&mut conn, room, "a", e1).expect("holds"));
+    assert!(!rows::holds(&mut conn, room, "b", e1).expect("holds"));
+    // a's lease runs out (as if a were paused); b takes the room at a new epoch.
+    diesel::sql_query("UPDATE cluster_leases SET expires_at = 0 WHERE room_id = $1")
+        .bind::<diesel::sql_types::Text, _>(room)
+        .execute(&mut conn)
+        .expect("expire");
+    assert!(
+        !rows::holds(&mut conn, room, "a", e1).expect("holds"),
+        "expired"
+    );
+    let e2 = rows::acquire(&mut conn, room, "b", 60_000)
+        .expect("acquire")
+        .expect("expired");
+    assert!(e2 > e1);
+    assert!(
+        !rows::holds(&mut conn, room, "a", e1).expect("holds"),
+        "a was taken over"
+    );
+    assert!(rows::holds(&mut conn, room, "b", e2).expect("holds"));
+    // a renewing finds nothing; b renewing keeps it.
+    let a_renewed = rows::renew(&mut conn, "a", &[room.to_owned()], 60_000).expect("renew");
+    assert!(a_renewed.is_empty());
+    let b_renewed = rows::renew(&mut conn, "b", &[room.to_owned()], 60_000).expect("renew");
+    assert_eq!(b_renewed.get(room), Some(&e2));
+    // The sequences never go backwards.
+    rows::init_sequences(&mut conn, 500, 40).expect("init");
+    let p = rows::next_stream_position(&mut conn).expect("next");
+    assert!(p > 500);
+    rows::init_sequences(&mut conn, 10, 10).expect("init lower");
+    assert!(rows::next_stream_position(&mut conn).expect("next") > p);
+    assert!(rows::next_state_group(&mut conn).expect("group") > 40);
+}
