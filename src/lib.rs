@@ -11,6 +11,7 @@ pub mod client_api;
 pub mod config;
 pub mod core;
 pub mod deactivation;
+pub mod delivery;
 pub mod devices;
 pub mod e2ee;
 pub mod error;

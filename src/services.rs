@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::client_api::tokens::TokenCache;
+use crate::accounts::TokenCache;
 use crate::core::Core;
 use crate::rooms::RoomRegistry;
 use crate::rooms::typing::Typing;
@@ -18,6 +18,8 @@ pub struct Services {
     pub limits: Arc<crate::ratelimit::RateLimits>,
     /// Sliding-sync connections and what each was sent.
     pub sliding: crate::sync::sliding::connections::Connections,
+    /// The federation transport, set at start-up when federation is enabled.
+    pub federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
 }
 
 impl Services {
@@ -29,6 +31,7 @@ impl Services {
             last_seen: crate::devices::LastSeen::default(),
             limits: Arc::new(crate::ratelimit::RateLimits::new(&core.config.rate_limits)),
             sliding: Default::default(),
+            federation: std::sync::OnceLock::new(),
             core,
         })
     }
@@ -39,7 +42,7 @@ impl Services {
 
     /// Federation, when enabled.
     pub fn federation(&self) -> Option<&Arc<crate::federation::Federation>> {
-        self.core.federation.get()
+        self.federation.get()
     }
 
     /// The remote key ring, when federation is enabled.

@@ -65,3 +65,18 @@ impl Federation {
         }))
     }
 }
+
+/// A Linearized Matrix participant's sends to its hub go over the signed client.
+impl crate::delivery::HubLink for Federation {
+    fn send_lpdu(
+        &self,
+        hub: String,
+        lpdu: ruma::CanonicalJsonObject,
+        lpdu_id: String,
+    ) -> crate::delivery::HubSend {
+        let client = self.client.clone();
+        Box::pin(
+            async move { linearized::participant::send_lpdu(&client, &hub, &lpdu, &lpdu_id).await },
+        )
+    }
+}

@@ -3,7 +3,7 @@
 
 use crate::storage::events::{self, NewEvent};
 use crate::storage::state::{self, StateDelta};
-use crate::storage::{AnyConnection, StorageResult, federation, rooms};
+use crate::storage::{AnyConnection, StorageResult, rooms};
 
 /// A new state group to store.
 #[derive(Debug, Clone)]
@@ -121,14 +121,7 @@ impl PersistBatch {
             crate::storage::linearized::record_lpdu(conn, lpdu_id, &self.room_id, event_id)?;
         }
         for (id, dest, event_id) in &self.queue {
-            federation::enqueue(
-                conn,
-                *id,
-                dest,
-                crate::federation::outbound::KIND_PDU,
-                event_id,
-                now,
-            )?;
+            crate::delivery::enqueue_pdu_in_txn(conn, *id, dest, event_id, now)?;
         }
         Ok(())
     }

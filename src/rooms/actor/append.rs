@@ -141,14 +141,11 @@ impl RoomActor {
             self.batch.extremities = Some(self.extremities.iter().map(|e| e.to_string()).collect());
 
             // Deliveries to the other servers of the room.
-            if plan.local {
+            if plan.local && self.core.delivery.is_on() {
                 for d in self.destinations(&pdu) {
-                    if !self.core.is_local(&d)
-                        && !d.is_empty()
-                        && let Some(fed) = self.core.federation.get()
-                    {
+                    if !self.core.is_local(&d) && !d.is_empty() {
                         self.batch.queue.push((
-                            fed.sender.next_queue_id(),
+                            crate::delivery::next_queue_id(),
                             d,
                             pdu.event_id().to_string(),
                         ));

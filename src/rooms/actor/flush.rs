@@ -49,10 +49,8 @@ impl RoomActor {
                     crate::observe::rooms::committed(act.room_id.as_str(), pending.len(), pending.iter().filter(|p| act.core.is_local(p.pdu.sender().server_name().as_str())).count());
                     let wake = act.users_to_wake(&memberships);
                     act.core.notifier.complete(&positions, wake);
-                    if let Some(fed) = act.core.federation.get() {
-                        for d in &destinations {
-                            fed.sender.wake(d);
-                        }
+                    for d in &destinations {
+                        act.core.delivery.wake(d);
                     }
                     for p in pending {
                         for r in p.replies {

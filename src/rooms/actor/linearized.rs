@@ -92,10 +92,10 @@ impl RoomActor {
             }
         };
         let rx = p.wait(&lpdu_id, &lpdu, msg.txn.clone());
-        let fed = self.core.federation.get().cloned();
+        let link = self.core.delivery.hub_link();
         Some(Box::pin(async move {
-            let fed = fed.ok_or_else(|| Error::forbidden("federation is disabled"))?;
-            crate::federation::linearized::participant::send_lpdu(&fed, &hub, &lpdu, &lpdu_id)
+            let link = link.ok_or_else(|| Error::forbidden("federation is disabled"))?;
+            link.send_lpdu(hub.to_string(), lpdu, lpdu_id.to_string())
                 .await?;
             match tokio::time::timeout(ECHO_TIMEOUT, rx).await {
                 Ok(Ok(r)) => r,
