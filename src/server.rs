@@ -48,6 +48,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     install_crypto_provider();
     let core = Core::open(config)?;
     let services = Services::new(Arc::clone(&core));
+    let _ = services
+        .remote
+        .set(Arc::new(federation::FederationRemote) as Arc<dyn crate::services::Remote>);
     tracing::info!(
         server_name = core.server_name(),
         key_id = core.key.key_id(),

@@ -62,11 +62,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "observe/request.rs makes request IDs with core::random_string",
     ),
     (
-        "deactivation",
-        "federation",
-        "deactivation leaves remote rooms through federation",
-    ),
-    (
         "storage",
         "core",
         "storage/writer.rs names things with core::random_string",
@@ -96,12 +91,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "federation",
         "services.rs hands handlers (and media, rooms/access.rs alias lookups) the Federation \
          handle and key ring",
-    ),
-    (
-        "client_api",
-        "federation",
-        "client_api/rooms.rs calls federation::membership for remote joins, invites, knocks, \
-         leaves (and events.rs calls federation::backfill)",
     ),
 ];
 
