@@ -10,6 +10,7 @@ pub mod admission;
 pub mod create;
 pub mod directory;
 pub mod inbound;
+pub mod kind;
 pub mod linearized;
 pub mod messages;
 pub mod outliers;

@@ -403,6 +403,7 @@ async fn send_join(
     } else {
         crate::rooms::outliers::store(
             &s.core,
+            &s.rooms,
             room.as_str(),
             RoomVersion::Linearized,
             line.clone(),

@@ -23,23 +23,7 @@ pub(crate) async fn record_remote_membership(
 ) -> Result<()> {
     let target = pdu.state_key().unwrap_or_default().to_owned();
     let stream = s.core.notifier.allocate();
-    let row = NewEvent {
-        event_id: pdu.event_id().to_string(),
-        room_id: pdu.room_id().to_string(),
-        stream_ordering: None,
-        depth: pdu.depth().min(i64::MAX as u64) as i64,
-        event_type: pdu.kind_str(),
-        state_key: pdu.state_key().map(str::to_owned),
-        sender: pdu.sender().to_string(),
-        origin_server_ts: pdu.origin_server_ts().min(i64::MAX as u64) as i64,
-        json: pdu.to_canonical_string(),
-        state_before: None,
-        state_after: None,
-        outlier: true,
-        rejected: None,
-        soft_failed: false,
-        redacted_by: None,
-    };
+    let row = crate::rooms::persist::event_row(pdu, pdu.room_id().as_str(), None);
     let membership = pdu.membership().unwrap_or_default();
     let (room, t, sender, eid) = (
         pdu.room_id().to_string(),

@@ -268,7 +268,7 @@ pub(super) async fn complete_join(
             "{server} sent no create event in the room state"
         )));
     }
-    let rejected = outliers::store(&s.core, room.as_str(), version, pdus).await?;
+    let rejected = outliers::store(&s.core, &s.rooms, room.as_str(), version, pdus).await?;
     if !rejected.is_empty() {
         // Rejected events are never state: the join's state is what remains.
         tracing::warn!(room = %room, count = rejected.len(), "some of the room's state failed its auth checks; left out");

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::rooms::messages::{BuildEvent, GetSnapshot, InboundOutcome, InboundPdus};
 use crate::rooms::outliers;
 use crate::services::Services;
-use crate::storage::events::{self, EventRow, NewEvent};
+use crate::storage::events::{self, EventRow};
 use crate::storage::{now_ms, rooms, state};
 
 type Data = web::Data<Services>;

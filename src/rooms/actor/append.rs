@@ -6,23 +6,7 @@ use super::*;
 
 impl RoomActor {
     pub(super) fn row_for(&self, pdu: &Pdu, stream: Option<i64>) -> NewEvent {
-        NewEvent {
-            event_id: pdu.event_id().to_string(),
-            room_id: self.room_id.to_string(),
-            stream_ordering: stream,
-            depth: pdu.depth().min(i64::MAX as u64) as i64,
-            event_type: pdu.kind_str(),
-            state_key: pdu.state_key().map(str::to_owned),
-            sender: pdu.sender().to_string(),
-            origin_server_ts: pdu.origin_server_ts().min(i64::MAX as u64) as i64,
-            json: pdu.to_canonical_string(),
-            state_before: None,
-            state_after: None,
-            outlier: stream.is_none(),
-            rejected: None,
-            soft_failed: false,
-            redacted_by: None,
-        }
+        super::super::persist::event_row(pdu, self.room_id.as_str(), stream)
     }
 
     /// Lands an event: groups, extremities, current state, memberships, outbound queue.
@@ -168,14 +152,8 @@ impl RoomActor {
     /// The servers a local event goes to: those with a joined user, and a membership event's
     /// target's (Linearized Matrix rooms: what the room's role says).
     pub(super) fn destinations(&mut self, pdu: &Pdu) -> BTreeSet<String> {
-        if let Some(dests) = self.lm_destinations(pdu) {
-            return dests;
-        }
-        let mut dests: BTreeSet<String> = self.state.joined_servers();
-        if let Some(target) = pdu.state_key().filter(|_| pdu.membership().is_some()) {
-            dests.insert(server_of(target).to_owned());
-        }
-        dests
+        let joined = self.state.joined_servers();
+        self.kind.destinations(pdu, joined, self.core.server_name())
     }
 
     /// Records one changed current-state entry (stored state, membership index).

@@ -7,7 +7,7 @@ use super::*;
 impl RoomActor {
     /// Builds a local event on top of the current position and checks it.
     pub(super) fn build_local(&self, draft: &EventDraft) -> Result<Pdu> {
-        self.lm_guard_local_build()?;
+        self.kind.may_build_local()?;
         let auth_events = auth::select_auth_events_with(
             self.version,
             &draft.kind,
@@ -117,8 +117,7 @@ impl Handler<InitRoom> for RoomActor {
         if msg.create.room_id() != &*self.room_id {
             return reply_now(Err(Error::internal("create event names another room")));
         }
-        self.version = msg.version;
-        self.lm_set_role();
+        self.set_version(msg.version);
         let empty = StateMap::new();
         if let Err(e) = auth::check_against_state(self.version, &msg.create, &empty) {
             return reply_now(Err(Error::BadJson(format!(

@@ -65,6 +65,7 @@ mod append;
 mod flush;
 mod load;
 mod local;
+mod outliers;
 mod received;
 
 pub use load::parse_row;
@@ -126,8 +127,9 @@ pub struct RoomActor {
     batch: PersistBatch,
     flush_scheduled: bool,
     last_active: Instant,
-    /// Linearized Matrix rooms: hub or participant (`None` for DAG rooms).
-    lm: Option<super::linearized::Role>,
+    /// DAG room, Linearized Matrix hub or participant: set with the version
+    /// ([`RoomActor::set_version`]) and asked, never re-derived.
+    kind: super::kind::RoomKind,
     /// Events rejected since the actor started (older ones are found in the database, by
     /// the admission step before the actor and by `inbound::prepare`): rejection is
     /// permanent, so the in-memory path never re-checks one against a newer state.
@@ -161,10 +163,6 @@ fn cited_hash(version: RoomVersion, pdu: &Pdu) -> Option<String> {
         .flatten()
 }
 
-fn server_of(user: &str) -> &str {
-    user.split_once(':').map(|(_, s)| s).unwrap_or_default()
-}
-
 impl RoomActor {
     pub(super) fn new(
         core: Arc<Core>,
@@ -195,10 +193,16 @@ impl RoomActor {
             batch,
             flush_scheduled: false,
             last_active: Instant::now(),
-            lm: None,
+            kind: super::kind::RoomKind::Dag,
             rejected: HashSet::new(),
             at_current: HashSet::new(),
         }
+    }
+
+    /// The one seam where the room's kind is chosen: with its version.
+    fn set_version(&mut self, version: RoomVersion) {
+        self.version = version;
+        self.kind = super::kind::RoomKind::of(version, &self.room_id, self.core.server_name());
     }
 
     fn check_ready(&self) -> Result<()> {
@@ -225,7 +229,7 @@ impl Actor for RoomActor {
             };
             ctx.wait(fut.into_actor(self).map(|res, act, _ctx| match res {
                 Ok(Some(loaded)) => {
-                    act.version = loaded.version;
+                    act.set_version(loaded.version);
                     act.state = loaded.state;
                     act.extremities = loaded.extremities;
                     if let [only] = act.extremities.as_slice() {
@@ -235,7 +239,6 @@ impl Actor for RoomActor {
                     act.extremity_hashes = loaded.extremity_hashes;
                     act.max_depth = loaded.max_depth;
                     act.status = Status::Ready;
-                    act.lm_set_role();
                 }
                 Ok(None) => act.status = Status::Missing,
                 Err(e) => {

@@ -212,7 +212,7 @@ impl Handler<InboundPdus> for RoomActor {
                 n
             ])))
         };
-        if self.lm.is_some() || msg.version.is_some_and(|v| v.is_linearized()) {
+        if !self.kind.takes_dag_input() || msg.version.is_some_and(|v| v.is_linearized()) {
             // LM rooms take PDUs in line order only (`ParticipantReceive`, `HubAppend`).
             return fail_all(
                 "a Linearized Matrix room takes no DAG input",
@@ -255,7 +255,7 @@ impl Handler<AppendHistory> for RoomActor {
         if let Err(e) = self.check_ready() {
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
         }
-        if self.lm.is_some() {
+        if !self.kind.takes_dag_input() {
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(Error::forbidden(
                 "a Linearized Matrix room takes no DAG history",
             )))));
