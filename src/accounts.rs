@@ -1,6 +1,8 @@
 //! Accounts: user-ID rules, password checks and creating users. Shared by the client API's
 //! `/register`, `/login` and password changes and the `weft register-user` command. The
-//! argon2id work itself runs on the bounded pool in `passwords.rs`.
+//! argon2id work itself runs on the bounded pool in `passwords.rs`. The access-token cache
+//! ([`TokenCache`]) lives here too, below the HTTP faces that fill it and the services that
+//! evict from it.
 
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -139,5 +141,45 @@ mod tests {
             assert!(validate_localpart(bad, "example.org").is_err(), "{bad}");
         }
         assert!(validate_localpart(&"a".repeat(250), "example.org").is_err());
+    }
+}
+
+/// How long a cached token is trusted before the database is asked again.
+pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `(user, device, is_admin, cached at)` by token hash.
+type CacheEntry = (ruma::OwnedUserId, String, bool, std::time::Instant);
+
+/// Access tokens already resolved, by hash, trusted for [`TOKEN_CACHE_TTL`] (so changes made
+/// by another process take effect); changes made through this server evict at once.
+#[derive(Default)]
+pub struct TokenCache {
+    map: parking_lot::Mutex<std::collections::HashMap<String, CacheEntry>>,
+}
+
+impl TokenCache {
+    /// The cached `(user, device, is_admin)` of a token hash, if cached recently enough.
+    pub fn get(&self, hash: &str) -> Option<(ruma::OwnedUserId, String, bool)> {
+        let map = self.map.lock();
+        let (user, device, admin, at) = map.get(hash)?;
+        (at.elapsed() < TOKEN_CACHE_TTL).then(|| (user.clone(), device.clone(), *admin))
+    }
+
+    pub fn insert(&self, hash: String, user: ruma::OwnedUserId, device: String, admin: bool) {
+        self.map
+            .lock()
+            .insert(hash, (user, device, admin, std::time::Instant::now()));
+    }
+
+    pub fn forget(&self, hashes: &[String]) {
+        let mut map = self.map.lock();
+        for h in hashes {
+            map.remove(h);
+        }
+    }
+
+    /// Drops every cached token of a user (deactivation, demotion, password reset).
+    pub fn forget_user(&self, user_id: &str) {
+        self.map.lock().retain(|_, e| e.0.as_str() != user_id);
     }
 }

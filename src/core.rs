@@ -30,8 +30,8 @@ pub struct Core {
     group_allocator: std::sync::OnceLock<Box<dyn Fn() -> Option<i64> + Send + Sync>>,
     /// Lowest stream position used by backfilled history (counts down from 0).
     backfill_positions: AtomicI64,
-    /// Set at start-up when federation is enabled.
-    pub federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
+    /// Outbound delivery's handles (registered at start-up when federation is enabled).
+    pub delivery: crate::delivery::Delivery,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +72,7 @@ impl Core {
             state_group_ids: AtomicI64::new(max_group),
             group_allocator: std::sync::OnceLock::new(),
             backfill_positions: AtomicI64::new(min_event.min(0)),
-            federation: std::sync::OnceLock::new(),
+            delivery: crate::delivery::Delivery::default(),
             config,
             server_name,
             key,

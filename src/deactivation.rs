@@ -51,11 +51,9 @@ pub async fn leave_room(
             .split_once(':')
             .map(|(_, srv)| vec![srv.to_owned()])
             .unwrap_or_default();
-        if let Err(e) =
-            crate::federation::membership::leave_remote(s, room_id, user_id, &servers).await
-        {
+        if let Err(e) = s.remote()?.leave(s, room_id, user_id, &servers).await {
             tracing::info!(room = %room_id, error = %e, "could not reach the inviting server; declining locally");
-            crate::federation::membership::forget_remote_invite(s, room_id, user_id).await?;
+            s.remote()?.forget_invite(s, room_id, user_id).await?;
         }
         return Ok(());
     }

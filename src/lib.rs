@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod deactivation;
+pub mod delivery;
 pub mod devices;
 pub mod e2ee;
 pub mod error;

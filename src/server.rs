@@ -103,6 +103,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     install_crypto_provider();
     let core = Core::open(config)?;
     let services = Services::new(Arc::clone(&core));
+    let _ = services
+        .remote
+        .set(Arc::new(federation::FederationRemote) as Arc<dyn crate::services::Remote>);
     tracing::info!(
         server_name = core.server_name(),
         key_id = core.key.key_id(),
@@ -192,7 +195,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         core.config.federation.enabled && !core.config.listeners.federation.is_empty();
     if federation_on {
         let fed = crate::federation::Federation::new(&core)?;
-        let _ = core.federation.set(Arc::clone(&fed));
+        core.delivery.register(
+            fed.sender.waker(),
+            Arc::clone(&fed) as Arc<dyn crate::delivery::HubLink>,
+        );
+        let _ = services.federation.set(Arc::clone(&fed));
         actix_rt::spawn(async move { fed.sender.resume_all().await });
         // Remote device lists that missed an update before we stopped.
         let s2 = Arc::clone(&services);

@@ -1,11 +1,22 @@
 //! `Services`: what HTTP handlers are given (as `web::Data<Services>`): the core handles, the
 //! room registry, the access-token cache and the typing tracker. Handlers stay thin: they
 //! parse, authenticate and call into these.
+//!
+//! [`Remote`] is what the client API and the services ask of other servers (joining,
+//! inviting, knocking, leaving rooms held elsewhere, backfill, remote E2EE keys). It is
+//! defined here and implemented by the federation transport, which registers it at start-up
+//! (`Services::remote`): the two HTTP faces never call each other.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::client_api::tokens::TokenCache;
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use serde_json::Value;
+
+use crate::accounts::TokenCache;
 use crate::core::Core;
+use crate::error::{Error, Result};
 use crate::rooms::RoomRegistry;
 use crate::rooms::typing::Typing;
 
@@ -18,6 +29,70 @@ pub struct Services {
     pub limits: Arc<crate::ratelimit::RateLimits>,
     /// Sliding-sync connections and what each was sent.
     pub sliding: crate::sync::sliding::connections::Connections,
+    /// The federation transport, set at start-up when federation is enabled.
+    pub federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
+    /// Calls to other servers (registered at start-up by the transport).
+    pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
+}
+
+/// A boxed answer of a [`Remote`] call (not `Send`: it runs on the caller's arbiter).
+pub type RemoteAnswer<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// What this server asks of other servers on behalf of its users: implemented by the
+/// federation transport. Each call takes the caller's [`Services`].
+pub trait Remote: Send + Sync {
+    /// Joins `user` to a room held by `servers` (`content` adds to the join's content).
+    fn join<'a>(
+        &'a self,
+        s: &'a Services,
+        user: &'a OwnedUserId,
+        room: &'a OwnedRoomId,
+        servers: &'a [String],
+        content: Value,
+    ) -> RemoteAnswer<'a, Result<OwnedEventId>>;
+    /// Invites a remote user to a room we are in (their server signs first).
+    fn invite<'a>(
+        &'a self,
+        s: &'a Services,
+        room: &'a OwnedRoomId,
+        sender: &'a OwnedUserId,
+        target: &'a OwnedUserId,
+        reason: Option<String>,
+    ) -> RemoteAnswer<'a, Result<OwnedEventId>>;
+    /// Knocks on a room held by `servers`.
+    fn knock<'a>(
+        &'a self,
+        s: &'a Services,
+        room: &'a OwnedRoomId,
+        user: &'a OwnedUserId,
+        servers: &'a [String],
+        reason: Option<String>,
+    ) -> RemoteAnswer<'a, Result<OwnedEventId>>;
+    /// Leaves (declines an invite to) a room we hold no copy of, through `servers`.
+    fn leave<'a>(
+        &'a self,
+        s: &'a Services,
+        room: &'a OwnedRoomId,
+        user: &'a OwnedUserId,
+        servers: &'a [String],
+    ) -> RemoteAnswer<'a, Result<()>>;
+    /// Records locally that `user` declined a remote invite nobody could be told about.
+    fn forget_invite<'a>(
+        &'a self,
+        s: &'a Services,
+        room: &'a OwnedRoomId,
+        user: &'a OwnedUserId,
+    ) -> RemoteAnswer<'a, Result<()>>;
+    /// Asks the room's other servers for up to `limit` events of older history; how many
+    /// were stored.
+    fn backfill<'a>(
+        &'a self,
+        s: &'a Services,
+        room_id: &'a str,
+        limit: usize,
+    ) -> RemoteAnswer<'a, usize>;
+    /// The remote half of `/keys/query` and `/keys/claim` (`None`: federation is off).
+    fn keys(&self, s: &Services) -> Option<Box<dyn crate::e2ee::federation::RemoteKeys>>;
 }
 
 impl Services {
@@ -29,6 +104,8 @@ impl Services {
             last_seen: crate::devices::LastSeen::default(),
             limits: Arc::new(crate::ratelimit::RateLimits::new(&core.config.rate_limits)),
             sliding: Default::default(),
+            federation: std::sync::OnceLock::new(),
+            remote: std::sync::OnceLock::new(),
             core,
         })
     }
@@ -39,7 +116,16 @@ impl Services {
 
     /// Federation, when enabled.
     pub fn federation(&self) -> Option<&Arc<crate::federation::Federation>> {
-        self.core.federation.get()
+        self.federation.get()
+    }
+
+    /// Calls to other servers; an error when no transport was registered (a `Services`
+    /// built outside the server).
+    pub fn remote(&self) -> Result<&dyn Remote> {
+        self.remote
+            .get()
+            .map(|r| r.as_ref())
+            .ok_or_else(|| Error::internal("no federation transport registered"))
     }
 
     /// The remote key ring, when federation is enabled.

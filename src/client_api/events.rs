@@ -425,10 +425,7 @@ pub async fn messages(
     let (mut chunk, mut end, mut state_events, full) =
         read(r.clone(), v.clone(), filter.clone()).await?;
     // Out of local history while paging back: ask the room's other servers for more.
-    if backwards
-        && !full
-        && to.is_none()
-        && crate::federation::backfill::backfill(&s, &r, limit as usize).await > 0
+    if backwards && !full && to.is_none() && s.remote()?.backfill(&s, &r, limit as usize).await > 0
     {
         (chunk, end, state_events, _) = read(r, v, filter).await?;
     }

@@ -13,7 +13,6 @@ use crate::e2ee::federation::NotFederated;
 use crate::e2ee::keys::{self, ClaimRequest, QueryRequest, UploadRequest};
 use crate::e2ee::to_device::{self, SendRequest};
 use crate::error::{Error, Result};
-use crate::federation::inbound::e2ee::FederatedKeys;
 use crate::http::body::JsonBody;
 use crate::services::Services;
 use crate::sync::SyncToken;
@@ -37,14 +36,10 @@ pub async fn query(
     user: AuthedUser,
     JsonBody(req): JsonBody<QueryRequest>,
 ) -> Result<HttpResponse> {
-    match s.federation() {
-        Some(fed) => ok(keys::query(
-            &s.core,
-            user.user_id.as_str(),
-            req,
-            &FederatedKeys(fed.clone()),
-        )
-        .await?),
+    match s.remote()?.keys(&s) {
+        Some(remote) => {
+            ok(keys::query(&s.core, user.user_id.as_str(), req, remote.as_ref()).await?)
+        }
         None => ok(keys::query(&s.core, user.user_id.as_str(), req, &NotFederated).await?),
     }
 }
@@ -54,14 +49,10 @@ pub async fn claim(
     user: AuthedUser,
     JsonBody(req): JsonBody<ClaimRequest>,
 ) -> Result<HttpResponse> {
-    match s.federation() {
-        Some(fed) => ok(keys::claim(
-            &s.core,
-            user.user_id.as_str(),
-            req,
-            &FederatedKeys(fed.clone()),
-        )
-        .await?),
+    match s.remote()?.keys(&s) {
+        Some(remote) => {
+            ok(keys::claim(&s.core, user.user_id.as_str(), req, remote.as_ref()).await?)
+        }
         None => ok(keys::claim(&s.core, user.user_id.as_str(), req, &NotFederated).await?),
     }
 }

@@ -212,62 +212,6 @@ pub async fn edu_to_room_servers(s: &Services, members: &[String], edu: Value) {
     }
 }
 
-/// Stores a receipt and wakes the room's local members; receipts of local users also go to
-/// the room's other servers (`federate`).
-pub async fn store_receipt(
-    s: &Services,
-    room_id: &str,
-    user_id: &str,
-    kind: &str,
-    event_id: &str,
-    thread_id: Option<&str>,
-    federate: bool,
-) -> Result<()> {
-    let r = room_id.to_owned();
-    let members = s
-        .core
-        .db
-        .read(move |c| rooms::members_with(c, &r, "join"))
-        .await?;
-    if federate && kind == "m.read" {
-        let mut data = json!({"ts": crate::storage::now_ms()});
-        if let Some(t) = thread_id {
-            data["thread_id"] = json!(t);
-        }
-        let edu = json!({"edu_type": "m.receipt", "content": {room_id: {"m.read": {user_id: {"event_ids": [event_id], "data": data}}}}});
-        edu_to_room_servers(s, &members, edu).await;
-    }
-    let suffix = format!(":{}", s.server_name());
-    let mut audience: Vec<String> = members
-        .into_iter()
-        .filter(|m| m.ends_with(&suffix))
-        .collect();
-    if kind == "m.read.private" {
-        audience = vec![user_id.to_owned()];
-    }
-    let pos = s.core.notifier.allocate();
-    let (r, u, k, e, t) = (
-        room_id.to_owned(),
-        user_id.to_owned(),
-        kind.to_owned(),
-        event_id.to_owned(),
-        thread_id.unwrap_or("").to_owned(),
-    );
-    let now = crate::storage::now_ms();
-    let res = s
-        .core
-        .db
-        .write(room_id, move |c| {
-            account::set_receipt(c, &r, &u, &k, &t, &e, now, pos)
-        })
-        .await;
-    s.core
-        .notifier
-        .complete(&[pos], if res.is_ok() { audience } else { Vec::new() });
-    res?;
-    Ok(())
-}
-
 #[derive(Deserialize, Default)]
 pub struct ReceiptBody {
     thread_id: Option<String>,
@@ -283,8 +227,8 @@ pub async fn receipt(
     access::require_joined(&s, &room_id, user.user_id.as_str()).await?;
     match kind.as_str() {
         "m.read" | "m.read.private" => {
-            store_receipt(
-                &s,
+            crate::rooms::receipts::store(
+                &s.core,
                 &room_id,
                 user.user_id.as_str(),
                 &kind,
@@ -329,7 +273,16 @@ pub async fn read_markers(
     }
     for kind in ["m.read", "m.read.private"] {
         if let Some(e) = body.get(kind).and_then(|v| v.as_str()) {
-            store_receipt(&s, &room_id, user.user_id.as_str(), kind, e, None, true).await?;
+            crate::rooms::receipts::store(
+                &s.core,
+                &room_id,
+                user.user_id.as_str(),
+                kind,
+                e,
+                None,
+                true,
+            )
+            .await?;
         }
     }
     Ok(HttpResponse::Ok().json(json!({})))

@@ -118,10 +118,10 @@ pub async fn create_room(
         .await??;
 
     for target in &remote_invites {
-        if let Err(e) =
-            crate::federation::membership::invite_remote(&s, &room_id, &user.user_id, target, None)
-                .await
-        {
+        if let Err(e) = match s.remote() {
+            Ok(r) => r.invite(&s, &room_id, &user.user_id, target, None).await,
+            Err(e) => Err(e),
+        } {
             tracing::warn!(room = %room_id, invitee = %target, error = %e, "could not invite a remote user");
         }
     }
@@ -239,7 +239,8 @@ async fn join_room(
     if servers.is_empty() {
         return Err(Error::not_found("no known servers for this room"));
     }
-    crate::federation::membership::join_remote(s, &user.user_id, room_id, &servers, content)
+    s.remote()?
+        .join(s, &user.user_id, room_id, &servers, content)
         .await?;
     Ok(())
 }
@@ -289,14 +290,9 @@ pub async fn knock(
         if servers.is_empty() {
             return Err(Error::not_found("no known servers for this room"));
         }
-        crate::federation::membership::knock_remote(
-            &s,
-            &room_id,
-            &user.user_id,
-            &servers,
-            body.reason,
-        )
-        .await?;
+        s.remote()?
+            .knock(&s, &room_id, &user.user_id, &servers, body.reason)
+            .await?;
     }
     Ok(HttpResponse::Ok().json(json!({"room_id": room_id})))
 }
@@ -341,14 +337,9 @@ pub async fn invite(
     let room_id = parse_room_id(&path.into_inner())?;
     let target = parse_user_id(&body.user_id)?;
     if !s.core.is_local(target.server_name().as_str()) {
-        crate::federation::membership::invite_remote(
-            &s,
-            &room_id,
-            &user.user_id,
-            &target,
-            body.reason,
-        )
-        .await?;
+        s.remote()?
+            .invite(&s, &room_id, &user.user_id, &target, body.reason)
+            .await?;
         return Ok(HttpResponse::Ok().json(json!({})));
     }
     membership_event(

@@ -12,7 +12,6 @@ use std::pin::Pin;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, web};
-use parking_lot::Mutex;
 use ruma::OwnedUserId;
 use sha2::{Digest, Sha256};
 
@@ -30,29 +29,7 @@ pub struct AuthedUser {
     pub token_hash: String,
 }
 
-/// How long a cached token is trusted before the database is asked again.
-pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
-
-type CacheEntry = (OwnedUserId, String, bool, std::time::Instant);
-
-#[derive(Default)]
-pub struct TokenCache {
-    map: Mutex<HashMap<String, CacheEntry>>,
-}
-
-impl TokenCache {
-    pub fn forget(&self, hashes: &[String]) {
-        let mut map = self.map.lock();
-        for h in hashes {
-            map.remove(h);
-        }
-    }
-
-    /// Drops every cached token of a user (deactivation, demotion, password reset).
-    pub fn forget_user(&self, user_id: &str) {
-        self.map.lock().retain(|_, e| e.0.as_str() != user_id);
-    }
-}
+pub use crate::accounts::{TOKEN_CACHE_TTL as CACHE_TTL, TokenCache};
 
 /// An authenticated caller who is a server admin *now* (read from the database on every
 /// request, not cached): 403 `M_FORBIDDEN` otherwise.
@@ -114,10 +91,7 @@ fn token_from_request(req: &HttpRequest) -> Option<String> {
 /// Resolves a token to its user and device.
 pub async fn authenticate(services: &Services, token: &str) -> Result<AuthedUser, Error> {
     let hash = hash_token(token);
-    let cached = services.tokens.map.lock().get(&hash).cloned();
-    if let Some((user_id, device_id, is_admin, at)) = cached
-        && at.elapsed() < CACHE_TTL
-    {
+    if let Some((user_id, device_id, is_admin)) = services.tokens.get(&hash) {
         return Ok(AuthedUser {
             user_id,
             device_id,
@@ -136,15 +110,9 @@ pub async fn authenticate(services: &Services, token: &str) -> Result<AuthedUser
     };
     let user_id = OwnedUserId::try_from(user_id)
         .map_err(|e| Error::Storage(storage::StorageError::Corrupt(e.to_string())))?;
-    services.tokens.map.lock().insert(
-        hash.clone(),
-        (
-            user_id.clone(),
-            device_id.clone(),
-            is_admin,
-            std::time::Instant::now(),
-        ),
-    );
+    services
+        .tokens
+        .insert(hash.clone(), user_id.clone(), device_id.clone(), is_admin);
     Ok(AuthedUser {
         user_id,
         device_id,

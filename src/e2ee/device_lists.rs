@@ -126,7 +126,7 @@ pub fn queue(
     let text = content.to_string();
     let mut out = Vec::with_capacity(servers.len());
     for s in servers {
-        crate::federation::outbound::enqueue_edu_in_txn(conn, s, edu_type, &text)?;
+        crate::delivery::enqueue_edu_in_txn(conn, s, edu_type, &text)?;
         out.push(OutboundEdu {
             destination: s.clone(),
             edu_type: edu_type.to_owned(),

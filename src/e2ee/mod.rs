@@ -142,18 +142,16 @@ where
         .db
         .write(shard, move |c| {
             // EDUs the job queues for other servers are noted on this writer thread.
-            crate::federation::outbound::take_noted();
+            crate::delivery::take_noted();
             let w = job(c, &p)?;
-            Ok((w, crate::federation::outbound::take_noted()))
+            Ok((w, crate::delivery::take_noted()))
         })
         .await;
     match res {
         Ok((w, destinations)) => {
             core.notifier.complete(&positions, w.wake);
-            if let Some(fed) = core.federation.get() {
-                for d in destinations {
-                    fed.sender.wake(&d);
-                }
+            for d in destinations {
+                core.delivery.wake(&d);
             }
             Ok(w.value)
         }

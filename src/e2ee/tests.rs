@@ -1236,12 +1236,7 @@ async fn pending_edus(
     let rows = core
         .db
         .read(move |c| {
-            crate::storage::federation::peek_queue(
-                c,
-                &d,
-                crate::federation::outbound::KIND_EDU,
-                limit,
-            )
+            crate::storage::federation::peek_queue(c, &d, crate::delivery::KIND_EDU, limit)
         })
         .await?;
     Ok(rows

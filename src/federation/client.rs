@@ -603,15 +603,7 @@ fn bracket(host: &str) -> String {
     }
 }
 
-/// Percent-encodes one path segment (everything but unreserved characters).
-pub fn enc(segment: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    percent_encoding::utf8_percent_encode(segment, SET).to_string()
-}
+pub use crate::net::enc;
 
 #[cfg(test)]
 mod tests {

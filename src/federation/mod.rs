@@ -21,7 +21,10 @@ pub mod tls;
 
 use std::sync::Arc;
 
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+
 use crate::core::Core;
+use crate::services::{RemoteAnswer, Services};
 
 /// Everything federation needs at run time; `None` in `Services` when disabled.
 pub struct Federation {
@@ -63,5 +66,93 @@ impl Federation {
             keys,
             sender,
         }))
+    }
+}
+
+/// A Linearized Matrix participant's sends to its hub go over the signed client.
+impl crate::delivery::HubLink for Federation {
+    fn send_lpdu(
+        &self,
+        hub: String,
+        lpdu: ruma::CanonicalJsonObject,
+        lpdu_id: String,
+    ) -> crate::delivery::HubSend {
+        let client = self.client.clone();
+        Box::pin(
+            async move { linearized::participant::send_lpdu(&client, &hub, &lpdu, &lpdu_id).await },
+        )
+    }
+}
+
+/// The federation side of [`crate::services::Remote`]: the calls the client API and the
+/// services make to other servers, registered in `Services` at start-up whether federation
+/// is enabled or not (each call answers as it does when federation is off).
+pub struct FederationRemote;
+
+impl crate::services::Remote for FederationRemote {
+    fn join<'a>(
+        &'a self,
+        s: &'a Services,
+        user: &'a OwnedUserId,
+        room: &'a OwnedRoomId,
+        servers: &'a [String],
+        content: serde_json::Value,
+    ) -> RemoteAnswer<'a, crate::error::Result<OwnedEventId>> {
+        Box::pin(membership::join_remote(s, user, room, servers, content))
+    }
+
+    fn invite<'a>(
+        &'a self,
+        s: &'a Services,
+        room: &'a OwnedRoomId,
+        sender: &'a OwnedUserId,
+        target: &'a OwnedUserId,
+        reason: Option<String>,
+    ) -> RemoteAnswer<'a, crate::error::Result<OwnedEventId>> {
+        Box::pin(membership::invite_remote(s, room, sender, target, reason))
+    }
+
+    fn knock<'a>(
+        &'a self,
+        s: &'a Services,
+        room: &'a OwnedRoomId,
+        user: &'a OwnedUserId,
+        servers: &'a [String],
+        reason: Option<String>,
+    ) -> RemoteAnswer<'a, crate::error::Result<OwnedEventId>> {
+        Box::pin(membership::knock_remote(s, room, user, servers, reason))
+    }
+
+    fn leave<'a>(
+        &'a self,
+        s: &'a Services,
+        room: &'a OwnedRoomId,
+        user: &'a OwnedUserId,
+        servers: &'a [String],
+    ) -> RemoteAnswer<'a, crate::error::Result<()>> {
+        Box::pin(membership::leave_remote(s, room, user, servers))
+    }
+
+    fn forget_invite<'a>(
+        &'a self,
+        s: &'a Services,
+        room: &'a OwnedRoomId,
+        user: &'a OwnedUserId,
+    ) -> RemoteAnswer<'a, crate::error::Result<()>> {
+        Box::pin(membership::forget_remote_invite(s, room, user))
+    }
+
+    fn backfill<'a>(
+        &'a self,
+        s: &'a Services,
+        room_id: &'a str,
+        limit: usize,
+    ) -> RemoteAnswer<'a, usize> {
+        Box::pin(backfill::backfill(s, room_id, limit))
+    }
+
+    fn keys(&self, s: &Services) -> Option<Box<dyn crate::e2ee::federation::RemoteKeys>> {
+        s.federation()
+            .map(|f| Box::new(inbound::e2ee::FederatedKeys(Arc::clone(f))) as Box<_>)
     }
 }

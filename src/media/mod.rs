@@ -340,7 +340,7 @@ async fn fetch_remote(s: &Services, server: &str, media_id: &str) -> Result<Cont
         .saturating_add(64 * 1024);
     let path = format!(
         "/_matrix/federation/v1/media/download/{}",
-        crate::federation::client::enc(media_id)
+        crate::net::enc(media_id)
     );
     let (status, ct, body) = fed.client.get_bytes(server, &path, limit).await?;
     if status == 404 {

@@ -15,6 +15,16 @@ pub mod policy;
 pub use connector::{NetContext, OutboundClient};
 pub use policy::AddressPolicy;
 
+/// Percent-encodes one path segment (everything but unreserved characters).
+pub fn enc(segment: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(segment, SET).to_string()
+}
+
 /// Builds the shared network context from the configuration.
 pub fn context_from_config(
     config: &crate::config::Config,

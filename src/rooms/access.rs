@@ -47,7 +47,7 @@ pub async fn resolve(s: &Services, id_or_alias: &str) -> Result<(OwnedRoomId, Ve
             .ok_or_else(|| Error::not_found("room alias not found"))?;
         let path = format!(
             "/_matrix/federation/v1/query/directory?room_alias={}",
-            crate::federation::client::enc(alias.as_str())
+            crate::net::enc(alias.as_str())
         );
         let resp = fed
             .client

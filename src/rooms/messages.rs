@@ -5,6 +5,7 @@ use ruma::OwnedEventId;
 use weft_protocol::builder::EventDraft;
 use weft_protocol::{Pdu, RoomVersion};
 
+use crate::storage::events::NewEvent;
 use crate::storage::state::StateIds;
 
 use crate::error::Result;
@@ -126,4 +127,15 @@ pub struct BuildEvent {
 pub struct AppendHistory {
     pub groups: Vec<crate::rooms::persist::NewGroup>,
     pub events: Vec<(std::sync::Arc<Pdu>, crate::storage::events::NewEvent)>,
+}
+
+/// Outliers to store (rows from [`super::persist::event_row`], checked against their own
+/// auth events by the caller), with the state groups they name: the room actor writes them
+/// in its own batch, so only the actor writes a room's events. Taken in any state but a
+/// broken one (a room being joined has outliers before it has a timeline).
+#[derive(Message, Clone)]
+#[rtype(result = "Result<()>")]
+pub struct StoreOutliers {
+    pub groups: Vec<super::persist::NewGroup>,
+    pub rows: Vec<NewEvent>,
 }

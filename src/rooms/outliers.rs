@@ -1,16 +1,20 @@
 //! Outliers: events we hold only to authorize others (a joined room's state and auth chain,
 //! auth events fetched to fill a gap). Each is checked against its own auth events before it
 //! is stored; one that fails is stored as rejected (so nothing built on it is accepted).
-//! They get no stream position and never show in a timeline.
+//! They get no stream position and never show in a timeline. The room actor writes them
+//! (`StoreOutliers`): nothing here writes to storage.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use weft_protocol::{Pdu, RoomVersion, auth};
 
+use super::RoomRegistry;
+use super::messages::StoreOutliers;
+use super::persist::NewGroup;
 use crate::core::Core;
+use crate::error::{Error, Result};
 use crate::rooms::view::pdu_of;
-use crate::storage::StorageResult;
 use crate::storage::events::{self, NewEvent};
 
 /// Orders events so that each comes after the events it cites in `auth_events`. Ends on any
@@ -59,13 +63,14 @@ pub fn auth_order(pdus: Vec<Pdu>) -> Vec<Pdu> {
     out
 }
 
-/// Checks and stores outliers; returns the IDs of those rejected.
+/// Checks outliers and has the room actor store them; returns the IDs of those rejected.
 pub async fn store(
     core: &Core,
+    rooms: &RoomRegistry,
     room_id: &str,
     version: RoomVersion,
     pdus: Vec<Pdu>,
-) -> StorageResult<Vec<String>> {
+) -> Result<Vec<String>> {
     if pdus.is_empty() {
         return Ok(Vec::new());
     }
@@ -112,31 +117,11 @@ pub async fn store(
     let rows: Vec<NewEvent> = checked
         .into_iter()
         .map(|(p, rejected)| NewEvent {
-            event_id: p.event_id().to_string(),
-            room_id: room_id.to_owned(),
-            stream_ordering: None,
-            depth: p.depth().min(i64::MAX as u64) as i64,
-            event_type: p.kind_str(),
-            state_key: p.state_key().map(str::to_owned),
-            sender: p.sender().to_string(),
-            origin_server_ts: p.origin_server_ts().min(i64::MAX as u64) as i64,
-            json: p.to_canonical_string(),
-            state_before: None,
-            state_after: None,
-            outlier: true,
             rejected,
-            soft_failed: false,
-            redacted_by: None,
+            ..super::persist::event_row(&p, room_id, None)
         })
         .collect();
-    core.db
-        .write(room_id, move |c| {
-            for r in &rows {
-                events::insert_event(c, r)?;
-            }
-            Ok(())
-        })
-        .await?;
+    store_rows(rooms, room_id, Vec::new(), rows).await?;
     if !rejected.is_empty() {
         tracing::info!(
             room = room_id,
@@ -145,6 +130,18 @@ pub async fn store(
         );
     }
     Ok(rejected)
+}
+
+/// Hands outlier rows (and the state groups they name) to the room's actor, which writes them.
+pub async fn store_rows(
+    rooms: &RoomRegistry,
+    room_id: &str,
+    groups: Vec<NewGroup>,
+    rows: Vec<NewEvent>,
+) -> Result<()> {
+    let id = ruma::OwnedRoomId::try_from(room_id)
+        .map_err(|_| Error::bad_json("outliers of an invalid room ID"))?;
+    rooms.send(&id, StoreOutliers { groups, rows }).await?
 }
 
 fn create_id(pdu: &Pdu, version: RoomVersion) -> Option<String> {

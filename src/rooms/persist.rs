@@ -1,9 +1,11 @@
 //! The write job of a room actor's batch: everything a batch of new events changes, written
 //! in one transaction (the writer wraps the job in a savepoint inside its group commit).
 
+use weft_protocol::Pdu;
+
 use crate::storage::events::{self, NewEvent};
 use crate::storage::state::{self, StateDelta};
-use crate::storage::{AnyConnection, StorageResult, federation, rooms};
+use crate::storage::{AnyConnection, StorageResult, rooms};
 
 /// A new state group to store.
 #[derive(Debug, Clone)]
@@ -61,6 +63,32 @@ pub struct PersistBatch {
     pub queue: Vec<(i64, String, String)>,
     /// Linearized Matrix hubs: LPDUs completed in this batch, `(LPDU event id, event id)`.
     pub lpdus: Vec<(String, String)>,
+    /// Outliers (events held only to authorize others, already checked against their own
+    /// auth events), written before the batch's events. One carrying a `state_before` also
+    /// fills in the state before an event already held without one.
+    pub outliers: Vec<NewEvent>,
+}
+
+/// The one conversion of a checked PDU into a stored row: in the timeline at `stream`, or an
+/// outlier (`None`). Rejection, soft failure and state groups are set by the caller.
+pub fn event_row(pdu: &Pdu, room_id: &str, stream: Option<i64>) -> NewEvent {
+    NewEvent {
+        event_id: pdu.event_id().to_string(),
+        room_id: room_id.to_owned(),
+        stream_ordering: stream,
+        depth: pdu.depth().min(i64::MAX as u64) as i64,
+        event_type: pdu.kind_str(),
+        state_key: pdu.state_key().map(str::to_owned),
+        sender: pdu.sender().to_string(),
+        origin_server_ts: pdu.origin_server_ts().min(i64::MAX as u64) as i64,
+        json: pdu.to_canonical_string(),
+        state_before: None,
+        state_after: None,
+        outlier: stream.is_none(),
+        rejected: None,
+        soft_failed: false,
+        redacted_by: None,
+    }
 }
 
 fn server_of(user: &str) -> &str {
@@ -77,6 +105,13 @@ impl PersistBatch {
         }
         for g in &self.groups {
             state::insert_group(conn, g.id, &self.room_id, g.parent, &g.entries)?;
+        }
+        for row in &self.outliers {
+            if !events::insert_event(conn, row)?
+                && let Some(group) = row.state_before
+            {
+                events::set_state_before_if_unknown(conn, &row.event_id, group)?;
+            }
         }
         for ev in &self.events {
             events::insert_event(conn, &ev.row)?;
@@ -123,14 +158,7 @@ impl PersistBatch {
             crate::storage::linearized::record_lpdu(conn, lpdu_id, &self.room_id, event_id)?;
         }
         for (id, dest, event_id) in &self.queue {
-            federation::enqueue(
-                conn,
-                *id,
-                dest,
-                crate::federation::outbound::KIND_PDU,
-                event_id,
-                now,
-            )?;
+            crate::delivery::enqueue_pdu_in_txn(conn, *id, dest, event_id, now)?;
         }
         Ok(())
     }

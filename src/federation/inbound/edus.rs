@@ -117,8 +117,8 @@ async fn receipts(s: &Services, origin: &str, content: &Value) {
                     .and_then(|t| t.as_str())
                     .map(str::to_owned);
                 for event_id in event_ids {
-                    if let Err(e) = crate::client_api::misc::store_receipt(
-                        s,
+                    if let Err(e) = crate::rooms::receipts::store(
+                        &s.core,
                         room,
                         user,
                         "m.read",

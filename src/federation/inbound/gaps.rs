@@ -21,10 +21,11 @@ use crate::federation::Federation;
 use crate::federation::client::enc;
 use crate::rooms::messages::{GetSnapshot, InboundOutcome, InboundPdus};
 use crate::rooms::outliers;
+use crate::rooms::persist::NewGroup;
 use crate::services::Services;
 use crate::storage::events;
 use crate::storage::events::NewEvent;
-use crate::storage::state::{self, StateDelta};
+use crate::storage::state::StateDelta;
 
 const MISSING_EVENTS_LIMIT: u64 = 50;
 
@@ -81,7 +82,7 @@ async fn fetch_auth_chain(
                 .cloned()
                 .unwrap_or_default();
             let pdus = checked_pdus(fed, &raws, version, room_id).await;
-            if let Err(e) = outliers::store(&s.core, room_id, version, pdus).await {
+            if let Err(e) = outliers::store(&s.core, &s.rooms, room_id, version, pdus).await {
                 tracing::warn!(error = %e, "could not store fetched auth chain");
             }
         }
@@ -141,7 +142,7 @@ async fn fetch_state_at(
         }
     }
     let state: StateDelta = by_key.into_iter().map(|(k, v)| (k, Some(v))).collect();
-    if let Err(e) = outliers::store(&s.core, room_id, version, pdus).await {
+    if let Err(e) = outliers::store(&s.core, &s.rooms, room_id, version, pdus).await {
         tracing::warn!(error = %e, "could not store fetched state");
         return false;
     }
@@ -183,39 +184,18 @@ async fn fetch_state_at(
 }
 
 async fn store_with_state(s: &Services, room_id: &str, pdu: Pdu, state: StateDelta) -> bool {
-    let group = s.core.next_state_group();
-    let row = NewEvent {
-        event_id: pdu.event_id().to_string(),
-        room_id: room_id.to_owned(),
-        stream_ordering: None,
-        depth: pdu.depth().min(i64::MAX as u64) as i64,
-        event_type: pdu.kind_str(),
-        state_key: pdu.state_key().map(str::to_owned),
-        sender: pdu.sender().to_string(),
-        origin_server_ts: pdu.origin_server_ts().min(i64::MAX as u64) as i64,
-        json: pdu.to_canonical_string(),
-        state_before: Some(group),
-        state_after: None,
-        outlier: true,
-        rejected: None,
-        soft_failed: false,
-        redacted_by: None,
+    let group = NewGroup {
+        id: s.core.next_state_group(),
+        parent: None,
+        entries: state,
     };
-    let r = room_id.to_owned();
-    let res = s
-        .core
-        .db
-        .write(room_id, move |c| {
-            state::insert_group(c, group, &r, None, &state)?;
-            if events::get_event(c, &row.event_id)?.is_some() {
-                events::set_state_before_if_unknown(c, &row.event_id, group)?;
-            } else {
-                events::insert_event(c, &row)?;
-            }
-            Ok(())
-        })
-        .await;
-    res.map_err(|e| tracing::warn!(error = %e, "could not store a prev event with its state"))
+    let row = NewEvent {
+        state_before: Some(group.id),
+        ..crate::rooms::persist::event_row(&pdu, room_id, None)
+    };
+    outliers::store_rows(&s.rooms, room_id, vec![group], vec![row])
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "could not store a prev event with its state"))
         .is_ok()
 }
 

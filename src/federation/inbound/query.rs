@@ -104,7 +104,7 @@ pub async fn public_rooms(
     q: web::Query<PublicRoomsQuery>,
 ) -> Result<HttpResponse> {
     let list =
-        crate::client_api::directory::public_rooms_list(&s, q.limit, q.since.as_deref()).await?;
+        crate::rooms::directory::public_rooms_list(&s.core, q.limit, q.since.as_deref()).await?;
     Ok(HttpResponse::Ok().json(list))
 }
 
@@ -118,6 +118,6 @@ pub async fn public_rooms_post(s: Data, signed: Signed) -> Result<HttpResponse> 
         .get("since")
         .and_then(|s| s.as_str())
         .map(str::to_owned);
-    let list = crate::client_api::directory::public_rooms_list(&s, limit, since.as_deref()).await?;
+    let list = crate::rooms::directory::public_rooms_list(&s.core, limit, since.as_deref()).await?;
     Ok(HttpResponse::Ok().json(list))
 }

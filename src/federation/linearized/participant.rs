@@ -39,7 +39,7 @@ fn refusal_in(resp: &Value, lpdu_id: &str) -> Option<String> {
 /// Sends one of our users' LPDUs to the hub (§9.1). Ok when the hub took it; the final event
 /// comes back as the hub's echo.
 pub async fn send_lpdu(
-    fed: &Federation,
+    client: &crate::federation::client::FederationClient,
     hub: &str,
     lpdu: &CanonicalJsonObject,
     lpdu_id: &str,
@@ -47,11 +47,11 @@ pub async fn send_lpdu(
     let txn = format!("lm{}{}", now_ms(), crate::core::random_string(8));
     let path = format!("{UNSTABLE}/send/{}", enc(&txn));
     let body = json!({
-        "origin": fed.client.origin(),
+        "origin": client.origin(),
         "origin_server_ts": now_ms(),
         "pdus": [canonical::to_value(lpdu)],
     });
-    match fed.client.request("PUT", hub, &path, Some(&body)).await {
+    match client.request("PUT", hub, &path, Some(&body)).await {
         Ok(resp) => match refusal_in(&resp, lpdu_id) {
             Some(why) => Err(Error::Forbidden(format!(
                 "the hub refused the event: {why}"
@@ -403,6 +403,7 @@ async fn send_join(
     } else {
         crate::rooms::outliers::store(
             &s.core,
+            &s.rooms,
             room.as_str(),
             RoomVersion::Linearized,
             line.clone(),

@@ -54,7 +54,7 @@ mod probe;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -65,55 +65,10 @@ use super::client::{FedError, FederationClient, enc};
 use crate::core::Core;
 use crate::storage::{events, federation as fstore, now_ms};
 
-/// Queue row kinds.
-pub const KIND_PDU: &str = "pdu";
-pub const KIND_EDU: &str = "edu";
+pub use crate::delivery::{KIND_EDU, KIND_PDU, next_queue_id};
 
 const MAX_PDUS: i64 = 50;
 const MAX_EDUS: i64 = 100;
-
-/// Queue row IDs: process-wide, because queue rows are also written inside other
-/// transactions (E2EE EDUs). Initialised by [`Sender::new`] above every ID ever used.
-static QUEUE_IDS: AtomicI64 = AtomicI64::new(0);
-
-/// A fresh queue row ID.
-pub fn next_queue_id() -> i64 {
-    QUEUE_IDS.fetch_add(1, Ordering::Relaxed) + 1
-}
-
-thread_local! {
-    /// Destinations given work by the write job running on this (writer) thread.
-    static NOTED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Queues an EDU inside the caller's transaction (a write job), noting the destination so
-/// the job's caller can wake it after the commit ([`take_noted`]).
-pub fn enqueue_edu_in_txn(
-    conn: &mut crate::storage::AnyConnection,
-    destination: &str,
-    edu_type: &str,
-    content_json: &str,
-) -> crate::storage::StorageResult<()> {
-    let payload = format!(
-        "{{\"edu_type\":{},\"content\":{content_json}}}",
-        Value::String(edu_type.to_owned())
-    );
-    fstore::enqueue(
-        conn,
-        next_queue_id(),
-        destination,
-        KIND_EDU,
-        &payload,
-        now_ms(),
-    )?;
-    NOTED.with(|n| n.borrow_mut().push(destination.to_owned()));
-    Ok(())
-}
-
-/// Takes (and clears) the destinations noted on this thread.
-pub fn take_noted() -> Vec<String> {
-    NOTED.with(|n| std::mem::take(&mut *n.borrow_mut()))
-}
 
 /// Why a destination actor is woken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +270,15 @@ impl Shared {
     }
 }
 
+/// Wakes destinations with [`WakeReason::NewWork`] (registered in `core.delivery`).
+struct NewWorkWaker(Arc<Shared>);
+
+impl crate::delivery::Waker for NewWorkWaker {
+    fn wake(&self, destination: &str) {
+        self.0.wake(destination, WakeReason::NewWork);
+    }
+}
+
 /// Routes outbound work to destination actors.
 pub struct Sender {
     shared: Arc<Shared>,
@@ -328,7 +292,7 @@ impl Sender {
         let max = core.db.read_blocking(fstore::max_queue_id)?;
         // Queue IDs name transactions, which receivers de-duplicate forever: they must never
         // repeat, even after the queue empties and the server restarts.
-        QUEUE_IDS.fetch_max(max.max(now_ms().saturating_mul(1000)), Ordering::Relaxed);
+        crate::delivery::start_queue_ids_above(max.max(now_ms().saturating_mul(1000)));
         let arbiter = Arbiter::new().handle();
         let shared = Arc::new(Shared {
             core,
@@ -358,6 +322,11 @@ impl Sender {
     /// There is new work for `destination`.
     pub fn wake(&self, destination: &str) {
         self.shared.wake(destination, WakeReason::NewWork);
+    }
+
+    /// The handle through which writers below (room actors, E2EE) wake destinations.
+    pub fn waker(&self) -> Arc<dyn crate::delivery::Waker> {
+        Arc::new(NewWorkWaker(Arc::clone(&self.shared)))
     }
 
     /// `destination` just made a signed request to us: it is up.

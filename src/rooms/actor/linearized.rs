@@ -1,50 +1,21 @@
-//! The room actor in a Linearized Matrix room: its role ([`Role`]) and the messages only
-//! such rooms take. The generic actor defers to this module in three places — which servers
-//! get a local event (`destinations`), a local user's send in a room hubbed elsewhere
-//! (`lm_send`), and a guard against building hub events there — and refuses generic DAG
-//! input (`InboundPdus`) for LM rooms. See `rooms::linearized` for the design.
-
-use std::collections::BTreeSet;
-
+//! The room actor in a Linearized Matrix room: the messages only such rooms take (`HubAppend`
+//! for a hub, `ParticipantReceive` for a participant) and a participant's local send
+//! (`lm_send`: the LPDU goes to the hub, the reply waits for its echo). What differs between
+//! the kinds elsewhere in the actor (destinations, building local events, DAG input) is
+//! asked of the room's kind (`rooms::kind::RoomKind`). See `rooms::linearized` for the
+//! design.
 use ruma::{CanonicalJsonObject, OwnedUserId};
 use weft_protocol::lm;
 use weft_protocol::lm::auth::Subject;
 
 use super::*;
-use crate::rooms::linearized::{Appended, HubAppend, HubInput, ParticipantReceive, Received, Role};
+use crate::rooms::kind::RoomKind;
+use crate::rooms::linearized::{Appended, HubAppend, HubInput, ParticipantReceive, Received};
 
 /// How long a participant's send waits for the hub's echo.
 const ECHO_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl RoomActor {
-    /// Takes the room's role once its version is known to be Linearized Matrix.
-    pub(super) fn lm_set_role(&mut self) {
-        if self.version.is_linearized() && self.lm.is_none() {
-            self.lm = Some(Role::of(&self.room_id, self.core.server_name()));
-        }
-    }
-
-    /// Local users of a participant never build PDUs (their events are LPDUs).
-    pub(super) fn lm_guard_local_build(&self) -> Result<()> {
-        match &self.lm {
-            Some(Role::Participant(p)) => Err(Error::WrongServer(format!(
-                "{} orders this room's events; this server sends it LPDUs",
-                p.hub()
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    /// The destinations of a local event in an LM room (`None`: not an LM room).
-    pub(super) fn lm_destinations(&mut self, pdu: &Pdu) -> Option<BTreeSet<String>> {
-        let joined = self.state.joined_servers();
-        match &mut self.lm {
-            None => None,
-            Some(Role::Participant(_)) => Some(BTreeSet::new()),
-            Some(Role::Hub(h)) => Some(h.destinations(pdu, joined, self.core.server_name())),
-        }
-    }
-
     /// The one tip of the line.
     fn lm_tip(&self) -> Option<&OwnedEventId> {
         match self.extremities.as_slice() {
@@ -62,7 +33,7 @@ impl RoomActor {
     ) -> Option<ResponseFuture<Result<OwnedEventId>>> {
         let ours = self.core.server_name().to_owned();
         let state = &self.state;
-        let Some(Role::Participant(p)) = &mut self.lm else {
+        let RoomKind::Participant(p) = &mut self.kind else {
             return None;
         };
         let hub = p.hub().to_owned();
@@ -92,10 +63,10 @@ impl RoomActor {
             }
         };
         let rx = p.wait(&lpdu_id, &lpdu, msg.txn.clone());
-        let fed = self.core.federation.get().cloned();
+        let link = self.core.delivery.hub_link();
         Some(Box::pin(async move {
-            let fed = fed.ok_or_else(|| Error::forbidden("federation is disabled"))?;
-            crate::federation::linearized::participant::send_lpdu(&fed, &hub, &lpdu, &lpdu_id)
+            let link = link.ok_or_else(|| Error::forbidden("federation is disabled"))?;
+            link.send_lpdu(hub.to_string(), lpdu, lpdu_id.to_string())
                 .await?;
             match tokio::time::timeout(ECHO_TIMEOUT, rx).await {
                 Ok(Ok(r)) => r,
@@ -168,7 +139,7 @@ impl Handler<HubAppend> for RoomActor {
         if let Err(e) = self.check_ready() {
             return reply_now(Err(e));
         }
-        let Some(Role::Hub(hub)) = &self.lm else {
+        let RoomKind::Hub(hub) = &self.kind else {
             return reply_now(Err(Error::WrongServer(
                 "this server is not the hub of this room".into(),
             )));
@@ -259,7 +230,7 @@ impl Handler<HubAppend> for RoomActor {
             }
         }
         let pdu = Arc::new(pdu);
-        if let Some(Role::Hub(hub)) = &mut self.lm {
+        if let RoomKind::Hub(hub) = &mut self.kind {
             if msg.fanout.skip.is_some() || msg.fanout.add.is_some() {
                 hub.change_fanout(pdu.owned_event_id(), msg.fanout.clone());
             }
@@ -306,18 +277,15 @@ impl Handler<ParticipantReceive> for RoomActor {
             Status::Ready => {}
             Status::New | Status::Missing if msg.joining => {
                 self.status = Status::New;
-                self.version = RoomVersion::Linearized;
+                self.set_version(RoomVersion::Linearized);
             }
             Status::New | Status::Missing => return refuse_all("unknown room", n),
             Status::Loading | Status::Broken => return refuse_all("room unavailable", n),
         }
-        if !self.version.is_linearized() {
-            return refuse_all("not a Linearized Matrix room", n);
-        }
-        self.lm_set_role();
-        let hub = match &self.lm {
-            Some(Role::Participant(p)) => p.hub().to_owned(),
-            _ => return refuse_all("this server is the hub of this room", n),
+        let hub = match &self.kind {
+            RoomKind::Participant(p) => p.hub().to_owned(),
+            RoomKind::Dag => return refuse_all("not a Linearized Matrix room", n),
+            RoomKind::Hub(_) => return refuse_all("this server is the hub of this room", n),
         };
         let mut state_before = msg.state_before_first;
         let mut out = Vec::with_capacity(n);
@@ -383,8 +351,8 @@ impl Handler<ParticipantReceive> for RoomActor {
                 }
             }
             // Our own send coming back: answer whoever waits for it.
-            let waiter = lm::lpdu_event_id(pdu.json()).and_then(|l| match &mut self.lm {
-                Some(Role::Participant(p)) => p.take_waiter(&l),
+            let waiter = lm::lpdu_event_id(pdu.json()).and_then(|l| match &mut self.kind {
+                RoomKind::Participant(p) => p.take_waiter(&l),
                 _ => None,
             });
             if let Some(w) = &waiter {
