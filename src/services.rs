@@ -18,6 +18,8 @@ pub struct Services {
     pub limits: Arc<crate::ratelimit::RateLimits>,
     /// Sliding-sync connections and what each was sent.
     pub sliding: crate::sync::sliding::connections::Connections,
+    /// Push: the gateways' network context and the delivery wake-up.
+    pub push: crate::push::PushState,
 }
 
 impl Services {
@@ -29,6 +31,7 @@ impl Services {
             last_seen: crate::devices::LastSeen::default(),
             limits: Arc::new(crate::ratelimit::RateLimits::new(&core.config.rate_limits)),
             sliding: Default::default(),
+            push: crate::push::PushState::new(&core.config),
             core,
         })
     }
