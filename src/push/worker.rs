@@ -407,7 +407,16 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
     let mut rx = core.notifier.subscribe_all();
     let mut cursor = loop {
         match core.db.read(push::progress).await {
-            Ok(p) => break p,
+            Ok(Some(p)) => break p,
+            // First start: from here on (earlier history is not pushed).
+            Ok(None) => {
+                let at = core.notifier.frontier();
+                match core.db.write(SHARD, move |c| push::set_progress(c, at)).await {
+                    Ok(()) => break at,
+                    Err(e) => tracing::warn!(error = %e, "push worker: cannot save its position"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "push worker: cannot read its position; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

@@ -249,14 +249,13 @@ pub fn prune_notifications(conn: &mut AnyConnection, before_ts: i64) -> StorageR
 
 // ---- the push worker's position and input
 
-/// The last stream position evaluated.
-pub fn progress(conn: &mut AnyConnection) -> StorageResult<i64> {
+/// The last stream position evaluated (`None`: never started).
+pub fn progress(conn: &mut AnyConnection) -> StorageResult<Option<i64>> {
     Ok(push_progress::table
         .filter(push_progress::id.eq(1))
         .select(push_progress::stream)
         .first::<i64>(conn)
-        .optional()?
-        .unwrap_or(0))
+        .optional()?)
 }
 
 pub fn set_progress(conn: &mut AnyConnection, stream: i64) -> StorageResult<()> {

@@ -19,14 +19,13 @@ CREATE TABLE push_notifications (
 CREATE INDEX push_notifications_room ON push_notifications (user_id, room_id, stream_ordering);
 CREATE INDEX push_notifications_stream ON push_notifications (user_id, stream_id);
 
--- The last event stream position the push worker has evaluated. Starts at the newest
--- event: history from before push existed is not evaluated.
+-- The last event stream position the push worker has evaluated (one row, id 1). No row:
+-- the worker starts at the frontier it finds, so history from before push existed is not
+-- evaluated (and a new database stays empty for `weft db migrate`).
 CREATE TABLE push_progress (
     id INTEGER PRIMARY KEY NOT NULL,
     stream BIGINT NOT NULL
 );
-INSERT INTO push_progress (id, stream)
-SELECT 1, COALESCE(MAX(stream_ordering), 0) FROM events WHERE stream_ordering > 0;
 
 CREATE TABLE pushers (
     user_id TEXT NOT NULL,
