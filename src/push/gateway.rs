@@ -51,7 +51,9 @@ pub fn fate_of(status: u16, body: &[u8]) -> Fate {
                 .map(|v| rules::rejected_pushkeys(&v))
                 .unwrap_or_default(),
         },
-        300..=399 => Fate::Drop(format!("gateway redirected ({status}); redirects are not followed")),
+        300..=399 => Fate::Drop(format!(
+            "gateway redirected ({status}); redirects are not followed"
+        )),
         408 | 429 => Fate::Retry(format!("gateway answered {status}")),
         400..=499 => Fate::Drop(format!("gateway refused the push ({status})")),
         _ => Fate::Retry(format!("gateway answered {status}")),
@@ -114,7 +116,11 @@ fn settle(
                 let attempts = row.attempts.saturating_add(1);
                 let wait = rules::backoff_ms(attempts as u32, cfg.retry_min_ms, cfg.retry_max_ms);
                 let next = now.saturating_add(wait as i64);
-                if next > row.created_ts.saturating_add(cfg.give_up_secs as i64 * 1000) {
+                if next
+                    > row
+                        .created_ts
+                        .saturating_add(cfg.give_up_secs as i64 * 1000)
+                {
                     push::delivered(conn, &row.user_id, &row.app_id, &row.pushkey, &row.event_id)?;
                 } else {
                     push::reschedule(conn, row, attempts, next)?;
@@ -187,7 +193,9 @@ pub async fn run(core: Arc<Core>, net: Arc<NetContext>, wake: Arc<Notify>) {
         }
         let next = core.db.read(push::next_due).await.ok().flatten();
         let sleep = match next {
-            Some(t) => Duration::from_millis(t.saturating_sub(storage::now_ms()).max(0) as u64).min(IDLE),
+            Some(t) => {
+                Duration::from_millis(t.saturating_sub(storage::now_ms()).max(0) as u64).min(IDLE)
+            }
             None => IDLE,
         };
         tokio::select! {

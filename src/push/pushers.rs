@@ -31,7 +31,9 @@ fn pusher_error(e: PusherError) -> Error {
 pub async fn check_gateway_url(net: &NetContext, raw: &str) -> Result<()> {
     let url = url::Url::parse(raw).map_err(|_| Error::invalid_param("data.url is not a URL"))?;
     if !matches!(url.scheme(), "https" | "http") {
-        return Err(Error::invalid_param("data.url must be an https or http URL"));
+        return Err(Error::invalid_param(
+            "data.url must be an https or http URL",
+        ));
     }
     if url.path() != NOTIFY_PATH {
         return Err(Error::invalid_param(format!(
@@ -89,7 +91,9 @@ pub async fn set(s: &Services, net: &Arc<NetContext>, user_id: &str, body: &Valu
         PusherChange::Delete { app_id, pushkey } => {
             s.core
                 .db
-                .write(user_id, move |c| push::delete_pusher(c, &user, &app_id, &pushkey))
+                .write(user_id, move |c| {
+                    push::delete_pusher(c, &user, &app_id, &pushkey)
+                })
                 .await?;
         }
         PusherChange::Set(spec) => {
@@ -156,14 +160,18 @@ pub async fn notifications(
                     continue;
                 };
                 let version = versions.get(c, &r.room_id)?;
-                let Some(event) = view::client_events(c, std::slice::from_ref(ev), version, &viewer)?
-                    .into_iter()
-                    .next()
+                let Some(event) =
+                    view::client_events(c, std::slice::from_ref(ev), version, &viewer)?
+                        .into_iter()
+                        .next()
                 else {
                     continue;
                 };
                 if !reads.contains_key(&r.room_id) {
-                    reads.insert(r.room_id.clone(), push::read_up_to(c, &viewer.user_id, &r.room_id)?);
+                    reads.insert(
+                        r.room_id.clone(),
+                        push::read_up_to(c, &viewer.user_id, &r.room_id)?,
+                    );
                 }
                 let read = reads
                     .get(&r.room_id)

@@ -65,7 +65,12 @@ pub struct Found {
     pub event: PushedEvent,
 }
 
-fn content_of(conn: &mut AnyConnection, room: &str, kind: &str, key: &str) -> StorageResult<Option<Value>> {
+fn content_of(
+    conn: &mut AnyConnection,
+    room: &str,
+    kind: &str,
+    key: &str,
+) -> StorageResult<Option<Value>> {
     let Some(id) = state::current_state_entry(conn, room, kind, key)? else {
         return Ok(None);
     };
@@ -77,7 +82,11 @@ fn content_of(conn: &mut AnyConnection, room: &str, kind: &str, key: &str) -> St
 fn int_of(v: &Value) -> Option<Int> {
     match v {
         Value::Number(n) => n.as_i64().and_then(|i| Int::try_from(i).ok()),
-        Value::String(s) => s.trim().parse::<i64>().ok().and_then(|i| Int::try_from(i).ok()),
+        Value::String(s) => s
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .and_then(|i| Int::try_from(i).ok()),
         _ => None,
     }
 }
@@ -142,7 +151,12 @@ fn creators_of(create: Option<&Value>, create_sender: Option<String>) -> Vec<Own
     out
 }
 
-fn load_room(conn: &mut AnyConnection, room: &str, server_suffix: &str, senders: &HashSet<String>) -> StorageResult<Option<RoomCtx>> {
+fn load_room(
+    conn: &mut AnyConnection,
+    room: &str,
+    server_suffix: &str,
+    senders: &HashSet<String>,
+) -> StorageResult<Option<RoomCtx>> {
     let Ok(room_id) = OwnedRoomId::try_from(room) else {
         return Ok(None);
     };
@@ -157,7 +171,9 @@ fn load_room(conn: &mut AnyConnection, room: &str, server_suffix: &str, senders:
         .collect();
     let create = state::current_state_entry(conn, room, "m.room.create", "")?
         .and_then(|id| events::get_event(conn, &id).ok().flatten());
-    let create_json = create.as_ref().and_then(|r| serde_json::from_str::<Value>(&r.json).ok());
+    let create_json = create
+        .as_ref()
+        .and_then(|r| serde_json::from_str::<Value>(&r.json).ok());
     let creators = creators_of(create_json.as_ref(), create.map(|r| r.sender));
     let pl = content_of(conn, room, "m.room.power_levels", "")?;
     let mut display_names = HashMap::new();
@@ -186,8 +202,7 @@ fn load_room(conn: &mut AnyConnection, room: &str, server_suffix: &str, senders:
 
 /// The local user an invite is for, when the event is one.
 fn local_invitee<'a>(ev: &'a EventRow, json: &Value, server_suffix: &str) -> Option<&'a str> {
-    (ev.event_type == "m.room.member"
-        && json["content"]["membership"] == "invite")
+    (ev.event_type == "m.room.member" && json["content"]["membership"] == "invite")
         .then_some(())
         .and(ev.state_key.as_deref())
         .filter(|u| u.ends_with(server_suffix))
@@ -208,7 +223,10 @@ fn load_batch(
     let mut senders: HashMap<String, HashSet<String>> = HashMap::new();
     let mut users: HashSet<String> = HashSet::new();
     for ev in &events {
-        senders.entry(ev.room_id.clone()).or_default().insert(ev.sender.clone());
+        senders
+            .entry(ev.room_id.clone())
+            .or_default()
+            .insert(ev.sender.clone());
         if let Ok(json) = serde_json::from_str::<Value>(&ev.json)
             && let Some(u) = local_invitee(ev, &json, server_suffix)
         {
@@ -285,7 +303,8 @@ async fn evaluate_batch(batch: &Batch, server_suffix: &str, now: i64) -> Vec<Fou
         }
         let thread = rules::thread_of(&json["content"]);
         for (user, display_name) in candidates {
-            let (Some(rules), Ok(uid)) = (batch.rules.get(user), OwnedUserId::try_from(user)) else {
+            let (Some(rules), Ok(uid)) = (batch.rules.get(user), OwnedUserId::try_from(user))
+            else {
                 continue;
             };
             let ctx = PushConditionRoomCtx::new(
@@ -332,7 +351,12 @@ async fn evaluate_batch(batch: &Batch, server_suffix: &str, now: i64) -> Vec<Fou
 
 /// Stores what a batch found: notification rows, one delivery row per pusher, the position.
 /// Answers how many deliveries were queued.
-fn store(conn: &mut AnyConnection, found: &[Found], stream_id: i64, upto: i64) -> StorageResult<usize> {
+fn store(
+    conn: &mut AnyConnection,
+    found: &[Found],
+    stream_id: i64,
+    upto: i64,
+) -> StorageResult<usize> {
     for f in found {
         let mut row = f.row.clone();
         row.stream_id = stream_id;
@@ -350,7 +374,10 @@ fn store(conn: &mut AnyConnection, found: &[Found], stream_id: i64, upto: i64) -
         let now = storage::now_ms();
         let mut badges: HashMap<String, u64> = HashMap::new();
         for f in found {
-            let mine: Vec<_> = pushers.iter().filter(|p| p.user_id == f.row.user_id).collect();
+            let mine: Vec<_> = pushers
+                .iter()
+                .filter(|p| p.user_id == f.row.user_id)
+                .collect();
             if mine.is_empty() {
                 continue;
             }
@@ -374,7 +401,8 @@ fn store(conn: &mut AnyConnection, found: &[Found], stream_id: i64, upto: i64) -
                     pushkey_ts: p.created_ts / 1000,
                     data,
                 };
-                let body = rules::notify_body(&f.event, &f.row.user_id, &device, &f.outcome, unread);
+                let body =
+                    rules::notify_body(&f.event, &f.row.user_id, &device, &f.outcome, unread);
                 push::enqueue(
                     conn,
                     &OutboxRow {
@@ -411,7 +439,11 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
             // First start: from here on (earlier history is not pushed).
             Ok(None) => {
                 let at = core.notifier.frontier();
-                match core.db.write(SHARD, move |c| push::set_progress(c, at)).await {
+                match core
+                    .db
+                    .write(SHARD, move |c| push::set_progress(c, at))
+                    .await
+                {
                     Ok(()) => break at,
                     Err(e) => tracing::warn!(error = %e, "push worker: cannot save its position"),
                 }
@@ -481,7 +513,11 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
         }
         if unsaved && last_save.elapsed() >= Duration::from_secs(1) {
             let at = cursor;
-            match core.db.write(SHARD, move |c| push::set_progress(c, at)).await {
+            match core
+                .db
+                .write(SHARD, move |c| push::set_progress(c, at))
+                .await
+            {
                 Ok(()) => unsaved = false,
                 Err(e) => tracing::warn!(error = %e, "push worker: cannot save its position"),
             }

@@ -50,7 +50,11 @@ impl ReadUpTo {
 }
 
 /// The positions of the user's read receipts (`m.read`, `m.read.private`) in a room.
-pub fn read_up_to(conn: &mut AnyConnection, user_id: &str, room_id: &str) -> StorageResult<ReadUpTo> {
+pub fn read_up_to(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    room_id: &str,
+) -> StorageResult<ReadUpTo> {
     let rows: Vec<(String, String)> = receipts::table
         .filter(receipts::room_id.eq(room_id))
         .filter(receipts::user_id.eq(user_id))
@@ -128,7 +132,10 @@ pub fn room_counts(
         .load(conn)?;
     let mut out = RoomCounts::default();
     for thread in threads {
-        let after = read.threads.get(&thread).map_or(read.all, |t| (*t).max(read.all));
+        let after = read
+            .threads
+            .get(&thread)
+            .map_or(read.all, |t| (*t).max(read.all));
         let (n, h) = thread_counts(conn, user_id, room_id, &thread, after)?;
         out.total.0 += n;
         out.total.1 += h;

@@ -211,9 +211,12 @@ fn room_counts(sync: &Value, room: &str) -> (u64, u64) {
 /// Syncs (long-polling from the last token) until the room shows `want`.
 #[track_caller]
 fn until_counts(c: &Client, since: &mut Option<String>, room: &str, want: (u64, u64)) -> Value {
-    c.sync_until(since, Duration::from_secs(20), &format!("counts {want:?}"), |s| {
-        s["rooms"]["join"].get(room).is_some() && room_counts(s, room) == want
-    })
+    c.sync_until(
+        since,
+        Duration::from_secs(20),
+        &format!("counts {want:?}"),
+        |s| s["rooms"]["join"].get(room).is_some() && room_counts(s, room) == want,
+    )
 }
 
 fn receipt(c: &Client, room: &str, kind: &str, event: &str, body: &Value) {
@@ -270,11 +273,16 @@ fn counts_receipts_and_notifications(backend: Backend) {
     assert!(n.get("next_token").is_none(), "{n}");
     let h = bob.get("/notifications?only=highlight").ok();
     assert_eq!(h["notifications"].as_array().map(Vec::len), Some(1), "{h}");
-    assert_eq!(h["notifications"][0]["event"]["content"]["body"], "who ate the cheese?");
+    assert_eq!(
+        h["notifications"][0]["event"]["content"]["body"],
+        "who ate the cheese?"
+    );
     let p1 = bob.get("/notifications?limit=1").ok();
     assert_eq!(p1["notifications"][0]["event"]["event_id"], cheesy.as_str());
     let token = p1["next_token"].as_str().expect("next_token").to_owned();
-    let p2 = bob.get(&format!("/notifications?limit=1&from={}", q(&token))).ok();
+    let p2 = bob
+        .get(&format!("/notifications?limit=1&from={}", q(&token)))
+        .ok();
     assert_eq!(p2["notifications"][0]["event"]["event_id"], plain.as_str());
     assert_eq!(alice.get("/notifications").ok()["notifications"], json!([]));
 
@@ -334,8 +342,14 @@ fn counts_receipts_and_notifications(backend: Backend) {
     let r = &threaded["rooms"]["join"][&room];
     assert_eq!(r["unread_notifications"]["notification_count"], 1, "{r}");
     assert_eq!(r["unread_notifications"]["highlight_count"], 0, "{r}");
-    assert_eq!(r["unread_thread_notifications"][&root]["notification_count"], 1, "{r}");
-    assert_eq!(r["unread_thread_notifications"][&root]["highlight_count"], 1, "{r}");
+    assert_eq!(
+        r["unread_thread_notifications"][&root]["notification_count"], 1,
+        "{r}"
+    );
+    assert_eq!(
+        r["unread_thread_notifications"][&root]["highlight_count"], 1,
+        "{r}"
+    );
     // Without the switch the room counts everything.
     until_counts(&bob, &mut since, &room, (2, 1));
     receipt(&bob, &room, "m.read", &reply, &json!({"thread_id": root}));
@@ -348,8 +362,10 @@ fn counts_receipts_and_notifications(backend: Backend) {
     until_counts(&bob, &mut since, &room, (0, 0));
 
     // Bad queries.
-    bob.get("/notifications?from=abc").expect_err(400, "M_INVALID_PARAM");
-    bob.get("/notifications?only=everything").expect_err(400, "M_INVALID_PARAM");
+    bob.get("/notifications?from=abc")
+        .expect_err(400, "M_INVALID_PARAM");
+    bob.get("/notifications?only=everything")
+        .expect_err(400, "M_INVALID_PARAM");
     srv.assert_no_panics();
 }
 
@@ -387,7 +403,9 @@ impl Gateway {
                 let Some(body) = read_request(&mut conn) else {
                     continue;
                 };
-                b.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                b.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
                 let (status, text) = a.lock().unwrap().clone();
                 let _ = write!(
                     conn,
@@ -418,11 +436,15 @@ impl Gateway {
     /// Waits for a push about `event`.
     #[track_caller]
     fn wait_push(&self, event: &str) -> Value {
-        wait_for(Duration::from_secs(30), &format!("a push of {event}"), || {
-            self.received()
-                .into_iter()
-                .find(|b| b["notification"]["event_id"] == event)
-        })
+        wait_for(
+            Duration::from_secs(30),
+            &format!("a push of {event}"),
+            || {
+                self.received()
+                    .into_iter()
+                    .find(|b| b["notification"]["event_id"] == event)
+            },
+        )
     }
 }
 
@@ -472,7 +494,8 @@ fn pushers_and_gateway(backend: Backend) {
     let (alice, bob, room) = two_in_a_room(&srv);
     let gw = Gateway::start();
 
-    bob.post("/pushers/set", &pusher(&gw.url(), "key-full", None)).ok();
+    bob.post("/pushers/set", &pusher(&gw.url(), "key-full", None))
+        .ok();
     let listed = bob.get("/pushers").ok();
     let list = listed["pushers"].as_array().expect("pushers");
     assert_eq!(list.len(), 1, "{listed}");
@@ -502,16 +525,23 @@ fn pushers_and_gateway(backend: Backend) {
     let mut slim = pusher(&gw.url(), "key-slim", Some("event_id_only"));
     slim["app_id"] = json!("org.example.weft.slim");
     bob.post("/pushers/set", &slim).ok();
-    assert_eq!(bob.get("/pushers").ok()["pushers"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        bob.get("/pushers").ok()["pushers"].as_array().map(Vec::len),
+        Some(2)
+    );
     let ev2 = alice.send_text(&room, "just saying hi");
-    wait_for(Duration::from_secs(30), "two pushes of the second event", || {
-        let got: Vec<Value> = gw
-            .received()
-            .into_iter()
-            .filter(|b| b["notification"]["event_id"] == ev2.as_str())
-            .collect();
-        (got.len() == 2).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "two pushes of the second event",
+        || {
+            let got: Vec<Value> = gw
+                .received()
+                .into_iter()
+                .filter(|b| b["notification"]["event_id"] == ev2.as_str())
+                .collect();
+            (got.len() == 2).then_some(())
+        },
+    );
     let slim_push = gw
         .received()
         .into_iter()
@@ -519,7 +549,10 @@ fn pushers_and_gateway(backend: Backend) {
         .expect("event_id_only push");
     let n = &slim_push["notification"];
     assert_eq!(n["event_id"], ev2.as_str());
-    assert!(n.get("content").is_none() && n.get("sender").is_none(), "{slim_push}");
+    assert!(
+        n.get("content").is_none() && n.get("sender").is_none(),
+        "{slim_push}"
+    );
     assert_eq!(n["devices"][0]["data"]["format"], "event_id_only");
     assert!(n["devices"][0].get("tweaks").is_none(), "{slim_push}");
     // Two members: `.m.rule.room_one_to_one` asks for a sound, so the push is urgent.
@@ -532,7 +565,10 @@ fn pushers_and_gateway(backend: Backend) {
                 && b["notification"]["devices"][0]["pushkey"] == "key-full"
         })
         .expect("full push of the second event");
-    assert_eq!(full_push["notification"]["devices"][0]["tweaks"]["sound"], "default");
+    assert_eq!(
+        full_push["notification"]["devices"][0]["tweaks"]["sound"],
+        "default"
+    );
 
     // Deleting (kind null) removes one pusher.
     let mut del = slim.clone();
@@ -544,10 +580,18 @@ fn pushers_and_gateway(backend: Backend) {
 
     // `append: false` from another user takes the pushkey over.
     let carol = srv.register("carol");
-    carol.post("/pushers/set", &pusher(&gw.url(), "key-full", None)).ok();
+    carol
+        .post("/pushers/set", &pusher(&gw.url(), "key-full", None))
+        .ok();
     assert_eq!(bob.get("/pushers").ok()["pushers"], json!([]));
-    assert_eq!(carol.get("/pushers").ok()["pushers"].as_array().map(Vec::len), Some(1));
-    bob.post("/pushers/set", &pusher(&gw.url(), "key-full", None)).ok();
+    assert_eq!(
+        carol.get("/pushers").ok()["pushers"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    bob.post("/pushers/set", &pusher(&gw.url(), "key-full", None))
+        .ok();
 
     // A pushkey the gateway rejects loses its pusher.
     gw.answer(200, r#"{"rejected": ["key-full"]}"#);
@@ -570,7 +614,8 @@ fn gateway_retry_across_restart(backend: Backend) {
     let (alice, bob, room) = two_in_a_room(&srv);
     let gw = Gateway::start();
     gw.answer(503, r#"{"errcode": "M_UNKNOWN"}"#);
-    bob.post("/pushers/set", &pusher(&gw.url(), "key-retry", None)).ok();
+    bob.post("/pushers/set", &pusher(&gw.url(), "key-retry", None))
+        .ok();
     let ev = alice.send_text(&room, "cheese while the gateway is down");
     // Tried, failed, tried again (the backoff retries).
     wait_for(Duration::from_secs(30), "two failed attempts", || {
@@ -586,15 +631,23 @@ fn gateway_retry_across_restart(backend: Backend) {
     gw.answer(200, "{}");
     srv.start_again();
     // Delivered after the restart, from the persisted queue; then no more attempts.
-    wait_for(Duration::from_secs(30), "a delivery after the restart", || {
-        gw.received()[before..]
-            .iter()
-            .any(|b| b["notification"]["event_id"] == ev.as_str())
-            .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "a delivery after the restart",
+        || {
+            gw.received()[before..]
+                .iter()
+                .any(|b| b["notification"]["event_id"] == ev.as_str())
+                .then_some(())
+        },
+    );
     let delivered_at = gw.received().len();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(gw.received().len(), delivered_at, "delivered once, not retried after 200");
+    assert_eq!(
+        gw.received().len(),
+        delivered_at,
+        "delivered once, not retried after 200"
+    );
     // The counts were not evaluated twice either.
     let mut since = None;
     until_counts(&bob, &mut since, &room, (1, 1));
@@ -612,23 +665,91 @@ fn bad_pushers(backend: Backend) {
         b
     };
     let cases: Vec<(Value, u16, &str)> = vec![
-        (with(&|b| { b.as_object_mut().unwrap().remove("app_id"); }), 400, "M_MISSING_PARAM"),
-        (with(&|b| { b.as_object_mut().unwrap().remove("pushkey"); }), 400, "M_MISSING_PARAM"),
-        (with(&|b| { b.as_object_mut().unwrap().remove("kind"); }), 400, "M_MISSING_PARAM"),
-        (with(&|b| { b["data"] = json!({}); }), 400, "M_MISSING_PARAM"),
-        (with(&|b| b["kind"] = json!("email")), 400, "M_INVALID_PARAM"),
-        (with(&|b| b["app_id"] = json!("a".repeat(65))), 400, "M_INVALID_PARAM"),
-        (with(&|b| b["pushkey"] = json!("k".repeat(513))), 400, "M_INVALID_PARAM"),
+        (
+            with(&|b| {
+                b.as_object_mut().unwrap().remove("app_id");
+            }),
+            400,
+            "M_MISSING_PARAM",
+        ),
+        (
+            with(&|b| {
+                b.as_object_mut().unwrap().remove("pushkey");
+            }),
+            400,
+            "M_MISSING_PARAM",
+        ),
+        (
+            with(&|b| {
+                b.as_object_mut().unwrap().remove("kind");
+            }),
+            400,
+            "M_MISSING_PARAM",
+        ),
+        (
+            with(&|b| {
+                b["data"] = json!({});
+            }),
+            400,
+            "M_MISSING_PARAM",
+        ),
+        (
+            with(&|b| b["kind"] = json!("email")),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            with(&|b| b["app_id"] = json!("a".repeat(65))),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            with(&|b| b["pushkey"] = json!("k".repeat(513))),
+            400,
+            "M_INVALID_PARAM",
+        ),
         (with(&|b| b["data"] = json!("nope")), 400, "M_INVALID_PARAM"),
-        (with(&|b| b["data"]["format"] = json!("full")), 400, "M_INVALID_PARAM"),
-        (with(&|b| b["append"] = json!("yes")), 400, "M_INVALID_PARAM"),
-        (with(&|b| b["data"]["url"] = json!("not a url")), 400, "M_INVALID_PARAM"),
-        (with(&|b| b["data"]["url"] = json!("ftp://127.0.0.1/_matrix/push/v1/notify")), 400, "M_INVALID_PARAM"),
-        (with(&|b| b["data"]["url"] = json!(format!("http://127.0.0.1:{}/elsewhere", gw.port))), 400, "M_INVALID_PARAM"),
+        (
+            with(&|b| b["data"]["format"] = json!("full")),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            with(&|b| b["append"] = json!("yes")),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            with(&|b| b["data"]["url"] = json!("not a url")),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            with(&|b| b["data"]["url"] = json!("ftp://127.0.0.1/_matrix/push/v1/notify")),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            with(&|b| b["data"]["url"] = json!(format!("http://127.0.0.1:{}/elsewhere", gw.port))),
+            400,
+            "M_INVALID_PARAM",
+        ),
         // The address policy: private and link-local addresses not on the allow-list.
-        (with(&|b| b["data"]["url"] = json!("http://10.1.2.3/_matrix/push/v1/notify")), 400, "M_INVALID_PARAM"),
-        (with(&|b| b["data"]["url"] = json!("http://169.254.169.254/_matrix/push/v1/notify")), 400, "M_INVALID_PARAM"),
-        (with(&|b| b["data"]["url"] = json!("http://[fd00::1]:8080/_matrix/push/v1/notify")), 400, "M_INVALID_PARAM"),
+        (
+            with(&|b| b["data"]["url"] = json!("http://10.1.2.3/_matrix/push/v1/notify")),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            with(&|b| b["data"]["url"] = json!("http://169.254.169.254/_matrix/push/v1/notify")),
+            400,
+            "M_INVALID_PARAM",
+        ),
+        (
+            with(&|b| b["data"]["url"] = json!("http://[fd00::1]:8080/_matrix/push/v1/notify")),
+            400,
+            "M_INVALID_PARAM",
+        ),
         (json!([1, 2]), 400, "M_INVALID_PARAM"),
     ];
     for (body, status, code) in cases {
@@ -647,6 +768,9 @@ fn bad_pushers(backend: Backend) {
     del["kind"] = Value::Null;
     bob.post("/pushers/set", &del).ok();
     bob.post("/pushers/set", &good).ok();
-    assert_eq!(bob.get("/pushers").ok()["pushers"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        bob.get("/pushers").ok()["pushers"].as_array().map(Vec::len),
+        Some(1)
+    );
     srv.assert_no_panics();
 }

@@ -150,7 +150,11 @@ pub fn parse_pusher(body: &Value) -> Result<PusherChange, PusherError> {
     let profile_tag = match body.get("profile_tag") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= MAX_TEXT => Some(s.clone()),
-        Some(_) => return Err(PusherError::Invalid("profile_tag must be a short string".into())),
+        Some(_) => {
+            return Err(PusherError::Invalid(
+                "profile_tag must be a short string".into(),
+            ));
+        }
     };
     let append = match body.get("append") {
         None | Some(Value::Null) => false,
@@ -269,7 +273,10 @@ pub fn rejected_pushkeys(answer: &Value) -> Vec<String> {
 /// capped at `max_ms`.
 pub fn backoff_ms(attempts: u32, min_ms: u64, max_ms: u64) -> u64 {
     let shift = attempts.saturating_sub(1).min(32);
-    min_ms.saturating_mul(1u64 << shift).min(max_ms).max(min_ms.min(max_ms))
+    min_ms
+        .saturating_mul(1u64 << shift)
+        .min(max_ms)
+        .max(min_ms.min(max_ms))
 }
 
 #[cfg(test)]
@@ -398,8 +405,10 @@ mod tests {
             app_id: "app".into(),
             pushkey: "pk".into(),
             pushkey_ts: 12,
-            data: serde_json::from_value(json!({"url": "https://g/_matrix/push/v1/notify", "x": 1}))
-                .unwrap(),
+            data: serde_json::from_value(
+                json!({"url": "https://g/_matrix/push/v1/notify", "x": 1}),
+            )
+            .unwrap(),
         };
         let o = outcome(&[json!("notify"), json!({"set_tweak": "highlight"})]);
         let full = notify_body(&ev, "@b:x", &dev, &o, 3);

@@ -541,7 +541,9 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
                     || membership_changed
                     || recounted.contains(room_id)
             }
-            Some(_) => changed.contains(room_id) || membership_changed || recounted.contains(room_id),
+            Some(_) => {
+                changed.contains(room_id) || membership_changed || recounted.contains(room_id)
+            }
         };
         if !needs {
             continue;
