@@ -7,8 +7,9 @@
 //! outliers, not rejected, not soft-failed; backfilled history has negative positions and
 //! is never pushed), with what evaluation needs for their rooms (joined members and when
 //! they joined, power levels, display names, each member's rules), and runs ruma's
-//! evaluator (`Ruleset::get_actions`) for every local member but the sender (and for the
-//! local target of an invite). What notifies becomes, in ONE write job: the notification
+//! evaluator (the rules' `applies`, as `Ruleset::get_actions` does) for every local member
+//! but the sender (and for the local target of an invite; the event is flattened once, and the rules walked per member).
+//! What notifies becomes, in ONE write job: the notification
 //! rows (counts, `/notifications`), one delivery row per pusher of the user (with the exact
 //! body for the gateway and the badge count), and the worker's new position. A crash
 //! before that commit re-evaluates the batch on start; after it, nothing is evaluated twice
@@ -23,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ruma::push::{PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::push::{FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
 use ruma::serde::Raw;
 use ruma::{Int, OwnedRoomId, OwnedUserId, UInt};
 use serde_json::Value;
@@ -257,16 +258,22 @@ fn load_batch(
     })
 }
 
-/// Evaluates one event for one user (ruma's evaluator); `None` when it does not notify.
+/// Evaluates one event for one user: ruma's rules in the spec's order, the first that
+/// applies gives the actions (what `Ruleset::get_actions` does, with the event flattened once
+/// per event instead of once per member); `None` when it does not notify.
 pub async fn evaluate(
     rules: &Ruleset,
-    raw: &Raw<Value>,
+    event: &FlattenedJson,
     ctx: &PushConditionRoomCtx,
 ) -> Option<(Outcome, Vec<Value>)> {
-    let actions = rules.get_actions(raw, ctx).await;
-    if actions.is_empty() {
-        return None;
+    let mut actions = None;
+    for rule in rules {
+        if rule.applies(event, ctx).await {
+            actions = Some(rule.actions());
+            break;
+        }
     }
+    let actions = actions.filter(|a| !a.is_empty())?;
     let json: Vec<Value> = actions
         .iter()
         .filter_map(|a| serde_json::to_value(a).ok())
@@ -288,6 +295,7 @@ async fn evaluate_batch(batch: &Batch, server_suffix: &str, now: i64) -> Vec<Fou
             continue;
         };
         let raw: Raw<Value> = Raw::from_json(raw_value);
+        let flat = FlattenedJson::from_raw(&raw);
         let mut candidates: Vec<(&str, Option<String>)> = room
             .local
             .iter()
@@ -314,7 +322,7 @@ async fn evaluate_batch(batch: &Batch, server_suffix: &str, now: i64) -> Vec<Fou
                 display_name.unwrap_or_else(|| user.to_owned()),
             )
             .with_power_levels(room.power_levels.clone());
-            let Some((outcome, actions)) = evaluate(rules, &raw, &ctx).await else {
+            let Some((outcome, actions)) = evaluate(rules, &flat, &ctx).await else {
                 continue;
             };
             found.push(Found {

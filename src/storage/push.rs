@@ -381,6 +381,13 @@ pub fn delete_pusher(
     Ok(n > 0)
 }
 
+/// Removes every pusher of a user, and their queue (deactivation).
+pub fn delete_pushers_of(conn: &mut AnyConnection, user_id: &str) -> StorageResult<()> {
+    diesel::delete(pushers::table.filter(pushers::user_id.eq(user_id))).execute(conn)?;
+    diesel::delete(push_outbox::table.filter(push_outbox::user_id.eq(user_id))).execute(conn)?;
+    Ok(())
+}
+
 // ---- the delivery queue
 
 #[derive(Debug, Clone, Queryable, Insertable)]

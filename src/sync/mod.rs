@@ -228,6 +228,11 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                     if full { i64::MIN } else { after },
                     req.upto,
                 )?;
+                // Private receipts are their owner's alone.
+                let receipt_rows: Vec<account::ReceiptRow> = receipt_rows
+                    .into_iter()
+                    .filter(|r| r.receipt_type != "m.read.private" || r.user_id == user)
+                    .collect();
                 if let Some(r) = receipts_event(&receipt_rows) {
                     ephemeral.push(r);
                 }

@@ -301,7 +301,23 @@ fn counts_receipts_and_notifications(backend: Backend) {
     receipt(&bob, &room, "m.read", &plain, &json!({}));
     until_counts(&bob, &mut since, &room, (1, 1));
     receipt(&bob, &room, "m.read.private", &cheesy, &json!({}));
-    until_counts(&bob, &mut since, &room, (0, 0));
+    let own = until_counts(&bob, &mut since, &room, (0, 0));
+    // A private receipt reaches its owner and nobody else.
+    let private_of_bob = |s: &Value| {
+        s["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .is_some_and(|l| {
+                l.iter().any(|e| {
+                    e["type"] == "m.receipt"
+                        && e["content"][&cheesy]["m.read.private"][&bob.user_id].is_object()
+                })
+            })
+    };
+    assert!(private_of_bob(&own) || private_of_bob(&bob.sync(None, 0, None)));
+    assert!(
+        !private_of_bob(&alice.sync(None, 0, None)),
+        "alice sees bob's private receipt"
+    );
     let n = bob.get("/notifications").ok();
     assert!(
         n["notifications"]
@@ -335,7 +351,9 @@ fn counts_receipts_and_notifications(backend: Backend) {
     let main = alice.send_text(&room, "back in the main timeline");
     wait_for(Duration::from_secs(20), "thread counts", || {
         let s = bob.sync(None, 0, Some(&filter));
-        (s["rooms"]["join"][&room]["unread_thread_notifications"][&root]["highlight_count"] == 1)
+        let r = &s["rooms"]["join"][&room];
+        (r["unread_thread_notifications"][&root]["highlight_count"] == 1
+            && r["unread_notifications"]["notification_count"] == 1)
             .then_some(())
     });
     let threaded = bob.sync(None, 0, Some(&filter));

@@ -782,6 +782,8 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
                     r.user_id == user || shown.is_some_and(|s| s.contains(&r.event_id))
                 });
             }
+            // Private receipts are their owner's alone.
+            rows.retain(|r| r.receipt_type != "m.read.private" || r.user_id == user);
             if let Some(ev) = receipts_event(&rows) {
                 per_room.insert(room.clone(), ev);
             }
