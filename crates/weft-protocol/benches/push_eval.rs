@@ -5,6 +5,11 @@
 //! call) and what `src/push/worker.rs` does (flatten once per event, walk the rules per
 //! member with `applies`). Prints the median of 5 runs of 20,000 evaluations per kind of
 //! event, and the flattening alone.
+//!
+//! On a loaded machine, count instructions instead: `PUSH_EVAL_ONLY=<way>:<case>` (way
+//! `get_actions` or `walk`, case 0-3) with `PUSH_EVAL_N=<calls>` runs one loop and prints
+//! nothing else; `tools/push_eval_callgrind.sh` runs it under callgrind at two loop lengths
+//! and prints instructions per evaluation (the difference, so start-up cancels out).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,6 +35,16 @@ fn run<F: Future>(f: F) -> F::Output {
             return v;
         }
     }
+}
+
+/// The worker's way: the first rule that applies gives the actions.
+fn walk<'a>(rules: &'a Ruleset, flat: &FlattenedJson, ctx: &PushConditionRoomCtx) -> &'a [Action] {
+    for rule in rules {
+        if run(rule.applies(flat, ctx)) {
+            return rule.actions();
+        }
+    }
+    &[]
 }
 
 fn raw(v: Value) -> Raw<Value> {
@@ -97,6 +112,35 @@ fn main() {
             ),
         ),
     ];
+    if let Ok(only) = std::env::var("PUSH_EVAL_ONLY") {
+        let n: u32 = std::env::var("PUSH_EVAL_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let (way, case) = only.split_once(':').expect("way:case");
+        let case: usize = case.parse().expect("case number");
+        let raw = raw(cases[case].1.clone());
+        match way {
+            "get_actions" => {
+                for _ in 0..n {
+                    std::hint::black_box(run(rules.get_actions(&raw, &ctx)));
+                }
+            }
+            "walk" => {
+                let flat = FlattenedJson::from_raw(&raw);
+                for _ in 0..n {
+                    std::hint::black_box(walk(&rules, &flat, &ctx));
+                }
+            }
+            "flatten" => {
+                for _ in 0..n {
+                    std::hint::black_box(FlattenedJson::from_raw(&raw));
+                }
+            }
+            other => panic!("unknown way {other}"),
+        }
+        return;
+    }
     const N: u32 = 20_000;
     let median = |f: &mut dyn FnMut()| {
         let mut runs = Vec::new();
@@ -126,13 +170,7 @@ fn main() {
         let flat = FlattenedJson::from_raw(&raw);
         let mut walked = false;
         let b = median(&mut || {
-            let mut found: &[Action] = &[];
-            for rule in &rules {
-                if run(rule.applies(&flat, &ctx)) {
-                    found = rule.actions();
-                    break;
-                }
-            }
+            let found = walk(&rules, &flat, &ctx);
             walked = found.iter().any(Action::should_notify);
             std::hint::black_box(found);
         });
