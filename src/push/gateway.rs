@@ -12,6 +12,7 @@
 //! * anything else (5xx, 408, 429, no connection, refused address, timeout): retried after
 //!   `push.retry_min_ms`, doubling up to `push.retry_max_ms`, until `push.give_up_secs`
 //!   after it was queued.
+//!
 //! Between batches it sleeps until the next row is due, or until the worker says it queued
 //! something.
 

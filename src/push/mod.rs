@@ -12,6 +12,7 @@
 //! * `gateway` — delivers queued pushes to HTTP push gateways through the address policy,
 //!   with persisted retries and backoff;
 //! * `pushers` — `/pushers`, `/pushers/set` and `/notifications`.
+//!
 //! Counts are computed from the notification rows and the read receipts
 //! (`storage::push`), so a receipt clears them without a write of its own.
 
