@@ -44,6 +44,7 @@ pub struct Config {
     pub outbound: OutboundConfig,
     pub rate_limits: RateLimitsConfig,
     pub retention: RetentionConfig,
+    pub push: PushConfig,
     pub well_known: WellKnownConfig,
     pub passwords: PasswordsConfig,
     pub logging: LoggingConfig,
@@ -142,6 +143,36 @@ pub struct RetentionConfig {
     /// Device-list change log rows kept this many seconds (a client syncing from further
     /// back gets a full resync of the lists it cares about).
     pub device_list_changes_secs: u64,
+}
+
+/// Push: evaluation batches and delivery to push gateways (`push/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Events evaluated per batch by the push worker.
+    pub batch_events: u32,
+    /// Whole-request timeout of a push to a gateway.
+    pub gateway_timeout_ms: u64,
+    /// First retry after a failed push; doubles up to `retry_max_ms`.
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
+    /// A push not delivered after this many seconds is dropped.
+    pub give_up_secs: u64,
+    /// Notification rows (`/notifications`, counts) kept this many seconds.
+    pub notification_retention_secs: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            batch_events: 200,
+            gateway_timeout_ms: 10_000,
+            retry_min_ms: 1_000,
+            retry_max_ms: 600_000,
+            give_up_secs: 24 * 3600,
+            notification_retention_secs: 30 * 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -419,6 +450,7 @@ impl Default for Config {
             outbound: OutboundConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             retention: RetentionConfig::default(),
+            push: PushConfig::default(),
             well_known: WellKnownConfig::default(),
             passwords: PasswordsConfig::default(),
             logging: LoggingConfig::default(),

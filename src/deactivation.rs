@@ -7,7 +7,7 @@
 //!    answers 403 `M_USER_DEACTIVATED`), and drop its tokens from the token cache;
 //! 2. delete every device (with its tokens, device keys, one-time and fallback keys and
 //!    pending to-device messages; each deletion is a device-list change peers are told of),
-//!    the cross-signing keys and the key backup;
+//!    the cross-signing keys, the key backup and the pushers (with their queued pushes);
 //! 3. leave every room the user is joined to, invited to or knocking on (a room that
 //!    refuses, e.g. because its server is down, is logged and skipped: the account stays
 //!    deactivated).
@@ -100,6 +100,7 @@ pub async fn deactivate(s: &Services, user_id: &OwnedUserId) -> Result<Deactivat
             let hashes = users::delete_all_tokens(c, &u)?;
             e2ee_store::delete_cross_signing_keys(c, &u)?;
             backup::delete_all(c, &u)?;
+            crate::storage::push::delete_pushers_of(c, &u)?;
             Ok(Some(hashes))
         })
         .await?

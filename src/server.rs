@@ -177,6 +177,9 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         });
     }
 
+    // Push: evaluation behind the frontier, delivery to push gateways.
+    crate::push::start(&services);
+
     // Retention: prune transaction-ID, de-duplication and change-log tables.
     let sweep_secs = core.config.retention.sweep_interval_secs;
     if sweep_secs > 0 {

@@ -33,6 +33,8 @@ pub struct Services {
     pub federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
     /// Calls to other servers (registered at start-up by the transport).
     pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
+    /// Push: the gateways' network context and the delivery wake-up.
+    pub push: crate::push::PushState,
 }
 
 /// A boxed answer of a [`Remote`] call (not `Send`: it runs on the caller's arbiter).
@@ -106,6 +108,7 @@ impl Services {
             sliding: Default::default(),
             federation: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
+            push: crate::push::PushState::new(&core.config),
             core,
         })
     }

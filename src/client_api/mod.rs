@@ -226,6 +226,9 @@ fn routes(cfg: &mut web::ServiceConfig) {
             "/pushrules/{scope}/{kind}/{rule_id}/actions",
             put().to(push::put_actions),
         )
+        .route("/pushers", get().to(push::get_pushers))
+        .route("/pushers/set", post().to(push::set_pusher))
+        .route("/notifications", get().to(push::notifications))
         .route("/presence/{user_id}/status", get().to(misc::get_presence))
         .route("/presence/{user_id}/status", put().to(misc::set_presence))
         // end-to-end encryption

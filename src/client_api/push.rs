@@ -1,4 +1,5 @@
-//! `/pushrules`: reading and changing the user's push rules (`crate::push`).
+//! `/pushrules`: reading and changing the user's push rules; `/pushers`, `/pushers/set` and
+//! `/notifications` (all in `crate::push`).
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
@@ -137,4 +138,41 @@ pub async fn put_actions(
     let kind = push::kind(&kind)?;
     push::set_actions(&s, &user.user_id, kind, rule_id, &body.actions).await?;
     Ok(HttpResponse::Ok().json(json!({})))
+}
+
+pub async fn get_pushers(s: Data, user: AuthedUser) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(push::pushers::list(&s, user.user_id.as_str()).await?))
+}
+
+pub async fn set_pusher(
+    s: Data,
+    user: AuthedUser,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<HttpResponse> {
+    let net = std::sync::Arc::clone(&s.push.net);
+    push::pushers::set(&s, &net, user.user_id.as_str(), &body).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+#[derive(Deserialize)]
+pub struct NotificationsQuery {
+    from: Option<String>,
+    limit: Option<i64>,
+    only: Option<String>,
+}
+
+pub async fn notifications(
+    s: Data,
+    user: AuthedUser,
+    q: web::Query<NotificationsQuery>,
+) -> Result<HttpResponse> {
+    let viewer = crate::rooms::view::Viewer {
+        user_id: user.user_id.to_string(),
+        device_id: user.device_id.clone(),
+    };
+    let q = q.into_inner();
+    let body =
+        push::pushers::notifications(&s, viewer, q.from.as_deref(), q.limit, q.only.as_deref())
+            .await?;
+    Ok(HttpResponse::Ok().json(body))
 }

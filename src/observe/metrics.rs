@@ -41,6 +41,9 @@ pub const DB_COMMIT_FAILURES: &str = "weft_db_commit_failures_total";
 pub const DB_POOL: &str = "weft_db_read_pool_connections";
 pub const SYNC_WAKEUP: &str = "weft_sync_wakeup_duration_seconds";
 pub const RATE_LIMITED: &str = "weft_ratelimit_refusals_total";
+pub const PUSH_EVENTS: &str = "weft_push_events_evaluated_total";
+pub const PUSH_NOTIFICATIONS: &str = "weft_push_notifications_total";
+pub const PUSH_DELIVERIES: &str = "weft_push_gateway_requests_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -162,6 +165,12 @@ fn describe() {
         RATE_LIMITED,
         "Requests refused by a rate limiter, by limiter"
     );
+    describe_counter!(PUSH_EVENTS, "Events evaluated against push rules");
+    describe_counter!(PUSH_NOTIFICATIONS, "Notifications stored (event × user)");
+    describe_counter!(
+        PUSH_DELIVERIES,
+        "Requests to push gateways, by result (ok, retry, dropped)"
+    );
 }
 
 /// The text exposition of every metric (after housekeeping).
@@ -250,6 +259,17 @@ pub fn is_catching_up(destination: &str) -> bool {
     CATCHING_UP
         .get()
         .is_some_and(|s| s.lock().contains(destination))
+}
+
+/// The push worker evaluated `events` events, finding `notifications` notifications.
+pub fn push_evaluated(events: usize, notifications: usize) {
+    counter!(PUSH_EVENTS).increment(events as u64);
+    counter!(PUSH_NOTIFICATIONS).increment(notifications as u64);
+}
+
+/// One request to a push gateway and what became of the push.
+pub fn push_delivery(result: &'static str) {
+    counter!(PUSH_DELIVERIES, "result" => result).increment(1);
 }
 
 /// A received PDU's fate; `reason` is a fixed word (auth, signature, format, missing, ...).

@@ -4,6 +4,23 @@
 //! `Ruleset` (insert with `before`/`after`, remove, enable, set actions), which refuses
 //! what the spec forbids (creating or removing server-default rules, unknown neighbours),
 //! and each change is one read-modify-write job on the user's writer.
+//!
+//! Evaluation, counts and delivery:
+//! * `worker` — evaluates every new timeline event for the room's local members behind the
+//!   notifier's frontier (never on a room actor), storing notification rows and queueing
+//!   pushes in one write;
+//! * `gateway` — delivers queued pushes to HTTP push gateways through the address policy,
+//!   with persisted retries and backoff;
+//! * `pushers` — `/pushers`, `/pushers/set` and `/notifications`.
+//!
+//! Counts are computed from the notification rows and the read receipts
+//! (`storage::push`), so a receipt clears them without a write of its own.
+
+pub mod gateway;
+pub mod pushers;
+pub mod worker;
+
+use std::sync::Arc;
 
 use ruma::push::{
     Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
@@ -20,11 +37,41 @@ use crate::storage::account;
 /// The account data type holding a user's rules.
 pub const ACCOUNT_DATA_TYPE: &str = "m.push_rules";
 
-fn parse_ruleset(user_id: &UserId, stored: Option<Value>) -> Ruleset {
+pub(crate) fn parse_ruleset(user_id: &UserId, stored: Option<Value>) -> Ruleset {
     stored
         .and_then(|v| v.get("global").cloned())
         .and_then(|g| serde_json::from_value::<Ruleset>(g).ok())
         .unwrap_or_else(|| Ruleset::server_default(user_id))
+}
+
+/// What push shares between its tasks and its handlers.
+pub struct PushState {
+    /// The outbound network context for gateways (the address policy).
+    pub net: Arc<crate::net::NetContext>,
+    /// Wakes delivery when the worker queued pushes.
+    pub deliveries: Arc<tokio::sync::Notify>,
+}
+
+impl PushState {
+    pub fn new(config: &crate::config::Config) -> Self {
+        let net = crate::net::context_from_config(config).unwrap_or_else(|e| {
+            // The configuration was checked at load; fall back to refusing special ranges.
+            tracing::error!(error = %e, "push: bad outbound settings; gateways unreachable");
+            crate::net::NetContext::new(crate::net::AddressPolicy::default(), Default::default())
+        });
+        Self {
+            net,
+            deliveries: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+}
+
+/// Starts the push worker and gateway delivery (on the current actix system).
+pub fn start(s: &Arc<Services>) {
+    let core = Arc::clone(&s.core);
+    let wake = Arc::clone(&s.push.deliveries);
+    actix_rt::spawn(worker::run(Arc::clone(&core), Arc::clone(&wake)));
+    actix_rt::spawn(gateway::run(core, Arc::clone(&s.push.net), wake));
 }
 
 /// A user's rules (the defaults until they change one).

@@ -413,3 +413,53 @@ diesel::table! {
         stream_ordering -> BigInt,
     }
 }
+
+diesel::table! {
+    push_notifications (user_id, event_id) {
+        user_id -> Text,
+        event_id -> Text,
+        room_id -> Text,
+        thread_id -> Text,
+        stream_ordering -> BigInt,
+        stream_id -> BigInt,
+        ts -> BigInt,
+        actions -> Text,
+        highlight -> Bool,
+    }
+}
+
+diesel::table! {
+    push_progress (id) {
+        id -> Integer,
+        stream -> BigInt,
+    }
+}
+
+diesel::table! {
+    pushers (user_id, app_id, pushkey) {
+        user_id -> Text,
+        app_id -> Text,
+        pushkey -> Text,
+        kind -> Text,
+        app_display_name -> Text,
+        device_display_name -> Text,
+        profile_tag -> Nullable<Text>,
+        lang -> Text,
+        data -> Text,
+        created_ts -> BigInt,
+    }
+}
+
+diesel::table! {
+    push_outbox (user_id, app_id, pushkey, event_id) {
+        user_id -> Text,
+        app_id -> Text,
+        pushkey -> Text,
+        event_id -> Text,
+        url -> Text,
+        body -> Text,
+        attempts -> Integer,
+        next_attempt_ts -> BigInt,
+        created_ts -> BigInt,
+    }
+}

@@ -18,6 +18,8 @@ pub struct EventFilter {
     pub senders: Option<Vec<String>>,
     pub not_senders: Vec<String>,
     pub lazy_load_members: bool,
+    /// Counts per thread (`unread_thread_notifications` in `/sync`).
+    pub unread_thread_notifications: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

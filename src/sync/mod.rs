@@ -73,15 +73,19 @@ pub struct SyncResult {
     pub has_changes: bool,
 }
 
-/// A room's unread counts for a user: `(notification_count, highlight_count)`. weft keeps
-/// no push-rule counts yet, so both are 0; this one function is what `/sync` and sliding
-/// sync ask, for the push work to fill in.
+/// A room's unread counts for a user: `(notification_count, highlight_count)` over the
+/// whole room (every thread), from the push worker's notification rows after the user's read
+/// receipts (`storage::push`). What `/sync` (without thread support) and sliding sync show.
 pub fn unread_counts(
-    _conn: &mut AnyConnection,
-    _room_id: &str,
-    _user_id: &str,
+    conn: &mut AnyConnection,
+    room_id: &str,
+    user_id: &str,
 ) -> StorageResult<(u64, u64)> {
-    Ok((0, 0))
+    Ok(crate::storage::push::room_counts(conn, user_id, room_id)?.total)
+}
+
+fn counts_json((notifications, highlights): (u64, u64)) -> Value {
+    json!({"highlight_count": highlights, "notification_count": notifications})
 }
 
 fn receipts_event(rows: &[account::ReceiptRow]) -> Option<Value> {
@@ -135,6 +139,12 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
     let mut has_changes = e2ee.has_changes();
 
     let account_rows = account::account_data_since(conn, user, after, req.upto)?;
+    // Rooms whose unread counts changed without anything else (the push worker runs behind
+    // the commit; the user's receipts).
+    let recounted = match since_stream {
+        Some(s) => crate::storage::push::rooms_with_count_changes(conn, user, s, req.upto)?,
+        None => HashSet::new(),
+    };
 
     let mut join = Map::new();
     let mut invite = Map::new();
@@ -218,6 +228,11 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                     if full { i64::MIN } else { after },
                     req.upto,
                 )?;
+                // Private receipts are their owner's alone.
+                let receipt_rows: Vec<account::ReceiptRow> = receipt_rows
+                    .into_iter()
+                    .filter(|r| r.receipt_type != "m.read.private" || r.user_id == user)
+                    .collect();
                 if let Some(r) = receipts_event(&receipt_rows) {
                     ephemeral.push(r);
                 }
@@ -228,11 +243,16 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                     && state_events.is_empty()
                     && ephemeral.is_empty()
                     && room_account.is_empty()
+                    && !recounted.contains(&m.room_id)
                 {
                     continue;
                 }
                 has_changes = true;
-                let (notifications, highlights) = unread_counts(conn, &m.room_id, user)?;
+                let counts = crate::storage::push::room_counts(conn, user, &m.room_id)?;
+                // With `unread_thread_notifications`, the room's counts are its main timeline
+                // and each thread has its own.
+                let threaded = req.filter.room.timeline.unread_thread_notifications;
+                let unread = counts_json(if threaded { counts.main } else { counts.total });
                 let joined = rooms::members_with(conn, &m.room_id, "join")?.len();
                 let invited = rooms::members_with(conn, &m.room_id, "invite")?.len();
                 join.insert(
@@ -243,9 +263,17 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                         "ephemeral": {"events": ephemeral},
                         "account_data": {"events": room_account},
                         "summary": {"m.joined_member_count": joined, "m.invited_member_count": invited},
-                        "unread_notifications": {"highlight_count": highlights, "notification_count": notifications},
+                        "unread_notifications": unread,
                     }),
                 );
+                if threaded && !counts.threads.is_empty() {
+                    let per: Map<String, Value> = counts
+                        .threads
+                        .into_iter()
+                        .map(|(t, c)| (t, counts_json(c)))
+                        .collect();
+                    join[&m.room_id]["unread_thread_notifications"] = Value::Object(per);
+                }
             }
             "invite" | "knock" if changed_membership => {
                 // Servers may send full PDUs (room v12); clients get stripped state.

@@ -20,6 +20,7 @@ pub mod keys;
 pub mod lm;
 pub mod media;
 pub mod pdu;
+pub mod push;
 pub mod redaction;
 pub mod relations;
 pub mod room_version;

@@ -508,6 +508,13 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
         Some(s) => sliding::rooms_with_events(conn, &view_ids, s, c.upto)?,
         None => HashSet::new(),
     };
+    // Rooms whose unread counts changed on their own (push rows written behind the commit,
+    // the user's receipts): sent again with the new counts.
+    let recount_from = c.prev.rooms.values().map(|p| p.upto).chain(since).min();
+    let recounted: HashSet<String> = match recount_from {
+        Some(s) => crate::storage::push::rooms_with_count_changes(conn, user, s, c.upto)?,
+        None => HashSet::new(),
+    };
     let counts = sliding::member_counts(conn, &view_ids)?;
 
     let mut rooms_body = Map::new();
@@ -530,9 +537,13 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
         let needs = match from {
             None => true,
             Some(f) if f < after => {
-                events::has_events_in_range(conn, room_id, f, c.upto)? || membership_changed
+                events::has_events_in_range(conn, room_id, f, c.upto)?
+                    || membership_changed
+                    || recounted.contains(room_id)
             }
-            Some(_) => changed.contains(room_id) || membership_changed,
+            Some(_) => {
+                changed.contains(room_id) || membership_changed || recounted.contains(room_id)
+            }
         };
         if !needs {
             continue;
@@ -771,6 +782,8 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
                     r.user_id == user || shown.is_some_and(|s| s.contains(&r.event_id))
                 });
             }
+            // Private receipts are their owner's alone.
+            rows.retain(|r| r.receipt_type != "m.read.private" || r.user_id == user);
             if let Some(ev) = receipts_event(&rows) {
                 per_room.insert(room.clone(), ev);
             }

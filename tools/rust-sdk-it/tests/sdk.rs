@@ -6,7 +6,8 @@
 //! * a room's `Timeline` paginates back through older history;
 //! * an encrypted room decrypts both ways (keys travel through the e2ee and to_device
 //!   extensions);
-//! * the notification client fetches the event a push would name.
+//! * a pusher's push reaches a fake push gateway on loopback, and the notification client
+//!   fetches the event that push names.
 //!
 //! Each test starts its own `weft` (the binary built next to this test, or `WEFT_BIN`) on
 //! a free loopback port with a SQLite database in a temporary directory. Every wait is
@@ -20,10 +21,12 @@ use std::time::{Duration, Instant};
 
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::api::client::account::register;
+use matrix_sdk::ruma::api::client::push::{PusherIds, PusherInit, PusherKind, set_pusher};
 use matrix_sdk::ruma::api::client::room::create_room;
 use matrix_sdk::ruma::api::client::uiaa::{AuthData, Dummy};
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
-use matrix_sdk::ruma::{OwnedRoomId, RoomId};
+use matrix_sdk::ruma::push::HttpPusherData;
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, RoomId};
 use matrix_sdk::sliding_sync::VersionBuilder;
 use matrix_sdk::{Client, Room};
 use matrix_sdk_ui::notification_client::{
@@ -100,6 +103,7 @@ async fn start_weft() -> Weft {
              [database]\nurl = \"sqlite://{d}/weft.db\"\n\
              [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"\"\n\
              [registration]\nopen = true\n[federation]\nenabled = false\n\
+             [outbound]\nallowed_addresses = [\"127.0.0.1\"]\n\
              [logging]\nfilter = \"info,weft=debug\"\n",
             d = dir.display()
         ),
@@ -400,6 +404,24 @@ async fn notification_client_fetches_the_pushed_event() {
     let alice = user(&weft, "alice").await;
     let bob = user(&weft, "bob").await;
     let bob_sync = sync_service(&bob).await;
+    // Bob's phone: a pusher whose gateway is a listener on loopback.
+    let gateway = TcpListener::bind("127.0.0.1:0").expect("gateway");
+    let url = format!(
+        "http://{}/_matrix/push/v1/notify",
+        gateway.local_addr().expect("gateway address")
+    );
+    let pushes = std::thread::spawn(move || gateway_receive(gateway));
+    let pusher = PusherInit {
+        ids: PusherIds::new("bobs-phone".into(), "org.example.weft.sdk".into()),
+        kind: PusherKind::Http(HttpPusherData::new(url)),
+        app_display_name: "weft test".into(),
+        device_display_name: "Bob's phone".into(),
+        profile_tag: None,
+        lang: "en".into(),
+    };
+    bob.send(set_pusher::v3::Request::post(pusher.into()))
+        .await
+        .expect("set pusher");
     let room_id = create(&alice, "Ping", &[&bob]).await;
     bob.join_room_by_id(&room_id).await.expect("join");
     alice
@@ -411,7 +433,22 @@ async fn notification_client_fetches_the_pushed_event() {
         .send(RoomMessageEventContent::text_plain("wake up, bob"))
         .await
         .expect("send");
-    // What a push gateway would hand the app: a room and an event ID.
+    // What the push gateway hands the app: a room and an event ID.
+    let push = tokio::task::spawn_blocking(move || pushes.join())
+        .await
+        .expect("gateway thread")
+        .expect("gateway thread ended");
+    let pushed_room: OwnedRoomId = push["notification"]["room_id"]
+        .as_str()
+        .and_then(|r| r.try_into().ok())
+        .expect("room_id in the push");
+    let pushed_event: OwnedEventId = push["notification"]["event_id"]
+        .as_str()
+        .and_then(|e| e.try_into().ok())
+        .expect("event_id in the push");
+    assert_eq!(pushed_room, room_id);
+    assert_eq!(pushed_event, sent.response.event_id);
+    assert_eq!(push["notification"]["devices"][0]["pushkey"], "bobs-phone");
     let notifications = NotificationClient::new(
         bob.clone(),
         NotificationProcessSetup::SingleProcess {
@@ -421,7 +458,7 @@ async fn notification_client_fetches_the_pushed_event() {
     .await
     .expect("notification client");
     let status = notifications
-        .get_notification(&room_id, &sent.response.event_id)
+        .get_notification(&pushed_room, &pushed_event)
         .await
         .expect("get_notification");
     let NotificationStatus::Event(item) = status else {
@@ -434,4 +471,54 @@ async fn notification_client_fetches_the_pushed_event() {
     assert_eq!(event.sender(), alice.user_id().expect("alice"));
     assert_eq!(item.room_computed_display_name, "Ping");
     bob_sync.stop().await;
+}
+
+/// The fake push gateway: answers every request `200 {}` and returns the body of the first
+/// push about a room message event (pushes for the invite and join come first). Gives up
+/// after [`WAIT`].
+fn gateway_receive(l: TcpListener) -> serde_json::Value {
+    use std::io::{Read, Write};
+    l.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        let Ok((mut conn, _)) = l.accept() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let body = loop {
+            let Ok(n) = conn.read(&mut chunk) else {
+                break None;
+            };
+            if n == 0 {
+                break None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                break serde_json::from_slice::<serde_json::Value>(&buf[end + 4..end + 4 + len])
+                    .ok();
+            }
+        };
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        );
+        if let Some(b) = body
+            && b["notification"]["type"] == "m.room.message"
+        {
+            return b;
+        }
+    }
+    panic!("no push reached the gateway within {WAIT:?}");
 }

@@ -1,0 +1,539 @@
+//! The push worker: evaluates every new timeline event for the room's local members, off
+//! the room actors' path.
+//!
+//! It follows the event stream the way `/sync` does, behind the notifier's frontier: every
+//! event at or below the frontier is committed. Woken by every frontier advance
+//! (`Notifier::subscribe_all`), it reads the next batch of events after its position (not
+//! outliers, not rejected, not soft-failed; backfilled history has negative positions and
+//! is never pushed), with what evaluation needs for their rooms (joined members and when
+//! they joined, power levels, display names, each member's rules), and runs ruma's
+//! evaluator (the rules' `applies`, as `Ruleset::get_actions` does) for every local member
+//! but the sender (and for the local target of an invite; the event is flattened once, and the rules walked per member).
+//! What notifies becomes, in ONE write job: the notification
+//! rows (counts, `/notifications`), one delivery row per pusher of the user (with the exact
+//! body for the gateway and the badge count), and the worker's new position. A crash
+//! before that commit re-evaluates the batch on start; after it, nothing is evaluated twice
+//! and every push is in the delivery queue (`gateway.rs`). The job takes a notifier
+//! position of its own, so the users' `/sync` wakes up and sees the new counts.
+//!
+//! Members are the room's current joined members who joined before the event (the worker
+//! runs right behind the commit, so this is the state at the event except for a member
+//! who left in between); power levels and display names are the current state's.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ruma::push::{FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::serde::Raw;
+use ruma::{Int, OwnedRoomId, OwnedUserId, UInt};
+use serde_json::Value;
+use tokio::sync::Notify;
+use weft_protocol::RoomVersion;
+use weft_protocol::push::{self as rules, Outcome, PushDevice, PushedEvent};
+
+use super::parse_ruleset;
+use crate::core::Core;
+use crate::storage::events::EventRow;
+use crate::storage::push::{self, NotificationRow, OutboxRow};
+use crate::storage::{self, AnyConnection, StorageResult, account, events, rooms, state};
+
+/// What evaluation needs of a room.
+struct RoomCtx {
+    room_id: OwnedRoomId,
+    member_count: UInt,
+    /// Local joined members and the position of their join.
+    local: Vec<(String, i64)>,
+    power_levels: PushConditionPowerLevelsCtx,
+    display_names: HashMap<String, String>,
+    room_name: Option<String>,
+    room_alias: Option<String>,
+}
+
+/// One batch read from the database.
+struct Batch {
+    events: Vec<EventRow>,
+    /// The position evaluated up to once the batch is done.
+    upto: i64,
+    rooms: HashMap<String, RoomCtx>,
+    rules: HashMap<String, Ruleset>,
+}
+
+/// An event that notifies a user.
+pub struct Found {
+    pub row: NotificationRow,
+    pub outcome: Outcome,
+    pub event: PushedEvent,
+}
+
+fn content_of(
+    conn: &mut AnyConnection,
+    room: &str,
+    kind: &str,
+    key: &str,
+) -> StorageResult<Option<Value>> {
+    let Some(id) = state::current_state_entry(conn, room, kind, key)? else {
+        return Ok(None);
+    };
+    Ok(events::get_event(conn, &id)?
+        .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
+        .map(|v| v["content"].clone()))
+}
+
+fn int_of(v: &Value) -> Option<Int> {
+    match v {
+        Value::Number(n) => n.as_i64().and_then(|i| Int::try_from(i).ok()),
+        Value::String(s) => s
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .and_then(|i| Int::try_from(i).ok()),
+        _ => None,
+    }
+}
+
+/// The push-rule view of a room's power levels (no event: the creators at 100, others 0).
+fn power_levels_ctx(
+    version: RoomVersion,
+    content: Option<&Value>,
+    creators: Vec<OwnedUserId>,
+) -> PushConditionPowerLevelsCtx {
+    let mut users = std::collections::BTreeMap::new();
+    let mut users_default = Int::from(0u32);
+    let mut notifications = ruma::power_levels::NotificationPowerLevels::new();
+    match content {
+        Some(c) => {
+            if let Some(map) = c["users"].as_object() {
+                for (u, l) in map {
+                    if let (Ok(u), Some(l)) = (OwnedUserId::try_from(u.as_str()), int_of(l)) {
+                        users.insert(u, l);
+                    }
+                }
+            }
+            if let Some(d) = int_of(&c["users_default"]) {
+                users_default = d;
+            }
+            if let Some(r) = int_of(&c["notifications"]["room"]) {
+                notifications.room = r;
+            }
+        }
+        None => {
+            for u in &creators {
+                users.insert(u.clone(), Int::from(100u32));
+            }
+        }
+    }
+    let rules = ruma::room_version_rules::RoomPowerLevelsRules::new(
+        &version.rules().authorization,
+        creators,
+    );
+    PushConditionPowerLevelsCtx::new(users, users_default, notifications, rules)
+}
+
+fn creators_of(create: Option<&Value>, create_sender: Option<String>) -> Vec<OwnedUserId> {
+    let mut out: Vec<OwnedUserId> = create_sender
+        .iter()
+        .chain(
+            create
+                .and_then(|c| c["content"]["creator"].as_str().map(str::to_owned))
+                .iter(),
+        )
+        .filter_map(|u| OwnedUserId::try_from(u.as_str()).ok())
+        .collect();
+    if let Some(list) = create.and_then(|c| c["content"]["additional_creators"].as_array()) {
+        out.extend(
+            list.iter()
+                .filter_map(Value::as_str)
+                .filter_map(|u| OwnedUserId::try_from(u).ok()),
+        );
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn load_room(
+    conn: &mut AnyConnection,
+    room: &str,
+    server_suffix: &str,
+    senders: &HashSet<String>,
+) -> StorageResult<Option<RoomCtx>> {
+    let Ok(room_id) = OwnedRoomId::try_from(room) else {
+        return Ok(None);
+    };
+    let version = rooms::room_version(conn, room)?
+        .and_then(|v| RoomVersion::parse(&v))
+        .unwrap_or(RoomVersion::V10);
+    let members = push::joined_members(conn, room)?;
+    let member_count = UInt::try_from(members.len() as u64).unwrap_or(UInt::MAX);
+    let local: Vec<(String, i64)> = members
+        .into_iter()
+        .filter(|(u, _)| u.ends_with(server_suffix))
+        .collect();
+    let create = state::current_state_entry(conn, room, "m.room.create", "")?
+        .and_then(|id| events::get_event(conn, &id).ok().flatten());
+    let create_json = create
+        .as_ref()
+        .and_then(|r| serde_json::from_str::<Value>(&r.json).ok());
+    let creators = creators_of(create_json.as_ref(), create.map(|r| r.sender));
+    let pl = content_of(conn, room, "m.room.power_levels", "")?;
+    let mut display_names = HashMap::new();
+    let wanted: HashSet<&String> = local.iter().map(|(u, _)| u).chain(senders.iter()).collect();
+    for u in wanted {
+        if let Some(c) = content_of(conn, room, "m.room.member", u)?
+            && let Some(d) = c["displayname"].as_str()
+        {
+            display_names.insert(u.clone(), d.to_owned());
+        }
+    }
+    let room_name = content_of(conn, room, "m.room.name", "")?
+        .and_then(|c| c["name"].as_str().map(str::to_owned));
+    let room_alias = content_of(conn, room, "m.room.canonical_alias", "")?
+        .and_then(|c| c["alias"].as_str().map(str::to_owned));
+    Ok(Some(RoomCtx {
+        room_id,
+        member_count,
+        local,
+        power_levels: power_levels_ctx(version, pl.as_ref(), creators),
+        display_names,
+        room_name,
+        room_alias,
+    }))
+}
+
+/// The local user an invite is for, when the event is one.
+fn local_invitee<'a>(ev: &'a EventRow, json: &Value, server_suffix: &str) -> Option<&'a str> {
+    (ev.event_type == "m.room.member" && json["content"]["membership"] == "invite")
+        .then_some(())
+        .and(ev.state_key.as_deref())
+        .filter(|u| u.ends_with(server_suffix))
+}
+
+fn load_batch(
+    conn: &mut AnyConnection,
+    after: i64,
+    frontier: i64,
+    limit: i64,
+    server_suffix: &str,
+) -> StorageResult<Batch> {
+    let events = push::events_to_evaluate(conn, after, frontier, limit)?;
+    let upto = match events.last() {
+        Some(last) if events.len() as i64 >= limit => last.stream_ordering.unwrap_or(frontier),
+        _ => frontier,
+    };
+    let mut senders: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut users: HashSet<String> = HashSet::new();
+    for ev in &events {
+        senders
+            .entry(ev.room_id.clone())
+            .or_default()
+            .insert(ev.sender.clone());
+        if let Ok(json) = serde_json::from_str::<Value>(&ev.json)
+            && let Some(u) = local_invitee(ev, &json, server_suffix)
+        {
+            users.insert(u.to_owned());
+        }
+    }
+    let mut rooms = HashMap::new();
+    for (room, senders) in &senders {
+        if let Some(ctx) = load_room(conn, room, server_suffix, senders)? {
+            users.extend(ctx.local.iter().map(|(u, _)| u.clone()));
+            rooms.insert(room.clone(), ctx);
+        }
+    }
+    let mut rules = HashMap::new();
+    for u in users {
+        let Ok(uid) = OwnedUserId::try_from(u.as_str()) else {
+            continue;
+        };
+        let stored = account::get_account_data(conn, &u, "", super::ACCOUNT_DATA_TYPE)?
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        rules.insert(u, parse_ruleset(&uid, stored));
+    }
+    Ok(Batch {
+        events,
+        upto,
+        rooms,
+        rules,
+    })
+}
+
+/// Evaluates one event for one user: ruma's rules in the spec's order, the first that
+/// applies gives the actions (what `Ruleset::get_actions` does, with the event flattened once
+/// per event instead of once per member); `None` when it does not notify.
+pub async fn evaluate(
+    rules: &Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> Option<(Outcome, Vec<Value>)> {
+    let mut actions = None;
+    for rule in rules {
+        if rule.applies(event, ctx).await {
+            actions = Some(rule.actions());
+            break;
+        }
+    }
+    let actions = actions.filter(|a| !a.is_empty())?;
+    let json: Vec<Value> = actions
+        .iter()
+        .filter_map(|a| serde_json::to_value(a).ok())
+        .collect();
+    let o = rules::outcome(&json);
+    o.notify.then_some((o, json))
+}
+
+async fn evaluate_batch(batch: &Batch, server_suffix: &str, now: i64) -> Vec<Found> {
+    let mut found = Vec::new();
+    for ev in &batch.events {
+        let (Some(room), Some(stream)) = (batch.rooms.get(&ev.room_id), ev.stream_ordering) else {
+            continue;
+        };
+        let Ok(json) = serde_json::from_str::<Value>(&ev.json) else {
+            continue;
+        };
+        let Ok(raw_value) = serde_json::value::RawValue::from_string(ev.json.clone()) else {
+            continue;
+        };
+        let raw: Raw<Value> = Raw::from_json(raw_value);
+        let flat = FlattenedJson::from_raw(&raw);
+        let mut candidates: Vec<(&str, Option<String>)> = room
+            .local
+            .iter()
+            .filter(|(u, joined)| *joined < stream && *u != ev.sender)
+            .map(|(u, _)| (u.as_str(), room.display_names.get(u).cloned()))
+            .collect();
+        if let Some(invitee) = local_invitee(ev, &json, server_suffix)
+            && invitee != ev.sender
+            && !candidates.iter().any(|(u, _)| *u == invitee)
+        {
+            let name = json["content"]["displayname"].as_str().map(str::to_owned);
+            candidates.push((invitee, name));
+        }
+        let thread = rules::thread_of(&json["content"]);
+        for (user, display_name) in candidates {
+            let (Some(rules), Ok(uid)) = (batch.rules.get(user), OwnedUserId::try_from(user))
+            else {
+                continue;
+            };
+            let ctx = PushConditionRoomCtx::new(
+                room.room_id.clone(),
+                room.member_count,
+                uid,
+                display_name.unwrap_or_else(|| user.to_owned()),
+            )
+            .with_power_levels(room.power_levels.clone());
+            let Some((outcome, actions)) = evaluate(rules, &flat, &ctx).await else {
+                continue;
+            };
+            found.push(Found {
+                row: NotificationRow {
+                    user_id: user.to_owned(),
+                    event_id: ev.event_id.clone(),
+                    room_id: ev.room_id.clone(),
+                    thread_id: thread.clone(),
+                    stream_ordering: stream,
+                    stream_id: 0,
+                    ts: now,
+                    actions: Value::Array(actions).to_string(),
+                    highlight: outcome.highlight,
+                },
+                outcome,
+                event: PushedEvent {
+                    event_id: ev.event_id.clone(),
+                    room_id: ev.room_id.clone(),
+                    event_type: ev.event_type.clone(),
+                    sender: ev.sender.clone(),
+                    content: json["content"].clone(),
+                    state_key: ev.state_key.clone(),
+                    sender_display_name: room.display_names.get(&ev.sender).cloned(),
+                    room_name: room.room_name.clone(),
+                    room_alias: room.room_alias.clone(),
+                },
+            });
+        }
+        // Long batches must not hold the thread.
+        tokio::task::yield_now().await;
+    }
+    found
+}
+
+/// Stores what a batch found: notification rows, one delivery row per pusher, the position.
+/// Answers how many deliveries were queued.
+fn store(
+    conn: &mut AnyConnection,
+    found: &[Found],
+    stream_id: i64,
+    upto: i64,
+) -> StorageResult<usize> {
+    for f in found {
+        let mut row = f.row.clone();
+        row.stream_id = stream_id;
+        push::insert_notification(conn, &row)?;
+    }
+    let users: Vec<String> = found
+        .iter()
+        .map(|f| f.row.user_id.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let pushers = push::pushers_of(conn, &users)?;
+    let mut queued = 0;
+    if !pushers.is_empty() {
+        let now = storage::now_ms();
+        let mut badges: HashMap<String, u64> = HashMap::new();
+        for f in found {
+            let mine: Vec<_> = pushers
+                .iter()
+                .filter(|p| p.user_id == f.row.user_id)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let unread = match badges.get(&f.row.user_id) {
+                Some(b) => *b,
+                None => {
+                    let b = push::rooms_with_unread(conn, &f.row.user_id)?;
+                    badges.insert(f.row.user_id.clone(), b);
+                    b
+                }
+            };
+            for p in mine {
+                let data: serde_json::Map<String, Value> =
+                    serde_json::from_str(&p.data).unwrap_or_default();
+                let Some(url) = data.get("url").and_then(Value::as_str).map(str::to_owned) else {
+                    continue;
+                };
+                let device = PushDevice {
+                    app_id: p.app_id.clone(),
+                    pushkey: p.pushkey.clone(),
+                    pushkey_ts: p.created_ts / 1000,
+                    data,
+                };
+                let body =
+                    rules::notify_body(&f.event, &f.row.user_id, &device, &f.outcome, unread);
+                push::enqueue(
+                    conn,
+                    &OutboxRow {
+                        user_id: p.user_id.clone(),
+                        app_id: p.app_id.clone(),
+                        pushkey: p.pushkey.clone(),
+                        event_id: f.row.event_id.clone(),
+                        url,
+                        body: body.to_string(),
+                        attempts: 0,
+                        next_attempt_ts: now,
+                        created_ts: now,
+                    },
+                )?;
+                queued += 1;
+            }
+        }
+    }
+    push::set_progress(conn, upto)?;
+    Ok(queued)
+}
+
+/// The writer shard of push jobs.
+const SHARD: &str = "push";
+
+/// Runs the worker until the process ends.
+pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
+    let suffix = format!(":{}", core.server_name());
+    let limit = i64::from(core.config.push.batch_events.max(1));
+    let mut rx = core.notifier.subscribe_all();
+    let mut cursor = loop {
+        match core.db.read(push::progress).await {
+            Ok(Some(p)) => break p,
+            // First start: from here on (earlier history is not pushed).
+            Ok(None) => {
+                let at = core.notifier.frontier();
+                match core
+                    .db
+                    .write(SHARD, move |c| push::set_progress(c, at))
+                    .await
+                {
+                    Ok(()) => break at,
+                    Err(e) => tracing::warn!(error = %e, "push worker: cannot save its position"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "push worker: cannot read its position; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    // Batches that notified nobody move the position in memory; it is written with the next
+    // batch that notifies, or after a second (re-evaluating such a batch changes nothing).
+    let mut unsaved = false;
+    let mut last_save = Instant::now();
+    loop {
+        let frontier = core.notifier.frontier();
+        if frontier > cursor {
+            let s = suffix.clone();
+            let after = cursor;
+            let batch = match core
+                .db
+                .read(move |c| load_batch(c, after, frontier, limit, &s))
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "push worker: cannot read events; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let evaluated = batch.events.len();
+            let found = evaluate_batch(&batch, &suffix, storage::now_ms()).await;
+            let upto = batch.upto;
+            if found.is_empty() {
+                unsaved |= evaluated > 0;
+                cursor = upto;
+                crate::observe::metrics::push_evaluated(evaluated, 0);
+                continue;
+            }
+            let users: HashSet<String> = found.iter().map(|f| f.row.user_id.clone()).collect();
+            let n = found.len();
+            let pos = core.notifier.allocate();
+            let res = core
+                .db
+                .write(SHARD, move |c| store(c, &found, pos, upto))
+                .await;
+            match res {
+                Ok(queued) => {
+                    core.notifier.complete(&[pos], users);
+                    crate::observe::metrics::push_evaluated(evaluated, n);
+                    cursor = upto;
+                    unsaved = false;
+                    last_save = Instant::now();
+                    if queued > 0 {
+                        deliveries.notify_one();
+                    }
+                }
+                Err(e) => {
+                    core.notifier.complete(&[pos], []);
+                    tracing::warn!(error = %e, "push worker: cannot store notifications; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            continue;
+        }
+        if unsaved && last_save.elapsed() >= Duration::from_secs(1) {
+            let at = cursor;
+            match core
+                .db
+                .write(SHARD, move |c| push::set_progress(c, at))
+                .await
+            {
+                Ok(()) => unsaved = false,
+                Err(e) => tracing::warn!(error = %e, "push worker: cannot save its position"),
+            }
+            last_save = Instant::now();
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! Push storage: notification rows, unread counts from them, the push worker's position,
+//! pushers and the push gateway delivery queue.
+//!
+//! Counts are not kept as counters: a room's `notification_count` / `highlight_count` for a
+//! user are the notification rows after the user's read receipt, counted with the
+//! `(user_id, room_id, stream_ordering)` index. A receipt (`m.read` or `m.read.private`)
+//! therefore "resets" the counts up to its event by moving the threshold, with no write of
+//! its own, and threads fall out of the same rows: an unthreaded receipt covers every
+//! thread, a threaded one (`thread_id` = a thread root, or `main`) only its thread, and each
+//! row is read when it is at or before either.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use diesel::prelude::*;
+
+use super::events::EventRow;
+use super::schema::{
+    events, memberships, push_notifications, push_outbox, push_progress, pushers, receipts,
+};
+use super::{AnyConnection, StorageResult};
+
+/// The thread ID of events outside any thread (as receipts name it).
+pub const MAIN_THREAD: &str = "main";
+
+/// A user's unread counts in one room: `(notifications, highlights)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomCounts {
+    /// Everything in the room (what clients without thread support are shown).
+    pub total: (u64, u64),
+    /// The main timeline only.
+    pub main: (u64, u64),
+    /// Per thread root, threads with something unread only.
+    pub threads: BTreeMap<String, (u64, u64)>,
+}
+
+/// Where a user's read receipts in a room stand, as stream positions.
+#[derive(Debug, Clone, Default)]
+pub struct ReadUpTo {
+    /// The unthreaded receipt (covers every thread).
+    pub all: i64,
+    /// Threaded receipts (`main` or a thread root).
+    pub threads: HashMap<String, i64>,
+}
+
+impl ReadUpTo {
+    /// Whether a notification at `stream` in `thread` has been read.
+    pub fn is_read(&self, thread: &str, stream: i64) -> bool {
+        stream <= self.all || self.threads.get(thread).is_some_and(|t| stream <= *t)
+    }
+}
+
+/// The positions of the user's read receipts (`m.read`, `m.read.private`) in a room.
+pub fn read_up_to(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    room_id: &str,
+) -> StorageResult<ReadUpTo> {
+    let rows: Vec<(String, String)> = receipts::table
+        .filter(receipts::room_id.eq(room_id))
+        .filter(receipts::user_id.eq(user_id))
+        .filter(receipts::receipt_type.eq_any(["m.read", "m.read.private"]))
+        .select((receipts::thread_id, receipts::event_id))
+        .load(conn)?;
+    let mut out = ReadUpTo {
+        all: i64::MIN,
+        threads: HashMap::new(),
+    };
+    if rows.is_empty() {
+        return Ok(out);
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let positions: HashMap<String, i64> = events::table
+        .filter(events::event_id.eq_any(&ids))
+        .filter(events::room_id.eq(room_id))
+        .filter(events::stream_ordering.is_not_null())
+        .select((events::event_id, events::stream_ordering.assume_not_null()))
+        .load::<(String, i64)>(conn)?
+        .into_iter()
+        .collect();
+    for (thread, event) in rows {
+        let Some(&p) = positions.get(&event) else {
+            continue;
+        };
+        if thread.is_empty() {
+            out.all = out.all.max(p);
+        } else {
+            let e = out.threads.entry(thread).or_insert(i64::MIN);
+            *e = (*e).max(p);
+        }
+    }
+    Ok(out)
+}
+
+/// `(notifications, highlights)` in one thread after `after`.
+fn thread_counts(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    room_id: &str,
+    thread: &str,
+    after: i64,
+) -> StorageResult<(u64, u64)> {
+    let mut out = [0u64; 2];
+    for (i, kinds) in [vec![true, false], vec![true]].into_iter().enumerate() {
+        let n: i64 = push_notifications::table
+            .filter(push_notifications::user_id.eq(user_id))
+            .filter(push_notifications::room_id.eq(room_id))
+            .filter(push_notifications::thread_id.eq(thread))
+            .filter(push_notifications::stream_ordering.gt(after))
+            .filter(push_notifications::highlight.eq_any(kinds))
+            .count()
+            .get_result(conn)?;
+        out[i] = n.max(0) as u64;
+    }
+    Ok((out[0], out[1]))
+}
+
+/// A user's unread counts in a room.
+pub fn room_counts(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    room_id: &str,
+) -> StorageResult<RoomCounts> {
+    let read = read_up_to(conn, user_id, room_id)?;
+    // The threads with anything after the unthreaded receipt, each counted after the later
+    // of that receipt and its own.
+    let threads: Vec<String> = push_notifications::table
+        .filter(push_notifications::user_id.eq(user_id))
+        .filter(push_notifications::room_id.eq(room_id))
+        .filter(push_notifications::stream_ordering.gt(read.all))
+        .select(push_notifications::thread_id)
+        .distinct()
+        .load(conn)?;
+    let mut out = RoomCounts::default();
+    for thread in threads {
+        let after = read
+            .threads
+            .get(&thread)
+            .map_or(read.all, |t| (*t).max(read.all));
+        let (n, h) = thread_counts(conn, user_id, room_id, &thread, after)?;
+        out.total.0 += n;
+        out.total.1 += h;
+        if thread == MAIN_THREAD {
+            out.main = (n, h);
+        } else if n > 0 {
+            out.threads.insert(thread, (n, h));
+        }
+    }
+    Ok(out)
+}
+
+/// The number of rooms in which the user has unread notifications (the badge a push
+/// gateway shows).
+pub fn rooms_with_unread(conn: &mut AnyConnection, user_id: &str) -> StorageResult<u64> {
+    let rooms: Vec<String> = push_notifications::table
+        .filter(push_notifications::user_id.eq(user_id))
+        .select(push_notifications::room_id)
+        .distinct()
+        .load(conn)?;
+    let mut n = 0;
+    for r in rooms {
+        if room_counts(conn, user_id, &r)?.total.0 > 0 {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Rooms whose counts for the user may have changed in `(after, upto]`: notification rows
+/// written then, or the user's own receipts.
+pub fn rooms_with_count_changes(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    after: i64,
+    upto: i64,
+) -> StorageResult<HashSet<String>> {
+    let mut out: HashSet<String> = push_notifications::table
+        .filter(push_notifications::user_id.eq(user_id))
+        .filter(push_notifications::stream_id.gt(after))
+        .filter(push_notifications::stream_id.le(upto))
+        .select(push_notifications::room_id)
+        .distinct()
+        .load::<String>(conn)?
+        .into_iter()
+        .collect();
+    out.extend(
+        receipts::table
+            .filter(receipts::user_id.eq(user_id))
+            .filter(receipts::stream_id.gt(after))
+            .filter(receipts::stream_id.le(upto))
+            .select(receipts::room_id)
+            .distinct()
+            .load::<String>(conn)?,
+    );
+    Ok(out)
+}
+
+/// One notification for a user.
+#[derive(Debug, Clone, Queryable, Insertable)]
+#[diesel(table_name = push_notifications)]
+pub struct NotificationRow {
+    pub user_id: String,
+    pub event_id: String,
+    pub room_id: String,
+    pub thread_id: String,
+    pub stream_ordering: i64,
+    pub stream_id: i64,
+    pub ts: i64,
+    pub actions: String,
+    pub highlight: bool,
+}
+
+/// Stores a notification (again: nothing, so a re-evaluated event is harmless).
+pub fn insert_notification(conn: &mut AnyConnection, row: &NotificationRow) -> StorageResult<()> {
+    let exists: i64 = push_notifications::table
+        .filter(push_notifications::user_id.eq(&row.user_id))
+        .filter(push_notifications::event_id.eq(&row.event_id))
+        .count()
+        .get_result(conn)?;
+    if exists == 0 {
+        diesel::insert_into(push_notifications::table)
+            .values(row)
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// A user's notifications, newest first, before stream position `before`.
+pub fn notifications(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    before: Option<i64>,
+    limit: i64,
+    only_highlight: bool,
+) -> StorageResult<Vec<NotificationRow>> {
+    let mut q = push_notifications::table
+        .filter(push_notifications::user_id.eq(user_id))
+        .into_boxed();
+    if let Some(b) = before {
+        q = q.filter(push_notifications::stream_ordering.lt(b));
+    }
+    if only_highlight {
+        q = q.filter(push_notifications::highlight.eq(true));
+    }
+    Ok(q.order(push_notifications::stream_ordering.desc())
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// Deletes a user's notifications older than `before_ts` (retention).
+pub fn prune_notifications(conn: &mut AnyConnection, before_ts: i64) -> StorageResult<usize> {
+    Ok(
+        diesel::delete(push_notifications::table.filter(push_notifications::ts.lt(before_ts)))
+            .execute(conn)?,
+    )
+}
+
+// ---- the push worker's position and input
+
+/// The last stream position evaluated (`None`: never started).
+pub fn progress(conn: &mut AnyConnection) -> StorageResult<Option<i64>> {
+    Ok(push_progress::table
+        .filter(push_progress::id.eq(1))
+        .select(push_progress::stream)
+        .first::<i64>(conn)
+        .optional()?)
+}
+
+pub fn set_progress(conn: &mut AnyConnection, stream: i64) -> StorageResult<()> {
+    let n = diesel::update(push_progress::table.filter(push_progress::id.eq(1)))
+        .set(push_progress::stream.eq(stream))
+        .execute(conn)?;
+    if n == 0 {
+        diesel::insert_into(push_progress::table)
+            .values((push_progress::id.eq(1), push_progress::stream.eq(stream)))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Timeline events in `(after, upto]` that push applies to: not outliers, not rejected, not
+/// soft-failed; oldest first.
+pub fn events_to_evaluate(
+    conn: &mut AnyConnection,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> StorageResult<Vec<EventRow>> {
+    Ok(events::table
+        .filter(events::stream_ordering.gt(after))
+        .filter(events::stream_ordering.le(upto))
+        .filter(events::outlier.eq(false))
+        .filter(events::rejected.is_null())
+        .filter(events::soft_failed.eq(false))
+        .order(events::stream_ordering.asc())
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// A room's joined members with the position of their join.
+pub fn joined_members(
+    conn: &mut AnyConnection,
+    room_id: &str,
+) -> StorageResult<Vec<(String, i64)>> {
+    Ok(memberships::table
+        .filter(memberships::room_id.eq(room_id))
+        .filter(memberships::membership.eq("join"))
+        .select((memberships::user_id, memberships::stream_ordering))
+        .load(conn)?)
+}
+
+// ---- pushers
+
+#[derive(Debug, Clone, Queryable, Insertable)]
+#[diesel(table_name = pushers)]
+pub struct PusherRow {
+    pub user_id: String,
+    pub app_id: String,
+    pub pushkey: String,
+    pub kind: String,
+    pub app_display_name: String,
+    pub device_display_name: String,
+    pub profile_tag: Option<String>,
+    pub lang: String,
+    pub data: String,
+    pub created_ts: i64,
+}
+
+pub fn pushers_of(conn: &mut AnyConnection, user_ids: &[String]) -> StorageResult<Vec<PusherRow>> {
+    let mut out = Vec::new();
+    for chunk in user_ids.chunks(500) {
+        out.extend(
+            pushers::table
+                .filter(pushers::user_id.eq_any(chunk))
+                .order((pushers::user_id, pushers::created_ts))
+                .load::<PusherRow>(conn)?,
+        );
+    }
+    Ok(out)
+}
+
+/// Creates or replaces a pusher; unless `append`, the same app ID and pushkey of other users
+/// go (the spec's `append: false`).
+pub fn set_pusher(conn: &mut AnyConnection, row: &PusherRow, append: bool) -> StorageResult<()> {
+    if !append {
+        diesel::delete(
+            pushers::table
+                .filter(pushers::app_id.eq(&row.app_id))
+                .filter(pushers::pushkey.eq(&row.pushkey))
+                .filter(pushers::user_id.ne(&row.user_id)),
+        )
+        .execute(conn)?;
+    }
+    delete_pusher(conn, &row.user_id, &row.app_id, &row.pushkey)?;
+    diesel::insert_into(pushers::table)
+        .values(row)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Removes a pusher and what is queued for it; whether it existed.
+pub fn delete_pusher(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+) -> StorageResult<bool> {
+    let n = diesel::delete(
+        pushers::table
+            .filter(pushers::user_id.eq(user_id))
+            .filter(pushers::app_id.eq(app_id))
+            .filter(pushers::pushkey.eq(pushkey)),
+    )
+    .execute(conn)?;
+    diesel::delete(
+        push_outbox::table
+            .filter(push_outbox::user_id.eq(user_id))
+            .filter(push_outbox::app_id.eq(app_id))
+            .filter(push_outbox::pushkey.eq(pushkey)),
+    )
+    .execute(conn)?;
+    Ok(n > 0)
+}
+
+/// Removes every pusher of a user, and their queue (deactivation).
+pub fn delete_pushers_of(conn: &mut AnyConnection, user_id: &str) -> StorageResult<()> {
+    diesel::delete(pushers::table.filter(pushers::user_id.eq(user_id))).execute(conn)?;
+    diesel::delete(push_outbox::table.filter(push_outbox::user_id.eq(user_id))).execute(conn)?;
+    Ok(())
+}
+
+// ---- the delivery queue
+
+#[derive(Debug, Clone, Queryable, Insertable)]
+#[diesel(table_name = push_outbox)]
+pub struct OutboxRow {
+    pub user_id: String,
+    pub app_id: String,
+    pub pushkey: String,
+    pub event_id: String,
+    pub url: String,
+    pub body: String,
+    pub attempts: i32,
+    pub next_attempt_ts: i64,
+    pub created_ts: i64,
+}
+
+pub fn enqueue(conn: &mut AnyConnection, row: &OutboxRow) -> StorageResult<()> {
+    let exists: i64 = push_outbox::table
+        .filter(push_outbox::user_id.eq(&row.user_id))
+        .filter(push_outbox::app_id.eq(&row.app_id))
+        .filter(push_outbox::pushkey.eq(&row.pushkey))
+        .filter(push_outbox::event_id.eq(&row.event_id))
+        .count()
+        .get_result(conn)?;
+    if exists == 0 {
+        diesel::insert_into(push_outbox::table)
+            .values(row)
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Queued pushes due at `now`, oldest first.
+pub fn due(conn: &mut AnyConnection, now: i64, limit: i64) -> StorageResult<Vec<OutboxRow>> {
+    Ok(push_outbox::table
+        .filter(push_outbox::next_attempt_ts.le(now))
+        .order(push_outbox::next_attempt_ts.asc())
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// When the next queued push is due.
+pub fn next_due(conn: &mut AnyConnection) -> StorageResult<Option<i64>> {
+    Ok(push_outbox::table
+        .select(diesel::dsl::min(push_outbox::next_attempt_ts))
+        .first::<Option<i64>>(conn)?)
+}
+
+pub fn delivered(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    app_id: &str,
+    pushkey: &str,
+    event_id: &str,
+) -> StorageResult<()> {
+    diesel::delete(
+        push_outbox::table
+            .filter(push_outbox::user_id.eq(user_id))
+            .filter(push_outbox::app_id.eq(app_id))
+            .filter(push_outbox::pushkey.eq(pushkey))
+            .filter(push_outbox::event_id.eq(event_id)),
+    )
+    .execute(conn)?;
+    Ok(())
+}
+
+pub fn reschedule(
+    conn: &mut AnyConnection,
+    row: &OutboxRow,
+    attempts: i32,
+    next_attempt_ts: i64,
+) -> StorageResult<()> {
+    diesel::update(
+        push_outbox::table
+            .filter(push_outbox::user_id.eq(&row.user_id))
+            .filter(push_outbox::app_id.eq(&row.app_id))
+            .filter(push_outbox::pushkey.eq(&row.pushkey))
+            .filter(push_outbox::event_id.eq(&row.event_id)),
+    )
+    .set((
+        push_outbox::attempts.eq(attempts),
+        push_outbox::next_attempt_ts.eq(next_attempt_ts),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
