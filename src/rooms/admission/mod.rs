@@ -28,6 +28,7 @@ pub mod backfill;
 pub mod content_hash;
 pub mod format;
 pub mod known;
+pub mod memory;
 pub mod pool;
 pub mod prepare;
 pub mod signatures;
