@@ -1,0 +1,308 @@
+//! Joins across servers: `make_join`/`send_join` served to a joining server (the state and
+//! auth chain before its join), and a local user joining a room held elsewhere (template,
+//! sign, `send_join`, the answer's state and auth chain checked and stored as outliers, the
+//! join entering the room actor with that state as the state before it).
+
+use super::*;
+
+pub async fn make_join(
+    s: Data,
+    signed: Signed,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (room, user) = path.into_inner();
+    let v = make_membership(
+        &s,
+        &signed.origin,
+        &room,
+        &user,
+        "join",
+        Some(vers_of(&req)),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(v))
+}
+
+pub(super) fn pdu_value(row: &EventRow) -> Value {
+    serde_json::from_str(&row.json).unwrap_or(Value::Null)
+}
+
+/// The state before an event and the auth chain of that state and the event.
+pub(super) async fn state_and_chain(
+    s: &Services,
+    event_id: &str,
+) -> Result<(Vec<Value>, Vec<Value>)> {
+    let e = event_id.to_owned();
+    let (st, chain) = s
+        .core
+        .db
+        .read(move |c| {
+            let Some(row) = events::get_event(c, &e)? else {
+                return Ok((Vec::new(), Vec::new()));
+            };
+            let ids: Vec<String> = match row.state_before {
+                Some(g) => state::load_group(c, g)?.into_values().collect(),
+                None => Vec::new(),
+            };
+            let st = events::get_events(c, &ids)?;
+            let mut roots = ids.clone();
+            roots.push(e.clone());
+            let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+            let mut stack: Vec<String> = Vec::new();
+            for r in events::get_events(c, &roots)? {
+                stack.extend(auth_of(&r));
+            }
+            let mut chain = Vec::new();
+            while let Some(id) = stack.pop() {
+                if !seen.insert(id.clone()) {
+                    continue;
+                }
+                if let Some(r) = events::get_event(c, &id)? {
+                    stack.extend(auth_of(&r));
+                    chain.push(r);
+                }
+            }
+            chain.sort_by_key(|r| r.depth);
+            Ok((st, chain))
+        })
+        .await?;
+    Ok((
+        st.iter().map(pdu_value).collect(),
+        chain.iter().map(pdu_value).collect(),
+    ))
+}
+
+pub(super) fn auth_of(row: &EventRow) -> Vec<String> {
+    serde_json::from_str::<Value>(&row.json)
+        .ok()
+        .and_then(|v| v.get("auth_events").cloned())
+        .and_then(|a| serde_json::from_value::<Vec<String>>(a).ok())
+        .unwrap_or_default()
+}
+
+pub(super) async fn send_join_body(
+    s: &Services,
+    signed: &Signed,
+    room: &str,
+    event_id: &str,
+) -> Result<Value> {
+    let (pdu, _version) = accept_membership(s, signed, room, event_id, "join").await?;
+    let (st, chain) = state_and_chain(s, event_id).await?;
+    let r = room.to_owned();
+    let members = s
+        .core
+        .db
+        .read(move |c| rooms::members_with(c, &r, "join"))
+        .await?;
+    let mut servers: Vec<String> = members.iter().map(|m| server_of(m).to_owned()).collect();
+    servers.sort();
+    servers.dedup();
+    Ok(json!({
+        "origin": s.server_name(),
+        "state": st,
+        "auth_chain": chain,
+        "event": pdu.to_federation_value(),
+        "members_omitted": false,
+        "servers_in_room": servers,
+    }))
+}
+
+pub async fn send_join_v2(
+    s: Data,
+    signed: Signed,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (room, event_id) = path.into_inner();
+    Ok(HttpResponse::Ok().json(send_join_body(&s, &signed, &room, &event_id).await?))
+}
+
+pub async fn send_join_v1(
+    s: Data,
+    signed: Signed,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (room, event_id) = path.into_inner();
+    Ok(HttpResponse::Ok().json(json!([
+        200,
+        send_join_body(&s, &signed, &room, &event_id).await?
+    ])))
+}
+
+/// Joins a local user to a room held by other servers.
+pub async fn join_remote(
+    s: &Services,
+    user: &OwnedUserId,
+    room: &OwnedRoomId,
+    servers: &[String],
+    content_extra: Value,
+) -> Result<OwnedEventId> {
+    let fed = s
+        .federation()
+        .cloned()
+        .ok_or_else(|| Error::not_found("no known servers (federation disabled)"))?;
+    let mut last_err = Error::not_found("no server in the room could be reached");
+    for server in servers.iter().filter(|srv| !s.core.is_local(srv)) {
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{}",
+            enc(room.as_str()),
+            enc(user.as_str()),
+            ver_query()
+        );
+        let resp = match fed.client.request("GET", server, &path, None).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(server, error = %e, "make_join failed");
+                last_err = e.into();
+                continue;
+            }
+        };
+        let version_id = resp
+            .get("room_version")
+            .and_then(|v| v.as_str())
+            .unwrap_or("1");
+        if RoomVersion::parse(version_id).is_some_and(|v| v.is_linearized()) {
+            match crate::federation::linearized::participant::join_via(
+                s,
+                server,
+                room,
+                user,
+                &resp,
+                content_extra.clone(),
+            )
+            .await
+            {
+                Ok(id) => return Ok(id),
+                Err(e) => {
+                    tracing::info!(server, error = %e, "LM join failed");
+                    last_err = e;
+                    continue;
+                }
+            }
+        }
+        let Some(version) = RoomVersion::parse(version_id).filter(|v| !v.is_linearized()) else {
+            last_err = Error::IncompatibleRoomVersion(format!(
+                "room version {version_id} is not supported"
+            ));
+            continue;
+        };
+        let Some(template) = resp.get("event").cloned() else {
+            last_err = Error::Remote(format!("{server} sent no join template"));
+            continue;
+        };
+        match complete_join(
+            s,
+            &fed,
+            server,
+            room,
+            user,
+            version,
+            template,
+            content_extra.clone(),
+        )
+        .await
+        {
+            Ok(id) => return Ok(id),
+            Err(e) => {
+                tracing::info!(server, error = %e, "send_join failed");
+                last_err = e;
+            }
+        }
+    }
+    Err(last_err)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn complete_join(
+    s: &Services,
+    fed: &std::sync::Arc<crate::federation::Federation>,
+    server: &str,
+    room: &OwnedRoomId,
+    user: &OwnedUserId,
+    version: RoomVersion,
+    template: Value,
+    content_extra: Value,
+) -> Result<OwnedEventId> {
+    let join = sign_template(s, server, template, version, user, "join", &content_extra)?;
+    let path = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        enc(room.as_str()),
+        enc(join.event_id().as_str())
+    );
+    let resp = fed
+        .client
+        .request("PUT", server, &path, Some(&join.to_federation_value()))
+        .await?;
+
+    // The room's state and auth chain: check, store as outliers.
+    let mut raws = resp
+        .get("auth_chain")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let state_raws = resp
+        .get("state")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
+    raws.extend(state_raws.iter().cloned());
+    let pdus = gaps::checked_pdus(fed, &raws, version, room.as_str()).await;
+    let state_event_ids: std::collections::HashSet<String> = state_raws
+        .iter()
+        .filter_map(|r| {
+            verify::parse(r, version)
+                .ok()
+                .map(|p| p.event_id().to_string())
+        })
+        .collect();
+    let mut state_ids: HashMap<(String, String), String> = HashMap::new();
+    for p in &pdus {
+        if state_event_ids.contains(p.event_id().as_str())
+            && let Some(k) = p.state_key()
+        {
+            state_ids.insert((p.kind_str(), k.to_owned()), p.event_id().to_string());
+        }
+    }
+    if !state_ids.contains_key(&("m.room.create".to_owned(), String::new())) {
+        return Err(Error::Remote(format!(
+            "{server} sent no create event in the room state"
+        )));
+    }
+    let rejected = outliers::store(&s.core, room.as_str(), version, pdus).await?;
+    if !rejected.is_empty() {
+        // Rejected events are never state: the join's state is what remains.
+        tracing::warn!(room = %room, count = rejected.len(), "some of the room's state failed its auth checks; left out");
+        let bad: std::collections::HashSet<&String> = rejected.iter().collect();
+        state_ids.retain(|_, id| !bad.contains(id));
+    }
+    // A resident server may have countersigned the join (restricted rooms).
+    let join = match resp.get("event") {
+        Some(ev) => match verify::parse(ev, version) {
+            Ok(p) if p.event_id() == join.event_id() => p,
+            _ => join,
+        },
+        None => join,
+    };
+    let id = join.owned_event_id();
+    let outcome = s
+        .rooms
+        .admit(
+            room,
+            InboundPdus {
+                pdus: vec![(join, Some(state_ids))],
+                local: false,
+                version: Some(version),
+            },
+        )
+        .await?
+        .pop();
+    match outcome {
+        Some(InboundOutcome::Accepted) | Some(InboundOutcome::SoftFailed(_)) => {
+            tracing::info!(room = %room, user = %user, via = server, "joined a room over federation");
+            Ok(id)
+        }
+        other => Err(Error::Remote(format!(
+            "our join could not be applied: {other:?}"
+        ))),
+    }
+}

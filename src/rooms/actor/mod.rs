@@ -1,0 +1,300 @@
+//! The room actor: the single owner of a room's ordered event sequence and current state.
+//!
+//! Life of a local event (a client's `send`):
+//!
+//! 1. The handler sends `SendEvent` (with `send().await`, so a full mailbox pushes back).
+//! 2. The actor builds the PDU on top of its in-memory position (forward extremities, depth,
+//!    auth events from current state), signs it, and checks the auth rules against its
+//!    current state. A refusal answers at once; nothing is written.
+//! 3. Accepted events are applied to the in-memory state and queued in `pending`, with a
+//!    stream position; the reply waits on a oneshot.
+//! 4. After actix has drained the mailbox, `Flush` writes the whole pending batch as ONE job
+//!    (`persist::PersistBatch`, which also queues the event for every other server in the
+//!    room) and the actor *waits* for the commit (`ctx.wait`): messages arriving meanwhile
+//!    stay in the mailbox and form the next batch (group commit).
+//! 5. On commit: replies go out, the notifier wakes the room's local users' `/sync`, and the
+//!    per-destination senders are woken. On failure: every pending reply gets the error and
+//!    the actor stops, so the next message starts a fresh actor from what is on disk.
+//!
+//! Life of a received PDU (`InboundPdus`, signatures and hashes already checked):
+//!
+//! * Fast path: it extends exactly the current forward extremities and cites auth events of
+//!   the current state, so the state before it IS the current state, in memory: auth checks
+//!   and append need no I/O.
+//! * Otherwise the pending batch is flushed, and [`super::inbound::prepare`] loads what it
+//!   needs on a blocking thread (state after its prev events, state resolution, forks) while
+//!   the actor holds its mailbox (`AtomicResponse`); then the actor soft-fail-checks it
+//!   against the current state and appends it. Missing prev or auth events are reported back
+//!   to the caller, which fetches them from the network: the actor never waits on a peer.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use ruma::events::StateEventType;
+use ruma::{OwnedEventId, OwnedRoomId};
+use tokio::sync::oneshot;
+use weft_protocol::auth::{self, StateMap};
+use weft_protocol::builder::{self, EventDraft, Position};
+use weft_protocol::{Pdu, RoomVersion};
+
+use super::ActorMap;
+use super::inbound::{self, InboundInput, Prepared};
+use super::messages::{
+    AppendHistory, BuildEvent, GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot,
+    SendEvent, TxnKey,
+};
+use super::persist::NewGroup;
+use super::persist::{MembershipChange, PersistBatch, PersistEvent, Redaction};
+use super::state::{CurrentState, depth_of, make_group};
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::storage::events::NewEvent;
+use crate::storage::state::MAX_DELTA_DEPTH;
+use crate::storage::state::StateIds;
+use crate::storage::{self, StorageResult};
+
+/// A stored state group and its delta depth.
+type GroupRef = Option<(i64, i32)>;
+
+// Linearized Matrix rooms: the room's role and the messages only those rooms take.
+mod linearized;
+
+mod append;
+mod flush;
+mod load;
+mod local;
+mod received;
+
+pub use load::parse_row;
+
+/// Most `prev_events` a local event cites.
+const MAX_PREV_EVENTS: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// Loading from the database (the mailbox is held until done).
+    Loading,
+    /// A room not yet known here: waiting for `InitRoom` or a join from another server.
+    New,
+    Ready,
+    /// No such room on this server.
+    Missing,
+    /// Loading failed; answers errors until it stops.
+    Broken,
+}
+
+struct Pending {
+    pdu: Arc<Pdu>,
+    persist: PersistEvent,
+    stream: Option<i64>,
+    replies: Vec<oneshot::Sender<Result<OwnedEventId>>>,
+}
+
+/// How a new event lands in the room.
+struct AppendPlan {
+    pdu: Arc<Pdu>,
+    rejected: Option<String>,
+    soft_failed: bool,
+    /// The state before the event (`None`: the current state).
+    state_before: Option<StateIds>,
+    /// The room's state after it (`None`: the current state plus the event).
+    new_current: Option<StateIds>,
+    events: HashMap<String, Arc<Pdu>>,
+    /// Created here: deliver it to the other servers in the room.
+    local: bool,
+    txn: Option<TxnKey>,
+    reply: Option<oneshot::Sender<Result<OwnedEventId>>>,
+}
+
+pub struct RoomActor {
+    core: Arc<Core>,
+    actors: ActorMap,
+    room_id: OwnedRoomId,
+    status: Status,
+    version: RoomVersion,
+    state: CurrentState,
+    extremities: Vec<OwnedEventId>,
+    /// Rooms of v1/v2 cite events with their reference hashes: those of the extremities.
+    extremity_hashes: HashMap<OwnedEventId, String>,
+    max_depth: u64,
+    /// Transactions seen since the actor started (older ones are found in the database by
+    /// the handler before it asks the actor).
+    txns: HashMap<TxnKey, OwnedEventId>,
+    pending: Vec<Pending>,
+    batch: PersistBatch,
+    flush_scheduled: bool,
+    last_active: Instant,
+    /// Linearized Matrix rooms: hub or participant (`None` for DAG rooms).
+    lm: Option<super::linearized::Role>,
+    /// Events rejected since the actor started (older ones are found in the database, by
+    /// the admission step before the actor and by `inbound::prepare`): rejection is
+    /// permanent, so the in-memory path never re-checks one against a newer state.
+    rejected: HashSet<OwnedEventId>,
+    /// Events (appended since the actor started) after which the room's state is exactly
+    /// the current state: the tips of concurrent chains of messages from one point. A
+    /// received message whose prev events are all here, while every forward extremity is
+    /// here too, has the current state as the state before it and leaves the current state
+    /// as it is: it is checked and appended in memory (forks at memory speed). Cleared when
+    /// the current state changes.
+    at_current: HashSet<OwnedEventId>,
+}
+
+/// Most events [`RoomActor::at_current`] holds (then only the forward extremities stay).
+const MAX_AT_CURRENT: usize = 20_000;
+
+/// Most rejected event IDs an actor remembers (then it starts over; the database remembers
+/// all of them).
+const MAX_REMEMBERED_REJECTIONS: usize = 10_000;
+
+/// Flush the pending batch (sent by the actor to itself after the mailbox is drained).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+/// The reference hash a v1/v2 event cites `pdu` with (`None` in later versions).
+fn cited_hash(version: RoomVersion, pdu: &Pdu) -> Option<String> {
+    version
+        .cites_event_hashes()
+        .then(|| weft_protocol::pdu::reference_hash(pdu.json(), version).ok())
+        .flatten()
+}
+
+fn server_of(user: &str) -> &str {
+    user.split_once(':').map(|(_, s)| s).unwrap_or_default()
+}
+
+impl RoomActor {
+    pub(super) fn new(
+        core: Arc<Core>,
+        actors: ActorMap,
+        room_id: OwnedRoomId,
+        fresh: Option<RoomVersion>,
+    ) -> Self {
+        let batch = PersistBatch {
+            room_id: room_id.to_string(),
+            ..Default::default()
+        };
+        Self {
+            core,
+            actors,
+            room_id,
+            status: if fresh.is_some() {
+                Status::New
+            } else {
+                Status::Loading
+            },
+            version: fresh.unwrap_or(RoomVersion::V12),
+            state: CurrentState::default(),
+            extremities: Vec::new(),
+            extremity_hashes: HashMap::new(),
+            max_depth: 0,
+            txns: HashMap::new(),
+            pending: Vec::new(),
+            batch,
+            flush_scheduled: false,
+            last_active: Instant::now(),
+            lm: None,
+            rejected: HashSet::new(),
+            at_current: HashSet::new(),
+        }
+    }
+
+    fn check_ready(&self) -> Result<()> {
+        match self.status {
+            Status::Ready => Ok(()),
+            Status::Missing | Status::New => Err(Error::not_found("unknown room")),
+            Status::Loading | Status::Broken => Err(Error::internal("room is unavailable")),
+        }
+    }
+}
+
+impl Actor for RoomActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.core.config.actors.room_mailbox);
+        if self.status == Status::Loading {
+            let core = Arc::clone(&self.core);
+            let room_id = self.room_id.to_string();
+            let fut = async move {
+                tokio::task::spawn_blocking(move || RoomActor::load(&core, &room_id))
+                    .await
+                    .map_err(|e| storage::StorageError::Task(e.to_string()))?
+            };
+            ctx.wait(fut.into_actor(self).map(|res, act, _ctx| match res {
+                Ok(Some(loaded)) => {
+                    act.version = loaded.version;
+                    act.state = loaded.state;
+                    act.extremities = loaded.extremities;
+                    if let [only] = act.extremities.as_slice() {
+                        // One tip: the current state is the state after it.
+                        act.at_current.insert(only.clone());
+                    }
+                    act.extremity_hashes = loaded.extremity_hashes;
+                    act.max_depth = loaded.max_depth;
+                    act.status = Status::Ready;
+                    act.lm_set_role();
+                }
+                Ok(None) => act.status = Status::Missing,
+                Err(e) => {
+                    tracing::error!(room = %act.room_id, error = %e, "could not load room");
+                    act.status = Status::Broken;
+                }
+            }));
+        }
+        let idle = self.core.config.room_idle();
+        ctx.run_interval(Duration::from_secs(1).max(idle / 4), move |act, ctx| {
+            let limit = if matches!(act.status, Status::Missing | Status::Broken) {
+                Duration::from_secs(5).min(idle)
+            } else {
+                idle
+            };
+            if act.pending.is_empty() && act.last_active.elapsed() >= limit {
+                tracing::debug!(room = %act.room_id, "stopping idle room actor");
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        let me = ctx.address();
+        let mut map = self.actors.lock();
+        if map.get(&self.room_id).is_some_and(|a| *a == me) {
+            map.remove(&self.room_id);
+        }
+    }
+}
+
+fn reply_now<T: Send + 'static>(v: Result<T>) -> ResponseFuture<Result<T>> {
+    Box::pin(async move { v })
+}
+
+fn await_reply(
+    rx: oneshot::Receiver<Result<OwnedEventId>>,
+) -> ResponseFuture<Result<OwnedEventId>> {
+    Box::pin(async move {
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::internal(
+                "room actor stopped before the event was stored",
+            ))
+        })
+    })
+}
+
+impl Handler<GetSnapshot> for RoomActor {
+    type Result = Result<RoomSnapshot>;
+
+    fn handle(&mut self, _msg: GetSnapshot, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        self.check_ready()?;
+        Ok(RoomSnapshot {
+            version: self.version,
+            state: self.state.clone(),
+            extremities: self.extremities.clone(),
+            extremity_hashes: self.extremity_hashes.clone(),
+            max_depth: self.max_depth,
+        })
+    }
+}

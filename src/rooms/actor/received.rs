@@ -1,0 +1,288 @@
+//! Received PDUs (signatures and hashes already checked): the in-memory fast path, the
+//! slow path through `rooms::inbound::prepare` on a blocking thread, soft-fail against the
+//! current state, and the `InboundPdus` and `AppendHistory` messages.
+
+use super::*;
+
+impl RoomActor {
+    /// Tries the in-memory path for a received PDU; `None` when history must be loaded.
+    pub(super) fn try_fast(&mut self, pdu: &Arc<Pdu>, local: bool) -> Option<InboundOutcome> {
+        if self.status != Status::Ready {
+            return None;
+        }
+        if self.rejected.contains(pdu.event_id()) {
+            return Some(InboundOutcome::Rejected("rejected before".into()));
+        }
+        let prevs: HashSet<&OwnedEventId> = pdu.prev_events().iter().collect();
+        let exts: HashSet<&OwnedEventId> = self.extremities.iter().collect();
+        if prevs.is_empty() {
+            return None;
+        }
+        if prevs != exts {
+            // A fork of messages: in memory when the state after every prev event and after
+            // every tip is the current state (so resolving them changes nothing).
+            let fork_in_memory = pdu.state_key().is_none()
+                && !self.at_current.contains(pdu.event_id())
+                && prevs.iter().all(|p| self.at_current.contains(*p))
+                && exts.iter().all(|e| self.at_current.contains(*e));
+            if !fork_in_memory {
+                return None;
+            }
+        }
+        let index = self.state.index();
+        if !pdu.auth_events().iter().all(|a| index.contains_key(a)) {
+            return None;
+        }
+        if self
+            .pending
+            .iter()
+            .any(|p| p.pdu.event_id() == pdu.event_id())
+        {
+            return Some(InboundOutcome::Accepted);
+        }
+        let verdict =
+            auth::check_against_auth_events(self.version, pdu, |id| index.get(id).cloned())
+                .and_then(|()| {
+                    auth::check_state_dependent(self.version, pdu, |t, k| {
+                        self.state.as_map().get(&(t.clone(), k.to_owned())).cloned()
+                    })
+                });
+        let outcome = match &verdict {
+            Ok(()) => InboundOutcome::Accepted,
+            Err(e) => InboundOutcome::Rejected(e.0.clone()),
+        };
+        self.append(AppendPlan {
+            pdu: Arc::clone(pdu),
+            rejected: verdict.err().map(|e| e.0),
+            soft_failed: false,
+            state_before: None,
+            new_current: None,
+            events: HashMap::new(),
+            local,
+            txn: None,
+            reply: None,
+        });
+        Some(outcome)
+    }
+
+    /// Applies the result of `inbound::prepare`.
+    pub(super) fn apply_prepared(
+        &mut self,
+        pdu: Arc<Pdu>,
+        prepared: StorageResult<Prepared>,
+        local: bool,
+    ) -> InboundOutcome {
+        match prepared {
+            Err(e) => InboundOutcome::Error(e.to_string()),
+            Ok(Prepared::Known) => InboundOutcome::Accepted,
+            Ok(Prepared::Missing { prev, auth }) => InboundOutcome::Missing { prev, auth },
+            Ok(Prepared::Rejected(reason)) => {
+                self.append(AppendPlan {
+                    pdu,
+                    rejected: Some(reason.clone()),
+                    soft_failed: false,
+                    state_before: None,
+                    new_current: None,
+                    events: HashMap::new(),
+                    local: false,
+                    txn: None,
+                    reply: None,
+                });
+                InboundOutcome::Rejected(reason)
+            }
+            Ok(Prepared::Ready(ready)) => {
+                if self.status == Status::New {
+                    // The first event we hold of a room joined over federation.
+                    self.status = Status::Ready;
+                    self.batch.new_room = Some((self.version.as_str().to_owned(), None));
+                }
+                let soft = auth::check_state_dependent(self.version, &pdu, |t, k| {
+                    self.state.as_map().get(&(t.clone(), k.to_owned())).cloned()
+                });
+                let soft_failed = soft.is_err() && !self.state.events.is_empty();
+                if let Err(e) = &soft
+                    && soft_failed
+                {
+                    tracing::info!(room = %self.room_id, event = %pdu.event_id(), reason = %e.0, "soft-failed event");
+                }
+                let ready = *ready;
+                self.append(AppendPlan {
+                    pdu,
+                    rejected: None,
+                    soft_failed,
+                    state_before: Some(ready.state_before),
+                    new_current: Some(ready.new_current),
+                    events: ready.events,
+                    local,
+                    txn: None,
+                    reply: None,
+                });
+                if soft_failed {
+                    InboundOutcome::SoftFailed(soft.err().map(|e| e.0).unwrap_or_default())
+                } else {
+                    InboundOutcome::Accepted
+                }
+            }
+        }
+    }
+
+    pub(super) fn inbound_input(
+        &self,
+        pdu: &Arc<Pdu>,
+        state_hint: Option<StateIds>,
+    ) -> InboundInput {
+        let mut known: HashMap<String, Arc<Pdu>> = self
+            .state
+            .events
+            .values()
+            .map(|e| (e.event_id().to_string(), Arc::clone(e)))
+            .collect();
+        for p in &self.pending {
+            known.insert(p.pdu.event_id().to_string(), Arc::clone(&p.pdu));
+        }
+        InboundInput {
+            version: self.version,
+            pdu: Arc::clone(pdu),
+            extremities: self.extremities.iter().map(|e| e.to_string()).collect(),
+            current_ids: self.state.string_ids(),
+            known,
+            state_hint,
+        }
+    }
+
+    /// Processes received PDUs one by one, then commits them together.
+    pub(super) fn process_inbound(
+        mut items: VecDeque<(Arc<Pdu>, Option<StateIds>)>,
+        mut results: Vec<InboundOutcome>,
+        local: bool,
+    ) -> ResponseActFuture<Self, Vec<InboundOutcome>> {
+        Box::pin(actix::fut::ready(()).then(move |(), act: &mut Self, _ctx| {
+            let Some((pdu, hint)) = items.pop_front() else {
+                return Box::pin(act.flush_fut().map(move |ok, _, _| {
+                    if ok {
+                        results
+                    } else {
+                        results
+                            .into_iter()
+                            .map(|_| InboundOutcome::Error("storage failure".into()))
+                            .collect()
+                    }
+                })) as ResponseActFuture<Self, Vec<InboundOutcome>>;
+            };
+            if hint.is_none()
+                && let Some(outcome) = act.try_fast(&pdu, local)
+            {
+                results.push(outcome);
+                return Self::process_inbound(items, results, local);
+            }
+            Box::pin(
+                act.flush_fut()
+                    .then(move |_, act: &mut Self, _| {
+                        let input = act.inbound_input(&pdu, hint);
+                        let db = act.core.db.clone();
+                        let timer = crate::observe::metrics::SlowPath::start("inbound_prepare");
+                        async move {
+                            (
+                                pdu,
+                                timer.finish(db.read(move |c| inbound::prepare(c, input)).await),
+                            )
+                        }
+                        .into_actor(act)
+                    })
+                    .then(move |(pdu, prepared), act: &mut Self, _| {
+                        let outcome = act.apply_prepared(pdu, prepared, local);
+                        results.push(outcome);
+                        Self::process_inbound(items, results, local)
+                    }),
+            )
+        }))
+    }
+}
+
+impl Handler<InboundPdus> for RoomActor {
+    type Result = AtomicResponse<Self, Vec<InboundOutcome>>;
+
+    fn handle(&mut self, msg: InboundPdus, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        let fail_all = |reason: &str, n: usize| {
+            AtomicResponse::new(Box::pin(actix::fut::ready(vec![
+                InboundOutcome::Error(
+                    reason.to_owned()
+                );
+                n
+            ])))
+        };
+        if self.lm.is_some() || msg.version.is_some_and(|v| v.is_linearized()) {
+            // LM rooms take PDUs in line order only (`ParticipantReceive`, `HubAppend`).
+            return fail_all(
+                "a Linearized Matrix room takes no DAG input",
+                msg.pdus.len(),
+            );
+        }
+        match self.status {
+            Status::Ready => {}
+            Status::New if msg.version.is_some() => {
+                if let Some(v) = msg.version {
+                    self.version = v;
+                }
+            }
+            Status::Missing if msg.version.is_some() => {
+                // A room we have no copy of yet, being joined now.
+                self.status = Status::New;
+                if let Some(v) = msg.version {
+                    self.version = v;
+                }
+            }
+            Status::Missing | Status::New => return fail_all("unknown room", msg.pdus.len()),
+            Status::Loading | Status::Broken => {
+                return fail_all("room unavailable", msg.pdus.len());
+            }
+        }
+        let items: VecDeque<(Arc<Pdu>, Option<StateIds>)> = msg
+            .pdus
+            .into_iter()
+            .map(|(p, h)| (Arc::new(p), h))
+            .collect();
+        AtomicResponse::new(Self::process_inbound(items, Vec::new(), msg.local))
+    }
+}
+
+impl Handler<AppendHistory> for RoomActor {
+    type Result = AtomicResponse<Self, Result<()>>;
+
+    fn handle(&mut self, msg: AppendHistory, _ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        if let Err(e) = self.check_ready() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e))));
+        }
+        if self.lm.is_some() {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(Error::forbidden(
+                "a Linearized Matrix room takes no DAG history",
+            )))));
+        }
+        self.batch.groups.extend(msg.groups);
+        for (pdu, row) in msg.events {
+            if row.rejected.is_some() {
+                self.rejected.insert(pdu.owned_event_id());
+            }
+            self.pending.push(Pending {
+                pdu,
+                persist: PersistEvent {
+                    row,
+                    txn: None,
+                    redaction: None,
+                },
+                // Backfill positions are not the notifier's: nothing to complete.
+                stream: None,
+                replies: Vec::new(),
+            });
+        }
+        AtomicResponse::new(Box::pin(self.flush_fut().map(|ok, _, _| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::internal("could not store backfilled history"))
+            }
+        })))
+    }
+}
