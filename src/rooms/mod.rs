@@ -8,7 +8,6 @@ pub mod access;
 pub mod actor;
 pub mod admission;
 pub mod create;
-pub mod inbound;
 pub mod linearized;
 pub mod messages;
 pub mod outliers;

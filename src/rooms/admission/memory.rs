@@ -153,6 +153,11 @@ impl Recent {
         }
     }
 
+    /// Whether `id` was appended recently (whatever the state after it).
+    pub fn knows(&self, id: &EventId) -> bool {
+        self.after.contains_key(id)
+    }
+
     /// Whether `id` is remembered with the current state after it.
     pub fn at_current(&self, id: &EventId) -> bool {
         matches!(self.after_of(id), Some(After::Current(_)))
@@ -314,10 +319,7 @@ pub fn prepare(
     } else if let [After::Snap(s)] = prev_afters.as_slice() {
         Some(s.ids())
     } else {
-        let states: Vec<StateIds> = prev_afters
-            .iter()
-            .map(|a| ids_after(a, current))
-            .collect();
+        let states: Vec<StateIds> = prev_afters.iter().map(|a| ids_after(a, current)).collect();
         match state_before::from_prev_states(version, states, |id| lookup.get(id)) {
             Ok(s) if !lookup.missed.get() => Some(s),
             _ => return Admit::NotHere,
@@ -370,7 +372,11 @@ pub fn prepare(
     let mut events: HashMap<String, Arc<Pdu>> = HashMap::new();
     if before.is_some() || new_current.is_some() {
         events.insert(pdu.event_id().to_string(), Arc::clone(pdu));
-        for id in before.iter().chain(new_current.iter()).flat_map(|s| s.values()) {
+        for id in before
+            .iter()
+            .chain(new_current.iter())
+            .flat_map(|s| s.values())
+        {
             if events.contains_key(id) {
                 continue;
             }

@@ -59,6 +59,8 @@ pub struct ReadyEvent {
     pub new_current: StateIds,
     /// Events for every entry of `state_before` and `new_current` (to keep state in memory).
     pub events: HashMap<String, Arc<Pdu>>,
+    /// Every other event loaded on the way (auth chains), for the actor's memory path.
+    pub fetched: Vec<Arc<Pdu>>,
 }
 
 /// Event lookups during one preparation: memory first, then the database.
@@ -208,10 +210,18 @@ pub fn prepare(conn: &mut AnyConnection, input: InboundInput) -> StorageResult<P
             evs.insert(id.clone(), e);
         }
     }
+    let fetched = lookup
+        .cache
+        .borrow()
+        .iter()
+        .filter(|(id, _)| !evs.contains_key(*id))
+        .filter_map(|(_, e)| e.clone())
+        .collect();
     Ok(Prepared::Ready(Box::new(ReadyEvent {
         state_before,
         new_current,
         events: evs,
+        fetched,
     })))
 }
 
