@@ -189,6 +189,9 @@ fn setup(
     Ok(joined)
 }
 
+/// The newest PDU of one chain: its room and event ID.
+type Tip = (String, OwnedEventId);
+
 /// Builds and signs one origin's transactions for a run.
 fn prepare(
     peer: &Peer,
@@ -197,7 +200,7 @@ fn prepare(
     opts: &Options,
     tag: &str,
     counter: &mut usize,
-) -> Result<(Vec<Txn>, Vec<(String, OwnedEventId)>)> {
+) -> Result<(Vec<Txn>, Vec<Tip>)> {
     let origin = peer.server_name().to_owned();
     let mut tips: Vec<Option<OwnedEventId>> = vec![None; rooms.len()];
     let mut txns = Vec::with_capacity(opts.txns);
@@ -282,7 +285,7 @@ fn send_all(fed: &mut FedClient, txns: &[Txn], deadline: Instant) -> Result<usiz
 fn run_once(peers: &[Peer], joined: &mut Joined, opts: &Options, run: usize) -> Result<Sample> {
     let tag = format!("ingest{}-{}-{run}", now_ms(), joined.rooms.len());
     let mut all: Vec<Vec<Txn>> = Vec::new();
-    let mut tips: Vec<(String, OwnedEventId)> = Vec::new();
+    let mut tips: Vec<Tip> = Vec::new();
     for (i, (peer, fed)) in peers.iter().zip(joined.feds.iter()).enumerate() {
         // Each origin starts at another room, so the first PDUs of a run spread out.
         let mut counter = i;
