@@ -13,6 +13,7 @@
 //!    refused. It is stored for de-duplication before it is returned.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix_web::{HttpResponse, web};
 use ruma::OwnedRoomId;
@@ -145,8 +146,9 @@ pub async fn submit_room(
             .map(|p| (p.event_id().to_string(), Some("invalid room ID".into())))
             .collect();
     };
+    let pdus: Vec<Arc<Pdu>> = pdus.into_iter().map(Arc::new).collect();
     let msg = InboundPdus {
-        pdus: pdus.iter().cloned().map(|p| (p, None)).collect(),
+        pdus: pdus.iter().map(|p| (Arc::clone(p), None)).collect(),
         local: false,
         version: None,
     };
@@ -166,7 +168,7 @@ pub async fn submit_room(
                 tracing::debug!(event = %pdu.event_id(), ?prev, ?auth, "filling a gap");
                 if gaps::fill(s, origin, &room_id, version, &pdu, &prev, &auth).await {
                     let retry = InboundPdus {
-                        pdus: vec![(pdu.clone(), None)],
+                        pdus: vec![(Arc::clone(&pdu), None)],
                         local: false,
                         version: None,
                     };

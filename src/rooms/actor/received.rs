@@ -261,11 +261,7 @@ impl Handler<InboundPdus> for RoomActor {
                 return fail_all("room unavailable", msg.pdus.len());
             }
         }
-        let items: VecDeque<(Arc<Pdu>, Option<StateIds>)> = msg
-            .pdus
-            .into_iter()
-            .map(|(p, h)| (Arc::new(p), h))
-            .collect();
+        let items: VecDeque<(Arc<Pdu>, Option<StateIds>)> = msg.pdus.into_iter().collect();
         AtomicResponse::new(Self::process_inbound(items, Vec::new(), msg.local))
     }
 }
