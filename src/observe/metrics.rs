@@ -26,6 +26,7 @@ pub const ROOM_MESSAGES: &str = "weft_room_messages_handled_total";
 pub const ROOM_EVENTS: &str = "weft_room_events_appended_total";
 pub const ROOM_BATCH_SIZE: &str = "weft_room_batch_size_events";
 pub const ROOM_SLOW_PATH: &str = "weft_room_slow_path_duration_seconds";
+pub const ROOM_ADMISSION_PATH: &str = "weft_room_admission_path_total";
 pub const DEST_BACKLOG: &str = "weft_federation_destination_backlog";
 pub const DEST_FAILURES: &str = "weft_federation_destination_consecutive_failures";
 pub const DEST_BACKOFF: &str = "weft_federation_destination_backoff_seconds";
@@ -102,6 +103,10 @@ fn describe() {
         "Most messages ever waiting at once for a room's actor"
     );
     describe_counter!(ROOM_MESSAGES, "Messages handled by room actors");
+    describe_counter!(
+        ROOM_ADMISSION_PATH,
+        "Received PDUs a room actor admitted from memory or through the database (path)"
+    );
     describe_counter!(
         ROOM_EVENTS,
         "Events appended to room timelines, by origin (local, remote)"
@@ -208,6 +213,12 @@ pub fn room_batch(n: usize, local: usize) {
     histogram!(ROOM_BATCH_SIZE).record(n as f64);
     counter!(ROOM_EVENTS, "origin" => "local").increment(local as u64);
     counter!(ROOM_EVENTS, "origin" => "remote").increment(n.saturating_sub(local) as u64);
+}
+
+/// A received PDU took the room actor's memory path (`true`) or the database path.
+pub fn admission_path(memory: bool) {
+    counter!(ROOM_ADMISSION_PATH, "path" => if memory { "memory" } else { "database" })
+        .increment(1);
 }
 
 /// Time a room actor spent in a slow path (`path`: a fixed name).

@@ -90,7 +90,9 @@ pub struct RoomSnapshot {
 #[derive(Message, Clone)]
 #[rtype(result = "Vec<InboundOutcome>")]
 pub struct InboundPdus {
-    pub pdus: Vec<(Pdu, Option<StateIds>)>,
+    /// Parsed once and shared: the registry may send the message again, the actor keeps
+    /// them, neither copies a PDU.
+    pub pdus: Vec<(std::sync::Arc<Pdu>, Option<StateIds>)>,
     /// Created by this server (deliver to the room's other servers once accepted).
     pub local: bool,
     /// The room version, when the room may be new here (joining it).

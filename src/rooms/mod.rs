@@ -14,7 +14,6 @@ pub mod actor;
 pub mod admission;
 pub mod create;
 pub mod directory;
-pub mod inbound;
 pub mod kind;
 pub mod linearized;
 pub mod messages;

@@ -54,6 +54,7 @@ both_backends!(
     backfill_takes_only_ancestors_of_the_point,
     a_rejected_event_stays_rejected_through_backfill,
     concurrent_chains_of_messages_land_and_bad_ones_do_not,
+    concurrent_forks_with_state_resolve_as_the_spec_says,
 );
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -2205,4 +2206,230 @@ fn concurrent_chains_of_messages_land_and_bad_ones_do_not(backend: Backend) {
     let ev = s.read(&id).expect("alice's message readable");
     assert_eq!(ev["content"]["body"], json!("alice merges"));
     s.weft.assert_healthy();
+}
+
+/// Three chains forked from one tip, each with state events among its messages, arrive
+/// interleaved (the room actor admits them from memory: the states after recent events and
+/// in-memory resolution). What a local user sees must be what the spec's resolution gives:
+/// of two topics set with equal power on two forks the later one wins, an unconflicted name
+/// stands, a ban on one fork makes the banned user's later message on another fork
+/// soft-fail (stored, never shown), a power grab on a fork is rejected, and a merge of the
+/// three tips changes none of it.
+fn concurrent_forks_with_state_resolve_as_the_spec_says(backend: Backend) {
+    let mut s = Scene::on(backend);
+    let now = fedpeer::peer::now_ms();
+    // eve (the peer's second user) joins first.
+    let eve = s.peer.user("eve");
+    let join = s
+        .peer
+        .build(
+            &s.room,
+            &EventDraft::state(
+                "m.room.member",
+                eve.as_str(),
+                eve.clone(),
+                json!({"membership": "join"}),
+            ),
+        )
+        .expect("build eve's join");
+    let results = s.results(vec![join.to_federation_value()]);
+    accepted(&results, &join.owned_event_id(), "eve's join");
+    s.peer.append(&s.room, &join).expect("append");
+    let tip = vec![join.owned_event_id()];
+
+    let state = |s: &Scene, kind: &str, key: &str, content: Value, ts: u64| {
+        let mut d = EventDraft::state(kind, key, s.peer.user("mallory"), content);
+        d.origin_server_ts = ts;
+        d
+    };
+    let msg = |s: &Scene, who: &str, body: String, ts: u64| EventDraft {
+        origin_server_ts: ts,
+        ..s.message_draft(who, &body)
+    };
+    let mallory = s.peer.user("mallory").to_string();
+    let mut grab_pl = s
+        .peer
+        .with_room(&s.room, |r| {
+            r.state_event("m.room.power_levels", "")
+                .map(|e| serde_json::from_str::<Value>(e.content().get()).expect("content"))
+        })
+        .expect("room")
+        .expect("power levels");
+    grab_pl["users"][mallory.as_str()] = json!(100);
+    let chains_drafts: Vec<Vec<EventDraft>> = vec![
+        vec![
+            msg(&s, "mallory", "fork 0 message 0".into(), now + 10),
+            state(
+                &s,
+                "m.room.topic",
+                "",
+                json!({"topic": "T early"}),
+                now + 1000,
+            ),
+            msg(&s, "mallory", "fork 0 message 2".into(), now + 1010),
+            msg(&s, "mallory", "fork 0 message 3".into(), now + 1020),
+        ],
+        vec![
+            msg(&s, "mallory", "fork 1 message 0".into(), now + 20),
+            EventDraft {
+                origin_server_ts: now + 30,
+                ..EventDraft::state(
+                    "m.room.member",
+                    eve.as_str(),
+                    s.peer.user("mallory"),
+                    json!({"membership": "ban"}),
+                )
+            },
+            state(&s, "m.room.name", "", json!({"name": "N"}), now + 1500),
+            state(&s, "m.room.power_levels", "", grab_pl, now + 1600),
+        ],
+        vec![
+            msg(&s, "mallory", "fork 2 message 0".into(), now + 40),
+            state(
+                &s,
+                "m.room.topic",
+                "",
+                json!({"topic": "T late"}),
+                now + 2000,
+            ),
+            msg(&s, "eve", "eve on fork 2".into(), now + 2010),
+            msg(&s, "mallory", "fork 2 message 3".into(), now + 2020),
+        ],
+    ];
+    let mut chains: Vec<Vec<Pdu>> = Vec::new();
+    for drafts in &chains_drafts {
+        let mut prev = tip.clone();
+        let mut chain = Vec::new();
+        for d in drafts {
+            let pdu = s
+                .peer
+                .with_room(&s.room, |r| {
+                    r.build(d, Some(&prev), s.peer.server_name(), s.peer.key())
+                })
+                .expect("room")
+                .expect("build");
+            prev = vec![pdu.owned_event_id()];
+            chain.push(pdu);
+        }
+        chains.push(chain);
+    }
+    let grab = chains[1][3].owned_event_id();
+    let eve_msg = chains[2][2].owned_event_id();
+    let (memory_before, db_before) = (
+        admission_count(&mut s, "memory"),
+        admission_count(&mut s, "database"),
+    );
+    for i in 0..4 {
+        let pdus: Vec<Value> = chains.iter().map(|c| c[i].to_federation_value()).collect();
+        let results = s.results(pdus);
+        for chain in &chains {
+            let id = chain[i].owned_event_id();
+            if id == grab {
+                refused(&results, &id, "power grab on a fork", "rejected");
+            } else {
+                // Soft-failed events are answered like accepted ones.
+                accepted(&results, &id, "event on a fork");
+            }
+        }
+    }
+    let check_state = |s: &mut Scene, when: &str| {
+        let topic = s.alice.state(&s.room, "m.room.topic", "").unwrap();
+        assert_eq!(
+            topic.map(|t| t["topic"].clone()),
+            Some(json!("T late")),
+            "{when}: topic"
+        );
+        let name = s.alice.state(&s.room, "m.room.name", "").unwrap();
+        assert_eq!(
+            name.map(|n| n["name"].clone()),
+            Some(json!("N")),
+            "{when}: name"
+        );
+        let member = s
+            .alice
+            .state(&s.room, "m.room.member", eve.as_str())
+            .unwrap();
+        assert_eq!(
+            member.map(|m| m["membership"].clone()),
+            Some(json!("ban")),
+            "{when}: eve's membership"
+        );
+        let pl = s
+            .alice
+            .state(&s.room, "m.room.power_levels", "")
+            .unwrap()
+            .expect("power levels");
+        assert_eq!(
+            pl["users"][mallory.as_str()],
+            json!(50),
+            "{when}: power levels"
+        );
+    };
+    check_state(&mut s, "after the forks");
+    // All twelve were admitted (or rejected, or soft-failed) from the actor's memory.
+    assert_eq!(
+        admission_count(&mut s, "memory") - memory_before,
+        12.0,
+        "fork events admitted from memory"
+    );
+    assert_eq!(
+        admission_count(&mut s, "database"),
+        db_before,
+        "a fork event took the database path"
+    );
+    for (c, chain) in chains.iter().enumerate() {
+        for (i, pdu) in chain.iter().enumerate() {
+            let id = pdu.owned_event_id();
+            if id == grab {
+                s.assert_absent(id.as_str(), "the power grab");
+            } else if id == eve_msg {
+                let shown = s
+                    .alice
+                    .messages(&s.room, 200)
+                    .expect("messages")
+                    .into_iter()
+                    .any(|e| e["event_id"] == json!(id.as_str()));
+                assert!(
+                    !shown,
+                    "eve's message after her ban (soft-failed) is in /messages"
+                );
+            } else if pdu.state_key().is_none() {
+                let body = if c == 2 && i == 2 {
+                    "eve on fork 2".to_owned()
+                } else {
+                    format!("fork {c} message {i}")
+                };
+                s.assert_landed(pdu, &body);
+            }
+        }
+    }
+    // The peer merges the three tips (the grab's parent ends fork 1).
+    for chain in &chains {
+        for pdu in chain {
+            if pdu.owned_event_id() != grab {
+                s.peer.append(&s.room, pdu).expect("append");
+            }
+        }
+    }
+    let merge = s.good("merging three forks");
+    assert!(merge.prev_events().len() >= 3, "{:?}", merge.prev_events());
+    let results = s.results(vec![merge.to_federation_value()]);
+    accepted(&results, &merge.owned_event_id(), "merge of the forks");
+    check_state(&mut s, "after the merge");
+    s.assert_landed(&merge, "merging three forks");
+    s.weft.assert_healthy();
+}
+
+/// How many received PDUs room actors admitted by `path` (`memory`, `database`), from
+/// weft's `/metrics` (0 before the first one).
+fn admission_count(s: &mut Scene, path: &str) -> f64 {
+    let r = s.alice.call("GET", "/metrics", None).expect("/metrics");
+    assert_eq!(r.status, 200, "/metrics: {}", r.text());
+    let label = format!("path=\"{path}\"");
+    r.text()
+        .lines()
+        .find(|l| l.starts_with("weft_room_admission_path_total") && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }

@@ -256,7 +256,10 @@ pub async fn fill(
             filled_any = true;
             let n = found.len();
             let msg = InboundPdus {
-                pdus: found.into_iter().map(|p| (p, None)).collect(),
+                pdus: found
+                    .into_iter()
+                    .map(|p| (std::sync::Arc::new(p), None))
+                    .collect(),
                 local: false,
                 version: None,
             };

@@ -3,7 +3,7 @@
 //!
 //! What happens to an incoming PDU, file by file: `send` (transaction limits, grouping by
 //! room) → `verify` (format, event ID, signatures, content hash; on all cores) → the room
-//! actor (`rooms::actor`, with `rooms::inbound::prepare` for history: auth against auth
+//! actor (`rooms::actor`, with `rooms::admission::prepare` for history: auth against auth
 //! events, against the state before it; then soft-fail against current state and append) →
 //! `gaps` (fetch what was missing from the origin, then retry).
 

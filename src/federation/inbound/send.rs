@@ -2,8 +2,9 @@
 //!
 //! 1. De-duplicate by `(origin, txnId)`: a retried transaction gets the stored answer.
 //! 2. Limits: at most 50 PDUs and 100 EDUs.
-//! 3. Per PDU, order-free: room known and version known, format, event ID, signatures and
-//!    content hash ([`super::verify`], on all cores).
+//! 3. Per PDU, order-free: room known and version known, then admission steps 1–3: format
+//!    and event ID (parsed once), signatures and content hash ([`super::verify`], on the
+//!    verify pool, every core).
 //! 4. Group by room; each room's PDUs go, depth-ordered, to its room actor in one message;
 //!    rooms run in parallel. PDUs the actor cannot place (missing prev or auth events) get
 //!    their gap filled from the origin ([`super::gaps`]) and are submitted again.
@@ -12,6 +13,7 @@
 //!    refused. It is stored for de-duplication before it is returned.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix_web::{HttpResponse, web};
 use ruma::OwnedRoomId;
@@ -22,6 +24,7 @@ use weft_protocol::{Pdu, RoomVersion};
 use super::{edus, gaps, verify};
 use crate::error::{Error, Result};
 use crate::federation::auth::Signed;
+use crate::rooms::admission::format;
 use crate::rooms::messages::{InboundOutcome, InboundPdus};
 use crate::services::Services;
 use crate::storage::{federation as fstore, now_ms, rooms};
@@ -70,34 +73,40 @@ pub async fn process_pdus(
             versions.insert(r.to_owned(), v);
         }
     }
+    // Step 1 (format, event ID): each PDU parsed once.
     let mut parsed: Vec<(Pdu, RoomVersion)> = Vec::new();
-    for raw in &raws {
-        let Some(room) = room_of(raw) else {
+    for raw in raws {
+        let Some(room) = room_of(&raw) else {
             tracing::info!(origin, "PDU without room_id in transaction");
             continue;
         };
-        let Some(Some(version)) = versions.get(room) else {
+        let Some(Some(version)) = versions.get(room).copied() else {
             // Unknown room: we are not in it, so there is nothing to store; without the
             // room version even the event ID is unknown, so it is not listed.
             tracing::info!(origin, room, "PDU for a room we are not in; dropped");
             continue;
         };
-        match verify::parse(raw, *version) {
-            Ok(p) => parsed.push((p, *version)),
+        // The copy is the parse's own input; the raw value is kept only to name a PDU that
+        // fails it.
+        match format::parse(raw.clone(), version) {
+            Ok(p) => parsed.push((p, version)),
             Err(e) => {
                 tracing::info!(origin, error = %e, "malformed PDU");
                 crate::observe::metrics::inbound_pdu("rejected", "format");
-                if let Ok(obj) = weft_protocol::canonical::value_to_object(raw.clone())
-                    && let Ok(id) = weft_protocol::pdu::compute_event_id(&obj, *version)
-                {
-                    results.push((id.to_string(), Some(format!("malformed event: {e}"))));
+                if let Some(id) = format::event_id_of_malformed(&raw, version) {
+                    results.push((id, Some(format!("malformed event: {e}"))));
                 }
             }
         }
     }
-    let checked = verify::check_many(&fed, parsed.clone()).await;
+    // Steps 2-3 on the verify pool; results in input order.
+    let ids: Vec<(String, RoomVersion)> = parsed
+        .iter()
+        .map(|(p, v)| (p.event_id().to_string(), *v))
+        .collect();
+    let checked = verify::check_many(&fed, parsed).await;
     let mut by_room: HashMap<String, (RoomVersion, Vec<Pdu>)> = HashMap::new();
-    for ((pdu, version), result) in parsed.into_iter().zip(checked) {
+    for ((id, version), result) in ids.into_iter().zip(checked) {
         match result {
             Ok(c) => by_room
                 .entry(c.pdu.room_id().to_string())
@@ -105,9 +114,9 @@ pub async fn process_pdus(
                 .1
                 .push(c.pdu),
             Err(e) => {
-                tracing::info!(origin, event = %pdu.event_id(), error = %e, "PDU refused");
+                tracing::info!(origin, event = %id, error = %e, "PDU refused");
                 crate::observe::metrics::inbound_pdu("rejected", "signature");
-                results.push((pdu.event_id().to_string(), Some(e)));
+                results.push((id, Some(e)));
             }
         }
     }
@@ -137,8 +146,9 @@ pub async fn submit_room(
             .map(|p| (p.event_id().to_string(), Some("invalid room ID".into())))
             .collect();
     };
+    let pdus: Vec<Arc<Pdu>> = pdus.into_iter().map(Arc::new).collect();
     let msg = InboundPdus {
-        pdus: pdus.iter().cloned().map(|p| (p, None)).collect(),
+        pdus: pdus.iter().map(|p| (Arc::clone(p), None)).collect(),
         local: false,
         version: None,
     };
@@ -158,7 +168,7 @@ pub async fn submit_room(
                 tracing::debug!(event = %pdu.event_id(), ?prev, ?auth, "filling a gap");
                 if gaps::fill(s, origin, &room_id, version, &pdu, &prev, &auth).await {
                     let retry = InboundPdus {
-                        pdus: vec![(pdu.clone(), None)],
+                        pdus: vec![(Arc::clone(&pdu), None)],
                         local: false,
                         version: None,
                     };

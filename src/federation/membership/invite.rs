@@ -183,7 +183,7 @@ pub async fn invite_v2(
     let mut placed = false;
     if known && let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) {
         let msg = InboundPdus {
-            pdus: vec![(signed_pdu.clone(), None)],
+            pdus: vec![(std::sync::Arc::new(signed_pdu.clone()), None)],
             local: false,
             version: None,
         };
@@ -297,7 +297,7 @@ pub async fn invite_remote(
         .admit(
             room,
             InboundPdus {
-                pdus: vec![(signed_back, None)],
+                pdus: vec![(std::sync::Arc::new(signed_back), None)],
                 local: true,
                 version: None,
             },

@@ -289,7 +289,7 @@ pub(super) async fn complete_join(
         .admit(
             room,
             InboundPdus {
-                pdus: vec![(join, Some(state_ids))],
+                pdus: vec![(std::sync::Arc::new(join), Some(state_ids))],
                 local: false,
                 version: Some(version),
             },

@@ -134,7 +134,7 @@ pub(super) async fn accept_membership(
         .admit(
             &room_id,
             InboundPdus {
-                pdus: vec![(checked.pdu.clone(), None)],
+                pdus: vec![(std::sync::Arc::new(checked.pdu.clone()), None)],
                 local: true,
                 version: None,
             },

@@ -35,6 +35,8 @@ impl RoomActor {
         let cur_group = self.state.group;
         let simple = plan.state_before.is_none() && plan.new_current.is_none();
 
+        // The state after the event when it is not the current state (`None`: it is).
+        let mut after_other: Option<StateIds> = None;
         let (before_group, after_group) = if simple {
             // The common case (local sends, received events extending our extremities): the
             // state before is the current state; only a state event changes it, by one entry.
@@ -65,6 +67,7 @@ impl RoomActor {
                     .state
                     .get(&key.0, &key.1)
                     .map(|e| e.event_id().to_string());
+                self.recent.current_changing(&self.state.events);
                 self.state.events.insert(
                     (StateEventType::from(key.0.as_str()), key.1.clone()),
                     Arc::clone(&pdu),
@@ -74,15 +77,18 @@ impl RoomActor {
             }
             (cur_group, after_group)
         } else {
-            self.append_with_state(
+            let (b, a, after_ids) = self.append_with_state(
                 &pdu,
                 stream,
                 plan.state_before,
                 plan.new_current,
                 &plan.events,
                 plan.soft_failed,
-            )
+            );
+            after_other = after_ids;
+            (b, a)
         };
+        self.remember_after(&pdu, after_other, &plan.events);
         let mut row = self.row_for(&pdu, Some(stream));
         row.state_before = before_group.map(|g| g.0);
         row.state_after = after_group.map(|g| g.0);
@@ -104,17 +110,6 @@ impl RoomActor {
             let prevs: HashSet<&OwnedEventId> = pdu.prev_events().iter().collect();
             self.extremities.retain(|e| !prevs.contains(e));
             self.extremities.push(pdu.owned_event_id());
-            // Which tips still have the current state after them.
-            if !simple || pdu.state_key().is_some() {
-                self.at_current.clear();
-            }
-            if simple || self.extremities.len() == 1 {
-                self.at_current.insert(pdu.owned_event_id());
-            }
-            if self.at_current.len() > MAX_AT_CURRENT {
-                let exts: HashSet<&OwnedEventId> = self.extremities.iter().collect();
-                self.at_current.retain(|e| exts.contains(e));
-            }
             if let Some(hash) = cited_hash(self.version, &pdu) {
                 self.extremity_hashes.insert(pdu.owned_event_id(), hash);
                 let exts = &self.extremities;
@@ -198,7 +193,7 @@ impl RoomActor {
         new_current: Option<StateIds>,
         events: &HashMap<String, Arc<Pdu>>,
         soft_failed: bool,
-    ) -> (GroupRef, GroupRef) {
+    ) -> (GroupRef, GroupRef, Option<StateIds>) {
         let cur_ids = self.state.string_ids();
         let cur_group = self.state.group;
         let (before_ids, before_group) = match state_before {
@@ -228,7 +223,12 @@ impl RoomActor {
                 self.batch.groups.push(g);
             }
         }
-        if !soft_failed {
+        if soft_failed {
+            return (before_group, after_group, Some(after_ids));
+        }
+        {
+            let after_is_new = new_current.as_ref().is_none_or(|ids| *ids == after_ids);
+            let kept_after = (!after_is_new).then(|| after_ids.clone());
             let (new_ids, new_group) = match new_current {
                 None => (after_ids, after_group),
                 Some(ids) if ids == after_ids => (ids, after_group),
@@ -244,8 +244,52 @@ impl RoomActor {
                 }
             };
             self.set_current_state(&cur_ids, new_ids, new_group, events, pdu, stream);
+            (before_group, after_group, kept_after)
         }
-        (before_group, after_group)
+    }
+
+    /// Remembers the state after an appended event for the memory path: the current state
+    /// (`after == None`), or a snapshot of `after` built from events in memory (forgotten
+    /// when one is missing or the state is too big to copy).
+    fn remember_after(
+        &mut self,
+        pdu: &Arc<Pdu>,
+        after: Option<StateIds>,
+        events: &HashMap<String, Arc<Pdu>>,
+    ) {
+        let Some(ids) = after else {
+            let now = self.recent.current();
+            self.recent.record(pdu.owned_event_id(), now);
+            return;
+        };
+        if ids.len() > memory::MAX_SNAPSHOT_STATE {
+            return;
+        }
+        let mut map: StateMap<Arc<Pdu>> = StateMap::new();
+        for ((t, k), id) in &ids {
+            let key = (StateEventType::from(t.as_str()), k.clone());
+            let ev = if pdu.event_id().as_str() == id {
+                Some(Arc::clone(pdu))
+            } else {
+                events.get(id).cloned().or_else(|| {
+                    self.state
+                        .events
+                        .get(&key)
+                        .filter(|e| e.event_id().as_str() == id)
+                        .cloned()
+                })
+            };
+            match ev {
+                Some(e) => {
+                    map.insert(key, e);
+                }
+                None => return,
+            }
+        }
+        self.recent.record(
+            pdu.owned_event_id(),
+            After::Snap(Arc::new(Snapshot::new(map))),
+        );
     }
 
     /// Replaces the in-memory current state and records what changed.
@@ -293,6 +337,9 @@ impl RoomActor {
             if !new_ids.contains_key(key) {
                 self.batch.current_state_delta.push((key.clone(), None));
             }
+        }
+        if *old_ids != new_ids {
+            self.recent.current_changing(&self.state.events);
         }
         self.state.events = events;
         self.state.group = group;

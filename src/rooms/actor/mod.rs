@@ -18,10 +18,12 @@
 //!
 //! Life of a received PDU (`InboundPdus`, signatures and hashes already checked):
 //!
-//! * Fast path: it extends exactly the current forward extremities and cites auth events of
-//!   the current state, so the state before it IS the current state, in memory: auth checks
-//!   and append need no I/O.
-//! * Otherwise the pending batch is flushed, and [`super::inbound::prepare`] loads what it
+//! * Memory path ([`super::admission::memory`]): its prev events and every forward
+//!   extremity are recent events whose states after them the actor remembers (the current
+//!   state, or a shared snapshot of an earlier one), and every event its checks and any
+//!   state resolution look at is in memory. The common cases — extending the tip, several
+//!   chains forked from one point, a state event on one of them — need no I/O.
+//! * Otherwise the pending batch is flushed, and [`super::admission::prepare`] loads what it
 //!   needs on a blocking thread (state after its prev events, state resolution, forks) while
 //!   the actor holds its mailbox (`AtomicResponse`); then the actor soft-fail-checks it
 //!   against the current state and appends it. Missing prev or auth events are reported back
@@ -40,7 +42,9 @@ use weft_protocol::builder::{self, EventDraft, Position};
 use weft_protocol::{Pdu, RoomVersion};
 
 use super::ActorMap;
-use super::inbound::{self, InboundInput, Prepared};
+use super::admission::memory::{self, After, Recent, Snapshot};
+use super::admission::prepare::{self as inbound, InboundInput, Prepared};
+use super::admission::soft_fail;
 use super::messages::{
     AppendHistory, BuildEvent, GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot,
     SendEvent, TxnKey,
@@ -131,20 +135,14 @@ pub struct RoomActor {
     /// ([`RoomActor::set_version`]) and asked, never re-derived.
     kind: super::kind::RoomKind,
     /// Events rejected since the actor started (older ones are found in the database, by
-    /// the admission step before the actor and by `inbound::prepare`): rejection is
+    /// the admission step before the actor and by `admission::prepare`): rejection is
     /// permanent, so the in-memory path never re-checks one against a newer state.
     rejected: HashSet<OwnedEventId>,
-    /// Events (appended since the actor started) after which the room's state is exactly
-    /// the current state: the tips of concurrent chains of messages from one point. A
-    /// received message whose prev events are all here, while every forward extremity is
-    /// here too, has the current state as the state before it and leaves the current state
-    /// as it is: it is checked and appended in memory (forks at memory speed). Cleared when
-    /// the current state changes.
-    at_current: HashSet<OwnedEventId>,
+    /// The states after recent events (bounded): a received PDU whose prev events and
+    /// every forward extremity are here is admitted in memory, forks and small
+    /// resolutions included (forks at memory speed; see `admission::memory`).
+    recent: Recent,
 }
-
-/// Most events [`RoomActor::at_current`] holds (then only the forward extremities stay).
-const MAX_AT_CURRENT: usize = 20_000;
 
 /// Most rejected event IDs an actor remembers (then it starts over; the database remembers
 /// all of them).
@@ -195,7 +193,7 @@ impl RoomActor {
             last_active: Instant::now(),
             kind: super::kind::RoomKind::Dag,
             rejected: HashSet::new(),
-            at_current: HashSet::new(),
+            recent: Recent::default(),
         }
     }
 
@@ -234,7 +232,8 @@ impl Actor for RoomActor {
                     act.extremities = loaded.extremities;
                     if let [only] = act.extremities.as_slice() {
                         // One tip: the current state is the state after it.
-                        act.at_current.insert(only.clone());
+                        let now = act.recent.current();
+                        act.recent.record(only.clone(), now);
                     }
                     act.extremity_hashes = loaded.extremity_hashes;
                     act.max_depth = loaded.max_depth;

@@ -1,11 +1,13 @@
-//! Received PDUs (signatures and hashes already checked): the in-memory fast path, the
-//! slow path through `rooms::inbound::prepare` on a blocking thread, soft-fail against the
-//! current state, and the `InboundPdus` and `AppendHistory` messages.
+//! Received PDUs (signatures and hashes already checked): the memory path
+//! (`admission::memory`), the database path through `admission::prepare` on a blocking
+//! thread, soft-fail against the current state (`admission::soft_fail`), and the
+//! `InboundPdus` and `AppendHistory` messages.
 
 use super::*;
 
 impl RoomActor {
-    /// Tries the in-memory path for a received PDU; `None` when history must be loaded.
+    /// Tries the memory path for a received PDU (`admission::memory`); `None` when history
+    /// must be loaded from the database.
     pub(super) fn try_fast(&mut self, pdu: &Arc<Pdu>, local: bool) -> Option<InboundOutcome> {
         if self.status != Status::Ready {
             return None;
@@ -13,59 +15,71 @@ impl RoomActor {
         if self.rejected.contains(pdu.event_id()) {
             return Some(InboundOutcome::Rejected("rejected before".into()));
         }
-        let prevs: HashSet<&OwnedEventId> = pdu.prev_events().iter().collect();
-        let exts: HashSet<&OwnedEventId> = self.extremities.iter().collect();
-        if prevs.is_empty() {
-            return None;
-        }
-        if prevs != exts {
-            // A fork of messages: in memory when the state after every prev event and after
-            // every tip is the current state (so resolving them changes nothing).
-            let fork_in_memory = pdu.state_key().is_none()
-                && !self.at_current.contains(pdu.event_id())
-                && prevs.iter().all(|p| self.at_current.contains(*p))
-                && exts.iter().all(|e| self.at_current.contains(*e));
-            if !fork_in_memory {
-                return None;
-            }
-        }
-        let index = self.state.index();
-        if !pdu.auth_events().iter().all(|a| index.contains_key(a)) {
-            return None;
-        }
-        if self
-            .pending
-            .iter()
-            .any(|p| p.pdu.event_id() == pdu.event_id())
+        if self.recent.knows(pdu.event_id())
+            || self
+                .pending
+                .iter()
+                .any(|p| p.pdu.event_id() == pdu.event_id())
         {
+            // Appended already (the same PDU twice in flight): de-duplicated.
             return Some(InboundOutcome::Accepted);
         }
-        let verdict =
-            auth::check_against_auth_events(self.version, pdu, |id| index.get(id).cloned())
-                .and_then(|()| {
-                    auth::check_state_dependent(self.version, pdu, |t, k| {
-                        self.state.as_map().get(&(t.clone(), k.to_owned())).cloned()
-                    })
+        let admit = memory::prepare(
+            self.version,
+            pdu,
+            &self.recent,
+            &self.state.events,
+            &self.extremities,
+        );
+        let (state_before, new_current, events) = match admit {
+            memory::Admit::NotHere => return None,
+            memory::Admit::Rejected(reason) => {
+                self.append(AppendPlan {
+                    pdu: Arc::clone(pdu),
+                    rejected: Some(reason.clone()),
+                    soft_failed: false,
+                    state_before: None,
+                    new_current: None,
+                    events: HashMap::new(),
+                    local,
+                    txn: None,
+                    reply: None,
                 });
-        let outcome = match &verdict {
-            Ok(()) => InboundOutcome::Accepted,
-            Err(e) => InboundOutcome::Rejected(e.0.clone()),
+                return Some(InboundOutcome::Rejected(reason));
+            }
+            memory::Admit::Ready {
+                state_before,
+                new_current,
+                events,
+            } => (state_before, new_current, events),
         };
+        // Step 6 (soft-fail against the current state): the same check as step 5 when the
+        // state before the event is the current state.
+        let soft = match state_before {
+            None => Ok(()),
+            Some(_) => soft_fail::check(self.version, pdu, &self.state.events),
+        };
+        if let Err(reason) = &soft {
+            tracing::info!(room = %self.room_id, event = %pdu.event_id(), reason = %reason, "soft-failed event");
+        }
         self.append(AppendPlan {
             pdu: Arc::clone(pdu),
-            rejected: verdict.err().map(|e| e.0),
-            soft_failed: false,
-            state_before: None,
-            new_current: None,
-            events: HashMap::new(),
+            rejected: None,
+            soft_failed: soft.is_err(),
+            state_before,
+            new_current,
+            events,
             local,
             txn: None,
             reply: None,
         });
-        Some(outcome)
+        Some(match soft {
+            Ok(()) => InboundOutcome::Accepted,
+            Err(reason) => InboundOutcome::SoftFailed(reason),
+        })
     }
 
-    /// Applies the result of `inbound::prepare`.
+    /// Applies the result of `admission::prepare`.
     pub(super) fn apply_prepared(
         &mut self,
         pdu: Arc<Pdu>,
@@ -96,16 +110,23 @@ impl RoomActor {
                     self.status = Status::Ready;
                     self.batch.new_room = Some((self.version.as_str().to_owned(), None));
                 }
-                let soft = auth::check_state_dependent(self.version, &pdu, |t, k| {
-                    self.state.as_map().get(&(t.clone(), k.to_owned())).cloned()
-                });
+                let soft = soft_fail::check(self.version, &pdu, &self.state.events);
                 let soft_failed = soft.is_err() && !self.state.events.is_empty();
                 if let Err(e) = &soft
                     && soft_failed
                 {
-                    tracing::info!(room = %self.room_id, event = %pdu.event_id(), reason = %e.0, "soft-failed event");
+                    tracing::info!(room = %self.room_id, event = %pdu.event_id(), reason = %e, "soft-failed event");
                 }
                 let ready = *ready;
+                // What the database gave (state and auth chain events) stays for the memory
+                // path's later lookups.
+                self.recent.cache_events(
+                    ready
+                        .fetched
+                        .iter()
+                        .cloned()
+                        .chain(ready.events.values().cloned()),
+                );
                 self.append(AppendPlan {
                     pdu,
                     rejected: None,
@@ -118,7 +139,7 @@ impl RoomActor {
                     reply: None,
                 });
                 if soft_failed {
-                    InboundOutcome::SoftFailed(soft.err().map(|e| e.0).unwrap_or_default())
+                    InboundOutcome::SoftFailed(soft.err().unwrap_or_default())
                 } else {
                     InboundOutcome::Accepted
                 }
@@ -172,6 +193,7 @@ impl RoomActor {
             if hint.is_none()
                 && let Some(outcome) = act.try_fast(&pdu, local)
             {
+                crate::observe::metrics::admission_path(true);
                 results.push(outcome);
                 return Self::process_inbound(items, results, local);
             }
@@ -180,6 +202,7 @@ impl RoomActor {
                     .then(move |_, act: &mut Self, _| {
                         let input = act.inbound_input(&pdu, hint);
                         let db = act.core.db.clone();
+                        crate::observe::metrics::admission_path(false);
                         let timer = crate::observe::metrics::SlowPath::start("inbound_prepare");
                         async move {
                             (
@@ -238,11 +261,7 @@ impl Handler<InboundPdus> for RoomActor {
                 return fail_all("room unavailable", msg.pdus.len());
             }
         }
-        let items: VecDeque<(Arc<Pdu>, Option<StateIds>)> = msg
-            .pdus
-            .into_iter()
-            .map(|(p, h)| (Arc::new(p), h))
-            .collect();
+        let items: VecDeque<(Arc<Pdu>, Option<StateIds>)> = msg.pdus.into_iter().collect();
         AtomicResponse::new(Self::process_inbound(items, Vec::new(), msg.local))
     }
 }

@@ -9,7 +9,7 @@
 //! place one in the timeline once it passes every check; it keeps its own status otherwise.
 //!
 //! One read per batch; the storage layer ([`crate::storage::events::insert_event`]) and the
-//! room actor (its own set of recent rejections, and `inbound::prepare`) enforce the same
+//! room actor (its own set of recent rejections, and `admission::prepare`) enforce the same
 //! rule, so a race between two paths cannot undo it.
 
 use std::collections::HashMap;

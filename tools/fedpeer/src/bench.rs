@@ -310,7 +310,7 @@ fn prepare(
 
 /// Polls until an event is readable: at once, then after 2 ms, the pause growing by half
 /// each time up to `poll_max`.
-fn wait_readable(
+pub fn wait_readable(
     reader: &mut ClientApi,
     room_id: &str,
     event_id: &str,

@@ -12,7 +12,8 @@
 //! * [`client::ClientApi`] plays a local user of the server under test (create the room,
 //!   read what landed).
 //! * [`craft`] damages signatures, events and X-Matrix headers on purpose.
-//! * [`bench`] measures signed PDUs per second through `/send`.
+//! * [`bench`] measures signed PDUs per second through `/send`; [`ingest`] the same from
+//!   K origin servers at once, into one room or many.
 //!
 //! Everything is blocking and bounded: every connection has connect/read/write timeouts,
 //! and only loopback addresses are ever dialled.
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod client;
 pub mod craft;
 pub mod http;
+pub mod ingest;
 pub mod peer;
 pub mod room;
 pub mod server;

@@ -1,11 +1,13 @@
-//! The `fedpeer` command: `serve` (publish a key, accept what servers send) and
-//! `bench-send` (PDUs/s through `/send`, one or more servers side by side).
+//! The `fedpeer` command: `serve` (publish a key, accept what servers send),
+//! `bench-send` (PDUs/s through `/send`, one or more servers side by side) and
+//! `bench-ingest` (the same from K origin servers at once, into one room or many).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fedpeer::bench::{self, Target};
+use fedpeer::ingest;
 use fedpeer::{Peer, PeerOptions};
 
 #[derive(Parser)]
@@ -62,6 +64,40 @@ enum Command {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// K origin servers (ports --port..--port+K), one transaction in flight each, into one
+    /// room or many: stored PDUs/s per target.
+    BenchIngest {
+        /// The first origin's port on 127.0.0.1 (origin i listens on PORT + i).
+        #[arg(long)]
+        port: u16,
+        /// NAME,SERVER_NAME,CLIENT_BASE,TOKEN (repeat; the first is the ratio's numerator).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// Origin servers.
+        #[arg(long, default_value_t = 4)]
+        origins: usize,
+        /// Rooms per setting (comma-separated settings).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        rooms: Vec<usize>,
+        /// Transactions per origin and run.
+        #[arg(long, default_value_t = 10)]
+        txns: usize,
+        /// PDUs per transaction.
+        #[arg(long, default_value_t = 50)]
+        pdus: usize,
+        /// Measured runs per target and setting.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Bound on each request and on each wait, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Longest pause between two readability checks, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        poll_max_ms: u64,
+        /// Also write every sample as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +118,68 @@ fn main() -> ExitCode {
                 },
             }
             ExitCode::SUCCESS
+        }
+        Command::BenchIngest {
+            port,
+            targets,
+            origins,
+            rooms,
+            txns,
+            pdus,
+            runs,
+            timeout,
+            poll_max_ms,
+            json,
+        } => {
+            let targets: Vec<Target> = match targets.iter().map(|t| Target::parse(t)).collect() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("fedpeer: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = ingest::Options {
+                origins,
+                base_port: port,
+                rooms,
+                txns,
+                pdus_per_txn: pdus,
+                runs,
+                timeout: Duration::from_secs(timeout),
+                poll_max: Duration::from_millis(poll_max_ms),
+            };
+            let peers = match ingest::start_origins(&opts) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("fedpeer: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for p in &peers {
+                eprintln!(
+                    "fedpeer: origin {} with key {}",
+                    p.server_name(),
+                    p.key().key_id()
+                );
+            }
+            match ingest::run(&peers, &targets, &opts, |l| eprintln!("{l}")) {
+                Ok(samples) => {
+                    print!("{}", ingest::summary(&samples, &targets, &opts));
+                    if let Some(path) = json {
+                        let v =
+                            serde_json::Value::Array(samples.iter().map(|s| s.to_json()).collect());
+                        if let Err(e) = std::fs::write(&path, v.to_string()) {
+                            eprintln!("fedpeer: writing {}: {e}", path.display());
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fedpeer: benchmark failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::BenchSend {
             port,

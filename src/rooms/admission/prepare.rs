@@ -1,27 +1,27 @@
-//! Preparing a received PDU for its room actor: the checks that need history from the
-//! database (the spec's "checks performed on receipt of a PDU", steps 4–5):
+//! The database-backed driver of admission steps 4–5 for one received PDU, for what the
+//! room actor does not hold in memory (old prev events, large forks): it loads the states
+//! after the event's prev events and after the forward extremities from stored state
+//! groups, and event bodies (auth chains for resolution) from the events table, on a
+//! blocking thread with one connection, then runs the steps' pure functions:
 //!
-//! 1. every `auth_events` entry must be known, and the event must pass the auth rules against
-//!    them;
-//! 2. every `prev_events` entry must be known with its state (or the caller supplies the
-//!    state before the event, e.g. from `send_join` or `/state_ids`); the state before the
-//!    event is the resolution of the states after its prev events, and the event must pass
-//!    the auth rules against it;
-//! 3. the room's new current state is computed as if the event were accepted: the state
-//!    after it, resolved with the states after the forward extremities it does not cite.
+//! 1. every auth event must be known, and the event must pass [`super::auth_events`];
+//! 2. every prev event must be known with its state (or the caller supplies the state
+//!    before the event, e.g. from `send_join` or `/state_ids`); the state before the event
+//!    comes from [`super::state_before::from_prev_states`] and the event must pass
+//!    [`super::state_before::check`];
+//! 3. the room's new current state is computed as if the event were accepted
+//!    ([`super::soft_fail::new_current`]).
 //!
 //! Step 6 (soft-fail against the current state) and the append itself happen in the room
-//! actor, which owns the current state. This runs on a blocking thread with one database
-//! connection; signature and hash checks happened earlier, on all cores.
+//! actor, which owns the current state.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use ruma::events::StateEventType;
-use ruma::{EventId, OwnedEventId};
-use weft_protocol::auth::{self, StateMap};
-use weft_protocol::{Pdu, RoomVersion, state_res};
+use weft_protocol::{Pdu, RoomVersion};
+
+use super::{auth_events, soft_fail, state_before};
 
 use crate::rooms::view::pdu_of;
 use crate::storage::state::StateIds;
@@ -59,6 +59,8 @@ pub struct ReadyEvent {
     pub new_current: StateIds,
     /// Events for every entry of `state_before` and `new_current` (to keep state in memory).
     pub events: HashMap<String, Arc<Pdu>>,
+    /// Every other event loaded on the way (auth chains), for the actor's memory path.
+    pub fetched: Vec<Arc<Pdu>>,
 }
 
 /// Event lookups during one preparation: memory first, then the database.
@@ -113,36 +115,6 @@ impl<'c> Lookup<'c> {
     }
 }
 
-fn to_typed(ids: &StateIds) -> StateMap<OwnedEventId> {
-    ids.iter()
-        .filter_map(|((t, k), e)| {
-            Some((
-                (StateEventType::from(t.as_str()), k.clone()),
-                OwnedEventId::try_from(e.as_str()).ok()?,
-            ))
-        })
-        .collect()
-}
-
-fn from_typed(map: &StateMap<OwnedEventId>) -> StateIds {
-    map.iter()
-        .map(|((t, k), e)| ((t.to_string(), k.clone()), e.to_string()))
-        .collect()
-}
-
-/// Resolves several states with events looked up through `lookup`.
-fn resolve(
-    lookup: &Lookup<'_>,
-    version: RoomVersion,
-    states: &[StateIds],
-) -> Result<StateIds, String> {
-    let typed: Vec<StateMap<OwnedEventId>> = states.iter().map(to_typed).collect();
-    let fetch = |id: &EventId| lookup.event(id.as_str());
-    state_res::resolve(version, &typed, fetch)
-        .map(|m| from_typed(&m))
-        .map_err(|e| e.to_string())
-}
-
 pub fn prepare(conn: &mut AnyConnection, input: InboundInput) -> StorageResult<Prepared> {
     let pdu = &input.pdu;
     let version = input.version;
@@ -169,18 +141,7 @@ pub fn prepare(conn: &mut AnyConnection, input: InboundInput) -> StorageResult<P
     };
 
     // 1. Auth events known?
-    let mut missing_auth = Vec::new();
-    for a in pdu.auth_events() {
-        if lookup.event(a.as_str()).is_none() {
-            missing_auth.push(a.to_string());
-        }
-    }
-    if version.room_id_from_create_event() {
-        let create_id = format!("${}", &pdu.room_id().as_str()[1..]);
-        if pdu.kind_str() != "m.room.create" && lookup.event(&create_id).is_none() {
-            missing_auth.push(create_id);
-        }
-    }
+    let missing_auth = auth_events::missing(version, pdu, |id| lookup.event(id).is_some());
 
     // 2. Prev events known with state?
     let mut prev_states = Vec::new();
@@ -200,74 +161,44 @@ pub fn prepare(conn: &mut AnyConnection, input: InboundInput) -> StorageResult<P
         });
     }
 
-    // Auth against the event's own auth events.
-    if let Err(e) = auth::check_against_auth_events(version, pdu, |id| lookup.event(id.as_str())) {
-        return Ok(Prepared::Rejected(format!("auth events: {}", e.0)));
+    // Step 4: against its own auth events.
+    if let Err(e) = auth_events::check(version, pdu, |id| lookup.event(id.as_str())) {
+        return Ok(Prepared::Rejected(e));
     }
 
-    // The state before the event.
+    // Step 5: against the state before it.
     let state_before = match input.state_hint {
         Some(s) => s,
-        None if prev_states.len() == 1 => prev_states.pop().unwrap_or_default(),
-        None if prev_states.is_empty() => StateIds::new(),
-        None => match resolve(&lookup, version, &prev_states) {
+        None => match state_before::from_prev_states(version, prev_states, |id| {
+            lookup.event(id.as_str())
+        }) {
             Ok(s) => s,
-            Err(e) => return Ok(Prepared::Rejected(format!("state resolution failed: {e}"))),
+            Err(e) => return Ok(Prepared::Rejected(e)),
         },
     };
-    let state_check = auth::check_state_dependent(version, pdu, |t, k| {
-        state_before
-            .get(&(t.to_string(), k.to_owned()))
-            .and_then(|id| lookup.event(id))
-    });
-    if let Err(e) = state_check {
-        return Ok(Prepared::Rejected(format!("state before event: {}", e.0)));
+    if let Err(e) = state_before::check(version, pdu, &state_before, |id| lookup.event(id)) {
+        return Ok(Prepared::Rejected(e));
     }
 
     // The current state if accepted.
-    let mut after = state_before.clone();
-    if let Some(k) = pdu.state_key() {
-        after.insert((pdu.kind_str(), k.to_owned()), pdu.event_id().to_string());
-    }
-    let prevs: HashSet<String> = pdu.prev_events().iter().map(|p| p.to_string()).collect();
-    let remaining: Vec<&String> = input
-        .extremities
-        .iter()
-        .filter(|e| !prevs.contains(*e))
-        .collect();
+    let after = state_before::after(pdu, &state_before);
     // The event is not stored yet, but it is in the state being resolved: without it in the
     // lookup, resolution drops it from the conflicted set and the other fork always wins.
     lookup
         .cache
         .borrow_mut()
         .insert(pdu.event_id().to_string(), Some(Arc::clone(pdu)));
-    let new_current = if remaining.is_empty() {
-        after
-    } else {
-        let mut states = vec![after];
-        for e in remaining {
-            if *e == pdu.event_id().as_str() {
-                continue;
-            }
-            match lookup.state_after(e)? {
-                Some(s) => states.push(s),
-                None => tracing::warn!(extremity = %e, "forward extremity without state"),
-            }
+    let mut tip_states = Vec::new();
+    for e in soft_fail::other_tips(pdu, &input.extremities) {
+        match lookup.state_after(e)? {
+            Some(s) => tip_states.push(s),
+            None => tracing::warn!(extremity = %e, "forward extremity without state"),
         }
-        if states.len() == 1 {
-            states.pop().unwrap_or_default()
-        } else {
-            // Forks are resolved against the current state too, which the extremities'
-            // states already make up; resolving the tips is the spec's algorithm.
-            match resolve(&lookup, version, &states) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not resolve forward extremities; keeping the current state");
-                    input.current_ids.clone()
-                }
-            }
-        }
-    };
+    }
+    let new_current =
+        soft_fail::new_current(version, after, tip_states, &input.current_ids, |id| {
+            lookup.event(id.as_str())
+        });
 
     let mut evs = HashMap::new();
     evs.insert(pdu.event_id().to_string(), Arc::clone(pdu));
@@ -279,10 +210,18 @@ pub fn prepare(conn: &mut AnyConnection, input: InboundInput) -> StorageResult<P
             evs.insert(id.clone(), e);
         }
     }
+    let fetched = lookup
+        .cache
+        .borrow()
+        .iter()
+        .filter(|(id, _)| !evs.contains_key(*id))
+        .filter_map(|(_, e)| e.clone())
+        .collect();
     Ok(Prepared::Ready(Box::new(ReadyEvent {
         state_before,
         new_current,
         events: evs,
+        fetched,
     })))
 }
 

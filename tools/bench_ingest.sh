@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Multi-origin federation ingest benchmark: K origin servers (tools/fedpeer bench-ingest,
+# each its own server name and ed25519 key, one transaction in flight each) send signed
+# PDUs through /send into one room and into many rooms, weft vs Synapse side by side in one
+# run (runs interleaved). Counted: PDUs the local user can read afterwards.
+#
+# Usage: tools/bench_ingest.sh            (builds release weft + fedpeer first)
+#        NO_BUILD=1 tools/bench_ingest.sh (uses $CARGO_TARGET_DIR/release as is)
+#
+# Knobs (env): ORIGINS (default 4), ROOMS (comma list, default 1,100), TXNS (transactions
+# per origin and run, default 10), RUNS (default 5), TARGETS (weft,synapse or weft;
+# default both), POLL_MAX_MS (default 50), BENCH_DIR (default /tmp/fedingest-<pid>).
+#
+# Ports (loopback): weft client 21110 / federation 21111, Synapse client 21210 /
+# federation 21211, origins 21310..21310+ORIGINS-1. Both servers use SQLite; both are
+# stopped on exit.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SYN_TOOLS=${SYN_TOOLS:-$ROOT/tools/synapse}
+OUT=${BENCH_DIR:-/tmp/fedingest-$$}
+TXNS=${TXNS:-10}
+RUNS=${RUNS:-5}
+ORIGINS=${ORIGINS:-4}
+ROOMS=${ROOMS:-1,100}
+TARGETS=${TARGETS:-weft,synapse}
+POLL_MAX_MS=${POLL_MAX_MS:-50}
+WEFT_CLIENT=21110 WEFT_FED=21111 SYN_CLIENT=21210 SYN_FED=21211 PEER=21310
+SYN_NAME=fedingest
+
+log() { echo "[bench_ingest] $*" >&2; }
+mkdir -p "$OUT"
+for p in $WEFT_CLIENT $WEFT_FED $SYN_CLIENT $SYN_FED $(seq $PEER $((PEER + ORIGINS - 1))); do
+  if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+    echo "port $p is in use" >&2; exit 1
+  fi
+done
+
+if [ -z "${NO_BUILD:-}" ]; then
+  log "cargo build --release -p weft -p fedpeer"
+  (cd "$ROOT" && cargo build --release -p weft -p fedpeer)
+fi
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+WEFT_BIN="$TARGET/release/weft"
+PEER_BIN="$TARGET/release/fedpeer"
+for b in "$WEFT_BIN" "$PEER_BIN"; do
+  [ -x "$b" ] || { echo "$b is missing (run without NO_BUILD=1)" >&2; exit 1; }
+done
+log "installing Synapse if needed ($SYN_TOOLS/install.sh)"
+"$SYN_TOOLS/install.sh" >&2
+
+WEFT_PID=""
+cleanup() {
+  if [ -n "$WEFT_PID" ] && kill -0 "$WEFT_PID" 2>/dev/null; then
+    kill "$WEFT_PID"
+    for _ in $(seq 50); do kill -0 "$WEFT_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$WEFT_PID" 2>/dev/null || true
+  fi
+  SYNAPSE_DATA="$OUT/synapse" "$SYN_TOOLS/stop.sh" "$SYN_NAME" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- weft (release)
+mkdir -p "$OUT/weft"
+cat >"$OUT/weft/weft.toml" <<EOF
+server_name = "localhost:$WEFT_FED"
+data_dir = "$OUT/weft"
+[listeners]
+client = "127.0.0.1:$WEFT_CLIENT"
+federation = "127.0.0.1:$WEFT_FED"
+[registration]
+open = true
+[federation]
+verify_tls = false
+[outbound]
+allowed_addresses = ["127.0.0.0/8"]
+[rate_limits]
+enabled = false
+EOF
+"$WEFT_BIN" serve --config "$OUT/weft/weft.toml" >"$OUT/weft/weft.log" 2>&1 &
+WEFT_PID=$!
+for i in $(seq 300); do
+  curl -sf --max-time 2 "http://127.0.0.1:$WEFT_CLIENT/_matrix/client/versions" >/dev/null && break
+  kill -0 "$WEFT_PID" 2>/dev/null || { tail -20 "$OUT/weft/weft.log" >&2; exit 1; }
+  [ "$i" -lt 300 ] || { echo "weft did not start" >&2; exit 1; }
+  sleep 0.2
+done
+WEFT_TOKEN=$(curl -sf --max-time 30 -X POST "http://127.0.0.1:$WEFT_CLIENT/_matrix/client/v3/register" \
+  -H 'Content-Type: application/json' \
+  -d '{"username":"bench","password":"bench-password","auth":{"type":"m.login.dummy"}}' |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+log "weft up (pid $WEFT_PID)"
+
+# ---------------------------------------------------------------- Synapse
+TARGET_ARGS=(--target "weft,localhost:$WEFT_FED,http://127.0.0.1:$WEFT_CLIENT,$WEFT_TOKEN")
+if [[ ",$TARGETS," == *",synapse,"* ]]; then
+  export SYNAPSE_DATA="$OUT/synapse"
+  "$SYN_TOOLS/start.sh" "$SYN_NAME" "$SYN_FED" "$SYN_CLIENT" >/dev/null
+  SYN_TOKEN=$("$SYN_TOOLS/register.sh" "$SYN_NAME" bench bench-password |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  SYN_VERSION=$(curl -sf --max-time 5 "http://127.0.0.1:$SYN_CLIENT/_synapse/admin/v1/server_version" \
+    -H "Authorization: Bearer $SYN_TOKEN" 2>/dev/null || echo '{}')
+  log "synapse up ($SYN_VERSION)"
+  TARGET_ARGS+=(--target "synapse,localhost:$SYN_FED,http://127.0.0.1:$SYN_CLIENT,$SYN_TOKEN")
+fi
+
+# ---------------------------------------------------------------- run
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "weft commit: $(cd "$ROOT" && git rev-parse --short HEAD)"
+  echo "nproc: $(nproc)"
+  lscpu | head -n 15
+  echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$OUT/machine.txt"
+log "fedpeer bench-ingest: origins=$ORIGINS rooms=$ROOMS txns=$TXNS runs=$RUNS targets=$TARGETS"
+"$PEER_BIN" bench-ingest --port "$PEER" "${TARGET_ARGS[@]}" \
+  --origins "$ORIGINS" --rooms "$ROOMS" --txns "$TXNS" --runs "$RUNS" \
+  --poll-max-ms "$POLL_MAX_MS" \
+  --json "$OUT/samples.json" 2> >(tee "$OUT/progress.log" >&2) | tee "$OUT/summary.md"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+if grep -q panicked "$OUT/weft/weft.log"; then
+  echo "weft panicked during the benchmark (see $OUT/weft/weft.log)" >&2
+  exit 1
+fi
+cat "$OUT/machine.txt"
+log "results in $OUT"
