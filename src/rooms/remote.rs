@@ -413,6 +413,7 @@ macro_rules! runs_where_it_arrives {
 runs_where_it_arrives!(
     super::messages::BuildEvent,
     super::messages::AppendHistory,
+    super::messages::StoreOutliers,
     super::linearized::HubAppend,
     super::linearized::ParticipantReceive,
 );
@@ -509,7 +510,7 @@ async fn run(rooms: &super::RoomRegistry, req: Request) -> Result<Option<Value>>
             let mut list = Vec::with_capacity(pdus.len());
             for (p, state) in pdus {
                 let state = state.map(|s| s.into_iter().map(|(k, sk, id)| ((k, sk), id)).collect());
-                list.push((pdu_from_wire(p, room_version)?, state));
+                list.push((std::sync::Arc::new(pdu_from_wire(p, room_version)?), state));
             }
             let msg = InboundPdus {
                 pdus: list,
