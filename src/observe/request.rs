@@ -4,7 +4,7 @@
 //! proxy's ID then follows the request through), else a fresh random one; it is echoed in
 //! the response's `X-Request-Id`. The span `request{id, method, route}` wraps the handler,
 //! so every log line a handler writes carries the ID. Logged: method, route pattern, path
-//! and query with credentials blanked ([`crate::http::redact_query`]: `?access_token=`
+//! and query with credentials blanked ([`redact_query`]: `?access_token=`
 //! never reaches a log), status, duration. Never logged: headers and bodies.
 
 use std::time::Instant;
@@ -40,6 +40,32 @@ pub fn method_label(method: &str) -> &'static str {
     }
 }
 
+/// Query parameters whose values are credentials.
+const SECRET_PARAMS: &[&str] = &["access_token", "token", "login_token", "password"];
+
+/// `path?a=1&access_token=xyz` → `path?a=1&access_token=<redacted>`.
+pub fn redact_query(uri: &str) -> String {
+    let Some((path, query)) = uri.split_once('?') else {
+        return uri.to_owned();
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|kv| {
+            let name = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
+            let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+            if SECRET_PARAMS
+                .iter()
+                .any(|s| decoded.eq_ignore_ascii_case(s))
+            {
+                format!("{name}=<redacted>")
+            } else {
+                kv.to_owned()
+            }
+        })
+        .collect();
+    format!("{path}?{}", parts.join("&"))
+}
+
 /// `middleware::from_fn` body for the client listener.
 pub async fn client(
     req: ServiceRequest,
@@ -73,7 +99,7 @@ async fn observe<B: MessageBody + 'static>(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let path = crate::http::redact_query(
+    let path = redact_query(
         req.uri()
             .path_and_query()
             .map(|p| p.as_str())
@@ -112,7 +138,7 @@ async fn observe<B: MessageBody + 'static>(
 
 #[cfg(test)]
 mod tests {
-    use super::{acceptable_id, method_label};
+    use super::{acceptable_id, method_label, redact_query};
 
     #[test]
     fn method_labels_stay_a_small_set() {
@@ -134,6 +160,31 @@ mod tests {
             "quote\"1234",
         ] {
             assert!(!acceptable_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_reach_the_log() {
+        for (raw, logged) in [
+            ("/sync", "/sync"),
+            ("/sync?since=5", "/sync?since=5"),
+            (
+                "/sync?access_token=syt_secret&since=5",
+                "/sync?access_token=<redacted>&since=5",
+            ),
+            (
+                "/x?since=1&access_token=a",
+                "/x?since=1&access_token=<redacted>",
+            ),
+            ("/x?%61ccess_token=a", "/x?%61ccess_token=<redacted>"),
+            ("/x?ACCESS_TOKEN=a", "/x?ACCESS_TOKEN=<redacted>"),
+            ("/x?access_token", "/x?access_token=<redacted>"),
+            ("/login?token=abc", "/login?token=<redacted>"),
+        ] {
+            assert_eq!(redact_query(raw), logged);
+            if raw.contains("=a") || raw.contains("secret") {
+                assert!(!redact_query(raw).contains("secret"));
+            }
         }
     }
 }

@@ -55,11 +55,6 @@ const FACES: (&str, &str) = ("client_api", "federation");
 const KNOWN: &[(&str, &str, &str)] = &[
     (
         "observe",
-        "http",
-        "observe/request.rs (the request middleware) logs the query through http::redact_query",
-    ),
-    (
-        "observe",
         "core",
         "observe/request.rs makes request IDs with core::random_string",
     ),
