@@ -161,8 +161,8 @@ pub fn rotate_key(key_path: &Path) -> Result<(String, String), StartError> {
     let new = loop {
         let mut seed = [0u8; 32];
         let mut version = [0u8; 4];
-        getrandom_fill(&mut seed).map_err(err)?;
-        getrandom_fill(&mut version).map_err(err)?;
+        crate::random::getrandom_fill(&mut seed).map_err(err)?;
+        crate::random::getrandom_fill(&mut version).map_err(err)?;
         let k = ServerSigningKey::generate(seed, version).map_err(|e| err(e.to_string()))?;
         if k.key_id() != old.key_id() && !retired.iter().any(|r| r.key_id == k.key_id()) {
             break k;
@@ -194,8 +194,8 @@ pub fn load_or_create_key(path: &Path) -> Result<ServerSigningKey, StartError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut seed = [0u8; 32];
             let mut version = [0u8; 4];
-            getrandom_fill(&mut seed).map_err(err)?;
-            getrandom_fill(&mut version).map_err(err)?;
+            crate::random::getrandom_fill(&mut seed).map_err(err)?;
+            crate::random::getrandom_fill(&mut version).map_err(err)?;
             let key = ServerSigningKey::generate(seed, version).map_err(|e| err(e.to_string()))?;
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
@@ -231,68 +231,14 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
 }
 
-/// Fills a buffer from the operating system's RNG.
-pub fn getrandom_fill(buf: &mut [u8]) -> Result<(), String> {
-    use rand::TryRng;
-    rand::rngs::SysRng
-        .try_fill_bytes(buf)
-        .map_err(|e| format!("OS random source failed: {e}"))
-}
-
-/// A random alphanumeric string (access tokens, device IDs, room ID local parts).
-///
-/// There is no fallback: if the operating system's random source fails, a token would be
-/// guessable, so this panics instead of handing one out (it does not depend on input, and
-/// a server without randomness cannot run safely). Callers that can report an error use
-/// [`try_random_string`].
-pub fn random_string(len: usize) -> String {
-    match try_random_string(len) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "OS random source failed; refusing to generate a token");
-            panic!("{e}")
-        }
-    }
-}
-
-/// A random alphanumeric string, or the OS RNG's error.
-pub fn try_random_string(len: usize) -> Result<String, String> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    // 62 * 4 = 248: bytes at or above it are dropped so every character is equally likely.
-    let mut out = String::with_capacity(len);
-    let mut bytes = [0u8; 64];
-    while out.len() < len {
-        getrandom_fill(&mut bytes)?;
-        for b in bytes {
-            if out.len() == len {
-                break;
-            }
-            if (b as usize) < ALPHABET.len() * 4 {
-                out.push(ALPHABET[b as usize % ALPHABET.len()] as char);
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn random_strings_are_alphanumeric_and_distinct() {
-        let a = try_random_string(32).unwrap();
-        let b = try_random_string(32).unwrap();
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
-        assert_ne!(a, b);
-        assert_eq!(try_random_string(0).unwrap(), "");
-        assert_eq!(try_random_string(200).unwrap().len(), 200);
-    }
-
-    #[test]
     fn private_files_are_0600() {
-        let dir = std::env::temp_dir().join(format!("weft-core-{}", random_string(8)));
+        let dir =
+            std::env::temp_dir().join(format!("weft-core-{}", crate::random::random_string(8)));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("k");
         write_private(&p, b"secret").unwrap();

@@ -25,6 +25,7 @@ pub mod notifier;
 pub mod observe;
 pub mod passwords;
 pub mod push;
+pub mod random;
 pub mod ratelimit;
 pub mod rooms;
 pub mod search;

@@ -112,7 +112,7 @@ impl PasswordPool {
         // The dummy hash is made once, on this thread, with the configured parameters.
         let mut blocks = vec![Block::default(); params.block_count()];
         let mut dummy_password = [0u8; 16];
-        crate::core::getrandom_fill(&mut dummy_password)?;
+        crate::random::getrandom_fill(&mut dummy_password)?;
         let dummy = Arc::new(hash_with(&params, &dummy_password, &mut blocks)?);
         drop(blocks);
         for i in 0..threads {
@@ -311,7 +311,7 @@ fn hash_with(
     blocks: &mut Vec<Block>,
 ) -> std::result::Result<String, String> {
     let mut salt = [0u8; Salt::RECOMMENDED_LENGTH];
-    crate::core::getrandom_fill(&mut salt)?;
+    crate::random::getrandom_fill(&mut salt)?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
     let mut out = [0u8; OUTPUT_LEN];
     let params = with_output_len(params, OUTPUT_LEN)?;

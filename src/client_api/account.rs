@@ -22,7 +22,7 @@ fn uia_challenge(stage: &str) -> Error {
     Error::UiaRequired(json!({
         "flows": [{"stages": [stage]}],
         "params": {},
-        "session": crate::core::random_string(24),
+        "session": crate::random::random_string(24),
     }))
 }
 
@@ -75,7 +75,7 @@ pub async fn register(
     }
     let localpart = match req.username {
         Some(u) => u.to_lowercase(),
-        None => crate::core::try_random_string(12)
+        None => crate::random::try_random_string(12)
             .map_err(Error::internal)?
             .to_lowercase(),
     };
@@ -134,7 +134,7 @@ pub struct LoginRequest {
 }
 
 fn new_device_id() -> Result<String> {
-    Ok(crate::core::try_random_string(10)
+    Ok(crate::random::try_random_string(10)
         .map_err(Error::internal)?
         .to_uppercase())
 }

@@ -89,7 +89,7 @@ pub async fn create_room(
 
     // The create event: in v12 it names the room, so it is built before the room exists.
     let room_id_v11 = (!version.room_id_from_create_event())
-        .then(|| format!("!{}:{}", crate::core::random_string(18), s.server_name()))
+        .then(|| format!("!{}:{}", crate::random::random_string(18), s.server_name()))
         .map(|r| parse_room_id(&r))
         .transpose()?;
     let mut create_draft = plan.create.clone();

@@ -68,7 +68,7 @@ pub fn hash_token(token: &str) -> String {
 
 /// A new random access token; an error (never a weak token) when the OS RNG fails.
 pub fn new_token() -> Result<String, Error> {
-    let random = crate::core::try_random_string(40).map_err(Error::internal)?;
+    let random = crate::random::try_random_string(40).map_err(Error::internal)?;
     Ok(format!("wft_{random}"))
 }
 

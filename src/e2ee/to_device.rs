@@ -134,7 +134,7 @@ pub async fn send(
         }
         let wake = deliver_local(c, pos, &s, &e, &local)?;
         for (server, msgs) in &remote {
-            let message_id = crate::core::random_string(24);
+            let message_id = crate::random::random_string(24);
             let content = federation::direct_to_device_content(&s, &e, &message_id, msgs);
             device_lists::queue(
                 c,

@@ -680,7 +680,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "weft-keys-{tag}-{}-{}",
             std::process::id(),
-            crate::core::random_string(6)
+            crate::random::random_string(6)
         ));
         let mut config = Config {
             server_name: "keys.test".into(),

@@ -76,7 +76,7 @@ async fn write_file(core: &Core, bytes: Bytes) -> Result<String> {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let tmp = tmp_dir.join(format!("{sha2}.{}", crate::core::random_string(8)));
+        let tmp = tmp_dir.join(format!("{sha2}.{}", crate::random::random_string(8)));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
@@ -176,7 +176,7 @@ pub async fn upload(
     check_quota(core, uploader, bytes.len() as u64).await?;
     let size = bytes.len() as i64;
     let sha = write_file(core, bytes).await?;
-    let id = crate::core::random_string(24);
+    let id = crate::random::random_string(24);
     let row = MediaRow {
         server_name: core.server_name().to_owned(),
         media_id: id.clone(),
@@ -199,7 +199,7 @@ pub async fn create(core: &Core, uploader: &str) -> Result<(String, i64)> {
     let now = now_ms();
     let expires = now + core.config.media.unused_expires_ms as i64;
     let max = i64::from(core.config.media.max_pending_creates);
-    let id = crate::core::random_string(24);
+    let id = crate::random::random_string(24);
     let row = MediaRow {
         server_name: core.server_name().to_owned(),
         media_id: id.clone(),

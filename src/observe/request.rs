@@ -94,7 +94,7 @@ async fn observe<B: MessageBody + 'static>(
         .and_then(|v| v.to_str().ok())
         .filter(|v| acceptable_id(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| crate::core::random_string(16));
+        .unwrap_or_else(|| crate::random::random_string(16));
     let method = method_label(req.method().as_str()).to_owned();
     let route = req
         .match_pattern()

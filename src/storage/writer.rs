@@ -276,7 +276,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!(
             "weft-writer-{}-{}.db",
             std::process::id(),
-            crate::core::random_string(6)
+            crate::random::random_string(6)
         ));
         let options = ConnectionOptions {
             backend: Backend::Sqlite,

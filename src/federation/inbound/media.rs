@@ -12,7 +12,7 @@ use crate::media::{self, Content};
 use crate::services::Services;
 
 fn multipart(content: Content) -> HttpResponse {
-    let boundary = crate::core::random_string(32);
+    let boundary = crate::random::random_string(32);
     let disposition =
         rules::content_disposition(&content.content_type, content.filename.as_deref());
     let body = rules::multipart_body(

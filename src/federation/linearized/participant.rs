@@ -44,7 +44,7 @@ pub async fn send_lpdu(
     lpdu: &CanonicalJsonObject,
     lpdu_id: &str,
 ) -> Result<()> {
-    let txn = format!("lm{}{}", now_ms(), crate::core::random_string(8));
+    let txn = format!("lm{}{}", now_ms(), crate::random::random_string(8));
     let path = format!("{UNSTABLE}/send/{}", enc(&txn));
     let body = json!({
         "origin": client.origin(),

@@ -172,7 +172,7 @@ pub struct DestinationView {
 /// A delay of `ms` ± 20%.
 pub(crate) fn jittered(ms: i64) -> i64 {
     let mut j = [0u8; 1];
-    let _ = crate::core::getrandom_fill(&mut j);
+    let _ = crate::random::getrandom_fill(&mut j);
     let factor = 0.8 + (j[0] as f64 / 255.0) * 0.4;
     ((ms.max(1) as f64) * factor) as i64
 }

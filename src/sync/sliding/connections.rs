@@ -103,7 +103,7 @@ impl Connections {
         };
         let mut conns = self.conns.lock();
         let Some(pos) = pos else {
-            let nonce = crate::core::random_string(12);
+            let nonce = crate::random::random_string(12);
             conns.insert(
                 key.clone(),
                 Conn {
