@@ -359,6 +359,11 @@ pub struct FederationConfig {
     pub trusted_key_servers: Vec<String>,
 }
 
+/// Largest argon2 memory (KiB) the server will use, for new hashes (`passwords.memory_kib`
+/// is checked against it at load) and for stored ones (`src/passwords.rs` refuses hashes
+/// asking for more): 256 MiB.
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+
 /// Password hashing (argon2id) on its own bounded pool; see `src/passwords.rs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -602,10 +607,10 @@ impl Default for PasswordsConfig {
 impl PasswordsConfig {
     /// The argon2 parameters of new hashes, checked.
     pub fn params(&self) -> Result<argon2::Params, String> {
-        if self.memory_kib > crate::passwords::MAX_STORED_MEMORY_KIB {
+        if self.memory_kib > MAX_ARGON2_MEMORY_KIB {
             return Err(format!(
                 "passwords.memory_kib must be at most {}",
-                crate::passwords::MAX_STORED_MEMORY_KIB
+                MAX_ARGON2_MEMORY_KIB
             ));
         }
         argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, None)
@@ -895,7 +900,7 @@ mod tests {
             assert!(bad.validate().is_err(), "{m} {t} {p} {q}");
         }
         bad = Config::default();
-        bad.passwords.memory_kib = crate::passwords::MAX_STORED_MEMORY_KIB + 1;
+        bad.passwords.memory_kib = MAX_ARGON2_MEMORY_KIB + 1;
         assert!(bad.validate().is_err());
     }
 

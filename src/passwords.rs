@@ -13,7 +13,7 @@
 //!   worst-case extra memory is `threads × memory_kib`: 2 × 19 MiB on a 2-core machine
 //!   with the defaults. A stored hash made with more memory than configured (after the
 //!   operator lowered the setting) grows that thread's buffer to the stored size, which is
-//!   capped at [`MAX_STORED_MEMORY_KIB`]; hashes above the cap are refused and logged.
+//!   capped at [`MAX_ARGON2_MEMORY_KIB`]; hashes above the cap are refused and logged.
 //! - **A bounded queue** (`passwords.queue`). A job that finds it full is refused at once,
 //!   without hashing: the request gets 429 `M_LIMIT_EXCEEDED` with a `retry_after_ms`
 //!   estimated from the queue length and the measured time of one hash. The caller never
@@ -40,11 +40,8 @@ use std::time::Instant;
 use argon2::password_hash::{Ident, Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
-use crate::config::PasswordsConfig;
+use crate::config::{MAX_ARGON2_MEMORY_KIB, PasswordsConfig};
 use crate::error::{Error, Result};
-
-/// Largest argon2 memory (KiB) a stored hash may ask for: 256 MiB.
-pub const MAX_STORED_MEMORY_KIB: u32 = 256 * 1024;
 
 /// Output length of new hashes, in bytes.
 const OUTPUT_LEN: usize = 32;
@@ -380,9 +377,9 @@ fn compute(
     out: &mut [u8],
     blocks: &mut Vec<Block>,
 ) -> std::result::Result<(), String> {
-    if params.m_cost() > MAX_STORED_MEMORY_KIB {
+    if params.m_cost() > MAX_ARGON2_MEMORY_KIB {
         return Err(format!(
-            "argon2 memory {} KiB is above the limit of {MAX_STORED_MEMORY_KIB} KiB",
+            "argon2 memory {} KiB is above the limit of {MAX_ARGON2_MEMORY_KIB} KiB",
             params.m_cost()
         ));
     }

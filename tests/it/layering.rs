@@ -55,11 +55,6 @@ const FACES: (&str, &str) = ("client_api", "federation");
 /// when its cause is gone; the test says so.
 const KNOWN: &[(&str, &str, &str)] = &[
     (
-        "config",
-        "passwords",
-        "config.rs validates argon2 memory against passwords::MAX_STORED_MEMORY_KIB",
-    ),
-    (
         "rooms",
         "services",
         "rooms/access.rs (joins by alias, remote directory) takes Services",
