@@ -120,7 +120,7 @@ pub async fn deactivate(s: &Services, user_id: &OwnedUserId) -> Result<Deactivat
         devices_removed: devices.len(),
         ..Default::default()
     };
-    crate::devices::delete_devices(s, user_id.as_str(), devices).await?;
+    crate::devices::delete_devices(&s.core, &s.tokens, user_id.as_str(), devices).await?;
 
     let u = user_id.to_string();
     let memberships = s

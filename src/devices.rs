@@ -11,20 +11,29 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
+use crate::accounts::TokenCache;
+use crate::core::Core;
 use crate::e2ee;
 use crate::error::Result;
-use crate::services::Services;
 use crate::storage::users;
 
-/// Deletes devices of a user and every token issued to them.
-pub async fn delete_devices(s: &Services, user_id: &str, devices: Vec<String>) -> Result<()> {
+/// Deletes devices of a user and every token issued to them (dropped from `tokens`, the
+/// access-token cache, too). Each deletion is a device-list change, announced to the
+/// user's local contacts through the stream and to remote ones through delivery, in the
+/// same write.
+pub async fn delete_devices(
+    core: &Core,
+    tokens: &TokenCache,
+    user_id: &str,
+    devices: Vec<String>,
+) -> Result<()> {
     if devices.is_empty() {
         return Ok(());
     }
     let u = user_id.to_owned();
-    let our = s.server_name().to_owned();
+    let our = core.server_name().to_owned();
     // One stream position per device: each deletion is its own device-list change.
-    let removed = e2ee::write_at_positions(&s.core, user_id, devices.len(), move |c, positions| {
+    let removed = e2ee::write_at_positions(core, user_id, devices.len(), move |c, positions| {
         let mut hashes = Vec::new();
         let mut wake = Vec::new();
         for (d, pos) in devices.iter().zip(positions) {
@@ -34,7 +43,7 @@ pub async fn delete_devices(s: &Services, user_id: &str, devices: Vec<String>) -
         Ok(e2ee::Written::new(hashes, wake))
     })
     .await?;
-    s.tokens.forget(&removed);
+    tokens.forget(&removed);
     Ok(())
 }
 
@@ -69,14 +78,13 @@ impl LastSeen {
 
     /// Writes everything pending in one job. Entries that fail to write are dropped (the
     /// next request records them again).
-    pub async fn flush(&self, s: &Services) -> Result<usize> {
+    pub async fn flush(&self, core: &Core) -> Result<usize> {
         let batch: Pending = std::mem::take(&mut *self.pending.lock());
         if batch.is_empty() {
             return Ok(0);
         }
         let n = batch.len();
-        s.core
-            .db
+        core.db
             .write("last_seen", move |c| {
                 for ((u, d), (ts, ip)) in &batch {
                     users::set_last_seen(c, u, d, *ts, ip)?;

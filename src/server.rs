@@ -158,7 +158,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                if let Err(e) = services.last_seen.flush(&services).await {
+                if let Err(e) = services.last_seen.flush(&services.core).await {
                     tracing::warn!(error = %e, "could not write devices' last-seen times");
                 }
             }

@@ -197,7 +197,13 @@ pub async fn login(
 }
 
 pub async fn logout(s: Data, user: AuthedUser) -> Result<HttpResponse> {
-    crate::devices::delete_devices(&s, user.user_id.as_str(), vec![user.device_id.clone()]).await?;
+    crate::devices::delete_devices(
+        &s.core,
+        &s.tokens,
+        user.user_id.as_str(),
+        vec![user.device_id.clone()],
+    )
+    .await?;
     ok(json!({}))
 }
 
@@ -211,7 +217,7 @@ pub async fn logout_all(s: Data, user: AuthedUser) -> Result<HttpResponse> {
         .into_iter()
         .map(|d| d.device_id)
         .collect();
-    crate::devices::delete_devices(&s, user.user_id.as_str(), devices).await?;
+    crate::devices::delete_devices(&s.core, &s.tokens, user.user_id.as_str(), devices).await?;
     ok(json!({}))
 }
 
@@ -333,7 +339,13 @@ pub async fn delete_device(
     JsonBody(body): JsonBody<AuthOnly>,
 ) -> Result<HttpResponse> {
     require_password_auth(&s, &user, body.auth.as_ref()).await?;
-    crate::devices::delete_devices(&s, user.user_id.as_str(), vec![path.into_inner()]).await?;
+    crate::devices::delete_devices(
+        &s.core,
+        &s.tokens,
+        user.user_id.as_str(),
+        vec![path.into_inner()],
+    )
+    .await?;
     ok(json!({}))
 }
 
@@ -349,7 +361,7 @@ pub async fn delete_devices(
     JsonBody(body): JsonBody<DeleteDevices>,
 ) -> Result<HttpResponse> {
     require_password_auth(&s, &user, body.auth.as_ref()).await?;
-    crate::devices::delete_devices(&s, user.user_id.as_str(), body.devices).await?;
+    crate::devices::delete_devices(&s.core, &s.tokens, user.user_id.as_str(), body.devices).await?;
     ok(json!({}))
 }
 
@@ -393,7 +405,7 @@ pub async fn change_password(
             .map(|d| d.device_id)
             .filter(|d| *d != user.device_id)
             .collect();
-        crate::devices::delete_devices(&s, user.user_id.as_str(), devices).await?;
+        crate::devices::delete_devices(&s.core, &s.tokens, user.user_id.as_str(), devices).await?;
     }
     ok(json!({}))
 }

@@ -682,8 +682,8 @@ async fn deleting_a_device_deletes_its_keys_and_is_a_change(backend: Backend) {
     .await
     .unwrap();
     let since = t.core.notifier.frontier();
-    let services = crate::services::Services::new(Arc::clone(&t.core));
-    crate::devices::delete_devices(&services, &bob, vec!["B2".into()])
+    let tokens = crate::accounts::TokenCache::default();
+    crate::devices::delete_devices(&t.core, &tokens, &bob, vec!["B2".into()])
         .await
         .unwrap();
     assert_eq!(

@@ -60,16 +60,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "rooms/access.rs (joins by alias, remote directory) takes Services",
     ),
     (
-        "e2ee",
-        "services",
-        "e2ee/tests.rs builds Services (test code only)",
-    ),
-    (
-        "devices",
-        "services",
-        "devices.rs (device deletion) takes Services to announce device-list changes",
-    ),
-    (
         "services",
         "federation",
         "services.rs hands handlers (and media, rooms/access.rs alias lookups) the Federation \
