@@ -32,7 +32,7 @@ pub async fn leave_room(
     user_id: &OwnedUserId,
     reason: Option<String>,
 ) -> Result<()> {
-    let current = access::membership(s, room_id.as_str(), user_id.as_str()).await?;
+    let current = access::membership(&s.core, room_id.as_str(), user_id.as_str()).await?;
     let local_room = {
         let r = room_id.to_string();
         s.core

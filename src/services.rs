@@ -93,6 +93,13 @@ pub trait Remote: Send + Sync {
         room_id: &'a str,
         limit: usize,
     ) -> RemoteAnswer<'a, usize>;
+    /// Asks the server of a remote `alias` which room it names, and the servers to join it
+    /// through (404 `M_NOT_FOUND` when federation is off).
+    fn query_alias<'a>(
+        &'a self,
+        s: &'a Services,
+        alias: &'a ruma::RoomAliasId,
+    ) -> RemoteAnswer<'a, Result<(OwnedRoomId, Vec<String>)>>;
     /// The remote half of `/keys/query` and `/keys/claim` (`None`: federation is off).
     fn keys(&self, s: &Services) -> Option<Box<dyn crate::e2ee::federation::RemoteKeys>>;
 }

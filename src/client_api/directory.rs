@@ -1,6 +1,7 @@
 //! Room aliases and the public room directory.
 
 use actix_web::{HttpResponse, web};
+use ruma::OwnedRoomId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -22,8 +23,36 @@ fn local_alias(s: &Services, alias: &str) -> Result<String> {
     Ok(a.to_string())
 }
 
+/// Resolves `!room:server` or `#alias:server` to a room ID and the servers to join it
+/// through: local aliases from the directory, remote ones asked of the alias's server
+/// (through [`crate::services::Remote`]).
+pub async fn resolve(s: &Services, id_or_alias: &str) -> Result<(OwnedRoomId, Vec<String>)> {
+    if id_or_alias.starts_with('!') {
+        let id = OwnedRoomId::try_from(id_or_alias)
+            .map_err(|_| Error::invalid_param("invalid room ID"))?;
+        return Ok((id, Vec::new()));
+    }
+    if !id_or_alias.starts_with('#') {
+        return Err(Error::invalid_param("expected a room ID or alias"));
+    }
+    let alias = ruma::RoomAliasId::parse(id_or_alias)
+        .map_err(|_| Error::invalid_param("invalid room alias"))?;
+    if !s.core.is_local(alias.server_name().as_str()) {
+        return s.remote()?.query_alias(s, &alias).await;
+    }
+    let a = alias.to_string();
+    let found = s.core.db.read(move |c| rooms::get_alias(c, &a)).await?;
+    match found {
+        Some((room_id, _)) => Ok((
+            OwnedRoomId::try_from(room_id).map_err(|e| Error::internal(e.to_string()))?,
+            vec![s.server_name().to_owned()],
+        )),
+        None => Err(Error::not_found("room alias not found")),
+    }
+}
+
 pub async fn get_alias(s: Data, path: web::Path<String>) -> Result<HttpResponse> {
-    let (room_id, servers) = access::resolve(&s, &path.into_inner()).await?;
+    let (room_id, servers) = resolve(&s, &path.into_inner()).await?;
     Ok(HttpResponse::Ok().json(json!({"room_id": room_id, "servers": servers})))
 }
 
@@ -41,7 +70,7 @@ pub async fn put_alias(
     let alias = local_alias(&s, &path.into_inner())?;
     let room_id = ruma::OwnedRoomId::try_from(body.room_id.as_str())
         .map_err(|_| Error::invalid_param("invalid room ID"))?;
-    access::require_joined(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    access::require_joined(&s.core, room_id.as_str(), user.user_id.as_str()).await?;
     let (a, r, u) = (alias.clone(), room_id.to_string(), user.user_id.to_string());
     let created = s
         .core
@@ -152,7 +181,7 @@ pub async fn room_aliases(
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
     let room_id = path.into_inner();
-    access::require_joined(&s, &room_id, user.user_id.as_str()).await?;
+    access::require_joined(&s.core, &room_id, user.user_id.as_str()).await?;
     let list = s
         .core
         .db
@@ -188,7 +217,7 @@ pub async fn set_visibility(
     };
     let parsed = ruma::OwnedRoomId::try_from(room_id.as_str())
         .map_err(|_| Error::invalid_param("invalid room ID"))?;
-    access::require_joined(&s, &room_id, user.user_id.as_str()).await?;
+    access::require_joined(&s.core, &room_id, user.user_id.as_str()).await?;
     // Publishing speaks for the room: it takes the power to name the room's canonical
     // alias (Synapse's rule), unless the caller is a server admin.
     if !user.is_admin {
@@ -227,7 +256,7 @@ pub async fn summary(
     user: Option<AuthedUser>,
     path: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let (room_id, _) = access::resolve(&s, &path.into_inner()).await?;
+    let (room_id, _) = resolve(&s, &path.into_inner()).await?;
     let r = room_id.to_string();
     let viewer = user.as_ref().map(|u| u.user_id.to_string());
     let found = s

@@ -163,7 +163,7 @@ pub async fn get_state_event_empty_key(
 /// for a joined member or anyone in a world-readable room; for a member who left, the state
 /// at their leave. Others get 403.
 async fn readable_state(s: &Services, room_id: &str, user_id: &str) -> Result<StateIds> {
-    let m = access::membership(s, room_id, user_id).await?;
+    let m = access::membership(&s.core, room_id, user_id).await?;
     let r = room_id.to_owned();
     let found = s
         .core
@@ -283,7 +283,7 @@ pub async fn joined_members(
     let room_id = room(&path.into_inner())?;
     // Joined members, or anyone in a world-readable room (a past member's state at their
     // leave is not "joined members").
-    let m = access::membership(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let m = access::membership(&s.core, room_id.as_str(), user.user_id.as_str()).await?;
     if m.as_ref().is_none_or(|m| m.membership != "join") {
         let r = room_id.to_string();
         let visibility = s
@@ -328,7 +328,7 @@ pub(crate) async fn readable(
     room_id: &str,
     user_id: &str,
 ) -> Result<(Ranges, Option<MembershipRow>)> {
-    let m = access::membership(s, room_id, user_id).await?;
+    let m = access::membership(&s.core, room_id, user_id).await?;
     let (r, u) = (room_id.to_owned(), user_id.to_owned());
     let upto = s.core.notifier.frontier();
     let ranges = s

@@ -164,7 +164,7 @@ pub async fn typing(
     if path_user != user.user_id.as_str() {
         return Err(Error::forbidden("cannot set another user's typing state"));
     }
-    access::require_joined(&s, &room_id, user.user_id.as_str()).await?;
+    access::require_joined(&s.core, &room_id, user.user_id.as_str()).await?;
     let r = room_id.clone();
     let members = s
         .core
@@ -224,7 +224,7 @@ pub async fn receipt(
     JsonBody(body): JsonBody<ReceiptBody>,
 ) -> Result<HttpResponse> {
     let (room_id, kind, event_id) = path.into_inner();
-    access::require_joined(&s, &room_id, user.user_id.as_str()).await?;
+    access::require_joined(&s.core, &room_id, user.user_id.as_str()).await?;
     match kind.as_str() {
         "m.read" | "m.read.private" => {
             crate::rooms::receipts::store(
@@ -260,7 +260,7 @@ pub async fn read_markers(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<HttpResponse> {
     let room_id = path.into_inner();
-    access::require_joined(&s, &room_id, user.user_id.as_str()).await?;
+    access::require_joined(&s.core, &room_id, user.user_id.as_str()).await?;
     if let Some(e) = body.get("m.fully_read").and_then(|v| v.as_str()) {
         set_account_data(
             &s,

@@ -226,7 +226,7 @@ async fn join_room(
     }
     // A room held elsewhere: ask a resident server. Candidates: what the client named, the
     // server that invited us, the server in the room ID.
-    if let Some(m) = access::membership(s, room_id.as_str(), user.user_id.as_str()).await?
+    if let Some(m) = access::membership(&s.core, room_id.as_str(), user.user_id.as_str()).await?
         && let Some((_, srv)) = m.sender.split_once(':')
     {
         servers.push(srv.to_owned());
@@ -260,7 +260,7 @@ pub async fn knock(
     path: web::Path<String>,
     JsonBody(body): JsonBody<JoinBody>,
 ) -> Result<HttpResponse> {
-    let (room_id, mut servers) = access::resolve(&s, &path.into_inner()).await?;
+    let (room_id, mut servers) = super::directory::resolve(&s, &path.into_inner()).await?;
     let local_room = {
         let r = room_id.to_string();
         s.core
@@ -304,7 +304,7 @@ pub async fn join_by_id_or_alias(
     path: web::Path<String>,
     JsonBody(body): JsonBody<JoinBody>,
 ) -> Result<HttpResponse> {
-    let (room_id, mut servers) = access::resolve(&s, &path.into_inner()).await?;
+    let (room_id, mut servers) = super::directory::resolve(&s, &path.into_inner()).await?;
     servers.extend(via_servers(&req));
     join_room(&s, &user, &room_id, body.reason, servers).await?;
     Ok(HttpResponse::Ok().json(json!({"room_id": room_id})))
@@ -367,7 +367,7 @@ pub async fn leave(
 
 pub async fn forget(s: Data, user: AuthedUser, path: web::Path<String>) -> Result<HttpResponse> {
     let room_id = parse_room_id(&path.into_inner())?;
-    let current = access::membership(&s, room_id.as_str(), user.user_id.as_str()).await?;
+    let current = access::membership(&s.core, room_id.as_str(), user.user_id.as_str()).await?;
     match current.as_ref().map(|m| m.membership.as_str()) {
         Some("leave" | "ban") => {
             let (r, u) = (room_id.to_string(), user.user_id.to_string());
@@ -398,7 +398,7 @@ async fn moderate(
     let room_id = parse_room_id(&room)?;
     let target = parse_user_id(&body.user_id)?;
     if let Some(from) = from {
-        let current = access::membership(s, room_id.as_str(), target.as_str()).await?;
+        let current = access::membership(&s.core, room_id.as_str(), target.as_str()).await?;
         if !current
             .as_ref()
             .is_some_and(|m| from.contains(&m.membership.as_str()))

@@ -151,8 +151,50 @@ impl crate::services::Remote for FederationRemote {
         Box::pin(backfill::backfill(s, room_id, limit))
     }
 
+    fn query_alias<'a>(
+        &'a self,
+        s: &'a Services,
+        alias: &'a ruma::RoomAliasId,
+    ) -> RemoteAnswer<'a, crate::error::Result<(OwnedRoomId, Vec<String>)>> {
+        Box::pin(query_alias(s, alias))
+    }
+
     fn keys(&self, s: &Services) -> Option<Box<dyn crate::e2ee::federation::RemoteKeys>> {
         s.federation()
             .map(|f| Box::new(inbound::e2ee::FederatedKeys(Arc::clone(f))) as Box<_>)
     }
+}
+
+/// `GET /_matrix/federation/v1/query/directory` on the alias's server.
+async fn query_alias(
+    s: &Services,
+    alias: &ruma::RoomAliasId,
+) -> crate::error::Result<(OwnedRoomId, Vec<String>)> {
+    use crate::error::Error;
+    let fed = s
+        .federation()
+        .ok_or_else(|| Error::not_found("room alias not found"))?;
+    let path = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        crate::net::enc(alias.as_str())
+    );
+    let resp = fed
+        .client
+        .request("GET", alias.server_name().as_str(), &path, None)
+        .await?;
+    let room_id = resp
+        .get("room_id")
+        .and_then(|r| r.as_str())
+        .and_then(|r| OwnedRoomId::try_from(r).ok())
+        .ok_or_else(|| Error::Remote("bad directory answer".into()))?;
+    let servers = resp
+        .get("servers")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((room_id, servers))
 }
