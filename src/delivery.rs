@@ -20,6 +20,9 @@
 //!   (the user's send waits for the hub's answer): [`HubLink`] is that one call, also
 //!   registered by the transport.
 //!
+//! * **What the operator sees** of the sender ([`DestinationView`], [`DeliveryStatus`]) is
+//!   plain data here, so the admin endpoints can show it without naming the transport.
+//!
 //! This module knows nothing of rooms, events or HTTP; `federation::outbound` reads the
 //! queue and sends it.
 
@@ -141,4 +144,46 @@ impl Delivery {
     pub fn hub_link(&self) -> Option<Arc<dyn HubLink>> {
         self.hub.get().cloned()
     }
+}
+
+/// One destination as the operator sees it (`GET /_weft/admin/v1/destinations`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DestinationView {
+    pub server_name: String,
+    /// Rows (PDUs and EDUs) still owed.
+    pub backlog: i64,
+    pub failures: u32,
+    /// Unreachable: probed until it answers.
+    pub down: bool,
+    /// In catch-up mode: its queue is compacted to the latest event per room.
+    pub catch_up: bool,
+    pub last_success_ts: Option<i64>,
+    pub last_contact_ts: Option<i64>,
+    pub last_inbound_ts: Option<i64>,
+    /// When the next full transaction may go (backoff), if backing off.
+    pub next_retry_ts: Option<i64>,
+    /// When it is next probed, if it is down and probes are on.
+    pub next_probe_ts: Option<i64>,
+    pub last_error: Option<String>,
+    /// What ended its last outage: `probe`, `contact`, `answer`, `reset` or `new_work`
+    /// (the backoff timer or fresh work).
+    pub recovered_by: Option<String>,
+    /// When the sign of life that ended the last outage came (ms).
+    pub recovery_signal_ts: Option<i64>,
+    /// When the first transaction after it went out (ms).
+    pub recovery_sent_ts: Option<i64>,
+    /// When that transaction was delivered (ms).
+    pub recovered_ts: Option<i64>,
+    /// Whether its actor is running.
+    pub active: bool,
+}
+
+/// The outbound sender as the operator sees it (`GET /_weft/admin/v1/destinations`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryStatus {
+    pub destinations: Vec<DestinationView>,
+    /// Probes sent to unreachable destinations since start.
+    pub probes_sent: u64,
+    /// Per-destination actors running now.
+    pub active_actors: usize,
 }

@@ -103,9 +103,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     install_crypto_provider();
     let core = Core::open(config)?;
     let services = Services::new(Arc::clone(&core));
+    let remote = Arc::new(federation::FederationRemote::default());
     let _ = services
         .remote
-        .set(Arc::new(federation::FederationRemote) as Arc<dyn crate::services::Remote>);
+        .set(Arc::clone(&remote) as Arc<dyn crate::services::Remote>);
     tracing::info!(
         server_name = core.server_name(),
         key_id = core.key.key_id(),
@@ -202,7 +203,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             fed.sender.waker(),
             Arc::clone(&fed) as Arc<dyn crate::delivery::HubLink>,
         );
-        let _ = services.federation.set(Arc::clone(&fed));
+        remote.start(Arc::clone(&fed));
         actix_rt::spawn(async move { fed.sender.resume_all().await });
         // Remote device lists that missed an update before we stopped.
         let s2 = Arc::clone(&services);

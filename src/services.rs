@@ -3,19 +3,25 @@
 //! parse, authenticate and call into these.
 //!
 //! [`Remote`] is what the client API and the services ask of other servers (joining,
-//! inviting, knocking, leaving rooms held elsewhere, backfill, remote E2EE keys). It is
-//! defined here and implemented by the federation transport, which registers it at start-up
-//! (`Services::remote`): the two HTTP faces never call each other.
+//! inviting, knocking, leaving rooms held elsewhere, backfill, remote E2EE keys, alias
+//! lookups, remote media, EDUs, and the sender's state for the operator). It is defined
+//! here and implemented by the federation transport, which registers it at start-up
+//! (`Services::remote`): the two HTTP faces never call each other, and nothing here names
+//! the transport's types. The transport keeps its own state (client, key ring, sender)
+//! inside its `Remote` and finds it again from a `Services` by downcasting (a `Remote` is
+//! `Any`), so its handle never passes through this module's types.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use actix_web::web::Bytes;
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde_json::Value;
 
 use crate::accounts::TokenCache;
 use crate::core::Core;
+use crate::delivery::DeliveryStatus;
 use crate::error::{Error, Result};
 use crate::rooms::RoomRegistry;
 use crate::rooms::typing::Typing;
@@ -29,8 +35,6 @@ pub struct Services {
     pub limits: Arc<crate::ratelimit::RateLimits>,
     /// Sliding-sync connections and what each was sent.
     pub sliding: crate::sync::sliding::connections::Connections,
-    /// The federation transport, set at start-up when federation is enabled.
-    pub federation: std::sync::OnceLock<Arc<crate::federation::Federation>>,
     /// Calls to other servers (registered at start-up by the transport).
     pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
     /// Push: the gateways' network context and the delivery wake-up.
@@ -41,8 +45,9 @@ pub struct Services {
 pub type RemoteAnswer<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// What this server asks of other servers on behalf of its users: implemented by the
-/// federation transport. Each call takes the caller's [`Services`].
-pub trait Remote: Send + Sync {
+/// federation transport. Calls that act for a user take the caller's [`Services`]; each
+/// answers as it does when federation is off when no transport was started.
+pub trait Remote: std::any::Any + Send + Sync {
     /// Joins `user` to a room held by `servers` (`content` adds to the join's content).
     fn join<'a>(
         &'a self,
@@ -102,6 +107,23 @@ pub trait Remote: Send + Sync {
     ) -> RemoteAnswer<'a, Result<(OwnedRoomId, Vec<String>)>>;
     /// The remote half of `/keys/query` and `/keys/claim` (`None`: federation is off).
     fn keys(&self, s: &Services) -> Option<Box<dyn crate::e2ee::federation::RemoteKeys>>;
+    /// Downloads `media_id` from `server`: the status, `Content-Type` and body, read up to
+    /// `limit` bytes (404 `M_NOT_FOUND` when federation is off).
+    fn download_media<'a>(
+        &'a self,
+        server: &'a str,
+        media_id: &'a str,
+        limit: usize,
+    ) -> RemoteAnswer<'a, Result<(u16, Option<String>, Bytes)>>;
+    /// Queues an EDU for `server`, durably (nothing to do when federation is off).
+    fn send_edu<'a>(&'a self, server: &'a str, edu: Value) -> RemoteAnswer<'a, Result<()>>;
+    /// The outbound sender's destinations and counters (`None`: federation is off).
+    fn delivery_status(&self) -> RemoteAnswer<'_, Result<Option<DeliveryStatus>>>;
+    /// Ends `server`'s backoff and outage: whether anything was queued or known for it
+    /// (`None`: federation is off).
+    fn reset_destination<'a>(&'a self, server: &'a str) -> RemoteAnswer<'a, Result<Option<bool>>>;
+    /// Rows still owed, per destination (empty when federation is off).
+    fn backlog(&self) -> RemoteAnswer<'_, Vec<(String, i64)>>;
 }
 
 impl Services {
@@ -113,7 +135,6 @@ impl Services {
             last_seen: crate::devices::LastSeen::default(),
             limits: Arc::new(crate::ratelimit::RateLimits::new(&core.config.rate_limits)),
             sliding: Default::default(),
-            federation: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
             push: crate::push::PushState::new(&core.config),
             core,
@@ -124,11 +145,6 @@ impl Services {
         self.core.server_name()
     }
 
-    /// Federation, when enabled.
-    pub fn federation(&self) -> Option<&Arc<crate::federation::Federation>> {
-        self.federation.get()
-    }
-
     /// Calls to other servers; an error when no transport was registered (a `Services`
     /// built outside the server).
     pub fn remote(&self) -> Result<&dyn Remote> {
@@ -136,10 +152,5 @@ impl Services {
             .get()
             .map(|r| r.as_ref())
             .ok_or_else(|| Error::internal("no federation transport registered"))
-    }
-
-    /// The remote key ring, when federation is enabled.
-    pub fn keys(&self) -> Option<&crate::federation::keys::KeyRing> {
-        self.federation().map(|f| &f.keys)
     }
 }

@@ -26,17 +26,12 @@ fn admin_only(user: &AuthedUser) -> Result<()> {
 
 pub async fn list(s: web::Data<Services>, user: AuthedUser) -> Result<HttpResponse> {
     admin_only(&user)?;
-    let Some(fed) = s.federation() else {
+    let Some(status) = s.remote()?.delivery_status().await? else {
         return Ok(HttpResponse::Ok().json(json!({
             "destinations": [], "probes_sent": 0, "active_actors": 0,
         })));
     };
-    let destinations = fed.sender.destinations().await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "destinations": destinations,
-        "probes_sent": fed.sender.probes_sent(),
-        "active_actors": fed.sender.running_actors(),
-    })))
+    Ok(HttpResponse::Ok().json(status))
 }
 
 pub async fn reset(
@@ -51,10 +46,10 @@ pub async fn reset(
             "{server:?} is not a server name"
         )));
     }
-    let Some(fed) = s.federation() else {
+    let Some(known) = s.remote()?.reset_destination(&server).await? else {
         return Err(Error::not_found("federation is disabled"));
     };
-    if !fed.sender.reset(&server).await? {
+    if !known {
         return Err(Error::not_found(format!(
             "nothing is queued or known for {server}"
         )));

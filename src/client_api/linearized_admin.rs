@@ -21,10 +21,7 @@ use crate::services::Services;
 use crate::storage::{federation as fstore, linearized as lstore, rooms};
 
 pub async fn linearized(s: web::Data<Services>, _admin: AdminUser) -> Result<HttpResponse> {
-    let backlog: HashMap<String, i64> = match s.federation() {
-        Some(fed) => fed.sender.backlog().await.into_iter().collect(),
-        None => HashMap::new(),
-    };
+    let backlog: HashMap<String, i64> = s.remote()?.backlog().await.into_iter().collect();
     let ours = s.server_name().to_owned();
     let backlog_for_rows = backlog.clone();
     let (hubbed, participating, destinations) = s

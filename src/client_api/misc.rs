@@ -196,7 +196,7 @@ pub async fn typing(
 
 /// Sends an EDU to every other server with members joined to a room.
 pub async fn edu_to_room_servers(s: &Services, members: &[String], edu: Value) {
-    let Some(fed) = s.federation() else { return };
+    let Ok(remote) = s.remote() else { return };
     let mut servers: Vec<&str> = members
         .iter()
         .filter_map(|m| m.split_once(':').map(|(_, s)| s))
@@ -205,7 +205,7 @@ pub async fn edu_to_room_servers(s: &Services, members: &[String], edu: Value) {
     servers.dedup();
     for server in servers {
         if !s.core.is_local(server)
-            && let Err(e) = fed.sender.send_edu(server, edu.clone()).await
+            && let Err(e) = remote.send_edu(server, edu.clone()).await
         {
             tracing::warn!(destination = server, error = %e, "could not queue an EDU");
         }

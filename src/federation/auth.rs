@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use weft_protocol::xmatrix::XMatrix;
 
 use crate::error::Error;
+use crate::federation::FederationOf;
 use crate::http::body::{parse_json, read_body};
 use crate::services::Services;
 

@@ -15,6 +15,7 @@ use weft_protocol::RoomVersion;
 
 use super::client::enc;
 use super::inbound::gaps;
+use crate::federation::FederationOf;
 use crate::rooms::admission::backfill as history;
 use crate::rooms::messages::AppendHistory;
 use crate::services::Services;

@@ -77,6 +77,7 @@ use weft_protocol::keys::parse_verify_key;
 use weft_protocol::signatures::KnownKey;
 
 use super::client::{FederationClient, enc};
+use crate::federation::FederationOf;
 use crate::storage::{Db, federation as fstore, now_ms};
 
 /// Don't ask a server for keys again sooner than this after a failed or useless fetch.

@@ -86,8 +86,42 @@ impl crate::delivery::HubLink for Federation {
 
 /// The federation side of [`crate::services::Remote`]: the calls the client API and the
 /// services make to other servers, registered in `Services` at start-up whether federation
-/// is enabled or not (each call answers as it does when federation is off).
-pub struct FederationRemote;
+/// is enabled or not (each call answers as it does when federation is off). It also holds
+/// the transport itself once started ([`Self::start`]); federation code finds it from a
+/// `Services` through [`FederationOf`].
+#[derive(Default)]
+pub struct FederationRemote {
+    fed: std::sync::OnceLock<Arc<Federation>>,
+}
+
+impl FederationRemote {
+    /// Hands over the started transport (once; later calls are ignored).
+    pub fn start(&self, fed: Arc<Federation>) {
+        let _ = self.fed.set(fed);
+    }
+
+    fn fed(&self) -> Option<&Arc<Federation>> {
+        self.fed.get()
+    }
+}
+
+/// The transport's own handles, recovered from a [`Services`]: `Services` holds only the
+/// [`crate::services::Remote`] trait object, which is a [`FederationRemote`] in the server.
+pub trait FederationOf {
+    /// Federation, when enabled (and started).
+    fn federation(&self) -> Option<&Arc<Federation>>;
+    /// The remote key ring, when federation is enabled.
+    fn keys(&self) -> Option<&keys::KeyRing> {
+        self.federation().map(|f| &f.keys)
+    }
+}
+
+impl FederationOf for Services {
+    fn federation(&self) -> Option<&Arc<Federation>> {
+        let remote: &dyn std::any::Any = self.remote.get()?.as_ref();
+        remote.downcast_ref::<FederationRemote>()?.fed()
+    }
+}
 
 impl crate::services::Remote for FederationRemote {
     fn join<'a>(
@@ -159,9 +193,76 @@ impl crate::services::Remote for FederationRemote {
         Box::pin(query_alias(s, alias))
     }
 
-    fn keys(&self, s: &Services) -> Option<Box<dyn crate::e2ee::federation::RemoteKeys>> {
-        s.federation()
+    fn keys(&self, _s: &Services) -> Option<Box<dyn crate::e2ee::federation::RemoteKeys>> {
+        self.fed()
             .map(|f| Box::new(inbound::e2ee::FederatedKeys(Arc::clone(f))) as Box<_>)
+    }
+
+    fn download_media<'a>(
+        &'a self,
+        server: &'a str,
+        media_id: &'a str,
+        limit: usize,
+    ) -> RemoteAnswer<'a, crate::error::Result<(u16, Option<String>, actix_web::web::Bytes)>> {
+        Box::pin(async move {
+            let fed = self
+                .fed()
+                .ok_or_else(|| crate::error::Error::not_found("federation is disabled"))?;
+            let path = format!(
+                "/_matrix/federation/v1/media/download/{}",
+                crate::net::enc(media_id)
+            );
+            Ok(fed.client.get_bytes(server, &path, limit).await?)
+        })
+    }
+
+    fn send_edu<'a>(
+        &'a self,
+        server: &'a str,
+        edu: serde_json::Value,
+    ) -> RemoteAnswer<'a, crate::error::Result<()>> {
+        Box::pin(async move {
+            if let Some(fed) = self.fed() {
+                fed.sender.send_edu(server, edu).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delivery_status(
+        &self,
+    ) -> RemoteAnswer<'_, crate::error::Result<Option<crate::delivery::DeliveryStatus>>> {
+        Box::pin(async move {
+            let Some(fed) = self.fed() else {
+                return Ok(None);
+            };
+            Ok(Some(crate::delivery::DeliveryStatus {
+                destinations: fed.sender.destinations().await?,
+                probes_sent: fed.sender.probes_sent(),
+                active_actors: fed.sender.running_actors(),
+            }))
+        })
+    }
+
+    fn reset_destination<'a>(
+        &'a self,
+        server: &'a str,
+    ) -> RemoteAnswer<'a, crate::error::Result<Option<bool>>> {
+        Box::pin(async move {
+            match self.fed() {
+                Some(fed) => Ok(Some(fed.sender.reset(server).await?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn backlog(&self) -> RemoteAnswer<'_, Vec<(String, i64)>> {
+        Box::pin(async move {
+            match self.fed() {
+                Some(fed) => fed.sender.backlog().await,
+                None => Vec::new(),
+            }
+        })
     }
 }
 

@@ -332,17 +332,10 @@ pub async fn content(
 
 /// Fetches remote media over federation and caches it.
 async fn fetch_remote(s: &Services, server: &str, media_id: &str) -> Result<Content> {
-    let fed = s
-        .federation()
-        .ok_or_else(|| Error::not_found("federation is disabled"))?;
     let limit = usize::try_from(s.core.config.media.max_upload_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(64 * 1024);
-    let path = format!(
-        "/_matrix/federation/v1/media/download/{}",
-        crate::net::enc(media_id)
-    );
-    let (status, ct, body) = fed.client.get_bytes(server, &path, limit).await?;
+    let (status, ct, body) = s.remote()?.download_media(server, media_id, limit).await?;
     if status == 404 {
         return Err(Error::not_found("the remote server has no such media"));
     }

@@ -12,6 +12,7 @@ use crate::e2ee::federation::{self as e2ee_fed, RemoteError, RemoteFuture, Remot
 use crate::e2ee::keys::{ClaimRequest, QueryRequest};
 use crate::error::{Error, Result};
 use crate::federation::Federation;
+use crate::federation::FederationOf;
 use crate::federation::auth::Signed;
 use crate::federation::client::enc;
 use crate::services::Services;

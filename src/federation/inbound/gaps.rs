@@ -18,6 +18,7 @@ use weft_protocol::{Pdu, RoomVersion};
 
 use super::verify;
 use crate::federation::Federation;
+use crate::federation::FederationOf;
 use crate::federation::client::enc;
 use crate::rooms::messages::{GetSnapshot, InboundOutcome, InboundPdus};
 use crate::rooms::outliers;

@@ -23,6 +23,7 @@ use weft_protocol::{Pdu, RoomVersion};
 
 use super::{edus, gaps, verify};
 use crate::error::{Error, Result};
+use crate::federation::FederationOf;
 use crate::federation::auth::Signed;
 use crate::rooms::admission::format;
 use crate::rooms::messages::{InboundOutcome, InboundPdus};

@@ -20,6 +20,7 @@ use weft_protocol::{MAX_PDU_BYTES, Pdu, RoomVersion, canonical, lm};
 
 use super::{UNSTABLE, answered_to};
 use crate::error::{Error, Result};
+use crate::federation::FederationOf;
 use crate::federation::auth::Signed;
 use crate::federation::client::{FedError, enc};
 use crate::rooms::linearized::{Appended, FanoutChange, HubAppend, HubInput, hub_of};

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use weft_protocol::{Pdu, RoomVersion, builder};
 
 use crate::error::{Error, Result};
+use crate::federation::FederationOf;
 use crate::federation::auth::Signed;
 use crate::federation::inbound::verify;
 use crate::rooms::linearized::{FanoutChange, hub_of};

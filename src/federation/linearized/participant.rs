@@ -13,6 +13,7 @@ use weft_protocol::{Pdu, RoomVersion, canonical, lm};
 use super::UNSTABLE;
 use crate::error::{Error, Result};
 use crate::federation::Federation;
+use crate::federation::FederationOf;
 use crate::federation::client::{FedError, enc};
 use crate::federation::inbound::verify;
 use crate::rooms::linearized::{ParticipantReceive, Received, hub_of};

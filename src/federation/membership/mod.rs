@@ -40,6 +40,7 @@ use super::auth::Signed;
 use super::client::enc;
 use super::inbound::{gaps, verify};
 use crate::error::{Error, Result};
+use crate::federation::FederationOf;
 use crate::rooms::messages::{BuildEvent, GetSnapshot, InboundOutcome, InboundPdus};
 use crate::rooms::outliers;
 use crate::services::Services;

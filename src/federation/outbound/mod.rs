@@ -137,37 +137,7 @@ pub(crate) struct Health {
     woken_by: Option<(&'static str, i64)>,
 }
 
-/// One destination as the operator sees it (`GET /_weft/admin/v1/destinations`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DestinationView {
-    pub server_name: String,
-    /// Rows (PDUs and EDUs) still owed.
-    pub backlog: i64,
-    pub failures: u32,
-    /// Unreachable: probed until it answers.
-    pub down: bool,
-    /// In catch-up mode: its queue is compacted to the latest event per room.
-    pub catch_up: bool,
-    pub last_success_ts: Option<i64>,
-    pub last_contact_ts: Option<i64>,
-    pub last_inbound_ts: Option<i64>,
-    /// When the next full transaction may go (backoff), if backing off.
-    pub next_retry_ts: Option<i64>,
-    /// When it is next probed, if it is down and probes are on.
-    pub next_probe_ts: Option<i64>,
-    pub last_error: Option<String>,
-    /// What ended its last outage: `probe`, `contact`, `answer`, `reset` or `new_work`
-    /// (the backoff timer or fresh work).
-    pub recovered_by: Option<String>,
-    /// When the sign of life that ended the last outage came (ms).
-    pub recovery_signal_ts: Option<i64>,
-    /// When the first transaction after it went out (ms).
-    pub recovery_sent_ts: Option<i64>,
-    /// When that transaction was delivered (ms).
-    pub recovered_ts: Option<i64>,
-    /// Whether its actor is running.
-    pub active: bool,
-}
+pub use crate::delivery::DestinationView;
 
 /// A delay of `ms` ± 20%.
 pub(crate) fn jittered(ms: i64) -> i64 {
