@@ -2,7 +2,8 @@
 //! from the other; messages, name/topic/power-level changes, invites, kicks and bans both
 //! ways; each server's `/state` of the room equal at the end. Outages: Synapse stopped,
 //! weft killed with a non-empty outbound queue, weft down while Synapse sends; a to-device
-//! message to a server that is down. Between two weft servers: a network partition with
+//! message to a server that is down. A Synapse room alias resolved and joined over
+//! federation (and refused with federation off). Between two weft servers: a network partition with
 //! conflicting state changes on both sides, healed and resolved to one state.
 //!
 //! Every scenario runs with weft on SQLite and on PostgreSQL (`::sqlite`, `::postgres`).
@@ -31,6 +32,8 @@ both_backends!(
     knock_on_a_synapse_room,
     outages_with_synapse,
     to_device_survives_synapse_outage,
+    join_a_synapse_room_by_its_alias,
+    remote_aliases_without_federation_are_not_found,
 );
 
 /// A weft server with federation on (loopback, self-signed TLS, fast retries).
@@ -728,4 +731,61 @@ fn partition_heals_to_one_state() {
     );
     a.assert_no_panics();
     c.assert_no_panics();
+}
+
+/// A room alias on Synapse, resolved by weft over federation
+/// (`/_matrix/federation/v1/query/directory`): the directory answer, a join by the alias
+/// alone (the servers come from Synapse's answer), and an unknown alias answered 404.
+fn join_a_synapse_room_by_its_alias(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = weft(backend);
+    let alice = syn.register_fresh("alice");
+    let bob = w.register("bob");
+    // Aliases are global on the shared Synapse: name this one after alice's fresh localpart.
+    let local = alice.user_id[1..]
+        .split_once(':')
+        .map(|(l, _)| l.to_owned())
+        .unwrap_or_default();
+    let room = alice.create_room(&json!({
+        "preset": "public_chat", "room_alias_name": format!("hall-{local}"),
+    }));
+    let alias = format!("#hall-{local}:{}", syn.server_name());
+
+    let r = bob.get(&format!("/directory/room/{}", enc(&alias)));
+    assert_eq!(r.status, 200, "directory lookup: {}", r.text);
+    assert_eq!(r.body["room_id"], room.as_str());
+    let servers: Vec<&str> = r.body["servers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        servers.contains(&syn.server_name().as_str()),
+        "servers {servers:?}"
+    );
+
+    let r = bob.post(&format!("/join/{}", enc(&alias)), &json!({}));
+    assert_eq!(r.status, 200, "join by alias: {}", r.text);
+    assert_eq!(r.body["room_id"], room.as_str());
+    wait_membership(&alice, &room, &bob.user_id, "join");
+
+    let r = bob.get(&format!(
+        "/directory/room/{}",
+        enc(&format!("#no-such-{local}:{}", syn.server_name()))
+    ));
+    assert_eq!(r.status, 404, "unknown remote alias: {}", r.text);
+    assert_eq!(r.body["errcode"], "M_NOT_FOUND");
+}
+
+/// With federation off, a remote alias cannot be asked about: 404 `M_NOT_FOUND`, for the
+/// directory lookup and for a join by that alias.
+fn remote_aliases_without_federation_are_not_found(backend: Backend) {
+    let w = Server::start(backend);
+    let bob = w.register("bob");
+    let alias = "#somewhere:elsewhere.test";
+    let r = bob.get(&format!("/directory/room/{}", enc(alias)));
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert_eq!(r.body["errcode"], "M_NOT_FOUND");
+    let r = bob.post(&format!("/join/{}", enc(alias)), &json!({}));
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert_eq!(r.body["errcode"], "M_NOT_FOUND");
 }
