@@ -124,6 +124,7 @@ impl Node {
 struct TestCluster {
     db: TestDb,
     nodes: Vec<Node>,
+    server_name: String,
     _dir: PathBuf,
 }
 
@@ -146,17 +147,40 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}_{nanos:x}", std::process::id())
 }
 
-fn write_config(dir: &Path, db: &TestDb, node: &str, port: u16, prefix: &str) -> PathBuf {
+/// Federation settings of a node: its own federation port and the cluster's server name.
+struct Fed<'a> {
+    port: u16,
+    server_name: &'a str,
+}
+
+fn write_config(
+    dir: &Path,
+    db: &TestDb,
+    node: &str,
+    port: u16,
+    prefix: &str,
+    fed: Option<&Fed<'_>>,
+) -> PathBuf {
     let data = dir.join(node);
     fs::create_dir_all(&data).expect("node dir");
+    let (server_name, fed_listener, fed_section) = match fed {
+        Some(f) => (
+            f.server_name.to_owned(),
+            format!("127.0.0.1:{}", f.port),
+            "enabled = true\nverify_tls = false\nretry_min_ms = 200\nretry_max_ms = 2000\n\
+             request_timeout_ms = 15000\n[outbound]\nallowed_addresses = [\"127.0.0.0/8\", \"::1\"]\n"
+                .to_owned(),
+        ),
+        None => ("weft.test".to_owned(), String::new(), "enabled = false\n".to_owned()),
+    };
     let text = format!(
-        "server_name = \"weft.test\"\n\
+        "server_name = \"{server_name}\"\n\
          data_dir = \"{data}\"\n\
          signing_key_path = \"{key}\"\n\
          {db}\
-         [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"\"\n\
+         [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"{fed_listener}\"\n\
          [registration]\nopen = true\n\
-         [federation]\nenabled = false\n\
+         [federation]\n{fed_section}\
          [rate_limits]\nenabled = false\n\
          [cluster]\nenabled = true\nnode_id = \"{node}\"\nnats_url = \"{NATS}\"\n\
          prefix = \"{prefix}\"\nlease_ttl_ms = {TTL_MS}\nrequest_timeout_ms = 3000\nadvertise = \"http://127.0.0.1:{port}\"\n\
@@ -209,14 +233,30 @@ fn spawn(node: &mut Node) {
 /// Three nodes, started one after the other (the first creates the shared signing key), then
 /// waited for until each has heard the other two.
 fn start_cluster() -> TestCluster {
+    start_cluster_with(None)
+}
+
+/// [`start_cluster`], with federation on when `fed` names the node whose federation port the
+/// server name points at (every node listens on a port of its own).
+fn start_cluster_with(fed: Option<&str>) -> TestCluster {
     let dir = std::env::temp_dir().join(unique("weft-cluster-"));
     fs::create_dir_all(&dir).expect("dir");
     let db = TestDb::new(Backend::Postgres, &dir);
     let prefix = unique("weft_it_");
+    let names = ["n1", "n2", "n3"];
+    let fed_ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let server_name = fed.map(|front| {
+        let i = names.iter().position(|n| *n == front).expect("a node name");
+        format!("localhost:{}", fed_ports[i])
+    });
     let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
+    for (i, name) in names.into_iter().enumerate() {
         let port = free_port();
-        let config = write_config(&dir, &db, name, port, &prefix);
+        let f = server_name.as_deref().map(|server_name| Fed {
+            port: fed_ports[i],
+            server_name,
+        });
+        let config = write_config(&dir, &db, name, port, &prefix, f.as_ref());
         let mut node = Node {
             name: name.to_owned(),
             base: format!("http://127.0.0.1:{port}"),
@@ -230,6 +270,7 @@ fn start_cluster() -> TestCluster {
     let c = TestCluster {
         db,
         nodes,
+        server_name: server_name.unwrap_or_else(|| "weft.test".to_owned()),
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -595,6 +636,184 @@ fn sigkill_of_an_owner_loses_no_acknowledged_event() {
         "sends were acknowledged after the kill"
     );
     c.assert_linear(&room);
+}
+
+/// The message bodies of `room` as `c` sees them, in its timeline order.
+fn timeline_bodies(c: &Client, room: &str) -> Vec<String> {
+    c.all_messages(room, 100, 20)
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Sends `bodies` one after the other, alternating between `senders` (the first body through
+/// the first sender, ...), each retried with its transaction ID until acknowledged.
+fn send_alternating(senders: &[&Client], room: &str, bodies: &[String]) {
+    for (i, body) in bodies.iter().enumerate() {
+        let c = senders[i % senders.len()];
+        let txn = c.next_txn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = c.send_txn(
+                room,
+                "m.room.message",
+                &txn,
+                &json!({"msgtype": "m.text", "body": body}),
+            );
+            if r.status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{body} never acknowledged: {} {}",
+                r.status,
+                r.text
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Waits until `c` has seen exactly `sent` in `room`, in that order, each once.
+#[track_caller]
+fn wait_exactly(c: &Client, room: &str, sent: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have = timeline_bodies(c, room);
+        let ours: Vec<String> = have.iter().filter(|b| sent.contains(b)).cloned().collect();
+        let mut seen = std::collections::HashSet::new();
+        for b in &ours {
+            assert!(seen.insert(b.clone()), "{b} arrived twice: {ours:?}");
+        }
+        if ours.len() == sent.len() {
+            assert_eq!(ours, sent, "the remote server's order differs");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the remote server has {} of {} messages: {ours:?}",
+            ours.len(),
+            sent.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn outbound_delivery_is_sharded_over_destinations_and_survives_the_owners_sigkill() {
+    use crate::harness::{Federation, Options, Server};
+    // The remote server (a single weft) exists first: its name decides which node its
+    // delivery lease is placed on, and the cluster's name must point at another node, so
+    // killing the destination's owner leaves the address the peer knows us by running.
+    let peer = Server::start_with(
+        Backend::Sqlite,
+        Options {
+            federation: Some(Federation::default()),
+            ..Default::default()
+        },
+    );
+    let dest_key = format!("dest:{}", peer.server_name);
+    let placed = weft::cluster::placement::owner(&dest_key, ["n1", "n2", "n3"])
+        .expect("an owner")
+        .to_owned();
+    let front = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != placed)
+        .expect("another node");
+    let mut c = start_cluster_with(Some(front));
+    let others: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .filter(|n| **n != front)
+        .map(|n| n.to_string())
+        .collect();
+
+    let mut alice = c.node(front).client();
+    alice.register("alice", "pw-alice");
+    let mut bob = c.node(&others[0]).client();
+    bob.register("bob", "pw-bob");
+    let carol = peer.register("carol");
+
+    // A room owned by a third node; users on two nodes in it, and carol from the peer,
+    // joined through the cluster's address.
+    let room = c.room_owned_by(&alice, &others[1]);
+    assert_eq!(bob.join(&room).status, 200, "bob joins");
+    let r = carol.post(
+        &format!(
+            "/join/{}?server_name={}",
+            crate::client::enc(&room),
+            crate::client::enc(&c.server_name)
+        ),
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "carol joins from the peer: {}", r.text);
+
+    // Alternating senders on two nodes: the peer gets each once, in the room's order.
+    let first: Vec<String> = (0..12).map(|i| format!("before {i}")).collect();
+    send_alternating(&[&alice, &bob], &room, &first);
+    wait_exactly(&carol, &room, &first);
+
+    // One node sends the peer: the lease holder.
+    let (owner, epoch, left) = c.lease(&dest_key).expect("the destination is leased");
+    assert!(left > 0, "the destination's lease is valid");
+    assert_eq!(
+        owner, placed,
+        "the destination went to its rendezvous owner"
+    );
+    for n in &c.nodes {
+        let sent = n
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("transaction delivered") && l.contains(&peer.server_name))
+            .count();
+        if n.name == owner {
+            assert!(sent > 0, "{owner} holds the lease but sent nothing");
+        } else {
+            assert_eq!(sent, 0, "{} sent to the peer without the lease", n.name);
+        }
+    }
+
+    // SIGKILL the destination's owner; the others keep sending, through the surviving nodes.
+    let killed_at = Instant::now();
+    let idx = c.nodes.iter().position(|n| n.name == owner).expect("owner");
+    c.nodes[idx].kill();
+    let survivors: Vec<String> = c
+        .nodes
+        .iter()
+        .filter(|n| n.name != owner)
+        .map(|n| n.base.clone())
+        .collect();
+    let alice2 = Client::with_token(
+        &survivors[0],
+        &alice.user_id,
+        alice.token.as_deref().expect("token"),
+    );
+    let bob2 = Client::with_token(
+        &survivors[1],
+        &bob.user_id,
+        bob.token.as_deref().expect("token"),
+    );
+    let after: Vec<String> = (0..8).map(|i| format!("after {i}")).collect();
+    send_alternating(&[&alice2, &bob2], &room, &after);
+    let all: Vec<String> = first.iter().chain(after.iter()).cloned().collect();
+    wait_exactly(&carol, &room, &all);
+    let (new_owner, new_epoch, _) = c.lease(&dest_key).expect("leased again");
+    assert_ne!(new_owner, owner, "a live node sends the peer now");
+    assert!(new_epoch > epoch, "at a new epoch");
+    eprintln!(
+        "destination moved {owner} -> {new_owner} (epoch {epoch} -> {new_epoch}); all delivered {:?} after the kill",
+        killed_at.elapsed()
+    );
+    c.assert_linear(&room);
+    for n in &c.nodes {
+        let log = n.log_text();
+        assert!(!log.contains("panicked"), "{} panicked", n.name);
+        assert!(
+            !log.contains("outbound_queue_pkey"),
+            "{}: a queue ID collided",
+            n.name
+        );
+    }
 }
 
 #[test]
