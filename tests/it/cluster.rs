@@ -717,10 +717,7 @@ fn outbound_delivery_is_sharded_over_destinations_and_survives_the_owners_sigkil
     let placed = weft::cluster::placement::owner(&dest_key, ["n1", "n2", "n3"])
         .expect("an owner")
         .to_owned();
-    let front = ["n1", "n2", "n3"]
-        .into_iter()
-        .find(|n| *n != placed)
-        .expect("another node");
+    let front = front_for(&dest_key);
     let mut c = start_cluster_with(Some(front));
     let others: Vec<String> = ["n1", "n2", "n3"]
         .iter()
@@ -982,4 +979,78 @@ fn a_former_owners_epoch_does_not_pass_the_fence() {
     rows::init_sequences(&mut conn, 10, 10).expect("init lower");
     assert!(rows::next_stream_position(&mut conn).expect("next") > p);
     assert!(rows::next_state_group(&mut conn).expect("group") > 40);
+}
+
+/// A node other than the one `key` is placed on while all three are live (the node the
+/// server name points at, so the destination's sender is another node).
+fn front_for(key: &str) -> &'static str {
+    let placed = weft::cluster::placement::owner(key, ["n1", "n2", "n3"]).expect("an owner");
+    ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != placed)
+        .expect("another node")
+}
+
+#[test]
+fn federation_with_synapse_through_the_cluster() {
+    use crate::federation::{join_via, wait_bodies, wait_membership};
+    let syn = crate::synapse::Synapse::shared();
+    let front = front_for(&format!("dest:{}", syn.server_name()));
+    let c = start_cluster_with(Some(front));
+    let others: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != front)
+        .collect();
+    let mut alice = c.node(front).client();
+    alice.register("alice", "pw-alice");
+    let mut bob = c.node(others[0]).client();
+    bob.register("bob", "pw-bob");
+    let sam = syn.register_fresh("sam");
+
+    // A cluster room owned by a node Synapse never talks to: Synapse joins it through the
+    // server name (the front node) and both sides send.
+    let room = c.room_owned_by(&alice, others[1]);
+    assert_eq!(bob.join(&room).status, 200, "bob joins");
+    join_via(&sam, &room, &c.server_name);
+    wait_membership(&alice, &room, &sam.user_id, "join");
+    alice.send_text(&room, "from the front node");
+    bob.send_text(&room, "from another node");
+    wait_bodies(&sam, &room, &["from the front node", "from another node"]);
+    sam.send_text(&room, "from synapse");
+    wait_bodies(&alice, &room, &["from synapse"]);
+    wait_bodies(&bob, &room, &["from synapse"]);
+    assert_eq!(
+        c.lease(&room).expect("lease").0,
+        others[1],
+        "the room stayed on its owner"
+    );
+
+    // A Synapse room joined by a user of a node that is not the front: its events come in
+    // through the front and reach the room's owner, ours go out from the destination's owner.
+    let sroom = sam.create_room(&json!({"preset": "public_chat", "name": "on synapse"}));
+    join_via(&bob, &sroom, &syn.server_name());
+    wait_membership(&sam, &sroom, &bob.user_id, "join");
+    sam.send_text(&sroom, "synapse room, synapse");
+    bob.send_text(&sroom, "synapse room, cluster");
+    wait_bodies(&bob, &sroom, &["synapse room, synapse"]);
+    wait_bodies(&sam, &sroom, &["synapse room, cluster"]);
+    let on_alice = Client::with_token(
+        &c.node(front).base,
+        &bob.user_id,
+        bob.token.as_deref().expect("token"),
+    );
+    wait_bodies(
+        &on_alice,
+        &sroom,
+        &["synapse room, synapse", "synapse room, cluster"],
+    );
+
+    let (sender, _, _) = c
+        .lease(&format!("dest:{}", syn.server_name()))
+        .expect("the destination is leased");
+    assert_ne!(sender, front, "placed off the front node");
+    c.assert_linear(&room);
+    for n in &c.nodes {
+        assert!(!n.log_text().contains("panicked"), "{} panicked", n.name);
+    }
 }
