@@ -1028,6 +1028,10 @@ fn federation_with_synapse_through_the_cluster() {
     // A Synapse room joined by a user of a node that is not the front: its events come in
     // through the front and reach the room's owner, ours go out from the destination's owner.
     let sroom = sam.create_room(&json!({"preset": "public_chat", "name": "on synapse"}));
+    let early: Vec<String> = (0..4).map(|i| format!("before bob {i}")).collect();
+    for b in &early {
+        sam.send_text(&sroom, b);
+    }
     join_via(&bob, &sroom, &syn.server_name());
     wait_membership(&sam, &sroom, &bob.user_id, "join");
     sam.send_text(&sroom, "synapse room, synapse");
@@ -1044,6 +1048,41 @@ fn federation_with_synapse_through_the_cluster() {
         &sroom,
         &["synapse room, synapse", "synapse room, cluster"],
     );
+
+    // History from before the join is backfilled by a node that does not own the room
+    // (written without the room's lease: history only).
+    let (sowner, _, _) = c.lease(&sroom).expect("the synapse room is leased");
+    let early_refs: Vec<&str> = early.iter().map(String::as_str).collect();
+    for reader in c.nodes.iter().filter(|n| n.name != sowner) {
+        let bob_there = Client::with_token(
+            &reader.base,
+            &bob.user_id,
+            bob.token.as_deref().expect("token"),
+        );
+        wait_bodies(&bob_there, &sroom, &early_refs);
+    }
+    let backfilled_by: Vec<&str> = c
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.log_text()
+                .lines()
+                .any(|l| l.contains("backfilled history") && l.contains(sroom.as_str()))
+        })
+        .map(|n| n.name.as_str())
+        .collect();
+    assert!(
+        backfilled_by.iter().any(|n| *n != sowner),
+        "a node other than the owner {sowner} backfilled the room: {backfilled_by:?}"
+    );
+    for n in &c.nodes {
+        assert!(
+            !n.log_text().contains("could not store backfilled events"),
+            "{} could not store backfilled history:\n{}",
+            n.name,
+            crate::harness::tail(&n.log_text(), 30)
+        );
+    }
 
     let (sender, _, _) = c
         .lease(&format!("dest:{}", syn.server_name()))
