@@ -979,6 +979,52 @@ fn a_former_owners_epoch_does_not_pass_the_fence() {
     rows::init_sequences(&mut conn, 10, 10).expect("init lower");
     assert!(rows::next_stream_position(&mut conn).expect("next") > p);
     assert!(rows::next_state_group(&mut conn).expect("group") > 40);
+    // Queue IDs and backfill values: past the floors given, then increasing, never back.
+    rows::init_sequences_with_queue(&mut conn, 0, 0, 1_000_000, 77).expect("init queue");
+    let q1 = rows::next_queue_id(&mut conn).expect("queue id");
+    assert!(q1 > 1_000_000);
+    rows::init_sequences_with_queue(&mut conn, 0, 0, 5, 5).expect("init lower");
+    assert!(rows::next_queue_id(&mut conn).expect("queue id") > q1);
+    assert!(rows::next_backfill(&mut conn).expect("backfill") > 77);
+
+    // A destination's lease given back keeps its row, so the next owner's epoch is higher;
+    // an `expire` naming an old epoch leaves a re-acquired lease alone.
+    let dest = "dest:peer.test";
+    let d1 = rows::acquire(&mut conn, dest, "a", 60_000)
+        .expect("acquire")
+        .expect("free");
+    rows::expire(&mut conn, "a", dest, d1).expect("expire");
+    let d2 = rows::acquire(&mut conn, dest, "b", 60_000)
+        .expect("acquire")
+        .expect("released");
+    assert!(d2 > d1);
+    rows::expire(&mut conn, "b", dest, d1).expect("stale expire");
+    assert!(
+        rows::lease(&mut conn, dest)
+            .expect("lease")
+            .is_some_and(|l| l.owner == "b" && l.remaining_ms > 0),
+        "an expire with an old epoch ended the new lease"
+    );
+    // The sweep: queued rows of a destination nobody holds are found; held by another
+    // node they are not; held by the asking node they are, marked as its own.
+    diesel::sql_query(
+        "INSERT INTO outbound_queue (id, destination, kind, payload, created_ts) VALUES \
+         (1, 'peer.test', 'pdu', '$e', 0), (2, 'free.test', 'pdu', '$f', 0)",
+    )
+    .execute(&mut conn)
+    .expect("queue rows");
+    let mut seen = rows::destinations_to_sweep(&mut conn, "a", "dest:").expect("sweep");
+    seen.sort();
+    assert_eq!(seen, vec![("free.test".to_owned(), false)]);
+    let mut seen = rows::destinations_to_sweep(&mut conn, "b", "dest:").expect("sweep");
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("free.test".to_owned(), false),
+            ("peer.test".to_owned(), true)
+        ]
+    );
 }
 
 /// A node other than the one `key` is placed on while all three are live (the node the
