@@ -30,6 +30,9 @@ pub struct Core {
     group_allocator: std::sync::OnceLock<Box<dyn Fn() -> Option<i64> + Send + Sync>>,
     /// Lowest stream position used by backfilled history (counts down from 0).
     backfill_positions: AtomicI64,
+    /// Cluster mode: backfill positions from the shared sequence (`next` answers the
+    /// sequence's value; the position is its negation).
+    backfill_allocator: std::sync::OnceLock<Box<dyn Fn() -> Option<i64> + Send + Sync>>,
     /// Outbound delivery's handles (registered at start-up when federation is enabled).
     pub delivery: crate::delivery::Delivery,
 }
@@ -72,6 +75,7 @@ impl Core {
             state_group_ids: AtomicI64::new(max_group),
             group_allocator: std::sync::OnceLock::new(),
             backfill_positions: AtomicI64::new(min_event.min(0)),
+            backfill_allocator: std::sync::OnceLock::new(),
             delivery: crate::delivery::Delivery::default(),
             config,
             server_name,
@@ -105,7 +109,18 @@ impl Core {
 
     /// A stream position for history inserted *before* everything we have (backfill).
     pub fn next_backfill_position(&self) -> i64 {
+        if let Some(n) = self.backfill_allocator.get().and_then(|next| next()) {
+            let p = n.saturating_neg();
+            self.backfill_positions.fetch_min(p, Ordering::Relaxed);
+            return p;
+        }
         self.backfill_positions.fetch_sub(1, Ordering::Relaxed) - 1
+    }
+
+    /// Cluster mode: backfill positions are `-next()` (the cluster's sequence), so two nodes
+    /// backfilling at once never pick the same position.
+    pub fn set_backfill_allocator(&self, next: Box<dyn Fn() -> Option<i64> + Send + Sync>) {
+        let _ = self.backfill_allocator.set(next);
     }
 }
 

@@ -6,8 +6,10 @@
 //!
 //! * **The queue is a table** (`outbound_queue`, `storage::federation`): one row per
 //!   (destination, item), of a kind — [`KIND_PDU`] (an event ID) or [`KIND_EDU`] (an EDU's
-//!   JSON) — under process-wide increasing IDs ([`next_queue_id`]; they name transactions,
-//!   so they never repeat, see [`start_queue_ids_above`]).
+//!   JSON) — under increasing IDs ([`queue_id`]; they name transactions, so they never
+//!   repeat): a process-wide counter on a single node ([`start_queue_ids_above`]), the
+//!   PostgreSQL sequence `cluster_queue_ids` in a cluster ([`use_shared_queue_ids`]), taken
+//!   inside the enqueuing transaction so a room's rows are numbered in its commit order.
 //! * **Enqueue inside the caller's transaction.** A room actor's batch and an E2EE write job
 //!   queue their rows in the same database transaction as the change itself
 //!   ([`enqueue_pdu_in_txn`], [`enqueue_edu_in_txn`]), so a row exists if and only if the
@@ -28,7 +30,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use ruma::CanonicalJsonObject;
@@ -54,6 +56,25 @@ pub fn start_queue_ids_above(floor: i64) {
     QUEUE_IDS.fetch_max(floor, Ordering::Relaxed);
 }
 
+/// Cluster mode: queue IDs come from the database's sequence from now on (several processes
+/// write the one queue).
+static SHARED_IDS: AtomicBool = AtomicBool::new(false);
+
+/// Switches queue IDs to the cluster's sequence (cluster start-up, before any enqueue).
+pub fn use_shared_queue_ids() {
+    SHARED_IDS.store(true, Ordering::Relaxed);
+}
+
+/// A fresh queue row ID for a row written on `conn`: the cluster's sequence in cluster mode,
+/// the process-wide counter otherwise.
+pub fn queue_id(conn: &mut AnyConnection) -> StorageResult<i64> {
+    if SHARED_IDS.load(Ordering::Relaxed) {
+        crate::storage::cluster::next_queue_id(conn)
+    } else {
+        Ok(next_queue_id())
+    }
+}
+
 thread_local! {
     /// Destinations given work by the write job running on this (writer) thread.
     static NOTED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -62,11 +83,11 @@ thread_local! {
 /// Queues a PDU (by event ID) for `destination` inside the caller's transaction.
 pub fn enqueue_pdu_in_txn(
     conn: &mut AnyConnection,
-    id: i64,
     destination: &str,
     event_id: &str,
     now: i64,
 ) -> StorageResult<()> {
+    let id = queue_id(conn)?;
     fstore::enqueue(conn, id, destination, KIND_PDU, event_id, now)
 }
 
@@ -82,14 +103,8 @@ pub fn enqueue_edu_in_txn(
         "{{\"edu_type\":{},\"content\":{content_json}}}",
         Value::String(edu_type.to_owned())
     );
-    fstore::enqueue(
-        conn,
-        next_queue_id(),
-        destination,
-        KIND_EDU,
-        &payload,
-        now_ms(),
-    )?;
+    let id = queue_id(conn)?;
+    fstore::enqueue(conn, id, destination, KIND_EDU, &payload, now_ms())?;
     NOTED.with(|n| n.borrow_mut().push(destination.to_owned()));
     Ok(())
 }

@@ -204,6 +204,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             Arc::clone(&fed) as Arc<dyn crate::delivery::HubLink>,
         );
         remote.start(Arc::clone(&fed));
+        if let Some(c) = &cluster {
+            fed.sender
+                .attach_cluster(Arc::clone(c))
+                .await
+                .map_err(StartError::Cluster)?;
+        }
         actix_rt::spawn(async move { fed.sender.resume_all().await });
         // Remote device lists that missed an update before we stopped.
         let s2 = Arc::clone(&services);

@@ -18,6 +18,10 @@
 //!   and wake-ups go out on `<prefix>.node` / `<prefix>.wake`, so `/sync` tokens mean the
 //!   same on every node and a write on one node wakes a `/sync` parked on another.
 //! * **Typing** changes are replayed on every node (`<prefix>.typing`).
+//! * **Outbound delivery** is sharded over destinations with the same leases, under keys that
+//!   cannot be room IDs (`federation/outbound/shard.rs` uses them); [`Cluster::notify`] and
+//!   [`Cluster::on_notice`] carry its wake-ups to a destination's owner
+//!   (`<prefix>.notice.<node>`), and queue row IDs come from a PostgreSQL sequence.
 
 pub mod placement;
 
@@ -49,6 +53,8 @@ pub enum Route {
 pub type RoomHandler = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Vec<u8>> + Send + Sync>;
 /// A typing change replayed from another node.
 pub type TypingHandler = Arc<dyn Fn(TypingChange) + Send + Sync>;
+/// A one-way notice another node addressed to this one (no answer).
+pub type NoticeHandler = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Heartbeat {
@@ -139,11 +145,17 @@ impl Cluster {
             .map_err(|e| format!("cluster: cannot connect to NATS at {}: {e}", cfg.nats_url))?;
 
         let start = core.notifier.frontier();
+        // Queue IDs name transactions, which receivers de-duplicate forever: past every ID a
+        // single node may have used (its counter starts at the clock in microseconds).
+        let queue_floor = crate::storage::now_ms().saturating_mul(1000);
         let (max_group, last) = core
             .db
             .read(move |c| {
                 let g = crate::storage::state::max_group_id(c)?;
-                rows::init_sequences(c, start, g)?;
+                let q = crate::storage::federation::max_queue_id(c)?.max(queue_floor);
+                let (_, lowest) = crate::storage::events::stream_bounds(c)?;
+                let b = lowest.min(0).saturating_neg();
+                rows::init_sequences_with_queue(c, start, g, q, b)?;
                 let last = rows::next_stream_position(c)?;
                 Ok((g, last))
             })
@@ -184,6 +196,8 @@ impl Cluster {
         core.set_state_group_allocator(Box::new(move || {
             db.read_blocking(rows::next_state_group).ok()
         }));
+        let db = core.db.clone();
+        core.set_backfill_allocator(Box::new(move || db.read_blocking(rows::next_backfill).ok()));
         {
             let c = Arc::downgrade(&cluster);
             core.notifier.set_publisher(Box::new(move |p| {
@@ -193,6 +207,7 @@ impl Cluster {
             }));
         }
         rows::install_fence(cluster.clone() as Arc<dyn rows::FenceSource>);
+        crate::delivery::use_shared_queue_ids();
 
         cluster.spawn_sender(rx);
         cluster.spawn_subscriptions().await?;
@@ -396,6 +411,78 @@ impl Cluster {
         v
     }
 
+    /// The lease TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The epoch at which this node holds `key`'s lease now (within its local term), if it
+    /// does. No database call: what the renewals keep up to date.
+    pub fn holds(&self, key: &str) -> Option<i64> {
+        self.held
+            .lock()
+            .get(key)
+            .filter(|h| h.until > Instant::now())
+            .map(|h| h.epoch)
+    }
+
+    /// The rendezvous owner of `key` among the live nodes (where an unleased key goes).
+    pub fn placed_on(&self, key: &str) -> String {
+        let live = self.live_nodes();
+        placement::owner(key, live.iter().map(String::as_str))
+            .unwrap_or(self.node_id.as_str())
+            .to_owned()
+    }
+
+    /// Gives up this node's lease on `key` at `epoch` (its work there is done): dropped from
+    /// the held set at once, and ended in the database (the row stays, so the next owner gets
+    /// a higher epoch). A lease re-acquired meanwhile under another epoch is kept.
+    pub async fn release(&self, key: &str, epoch: i64) {
+        {
+            let mut held = self.held.lock();
+            if held.get(key).is_none_or(|h| h.epoch != epoch) {
+                return;
+            }
+            held.remove(key);
+        }
+        let (k, node) = (key.to_owned(), self.node_id.clone());
+        if let Err(e) = self
+            .core
+            .db
+            .read(move |c| rows::expire(c, &node, &k, epoch))
+            .await
+        {
+            tracing::warn!(key, error = %e, "cluster: could not release a lease");
+        }
+    }
+
+    /// Sends a one-way notice to `node` (`<prefix>.notice.<node>`); lost if `node` is not
+    /// listening (the receiver's periodic sweep must not depend on it).
+    pub fn notify(&self, node: &str, body: Vec<u8>) {
+        let (nats, subject) = (self.nats.clone(), self.subject(&format!("notice.{node}")));
+        actix_rt::spawn(async move {
+            if let Err(e) = nats.publish(subject, body.into()).await {
+                tracing::warn!(error = %e, "cluster: could not send a notice");
+            }
+        });
+    }
+
+    /// Serves the notices other nodes send to this one.
+    pub async fn on_notice(&self, handler: NoticeHandler) -> std::result::Result<(), String> {
+        let subject = self.subject(&format!("notice.{}", self.node_id));
+        let mut sub = self
+            .nats
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| format!("cluster: cannot subscribe to {subject}: {e}"))?;
+        actix_rt::spawn(async move {
+            while let Some(m) = sub.next().await {
+                handler(m.payload.to_vec());
+            }
+        });
+        Ok(())
+    }
+
     /// Rooms whose lease this node holds now, with their epochs.
     pub fn held_rooms(&self) -> Vec<(String, i64)> {
         let mut v: Vec<(String, i64)> = self
@@ -541,7 +628,11 @@ impl Cluster {
             .read(move |c| rows::acquire(c, &room, &node, ttl))
             .await?;
         if let Some(epoch) = got {
-            tracing::info!(room_id, epoch, node = %self.node_id, "cluster: room acquired");
+            if room_id.starts_with('!') {
+                tracing::info!(room_id, epoch, node = %self.node_id, "cluster: room acquired");
+            } else {
+                tracing::info!(key = room_id, epoch, node = %self.node_id, "cluster: lease acquired");
+            }
             self.held.lock().insert(
                 room_id.to_owned(),
                 Held {

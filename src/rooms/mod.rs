@@ -178,8 +178,10 @@ impl RoomRegistry {
                 crate::cluster::Route::Remote(node) => node,
             };
             let Some(mut req) = msg.encode() else {
-                // No wire form: run here on an actor loaded from the database (fenced).
-                return self.send_local(room_id, msg, Some(0)).await;
+                // No wire form: run here on an actor of its own, loaded from the database now
+                // (a cached one may predate what the owner wrote since, or the room itself);
+                // its writes are fenced unless they are history only.
+                return self.send_detached(room_id, msg).await;
             };
             req.room_id = room_id.to_string();
             let body = serde_json::to_vec(&req).map_err(|e| Error::internal(e.to_string()))?;
@@ -233,6 +235,19 @@ impl RoomRegistry {
             }
             crate::cluster::Route::Remote(_) => Ok(None),
         }
+    }
+
+    /// Cluster mode, a message without a wire form for a room another node owns: a fresh
+    /// actor, never cached (it stops when idle), answers it.
+    async fn send_detached<M>(&self, room_id: &RoomId, msg: M) -> Result<M::Result>
+    where
+        M: Message + remote::Forward + Send + Clone + 'static,
+        M::Result: Send,
+        RoomActor: Handler<M>,
+    {
+        let _waiting = crate::observe::rooms::global().enter(room_id.as_str());
+        let addr = self.start(room_id, msg.creates());
+        Ok(addr.send(msg).await?)
     }
 
     async fn send_local<M>(&self, room_id: &RoomId, msg: M, epoch: Option<i64>) -> Result<M::Result>

@@ -59,8 +59,8 @@ pub struct PersistBatch {
     pub extremities: Option<Vec<String>>,
     /// The room's current state group after the batch (`None` = unchanged).
     pub state_group: Option<i64>,
-    /// Outbound deliveries: `(queue id, destination, event id)`.
-    pub queue: Vec<(i64, String, String)>,
+    /// Outbound deliveries: `(destination, event id)` (queue IDs are taken in the transaction).
+    pub queue: Vec<(String, String)>,
     /// Linearized Matrix hubs: LPDUs completed in this batch, `(LPDU event id, event id)`.
     pub lpdus: Vec<(String, String)>,
     /// Outliers (events held only to authorize others, already checked against their own
@@ -96,9 +96,34 @@ fn server_of(user: &str) -> &str {
 }
 
 impl PersistBatch {
+    /// Whether the batch writes only history: outliers, state groups and events outside the
+    /// timeline (backfilled, at negative positions, or outliers), with no transaction IDs or
+    /// redactions, and none of the rows only the room's orderer writes (current state,
+    /// extremities, memberships, the room row, the outbound queue, LPDU records). Such a batch
+    /// inserts rows that are written once and ignored when present, under IDs from shared
+    /// sequences, so in a cluster any node may write it (backfill and gap filling run where
+    /// the request arrived, not only on the room's owner).
+    pub fn is_history_only(&self) -> bool {
+        self.new_room.is_none()
+            && self.memberships.is_empty()
+            && self.current_state_delta.is_empty()
+            && self.extremities.is_none()
+            && self.state_group.is_none()
+            && self.queue.is_empty()
+            && self.lpdus.is_empty()
+            && self.events.iter().all(|e| {
+                e.txn.is_none()
+                    && e.redaction.is_none()
+                    && e.row.stream_ordering.is_none_or(|p| p < 0)
+            })
+    }
+
     pub fn run(self, conn: &mut AnyConnection) -> StorageResult<()> {
-        // Cluster mode: refused unless this node still owns the room (a no-op otherwise).
-        crate::storage::cluster::check_fence(conn, &self.room_id)?;
+        // Cluster mode: refused unless this node still owns the room (a no-op otherwise);
+        // history alone needs no owner.
+        if !self.is_history_only() {
+            crate::storage::cluster::check_fence(conn, &self.room_id)?;
+        }
         let now = crate::storage::now_ms();
         if let Some((version, creator)) = &self.new_room {
             rooms::insert_room(conn, &self.room_id, version, creator.as_deref(), now)?;
@@ -157,9 +182,182 @@ impl PersistBatch {
         for (lpdu_id, event_id) in &self.lpdus {
             crate::storage::linearized::record_lpdu(conn, lpdu_id, &self.room_id, event_id)?;
         }
-        for (id, dest, event_id) in &self.queue {
-            crate::delivery::enqueue_pdu_in_txn(conn, *id, dest, event_id, now)?;
+        for (dest, event_id) in &self.queue {
+            crate::delivery::enqueue_pdu_in_txn(conn, dest, event_id, now)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, stream: Option<i64>) -> NewEvent {
+        NewEvent {
+            event_id: id.into(),
+            room_id: "!r:x".into(),
+            stream_ordering: stream,
+            depth: 1,
+            event_type: "m.room.message".into(),
+            state_key: None,
+            sender: "@a:x".into(),
+            origin_server_ts: 0,
+            json: "{}".into(),
+            state_before: None,
+            state_after: None,
+            outlier: stream.is_none(),
+            rejected: None,
+            soft_failed: false,
+            redacted_by: None,
+        }
+    }
+
+    fn event(stream: Option<i64>) -> PersistEvent {
+        PersistEvent {
+            row: row("$e", stream),
+            txn: None,
+            redaction: None,
+        }
+    }
+
+    /// Which batches a node that does not own the room may write (cluster mode).
+    #[test]
+    fn only_history_is_written_without_the_lease() {
+        let base = || PersistBatch {
+            room_id: "!r:x".into(),
+            ..Default::default()
+        };
+        let group = NewGroup {
+            id: 7,
+            parent: None,
+            entries: vec![(("m.room.create".into(), String::new()), Some("$c".into()))],
+        };
+        let cases: Vec<(&str, PersistBatch, bool)> = vec![
+            ("empty", base(), true),
+            (
+                "outliers and groups",
+                PersistBatch {
+                    outliers: vec![row("$o", None)],
+                    groups: vec![group.clone()],
+                    ..base()
+                },
+                true,
+            ),
+            (
+                "backfilled events",
+                PersistBatch {
+                    events: vec![event(Some(-3)), event(None)],
+                    groups: vec![group],
+                    ..base()
+                },
+                true,
+            ),
+            (
+                "a timeline event",
+                PersistBatch {
+                    events: vec![event(Some(-3)), event(Some(12))],
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "a transaction ID",
+                PersistBatch {
+                    events: vec![PersistEvent {
+                        txn: Some(crate::rooms::messages::TxnKey {
+                            user_id: "@a:x".into(),
+                            device_id: "D".into(),
+                            scope: "[]".into(),
+                            txn_id: "t".into(),
+                        }),
+                        ..event(Some(-1))
+                    }],
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "a redaction",
+                PersistBatch {
+                    events: vec![PersistEvent {
+                        redaction: Some(Redaction {
+                            target: "$t".into(),
+                            sender: "@a:x".into(),
+                            has_power: true,
+                        }),
+                        ..event(Some(-1))
+                    }],
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "extremities",
+                PersistBatch {
+                    extremities: Some(vec!["$e".into()]),
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "current state group",
+                PersistBatch {
+                    state_group: Some(7),
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "current state",
+                PersistBatch {
+                    current_state_delta: vec![(("m.room.name".into(), String::new()), None)],
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "a membership",
+                PersistBatch {
+                    memberships: vec![MembershipChange {
+                        user_id: "@a:x".into(),
+                        membership: "join".into(),
+                        sender: "@a:x".into(),
+                        event_id: "$e".into(),
+                        stream: 3,
+                        invite_state: None,
+                    }],
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "a new room",
+                PersistBatch {
+                    new_room: Some(("10".into(), None)),
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "outbound queue",
+                PersistBatch {
+                    queue: vec![("y".into(), "$e".into())],
+                    ..base()
+                },
+                false,
+            ),
+            (
+                "an LPDU",
+                PersistBatch {
+                    lpdus: vec![("$l".into(), "$e".into())],
+                    ..base()
+                },
+                false,
+            ),
+        ];
+        for (name, batch, want) in cases {
+            assert_eq!(batch.is_history_only(), want, "{name}");
+        }
     }
 }

@@ -150,6 +150,48 @@ pub fn release(conn: &mut AnyConnection, node: &str, rooms: &[String]) -> Storag
     Ok(())
 }
 
+/// Ends `node`'s lease on `key` at `epoch` now, keeping the row (so the next acquisition
+/// still gets a higher epoch). A lease re-acquired meanwhile (another epoch) is left alone.
+pub fn expire(conn: &mut AnyConnection, node: &str, key: &str, epoch: i64) -> StorageResult<()> {
+    diesel::sql_query(
+        "UPDATE cluster_leases SET expires_at = 0 WHERE room_id = $1 AND owner = $2 AND epoch = $3",
+    )
+    .bind::<Text, _>(key)
+    .bind::<Text, _>(node)
+    .bind::<BigInt, _>(epoch)
+    .execute(pg(conn)?)?;
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct DestinationRow {
+    #[diesel(sql_type = Text)]
+    destination: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    mine: bool,
+}
+
+/// Destinations with queued outbound rows whose delivery lease (key `key_prefix` + name) is
+/// missing, expired, or held by `node`: `(destination, held by node)`. What a node sweeps for
+/// work nobody is sending (a dead owner's, or rows whose wake-up was lost).
+pub fn destinations_to_sweep(
+    conn: &mut AnyConnection,
+    node: &str,
+    key_prefix: &str,
+) -> StorageResult<Vec<(String, bool)>> {
+    let q = format!(
+        "SELECT q.destination AS destination, bool_or(COALESCE(l.owner = $2 AND l.expires_at > {NOW_MS}, false)) AS mine \
+         FROM outbound_queue q LEFT JOIN cluster_leases l ON l.room_id = $1 || q.destination \
+         WHERE l.room_id IS NULL OR l.expires_at < {NOW_MS} OR l.owner = $2 \
+         GROUP BY q.destination"
+    );
+    let rows: Vec<DestinationRow> = diesel::sql_query(q)
+        .bind::<Text, _>(key_prefix)
+        .bind::<Text, _>(node)
+        .load(pg(conn)?)?;
+    Ok(rows.into_iter().map(|r| (r.destination, r.mine)).collect())
+}
+
 /// The lease of a room, if any.
 pub fn lease(conn: &mut AnyConnection, room_id: &str) -> StorageResult<Option<Lease>> {
     let q = format!(
@@ -183,17 +225,42 @@ fn next(conn: &mut AnyConnection, seq: &str) -> StorageResult<i64> {
         .ok_or_else(|| StorageError::Corrupt(format!("nextval({seq}) returned nothing")))
 }
 
-/// Moves both sequences past what is stored (a database used by a single node before, or
-/// positions handed out by in-process counters): never backwards.
+/// The next outbound queue row ID of the cluster (queue IDs name federation transactions, so
+/// two nodes must never hand out the same one). Called inside the enqueuing transaction.
+pub fn next_queue_id(conn: &mut AnyConnection) -> StorageResult<i64> {
+    next(conn, "cluster_queue_ids")
+}
+
+/// The next backfill sequence value of the cluster (the backfill position is its negation).
+pub fn next_backfill(conn: &mut AnyConnection) -> StorageResult<i64> {
+    next(conn, "cluster_backfill_positions")
+}
+
+/// Moves the shared sequences past what is stored (a database used by a single node before,
+/// or positions handed out by in-process counters): never backwards.
 pub fn init_sequences(
     conn: &mut AnyConnection,
     max_stream: i64,
     max_group: i64,
 ) -> StorageResult<()> {
+    init_sequences_with_queue(conn, max_stream, max_group, 1, 1)
+}
+
+/// [`init_sequences`], and the queue ID sequence past `min_queue`, and the backfill sequence
+/// past `min_backfill` (the negation of the lowest backfill position stored).
+pub fn init_sequences_with_queue(
+    conn: &mut AnyConnection,
+    max_stream: i64,
+    max_group: i64,
+    min_queue: i64,
+    min_backfill: i64,
+) -> StorageResult<()> {
     let c = pg(conn)?;
     for (seq, floor) in [
         ("cluster_stream_positions", max_stream),
         ("cluster_state_groups", max_group),
+        ("cluster_queue_ids", min_queue),
+        ("cluster_backfill_positions", min_backfill),
     ] {
         diesel::sql_query(format!(
             "SELECT setval('{seq}', GREATEST($1, (SELECT last_value FROM {seq}), 1)) AS value"

@@ -124,6 +124,7 @@ impl Node {
 struct TestCluster {
     db: TestDb,
     nodes: Vec<Node>,
+    server_name: String,
     _dir: PathBuf,
 }
 
@@ -146,17 +147,40 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}{}_{nanos:x}", std::process::id())
 }
 
-fn write_config(dir: &Path, db: &TestDb, node: &str, port: u16, prefix: &str) -> PathBuf {
+/// Federation settings of a node: its own federation port and the cluster's server name.
+struct Fed<'a> {
+    port: u16,
+    server_name: &'a str,
+}
+
+fn write_config(
+    dir: &Path,
+    db: &TestDb,
+    node: &str,
+    port: u16,
+    prefix: &str,
+    fed: Option<&Fed<'_>>,
+) -> PathBuf {
     let data = dir.join(node);
     fs::create_dir_all(&data).expect("node dir");
+    let (server_name, fed_listener, fed_section) = match fed {
+        Some(f) => (
+            f.server_name.to_owned(),
+            format!("127.0.0.1:{}", f.port),
+            "enabled = true\nverify_tls = false\nretry_min_ms = 200\nretry_max_ms = 2000\n\
+             request_timeout_ms = 15000\n[outbound]\nallowed_addresses = [\"127.0.0.0/8\", \"::1\"]\n"
+                .to_owned(),
+        ),
+        None => ("weft.test".to_owned(), String::new(), "enabled = false\n".to_owned()),
+    };
     let text = format!(
-        "server_name = \"weft.test\"\n\
+        "server_name = \"{server_name}\"\n\
          data_dir = \"{data}\"\n\
          signing_key_path = \"{key}\"\n\
          {db}\
-         [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"\"\n\
+         [listeners]\nclient = \"127.0.0.1:{port}\"\nfederation = \"{fed_listener}\"\n\
          [registration]\nopen = true\n\
-         [federation]\nenabled = false\n\
+         [federation]\n{fed_section}\
          [rate_limits]\nenabled = false\n\
          [cluster]\nenabled = true\nnode_id = \"{node}\"\nnats_url = \"{NATS}\"\n\
          prefix = \"{prefix}\"\nlease_ttl_ms = {TTL_MS}\nrequest_timeout_ms = 3000\nadvertise = \"http://127.0.0.1:{port}\"\n\
@@ -209,14 +233,30 @@ fn spawn(node: &mut Node) {
 /// Three nodes, started one after the other (the first creates the shared signing key), then
 /// waited for until each has heard the other two.
 fn start_cluster() -> TestCluster {
+    start_cluster_with(None)
+}
+
+/// [`start_cluster`], with federation on when `fed` names the node whose federation port the
+/// server name points at (every node listens on a port of its own).
+fn start_cluster_with(fed: Option<&str>) -> TestCluster {
     let dir = std::env::temp_dir().join(unique("weft-cluster-"));
     fs::create_dir_all(&dir).expect("dir");
     let db = TestDb::new(Backend::Postgres, &dir);
     let prefix = unique("weft_it_");
+    let names = ["n1", "n2", "n3"];
+    let fed_ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
+    let server_name = fed.map(|front| {
+        let i = names.iter().position(|n| *n == front).expect("a node name");
+        format!("localhost:{}", fed_ports[i])
+    });
     let mut nodes = Vec::new();
-    for name in ["n1", "n2", "n3"] {
+    for (i, name) in names.into_iter().enumerate() {
         let port = free_port();
-        let config = write_config(&dir, &db, name, port, &prefix);
+        let f = server_name.as_deref().map(|server_name| Fed {
+            port: fed_ports[i],
+            server_name,
+        });
+        let config = write_config(&dir, &db, name, port, &prefix, f.as_ref());
         let mut node = Node {
             name: name.to_owned(),
             base: format!("http://127.0.0.1:{port}"),
@@ -230,6 +270,7 @@ fn start_cluster() -> TestCluster {
     let c = TestCluster {
         db,
         nodes,
+        server_name: server_name.unwrap_or_else(|| "weft.test".to_owned()),
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -597,6 +638,181 @@ fn sigkill_of_an_owner_loses_no_acknowledged_event() {
     c.assert_linear(&room);
 }
 
+/// The message bodies of `room` as `c` sees them, in its timeline order.
+fn timeline_bodies(c: &Client, room: &str) -> Vec<String> {
+    c.all_messages(room, 100, 20)
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Sends `bodies` one after the other, alternating between `senders` (the first body through
+/// the first sender, ...), each retried with its transaction ID until acknowledged.
+fn send_alternating(senders: &[&Client], room: &str, bodies: &[String]) {
+    for (i, body) in bodies.iter().enumerate() {
+        let c = senders[i % senders.len()];
+        let txn = c.next_txn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = c.send_txn(
+                room,
+                "m.room.message",
+                &txn,
+                &json!({"msgtype": "m.text", "body": body}),
+            );
+            if r.status == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{body} never acknowledged: {} {}",
+                r.status,
+                r.text
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Waits until `c` has seen exactly `sent` in `room`, in that order, each once.
+#[track_caller]
+fn wait_exactly(c: &Client, room: &str, sent: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have = timeline_bodies(c, room);
+        let ours: Vec<String> = have.iter().filter(|b| sent.contains(b)).cloned().collect();
+        let mut seen = std::collections::HashSet::new();
+        for b in &ours {
+            assert!(seen.insert(b.clone()), "{b} arrived twice: {ours:?}");
+        }
+        if ours.len() == sent.len() {
+            assert_eq!(ours, sent, "the remote server's order differs");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the remote server has {} of {} messages: {ours:?}",
+            ours.len(),
+            sent.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn outbound_delivery_is_sharded_over_destinations_and_survives_the_owners_sigkill() {
+    use crate::harness::{Federation, Options, Server};
+    // The remote server (a single weft) exists first: its name decides which node its
+    // delivery lease is placed on, and the cluster's name must point at another node, so
+    // killing the destination's owner leaves the address the peer knows us by running.
+    let peer = Server::start_with(
+        Backend::Sqlite,
+        Options {
+            federation: Some(Federation::default()),
+            ..Default::default()
+        },
+    );
+    let dest_key = format!("dest:{}", peer.server_name);
+    let placed = weft::cluster::placement::owner(&dest_key, ["n1", "n2", "n3"])
+        .expect("an owner")
+        .to_owned();
+    let front = front_for(&dest_key);
+    let mut c = start_cluster_with(Some(front));
+    let others: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .filter(|n| **n != front)
+        .map(|n| n.to_string())
+        .collect();
+
+    let mut alice = c.node(front).client();
+    alice.register("alice", "pw-alice");
+    let mut bob = c.node(&others[0]).client();
+    bob.register("bob", "pw-bob");
+    let carol = peer.register("carol");
+
+    // A room owned by a third node; users on two nodes in it, and carol from the peer,
+    // joined through the cluster's address.
+    let room = c.room_owned_by(&alice, &others[1]);
+    assert_eq!(bob.join(&room).status, 200, "bob joins");
+    let r = carol.post(
+        &format!(
+            "/join/{}?server_name={}",
+            crate::client::enc(&room),
+            crate::client::enc(&c.server_name)
+        ),
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "carol joins from the peer: {}", r.text);
+
+    // Alternating senders on two nodes: the peer gets each once, in the room's order.
+    let first: Vec<String> = (0..12).map(|i| format!("before {i}")).collect();
+    send_alternating(&[&alice, &bob], &room, &first);
+    wait_exactly(&carol, &room, &first);
+
+    // One node sends the peer: the lease holder.
+    let (owner, epoch, left) = c.lease(&dest_key).expect("the destination is leased");
+    assert!(left > 0, "the destination's lease is valid");
+    assert_eq!(
+        owner, placed,
+        "the destination went to its rendezvous owner"
+    );
+    for n in &c.nodes {
+        let sent = n
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("transaction delivered") && l.contains(&peer.server_name))
+            .count();
+        if n.name == owner {
+            assert!(sent > 0, "{owner} holds the lease but sent nothing");
+        } else {
+            assert_eq!(sent, 0, "{} sent to the peer without the lease", n.name);
+        }
+    }
+
+    // SIGKILL the destination's owner; the others keep sending, through the surviving nodes.
+    let killed_at = Instant::now();
+    let idx = c.nodes.iter().position(|n| n.name == owner).expect("owner");
+    c.nodes[idx].kill();
+    let survivors: Vec<String> = c
+        .nodes
+        .iter()
+        .filter(|n| n.name != owner)
+        .map(|n| n.base.clone())
+        .collect();
+    let alice2 = Client::with_token(
+        &survivors[0],
+        &alice.user_id,
+        alice.token.as_deref().expect("token"),
+    );
+    let bob2 = Client::with_token(
+        &survivors[1],
+        &bob.user_id,
+        bob.token.as_deref().expect("token"),
+    );
+    let after: Vec<String> = (0..8).map(|i| format!("after {i}")).collect();
+    send_alternating(&[&alice2, &bob2], &room, &after);
+    let all: Vec<String> = first.iter().chain(after.iter()).cloned().collect();
+    wait_exactly(&carol, &room, &all);
+    let (new_owner, new_epoch, _) = c.lease(&dest_key).expect("leased again");
+    assert_ne!(new_owner, owner, "a live node sends the peer now");
+    assert!(new_epoch > epoch, "at a new epoch");
+    eprintln!(
+        "destination moved {owner} -> {new_owner} (epoch {epoch} -> {new_epoch}); all delivered {:?} after the kill",
+        killed_at.elapsed()
+    );
+    c.assert_linear(&room);
+    for n in &c.nodes {
+        let log = n.log_text();
+        assert!(!log.contains("panicked"), "{} panicked", n.name);
+        assert!(
+            !log.contains("outbound_queue_pkey"),
+            "{}: a queue ID collided",
+            n.name
+        );
+    }
+}
+
 #[test]
 fn a_paused_owner_cannot_append_after_its_lease() {
     let c = start_cluster();
@@ -763,4 +979,163 @@ fn a_former_owners_epoch_does_not_pass_the_fence() {
     rows::init_sequences(&mut conn, 10, 10).expect("init lower");
     assert!(rows::next_stream_position(&mut conn).expect("next") > p);
     assert!(rows::next_state_group(&mut conn).expect("group") > 40);
+    // Queue IDs and backfill values: past the floors given, then increasing, never back.
+    rows::init_sequences_with_queue(&mut conn, 0, 0, 1_000_000, 77).expect("init queue");
+    let q1 = rows::next_queue_id(&mut conn).expect("queue id");
+    assert!(q1 > 1_000_000);
+    rows::init_sequences_with_queue(&mut conn, 0, 0, 5, 5).expect("init lower");
+    assert!(rows::next_queue_id(&mut conn).expect("queue id") > q1);
+    assert!(rows::next_backfill(&mut conn).expect("backfill") > 77);
+
+    // A destination's lease given back keeps its row, so the next owner's epoch is higher;
+    // an `expire` naming an old epoch leaves a re-acquired lease alone.
+    let dest = "dest:peer.test";
+    let d1 = rows::acquire(&mut conn, dest, "a", 60_000)
+        .expect("acquire")
+        .expect("free");
+    rows::expire(&mut conn, "a", dest, d1).expect("expire");
+    let d2 = rows::acquire(&mut conn, dest, "b", 60_000)
+        .expect("acquire")
+        .expect("released");
+    assert!(d2 > d1);
+    rows::expire(&mut conn, "b", dest, d1).expect("stale expire");
+    assert!(
+        rows::lease(&mut conn, dest)
+            .expect("lease")
+            .is_some_and(|l| l.owner == "b" && l.remaining_ms > 0),
+        "an expire with an old epoch ended the new lease"
+    );
+    // The sweep: queued rows of a destination nobody holds are found; held by another
+    // node they are not; held by the asking node they are, marked as its own.
+    diesel::sql_query(
+        "INSERT INTO outbound_queue (id, destination, kind, payload, created_ts) VALUES \
+         (1, 'peer.test', 'pdu', '$e', 0), (2, 'free.test', 'pdu', '$f', 0)",
+    )
+    .execute(&mut conn)
+    .expect("queue rows");
+    let mut seen = rows::destinations_to_sweep(&mut conn, "a", "dest:").expect("sweep");
+    seen.sort();
+    assert_eq!(seen, vec![("free.test".to_owned(), false)]);
+    let mut seen = rows::destinations_to_sweep(&mut conn, "b", "dest:").expect("sweep");
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("free.test".to_owned(), false),
+            ("peer.test".to_owned(), true)
+        ]
+    );
+}
+
+/// A node other than the one `key` is placed on while all three are live (the node the
+/// server name points at, so the destination's sender is another node).
+fn front_for(key: &str) -> &'static str {
+    let placed = weft::cluster::placement::owner(key, ["n1", "n2", "n3"]).expect("an owner");
+    ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != placed)
+        .expect("another node")
+}
+
+#[test]
+fn federation_with_synapse_through_the_cluster() {
+    use crate::federation::{join_via, wait_bodies, wait_membership};
+    let syn = crate::synapse::Synapse::shared();
+    let front = front_for(&format!("dest:{}", syn.server_name()));
+    let c = start_cluster_with(Some(front));
+    let others: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != front)
+        .collect();
+    let mut alice = c.node(front).client();
+    alice.register("alice", "pw-alice");
+    let mut bob = c.node(others[0]).client();
+    bob.register("bob", "pw-bob");
+    let sam = syn.register_fresh("sam");
+
+    // A cluster room owned by a node Synapse never talks to: Synapse joins it through the
+    // server name (the front node) and both sides send.
+    let room = c.room_owned_by(&alice, others[1]);
+    assert_eq!(bob.join(&room).status, 200, "bob joins");
+    join_via(&sam, &room, &c.server_name);
+    wait_membership(&alice, &room, &sam.user_id, "join");
+    alice.send_text(&room, "from the front node");
+    bob.send_text(&room, "from another node");
+    wait_bodies(&sam, &room, &["from the front node", "from another node"]);
+    sam.send_text(&room, "from synapse");
+    wait_bodies(&alice, &room, &["from synapse"]);
+    wait_bodies(&bob, &room, &["from synapse"]);
+    assert_eq!(
+        c.lease(&room).expect("lease").0,
+        others[1],
+        "the room stayed on its owner"
+    );
+
+    // A Synapse room joined by a user of a node that is not the front: its events come in
+    // through the front and reach the room's owner, ours go out from the destination's owner.
+    let sroom = sam.create_room(&json!({"preset": "public_chat", "name": "on synapse"}));
+    let early: Vec<String> = (0..4).map(|i| format!("before bob {i}")).collect();
+    for b in &early {
+        sam.send_text(&sroom, b);
+    }
+    join_via(&bob, &sroom, &syn.server_name());
+    wait_membership(&sam, &sroom, &bob.user_id, "join");
+    sam.send_text(&sroom, "synapse room, synapse");
+    bob.send_text(&sroom, "synapse room, cluster");
+    wait_bodies(&bob, &sroom, &["synapse room, synapse"]);
+    wait_bodies(&sam, &sroom, &["synapse room, cluster"]);
+    let on_alice = Client::with_token(
+        &c.node(front).base,
+        &bob.user_id,
+        bob.token.as_deref().expect("token"),
+    );
+    wait_bodies(
+        &on_alice,
+        &sroom,
+        &["synapse room, synapse", "synapse room, cluster"],
+    );
+
+    // History from before the join is backfilled by a node that does not own the room
+    // (written without the room's lease: history only).
+    let (sowner, _, _) = c.lease(&sroom).expect("the synapse room is leased");
+    let early_refs: Vec<&str> = early.iter().map(String::as_str).collect();
+    for reader in c.nodes.iter().filter(|n| n.name != sowner) {
+        let bob_there = Client::with_token(
+            &reader.base,
+            &bob.user_id,
+            bob.token.as_deref().expect("token"),
+        );
+        wait_bodies(&bob_there, &sroom, &early_refs);
+    }
+    let backfilled_by: Vec<&str> = c
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.log_text()
+                .lines()
+                .any(|l| l.contains("backfilled history") && l.contains(sroom.as_str()))
+        })
+        .map(|n| n.name.as_str())
+        .collect();
+    assert!(
+        backfilled_by.iter().any(|n| *n != sowner),
+        "a node other than the owner {sowner} backfilled the room: {backfilled_by:?}"
+    );
+    for n in &c.nodes {
+        assert!(
+            !n.log_text().contains("could not store backfilled events"),
+            "{} could not store backfilled history:\n{}",
+            n.name,
+            crate::harness::tail(&n.log_text(), 30)
+        );
+    }
+
+    let (sender, _, _) = c
+        .lease(&format!("dest:{}", syn.server_name()))
+        .expect("the destination is leased");
+    assert_ne!(sender, front, "placed off the front node");
+    c.assert_linear(&room);
+    for n in &c.nodes {
+        assert!(!n.log_text().contains("panicked"), "{} panicked", n.name);
+    }
 }

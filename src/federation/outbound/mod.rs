@@ -48,9 +48,13 @@
 //!   in the database). What the sender knows of each destination (backlog, failures, last
 //!   success and contact, next retry and probe, catch-up mode) is a plain snapshot for the
 //!   operator ([`Sender::destinations`]).
+//! * **In a cluster** ([`shard`]) each destination is sent by the one node holding its
+//!   lease; the others hand their wake-ups to it, and a dead node's destinations move
+//!   within the lease time.
 
 mod catchup;
 mod probe;
+mod shard;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,7 +69,7 @@ use super::client::{FedError, FederationClient, enc};
 use crate::core::Core;
 use crate::storage::{events, federation as fstore, now_ms};
 
-pub use crate::delivery::{KIND_EDU, KIND_PDU, next_queue_id};
+pub use crate::delivery::{KIND_EDU, KIND_PDU};
 
 const MAX_PDUS: i64 = 50;
 const MAX_EDUS: i64 = 100;
@@ -94,6 +98,19 @@ impl WakeReason {
             Self::Probe => "probe",
             Self::Reset => "reset",
         }
+    }
+
+    /// The reason named by [`Self::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::NewWork,
+            Self::Contact,
+            Self::Answer,
+            Self::Probe,
+            Self::Reset,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 
     /// Whether the reason proves the destination is up.
@@ -174,13 +191,32 @@ pub(crate) struct Shared {
     next_actor_id: AtomicU64,
     /// Probes sent since start.
     probes: AtomicU64,
+    /// Cluster mode: destinations are sent by the node holding their lease ([`shard`]).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
+    /// Wakes `destination`'s actor here, or (in a cluster, when another node sends it) hands
+    /// the wake-up to that node.
     fn wake(self: &Arc<Self>, destination: &str, reason: WakeReason) {
         if self.core.is_local(destination) {
             return;
         }
+        if self.owns(destination) {
+            self.wake_local(destination, reason);
+        } else {
+            shard::route_wake(self, destination, reason, 0);
+        }
+    }
+
+    /// Whether this node sends `destination` now (always, on a single node).
+    fn owns(&self, destination: &str) -> bool {
+        self.cluster
+            .get()
+            .is_none_or(|c| c.holds(&shard::key(destination)).is_some())
+    }
+
+    fn wake_local(self: &Arc<Self>, destination: &str, reason: WakeReason) {
         let mut actors = self.actors.lock();
         for _attempt in 0..2 {
             let entry = match actors.get(destination) {
@@ -272,6 +308,7 @@ impl Sender {
             health: Mutex::new(HashMap::new()),
             next_actor_id: AtomicU64::new(1),
             probes: AtomicU64::new(0),
+            cluster: std::sync::OnceLock::new(),
         });
         // Any answer from a destination is a sign of life.
         let weak = Arc::downgrade(&shared);
@@ -284,9 +321,13 @@ impl Sender {
         Ok(Self { shared })
     }
 
-    /// A fresh queue row ID.
-    pub fn next_queue_id(&self) -> i64 {
-        next_queue_id()
+    /// Cluster mode: from now on this node sends only the destinations it holds the lease
+    /// of, hands other wake-ups to their owners, and sweeps for destinations left unsent.
+    pub async fn attach_cluster(
+        &self,
+        cluster: Arc<crate::cluster::Cluster>,
+    ) -> Result<(), String> {
+        shard::attach(&self.shared, cluster).await
     }
 
     /// There is new work for `destination`.
@@ -447,12 +488,12 @@ impl Sender {
         if self.shared.core.is_local(destination) {
             return Ok(());
         }
-        let id = self.next_queue_id();
         let (d, payload) = (destination.to_owned(), edu.to_string());
         self.shared
             .core
             .db
             .write(destination, move |c| {
+                let id = crate::delivery::queue_id(c)?;
                 fstore::enqueue(c, id, &d, KIND_EDU, &payload, now_ms())
             })
             .await?;
@@ -617,6 +658,14 @@ impl DestinationActor {
             self.again = true;
             return;
         }
+        if !self.shared.owns(&self.destination) {
+            // Another node sends it now (lease lost or handed over): the work is in the
+            // shared queue; hand the wake-up on and let this actor stop.
+            tracing::info!(destination = %self.destination, "destination is sent by another node now");
+            shard::route_wake(&self.shared, &self.destination, WakeReason::NewWork, 0);
+            self.arm_idle(ctx);
+            return;
+        }
         if let Some(h) = self.idle_timer.take() {
             ctx.cancel_future(h);
         }
@@ -631,7 +680,23 @@ impl DestinationActor {
         let dest = self.destination.clone();
         crate::observe::metrics::transaction_in_flight(&dest, true);
         let fut = async move {
-            send_one_transaction(&shared.core, &shared.client, &dest, failures).await
+            let send = send_one_transaction(&shared.core, &shared.client, &dest, failures);
+            if shared.cluster.get().is_none() {
+                return send.await;
+            }
+            // One transaction in flight cluster-wide: abandoned as soon as the lease is lost.
+            let lost = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if !shared.owns(&dest) {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                r = send => r,
+                () = lost => Ok(Sent::NotOwner),
+            }
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
             act.in_flight = false;
@@ -654,6 +719,10 @@ impl DestinationActor {
                     }
                 }
                 Ok(Sent::Some { items, remaining }) => act.delivered(ctx, items, remaining),
+                Ok(Sent::NotOwner) => {
+                    tracing::warn!(destination = %act.destination, "delivery lease lost; transaction abandoned");
+                    act.arm_idle(ctx);
+                }
                 Err(f) => act.failed(ctx, f),
             }
         }));
@@ -762,6 +831,17 @@ impl DestinationActor {
             }
             drop(health);
             tracing::debug!(destination = %act.destination, "destination actor idle; stopping");
+            // Cluster mode: nothing left to send here, so the lease goes back (the next work
+            // goes to the destination's rendezvous owner; the sweep catches rows queued
+            // in between).
+            if let Some(c) = act.shared.cluster.get().cloned() {
+                let key = shard::key(&act.destination);
+                if let Some(epoch) = c.holds(&key) {
+                    act.shared
+                        .arbiter
+                        .spawn(async move { c.release(&key, epoch).await });
+                }
+            }
             ctx.stop();
         }));
     }
@@ -837,7 +917,12 @@ struct Failure {
 
 enum Sent {
     Nothing,
-    Some { items: usize, remaining: i64 },
+    Some {
+        items: usize,
+        remaining: i64,
+    },
+    /// Cluster mode: the destination's lease was lost while the transaction was in flight.
+    NotOwner,
 }
 
 fn storage_failure(e: impl std::fmt::Display) -> Failure {

@@ -123,11 +123,7 @@ impl RoomActor {
             if plan.local && self.core.delivery.is_on() {
                 for d in self.destinations(&pdu) {
                     if !self.core.is_local(&d) && !d.is_empty() {
-                        self.batch.queue.push((
-                            crate::delivery::next_queue_id(),
-                            d,
-                            pdu.event_id().to_string(),
-                        ));
+                        self.batch.queue.push((d, pdu.event_id().to_string()));
                     }
                 }
             }

@@ -36,7 +36,7 @@ impl RoomActor {
         );
         job.events = pending.iter().map(|p| p.persist.clone()).collect();
         let memberships = job.memberships.clone();
-        let destinations: BTreeSet<String> = job.queue.iter().map(|q| q.1.clone()).collect();
+        let destinations: BTreeSet<String> = job.queue.iter().map(|q| q.0.clone()).collect();
         let db = self.core.db.clone();
         let shard = self.room_id.to_string();
         let started = Instant::now();

@@ -1,0 +1,2 @@
+DROP SEQUENCE cluster_queue_ids;
+DROP SEQUENCE cluster_backfill_positions;

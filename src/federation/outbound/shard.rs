@@ -1,0 +1,158 @@
+//! Outbound delivery in a cluster (`docs/CLUSTER.md`): each destination is sent by one node.
+//!
+//! # Design
+//!
+//! * **A destination is leased like a room.** Its key in `cluster_leases` is
+//!   `dest:<server name>` (room IDs begin with `!`, so the two never meet). With no valid
+//!   lease the destination goes to its rendezvous owner among the live nodes, which acquires
+//!   it at a new epoch (`Cluster::route`, the same code rooms use); the lease is renewed with
+//!   the node's rooms and lost the same way.
+//! * **One transaction in flight, cluster-wide.** Only the node holding the lease runs the
+//!   destination's actor, and the actor checks the lease before each transaction and every
+//!   100 ms while one is in flight: a transaction whose node loses the lease (renewal found it
+//!   taken, or the node's local term ran out) is abandoned at once. The local term ends a
+//!   quarter TTL before the database's, so by the time another node can acquire the lease the
+//!   former owner has stopped sending. (A node *paused* mid-request may have bytes already in
+//!   the socket; the receiver de-duplicates PDUs by event ID, and a retried transaction of the
+//!   same rows has the same ID.)
+//! * **The queue is shared; the wake-up is routed.** Any node writes queue rows (a room's
+//!   owner, an E2EE write), all in the one database, with IDs from the cluster's sequence. The
+//!   wake-up after the commit goes to the destination's actor here if this node holds the
+//!   lease, else to the lease holder (or rendezvous owner) as a [`Notice`] on NATS, where it
+//!   is routed again (at most [`MAX_HOPS`] times: views of the live set may differ a moment).
+//! * **Nothing depends on a wake-up arriving.** Every node sweeps every half TTL for
+//!   destinations with queued rows whose lease is missing or expired (a dead owner's, or one
+//!   released when its actor went idle just as a row was queued) and takes those placed on
+//!   it, and wakes the destinations it holds that have rows (a lost notice). So a dead node's
+//!   destinations move within one TTL plus half a TTL.
+//! * **Idle actors give their lease back**, so a destination with nothing to send holds no
+//!   lease and the next work goes to its current rendezvous owner (rebalancing for free).
+//!
+//! Per node, as before: backoff, probes and the operator's view cover the destinations this
+//! node sends. A sign of life (an inbound request, an answer) seen on another node does not
+//! end the owner's backoff; the owner's own probes find the destination's return.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Shared, WakeReason};
+use crate::cluster::{Cluster, Route};
+
+/// The lease key prefix of destinations.
+pub(crate) const KEY_PREFIX: &str = "dest:";
+
+/// How many times a wake-up may be handed on between nodes.
+const MAX_HOPS: u8 = 2;
+
+/// A destination's lease key.
+pub(crate) fn key(destination: &str) -> String {
+    format!("{KEY_PREFIX}{destination}")
+}
+
+/// A wake-up for a destination this node does not send, handed to the node that does.
+#[derive(Debug, Serialize, Deserialize)]
+struct Notice {
+    destination: String,
+    reason: String,
+    hops: u8,
+}
+
+/// Where a destination's wake-up goes, decided by the lease (acquired here if the destination
+/// is unleased and placed here).
+pub(crate) fn route_wake(shared: &Arc<Shared>, destination: &str, reason: WakeReason, hops: u8) {
+    let Some(cluster) = shared.cluster.get().cloned() else {
+        return;
+    };
+    let (s, dest) = (Arc::clone(shared), destination.to_owned());
+    shared.arbiter.spawn(async move {
+        match cluster.route(&key(&dest)).await {
+            Ok(Route::Local { .. }) => s.wake_local(&dest, reason),
+            Ok(Route::Remote(node)) if hops < MAX_HOPS => {
+                let notice = Notice {
+                    destination: dest.clone(),
+                    reason: reason.as_str().to_owned(),
+                    hops: hops + 1,
+                };
+                match serde_json::to_vec(&notice) {
+                    Ok(body) => cluster.notify(&node, body),
+                    Err(e) => tracing::warn!(error = %e, "cluster: notice not encoded"),
+                }
+            }
+            // Handed on too often: the owner's sweep finds the rows.
+            Ok(Route::Remote(node)) => {
+                tracing::debug!(destination = %dest, node, "cluster: wake-up not handed on again")
+            }
+            Err(e) => {
+                tracing::warn!(destination = %dest, error = %e, "cluster: no owner for a destination yet; the sweep will retry")
+            }
+        }
+    });
+}
+
+/// Joins outbound delivery to the cluster: notices from other nodes are routed here, and the
+/// sweep runs every half TTL on the federation arbiter.
+pub(crate) async fn attach(
+    shared: &Arc<Shared>,
+    cluster: Arc<Cluster>,
+) -> std::result::Result<(), String> {
+    let _ = shared.cluster.set(Arc::clone(&cluster));
+    let weak = Arc::downgrade(shared);
+    cluster
+        .on_notice(Arc::new(move |body: Vec<u8>| {
+            let Some(s) = weak.upgrade() else { return };
+            match serde_json::from_slice::<Notice>(&body) {
+                Ok(n) => match WakeReason::parse(&n.reason) {
+                    Some(reason) if !s.core.is_local(&n.destination) => {
+                        route_wake(&s, &n.destination, reason, n.hops)
+                    }
+                    _ => tracing::warn!(reason = %n.reason, "cluster: bad delivery notice"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cluster: bad delivery notice"),
+            }
+        }))
+        .await?;
+    let weak = Arc::downgrade(shared);
+    let every = cluster.ttl() / 2;
+    shared.arbiter.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(s) = weak.upgrade() else { break };
+            sweep(&s, &cluster).await;
+        }
+    });
+    Ok(())
+}
+
+/// Takes the unleased destinations with queued rows that are placed here, and wakes the ones
+/// this node holds that have rows.
+async fn sweep(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
+    let node = cluster.node_id.clone();
+    let found = shared
+        .core
+        .db
+        .read(move |c| crate::storage::cluster::destinations_to_sweep(c, &node, KEY_PREFIX))
+        .await;
+    let found = match found {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: outbound sweep failed");
+            return;
+        }
+    };
+    for (dest, mine) in found {
+        if shared.core.is_local(&dest) {
+            continue;
+        }
+        if mine && cluster.holds(&key(&dest)).is_some() {
+            shared.wake_local(&dest, WakeReason::NewWork);
+        } else if mine {
+            // Ours in the database but past this node's local term: renewed or re-acquired.
+            route_wake(shared, &dest, WakeReason::NewWork, MAX_HOPS);
+        } else if cluster.placed_on(&key(&dest)) == cluster.node_id {
+            tracing::info!(destination = %dest, "cluster: taking over an unsent destination");
+            route_wake(shared, &dest, WakeReason::NewWork, MAX_HOPS);
+        }
+    }
+}
