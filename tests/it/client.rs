@@ -422,6 +422,31 @@ impl Client {
     }
 }
 
+/// Whether a `/sync` answer carries nothing but notification counts: the push worker
+/// counts each event a moment after it commits and moves the user's stream on, which ends a
+/// long-poll by itself. Wake-up tests poll on from such an answer's token.
+pub fn only_counts(sync: &Value) -> bool {
+    let empty = |v: &Value| v.as_array().is_none_or(|a| a.is_empty());
+    let rooms_quiet = ["join", "invite", "leave", "knock"].iter().all(|section| {
+        sync["rooms"][section].as_object().is_none_or(|rooms| {
+            rooms.values().all(|r| {
+                empty(&r["timeline"]["events"])
+                    && empty(&r["state"]["events"])
+                    && empty(&r["ephemeral"]["events"])
+                    && empty(&r["account_data"]["events"])
+                    && empty(&r["invite_state"]["events"])
+                    && empty(&r["knock_state"]["events"])
+            })
+        })
+    });
+    rooms_quiet
+        && empty(&sync["to_device"]["events"])
+        && empty(&sync["account_data"]["events"])
+        && empty(&sync["presence"]["events"])
+        && empty(&sync["device_lists"]["changed"])
+        && empty(&sync["device_lists"]["left"])
+}
+
 /// The timeline events of `room` in a sync response (joined section).
 pub fn timeline<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
     sync["rooms"]["join"][room]["timeline"]["events"]
