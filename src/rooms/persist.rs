@@ -11,7 +11,7 @@ use crate::storage::state::{self, StateDelta};
 use crate::storage::{AnyConnection, StorageResult, rooms};
 
 /// A new state group to store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewGroup {
     pub id: i64,
     /// The parent group and its delta depth (`None` = full snapshot in `entries`).

@@ -6,12 +6,15 @@
 //! message itself, as JSON, and its answer. Errors cross as `(errcode, message)` and come back
 //! as the matching [`Error`]. A node that is asked about a room it does not own (the two
 //! nodes' views of the live set differ for a moment) answers [`Reply::NotOwner`], and the
-//! sender routes again. The room's writes that are not DAG events (an out-of-band membership,
-//! a declined out-of-band invite, Linearized join staging) cross like the rest, so the owner's
-//! actor makes them under its lease. Messages without a wire form ([`Forward::encode`]
-//! answers `None`: building an invite, backfilled history, outliers, Linearized Matrix) run
-//! where they arrive, on an actor loaded from the database; their writes are fenced like any
-//! other (so on a node that does not own the room they are refused, not written).
+//! sender routes again. Every message that writes a room crosses, so the owner's actor makes
+//! the write under its lease: besides events and inbound PDUs, outliers (`StoreOutliers`),
+//! backfilled history (`AppendHistory`, rows and state groups as the sender built them) and
+//! the room's writes that are not DAG events (an out-of-band membership, a declined
+//! out-of-band invite, Linearized join staging). Messages without a wire form
+//! ([`Forward::encode`] answers `None`: building an invite, the Linearized Matrix hub and
+//! participant messages) run where they arrive, on an actor loaded from the database; their
+//! writes are fenced like any other (on a node that does not own the room they are refused,
+//! not written).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,8 +26,9 @@ use weft_protocol::builder::EventDraft;
 use weft_protocol::{Pdu, RoomVersion};
 
 use super::messages::{
-    DeclineOutOfBand, GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RecordOutOfBand,
-    RoomSnapshot, SendEvent, StageJoinPdus, TxnKey, UnstageJoinPdus,
+    AppendHistory, DeclineOutOfBand, GetSnapshot, InboundOutcome, InboundPdus, InitRoom,
+    RecordOutOfBand, RoomSnapshot, SendEvent, StageJoinPdus, StoreOutliers, TxnKey,
+    UnstageJoinPdus,
 };
 use super::state::CurrentState;
 use crate::error::{Error, Result};
@@ -83,6 +87,14 @@ pub enum Body {
     },
     Unstage {
         upto_seq: i64,
+    },
+    Outliers {
+        groups: Vec<super::persist::NewGroup>,
+        rows: Vec<crate::storage::events::NewEvent>,
+    },
+    History {
+        groups: Vec<super::persist::NewGroup>,
+        events: Vec<(PduWire, crate::storage::events::NewEvent)>,
     },
 }
 
@@ -452,6 +464,18 @@ forwarded_unit!(
     UnstageJoinPdus => |m| Body::Unstage {
         upto_seq: m.upto_seq,
     },
+    StoreOutliers => |m| Body::Outliers {
+        groups: m.groups.clone(),
+        rows: m.rows.clone(),
+    },
+    AppendHistory => |m| Body::History {
+        groups: m.groups.clone(),
+        events: m
+            .events
+            .iter()
+            .map(|(p, row)| (pdu_to_wire(p), row.clone()))
+            .collect(),
+    },
 );
 
 macro_rules! runs_where_it_arrives {
@@ -472,8 +496,6 @@ macro_rules! runs_where_it_arrives {
 
 runs_where_it_arrives!(
     super::messages::BuildEvent,
-    super::messages::AppendHistory,
-    super::messages::StoreOutliers,
     super::linearized::HubAppend,
     super::linearized::ParticipantReceive,
 );
@@ -607,6 +629,29 @@ async fn run(rooms: &super::RoomRegistry, req: Request) -> Result<Option<Value>>
             here!(msg, StageJoinPdus)
         }
         Body::Unstage { upto_seq } => here!(UnstageJoinPdus { upto_seq }, UnstageJoinPdus),
+        Body::Outliers { groups, rows } => here!(StoreOutliers { groups, rows }, StoreOutliers),
+        Body::History { groups, events } => {
+            let events = if events.is_empty() {
+                Vec::new()
+            } else {
+                // Backfill is for rooms we hold: their version is stored.
+                let r = room_id.to_string();
+                let stored = rooms
+                    .core
+                    .db
+                    .read(move |c| crate::storage::rooms::room_version(c, &r))
+                    .await?;
+                let version = stored
+                    .as_deref()
+                    .and_then(RoomVersion::parse)
+                    .ok_or_else(|| Error::not_found("unknown room"))?;
+                events
+                    .into_iter()
+                    .map(|(p, row)| Ok((Arc::new(pdu_from_wire(p, version)?), row)))
+                    .collect::<Result<_>>()?
+            };
+            here!(AppendHistory { groups, events }, AppendHistory)
+        }
     }
 }
 
@@ -723,6 +768,67 @@ mod tests {
                 .unwrap()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn outliers_and_history_cross_with_their_rows_and_groups() {
+        let json = serde_json::json!({
+            "event_id": "$o:remote.test", "type": "m.room.topic", "state_key": "",
+            "room_id": "!r:remote.test", "sender": "@eve:remote.test",
+            "content": {"topic": "t"}, "origin_server_ts": 1, "depth": 3,
+            "prev_events": [], "auth_events": [], "hashes": {"sha256": "h"}, "signatures": {},
+        });
+        let pdu = Pdu::from_received(json, RoomVersion::V1).unwrap();
+        let group = super::super::persist::NewGroup {
+            id: 41,
+            parent: Some((40, 2)),
+            entries: vec![
+                (
+                    ("m.room.topic".into(), "".into()),
+                    Some("$o:remote.test".into()),
+                ),
+                (("m.room.name".into(), "".into()), None),
+            ],
+        };
+        let row = crate::storage::events::NewEvent {
+            rejected: Some("auth".into()),
+            state_before: Some(41),
+            ..super::super::persist::event_row(&pdu, "!r:remote.test", None)
+        };
+        let msg = StoreOutliers {
+            groups: vec![group.clone()],
+            rows: vec![row.clone()],
+        };
+        let wire = serde_json::to_vec(&msg.encode().unwrap()).unwrap();
+        match serde_json::from_slice::<Request>(&wire).unwrap().body {
+            Body::Outliers { groups, rows } => {
+                assert_eq!(groups.len(), 1);
+                assert_eq!((groups[0].id, groups[0].parent), (41, Some((40, 2))));
+                assert_eq!(groups[0].entries, group.entries);
+                assert_eq!(rows.len(), 1);
+                assert_eq!(rows[0].event_id, "$o:remote.test");
+                assert_eq!(rows[0].rejected.as_deref(), Some("auth"));
+                assert_eq!(rows[0].state_before, Some(41));
+                assert!(rows[0].outlier);
+                assert_eq!(rows[0].json, row.json);
+            }
+            other => panic!("not outliers: {other:?}"),
+        }
+        let msg = AppendHistory {
+            groups: vec![group],
+            events: vec![(Arc::new(pdu), row)],
+        };
+        let wire = serde_json::to_vec(&msg.encode().unwrap()).unwrap();
+        match serde_json::from_slice::<Request>(&wire).unwrap().body {
+            Body::History { groups, events } => {
+                assert_eq!(groups.len(), 1);
+                assert_eq!(events.len(), 1);
+                let back = pdu_from_wire(events[0].0.clone(), RoomVersion::V1).unwrap();
+                assert_eq!(back.event_id().as_str(), "$o:remote.test");
+                assert_eq!(events[0].1.event_id, "$o:remote.test");
+            }
+            other => panic!("not history: {other:?}"),
+        }
     }
 
     #[test]
