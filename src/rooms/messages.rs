@@ -141,3 +141,47 @@ pub struct StoreOutliers {
     pub groups: Vec<super::persist::NewGroup>,
     pub rows: Vec<NewEvent>,
 }
+
+/// An out-of-band membership of a local user (an invite or knock for a room we may hold no
+/// copy of, kept apart from the room's events; or our leave a remote server took): the event
+/// stored as an outlier and the user's membership row, written by the room's actor. Refused
+/// with 403 `M_FORBIDDEN` when the room is one we hold and the user is joined or banned in it
+/// (see [`super::persist::OutOfBandMembership`]). Taken in any state but a broken one.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<()>")]
+pub struct RecordOutOfBand {
+    /// Signatures checked by the caller; a membership event whose `state_key` is local.
+    pub pdu: std::sync::Arc<Pdu>,
+    pub version: RoomVersion,
+    /// Stripped state shown with an invite or knock.
+    pub stripped: Vec<serde_json::Value>,
+}
+
+/// A local user declines an out-of-band invite (or withdraws a knock) nobody could be told
+/// about: the membership becomes `leave`. Only an invite or knock is replaced; anything else
+/// is left alone (and answers `Ok`).
+#[derive(Message, Clone)]
+#[rtype(result = "Result<()>")]
+pub struct DeclineOutOfBand {
+    pub user_id: String,
+}
+
+/// Linearized Matrix: PDUs a hub sent for a room we are joining, staged durably before the
+/// `/send` that carried them is answered (a 200 means stored).
+#[derive(Message, Clone)]
+#[rtype(result = "Result<()>")]
+pub struct StageJoinPdus {
+    pub origin: String,
+    /// The order of the first PDU (the rest follow it).
+    pub first_seq: i64,
+    /// The PDUs' JSON, as received.
+    pub pdus: Vec<String>,
+}
+
+/// Linearized Matrix: removes the staged PDUs up to `upto_seq` (taken, or dropped with a join
+/// that did not complete).
+#[derive(Message, Clone)]
+#[rtype(result = "Result<()>")]
+pub struct UnstageJoinPdus {
+    pub upto_seq: i64,
+}

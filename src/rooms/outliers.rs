@@ -132,8 +132,30 @@ pub async fn store(
     Ok(rejected)
 }
 
+/// Has the room's actor store an event fetched with the state before it (a missing prev
+/// event, with the `/state` answer at it): an outlier whose `state_before` is a new full
+/// state group of `state`. An event already held without a state gets this one.
+pub async fn store_with_state(
+    core: &Core,
+    rooms: &RoomRegistry,
+    room_id: &str,
+    pdu: Pdu,
+    state: crate::storage::state::StateDelta,
+) -> Result<()> {
+    let group = NewGroup {
+        id: core.next_state_group(),
+        parent: None,
+        entries: state,
+    };
+    let row = NewEvent {
+        state_before: Some(group.id),
+        ..super::persist::event_row(&pdu, room_id, None)
+    };
+    store_rows(rooms, room_id, vec![group], vec![row]).await
+}
+
 /// Hands outlier rows (and the state groups they name) to the room's actor, which writes them.
-pub async fn store_rows(
+async fn store_rows(
     rooms: &RoomRegistry,
     room_id: &str,
     groups: Vec<NewGroup>,

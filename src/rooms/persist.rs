@@ -1,5 +1,8 @@
-//! The write job of a room actor's batch: everything a batch of new events changes, written
-//! in one transaction (the writer wraps the job in a savepoint inside its group commit).
+//! The write jobs of a room actor: everything a batch of new events changes, written in one
+//! transaction (the writer wraps the job in a savepoint inside its group commit), and the few
+//! writes of a room that are not events of its DAG (an out-of-band membership, a declined
+//! out-of-band invite, Linearized join staging). Only the room actor runs them; each checks
+//! the cluster fence first. [`event_row`] is the one conversion of a checked PDU into a row.
 
 use weft_protocol::Pdu;
 
@@ -8,7 +11,7 @@ use crate::storage::state::{self, StateDelta};
 use crate::storage::{AnyConnection, StorageResult, rooms};
 
 /// A new state group to store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewGroup {
     pub id: i64,
     /// The parent group and its delta depth (`None` = full snapshot in `entries`).
@@ -93,6 +96,109 @@ pub fn event_row(pdu: &Pdu, room_id: &str, stream: Option<i64>) -> NewEvent {
 
 fn server_of(user: &str) -> &str {
     user.split_once(':').map(|(_, s)| s).unwrap_or_default()
+}
+
+/// An out-of-band membership of a local user in a room we may hold no copy of (an invite or
+/// knock kept apart, or our leave a remote server took): the event as an outlier and the
+/// user's membership row, refused (`Ok(false)`, nothing written) when the room is one we hold
+/// and the user is joined or banned there: that membership changes only by the room's events.
+#[derive(Debug, Clone)]
+pub struct OutOfBandMembership {
+    pub room_id: String,
+    /// The version to remember for a room we do not hold.
+    pub version: String,
+    pub row: NewEvent,
+    pub change: MembershipChange,
+}
+
+/// Memberships an out-of-band one never replaces in a room we hold.
+fn decided_by_room(membership: &str) -> bool {
+    matches!(membership, "join" | "ban")
+}
+
+impl OutOfBandMembership {
+    pub fn run(self, conn: &mut AnyConnection) -> StorageResult<bool> {
+        crate::storage::cluster::check_fence(conn, &self.room_id)?;
+        let known = rooms::get_room(conn, &self.room_id)?.is_some();
+        if known
+            && rooms::get_membership(conn, &self.room_id, &self.change.user_id)?
+                .is_some_and(|m| decided_by_room(&m.membership))
+        {
+            return Ok(false);
+        }
+        events::insert_event(conn, &self.row)?;
+        // A room we are in keeps its own version row; others get the version recorded.
+        if !known {
+            rooms::set_known_version(conn, &self.room_id, &self.version)?;
+        }
+        let m = &self.change;
+        rooms::set_membership(
+            conn,
+            &self.room_id,
+            &m.user_id,
+            &m.membership,
+            &m.event_id,
+            m.stream,
+            &m.sender,
+            m.invite_state.as_deref(),
+        )?;
+        Ok(true)
+    }
+}
+
+/// A local user declining an out-of-band invite (or withdrawing a knock) nobody could be told
+/// about: the membership becomes `leave`. Only an `invite` or `knock` is replaced (`Ok(false)`
+/// otherwise, nothing written).
+pub fn decline_out_of_band(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    user_id: &str,
+    stream: i64,
+) -> StorageResult<bool> {
+    crate::storage::cluster::check_fence(conn, room_id)?;
+    let Some(m) = rooms::get_membership(conn, room_id, user_id)? else {
+        return Ok(false);
+    };
+    if !matches!(m.membership.as_str(), "invite" | "knock") {
+        return Ok(false);
+    }
+    rooms::set_membership(
+        conn,
+        room_id,
+        user_id,
+        "leave",
+        &m.event_id,
+        stream,
+        user_id,
+        None,
+    )?;
+    Ok(true)
+}
+
+/// Linearized join staging: PDUs a hub sent while our join is in progress, written before the
+/// `/send` that carried them is answered (`seq` orders them).
+pub fn stage_join(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    origin: &str,
+    first_seq: i64,
+    pdus: &[String],
+) -> StorageResult<()> {
+    crate::storage::cluster::check_fence(conn, room_id)?;
+    crate::storage::linearized::stage_join_pdus(
+        conn,
+        room_id,
+        origin,
+        first_seq,
+        pdus,
+        crate::storage::now_ms(),
+    )
+}
+
+/// Removes staged PDUs up to `upto_seq` (taken, or dropped with a join that failed).
+pub fn unstage_join(conn: &mut AnyConnection, room_id: &str, upto_seq: i64) -> StorageResult<()> {
+    crate::storage::cluster::check_fence(conn, room_id)?;
+    crate::storage::linearized::unstage_join_pdus(conn, room_id, upto_seq)
 }
 
 impl PersistBatch {
@@ -191,7 +297,6 @@ impl PersistBatch {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     fn row(id: &str, stream: Option<i64>) -> NewEvent {
         NewEvent {
@@ -359,5 +464,167 @@ mod tests {
         for (name, batch, want) in cases {
             assert_eq!(batch.is_history_only(), want, "{name}");
         }
+    }
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::json;
+    use weft_protocol::RoomVersion;
+
+    use super::*;
+    use crate::config::Config;
+
+    const ROOM: &str = "!r:remote.test";
+    const ALICE: &str = "@alice:local.test";
+
+    struct TempCore {
+        core: std::sync::Arc<crate::core::Core>,
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for TempCore {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn open() -> TempCore {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("weft-persist-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config {
+            server_name: "local.test".into(),
+            data_dir: dir.clone(),
+            ..Config::default()
+        };
+        let core = crate::core::Core::open(config).expect("open core");
+        TempCore { core, dir }
+    }
+
+    fn member_event(id: &str, sender: &str, membership: &str) -> Pdu {
+        let json = json!({
+            "event_id": id, "type": "m.room.member", "state_key": ALICE, "room_id": ROOM,
+            "sender": sender, "content": {"membership": membership}, "origin_server_ts": 1,
+            "depth": 5, "prev_events": [], "auth_events": [], "hashes": {"sha256": "h"},
+            "signatures": {},
+        });
+        Pdu::from_received(json, RoomVersion::V1).expect("pdu")
+    }
+
+    fn out_of_band(pdu: &Pdu, stream: i64) -> OutOfBandMembership {
+        OutOfBandMembership {
+            room_id: ROOM.into(),
+            version: "1".into(),
+            row: event_row(pdu, ROOM, None),
+            change: MembershipChange {
+                user_id: ALICE.into(),
+                membership: pdu.membership().unwrap_or_default(),
+                sender: pdu.sender().to_string(),
+                event_id: pdu.event_id().to_string(),
+                stream,
+                invite_state: Some("[]".into()),
+            },
+        }
+    }
+
+    fn membership(t: &TempCore) -> Option<(String, String)> {
+        t.core
+            .db
+            .read_blocking(|c| rooms::get_membership(c, ROOM, ALICE))
+            .expect("read")
+            .map(|m| (m.membership, m.event_id))
+    }
+
+    #[test]
+    fn an_out_of_band_invite_is_kept_for_a_room_we_do_not_hold() {
+        let t = open();
+        let invite = member_event("$inv:remote.test", "@eve:remote.test", "invite");
+        let job = out_of_band(&invite, 1);
+        let ok = t.core.db.write_blocking(ROOM, move |c| job.run(c));
+        assert!(
+            ok.expect("write"),
+            "an invite to an unknown room is recorded"
+        );
+        assert_eq!(
+            membership(&t),
+            Some(("invite".into(), "$inv:remote.test".into()))
+        );
+        let version = t
+            .core
+            .db
+            .read_blocking(|c| rooms::room_version(c, ROOM))
+            .expect("read");
+        assert_eq!(version.as_deref(), Some("1"));
+        let row = t
+            .core
+            .db
+            .read_blocking(|c| events::get_event(c, "$inv:remote.test"))
+            .expect("read")
+            .expect("the invite is stored");
+        assert!(
+            row.outlier && row.stream_ordering.is_none(),
+            "kept as an outlier"
+        );
+    }
+
+    #[test]
+    fn an_out_of_band_membership_never_replaces_a_join_or_a_ban() {
+        for held in ["join", "ban"] {
+            let t = open();
+            t.core
+                .db
+                .write_blocking(ROOM, move |c| {
+                    rooms::insert_room(c, ROOM, "1", None, 0)?;
+                    rooms::set_membership(c, ROOM, ALICE, held, "$held:x", 1, ALICE, None)
+                })
+                .expect("seed");
+            let invite = member_event("$inv:remote.test", "@eve:remote.test", "invite");
+            let job = out_of_band(&invite, 2);
+            let ok = t.core.db.write_blocking(ROOM, move |c| job.run(c));
+            assert!(!ok.expect("write"), "an invite over a {held} is refused");
+            assert_eq!(membership(&t), Some((held.into(), "$held:x".into())));
+            let row = t
+                .core
+                .db
+                .read_blocking(|c| events::get_event(c, "$inv:remote.test"))
+                .expect("read");
+            assert!(row.is_none(), "nothing is written when refused");
+        }
+    }
+
+    #[test]
+    fn declining_replaces_only_an_invite_or_a_knock() {
+        for (held, declined) in [
+            ("invite", true),
+            ("knock", true),
+            ("join", false),
+            ("ban", false),
+            ("leave", false),
+        ] {
+            let t = open();
+            t.core
+                .db
+                .write_blocking(ROOM, move |c| {
+                    rooms::set_membership(c, ROOM, ALICE, held, "$m:x", 1, "@eve:x", None)
+                })
+                .expect("seed");
+            let changed = t
+                .core
+                .db
+                .write_blocking(ROOM, |c| decline_out_of_band(c, ROOM, ALICE, 2))
+                .expect("write");
+            assert_eq!(changed, declined, "declining over {held}");
+            let want = if declined { "leave" } else { held };
+            assert_eq!(membership(&t), Some((want.into(), "$m:x".into())), "{held}");
+        }
+        let t = open();
+        let changed = t
+            .core
+            .db
+            .write_blocking(ROOM, |c| decline_out_of_band(c, ROOM, ALICE, 2))
+            .expect("write");
+        assert!(!changed, "no membership: nothing to decline");
+        assert_eq!(membership(&t), None);
     }
 }

@@ -6,9 +6,15 @@
 //! message itself, as JSON, and its answer. Errors cross as `(errcode, message)` and come back
 //! as the matching [`Error`]. A node that is asked about a room it does not own (the two
 //! nodes' views of the live set differ for a moment) answers [`Reply::NotOwner`], and the
-//! sender routes again. Messages without a wire form ([`Forward::encode`] answers `None`:
-//! building an invite, backfilled history, Linearized Matrix) run where they arrive, on an
-//! actor loaded from the database; their writes are fenced like any other.
+//! sender routes again. Every message that writes a room crosses, so the owner's actor makes
+//! the write under its lease: besides events and inbound PDUs, outliers (`StoreOutliers`),
+//! backfilled history (`AppendHistory`, rows and state groups as the sender built them) and
+//! the room's writes that are not DAG events (an out-of-band membership, a declined
+//! out-of-band invite, Linearized join staging). Messages without a wire form
+//! ([`Forward::encode`] answers `None`: building an invite, the Linearized Matrix hub and
+//! participant messages) run where they arrive, on an actor loaded from the database; their
+//! writes are fenced like any other (on a node that does not own the room they are refused,
+//! not written).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +26,9 @@ use weft_protocol::builder::EventDraft;
 use weft_protocol::{Pdu, RoomVersion};
 
 use super::messages::{
-    GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot, SendEvent, TxnKey,
+    AppendHistory, DeclineOutOfBand, GetSnapshot, InboundOutcome, InboundPdus, InitRoom,
+    RecordOutOfBand, RoomSnapshot, SendEvent, StageJoinPdus, StoreOutliers, TxnKey,
+    UnstageJoinPdus,
 };
 use super::state::CurrentState;
 use crate::error::{Error, Result};
@@ -64,6 +72,30 @@ pub enum Body {
         pdus: Vec<(PduWire, Option<Vec<StateEntry>>)>,
     },
     Snapshot,
+    OutOfBand {
+        version: String,
+        pdu: PduWire,
+        stripped: Vec<Value>,
+    },
+    Decline {
+        user_id: String,
+    },
+    Stage {
+        origin: String,
+        first_seq: i64,
+        pdus: Vec<String>,
+    },
+    Unstage {
+        upto_seq: i64,
+    },
+    Outliers {
+        groups: Vec<super::persist::NewGroup>,
+        rows: Vec<crate::storage::events::NewEvent>,
+    },
+    History {
+        groups: Vec<super::persist::NewGroup>,
+        events: Vec<(PduWire, crate::storage::events::NewEvent)>,
+    },
 }
 
 /// One entry of the state before a PDU: `(type, state key, event ID)`.
@@ -394,6 +426,58 @@ impl Forward for GetSnapshot {
     }
 }
 
+/// Messages answering `Result<()>`, forwarded as `body`.
+macro_rules! forwarded_unit {
+    ($($t:ty => |$m:ident| $body:expr),* $(,)?) => {$(
+        impl Forward for $t {
+            fn encode(&self) -> Option<Request> {
+                let $m = self;
+                Some(Request {
+                    room_id: String::new(),
+                    body: $body,
+                })
+            }
+            fn reply_to_wire(r: &Self::Result) -> Value {
+                result_to_wire(r, |()| Value::Null)
+            }
+            fn reply_from_wire(v: Value) -> Result<Self::Result> {
+                result_from_wire(v, |_| Ok(()))
+            }
+        }
+    )*};
+}
+
+forwarded_unit!(
+    RecordOutOfBand => |m| Body::OutOfBand {
+        version: m.version.as_str().to_owned(),
+        pdu: pdu_to_wire(&m.pdu),
+        stripped: m.stripped.clone(),
+    },
+    DeclineOutOfBand => |m| Body::Decline {
+        user_id: m.user_id.clone(),
+    },
+    StageJoinPdus => |m| Body::Stage {
+        origin: m.origin.clone(),
+        first_seq: m.first_seq,
+        pdus: m.pdus.clone(),
+    },
+    UnstageJoinPdus => |m| Body::Unstage {
+        upto_seq: m.upto_seq,
+    },
+    StoreOutliers => |m| Body::Outliers {
+        groups: m.groups.clone(),
+        rows: m.rows.clone(),
+    },
+    AppendHistory => |m| Body::History {
+        groups: m.groups.clone(),
+        events: m
+            .events
+            .iter()
+            .map(|(p, row)| (pdu_to_wire(p), row.clone()))
+            .collect(),
+    },
+);
+
 macro_rules! runs_where_it_arrives {
     ($($t:ty),* $(,)?) => {$(
         impl Forward for $t {
@@ -412,8 +496,6 @@ macro_rules! runs_where_it_arrives {
 
 runs_where_it_arrives!(
     super::messages::BuildEvent,
-    super::messages::AppendHistory,
-    super::messages::StoreOutliers,
     super::linearized::HubAppend,
     super::linearized::ParticipantReceive,
 );
@@ -520,6 +602,56 @@ async fn run(rooms: &super::RoomRegistry, req: Request) -> Result<Option<Value>>
             here!(msg, InboundPdus)
         }
         Body::Snapshot => here!(GetSnapshot, GetSnapshot),
+        Body::OutOfBand {
+            version,
+            pdu,
+            stripped,
+        } => {
+            let version = version_from(&version)?;
+            let msg = RecordOutOfBand {
+                pdu: Arc::new(pdu_from_wire(pdu, version)?),
+                version,
+                stripped,
+            };
+            here!(msg, RecordOutOfBand)
+        }
+        Body::Decline { user_id } => here!(DeclineOutOfBand { user_id }, DeclineOutOfBand),
+        Body::Stage {
+            origin,
+            first_seq,
+            pdus,
+        } => {
+            let msg = StageJoinPdus {
+                origin,
+                first_seq,
+                pdus,
+            };
+            here!(msg, StageJoinPdus)
+        }
+        Body::Unstage { upto_seq } => here!(UnstageJoinPdus { upto_seq }, UnstageJoinPdus),
+        Body::Outliers { groups, rows } => here!(StoreOutliers { groups, rows }, StoreOutliers),
+        Body::History { groups, events } => {
+            let events = if events.is_empty() {
+                Vec::new()
+            } else {
+                // Backfill is for rooms we hold: their version is stored.
+                let r = room_id.to_string();
+                let stored = rooms
+                    .core
+                    .db
+                    .read(move |c| crate::storage::rooms::room_version(c, &r))
+                    .await?;
+                let version = stored
+                    .as_deref()
+                    .and_then(RoomVersion::parse)
+                    .ok_or_else(|| Error::not_found("unknown room"))?;
+                events
+                    .into_iter()
+                    .map(|(p, row)| Ok((Arc::new(pdu_from_wire(p, version)?), row)))
+                    .collect::<Result<_>>()?
+            };
+            here!(AppendHistory { groups, events }, AppendHistory)
+        }
     }
 }
 
@@ -564,6 +696,139 @@ mod tests {
     fn a_garbled_answer_is_an_error_not_a_panic() {
         assert!(SendEvent::reply_from_wire(serde_json::json!({"what": 1})).is_err());
         assert!(InboundPdus::reply_from_wire(serde_json::json!("x")).is_err());
+    }
+
+    #[test]
+    fn the_room_writes_that_are_not_dag_events_cross() {
+        let json = serde_json::json!({
+            "event_id": "$inv:remote.test", "type": "m.room.member",
+            "state_key": "@alice:local.test", "room_id": "!r:remote.test",
+            "sender": "@eve:remote.test", "content": {"membership": "invite"},
+            "origin_server_ts": 1, "depth": 5, "prev_events": [], "auth_events": [],
+            "hashes": {"sha256": "h"}, "signatures": {},
+        });
+        let pdu = Pdu::from_received(json, RoomVersion::V1).unwrap();
+        let msg = RecordOutOfBand {
+            pdu: Arc::new(pdu),
+            version: RoomVersion::V1,
+            stripped: vec![serde_json::json!({"type": "m.room.name"})],
+        };
+        let wire = serde_json::to_vec(&msg.encode().unwrap()).unwrap();
+        let back: Request = serde_json::from_slice(&wire).unwrap();
+        let Body::OutOfBand {
+            version,
+            pdu,
+            stripped,
+        } = back.body
+        else {
+            panic!("not an out-of-band membership: {:?}", back.body);
+        };
+        assert_eq!(version, "1");
+        assert_eq!(
+            pdu_from_wire(pdu, RoomVersion::V1)
+                .unwrap()
+                .event_id()
+                .as_str(),
+            "$inv:remote.test"
+        );
+        assert_eq!(stripped, msg.stripped);
+        let stage = StageJoinPdus {
+            origin: "hub.test".into(),
+            first_seq: 7,
+            pdus: vec!["{}".into()],
+        };
+        let wire = serde_json::to_vec(&stage.encode().unwrap()).unwrap();
+        match serde_json::from_slice::<Request>(&wire).unwrap().body {
+            Body::Stage {
+                origin,
+                first_seq,
+                pdus,
+            } => assert_eq!(
+                (origin.as_str(), first_seq, pdus),
+                ("hub.test", 7, stage.pdus)
+            ),
+            other => panic!("not staging: {other:?}"),
+        }
+        assert!(
+            DeclineOutOfBand {
+                user_id: "@a:b".into()
+            }
+            .encode()
+            .is_some()
+        );
+        assert!(UnstageJoinPdus { upto_seq: 1 }.encode().is_some());
+        // A refusal crosses as the same 403.
+        let refused: Result<()> = Err(Error::forbidden("decided by the room's state"));
+        let back =
+            RecordOutOfBand::reply_from_wire(RecordOutOfBand::reply_to_wire(&refused)).unwrap();
+        assert_eq!(back.unwrap_err().errcode(), "M_FORBIDDEN");
+        let done: Result<()> = Ok(());
+        assert!(
+            StageJoinPdus::reply_from_wire(StageJoinPdus::reply_to_wire(&done))
+                .unwrap()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn outliers_and_history_cross_with_their_rows_and_groups() {
+        let json = serde_json::json!({
+            "event_id": "$o:remote.test", "type": "m.room.topic", "state_key": "",
+            "room_id": "!r:remote.test", "sender": "@eve:remote.test",
+            "content": {"topic": "t"}, "origin_server_ts": 1, "depth": 3,
+            "prev_events": [], "auth_events": [], "hashes": {"sha256": "h"}, "signatures": {},
+        });
+        let pdu = Pdu::from_received(json, RoomVersion::V1).unwrap();
+        let group = super::super::persist::NewGroup {
+            id: 41,
+            parent: Some((40, 2)),
+            entries: vec![
+                (
+                    ("m.room.topic".into(), "".into()),
+                    Some("$o:remote.test".into()),
+                ),
+                (("m.room.name".into(), "".into()), None),
+            ],
+        };
+        let row = crate::storage::events::NewEvent {
+            rejected: Some("auth".into()),
+            state_before: Some(41),
+            ..super::super::persist::event_row(&pdu, "!r:remote.test", None)
+        };
+        let msg = StoreOutliers {
+            groups: vec![group.clone()],
+            rows: vec![row.clone()],
+        };
+        let wire = serde_json::to_vec(&msg.encode().unwrap()).unwrap();
+        match serde_json::from_slice::<Request>(&wire).unwrap().body {
+            Body::Outliers { groups, rows } => {
+                assert_eq!(groups.len(), 1);
+                assert_eq!((groups[0].id, groups[0].parent), (41, Some((40, 2))));
+                assert_eq!(groups[0].entries, group.entries);
+                assert_eq!(rows.len(), 1);
+                assert_eq!(rows[0].event_id, "$o:remote.test");
+                assert_eq!(rows[0].rejected.as_deref(), Some("auth"));
+                assert_eq!(rows[0].state_before, Some(41));
+                assert!(rows[0].outlier);
+                assert_eq!(rows[0].json, row.json);
+            }
+            other => panic!("not outliers: {other:?}"),
+        }
+        let msg = AppendHistory {
+            groups: vec![group],
+            events: vec![(Arc::new(pdu), row)],
+        };
+        let wire = serde_json::to_vec(&msg.encode().unwrap()).unwrap();
+        match serde_json::from_slice::<Request>(&wire).unwrap().body {
+            Body::History { groups, events } => {
+                assert_eq!(groups.len(), 1);
+                assert_eq!(events.len(), 1);
+                let back = pdu_from_wire(events[0].0.clone(), RoomVersion::V1).unwrap();
+                assert_eq!(back.event_id().as_str(), "$o:remote.test");
+                assert_eq!(events[0].1.event_id, "$o:remote.test");
+            }
+            other => panic!("not history: {other:?}"),
+        }
     }
 
     #[test]

@@ -25,8 +25,8 @@ pub struct EventRow {
     pub redacted_by: Option<String>,
 }
 
-/// An event to store.
-#[derive(Debug, Clone, Insertable)]
+/// An event to store (serializable: a room actor's batch may cross cluster nodes).
+#[derive(Debug, Clone, Insertable, serde::Serialize, serde::Deserialize)]
 #[diesel(table_name = events)]
 pub struct NewEvent {
     pub event_id: String,

@@ -46,6 +46,7 @@ both_backends!(
     duplicate_pdus_are_harmless,
     forks_with_conflicting_state_resolve_whatever_the_arrival_order,
     an_invite_never_overwrites_a_join_or_a_ban,
+    an_out_of_band_invite_is_kept_apart_and_declined_here,
     history_is_served_only_to_servers_in_the_room,
     a_gap_filled_from_a_state_answer_that_repeats_its_events_lands,
     a_rejected_event_stays_rejected_through_get_missing_events,
@@ -1595,6 +1596,109 @@ fn an_invite_never_overwrites_a_join_or_a_ban(backend: Backend) {
     assert!(
         rooms["invite"].get(&s.room).is_some(),
         "carol's /sync shows no invite: {rooms}"
+    );
+    s.weft.assert_healthy();
+}
+
+/// An invite to a room weft holds no copy of is kept out of band (through that room's actor,
+/// which holds nothing else of it) and shown to the invitee; declined while the inviting
+/// server refuses `make_leave`, it becomes a leave here. Neither touches a room the invitee
+/// is joined to, and the same server's second invite after the decline is shown again.
+fn an_out_of_band_invite_is_kept_apart_and_declined_here(backend: Backend) {
+    let mut s = Scene::on(backend);
+    let alice = alice_id(&s);
+    let elsewhere = s.peer.create_room("mallory").expect("a room on the peer");
+    let version = s.peer.room_version(&elsewhere).expect("version");
+    let invite = |s: &Scene, fed: &mut FedClient| {
+        let draft = EventDraft {
+            origin_server_ts: fedpeer::peer::now_ms(),
+            ..EventDraft::state(
+                "m.room.member",
+                &alice,
+                s.peer.user("mallory"),
+                json!({"membership": "invite"}),
+            )
+        };
+        let pdu = s.peer.build(&elsewhere, &draft).expect("build invite");
+        let body = json!({
+            "room_version": version.as_str(),
+            "event": pdu.to_federation_value(),
+            "invite_room_state": [],
+        });
+        fed.request(
+            "PUT",
+            &format!(
+                "/_matrix/federation/v2/invite/{}/{}",
+                enc(&elsewhere),
+                enc(pdu.event_id().as_str())
+            ),
+            Some(&body),
+        )
+        .expect("invite request")
+    };
+    let mut fed = s.peer.client(&s.weft.server_name).expect("client");
+    let r = invite(&s, &mut fed);
+    assert_eq!(
+        r.status,
+        200,
+        "an invite to a room weft does not hold: {}",
+        r.text()
+    );
+    let rooms = sync_rooms(&mut s.alice);
+    assert!(
+        rooms["invite"].get(&elsewhere).is_some(),
+        "alice's /sync shows no out-of-band invite: {rooms}"
+    );
+    assert_still_joined(&mut s, "after an out-of-band invite to another room");
+
+    // The inviting server cannot take the decline: it is recorded here.
+    s.peer.script(
+        "GET",
+        "/_matrix/federation/v1/make_leave/",
+        500,
+        json!({"errcode": "M_UNKNOWN", "error": "down for maintenance"}),
+    );
+    let before = s
+        .alice
+        .call_ok("GET", "/_matrix/client/v3/sync?timeout=0", None)
+        .expect("sync")["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    s.alice
+        .call_ok(
+            "POST",
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&elsewhere)),
+            Some(&json!({})),
+        )
+        .expect("alice declines");
+    let after = s
+        .alice
+        .call_ok(
+            "GET",
+            &format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&before)),
+            None,
+        )
+        .expect("sync");
+    assert!(
+        after["rooms"]["leave"].get(&elsewhere).is_some(),
+        "the decline does not reach /sync as a leave: {after}"
+    );
+    let rooms = sync_rooms(&mut s.alice);
+    assert!(
+        rooms["invite"].get(&elsewhere).is_none(),
+        "the declined invite is still shown: {}",
+        rooms["invite"]
+    );
+    assert_still_joined(&mut s, "after declining an out-of-band invite");
+
+    // A new invite after the decline is kept again.
+    let r = invite(&s, &mut fed);
+    assert_eq!(r.status, 200, "a second invite: {}", r.text());
+    let rooms = sync_rooms(&mut s.alice);
+    assert!(
+        rooms["invite"].get(&elsewhere).is_some(),
+        "the second invite is not shown: {rooms}"
     );
     s.weft.assert_healthy();
 }

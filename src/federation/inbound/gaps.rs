@@ -22,10 +22,8 @@ use crate::federation::FederationOf;
 use crate::federation::client::enc;
 use crate::rooms::messages::{GetSnapshot, InboundOutcome, InboundPdus};
 use crate::rooms::outliers;
-use crate::rooms::persist::NewGroup;
 use crate::services::Services;
 use crate::storage::events;
-use crate::storage::events::NewEvent;
 use crate::storage::state::StateDelta;
 
 const MISSING_EVENTS_LIMIT: u64 = 50;
@@ -181,20 +179,7 @@ async fn fetch_state_at(
     if prev_pdu.event_id().as_str() != prev {
         return false;
     }
-    store_with_state(s, room_id, prev_pdu, state).await
-}
-
-async fn store_with_state(s: &Services, room_id: &str, pdu: Pdu, state: StateDelta) -> bool {
-    let group = NewGroup {
-        id: s.core.next_state_group(),
-        parent: None,
-        entries: state,
-    };
-    let row = NewEvent {
-        state_before: Some(group.id),
-        ..crate::rooms::persist::event_row(&pdu, room_id, None)
-    };
-    outliers::store_rows(&s.rooms, room_id, vec![group], vec![row])
+    outliers::store_with_state(&s.core, &s.rooms, room_id, prev_pdu, state)
         .await
         .map_err(|e| tracing::warn!(error = %e, "could not store a prev event with its state"))
         .is_ok()

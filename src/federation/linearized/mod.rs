@@ -38,6 +38,7 @@ use weft_protocol::RoomVersion;
 
 use super::inbound::send;
 use crate::rooms::linearized::{FanoutChange, Role};
+use crate::rooms::messages::{StageJoinPdus, UnstageJoinPdus};
 use crate::services::Services;
 use crate::storage::rooms;
 
@@ -66,8 +67,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Rooms being joined right now. A hub may fan our join, and what follows it, out before it
-/// answers our `send_join`: such PDUs are *staged* in the database (`lm_join_staging`)
-/// before the `/send` that carried them is answered, and taken out, in order, when the join
+/// answers our `send_join`: such PDUs are *staged* in the database (`lm_join_staging`, by
+/// the room's actor: `StageJoinPdus`) before the `/send` that carried them is answered, and taken out, in order, when the join
 /// completes ([`take_staged`]) or at start-up ([`resume_staged`]) — a 200 means stored.
 static JOINING: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
 
@@ -84,25 +85,26 @@ pub(crate) fn end_join(room: &str) {
     JOINING.lock().remove(room);
 }
 
-/// Writes PDUs that arrived for a room being joined; `Err` means they are not acknowledged.
+/// Has the room's actor stage PDUs that arrived for a room being joined; `Err` means they
+/// are not acknowledged.
 async fn stage(s: &Services, origin: &str, room: &str, raws: &[Value]) -> crate::error::Result<()> {
     let pdus: Vec<String> = raws.iter().map(Value::to_string).collect();
-    let first = STAGE_SEQ.fetch_add(pdus.len() as i64, Ordering::Relaxed);
-    let (r, o) = (room.to_owned(), origin.to_owned());
-    s.core
-        .db
-        .write(room, move |c| {
-            crate::storage::linearized::stage_join_pdus(
-                c,
-                &r,
-                &o,
-                first,
-                &pdus,
-                crate::storage::now_ms(),
-            )
-        })
-        .await?;
-    Ok(())
+    let first_seq = STAGE_SEQ.fetch_add(pdus.len() as i64, Ordering::Relaxed);
+    let room_id = OwnedRoomId::try_from(room)
+        .map_err(|_| crate::error::Error::bad_json("invalid room ID"))?;
+    let msg = StageJoinPdus {
+        origin: origin.to_owned(),
+        first_seq,
+        pdus,
+    };
+    s.rooms.send(&room_id, msg).await?
+}
+
+/// Has the room's actor remove the PDUs staged for a room up to `upto_seq`.
+async fn unstage(s: &Services, room: &str, upto_seq: i64) -> crate::error::Result<()> {
+    let room_id = OwnedRoomId::try_from(room)
+        .map_err(|_| crate::error::Error::bad_json("invalid room ID"))?;
+    s.rooms.send(&room_id, UnstageJoinPdus { upto_seq }).await?
 }
 
 /// Takes the PDUs staged for a room (oldest first) through the participant's path, then
@@ -132,15 +134,7 @@ pub(crate) async fn take_staged(s: &Services, hub: &str, room: &str) {
             .collect();
         tracing::debug!(room, count = raws.len(), "PDUs that arrived while joining");
         participant::receive(s, hub, room, raws).await;
-        let r = room.to_owned();
-        if let Err(e) = s
-            .core
-            .db
-            .write(room, move |c| {
-                crate::storage::linearized::unstage_join_pdus(c, &r, last)
-            })
-            .await
-        {
+        if let Err(e) = unstage(s, room, last).await {
             tracing::warn!(room, error = %e, "could not remove staged PDUs");
             return;
         }
@@ -170,14 +164,9 @@ pub async fn resume_staged(s: std::sync::Arc<Services>) {
                     room,
                     "dropping PDUs staged for a join that did not complete"
                 );
-                let r = room.clone();
-                let _ = s
-                    .core
-                    .db
-                    .write(&room, move |c| {
-                        crate::storage::linearized::unstage_join_pdus(c, &r, i64::MAX)
-                    })
-                    .await;
+                if let Err(e) = unstage(&s, &room, i64::MAX).await {
+                    tracing::warn!(room, error = %e, "could not drop staged PDUs");
+                }
             }
         }
     }

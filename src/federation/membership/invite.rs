@@ -12,70 +12,24 @@ pub struct InviteBody {
     invite_room_state: Vec<Value>,
 }
 
-/// Records an invite (or knock) of a local user to a room we may hold no copy of. Such an
-/// out-of-band membership never replaces a join (or ban) held in a room we know: that one
-/// changes only through the room's events (403 `M_FORBIDDEN` otherwise).
+/// Records an invite (or knock, or our leave a remote server took) of a local user to a room
+/// we may hold no copy of, through the room's actor (`RecordOutOfBand`). Such an out-of-band
+/// membership never replaces a join (or ban) held in a room we know: that one changes only
+/// through the room's events (403 `M_FORBIDDEN` otherwise).
 pub(crate) async fn record_remote_membership(
     s: &Services,
     pdu: &Pdu,
     version: RoomVersion,
     stripped: Vec<Value>,
 ) -> Result<()> {
-    let target = pdu.state_key().unwrap_or_default().to_owned();
-    let stream = s.core.notifier.allocate();
-    let row = crate::rooms::persist::event_row(pdu, pdu.room_id().as_str(), None);
-    let membership = pdu.membership().unwrap_or_default();
-    let (room, t, sender, eid) = (
-        pdu.room_id().to_string(),
-        target.clone(),
-        pdu.sender().to_string(),
-        pdu.event_id().to_string(),
-    );
-    let invite_state = Value::Array(stripped).to_string();
-    let res = s
-        .core
-        .db
-        .write(pdu.room_id().as_str(), move |c| {
-            let known = rooms::get_room(c, &room)?.is_some();
-            if known
-                && rooms::get_membership(c, &room, &t)?
-                    .is_some_and(|m| matches!(m.membership.as_str(), "join" | "ban"))
-            {
-                return Ok(false);
-            }
-            events::insert_event(c, &row)?;
-            // A room we are in keeps its own version row; others get the version recorded.
-            if !known {
-                rooms::set_known_version(c, &room, version.as_str())?;
-            }
-            rooms::set_membership(
-                c,
-                &room,
-                &t,
-                &membership,
-                &eid,
-                stream,
-                &sender,
-                Some(&invite_state),
-            )?;
-            Ok(true)
-        })
-        .await;
-    s.core.notifier.complete(
-        &[stream],
-        if matches!(res, Ok(true)) {
-            vec![target]
-        } else {
-            Vec::new()
-        },
-    );
-    if !res? {
-        tracing::info!(room = %pdu.room_id(), user = %pdu.state_key().unwrap_or_default(), "out-of-band membership refused: the user's membership in a room we know changes only by its events");
-        return Err(Error::forbidden(
-            "the user's membership in this room is decided by the room's state",
-        ));
-    }
-    Ok(())
+    let room_id = OwnedRoomId::try_from(pdu.room_id().as_str())
+        .map_err(|_| Error::bad_json("invalid room ID"))?;
+    let msg = crate::rooms::messages::RecordOutOfBand {
+        pdu: std::sync::Arc::new(pdu.clone()),
+        version,
+        stripped,
+    };
+    s.rooms.send(&room_id, msg).await?
 }
 
 /// An invite for a room we hold: checked against the room's current state like any event

@@ -97,32 +97,15 @@ pub async fn leave_remote(
     Err(last_err)
 }
 
-/// Records locally that a user declined a remote invite nobody could be told about.
+/// Records locally that a user declined a remote invite (or withdrew a knock) nobody could be
+/// told about, through the room's actor (`DeclineOutOfBand`).
 pub async fn forget_remote_invite(
     s: &Services,
     room: &OwnedRoomId,
     user: &OwnedUserId,
 ) -> Result<()> {
-    let stream = s.core.notifier.allocate();
-    let (r, u) = (room.to_string(), user.to_string());
-    let res = s
-        .core
-        .db
-        .write(room.as_str(), move |c| {
-            let Some(m) = rooms::get_membership(c, &r, &u)? else {
-                return Ok(());
-            };
-            rooms::set_membership(c, &r, &u, "leave", &m.event_id, stream, &u, None)
-        })
-        .await;
-    s.core.notifier.complete(
-        &[stream],
-        if res.is_ok() {
-            vec![user.to_string()]
-        } else {
-            Vec::new()
-        },
-    );
-    res?;
-    Ok(())
+    let msg = crate::rooms::messages::DeclineOutOfBand {
+        user_id: user.to_string(),
+    };
+    s.rooms.send(room, msg).await?
 }

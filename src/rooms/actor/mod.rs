@@ -69,6 +69,7 @@ mod append;
 mod flush;
 mod load;
 mod local;
+mod out_of_band;
 mod outliers;
 mod received;
 

@@ -278,21 +278,9 @@ pub fn plan(
         out.events.push((
             Arc::new(pdu.clone()),
             NewEvent {
-                event_id: id.clone(),
-                room_id: room_id.to_owned(),
-                stream_ordering: pos,
-                depth: pdu.depth().min(i64::MAX as u64) as i64,
-                event_type: pdu.kind_str(),
-                state_key: pdu.state_key().map(str::to_owned),
-                sender: pdu.sender().to_string(),
-                origin_server_ts: pdu.origin_server_ts().min(i64::MAX as u64) as i64,
-                json: pdu.to_canonical_string(),
                 state_before: rejected.is_none().then_some(group.0),
-                state_after: None,
-                outlier: rejected.is_some(),
                 rejected,
-                soft_failed: false,
-                redacted_by: None,
+                ..crate::rooms::persist::event_row(pdu, room_id, pos)
             },
         ));
     }
