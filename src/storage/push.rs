@@ -323,6 +323,8 @@ pub struct PusherRow {
     pub lang: String,
     pub data: String,
     pub created_ts: i64,
+    /// The device whose access token set it (`None` for pushers older than the column).
+    pub device_id: Option<String>,
 }
 
 pub fn pushers_of(conn: &mut AnyConnection, user_ids: &[String]) -> StorageResult<Vec<PusherRow>> {
@@ -379,6 +381,24 @@ pub fn delete_pusher(
     )
     .execute(conn)?;
     Ok(n > 0)
+}
+
+/// Removes the pushers a device's access token set, and their queue (the device is being
+/// deleted); how many there were.
+pub fn delete_pushers_of_device(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+) -> StorageResult<usize> {
+    let keys: Vec<(String, String)> = pushers::table
+        .filter(pushers::user_id.eq(user_id))
+        .filter(pushers::device_id.eq(device_id))
+        .select((pushers::app_id, pushers::pushkey))
+        .load(conn)?;
+    for (app_id, pushkey) in &keys {
+        delete_pusher(conn, user_id, app_id, pushkey)?;
+    }
+    Ok(keys.len())
 }
 
 /// Removes every pusher of a user, and their queue (deactivation).
