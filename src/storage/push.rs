@@ -296,6 +296,24 @@ pub fn events_to_evaluate(
         .load(conn)?)
 }
 
+/// The newest position of a state event in the room's timeline at or after `from` (any
+/// position, also past the frontier): when there is none, the room's current state is the
+/// state at every event from `from` on.
+pub fn last_state_change_from(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    from: i64,
+) -> StorageResult<Option<i64>> {
+    Ok(events::table
+        .filter(events::room_id.eq(room_id))
+        .filter(events::stream_ordering.ge(from))
+        .filter(events::state_key.is_not_null())
+        .filter(events::outlier.eq(false))
+        .filter(events::rejected.is_null())
+        .select(diesel::dsl::max(events::stream_ordering))
+        .first::<Option<i64>>(conn)?)
+}
+
 /// A room's joined members with the position of their join.
 pub fn joined_members(
     conn: &mut AnyConnection,
