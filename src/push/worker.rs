@@ -338,7 +338,16 @@ fn contexts_at_events(
         if !current.contains_key(room) {
             current.insert(room, state::current_state(conn, room)?);
         }
-        let at = state::load_group(conn, group)?;
+        // A group that cannot be read must not stall push for everyone: that event is
+        // evaluated at the current state instead.
+        let at = match state::load_group(conn, group) {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::warn!(error = %e, event = %ev.event_id, group,
+                    "push worker: cannot read the state at an event; using the current state");
+                continue;
+            }
+        };
         out.insert(
             group,
             ctx_at(conn, base, &current[&room], &at, server_suffix)?,

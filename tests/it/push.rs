@@ -1036,5 +1036,55 @@ fn evaluated_at_the_state_of_the_event(backend: Backend) {
         !carols.contains_key(&m1) && !carols.contains_key(&m2),
         "{carols:?}"
     );
+
+    // A state group that cannot be read does not stall the worker: that event falls back to
+    // the current state (where bob, renamed since, counts as a member from after it), the
+    // events behind it are still evaluated at their own state. (Read from the table:
+    // serving the event to clients needs its state too.)
+    srv.stop();
+    srv.execute(
+        "UPDATE events SET state_before = 987654321 WHERE event_id = ?",
+        &[&m1],
+    );
+    srv.execute("UPDATE push_progress SET stream = 0", &[]);
+    srv.execute("DELETE FROM push_notifications", &[]);
+    srv.start_again();
+    let stored = || -> std::collections::HashMap<String, Value> {
+        srv.query_text(
+            "SELECT event_id || ' ' || actions AS v FROM push_notifications WHERE user_id = ?",
+            &bob.user_id,
+        )
+        .into_iter()
+        .filter_map(|r| {
+            let (id, actions) = r.split_once(' ')?;
+            Some((id.to_owned(), serde_json::from_str(actions).ok()?))
+        })
+        .collect()
+    };
+    let third = wait_for(
+        Duration::from_secs(30),
+        "the later two evaluated a third time",
+        || {
+            let s = stored();
+            [&m2, &m3].iter().all(|m| s.contains_key(*m)).then_some(s)
+        },
+    );
+    let sound = |ev: &str| {
+        third[ev]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["set_tweak"] == "sound"))
+            .map(|x| x["value"].clone())
+    };
+    assert_eq!(
+        sound(&m2),
+        Some(json!("name")),
+        "the second, at its own state"
+    );
+    assert_eq!(sound(&m3), None, "the third, at its own state");
+    assert!(
+        srv.log()
+            .contains("cannot read the state at an event; using the current state"),
+        "the fallback is logged"
+    );
     srv.assert_no_panics();
 }
