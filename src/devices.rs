@@ -1,5 +1,7 @@
 //! Device lifecycle shared by logout, device deletion and password changes: removing a
-//! device removes its access tokens (and, with end-to-end encryption, its keys).
+//! device removes its access tokens, the pushers those tokens set (with their queued
+//! pushes; the spec ties a pusher to its access token's device) and, with end-to-end
+//! encryption, its keys.
 //!
 //! Last seen: every authenticated request records its device's time and peer address in
 //! memory ([`LastSeen::touch`], one map insert under a mutex); a background task writes
@@ -15,7 +17,7 @@ use crate::accounts::TokenCache;
 use crate::core::Core;
 use crate::e2ee;
 use crate::error::Result;
-use crate::storage::users;
+use crate::storage::{push, users};
 
 /// Deletes devices of a user and every token issued to them (dropped from `tokens`, the
 /// access-token cache, too). Each deletion is a device-list change, announced to the
@@ -38,6 +40,7 @@ pub async fn delete_devices(
         let mut wake = Vec::new();
         for (d, pos) in devices.iter().zip(positions) {
             hashes.extend(users::delete_device(c, &u, d)?);
+            push::delete_pushers_of_device(c, &u, d)?;
             wake.extend(e2ee::device_lists::forget_device(c, *pos, &u, d, &our)?);
         }
         Ok(e2ee::Written::new(hashes, wake))

@@ -14,8 +14,7 @@ use crate::services::Services;
 type Data = web::Data<Services>;
 
 async fn rules_json(s: &Services, user: &AuthedUser) -> Result<Value> {
-    let rules = push::ruleset(s, &user.user_id).await?;
-    serde_json::to_value(&rules).map_err(|e| Error::internal(e.to_string()))
+    push::ruleset_json(&push::ruleset(s, &user.user_id).await?)
 }
 
 pub async fn all(s: Data, user: AuthedUser) -> Result<HttpResponse> {
@@ -150,7 +149,7 @@ pub async fn set_pusher(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<HttpResponse> {
     let net = std::sync::Arc::clone(&s.push.net);
-    push::pushers::set(&s, &net, user.user_id.as_str(), &body).await?;
+    push::pushers::set(&s, &net, user.user_id.as_str(), &user.device_id, &body).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 

@@ -44,6 +44,18 @@ pub(crate) fn parse_ruleset(user_id: &UserId, stored: Option<Value>) -> Ruleset 
         .unwrap_or_else(|| Ruleset::server_default(user_id))
 }
 
+/// A ruleset as clients see it: every kind present, as an array even when empty (ruma leaves
+/// empty kinds out; Synapse always lists all five, and clients index them directly).
+pub fn ruleset_json(rules: &Ruleset) -> Result<Value> {
+    let mut v = serde_json::to_value(rules).map_err(|e| Error::internal(e.to_string()))?;
+    if let Some(map) = v.as_object_mut() {
+        for kind in ["override", "content", "room", "sender", "underride"] {
+            map.entry(kind).or_insert_with(|| json!([]));
+        }
+    }
+    Ok(v)
+}
+
 /// What push shares between its tasks and its handlers.
 pub struct PushState {
     /// The outbound network context for gateways (the address policy).
@@ -95,8 +107,7 @@ where
     modify_account_data(s, user_id.as_str(), "", ACCOUNT_DATA_TYPE, move |stored| {
         let mut rules = parse_ruleset(&uid, stored);
         f(&mut rules)?;
-        let global = serde_json::to_value(&rules).map_err(|e| Error::internal(e.to_string()))?;
-        Ok(json!({"global": global}))
+        Ok(json!({"global": ruleset_json(&rules)?}))
     })
     .await
 }

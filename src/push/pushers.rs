@@ -83,8 +83,15 @@ pub async fn list(s: &Services, user_id: &str) -> Result<Value> {
     Ok(json!({"pushers": rows.iter().map(pusher_json).collect::<Vec<_>>()}))
 }
 
-/// `POST /pushers/set`.
-pub async fn set(s: &Services, net: &Arc<NetContext>, user_id: &str, body: &Value) -> Result<()> {
+/// `POST /pushers/set`, by the access token of `device_id` (a new pusher belongs to that
+/// device, and goes when the device is deleted: `devices::delete_devices`).
+pub async fn set(
+    s: &Services,
+    net: &Arc<NetContext>,
+    user_id: &str,
+    device_id: &str,
+    body: &Value,
+) -> Result<()> {
     let change = rules::parse_pusher(body).map_err(pusher_error)?;
     let user = user_id.to_owned();
     match change {
@@ -110,6 +117,7 @@ pub async fn set(s: &Services, net: &Arc<NetContext>, user_id: &str, body: &Valu
                 lang: spec.lang,
                 data: Value::Object(spec.data).to_string(),
                 created_ts: storage::now_ms(),
+                device_id: Some(device_id.to_owned()),
             };
             let append = spec.append;
             // One shard for every pusher change: `append: false` touches other users' rows.

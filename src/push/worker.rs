@@ -16,9 +16,15 @@
 //! and every push is in the delivery queue (`gateway.rs`). The job takes a notifier
 //! position of its own, so the users' `/sync` wakes up and sees the new counts.
 //!
-//! Members are the room's current joined members who joined before the event (the worker
-//! runs right behind the commit, so this is the state at the event except for a member
-//! who left in between); power levels and display names are the current state's.
+//! Rules are evaluated against the room's state at the event (the state before it, as its
+//! state group records it): the members (their count, who is asked, their display names),
+//! the power levels, the room's name and alias. The worker runs right behind the commit,
+//! so that state is nearly always the current one: when no state event came at or after
+//! the event, the current state is used (the membership table and a few current-state
+//! entries). Otherwise (the worker is behind, a restart re-evaluates a batch, a member
+//! joined or left or was renamed right after) the event's state group is loaded and its
+//! differences from the current state are applied to the current context, so only the
+//! changed entries' events are read.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,13 +42,20 @@ use super::parse_ruleset;
 use crate::core::Core;
 use crate::storage::events::EventRow;
 use crate::storage::push::{self, NotificationRow, OutboxRow};
+use crate::storage::state::StateIds;
 use crate::storage::{self, AnyConnection, StorageResult, account, events, rooms, state};
 
-/// What evaluation needs of a room.
+/// What evaluation needs of a room, at one state of it.
+#[derive(Clone)]
 struct RoomCtx {
     room_id: OwnedRoomId,
+    version: RoomVersion,
+    creators: Vec<OwnedUserId>,
+    /// Every joined member.
+    joined: HashSet<String>,
     member_count: UInt,
-    /// Local joined members and the position of their join.
+    /// Local joined members and the position of their join (`i64::MIN` in a context made
+    /// from an event's own state, where every member listed was joined at the event).
     local: Vec<(String, i64)>,
     power_levels: PushConditionPowerLevelsCtx,
     display_names: HashMap<String, String>,
@@ -55,8 +68,22 @@ struct Batch {
     events: Vec<EventRow>,
     /// The position evaluated up to once the batch is done.
     upto: i64,
+    /// Each room's context at its current state.
     rooms: HashMap<String, RoomCtx>,
+    /// Contexts at the state groups of events that came before a state change, by group.
+    at_group: HashMap<i64, RoomCtx>,
     rules: HashMap<String, Ruleset>,
+}
+
+impl Batch {
+    /// The context to evaluate an event in: its own state's when that differs from the
+    /// current state, else the room's current one.
+    fn ctx_of(&self, ev: &EventRow) -> Option<&RoomCtx> {
+        ev.state_before
+            .and_then(|g| self.at_group.get(&g))
+            .filter(|c| c.room_id.as_str() == ev.room_id)
+            .or_else(|| self.rooms.get(&ev.room_id))
+    }
 }
 
 /// An event that notifies a user.
@@ -166,6 +193,7 @@ fn load_room(
         .unwrap_or(RoomVersion::V10);
     let members = push::joined_members(conn, room)?;
     let member_count = UInt::try_from(members.len() as u64).unwrap_or(UInt::MAX);
+    let joined: HashSet<String> = members.iter().map(|(u, _)| u.clone()).collect();
     let local: Vec<(String, i64)> = members
         .into_iter()
         .filter(|(u, _)| u.ends_with(server_suffix))
@@ -177,6 +205,7 @@ fn load_room(
         .and_then(|r| serde_json::from_str::<Value>(&r.json).ok());
     let creators = creators_of(create_json.as_ref(), create.map(|r| r.sender));
     let pl = content_of(conn, room, "m.room.power_levels", "")?;
+    let power_levels = power_levels_ctx(version, pl.as_ref(), creators.clone());
     let mut display_names = HashMap::new();
     let wanted: HashSet<&String> = local.iter().map(|(u, _)| u).chain(senders.iter()).collect();
     for u in wanted {
@@ -192,13 +221,139 @@ fn load_room(
         .and_then(|c| c["alias"].as_str().map(str::to_owned));
     Ok(Some(RoomCtx {
         room_id,
+        version,
+        creators,
+        joined,
         member_count,
         local,
-        power_levels: power_levels_ctx(version, pl.as_ref(), creators),
+        power_levels,
         display_names,
         room_name,
         room_alias,
     }))
+}
+
+/// The content of a state event by ID (`None` when it is missing or unreadable).
+fn content_by_id(conn: &mut AnyConnection, id: Option<&String>) -> StorageResult<Option<Value>> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    Ok(events::get_event(conn, id)?
+        .and_then(|r| serde_json::from_str::<Value>(&r.json).ok())
+        .map(|v| v["content"].clone()))
+}
+
+/// The context at another state of the room (`at`, an event's state group), made from the
+/// current context by applying the entries where `at` differs from `current`.
+fn ctx_at(
+    conn: &mut AnyConnection,
+    base: &RoomCtx,
+    current: &StateIds,
+    at: &StateIds,
+    server_suffix: &str,
+) -> StorageResult<RoomCtx> {
+    let mut ctx = base.clone();
+    let changed: HashSet<&(String, String)> = current
+        .keys()
+        .chain(at.keys())
+        .filter(|k| current.get(*k) != at.get(*k))
+        .collect();
+    for key in changed {
+        let content = content_by_id(conn, at.get(key))?;
+        let (kind, state_key) = (key.0.as_str(), key.1.as_str());
+        match kind {
+            "m.room.member" => {
+                let c = content.as_ref();
+                if c.is_some_and(|c| c["membership"] == "join") {
+                    ctx.joined.insert(state_key.to_owned());
+                } else {
+                    ctx.joined.remove(state_key);
+                }
+                match c.and_then(|c| c["displayname"].as_str()) {
+                    Some(d) => ctx.display_names.insert(state_key.to_owned(), d.to_owned()),
+                    None => ctx.display_names.remove(state_key),
+                };
+            }
+            "m.room.power_levels" if state_key.is_empty() => {
+                ctx.power_levels =
+                    power_levels_ctx(ctx.version, content.as_ref(), ctx.creators.clone());
+            }
+            "m.room.name" if state_key.is_empty() => {
+                ctx.room_name = content.and_then(|c| c["name"].as_str().map(str::to_owned));
+            }
+            "m.room.canonical_alias" if state_key.is_empty() => {
+                ctx.room_alias = content.and_then(|c| c["alias"].as_str().map(str::to_owned));
+            }
+            _ => {}
+        }
+    }
+    ctx.member_count = UInt::try_from(ctx.joined.len() as u64).unwrap_or(UInt::MAX);
+    let mut local: Vec<(String, i64)> = ctx
+        .joined
+        .iter()
+        .filter(|u| u.ends_with(server_suffix))
+        .map(|u| (u.clone(), i64::MIN))
+        .collect();
+    local.sort();
+    ctx.local = local;
+    Ok(ctx)
+}
+
+/// Contexts at the state groups of the batch's events that precede a state change of their
+/// room (a state event at or after them), by group.
+fn contexts_at_events(
+    conn: &mut AnyConnection,
+    events: &[EventRow],
+    rooms: &HashMap<String, RoomCtx>,
+    server_suffix: &str,
+) -> StorageResult<HashMap<i64, RoomCtx>> {
+    let mut first: HashMap<&str, i64> = HashMap::new();
+    for ev in events {
+        if let Some(s) = ev.stream_ordering {
+            first.entry(ev.room_id.as_str()).or_insert(s);
+        }
+    }
+    let mut out = HashMap::new();
+    let mut current: HashMap<&str, StateIds> = HashMap::new();
+    let mut last_change: HashMap<&str, Option<i64>> = HashMap::new();
+    for ev in events {
+        let (Some(stream), Some(group), Some(base)) =
+            (ev.stream_ordering, ev.state_before, rooms.get(&ev.room_id))
+        else {
+            continue;
+        };
+        let room = ev.room_id.as_str();
+        if !last_change.contains_key(room) {
+            let from = first.get(room).copied().unwrap_or(stream);
+            last_change.insert(room, push::last_state_change_from(conn, room, from)?);
+        }
+        let changed_since = last_change
+            .get(room)
+            .copied()
+            .flatten()
+            .is_some_and(|s| s >= stream);
+        if !changed_since || out.contains_key(&group) {
+            continue;
+        }
+        if !current.contains_key(room) {
+            current.insert(room, state::current_state(conn, room)?);
+        }
+        // A group that cannot be read must not stall push for everyone: that event is
+        // evaluated at the current state instead.
+        let at = match state::load_group(conn, group) {
+            Ok(at) => at,
+            Err(e) => {
+                tracing::warn!(error = %e, event = %ev.event_id, group,
+                    "push worker: cannot read the state at an event; using the current state");
+                continue;
+            }
+        };
+        out.insert(
+            group,
+            ctx_at(conn, base, &current[&room], &at, server_suffix)?,
+        );
+    }
+    Ok(out)
 }
 
 /// The local user an invite is for, when the event is one.
@@ -241,6 +396,10 @@ fn load_batch(
             rooms.insert(room.clone(), ctx);
         }
     }
+    let at_group = contexts_at_events(conn, &events, &rooms, server_suffix)?;
+    for ctx in at_group.values() {
+        users.extend(ctx.local.iter().map(|(u, _)| u.clone()));
+    }
     let mut rules = HashMap::new();
     for u in users {
         let Ok(uid) = OwnedUserId::try_from(u.as_str()) else {
@@ -254,6 +413,7 @@ fn load_batch(
         events,
         upto,
         rooms,
+        at_group,
         rules,
     })
 }
@@ -285,7 +445,7 @@ pub async fn evaluate(
 async fn evaluate_batch(batch: &Batch, server_suffix: &str, now: i64) -> Vec<Found> {
     let mut found = Vec::new();
     for ev in &batch.events {
-        let (Some(room), Some(stream)) = (batch.rooms.get(&ev.room_id), ev.stream_ordering) else {
+        let (Some(room), Some(stream)) = (batch.ctx_of(ev), ev.stream_ordering) else {
             continue;
         };
         let Ok(json) = serde_json::from_str::<Value>(&ev.json) else {

@@ -296,6 +296,24 @@ pub fn events_to_evaluate(
         .load(conn)?)
 }
 
+/// The newest position of a state event in the room's timeline at or after `from` (any
+/// position, also past the frontier): when there is none, the room's current state is the
+/// state at every event from `from` on.
+pub fn last_state_change_from(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    from: i64,
+) -> StorageResult<Option<i64>> {
+    Ok(events::table
+        .filter(events::room_id.eq(room_id))
+        .filter(events::stream_ordering.ge(from))
+        .filter(events::state_key.is_not_null())
+        .filter(events::outlier.eq(false))
+        .filter(events::rejected.is_null())
+        .select(diesel::dsl::max(events::stream_ordering))
+        .first::<Option<i64>>(conn)?)
+}
+
 /// A room's joined members with the position of their join.
 pub fn joined_members(
     conn: &mut AnyConnection,
@@ -323,6 +341,8 @@ pub struct PusherRow {
     pub lang: String,
     pub data: String,
     pub created_ts: i64,
+    /// The device whose access token set it (`None` for pushers older than the column).
+    pub device_id: Option<String>,
 }
 
 pub fn pushers_of(conn: &mut AnyConnection, user_ids: &[String]) -> StorageResult<Vec<PusherRow>> {
@@ -379,6 +399,24 @@ pub fn delete_pusher(
     )
     .execute(conn)?;
     Ok(n > 0)
+}
+
+/// Removes the pushers a device's access token set, and their queue (the device is being
+/// deleted); how many there were.
+pub fn delete_pushers_of_device(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+) -> StorageResult<usize> {
+    let keys: Vec<(String, String)> = pushers::table
+        .filter(pushers::user_id.eq(user_id))
+        .filter(pushers::device_id.eq(device_id))
+        .select((pushers::app_id, pushers::pushkey))
+        .load(conn)?;
+    for (app_id, pushkey) in &keys {
+        delete_pusher(conn, user_id, app_id, pushkey)?;
+    }
+    Ok(keys.len())
 }
 
 /// Removes every pusher of a user, and their queue (deactivation).

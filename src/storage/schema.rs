@@ -447,6 +447,7 @@ diesel::table! {
         lang -> Text,
         data -> Text,
         created_ts -> BigInt,
+        device_id -> Nullable<Text>,
     }
 }
 

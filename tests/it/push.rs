@@ -5,7 +5,10 @@
 //! sync, a receipt clears it (threads counted apart, cleared by threaded receipts),
 //! `/notifications` lists it. Pushers: set, listed, deleted, refused when malformed or aimed
 //! at a refused address; pushes reach a fake gateway on loopback (both formats), survive a
-//! restart while the gateway fails, and a `rejected` pushkey loses its pusher.
+//! restart while the gateway fails, and a `rejected` pushkey loses its pusher; a pusher
+//! goes (with its queued pushes) when the device whose token set it logs out or is deleted.
+//! Evaluation uses the state at each event (member count, display names, the room's name),
+//! not the room's state when the worker gets to it.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -24,6 +27,8 @@ both_backends!(
     pushers_and_gateway,
     gateway_retry_across_restart,
     bad_pushers,
+    pushers_go_with_their_device,
+    evaluated_at_the_state_of_the_event,
 );
 
 fn ids(rules: &Value, kind: &str) -> Vec<String> {
@@ -45,6 +50,10 @@ fn push_rules(backend: Backend) {
     let srv = Server::start(backend);
     let alice = srv.register("alice");
     let rules = global(&alice);
+    // Every kind is listed, as an array even when empty (clients index them directly).
+    for kind in ["override", "content", "room", "sender", "underride"] {
+        assert!(rules[kind].is_array(), "{kind}: {rules}");
+    }
     let overrides = ids(&rules, "override");
     assert_eq!(
         overrides.first().map(String::as_str),
@@ -113,6 +122,16 @@ fn push_rules(backend: Backend) {
     // Delete.
     alice.delete("/pushrules/global/content/wine").ok();
     assert!(!ids(&global(&alice), "content").contains(&"wine".to_owned()));
+    // The stored rules, as /sync's account data shows them, keep every kind too.
+    let stored = alice
+        .get(&format!(
+            "/user/{}/account_data/m.push_rules",
+            enc(&alice.user_id)
+        ))
+        .ok();
+    for kind in ["override", "content", "room", "sender", "underride"] {
+        assert!(stored["global"][kind].is_array(), "{kind}: {stored}");
+    }
     alice
         .delete("/pushrules/global/content/wine")
         .expect_err(404, "M_NOT_FOUND");
@@ -789,6 +808,283 @@ fn bad_pushers(backend: Backend) {
     assert_eq!(
         bob.get("/pushers").ok()["pushers"].as_array().map(Vec::len),
         Some(1)
+    );
+    srv.assert_no_panics();
+}
+
+/// Pushers belong to the device whose access token set them: logging out or deleting that
+/// device removes its pushers and what is queued for them, and leaves the others.
+fn pushers_go_with_their_device(backend: Backend) {
+    let srv = Server::start_with(
+        backend,
+        Options {
+            extra_toml: "[push]\nretry_min_ms = 200\nretry_max_ms = 400\n".into(),
+            ..Default::default()
+        },
+    );
+    let (alice, laptop, room) = two_in_a_room(&srv);
+    let mut phone = srv.anonymous();
+    phone.login("bob", "pw-bob");
+    let mut tablet = srv.anonymous();
+    tablet.login("bob", "pw-bob");
+    let gw = Gateway::start();
+    gw.answer(503, r#"{"errcode": "M_UNKNOWN"}"#);
+    for (c, key) in [
+        (&laptop, "key-laptop"),
+        (&phone, "key-phone"),
+        (&tablet, "key-tablet"),
+    ] {
+        c.post("/pushers/set", &pusher(&gw.url(), key, None)).ok();
+    }
+    let keys = |c: &Client| -> Vec<String> {
+        let mut k: Vec<String> = c.get("/pushers").ok()["pushers"]
+            .as_array()
+            .expect("pushers")
+            .iter()
+            .filter_map(|p| p["pushkey"].as_str().map(str::to_owned))
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&laptop), ["key-laptop", "key-phone", "key-tablet"]);
+    let queued = || {
+        let mut k = srv.query_text(
+            "SELECT pushkey AS v FROM push_outbox WHERE user_id = ?",
+            &laptop.user_id,
+        );
+        k.sort();
+        k
+    };
+
+    // A push for each pusher, failing at the gateway, so all three stay queued.
+    let ev = alice.send_text(&room, "cheese for every device");
+    wait_for(Duration::from_secs(30), "a push to each device", || {
+        let got: std::collections::HashSet<String> = gw
+            .received()
+            .iter()
+            .filter(|b| b["notification"]["event_id"] == ev.as_str())
+            .filter_map(|b| {
+                b["notification"]["devices"][0]["pushkey"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        (got.len() == 3).then_some(())
+    });
+    assert_eq!(queued(), ["key-laptop", "key-phone", "key-tablet"]);
+
+    // The phone logs out: its pusher and its queued push go.
+    phone.post("/logout", &json!({})).ok();
+    assert_eq!(keys(&laptop), ["key-laptop", "key-tablet"]);
+    assert_eq!(queued(), ["key-laptop", "key-tablet"]);
+
+    // The tablet is deleted from the laptop (user-interactive auth): the same.
+    let path = format!("/devices/{}", enc(&tablet.device_id));
+    let auth = json!({"auth": {"type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": "bob"}, "password": "pw-bob"}});
+    laptop
+        .raw("DELETE", &path, Some(auth.to_string().into_bytes()))
+        .ok();
+    assert_eq!(keys(&laptop), ["key-laptop"]);
+    assert_eq!(queued(), ["key-laptop"]);
+
+    // The laptop's pusher still works: its queued push is delivered once the gateway is back.
+    let before = gw.received().len();
+    gw.answer(200, "{}");
+    wait_for(
+        Duration::from_secs(30),
+        "the laptop's push delivered",
+        || queued().is_empty().then_some(()),
+    );
+    let after: Vec<Value> = gw.received()[before..].to_vec();
+    assert!(
+        after
+            .iter()
+            .all(|b| b["notification"]["devices"][0]["pushkey"] == "key-laptop"),
+        "only the laptop's pusher is pushed to: {after:?}"
+    );
+    assert!(
+        after
+            .iter()
+            .any(|b| b["notification"]["event_id"] == ev.as_str()),
+        "{after:?}"
+    );
+    srv.assert_no_panics();
+}
+
+/// The sound tweak of each of a user's notifications, by event ID.
+fn sounds(c: &Client) -> std::collections::HashMap<String, Option<String>> {
+    c.get("/notifications?limit=100").ok()["notifications"]
+        .as_array()
+        .expect("notifications")
+        .iter()
+        .filter_map(|n| {
+            let id = n["event"]["event_id"].as_str()?.to_owned();
+            let sound = n["actions"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|x| x["set_tweak"] == "sound")
+                    .and_then(|x| x["value"].as_str().map(str::to_owned))
+            });
+            Some((id, sound))
+        })
+        .collect()
+}
+
+/// Rules see the room as it was at the event: its member count, the user's display name
+/// and the room's name then, not when the worker gets to it. The worker normally runs right
+/// behind the events; here it is made to lag behind later state changes by rewinding it
+/// over the whole history (as a crash before it saved its position would), with the
+/// notifications it made the first time deleted, so they are made again after the changes.
+fn evaluated_at_the_state_of_the_event(backend: Backend) {
+    let mut srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let bob = srv.register("bob");
+    let carol = srv.register("carol");
+    let room = alice.create_room(&json!({"preset": "public_chat", "name": "Before"}));
+    bob.join(&room).ok();
+    let rename = |name: &str| {
+        bob.put(
+            &format!("/profile/{}/displayname", enc(&bob.user_id)),
+            &json!({"displayname": name}),
+        )
+        .ok();
+    };
+    rename("Bobby");
+    bob.put(
+        "/pushrules/global/override/two",
+        &json!({
+            "conditions": [
+                {"kind": "room_member_count", "is": "2"},
+                {"kind": "event_match", "key": "content.body", "pattern": "count"},
+            ],
+            "actions": ["notify", {"set_tweak": "sound", "value": "two"}],
+        }),
+    )
+    .ok();
+    bob.put(
+        "/pushrules/global/override/name",
+        &json!({
+            "conditions": [{"kind": "contains_display_name"}],
+            "actions": ["notify", {"set_tweak": "sound", "value": "name"}],
+        }),
+    )
+    .ok();
+    let gw = Gateway::start();
+    bob.post("/pushers/set", &pusher(&gw.url(), "key-state", None))
+        .ok();
+
+    // Two members, bob is "Bobby", the room is "Before".
+    let m1 = alice.send_text(&room, "count me in");
+    let m2 = alice.send_text(&room, "hello Bobby");
+    wait_for(Duration::from_secs(30), "both evaluated", || {
+        let s = sounds(&bob);
+        (s.get(&m1) == Some(&Some("two".into())) && s.get(&m2) == Some(&Some("name".into())))
+            .then_some(())
+    });
+    // Then three members, bob is "Robert", the room is "After".
+    carol.join(&room).ok();
+    rename("Robert");
+    alice
+        .put_state(&room, "m.room.name", "", &json!({"name": "After"}))
+        .ok();
+    let m3 = alice.send_text(&room, "count me in again, Bobby");
+    wait_for(Duration::from_secs(30), "the third evaluated", || {
+        sounds(&bob).contains_key(&m3).then_some(())
+    });
+    assert_eq!(sounds(&bob)[&m3], None, "neither rule applies any more");
+
+    srv.stop();
+    srv.execute("UPDATE push_progress SET stream = 0", &[]);
+    srv.execute("DELETE FROM push_notifications", &[]);
+    let before = gw.received().len();
+    srv.start_again();
+    let again = wait_for(Duration::from_secs(30), "all three evaluated again", || {
+        let s = sounds(&bob);
+        [&m1, &m2, &m3]
+            .iter()
+            .all(|m| s.contains_key(*m))
+            .then_some(s)
+    });
+    assert_eq!(
+        again[&m1],
+        Some("two".into()),
+        "two members at the first message"
+    );
+    assert_eq!(
+        again[&m2],
+        Some("name".into()),
+        "bob was Bobby at the second"
+    );
+    assert_eq!(again[&m3], None, "three members and Robert at the third");
+    // The pushes made again name the room as it was called at each event.
+    let pushed = |ev: &str| {
+        wait_for(Duration::from_secs(30), "a push made again", || {
+            gw.received()[before..]
+                .iter()
+                .find(|b| b["notification"]["event_id"] == ev)
+                .cloned()
+        })
+    };
+    assert_eq!(pushed(&m1)["notification"]["room_name"], "Before");
+    assert_eq!(pushed(&m3)["notification"]["room_name"], "After");
+    // carol joined after the first two: only the third is hers.
+    let carols = wait_for(Duration::from_secs(30), "carol's notification", || {
+        let s = sounds(&carol);
+        s.contains_key(&m3).then_some(s)
+    });
+    assert!(
+        !carols.contains_key(&m1) && !carols.contains_key(&m2),
+        "{carols:?}"
+    );
+
+    // A state group that cannot be read does not stall the worker: that event falls back to
+    // the current state (where bob, renamed since, counts as a member from after it), the
+    // events behind it are still evaluated at their own state. (Read from the table:
+    // serving the event to clients needs its state too.)
+    srv.stop();
+    srv.execute(
+        "UPDATE events SET state_before = 987654321 WHERE event_id = ?",
+        &[&m1],
+    );
+    srv.execute("UPDATE push_progress SET stream = 0", &[]);
+    srv.execute("DELETE FROM push_notifications", &[]);
+    srv.start_again();
+    let stored = || -> std::collections::HashMap<String, Value> {
+        srv.query_text(
+            "SELECT event_id || ' ' || actions AS v FROM push_notifications WHERE user_id = ?",
+            &bob.user_id,
+        )
+        .into_iter()
+        .filter_map(|r| {
+            let (id, actions) = r.split_once(' ')?;
+            Some((id.to_owned(), serde_json::from_str(actions).ok()?))
+        })
+        .collect()
+    };
+    let third = wait_for(
+        Duration::from_secs(30),
+        "the later two evaluated a third time",
+        || {
+            let s = stored();
+            [&m2, &m3].iter().all(|m| s.contains_key(*m)).then_some(s)
+        },
+    );
+    let sound = |ev: &str| {
+        third[ev]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["set_tweak"] == "sound"))
+            .map(|x| x["value"].clone())
+    };
+    assert_eq!(
+        sound(&m2),
+        Some(json!("name")),
+        "the second, at its own state"
+    );
+    assert_eq!(sound(&m3), None, "the third, at its own state");
+    assert!(
+        srv.log()
+            .contains("cannot read the state at an event; using the current state"),
+        "the fallback is logged"
     );
     srv.assert_no_panics();
 }

@@ -10,7 +10,9 @@
 #                                      # new-device check, one user on each server, both ways
 #   tools/clients/run.sh jssdk         # two matrix-js-sdk clients (Element Web's SDK) through
 #                                      # media, relations, threads, tags, search, the user
-#                                      # directory, key backup and deactivation (jssdk/scenario.mjs)
+#                                      # directory, key backup, push rules, unread counts,
+#                                      # /notifications, a pusher and a fake gateway on
+#                                      # loopback, and deactivation (jssdk/scenario.mjs)
 #
 # Each run starts its own weft (WEFT_BIN, default target/debug/weft; built with `cargo build`
 # when missing) with a temporary data dir, open registration and no federation, on a free
@@ -138,9 +140,10 @@ enabled = false
 enabled = false
 EOF
 fi
-# matrix-js-sdk's scenario also downloads through the legacy unauthenticated media endpoints.
+# matrix-js-sdk's scenario also downloads through the legacy unauthenticated media endpoints,
+# and runs a fake push gateway on 127.0.0.1, which the address policy must let weft reach.
 if [ "$what" = jssdk ]; then
-  printf '[media]\nlegacy_unauthenticated = true\n' >>"$work/weft.toml"
+  printf '[media]\nlegacy_unauthenticated = true\n[outbound]\nallowed_addresses = ["127.0.0.1/32"]\n' >>"$work/weft.toml"
 fi
 "$WEFT_BIN" serve --config "$work/weft.toml" >"$work/weft.log" 2>&1 &
 weft_pid=$!

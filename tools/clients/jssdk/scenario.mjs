@@ -11,6 +11,7 @@
 // matrix-js-sdk is resolved from $JSSDK_WORK/node_modules (see run.sh), never from the repo.
 //
 // Steps are a list (`steps` below): a new check is one more entry.
+import http from "http";
 import { createRequire } from "module";
 import { pathToFileURL } from "url";
 import { isDeepStrictEqual } from "util";
@@ -28,7 +29,10 @@ if (!Promise.withResolvers) {
 const load = (name) => import(pathToFileURL(require.resolve(name)).href);
 const sdk = await load("matrix-js-sdk");
 (await load("matrix-js-sdk/lib/logger.js")).logger.setLevel("error");
-const { Method, ClientPrefix, ThreadFilterType, Direction } = sdk;
+const {
+    Method, ClientPrefix, ThreadFilterType, Direction, EventTimelineSet, NotificationCountType,
+    PushRuleKind, PushRuleActionName, TweakName,
+} = sdk;
 
 function args() {
     const a = { timeout: 30 };
@@ -116,6 +120,27 @@ function imageSize(b) {
     }
     return null;
 }
+
+// ---- a fake push gateway on loopback: keeps every request, answers 200 {"rejected": []}
+async function startGateway() {
+    const received = [];
+    const server = http.createServer((req, res) => {
+        const parts = [];
+        req.on("data", (c) => parts.push(c));
+        req.on("end", () => {
+            let body = null;
+            try { body = JSON.parse(Buffer.concat(parts).toString("utf8")); } catch { /* kept as null */ }
+            received.push({ method: req.method, path: req.url, type: req.headers["content-type"] || "", body });
+            res.writeHead(200, { "Content-Type": "application/json" });
+            res.end(JSON.stringify({ rejected: [] }));
+        });
+    });
+    await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${server.address().port}/_matrix/push/v1/notify`;
+    return { url, received, close: () => server.close() };
+}
+/// The push a gateway received about an event, once it has.
+const pushOf = (gw, eventId) => gw.received.find((r) => r.body?.notification?.event_id === eventId);
 
 // ---- clients
 const nonce = Math.random().toString(36).slice(2, 10);
@@ -358,6 +383,143 @@ const steps = [
         await raw("alice", Method.Delete, `/room_keys/version/${version}`);
         const gone = await mustFail("the deleted version", () => raw("alice", Method.Get, "/room_keys/version"));
         eq(gone.errcode, "M_NOT_FOUND", "no backup after the delete");
+    }],
+    ["push: a pusher and a keyword rule", async () => {
+        S.gw = await startGateway();
+        S.pusher = {
+            app_id: "org.example.weft.jssdk", pushkey: `pk-${nonce}`, kind: "http",
+            app_display_name: "weft js-sdk scenario", device_display_name: "bob's node",
+            lang: "en", data: { url: S.gw.url }, append: false,
+        };
+        await api("bob").setPusher(S.pusher);
+        const { pushers } = await api("bob").getPushers();
+        eq(pushers.map((p) => [p.app_id, p.pushkey, p.kind, p.data?.url]),
+            [[S.pusher.app_id, S.pusher.pushkey, "http", S.gw.url]], "bob's pushers");
+        eq((await api("alice").getPushers()).pushers, [], "alice has no pushers");
+        const badUrl = await mustFail("a pusher whose URL is not a push gateway's", () =>
+            api("bob").setPusher({ ...S.pusher, pushkey: `bad-${nonce}`, data: { url: `${A.hs}/elsewhere` } }));
+        eq([badUrl.httpStatus, badUrl.errcode], [400, "M_INVALID_PARAM"], "a gateway URL with the wrong path");
+        S.rule = `kw-${nonce}`;
+        S.word = `kw${nonce}`;
+        await api("bob").addPushRule("global", PushRuleKind.ContentSpecific, S.rule, {
+            pattern: S.word,
+            actions: [PushRuleActionName.Notify, { set_tweak: TweakName.Highlight },
+                { set_tweak: TweakName.Sound, value: "default" }],
+        });
+        const mine = (await api("bob").getPushRules()).global.content.find((r) => r.rule_id === S.rule);
+        check(mine, "the keyword rule is among bob's content rules");
+        eq([mine.pattern, mine.enabled, mine.default], [S.word, true, false], "the rule as stored");
+        // The SDK's own copy follows m.push_rules in /sync (Element's settings read it).
+        await waitFor("the rule in the SDK's push rules",
+            () => api("bob").pushRules?.global?.content?.some((r) => r.rule_id === S.rule));
+        const noPattern = await mustFail("a content rule without a pattern", () =>
+            api("bob").addPushRule("global", PushRuleKind.ContentSpecific, `nopattern-${nonce}`,
+                { actions: [PushRuleActionName.Notify] }));
+        eq([noPattern.httpStatus, noPattern.errcode], [400, "M_BAD_JSON"], "a content rule without a pattern");
+        const serverDefault = await mustFail("replacing a server-default rule", () =>
+            api("bob").addPushRule("global", PushRuleKind.Override, ".m.rule.master",
+                { actions: [PushRuleActionName.Notify], conditions: [] }));
+        eq([serverDefault.httpStatus, serverDefault.errcode], [400, "M_INVALID_PARAM"], "a server-default rule ID");
+    }],
+    ["push: a keyword raises bob's highlight count", async () => {
+        const room = api("bob").getRoom(S.room);
+        const count = (t) => room.getUnreadNotificationCount(t);
+        // Read everything so far: both counts start at 0.
+        const last = room.getLiveTimeline().getEvents().filter((e) => !e.status).at(-1);
+        await api("bob").sendReadReceipt(last);
+        await waitFor("bob's counts at 0 after reading everything",
+            () => count(NotificationCountType.Total) === 0 && count(NotificationCountType.Highlight) === 0);
+        const m = await api("alice").sendMessage(S.room, { msgtype: "m.text", body: `ping ${S.word} please` });
+        S.kw = m.event_id;
+        await waitFor("bob's highlight count at 1", () => count(NotificationCountType.Highlight) === 1);
+        eq(count(NotificationCountType.Total), 1, "bob's notification count");
+        const ev = await waitFor("the keyword message at bob", () => timelineEvent("bob", S.room, S.kw));
+        // The SDK evaluates the same rules itself (Element's sounds and badges use it): it agrees.
+        eq(api("bob").getPushActionsForEvent(ev, true)?.tweaks?.highlight, true, "the SDK's own evaluation");
+        eq(api("alice").getRoom(S.room).getUnreadNotificationCount(NotificationCountType.Highlight), 0,
+            "the sender's own highlight count");
+    }],
+    ["push: the gateway receives the keyword's push", async () => {
+        const got = await waitFor("the push of the keyword message", () => pushOf(S.gw, S.kw));
+        eq([got.method, got.path], ["POST", "/_matrix/push/v1/notify"], "the gateway request");
+        check(got.type.startsWith("application/json"), `content type ${got.type}`);
+        const n = got.body.notification;
+        eq(n.room_id, S.room, "room_id");
+        eq([n.type, n.sender, n.content?.body], ["m.room.message", users.alice.userId, `ping ${S.word} please`],
+            "type, sender and content");
+        eq(n.sender_display_name, `Alice ${nonce}`, "sender_display_name");
+        eq(n.room_name, `js ${nonce}`, "room_name");
+        eq(n.prio, "high", "prio of a highlight");
+        eq(n.counts, { unread: 1 }, "counts (bob has one room with unread notifications)");
+        eq(n.devices.length, 1, "one device");
+        const d = n.devices[0];
+        eq([d.app_id, d.pushkey], [S.pusher.app_id, S.pusher.pushkey], "the device's app_id and pushkey");
+        eq(d.data, {}, "the pusher's data without its url");
+        eq(d.tweaks, { highlight: true, sound: "default" }, "the rule's tweaks");
+        check(Number.isInteger(d.pushkey_ts) && d.pushkey_ts > 0, `pushkey_ts (${d.pushkey_ts})`);
+    }],
+    ["push: /notifications", async () => {
+        const all = await raw("bob", Method.Get, "/notifications", { query: { limit: "50" } });
+        const n = all.notifications.find((x) => x.event.event_id === S.kw);
+        check(n, "the keyword message is among bob's notifications");
+        eq([n.room_id, n.read], [S.room, false], "room_id and read");
+        check(n.actions.includes("notify") && n.actions.some((a) => a.set_tweak === "highlight" && a.value !== false),
+            `notify and highlight actions (${JSON.stringify(n.actions)})`);
+        check(Number.isInteger(n.ts) && n.ts > 0, "ts");
+        eq(all.notifications[0].event.event_id, S.kw, "newest first");
+        const hi = await raw("bob", Method.Get, "/notifications", { query: { only: "highlight" } });
+        eq(hi.notifications.map((x) => x.event.event_id), [S.kw], "only=highlight");
+        const first = await raw("bob", Method.Get, "/notifications", { query: { limit: "1" } });
+        eq(first.notifications.length, 1, "a page of one");
+        check(first.next_token, "next_token when more remain");
+        const next = await raw("bob", Method.Get, "/notifications", { query: { limit: "1", from: first.next_token } });
+        eq(next.notifications.length, 1, "the next page");
+        check(next.notifications[0].event.event_id !== first.notifications[0].event.event_id, "the next page moves on");
+        const bad = await mustFail("only=nonsense", () =>
+            raw("bob", Method.Get, "/notifications", { query: { only: "nonsense" } }));
+        eq([bad.httpStatus, bad.errcode], [400, "M_INVALID_PARAM"], "an unknown 'only'");
+        // Element's notification panel: the SDK's notification timeline, paginated from /notifications.
+        const set = new EventTimelineSet(undefined, { timelineSupport: true }, api("bob"));
+        api("bob").setNotifTimelineSet(set);
+        await api("bob").paginateEventTimeline(set.getLiveTimeline(), { backwards: true, limit: 10 });
+        eq(set.getLiveTimeline().getEvents().map((e) => e.getId()), [S.kw], "the SDK's notification timeline");
+    }],
+    ["push: a read receipt clears the counts", async () => {
+        const room = api("bob").getRoom(S.room);
+        const count = (t) => room.getUnreadNotificationCount(t);
+        await api("bob").sendReadReceipt(timelineEvent("bob", S.room, S.kw));
+        await waitFor("bob's counts back at 0",
+            () => count(NotificationCountType.Highlight) === 0 && count(NotificationCountType.Total) === 0);
+        // What the server says on a fresh /sync (no local echo of the SDK's in it).
+        const filter = JSON.stringify({ room: { rooms: [S.room], timeline: { limit: 1 } } });
+        const s = await raw("bob", Method.Get, "/sync", { query: { filter } });
+        eq(s.rooms.join[S.room].unread_notifications, { notification_count: 0, highlight_count: 0 },
+            "unread_notifications in a fresh /sync");
+        const after = await raw("bob", Method.Get, "/notifications", { query: { only: "highlight" } });
+        eq(after.notifications.map((x) => [x.event.event_id, x.read]), [[S.kw, true]], "read after the receipt");
+    }],
+    ["push: a disabled rule, a deleted rule, a removed pusher", async () => {
+        const room = api("bob").getRoom(S.room);
+        const count = (t) => room.getUnreadNotificationCount(t);
+        await api("bob").setPushRuleEnabled("global", PushRuleKind.ContentSpecific, S.rule, false);
+        await waitFor("the rule disabled in the SDK's push rules",
+            () => api("bob").pushRules?.global?.content?.find((r) => r.rule_id === S.rule)?.enabled === false);
+        const m = await api("alice").sendMessage(S.room, { msgtype: "m.text", body: `again ${S.word}` });
+        // Still a notification (the one-to-one default rule), no longer a highlight.
+        await waitFor("bob's notification count at 1", () => count(NotificationCountType.Total) === 1);
+        eq(count(NotificationCountType.Highlight), 0, "no highlight from a disabled rule");
+        const got = await waitFor("the push of the second message", () => pushOf(S.gw, m.event_id));
+        eq(got.body.notification.devices[0].tweaks, { sound: "default" }, "the one-to-one rule's tweaks");
+        eq(got.body.notification.counts, { unread: 1 }, "counts");
+        await api("bob").deletePushRule("global", PushRuleKind.ContentSpecific, S.rule);
+        const rules = await api("bob").getPushRules();
+        check(!rules.global.content.some((r) => r.rule_id === S.rule), "the rule is gone");
+        const gone = await mustFail("deleting it again", () =>
+            api("bob").deletePushRule("global", PushRuleKind.ContentSpecific, S.rule));
+        eq([gone.httpStatus, gone.errcode], [404, "M_NOT_FOUND"], "an unknown rule");
+        await api("bob").setPusher({ app_id: S.pusher.app_id, pushkey: S.pusher.pushkey, kind: null });
+        eq((await api("bob").getPushers()).pushers, [], "bob's pushers after the removal");
+        S.gw.close();
     }],
     ["deactivation", async () => {
         const bob = users.bob;

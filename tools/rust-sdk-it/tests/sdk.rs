@@ -1,8 +1,8 @@
 //! weft driven by matrix-rust-sdk (the SDK of Element X), through simplified sliding sync:
 //!
 //! * two users log in; their `SyncService` runs (room list + encryption connections) and
-//!   the `RoomListService` sees rooms appear (invited, joined, counted) and receive
-//!   messages;
+//!   the `RoomListService` sees rooms appear (invited, joined, counted), be renamed (its
+//!   name search finds the new name, not the old) and receive messages;
 //! * a room's `Timeline` paginates back through older history;
 //! * an encrypted room decrypts both ways (keys travel through the e2ee and to_device
 //!   extensions);
@@ -19,6 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use matrix_sdk::RoomDisplayName;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::api::client::account::register;
 use matrix_sdk::ruma::api::client::push::{PusherIds, PusherInit, PusherKind, set_pusher};
@@ -29,10 +31,12 @@ use matrix_sdk::ruma::push::HttpPusherData;
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, RoomId};
 use matrix_sdk::sliding_sync::VersionBuilder;
 use matrix_sdk::{Client, Room};
+use matrix_sdk_ui::eyeball_im::{Vector, VectorDiff};
 use matrix_sdk_ui::notification_client::{
     NotificationClient, NotificationEvent, NotificationProcessSetup, NotificationStatus,
 };
-use matrix_sdk_ui::room_list_service::RoomListLoadingState;
+use matrix_sdk_ui::room_list_service::filters::new_filter_normalized_match_room_name;
+use matrix_sdk_ui::room_list_service::{RoomListItem, RoomListLoadingState};
 use matrix_sdk_ui::sync_service::SyncService;
 use matrix_sdk_ui::timeline::{RoomExt, Timeline};
 
@@ -256,6 +260,57 @@ async fn room_list_sees_rooms_appear_and_messages() {
     .await;
 
     let alice_room = room_of(&alice, &room_id, "alice's room").await;
+
+    // The room is renamed: the room list, searched by name as Element X's search box does,
+    // shows it under its new name (an m.room.name that reached bob through sliding sync's
+    // required_state), and the room's info follows.
+    let (entries, controller) = all_rooms.entries_with_dynamic_adapters(20);
+    let mut entries = Box::pin(entries);
+    assert!(
+        controller.set_filter(Box::new(new_filter_normalized_match_room_name(
+            "second name"
+        )))
+    );
+    let mut shown: Vector<RoomListItem> = Vector::new();
+    alice_room
+        .set_name("Second name".to_owned())
+        .await
+        .expect("rename");
+    let deadline = Instant::now() + WAIT;
+    while !shown.iter().any(|r| {
+        r.room_id().as_str() == room_id.as_str()
+            && r.cached_display_name().map(|n| n.to_string()).as_deref() == Some("Second name")
+    }) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let diffs = tokio::time::timeout(left, entries.next())
+            .await
+            .expect("timed out waiting for the renamed room in bob's room list")
+            .expect("the room list's stream ended");
+        for d in diffs {
+            d.apply(&mut shown);
+        }
+    }
+    assert_eq!(shown.len(), 1, "only the renamed room matches its new name");
+    assert_eq!(bob_room.name().as_deref(), Some("Second name"));
+    assert_eq!(
+        bob_room.display_name().await.expect("display name"),
+        RoomDisplayName::Named("Second name".to_owned())
+    );
+    controller.set_filter(Box::new(new_filter_normalized_match_room_name(
+        "first name",
+    )));
+    // A new filter starts with a reset of the list: under the old name, nothing.
+    let old = tokio::time::timeout(WAIT, async {
+        loop {
+            let diffs = entries.next().await.expect("the room list's stream ended");
+            if let Some(VectorDiff::Reset { values }) = diffs.into_iter().next() {
+                return values;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for the list under the old name");
+    assert!(old.is_empty(), "no room is listed under the old name");
 
     // Messages arrive in bob's timeline, and alice's.
     bob_list.subscribe_to_rooms(&[&room_id]).await;

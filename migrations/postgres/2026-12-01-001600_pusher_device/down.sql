@@ -1,0 +1,2 @@
+DROP INDEX pushers_device;
+ALTER TABLE pushers DROP COLUMN device_id;
