@@ -114,6 +114,9 @@ log "fedpeer bench-send: txns=$TXNS runs=$RUNS inflight=$INFLIGHT modes=$MODES p
   --poll-max-ms "$POLL_MAX_MS" \
   --json "$OUT/samples.json" 2> >(tee "$OUT/progress.log" >&2) | tee "$OUT/summary.md"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+# weft's own account of the run: which admission path each PDU took, slow-path times.
+curl -sf --max-time 10 "http://127.0.0.1:$WEFT_CLIENT/metrics" >"$OUT/weft/metrics.txt" || true
+grep -E '^weft_room_(admission_path_total|slow_path_duration_seconds_(sum|count)|batch_size_events_(sum|count))' "$OUT/weft/metrics.txt" >&2 || true
 if grep -q panicked "$OUT/weft/weft.log"; then
   echo "weft panicked during the benchmark (see $OUT/weft/weft.log)" >&2
   exit 1
