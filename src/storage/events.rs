@@ -292,30 +292,43 @@ pub fn set_state_before_if_unknown(
 /// The timeline events that decide a user's history visibility in a room, in stream order:
 /// the room's `m.room.history_visibility` events and the user's own `m.room.member` events,
 /// as `(stream_ordering, event_type, json)`.
+///
+/// Every `/event`, `/context` and `/messages` answer asks this, so it must cost what the
+/// few matching events cost, not what the room's history costs: the query is written as
+/// equalities on all of `events_room_type_key` (room, type in a list, state key in a list;
+/// the two wrong pairings are dropped here) with no `ORDER BY`, because SQLite's planner
+/// picks `events_room_stream` and reads every event of the room for an `OR` of the two
+/// pairs or for an order on `stream_ordering`.
 pub fn visibility_events(
     conn: &mut AnyConnection,
     room_id: &str,
     user_id: &str,
 ) -> StorageResult<Vec<(i64, String, String)>> {
-    let rows: Vec<(Option<i64>, String, String)> = events::table
+    const VISIBILITY: &str = "m.room.history_visibility";
+    const MEMBER: &str = "m.room.member";
+    let rows: Vec<(Option<i64>, String, Option<String>, String)> = events::table
         .filter(events::room_id.eq(room_id))
+        .filter(events::event_type.eq_any([VISIBILITY, MEMBER]))
+        .filter(events::state_key.eq_any(["", user_id]))
         .filter(events::outlier.eq(false))
         .filter(events::rejected.is_null())
         .filter(events::soft_failed.eq(false))
-        .filter(
-            events::event_type
-                .eq("m.room.history_visibility")
-                .and(events::state_key.eq(""))
-                .or(events::event_type
-                    .eq("m.room.member")
-                    .and(events::state_key.eq(user_id))),
-        )
-        .filter(events::stream_ordering.is_not_null())
-        .order(events::stream_ordering.asc())
-        .select((events::stream_ordering, events::event_type, events::json))
+        .select((
+            events::stream_ordering,
+            events::event_type,
+            events::state_key,
+            events::json,
+        ))
         .load(conn)?;
-    Ok(rows
+    let mut out: Vec<(i64, String, String)> = rows
         .into_iter()
-        .filter_map(|(s, t, j)| s.map(|s| (s, t, j)))
-        .collect())
+        .filter(|(_, kind, key, _)| match (kind.as_str(), key.as_deref()) {
+            (VISIBILITY, Some("")) => true,
+            (MEMBER, Some(k)) => k == user_id,
+            _ => false,
+        })
+        .filter_map(|(s, kind, _, json)| s.map(|s| (s, kind, json)))
+        .collect();
+    out.sort_by_key(|(s, _, _)| *s);
+    Ok(out)
 }
