@@ -289,6 +289,20 @@ pub fn set_state_before_if_unknown(
     Ok(())
 }
 
+const VISIBILITY: &str = "m.room.history_visibility";
+const MEMBER: &str = "m.room.member";
+
+/// Whether an event of `kind` with `state_key` is one of those `visibility_events` keeps:
+/// the room's history visibility (empty state key) or `user_id`'s own membership. The
+/// query's lists also match the two cross pairings, which this drops.
+fn decides_visibility(kind: &str, state_key: Option<&str>, user_id: &str) -> bool {
+    match (kind, state_key) {
+        (VISIBILITY, Some("")) => true,
+        (MEMBER, Some(k)) => k == user_id,
+        _ => false,
+    }
+}
+
 /// The timeline events that decide a user's history visibility in a room, in stream order:
 /// the room's `m.room.history_visibility` events and the user's own `m.room.member` events,
 /// as `(stream_ordering, event_type, json)`.
@@ -304,8 +318,6 @@ pub fn visibility_events(
     room_id: &str,
     user_id: &str,
 ) -> StorageResult<Vec<(i64, String, String)>> {
-    const VISIBILITY: &str = "m.room.history_visibility";
-    const MEMBER: &str = "m.room.member";
     let rows: Vec<(Option<i64>, String, Option<String>, String)> = events::table
         .filter(events::room_id.eq(room_id))
         .filter(events::event_type.eq_any([VISIBILITY, MEMBER]))
@@ -322,13 +334,35 @@ pub fn visibility_events(
         .load(conn)?;
     let mut out: Vec<(i64, String, String)> = rows
         .into_iter()
-        .filter(|(_, kind, key, _)| match (kind.as_str(), key.as_deref()) {
-            (VISIBILITY, Some("")) => true,
-            (MEMBER, Some(k)) => k == user_id,
-            _ => false,
-        })
+        .filter(|(_, kind, key, _)| decides_visibility(kind, key.as_deref(), user_id))
         .filter_map(|(s, kind, _, json)| s.map(|s| (s, kind, json)))
         .collect();
     out.sort_by_key(|(s, _, _)| *s);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_visibility_and_the_users_own_membership_decide() {
+        let me = "@bob:example.org";
+        let cases = [
+            (VISIBILITY, Some(""), true),
+            (MEMBER, Some(me), true),
+            // The cross pairings the query's `IN` lists also match.
+            (VISIBILITY, Some(me), false),
+            (MEMBER, Some(""), false),
+            // Somebody else's membership, a keyed visibility, other types, no state key.
+            (MEMBER, Some("@alice:example.org"), false),
+            (VISIBILITY, Some("x"), false),
+            ("m.room.message", Some(""), false),
+            (VISIBILITY, None, false),
+            (MEMBER, None, false),
+        ];
+        for (kind, key, want) in cases {
+            assert_eq!(decides_visibility(kind, key, me), want, "{kind} {key:?}");
+        }
+    }
 }
