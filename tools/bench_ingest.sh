@@ -111,12 +111,20 @@ fi
   lscpu | head -n 15
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/machine.txt"
+# weft's CPU time (user + system, clock ticks) around the measured part: CPU per PDU does
+# not depend on how much of the machine other work took.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+WEFT_CPU0=$(cpu_ticks "$WEFT_PID")
 log "fedpeer bench-ingest: origins=$ORIGINS rooms=$ROOMS txns=$TXNS runs=$RUNS targets=$TARGETS"
 "$PEER_BIN" bench-ingest --port "$PEER" "${TARGET_ARGS[@]}" \
   --origins "$ORIGINS" --rooms "$ROOMS" --txns "$TXNS" --runs "$RUNS" \
   --poll-max-ms "$POLL_MAX_MS" \
   --json "$OUT/samples.json" 2> >(tee "$OUT/progress.log" >&2) | tee "$OUT/summary.md"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+echo "weft CPU during the run: $(( ($(cpu_ticks "$WEFT_PID") - WEFT_CPU0) * 1000 / $(getconf CLK_TCK) )) ms (user + system; includes joins and warm-ups)" >>"$OUT/machine.txt"
+# weft's own account of the run: which admission path each PDU took, slow-path times.
+curl -sf --max-time 10 "http://127.0.0.1:$WEFT_CLIENT/metrics" >"$OUT/weft/metrics.txt" || true
+grep -E '^weft_room_(admission_path_total|slow_path_duration_seconds_(sum|count)|batch_size_events_(sum|count))' "$OUT/weft/metrics.txt" >&2 || true
 if grep -q panicked "$OUT/weft/weft.log"; then
   echo "weft panicked during the benchmark (see $OUT/weft/weft.log)" >&2
   exit 1

@@ -6,7 +6,8 @@
 #        NO_BUILD=1 tools/bench_send.sh (uses target/release as is)
 #
 # Knobs (env): TXNS (transactions per run, default 10), RUNS (default 5),
-# INFLIGHT (comma list, default 1,4), MODES (default open,closed), POLL_MAX_MS (longest
+# INFLIGHT (comma list, default 1,4), MODES (default open,closed), TARGETS (weft,synapse
+# or weft; default both), POLL_MAX_MS (longest
 # pause between readability checks, default 50), BENCH_DIR (default
 # /tmp/fedbench-<pid>; weft data, Synapse data, logs, samples.json, summary.md).
 #
@@ -22,6 +23,7 @@ TXNS=${TXNS:-10}
 RUNS=${RUNS:-5}
 INFLIGHT=${INFLIGHT:-1,4}
 MODES=${MODES:-open,closed}
+TARGETS=${TARGETS:-weft,synapse}
 POLL_MAX_MS=${POLL_MAX_MS:-50}
 WEFT_CLIENT=21100 WEFT_FED=21101 SYN_CLIENT=21200 SYN_FED=21201 PEER=21300
 SYN_NAME=fedbench
@@ -90,13 +92,17 @@ WEFT_TOKEN=$(curl -sf --max-time 30 -X POST "http://127.0.0.1:$WEFT_CLIENT/_matr
 log "weft up (pid $WEFT_PID)"
 
 # ---------------------------------------------------------------- Synapse
-export SYNAPSE_DATA="$OUT/synapse"
-"$SYN_TOOLS/start.sh" "$SYN_NAME" "$SYN_FED" "$SYN_CLIENT" >/dev/null
-SYN_TOKEN=$("$SYN_TOOLS/register.sh" "$SYN_NAME" bench bench-password |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-SYN_VERSION=$(curl -sf --max-time 5 "http://127.0.0.1:$SYN_CLIENT/_synapse/admin/v1/server_version" \
-  -H "Authorization: Bearer $SYN_TOKEN" 2>/dev/null || echo '{}')
-log "synapse up ($SYN_VERSION)"
+TARGET_ARGS=(--target "weft,localhost:$WEFT_FED,http://127.0.0.1:$WEFT_CLIENT,$WEFT_TOKEN")
+if [[ ",$TARGETS," == *",synapse,"* ]]; then
+  export SYNAPSE_DATA="$OUT/synapse"
+  "$SYN_TOOLS/start.sh" "$SYN_NAME" "$SYN_FED" "$SYN_CLIENT" >/dev/null
+  SYN_TOKEN=$("$SYN_TOOLS/register.sh" "$SYN_NAME" bench bench-password |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  SYN_VERSION=$(curl -sf --max-time 5 "http://127.0.0.1:$SYN_CLIENT/_synapse/admin/v1/server_version" \
+    -H "Authorization: Bearer $SYN_TOKEN" 2>/dev/null || echo '{}')
+  log "synapse up ($SYN_VERSION)"
+  TARGET_ARGS+=(--target "synapse,localhost:$SYN_FED,http://127.0.0.1:$SYN_CLIENT,$SYN_TOKEN")
+fi
 
 # ---------------------------------------------------------------- run
 {
@@ -106,14 +112,20 @@ log "synapse up ($SYN_VERSION)"
   lscpu | head -n 15
   echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/machine.txt"
-log "fedpeer bench-send: txns=$TXNS runs=$RUNS inflight=$INFLIGHT modes=$MODES poll_max_ms=$POLL_MAX_MS"
-"$PEER_BIN" bench-send --port "$PEER" \
-  --target "weft,localhost:$WEFT_FED,http://127.0.0.1:$WEFT_CLIENT,$WEFT_TOKEN" \
-  --target "synapse,localhost:$SYN_FED,http://127.0.0.1:$SYN_CLIENT,$SYN_TOKEN" \
+# weft's CPU time (user + system, clock ticks) around the measured part: CPU per PDU does
+# not depend on how much of the machine other work took.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+WEFT_CPU0=$(cpu_ticks "$WEFT_PID")
+log "fedpeer bench-send: txns=$TXNS runs=$RUNS inflight=$INFLIGHT modes=$MODES targets=$TARGETS poll_max_ms=$POLL_MAX_MS"
+"$PEER_BIN" bench-send --port "$PEER" "${TARGET_ARGS[@]}" \
   --txns "$TXNS" --runs "$RUNS" --inflight "$INFLIGHT" --modes "$MODES" \
   --poll-max-ms "$POLL_MAX_MS" \
   --json "$OUT/samples.json" 2> >(tee "$OUT/progress.log" >&2) | tee "$OUT/summary.md"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+echo "weft CPU during the run: $(( ($(cpu_ticks "$WEFT_PID") - WEFT_CPU0) * 1000 / $(getconf CLK_TCK) )) ms (user + system; includes joins and warm-ups)" >>"$OUT/machine.txt"
+# weft's own account of the run: which admission path each PDU took, slow-path times.
+curl -sf --max-time 10 "http://127.0.0.1:$WEFT_CLIENT/metrics" >"$OUT/weft/metrics.txt" || true
+grep -E '^weft_room_(admission_path_total|slow_path_duration_seconds_(sum|count)|batch_size_events_(sum|count))' "$OUT/weft/metrics.txt" >&2 || true
 if grep -q panicked "$OUT/weft/weft.log"; then
   echo "weft panicked during the benchmark (see $OUT/weft/weft.log)" >&2
   exit 1

@@ -110,33 +110,63 @@ def bench(name, base, token, sender, rooms, samples):
     conn = f"bench-wake-{time.time_ns()}"
     pos = call(base, token, "POST", f"{SS}?timeout=0", room_list_body(conn, 19))["pos"]
     times = []
-    for i in range(samples):
+    early = 0  # long-polls that answered before the send (woken by an earlier change)
+
+    def long_poll(p):
+        r = call(base, token, "POST", f"{SS}?timeout=30000&pos={urllib.parse.quote(p)}",
+                 room_list_body(conn, 19), timeout=60)
+        return r, time.monotonic()
+
+    def has_event(r, event_id):
+        tl = r.get("rooms", {}).get(target, {}).get("timeline", [])
+        return any(e.get("event_id") == event_id for e in tl)
+
+    attempts = 0
+    while len(times) < samples:
+        attempts += 1
+        if attempts > samples * 10:
+            # Every long-poll answers at once: the server never waits, nothing to time.
+            print(f"   wake-up: NOT MEASURED, {early} of {attempts - 1} long-polls answered "
+                  "at once, before any send", flush=True)
+            break
         out = {}
 
         def poll(p=pos):
-            out["r"] = call(base, token, "POST",
-                            f"{SS}?timeout=30000&pos={urllib.parse.quote(p)}",
-                            room_list_body(conn, 19), timeout=60)
-            out["t"] = time.monotonic()
+            out["r"], out["t"] = long_poll(p)
 
         th = threading.Thread(target=poll)
         th.start()
-        time.sleep(0.3)  # let the long-poll settle on the server
+        th.join(0.3)  # let the long-poll settle on the server
+        if not th.is_alive():
+            # It answered before anything was sent (e.g. an unread count moved after the
+            # previous message): not a sample; wait on the new position.
+            early += 1
+            pos = out["r"]["pos"]
+            continue
         t = time.monotonic()
-        call(base, sender, "PUT",
-             f"/_matrix/client/v3/rooms/{urllib.parse.quote(target)}/send/m.room.message/"
-             f"w{i}-{time.time_ns()}", {"msgtype": "m.text", "body": f"wake {i}"})
+        sent = call(base, sender, "PUT",
+                    f"/_matrix/client/v3/rooms/{urllib.parse.quote(target)}/send/"
+                    f"m.room.message/w{len(times)}-{time.time_ns()}",
+                    {"msgtype": "m.text", "body": f"wake {len(times)}"})
         th.join(60)
         if "r" not in out:
             raise SystemExit(f"{name}: long-poll did not return")
-        if target not in out["r"].get("rooms", {}):
-            # Woken by something else first (e.g. the join): not a sample; poll again.
-            pos = out["r"]["pos"]
-            continue
-        times.append((out["t"] - t) * 1000)
-        pos = out["r"]["pos"]
+        r, answered = out["r"], out["t"]
+        # Timed to the first answer that carries the message (an answer woken by something
+        # else in between is followed by another long-poll on its position).
+        for _ in range(10):
+            if has_event(r, sent["event_id"]):
+                break
+            r, answered = long_poll(r["pos"])
+        else:
+            raise SystemExit(f"{name}: the message never reached the long-poll")
+        times.append((answered - t) * 1000)
+        pos = r["pos"]
+    if early:
+        print(f"   ({early} long-polls answered before a send; not samples)", flush=True)
     results["wake-up (send -> long-poll answer)"] = times
-    print(f"   {'wake-up (send -> long-poll answer)':34} {summary(times)}", flush=True)
+    if times:
+        print(f"   {'wake-up (send -> long-poll answer)':34} {summary(times)}", flush=True)
     return results
 
 

@@ -51,6 +51,8 @@ federation = ""
 open = true
 [federation]
 enabled = false
+[rate_limits]
+enabled = false
 [logging]
 filter = "warn"
 TOML

@@ -289,33 +289,80 @@ pub fn set_state_before_if_unknown(
     Ok(())
 }
 
+const VISIBILITY: &str = "m.room.history_visibility";
+const MEMBER: &str = "m.room.member";
+
+/// Whether an event of `kind` with `state_key` is one of those `visibility_events` keeps:
+/// the room's history visibility (empty state key) or `user_id`'s own membership. The
+/// query's lists also match the two cross pairings, which this drops.
+fn decides_visibility(kind: &str, state_key: Option<&str>, user_id: &str) -> bool {
+    match (kind, state_key) {
+        (VISIBILITY, Some("")) => true,
+        (MEMBER, Some(k)) => k == user_id,
+        _ => false,
+    }
+}
+
 /// The timeline events that decide a user's history visibility in a room, in stream order:
 /// the room's `m.room.history_visibility` events and the user's own `m.room.member` events,
 /// as `(stream_ordering, event_type, json)`.
+///
+/// Every `/event`, `/context` and `/messages` answer asks this, so it must cost what the
+/// few matching events cost, not what the room's history costs: the query is written as
+/// equalities on all of `events_room_type_key` (room, type in a list, state key in a list;
+/// the two wrong pairings are dropped here) with no `ORDER BY`, because SQLite's planner
+/// picks `events_room_stream` and reads every event of the room for an `OR` of the two
+/// pairs or for an order on `stream_ordering`.
 pub fn visibility_events(
     conn: &mut AnyConnection,
     room_id: &str,
     user_id: &str,
 ) -> StorageResult<Vec<(i64, String, String)>> {
-    let rows: Vec<(Option<i64>, String, String)> = events::table
+    let rows: Vec<(Option<i64>, String, Option<String>, String)> = events::table
         .filter(events::room_id.eq(room_id))
+        .filter(events::event_type.eq_any([VISIBILITY, MEMBER]))
+        .filter(events::state_key.eq_any(["", user_id]))
         .filter(events::outlier.eq(false))
         .filter(events::rejected.is_null())
         .filter(events::soft_failed.eq(false))
-        .filter(
-            events::event_type
-                .eq("m.room.history_visibility")
-                .and(events::state_key.eq(""))
-                .or(events::event_type
-                    .eq("m.room.member")
-                    .and(events::state_key.eq(user_id))),
-        )
-        .filter(events::stream_ordering.is_not_null())
-        .order(events::stream_ordering.asc())
-        .select((events::stream_ordering, events::event_type, events::json))
+        .select((
+            events::stream_ordering,
+            events::event_type,
+            events::state_key,
+            events::json,
+        ))
         .load(conn)?;
-    Ok(rows
+    let mut out: Vec<(i64, String, String)> = rows
         .into_iter()
-        .filter_map(|(s, t, j)| s.map(|s| (s, t, j)))
-        .collect())
+        .filter(|(_, kind, key, _)| decides_visibility(kind, key.as_deref(), user_id))
+        .filter_map(|(s, kind, _, json)| s.map(|s| (s, kind, json)))
+        .collect();
+    out.sort_by_key(|(s, _, _)| *s);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_visibility_and_the_users_own_membership_decide() {
+        let me = "@bob:example.org";
+        let cases = [
+            (VISIBILITY, Some(""), true),
+            (MEMBER, Some(me), true),
+            // The cross pairings the query's `IN` lists also match.
+            (VISIBILITY, Some(me), false),
+            (MEMBER, Some(""), false),
+            // Somebody else's membership, a keyed visibility, other types, no state key.
+            (MEMBER, Some("@alice:example.org"), false),
+            (VISIBILITY, Some("x"), false),
+            ("m.room.message", Some(""), false),
+            (VISIBILITY, None, false),
+            (MEMBER, None, false),
+        ];
+        for (kind, key, want) in cases {
+            assert_eq!(decides_visibility(kind, key, me), want, "{kind} {key:?}");
+        }
+    }
 }
