@@ -157,7 +157,17 @@ impl RoomRegistry {
         RoomActor: Handler<M>,
     {
         let Some(cluster) = self.cluster.get() else {
-            return self.send_local(room_id, msg, None).await;
+            let r = self.send_local(room_id, msg, None).await;
+            if M::READ_YOUR_WRITES && matches!(r, Ok(_)) {
+                let upto = self.core.notifier.last_position();
+                if !(self.core.notifier)
+                    .wait_for(upto, std::time::Duration::from_secs(2))
+                    .await
+                {
+                    tracing::warn!(room_id = %room_id, upto, "frontier slow to pass a local write");
+                }
+            }
+            return r;
         };
         let mut last = None;
         for attempt in 0..5u64 {

@@ -45,6 +45,12 @@ pub trait Forward: actix::Message + Sized {
     fn creates(&self) -> Option<RoomVersion> {
         None
     }
+    /// Whoever sent this message reads what it wrote next (a local client's event, a new
+    /// room): answer only once the stream frontier has passed it. Positions commit out of
+    /// order, so without the wait a write that completed while a lower position was still in
+    /// flight (another room's batch, the push worker's counts) would be unreadable for a
+    /// moment to the very client it was acknowledged to.
+    const READ_YOUR_WRITES: bool = false;
 }
 
 /// What crosses to the owner.
@@ -254,6 +260,7 @@ fn result_from_wire<T>(v: Value, f: impl FnOnce(Value) -> Result<T>) -> Result<R
 }
 
 impl Forward for SendEvent {
+    const READ_YOUR_WRITES: bool = true;
     fn encode(&self) -> Option<Request> {
         Some(Request {
             room_id: String::new(),
@@ -280,6 +287,7 @@ impl Forward for SendEvent {
 }
 
 impl Forward for InitRoom {
+    const READ_YOUR_WRITES: bool = true;
     fn encode(&self) -> Option<Request> {
         Some(Request {
             room_id: String::new(),
