@@ -165,32 +165,39 @@ pub fn rooms_with_unread(conn: &mut AnyConnection, user_id: &str) -> StorageResu
     Ok(n)
 }
 
-/// Rooms whose counts for the user may have changed in `(after, upto]`: notification rows
-/// written then, or the user's own receipts.
+/// Rooms whose counts for the user may have changed in `(after, upto]` (notification rows
+/// written then, or the user's own receipts), each with the position of its latest such
+/// change, so a caller that sent rooms at different positions can tell which are news.
 pub fn rooms_with_count_changes(
     conn: &mut AnyConnection,
     user_id: &str,
     after: i64,
     upto: i64,
-) -> StorageResult<HashSet<String>> {
-    let mut out: HashSet<String> = push_notifications::table
+) -> StorageResult<HashMap<String, i64>> {
+    use diesel::dsl::max;
+    let notified: Vec<(String, Option<i64>)> = push_notifications::table
         .filter(push_notifications::user_id.eq(user_id))
         .filter(push_notifications::stream_id.gt(after))
         .filter(push_notifications::stream_id.le(upto))
-        .select(push_notifications::room_id)
-        .distinct()
-        .load::<String>(conn)?
-        .into_iter()
-        .collect();
-    out.extend(
-        receipts::table
-            .filter(receipts::user_id.eq(user_id))
-            .filter(receipts::stream_id.gt(after))
-            .filter(receipts::stream_id.le(upto))
-            .select(receipts::room_id)
-            .distinct()
-            .load::<String>(conn)?,
-    );
+        .group_by(push_notifications::room_id)
+        .select((
+            push_notifications::room_id,
+            max(push_notifications::stream_id),
+        ))
+        .load(conn)?;
+    let read: Vec<(String, Option<i64>)> = receipts::table
+        .filter(receipts::user_id.eq(user_id))
+        .filter(receipts::stream_id.gt(after))
+        .filter(receipts::stream_id.le(upto))
+        .group_by(receipts::room_id)
+        .select((receipts::room_id, max(receipts::stream_id)))
+        .load(conn)?;
+    let mut out: HashMap<String, i64> = HashMap::new();
+    for (room, pos) in notified.into_iter().chain(read) {
+        let Some(pos) = pos else { continue };
+        let e = out.entry(room).or_insert(pos);
+        *e = (*e).max(pos);
+    }
     Ok(out)
 }
 

@@ -14,7 +14,7 @@ pub mod filter;
 pub mod sliding;
 pub mod visibility;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
@@ -143,7 +143,7 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
     // the commit; the user's receipts).
     let recounted = match since_stream {
         Some(s) => crate::storage::push::rooms_with_count_changes(conn, user, s, req.upto)?,
-        None => HashSet::new(),
+        None => HashMap::new(),
     };
 
     let mut join = Map::new();
@@ -243,7 +243,7 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                     && state_events.is_empty()
                     && ephemeral.is_empty()
                     && room_account.is_empty()
-                    && !recounted.contains(&m.room_id)
+                    && !recounted.contains_key(&m.room_id)
                 {
                     continue;
                 }

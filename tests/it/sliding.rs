@@ -153,6 +153,10 @@ fn long_poll_wakes_on_a_message(backend: Backend) {
     let bob = srv.register("bob");
     let room = alice.create_room(&json!({"preset": "public_chat"}));
     bob.join(&room).ok();
+    // A second room, sent once and quiet since: its older position must not make the first
+    // room's count change look new on every later long-poll.
+    let quiet = alice.create_room(&json!({"preset": "public_chat"}));
+    bob.join(&quiet).ok();
     let first = ss(&bob, None, 0, &all_rooms(10, 5));
     let pos = first["pos"].as_str().unwrap().to_owned();
     // Nothing new: the long-poll waits out its timeout and answers.
@@ -182,6 +186,19 @@ fn long_poll_wakes_on_a_message(backend: Backend) {
         vec!["wake up"],
         "{r}"
     );
+    // After the wake-up the long-poll waits again: the push worker's count for the message may
+    // end one more poll (the room with its new count), never every poll after it.
+    let mut pos = r["pos"].as_str().unwrap().to_owned();
+    let mut answers = Vec::new();
+    let waited = (0..3).any(|_| {
+        let t0 = Instant::now();
+        let r = ss(&bob, Some(&pos), 1_000, &all_rooms(10, 5));
+        pos = r["pos"].as_str().unwrap().to_owned();
+        let waited = t0.elapsed() >= Duration::from_millis(900);
+        answers.push(r);
+        waited
+    });
+    assert!(waited, "three long-polls answered at once: {answers:?}");
     srv.assert_no_panics();
 }
 

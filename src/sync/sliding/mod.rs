@@ -509,12 +509,17 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
         None => HashSet::new(),
     };
     // Rooms whose unread counts changed on their own (push rows written behind the commit,
-    // the user's receipts): sent again with the new counts.
+    // the user's receipts): sent again with the new counts. Rooms were last sent at different
+    // positions, so the query starts at the oldest and each room's latest change is compared
+    // with that room's own position below (against the oldest, a count written once would
+    // make every later long-poll answer at once, for ever).
     let recount_from = c.prev.rooms.values().map(|p| p.upto).chain(since).min();
-    let recounted: HashSet<String> = match recount_from {
+    let count_changes: HashMap<String, i64> = match recount_from {
         Some(s) => crate::storage::push::rooms_with_count_changes(conn, user, s, c.upto)?,
-        None => HashSet::new(),
+        None => HashMap::new(),
     };
+    let recounted =
+        |room: &str, sent_upto: i64| count_changes.get(room).is_some_and(|p| *p > sent_upto);
     let counts = sliding::member_counts(conn, &view_ids)?;
 
     let mut rooms_body = Map::new();
@@ -539,11 +544,9 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
             Some(f) if f < after => {
                 events::has_events_in_range(conn, room_id, f, c.upto)?
                     || membership_changed
-                    || recounted.contains(room_id)
+                    || recounted(room_id, f)
             }
-            Some(_) => {
-                changed.contains(room_id) || membership_changed || recounted.contains(room_id)
-            }
+            Some(f) => changed.contains(room_id) || membership_changed || recounted(room_id, f),
         };
         if !needs {
             continue;
