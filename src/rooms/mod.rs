@@ -158,7 +158,7 @@ impl RoomRegistry {
     {
         let Some(cluster) = self.cluster.get() else {
             let r = self.send_local(room_id, msg, None).await;
-            if M::READ_YOUR_WRITES && matches!(r, Ok(_)) {
+            if M::READ_YOUR_WRITES && r.is_ok() {
                 let upto = self.core.notifier.last_position();
                 if !(self.core.notifier)
                     .wait_for(upto, std::time::Duration::from_secs(2))

@@ -9,7 +9,7 @@
 //! thread, a threaded one (`thread_id` = a thread root, or `main`) only its thread, and each
 //! row is read when it is at or before either.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use diesel::prelude::*;
 
