@@ -428,7 +428,9 @@ fn room(config: &ConfigArg, action: RoomAction) -> Result<(), String> {
                     (None, Some(e)) => PurgePoint::Event(e),
                     _ => return Err("give --before-ts or --before-event".into()),
                 };
-                let n = rooms::purge(&core, id.as_str(), point).await.map_err(err)?;
+                let n = rooms::purge_offline(&core, id.as_str(), point)
+                    .await
+                    .map_err(err)?;
                 println!("{id}: {n} events purged");
             }
         }

@@ -59,16 +59,36 @@ pub async fn show(core: &Core, room_id: &str) -> Result<RoomDetail> {
     })
 }
 
-/// Where a purge stops: before an event, or before a time.
-#[derive(Debug, Clone)]
-pub enum PurgePoint {
-    Event(String),
-    Ts(i64),
+pub use crate::rooms::messages::PurgePoint;
+
+/// Deletes the room's non-state events before the point, through the room's actor (which
+/// runs it after its pending batch, fenced in a cluster); returns how many.
+pub async fn purge(s: &Services, room_id: &str, point: PurgePoint) -> Result<usize> {
+    let room = known_room(&s.core, room_id).await?;
+    let purged = s
+        .rooms
+        .send(&room, crate::rooms::messages::PurgeHistory { point })
+        .await??;
+    purged_or_not_found(room_id, purged)
 }
 
-/// Deletes the room's non-state events before the point; returns how many.
-pub async fn purge(core: &Core, room_id: &str, point: PurgePoint) -> Result<usize> {
-    let r = room_id.to_owned();
+/// The same from the offline CLI (`weft room purge`), a process of its own with no room
+/// actors: it writes on the room's writer directly, so run it with the server stopped.
+pub async fn purge_offline(core: &Core, room_id: &str, point: PurgePoint) -> Result<usize> {
+    let room = known_room(core, room_id).await?;
+    let r = room.to_string();
+    let purged = core
+        .db
+        .write(room.as_str(), move |c| {
+            crate::rooms::persist::purge_history_job(c, &r, &point)
+        })
+        .await?;
+    purged_or_not_found(room_id, purged)
+}
+
+async fn known_room(core: &Core, room_id: &str) -> Result<OwnedRoomId> {
+    let room = parse_room_id(room_id)?;
+    let r = room.to_string();
     let exists = core
         .db
         .read(move |c| rstore::get_room(c, &r))
@@ -77,21 +97,10 @@ pub async fn purge(core: &Core, room_id: &str, point: PurgePoint) -> Result<usiz
     if !exists {
         return Err(Error::not_found("no such room"));
     }
-    let r = room_id.to_owned();
-    let purged = core
-        .db
-        .write(room_id, move |c| {
-            let before = match &point {
-                PurgePoint::Event(e) => astore::stream_of(c, &r, e)?,
-                // Everything older than ts: up to and including the newest event before it.
-                PurgePoint::Ts(ts) => astore::stream_before_ts(c, &r, *ts)?.map(|s| s + 1),
-            };
-            match before {
-                Some(b) => astore::purge_history(c, &r, b).map(Some),
-                None => Ok(None),
-            }
-        })
-        .await?;
+    Ok(room)
+}
+
+fn purged_or_not_found(room_id: &str, purged: Option<usize>) -> Result<usize> {
     match purged {
         Some(n) => {
             tracing::info!(room = room_id, purged = n, "purged room history");
@@ -127,7 +136,7 @@ pub struct Deleted {
 
 /// Evacuates a room: every local member leaves, its aliases and directory entry are
 /// removed, and with `purge` its history goes too.
-pub async fn delete(s: &Arc<Services>, room_id: &str, purge_history: bool) -> Result<Deleted> {
+pub async fn delete(s: &Arc<Services>, room_id: &str, with_history: bool) -> Result<Deleted> {
     let detail = show(&s.core, room_id).await?;
     let suffix = format!(":{}", s.server_name());
     let mut left = Vec::new();
@@ -150,8 +159,8 @@ pub async fn delete(s: &Arc<Services>, room_id: &str, purge_history: bool) -> Re
             rstore::set_public(c, &r, false)
         })
         .await?;
-    let purged_events = if purge_history {
-        purge(&s.core, room_id, PurgePoint::Ts(i64::MAX))
+    let purged_events = if with_history {
+        purge(s, room_id, PurgePoint::Ts(i64::MAX))
             .await
             .or_else(|e| match e {
                 Error::NotFound(_) => Ok(0),

@@ -282,7 +282,7 @@ async fn room_purge(
             ));
         }
     };
-    let n = admin::rooms::purge(&s.core, room.as_str(), point).await?;
+    let n = admin::rooms::purge(&s, room.as_str(), point).await?;
     tracing::info!(by = %admin.0.user_id, room = %room, purged = n, "admin purged history");
     Ok(HttpResponse::Ok().json(json!({ "purged_events": n })))
 }

@@ -166,6 +166,22 @@ pub struct DeclineOutOfBand {
     pub user_id: String,
 }
 
+/// Where an operator's history purge stops: before an event, or before a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgePoint {
+    Event(String),
+    Ts(i64),
+}
+
+/// The operator's history purge: the room's non-state events before the point go (state,
+/// extremities and memberships stay). Answers how many went, or `None` when the point names
+/// no event of the room.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Option<usize>>")]
+pub struct PurgeHistory {
+    pub point: PurgePoint,
+}
+
 /// Linearized Matrix: PDUs a hub sent for a room we are joining, staged durably before the
 /// `/send` that carried them is answered (a 200 means stored).
 #[derive(Message, Clone)]

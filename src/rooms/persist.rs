@@ -201,6 +201,27 @@ pub fn unstage_join(conn: &mut AnyConnection, room_id: &str, upto_seq: i64) -> S
     crate::storage::linearized::unstage_join_pdus(conn, room_id, upto_seq)
 }
 
+/// The operator's history purge as one fenced job: the point resolved to a stream position
+/// and the room's non-state events before it deleted (`None`: no such event in the room).
+pub fn purge_history_job(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    point: &crate::rooms::messages::PurgePoint,
+) -> StorageResult<Option<usize>> {
+    use crate::rooms::messages::PurgePoint;
+    use crate::storage::admin;
+    crate::storage::cluster::check_fence(conn, room_id)?;
+    let before = match point {
+        PurgePoint::Event(e) => admin::stream_of(conn, room_id, e)?,
+        // Everything older than ts: up to and including the newest event before it.
+        PurgePoint::Ts(ts) => admin::stream_before_ts(conn, room_id, *ts)?.map(|s| s + 1),
+    };
+    match before {
+        Some(b) => admin::purge_history(conn, room_id, b).map(Some),
+        None => Ok(None),
+    }
+}
+
 impl PersistBatch {
     /// Whether the batch writes only history: outliers, state groups and events outside the
     /// timeline (backfilled, at negative positions, or outliers), with no transaction IDs or

@@ -27,8 +27,8 @@ use weft_protocol::{Pdu, RoomVersion};
 
 use super::messages::{
     AppendHistory, DeclineOutOfBand, GetSnapshot, InboundOutcome, InboundPdus, InitRoom,
-    RecordOutOfBand, RoomSnapshot, SendEvent, StageJoinPdus, StoreOutliers, TxnKey,
-    UnstageJoinPdus,
+    PurgeHistory, PurgePoint, RecordOutOfBand, RoomSnapshot, SendEvent, StageJoinPdus,
+    StoreOutliers, TxnKey, UnstageJoinPdus,
 };
 use super::state::CurrentState;
 use crate::error::{Error, Result};
@@ -93,6 +93,10 @@ pub enum Body {
     },
     Unstage {
         upto_seq: i64,
+    },
+    Purge {
+        before_event: Option<String>,
+        before_ts: Option<i64>,
     },
     Outliers {
         groups: Vec<super::persist::NewGroup>,
@@ -434,6 +438,28 @@ impl Forward for GetSnapshot {
     }
 }
 
+impl Forward for PurgeHistory {
+    fn encode(&self) -> Option<Request> {
+        let (before_event, before_ts) = match &self.point {
+            PurgePoint::Event(e) => (Some(e.clone()), None),
+            PurgePoint::Ts(ts) => (None, Some(*ts)),
+        };
+        Some(Request {
+            room_id: String::new(),
+            body: Body::Purge {
+                before_event,
+                before_ts,
+            },
+        })
+    }
+    fn reply_to_wire(r: &Self::Result) -> Value {
+        result_to_wire(r, |n| serde_json::json!(n))
+    }
+    fn reply_from_wire(v: Value) -> Result<Self::Result> {
+        result_from_wire(v, |ok| serde_json::from_value(ok).map_err(bad))
+    }
+}
+
 /// Messages answering `Result<()>`, forwarded as `body`.
 macro_rules! forwarded_unit {
     ($($t:ty => |$m:ident| $body:expr),* $(,)?) => {$(
@@ -637,6 +663,17 @@ async fn run(rooms: &super::RoomRegistry, req: Request) -> Result<Option<Value>>
             here!(msg, StageJoinPdus)
         }
         Body::Unstage { upto_seq } => here!(UnstageJoinPdus { upto_seq }, UnstageJoinPdus),
+        Body::Purge {
+            before_event,
+            before_ts,
+        } => {
+            let point = match (before_event, before_ts) {
+                (Some(e), None) => PurgePoint::Event(e),
+                (None, Some(ts)) => PurgePoint::Ts(ts),
+                _ => return Err(Error::internal("a purge names exactly one point")),
+            };
+            here!(PurgeHistory { point }, PurgeHistory)
+        }
         Body::Outliers { groups, rows } => here!(StoreOutliers { groups, rows }, StoreOutliers),
         Body::History { groups, events } => {
             let events = if events.is_empty() {
@@ -776,6 +813,41 @@ mod tests {
                 .unwrap()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn the_operators_purge_crosses_with_its_point_and_count() {
+        let cases = [
+            (PurgePoint::Event("$cut:x".into()), Ok(Some(5))),
+            (PurgePoint::Ts(1_767_225_600_000), Ok(None)),
+            (PurgePoint::Ts(0), Err(Error::not_found("no such room"))),
+        ];
+        for (point, answer) in cases {
+            let msg = PurgeHistory {
+                point: point.clone(),
+            };
+            let wire = serde_json::to_vec(&msg.encode().unwrap()).unwrap();
+            let back: Request = serde_json::from_slice(&wire).unwrap();
+            let Body::Purge {
+                before_event,
+                before_ts,
+            } = back.body
+            else {
+                panic!("not a purge: {:?}", back.body);
+            };
+            let again = match (before_event, before_ts) {
+                (Some(e), None) => PurgePoint::Event(e),
+                (None, Some(ts)) => PurgePoint::Ts(ts),
+                other => panic!("a purge names one point: {other:?}"),
+            };
+            assert_eq!(again, point);
+            let got = PurgeHistory::reply_from_wire(PurgeHistory::reply_to_wire(&answer)).unwrap();
+            match (got, answer) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a.errcode(), b.errcode()),
+                (a, b) => panic!("{a:?} crossed as {b:?}"),
+            }
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@
 #                                      # /notifications, a pusher and a fake gateway on
 #                                      # loopback, and deactivation (jssdk/scenario.mjs)
 #
-# Each run starts its own weft (WEFT_BIN, default target/debug/weft; built with `cargo build`
-# when missing) with a temporary data dir, open registration and no federation, on a free
+# Each run starts its own weft (WEFT_BIN, default debug/weft under $CARGO_TARGET_DIR or
+# target/; built with `cargo build` when missing) with a temporary data dir, open registration and no federation, on a free
 # loopback port, and stops it afterwards. WEFT_DB=sqlite (default: a file in the data dir)
 # or WEFT_DB=postgres (a fresh database on $WEFT_TEST_PG, default
 # postgres://postgres@127.0.0.1:5432, dropped afterwards) picks weft's backend. The run fails
@@ -58,7 +58,8 @@ if ! "$VENV/bin/python" -c "import nio, vodozemac" 2>/dev/null; then
 fi
 
 # ---- weft
-WEFT_BIN=${WEFT_BIN:-$ROOT/target/debug/weft}
+# cargo puts it under $CARGO_TARGET_DIR when that is set.
+WEFT_BIN=${WEFT_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/weft}
 if [ ! -x "$WEFT_BIN" ]; then
   log "building weft"
   (cd "$ROOT" && cargo build --bin weft)

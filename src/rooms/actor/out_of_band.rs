@@ -1,7 +1,8 @@
 //! A room's writes that are not events of its DAG, made by its actor like every other write
 //! of the room: an out-of-band membership (`RecordOutOfBand`: an invite or knock for a room
 //! we may hold no copy of, or our leave a remote server took), a declined out-of-band invite
-//! (`DeclineOutOfBand`), and Linearized join staging (`StageJoinPdus`, `UnstageJoinPdus`).
+//! (`DeclineOutOfBand`), Linearized join staging (`StageJoinPdus`, `UnstageJoinPdus`), and
+//! the operator's history purge (`PurgeHistory`).
 //!
 //! Each is one storage job from `rooms::persist` (fenced like a batch), run after the pending
 //! batch is committed, while the actor holds its mailbox: the job sees the room as the actor
@@ -10,7 +11,9 @@
 //! out-of-band invite arrives), and so does one being joined (staging).
 
 use super::*;
-use crate::rooms::messages::{DeclineOutOfBand, RecordOutOfBand, StageJoinPdus, UnstageJoinPdus};
+use crate::rooms::messages::{
+    DeclineOutOfBand, PurgeHistory, RecordOutOfBand, StageJoinPdus, UnstageJoinPdus,
+};
 use crate::rooms::persist::{self, OutOfBandMembership};
 use crate::storage::AnyConnection;
 
@@ -120,6 +123,17 @@ impl Handler<UnstageJoinPdus> for RoomActor {
         let room = self.room_id.to_string();
         AtomicResponse::new(
             self.write_after_flush(move |c| persist::unstage_join(c, &room, msg.upto_seq)),
+        )
+    }
+}
+
+impl Handler<PurgeHistory> for RoomActor {
+    type Result = AtomicResponse<Self, Result<Option<usize>>>;
+
+    fn handle(&mut self, msg: PurgeHistory, _ctx: &mut Self::Context) -> Self::Result {
+        let room = self.room_id.to_string();
+        AtomicResponse::new(
+            self.write_after_flush(move |c| persist::purge_history_job(c, &room, &msg.point)),
         )
     }
 }
