@@ -15,9 +15,9 @@
 #                                      # loopback, and deactivation (jssdk/scenario.mjs)
 #
 # Each run starts its own weft (WEFT_BIN, default debug/weft under $CARGO_TARGET_DIR or
-# target/; built with `cargo build` when missing) with a temporary data dir, open registration and no federation, on a free
-# loopback port, and stops it afterwards. WEFT_DB=sqlite (default: a file in the data dir)
-# or WEFT_DB=postgres (a fresh database on $WEFT_TEST_PG, default
+# target/; built with `cargo build` when missing) with a temporary data dir, open
+# registration and no federation, on a free loopback port, and stops it afterwards.
+# WEFT_DB=sqlite (default: a file in the data dir) or WEFT_DB=postgres (a fresh database on $WEFT_TEST_PG, default
 # postgres://postgres@127.0.0.1:5432, dropped afterwards) picks weft's backend. The run fails
 # if the client test fails or weft's log shows a panic. Encrypted runs (nio-e2e,
 # hydrogen-e2e, synapse-e2e) then run check_stored.py on weft's database (and Synapse's):
