@@ -188,6 +188,26 @@ fn catch(run: JobFn, conn: &mut AnyConnection) -> StorageResult<AnyBox> {
         .unwrap_or_else(|_| Err(StorageError::Task("write job panicked".into())))
 }
 
+/// SQLite: takes the database's write lock first, as `BEGIN IMMEDIATE` would (diesel's
+/// multi-connection begins deferred). A deferred transaction that reads and then writes
+/// cannot wait for the lock once another process (the CLI beside the server, or the server
+/// beside it) has committed since its read began: SQLite answers `database is locked` at
+/// once, whatever `busy_timeout` says. A write statement before any read waits for the lock
+/// under `busy_timeout` instead, and the transaction then reads the latest data. The
+/// statement changes nothing; it names diesel's migration table, which every migrated
+/// database has (a bare file, as in unit tests, has none: then there is no lock to take
+/// early and the batch runs as before). PostgreSQL: nothing.
+fn take_write_lock(conn: &mut AnyConnection) -> Result<(), diesel::result::Error> {
+    use diesel::connection::SimpleConnection;
+    if let AnyConnection::Sqlite(c) = conn {
+        match c.batch_execute("DELETE FROM __diesel_schema_migrations WHERE 0") {
+            Err(e) if e.to_string().contains("no such table") => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 fn run_writer(
     mut conn: AnyConnection,
     options: &ConnectionOptions,
@@ -208,6 +228,7 @@ fn run_writer(
         let mut results: Vec<StorageResult<AnyBox>> = Vec::with_capacity(n);
         let mut replies = Vec::with_capacity(n);
         let outcome = conn.transaction::<(), diesel::result::Error, _>(|tx| {
+            take_write_lock(tx)?;
             for job in jobs.drain(..) {
                 replies.push(job.reply);
                 // Each job in its own savepoint: its failure rolls back only its own writes.
@@ -270,6 +291,59 @@ fn run_writer(
 mod tests {
     use super::*;
     use crate::storage::Backend;
+
+    /// Two processes on one SQLite file (the server and the CLI beside it): a job that reads
+    /// and then writes, while the other process commits in between, waits for the lock
+    /// instead of failing with `database is locked`.
+    #[actix_rt::test]
+    async fn a_read_then_write_job_waits_for_the_other_process() {
+        use diesel::connection::SimpleConnection;
+        let path = std::env::temp_dir().join(format!(
+            "weft-writer-lock-{}-{}.db",
+            std::process::id(),
+            crate::random::random_string(6)
+        ));
+        let options = ConnectionOptions {
+            backend: Backend::Sqlite,
+            url: path.display().to_string(),
+            sqlite_synchronous: "normal".into(),
+        };
+        let mut setup = options.establish().unwrap();
+        setup
+            .batch_execute(
+                "CREATE TABLE __diesel_schema_migrations (version TEXT PRIMARY KEY); \
+                 CREATE TABLE t (n INTEGER);",
+            )
+            .unwrap();
+        drop(setup);
+        let cli = Arc::new(Writers::start(&options, 1, 8, 2).unwrap());
+        let url = options.url.clone();
+        let other = cli
+            .submit("s", move |c| {
+                use diesel::RunQueryDsl;
+                diesel::sql_query("SELECT count(*) FROM t").execute(c)?;
+                // The other process commits a write now, between this job's read and write.
+                let o = ConnectionOptions {
+                    backend: Backend::Sqlite,
+                    url,
+                    sqlite_synchronous: "normal".into(),
+                };
+                let writer = std::thread::spawn(move || {
+                    let mut conn = o.establish().unwrap();
+                    conn.batch_execute("INSERT INTO t VALUES (1)")
+                });
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                diesel::sql_query("INSERT INTO t VALUES (2)").execute(c)?;
+                Ok(writer)
+            })
+            .await;
+        let writer = other.expect("the read-then-write job commits");
+        writer
+            .join()
+            .unwrap()
+            .expect("the other process writes after it");
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[actix_rt::test]
     async fn a_full_queue_pushes_back_and_every_job_completes() {
