@@ -1,0 +1,116 @@
+# Shared set-up and wrap-up of the federation benchmarks (tools/bench_send.sh,
+# tools/bench_ingest.sh), sourced by them. The caller sets ROOT, SYN_TOOLS, OUT, TARGETS,
+# the ports (WEFT_CLIENT, WEFT_FED, SYN_CLIENT, SYN_FED, and PEER_PORTS, the array of the
+# fedpeer ports), SYN_NAME and log(); then:
+#
+#   bench_setup    # ports free, binaries (built unless NO_BUILD=1), Synapse installed,
+#                  # weft started and a user registered, Synapse too if TARGETS names it:
+#                  # sets WEFT_BIN, PEER_BIN, WEFT_PID, TARGET_ARGS; writes machine.txt
+#   ... run fedpeer with "${TARGET_ARGS[@]}" ...
+#   bench_finish   # load after, weft's CPU time over the run, its /metrics, panics
+#
+# Both servers are stopped on exit.
+
+bench_setup() {
+  mkdir -p "$OUT"
+  for p in $WEFT_CLIENT $WEFT_FED $SYN_CLIENT $SYN_FED "${PEER_PORTS[@]}"; do
+    if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+      echo "port $p is in use" >&2; exit 1
+    fi
+  done
+
+  if [ -z "${NO_BUILD:-}" ]; then
+    log "cargo build --release -p weft -p fedpeer"
+    (cd "$ROOT" && cargo build --release -p weft -p fedpeer)
+  fi
+  TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+  WEFT_BIN="$TARGET/release/weft"
+  PEER_BIN="$TARGET/release/fedpeer"
+  for b in "$WEFT_BIN" "$PEER_BIN"; do
+    [ -x "$b" ] || { echo "$b is missing (run without NO_BUILD=1)" >&2; exit 1; }
+  done
+  log "installing Synapse if needed ($SYN_TOOLS/install.sh)"
+  "$SYN_TOOLS/install.sh" >&2
+
+  WEFT_PID=""
+  cleanup() {
+    if [ -n "$WEFT_PID" ] && kill -0 "$WEFT_PID" 2>/dev/null; then
+      kill "$WEFT_PID"
+      for _ in $(seq 50); do kill -0 "$WEFT_PID" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$WEFT_PID" 2>/dev/null || true
+    fi
+    SYNAPSE_DATA="$OUT/synapse" "$SYN_TOOLS/stop.sh" "$SYN_NAME" >/dev/null 2>&1 || true
+  }
+  trap cleanup EXIT
+
+  # ---------------------------------------------------------------- weft (release)
+  mkdir -p "$OUT/weft"
+  cat >"$OUT/weft/weft.toml" <<EOF
+server_name = "localhost:$WEFT_FED"
+data_dir = "$OUT/weft"
+[listeners]
+client = "127.0.0.1:$WEFT_CLIENT"
+federation = "127.0.0.1:$WEFT_FED"
+[registration]
+open = true
+[federation]
+verify_tls = false
+[outbound]
+allowed_addresses = ["127.0.0.0/8"]
+[rate_limits]
+enabled = false
+EOF
+  "$WEFT_BIN" serve --config "$OUT/weft/weft.toml" >"$OUT/weft/weft.log" 2>&1 &
+  WEFT_PID=$!
+  for i in $(seq 300); do
+    curl -sf --max-time 2 "http://127.0.0.1:$WEFT_CLIENT/_matrix/client/versions" >/dev/null && break
+    kill -0 "$WEFT_PID" 2>/dev/null || { tail -20 "$OUT/weft/weft.log" >&2; exit 1; }
+    [ "$i" -lt 300 ] || { echo "weft did not start" >&2; exit 1; }
+    sleep 0.2
+  done
+  WEFT_TOKEN=$(curl -sf --max-time 30 -X POST "http://127.0.0.1:$WEFT_CLIENT/_matrix/client/v3/register" \
+    -H 'Content-Type: application/json' \
+    -d '{"username":"bench","password":"bench-password","auth":{"type":"m.login.dummy"}}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  log "weft up (pid $WEFT_PID)"
+
+  # ---------------------------------------------------------------- Synapse
+  TARGET_ARGS=(--target "weft,localhost:$WEFT_FED,http://127.0.0.1:$WEFT_CLIENT,$WEFT_TOKEN")
+  if [[ ",$TARGETS," == *",synapse,"* ]]; then
+    export SYNAPSE_DATA="$OUT/synapse"
+    "$SYN_TOOLS/start.sh" "$SYN_NAME" "$SYN_FED" "$SYN_CLIENT" >/dev/null
+    SYN_TOKEN=$("$SYN_TOOLS/register.sh" "$SYN_NAME" bench bench-password |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    SYN_VERSION=$(curl -sf --max-time 5 "http://127.0.0.1:$SYN_CLIENT/_synapse/admin/v1/server_version" \
+      -H "Authorization: Bearer $SYN_TOKEN" 2>/dev/null || echo '{}')
+    log "synapse up ($SYN_VERSION)"
+    TARGET_ARGS+=(--target "synapse,localhost:$SYN_FED,http://127.0.0.1:$SYN_CLIENT,$SYN_TOKEN")
+  fi
+
+  # ---------------------------------------------------------------- run
+  {
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "weft commit: $(cd "$ROOT" && git rev-parse --short HEAD)"
+    echo "nproc: $(nproc)"
+    lscpu | head -n 15
+    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  } >"$OUT/machine.txt"
+  # weft's CPU time (user + system, clock ticks) around the measured part: CPU per PDU does
+  # not depend on how much of the machine other work took.
+  cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  WEFT_CPU0=$(cpu_ticks "$WEFT_PID")
+}
+
+bench_finish() {
+  echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+  echo "weft CPU during the run: $(( ($(cpu_ticks "$WEFT_PID") - WEFT_CPU0) * 1000 / $(getconf CLK_TCK) )) ms (user + system; includes joins and warm-ups)" >>"$OUT/machine.txt"
+  # weft's own account of the run: which admission path each PDU took, slow-path times.
+  curl -sf --max-time 10 "http://127.0.0.1:$WEFT_CLIENT/metrics" >"$OUT/weft/metrics.txt" || true
+  grep -E '^weft_room_(admission_path_total|slow_path_duration_seconds_(sum|count)|batch_size_events_(sum|count))' "$OUT/weft/metrics.txt" >&2 || true
+  if grep -q panicked "$OUT/weft/weft.log"; then
+    echo "weft panicked during the benchmark (see $OUT/weft/weft.log)" >&2
+    exit 1
+  fi
+  cat "$OUT/machine.txt"
+  log "results in $OUT"
+}
