@@ -18,6 +18,29 @@ pub fn parse(raw: &Value, version: RoomVersion) -> Result<Pdu, String> {
     format::parse(raw.clone(), version)
 }
 
+/// Steps 2–3 for one event a remote server hands us to sign or admit on its own (an invite,
+/// a join, leave or knock of one of its users): refused with 403 when a signature fails, and
+/// when its content does not match its hashes (an event we would keep only redacted is no
+/// membership anyone asked for).
+pub async fn check_one_whole(
+    fed: &Arc<Federation>,
+    pdu: Pdu,
+    version: RoomVersion,
+) -> crate::error::Result<Checked> {
+    use crate::error::Error;
+    let checked = check_many(fed, vec![(pdu, version)])
+        .await
+        .pop()
+        .ok_or_else(|| Error::internal("no check result"))?
+        .map_err(Error::Forbidden)?;
+    if checked.redacted {
+        return Err(Error::forbidden(
+            "the event's content does not match its hashes",
+        ));
+    }
+    Ok(checked)
+}
+
 /// Runs steps 2–3 on many PDUs, fetching keys first. Results in input order.
 pub async fn check_many(
     fed: &Arc<Federation>,

@@ -107,16 +107,7 @@ pub async fn invite(
         .federation()
         .cloned()
         .ok_or_else(|| Error::forbidden("federation is disabled"))?;
-    let checked = verify::check_many(&fed, vec![(pdu, RoomVersion::Linearized)])
-        .await
-        .pop()
-        .ok_or_else(|| Error::internal("no check result"))?
-        .map_err(Error::Forbidden)?;
-    if checked.redacted {
-        return Err(Error::forbidden(
-            "the invite's content does not match its hashes",
-        ));
-    }
+    let checked = verify::check_one_whole(&fed, pdu, RoomVersion::Linearized).await?;
     let mut obj = checked.pdu.json().clone();
     builder::add_signature(
         &mut obj,

@@ -117,14 +117,7 @@ pub async fn invite_v2(
         .federation()
         .cloned()
         .ok_or_else(|| Error::forbidden("federation is disabled"))?;
-    let checked = verify::check_many(&fed, vec![(pdu, version)])
-        .await
-        .pop()
-        .ok_or_else(|| Error::internal("no check result"))?;
-    let checked = checked.map_err(Error::Forbidden)?;
-    if checked.redacted {
-        return Err(Error::forbidden("content hash mismatch"));
-    }
+    let checked = verify::check_one_whole(&fed, pdu, version).await?;
     let known = check_invite_against_room(&s, &checked.pdu, version).await?;
     let mut obj = checked.pdu.json().clone();
     builder::add_signature(&mut obj, version, s.server_name(), &s.core.key)

@@ -121,14 +121,7 @@ pub(super) async fn accept_membership(
         .federation()
         .cloned()
         .ok_or_else(|| Error::forbidden("federation is disabled"))?;
-    let checked = verify::check_many(&fed, vec![(pdu, version)])
-        .await
-        .pop()
-        .ok_or_else(|| Error::internal("no check result"))?;
-    let checked = checked.map_err(Error::Forbidden)?;
-    if checked.redacted {
-        return Err(Error::forbidden("content hash mismatch"));
-    }
+    let checked = verify::check_one_whole(&fed, pdu, version).await?;
     let outcome = s
         .rooms
         .admit(
