@@ -10,11 +10,11 @@
 //! the write under its lease: besides events and inbound PDUs, outliers (`StoreOutliers`),
 //! backfilled history (`AppendHistory`, rows and state groups as the sender built them) and
 //! the room's writes that are not DAG events (an out-of-band membership, a declined
-//! out-of-band invite, Linearized join staging). Messages without a wire form
-//! ([`Forward::encode`] answers `None`: building an invite, the Linearized Matrix hub and
-//! participant messages) run where they arrive, on an actor loaded from the database; their
-//! writes are fenced like any other (on a node that does not own the room they are refused,
-//! not written).
+//! out-of-band invite, Linearized join staging), and the two Linearized Matrix messages
+//! (`HubAppend`: a hub places an event or a participant's LPDU on the line; and
+//! `ParticipantReceive`: a participant takes PDUs from the hub). The one message without a
+//! wire form ([`Forward::encode`] answers `None`: building an invite, which writes nothing)
+//! runs where it arrives, on an actor loaded from the database.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -105,6 +105,20 @@ pub enum Body {
     History {
         groups: Vec<super::persist::NewGroup>,
         events: Vec<(PduWire, crate::storage::events::NewEvent)>,
+    },
+    HubAppend {
+        /// A local user's event (`draft`) or a participant's LPDU (`lpdu`): exactly one.
+        draft: Option<DraftWire>,
+        lpdu: Option<Value>,
+        countersigned: Option<Value>,
+        dry_run: bool,
+        skip: Option<String>,
+        add: Option<String>,
+    },
+    ParticipantReceive {
+        pdus: Vec<PduWire>,
+        joining: bool,
+        state_before_first: Option<Vec<PduWire>>,
     },
 }
 
@@ -512,6 +526,116 @@ forwarded_unit!(
     },
 );
 
+fn object_from_wire(v: Value) -> Result<ruma::CanonicalJsonObject> {
+    weft_protocol::canonical::value_to_object(v).map_err(bad)
+}
+
+fn object_to_wire(o: &ruma::CanonicalJsonObject) -> Value {
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AppendedWire {
+    pdu: PduWire,
+    invite_target: Option<String>,
+    invite_state: Vec<Value>,
+    already: bool,
+}
+
+impl Forward for super::linearized::HubAppend {
+    /// A hub's local user reads the event next, as after a `SendEvent`.
+    const READ_YOUR_WRITES: bool = true;
+    fn encode(&self) -> Option<Request> {
+        use super::linearized::HubInput;
+        let (draft, lpdu) = match &self.input {
+            HubInput::Local(d) => (Some(draft_to_wire(d)), None),
+            HubInput::Lpdu(l) => (None, Some(object_to_wire(l))),
+        };
+        Some(Request {
+            room_id: String::new(),
+            body: Body::HubAppend {
+                draft,
+                lpdu,
+                countersigned: self.countersigned.as_ref().map(object_to_wire),
+                dry_run: self.dry_run,
+                skip: self.fanout.skip.clone(),
+                add: self.fanout.add.clone(),
+            },
+        })
+    }
+    fn reply_to_wire(r: &Self::Result) -> Value {
+        result_to_wire(r, |a| {
+            serde_json::to_value(AppendedWire {
+                pdu: pdu_to_wire(&a.pdu),
+                invite_target: a.invite_target.clone(),
+                invite_state: a.invite_state.clone(),
+                already: a.already,
+            })
+            .unwrap_or(Value::Null)
+        })
+    }
+    fn reply_from_wire(v: Value) -> Result<Self::Result> {
+        result_from_wire(v, |ok| {
+            let w: AppendedWire = serde_json::from_value(ok).map_err(bad)?;
+            Ok(super::linearized::Appended {
+                pdu: pdu_from_wire(w.pdu, RoomVersion::Linearized)?,
+                invite_target: w.invite_target,
+                invite_state: w.invite_state,
+                already: w.already,
+            })
+        })
+    }
+}
+
+fn received_to_wire(r: &super::linearized::Received) -> Value {
+    use super::linearized::Received;
+    match r {
+        Received::Appended => serde_json::json!({"appended": true}),
+        Received::Known => serde_json::json!({"known": true}),
+        Received::Gap(id) => serde_json::json!({"gap": id.as_str()}),
+        Received::Refused(m) => serde_json::json!({"refused": m}),
+    }
+}
+
+fn received_from_wire(v: &Value) -> super::linearized::Received {
+    use super::linearized::Received;
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    if v.get("appended").is_some() {
+        Received::Appended
+    } else if v.get("known").is_some() {
+        Received::Known
+    } else if let Some(id) = text("gap").and_then(|g| OwnedEventId::try_from(g).ok()) {
+        Received::Gap(id)
+    } else {
+        Received::Refused(text("refused").unwrap_or_else(|| "unreadable outcome".into()))
+    }
+}
+
+impl Forward for super::linearized::ParticipantReceive {
+    fn encode(&self) -> Option<Request> {
+        Some(Request {
+            room_id: String::new(),
+            body: Body::ParticipantReceive {
+                pdus: self.pdus.iter().map(pdu_to_wire).collect(),
+                joining: self.joining,
+                state_before_first: self
+                    .state_before_first
+                    .as_ref()
+                    .map(|s| s.iter().map(pdu_to_wire).collect()),
+            },
+        })
+    }
+    fn reply_to_wire(r: &Self::Result) -> Value {
+        Value::from(r.iter().map(received_to_wire).collect::<Vec<_>>())
+    }
+    fn reply_from_wire(v: Value) -> Result<Self::Result> {
+        match v {
+            Value::Array(items) => Ok(items.iter().map(received_from_wire).collect()),
+            _ => Err(bad("participant outcomes are not a list")),
+        }
+    }
+}
+
 macro_rules! runs_where_it_arrives {
     ($($t:ty),* $(,)?) => {$(
         impl Forward for $t {
@@ -528,11 +652,7 @@ macro_rules! runs_where_it_arrives {
     )*};
 }
 
-runs_where_it_arrives!(
-    super::messages::BuildEvent,
-    super::linearized::HubAppend,
-    super::linearized::ParticipantReceive,
-);
+runs_where_it_arrives!(super::messages::BuildEvent);
 
 /// The owner's side: decodes a forwarded request, runs it here if this node owns the room,
 /// and encodes the answer.
@@ -696,6 +816,51 @@ async fn run(rooms: &super::RoomRegistry, req: Request) -> Result<Option<Value>>
                     .collect::<Result<_>>()?
             };
             here!(AppendHistory { groups, events }, AppendHistory)
+        }
+        Body::HubAppend {
+            draft,
+            lpdu,
+            countersigned,
+            dry_run,
+            skip,
+            add,
+        } => {
+            use super::linearized::{FanoutChange, HubAppend, HubInput};
+            let input = match (draft, lpdu) {
+                (Some(d), None) => HubInput::Local(draft_from_wire(d)?),
+                (None, Some(l)) => HubInput::Lpdu(object_from_wire(l)?),
+                _ => return Err(bad("a hub append names exactly one event")),
+            };
+            let msg = HubAppend {
+                input,
+                countersigned: countersigned.map(object_from_wire).transpose()?,
+                dry_run,
+                fanout: FanoutChange { skip, add },
+            };
+            here!(msg, HubAppend)
+        }
+        Body::ParticipantReceive {
+            pdus,
+            joining,
+            state_before_first,
+        } => {
+            use super::linearized::ParticipantReceive;
+            let lm = RoomVersion::Linearized;
+            let msg = ParticipantReceive {
+                pdus: pdus
+                    .into_iter()
+                    .map(|p| pdu_from_wire(p, lm))
+                    .collect::<Result<_>>()?,
+                joining,
+                state_before_first: state_before_first
+                    .map(|s| {
+                        s.into_iter()
+                            .map(|p| pdu_from_wire(p, lm))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .transpose()?,
+            };
+            here!(msg, ParticipantReceive)
         }
     }
 }
@@ -909,6 +1074,94 @@ mod tests {
             }
             other => panic!("not history: {other:?}"),
         }
+    }
+
+    #[test]
+    fn linearized_messages_cross_with_their_inputs_and_outcomes() {
+        use super::super::linearized::{
+            FanoutChange, HubAppend, HubInput, ParticipantReceive, Received,
+        };
+        let lpdu = weft_protocol::canonical::value_to_object(serde_json::json!({
+            "type": "m.room.message", "room_id": "!r:hub.test", "sender": "@p:part.test",
+            "hub_server": "hub.test", "content": {"body": "hi"}, "origin_server_ts": 1,
+        }))
+        .unwrap();
+        let msg = HubAppend {
+            input: HubInput::Lpdu(lpdu.clone()),
+            countersigned: Some(lpdu.clone()),
+            dry_run: true,
+            fanout: FanoutChange {
+                skip: Some("part.test".into()),
+                add: None,
+            },
+        };
+        let wire = serde_json::to_vec(&msg.encode().unwrap()).unwrap();
+        match serde_json::from_slice::<Request>(&wire).unwrap().body {
+            Body::HubAppend {
+                draft: None,
+                lpdu: Some(l),
+                countersigned: Some(c),
+                dry_run: true,
+                skip,
+                add: None,
+            } => {
+                assert_eq!(object_from_wire(l).unwrap(), lpdu);
+                assert_eq!(object_from_wire(c).unwrap(), lpdu);
+                assert_eq!(skip.as_deref(), Some("part.test"));
+            }
+            other => panic!("not a hub append of an LPDU: {other:?}"),
+        }
+        let local = HubAppend {
+            input: HubInput::Local(EventDraft::state(
+                "m.room.topic",
+                "",
+                OwnedUserId::try_from("@a:hub.test").unwrap(),
+                serde_json::json!({"topic": "t"}),
+            )),
+            countersigned: None,
+            dry_run: false,
+            fanout: FanoutChange::default(),
+        };
+        let wire = serde_json::to_vec(&local.encode().unwrap()).unwrap();
+        match serde_json::from_slice::<Request>(&wire).unwrap().body {
+            Body::HubAppend {
+                draft: Some(d),
+                lpdu: None,
+                ..
+            } => assert_eq!(draft_from_wire(d).unwrap().kind, "m.room.topic"),
+            other => panic!("not a local hub append: {other:?}"),
+        }
+        let refused: Result<super::super::linearized::Appended> = Err(Error::BadState(
+            "part.test must sign this invite first".into(),
+        ));
+        let back = HubAppend::reply_from_wire(HubAppend::reply_to_wire(&refused)).unwrap();
+        assert_eq!(back.unwrap_err().errcode(), "M_BAD_STATE");
+
+        let outcomes = vec![
+            Received::Appended,
+            Received::Known,
+            Received::Gap(OwnedEventId::try_from("$gap").unwrap()),
+            Received::Refused("not from the hub".into()),
+        ];
+        let back =
+            ParticipantReceive::reply_from_wire(ParticipantReceive::reply_to_wire(&outcomes))
+                .unwrap();
+        assert_eq!(back, outcomes);
+        let recv = ParticipantReceive {
+            pdus: Vec::new(),
+            joining: true,
+            state_before_first: Some(Vec::new()),
+        };
+        let wire = serde_json::to_vec(&recv.encode().unwrap()).unwrap();
+        match serde_json::from_slice::<Request>(&wire).unwrap().body {
+            Body::ParticipantReceive {
+                pdus,
+                joining: true,
+                state_before_first: Some(s),
+            } => assert!(pdus.is_empty() && s.is_empty()),
+            other => panic!("not a participant receive: {other:?}"),
+        }
+        assert!(ParticipantReceive::reply_from_wire(serde_json::json!({"x": 1})).is_err());
     }
 
     #[test]
