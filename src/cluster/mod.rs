@@ -116,6 +116,10 @@ pub struct Cluster {
     acquiring: tokio::sync::Mutex<()>,
     out: tokio::sync::mpsc::UnboundedSender<Outgoing>,
     typing: std::sync::OnceLock<TypingHandler>,
+    /// When this node last heard its own heartbeat back from NATS (see `check_nats`).
+    echo: Mutex<Instant>,
+    /// This node has given up its leases for want of NATS, and not yet heard itself again.
+    isolated: std::sync::atomic::AtomicBool,
 }
 
 impl rows::FenceSource for Cluster {
@@ -175,6 +179,8 @@ impl Cluster {
             acquiring: tokio::sync::Mutex::new(()),
             out: tx,
             typing: std::sync::OnceLock::new(),
+            echo: Mutex::new(Instant::now()),
+            isolated: std::sync::atomic::AtomicBool::new(false),
             core: Arc::clone(&core),
         });
 
@@ -268,11 +274,12 @@ impl Cluster {
         );
         actix_rt::spawn(async move {
             while let Some(msg) = rx.recv().await {
-                let (subject, body) = match &msg {
-                    Outgoing::Node(h) => (&node, serde_json::to_vec(h)),
-                    Outgoing::Wake(w) => (&wake, serde_json::to_vec(w)),
-                    Outgoing::Typing(t) => (&typing, serde_json::to_vec(t)),
+                let (subject, body, kind) = match &msg {
+                    Outgoing::Node(h) => (&node, serde_json::to_vec(h), "node"),
+                    Outgoing::Wake(w) => (&wake, serde_json::to_vec(w), "wake"),
+                    Outgoing::Typing(t) => (&typing, serde_json::to_vec(t), "typing"),
                 };
+                crate::observe::metrics::cluster_published(kind);
                 let Ok(body) = body else { continue };
                 if let Err(e) = nats.publish(subject.clone(), body.into()).await {
                     tracing::warn!(error = %e, "cluster: publish failed");
@@ -341,6 +348,13 @@ impl Cluster {
 
     fn on_heartbeat(&self, h: Heartbeat) {
         if h.node == self.node_id {
+            *self.echo.lock() = Instant::now();
+            if self
+                .isolated
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::info!(node = %self.node_id, "cluster: NATS reached again; taking rooms again");
+            }
             return;
         }
         {
@@ -434,6 +448,16 @@ impl Cluster {
             .to_owned()
     }
 
+    /// The live node other than this one that holds a valid lease on `key`, if any (one
+    /// database read; never acquires).
+    pub async fn lease_holder(&self, key: &str) -> Result<Option<String>> {
+        let k = key.to_owned();
+        let lease = self.core.db.read(move |c| rows::lease(c, &k)).await?;
+        Ok(lease
+            .filter(|l| l.remaining_ms > 0 && l.owner != self.node_id && self.is_live(&l.owner))
+            .map(|l| l.owner))
+    }
+
     /// Gives up this node's lease on `key` at `epoch` (its work there is done): dropped from
     /// the held set at once, and ended in the database (the row stays, so the next owner gets
     /// a higher epoch). A lease re-acquired meanwhile under another epoch is kept.
@@ -445,6 +469,7 @@ impl Cluster {
             }
             held.remove(key);
         }
+        crate::observe::metrics::cluster_releases(1);
         let (k, node) = (key.to_owned(), self.node_id.clone());
         if let Err(e) = self
             .core
@@ -460,6 +485,7 @@ impl Cluster {
     /// listening (the receiver's periodic sweep must not depend on it).
     pub fn notify(&self, node: &str, body: Vec<u8>) {
         let (nats, subject) = (self.nats.clone(), self.subject(&format!("notice.{node}")));
+        crate::observe::metrics::cluster_published("notice");
         actix_rt::spawn(async move {
             if let Err(e) = nats.publish(subject, body.into()).await {
                 tracing::warn!(error = %e, "cluster: could not send a notice");
@@ -519,12 +545,79 @@ impl Cluster {
                 tick.tick().await;
                 let Some(c) = weak.upgrade() else { break };
                 c.renew().await;
+                c.rebalance().await;
             }
         });
     }
 
+    /// Whether this node has not heard its own heartbeat come back from NATS for three
+    /// quarters of the TTL (what the others need within a TTL to call it live).
+    fn cut_off(&self) -> bool {
+        self.echo.lock().elapsed() > self.local_term()
+    }
+
+    /// Whether this node has given up its leases because it alone is cut off from NATS: it
+    /// takes no rooms until it hears itself again.
+    pub fn isolated(&self) -> bool {
+        self.isolated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Writes when this node last heard NATS (`cluster_nodes`); cut off while another node
+    /// heard NATS within a TTL, it is the one the others cannot reach: it gives every lease
+    /// back (so its rooms and destinations move at once instead of staying pinned to a node
+    /// nobody can forward to) and takes none until it hears itself again. Cut off with every
+    /// other node silent too, NATS is down for all: it keeps what it holds and serves it
+    /// locally, as before. `true`: the leases were given up, do not renew.
+    async fn check_nats(&self) -> bool {
+        let echo_age = ms(self.echo.lock().elapsed());
+        let (node, ttl) = (self.node_id.clone(), ms(self.ttl));
+        let others = match self
+            .core
+            .db
+            .read(move |c| rows::note_nats_seen(c, &node, echo_age, ttl))
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: could not record NATS liveness");
+                return false;
+            }
+        };
+        if !self.cut_off() || others == 0 {
+            return false;
+        }
+        let keys: Vec<String> = self.held.lock().drain().map(|(k, _)| k).collect();
+        let was = self
+            .isolated
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        if !was || !keys.is_empty() {
+            tracing::warn!(
+                node = %self.node_id,
+                leases = keys.len(),
+                others_with_nats = others,
+                "cluster: cut off from NATS while other nodes are not; giving up every lease until it is reached again"
+            );
+        }
+        if !keys.is_empty() {
+            crate::observe::metrics::cluster_releases(keys.len());
+            let node = self.node_id.clone();
+            if let Err(e) = self
+                .core
+                .db
+                .read(move |c| rows::expire_all(c, &node, &keys))
+                .await
+            {
+                tracing::warn!(error = %e, "cluster: could not give up leases (they run out by themselves)");
+            }
+        }
+        true
+    }
+
     /// Extends every held lease; drops the ones another node took over.
     async fn renew(&self) {
+        if self.check_nats().await {
+            return;
+        }
         let rooms: Vec<String> = self.held.lock().keys().cloned().collect();
         if rooms.is_empty() {
             return;
@@ -540,6 +633,7 @@ impl Cluster {
             .await
         {
             Ok(still) => {
+                crate::observe::metrics::cluster_renewal(still.len());
                 let until = began + self.local_term();
                 let mut held = self.held.lock();
                 for room in rooms {
@@ -557,6 +651,39 @@ impl Cluster {
         }
     }
 
+    /// Gives back the rooms held here whose rendezvous owner is now another live node (a node
+    /// joined, or came back after a failover) once they have been idle for a lease TTL: their
+    /// next message goes to that node, which acquires them. Busy rooms stay (moving one costs
+    /// its actor's warm state and a load from the database), so load spreads as rooms go
+    /// quiet. Destinations need none of this: an idle destination actor gives its lease
+    /// back by itself.
+    async fn rebalance(&self) {
+        let live = self.live_nodes();
+        if live.len() < 2 {
+            return;
+        }
+        let idle_ms = ms(self.ttl);
+        let stats = crate::observe::rooms::global();
+        let elsewhere: Vec<(String, i64, String)> = self
+            .held_rooms()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with('!'))
+            .filter_map(|(k, epoch)| {
+                let to = placement::owner(&k, live.iter().map(String::as_str))?.to_owned();
+                (to != self.node_id).then_some((k, epoch, to))
+            })
+            .collect();
+        for (room, epoch, to) in elsewhere {
+            // Checked again right before: `release` drops the lease from the held set at once,
+            // so from then on `route` sends the room's messages elsewhere.
+            if stats.idle_ms(&room) < idle_ms {
+                continue;
+            }
+            tracing::info!(room_id = %room, epoch, to, "cluster: giving an idle room back to its rendezvous owner");
+            self.release(&room, epoch).await;
+        }
+    }
+
     /// How long after a renewal began this node still calls the lease its own: a quarter of
     /// the TTL short of the database's end.
     fn local_term(&self) -> Duration {
@@ -569,10 +696,24 @@ impl Cluster {
     pub async fn route(&self, room_id: &str) -> Result<Route> {
         let deadline = Instant::now() + self.ttl * 2;
         loop {
-            if let Some(h) = self.held.lock().get(room_id)
-                && h.until > Instant::now()
-            {
-                return Ok(Route::Local { epoch: h.epoch });
+            if self.isolated() {
+                return Err(Error::Unreachable(format!(
+                    "cluster node {} is cut off from NATS and takes no rooms",
+                    self.node_id
+                )));
+            }
+            let held = self
+                .held
+                .lock()
+                .get(room_id)
+                .filter(|h| h.until > Instant::now())
+                .map(|h| h.epoch);
+            if let Some(epoch) = held {
+                if room_id.starts_with('!') {
+                    // On its way to the actor: not idle (see `rebalance`).
+                    crate::observe::rooms::global().touch(room_id);
+                }
+                return Ok(Route::Local { epoch });
             }
             let room = room_id.to_owned();
             let lease = self.core.db.read(move |c| rows::lease(c, &room)).await?;
@@ -628,6 +769,7 @@ impl Cluster {
             .read(move |c| rows::acquire(c, &room, &node, ttl))
             .await?;
         if let Some(epoch) = got {
+            crate::observe::metrics::cluster_acquisition();
             if room_id.starts_with('!') {
                 tracing::info!(room_id, epoch, node = %self.node_id, "cluster: room acquired");
             } else {
@@ -653,9 +795,16 @@ impl Cluster {
         tokio::pin!(request);
         loop {
             match tokio::time::timeout(Duration::from_millis(100), &mut request).await {
-                Ok(Ok(m)) => return Ok(m.payload.to_vec()),
-                Ok(Err(e)) => return Err(Error::Unreachable(format!("cluster node {node}: {e}"))),
+                Ok(Ok(m)) => {
+                    crate::observe::metrics::cluster_forward(true);
+                    return Ok(m.payload.to_vec());
+                }
+                Ok(Err(e)) => {
+                    crate::observe::metrics::cluster_forward(false);
+                    return Err(Error::Unreachable(format!("cluster node {node}: {e}")));
+                }
                 Err(_) if !self.is_live(node) => {
+                    crate::observe::metrics::cluster_forward(false);
                     return Err(Error::Unreachable(format!(
                         "cluster node {node} went silent before answering"
                     )));
@@ -691,6 +840,7 @@ impl Cluster {
                 let (h, nats) = (Arc::clone(&handler), nats.clone());
                 actix_rt::spawn(async move {
                     let answer = h(m.payload.to_vec()).await;
+                    crate::observe::metrics::cluster_served();
                     if let Err(e) = nats.publish(reply, answer.into()).await {
                         tracing::warn!(error = %e, "cluster: could not answer a forwarded request");
                     }

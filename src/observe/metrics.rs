@@ -45,6 +45,14 @@ pub const RATE_LIMITED: &str = "weft_ratelimit_refusals_total";
 pub const PUSH_EVENTS: &str = "weft_push_events_evaluated_total";
 pub const PUSH_NOTIFICATIONS: &str = "weft_push_notifications_total";
 pub const PUSH_DELIVERIES: &str = "weft_push_gateway_requests_total";
+pub const CLUSTER_FORWARDS: &str = "weft_cluster_forwards_total";
+pub const CLUSTER_SERVED: &str = "weft_cluster_forwards_served_total";
+pub const CLUSTER_RENEWALS: &str = "weft_cluster_lease_renewals_total";
+pub const CLUSTER_LEASES_RENEWED: &str = "weft_cluster_leases_renewed_total";
+pub const CLUSTER_ACQUISITIONS: &str = "weft_cluster_lease_acquisitions_total";
+pub const CLUSTER_RELEASES: &str = "weft_cluster_lease_releases_total";
+pub const CLUSTER_PUBLISHED: &str = "weft_cluster_nats_published_total";
+pub const CLUSTER_SEQUENCE_CALLS: &str = "weft_cluster_sequence_calls_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -175,6 +183,35 @@ fn describe() {
     describe_counter!(
         PUSH_DELIVERIES,
         "Requests to push gateways, by result (ok, retry, dropped)"
+    );
+    describe_counter!(
+        CLUSTER_FORWARDS,
+        "Room messages this node forwarded to another node's owner, by result (ok, error)"
+    );
+    describe_counter!(
+        CLUSTER_SERVED,
+        "Room messages other nodes forwarded to this node, answered here"
+    );
+    describe_counter!(
+        CLUSTER_RENEWALS,
+        "Lease renewal rounds (one UPDATE each, covering every held lease)"
+    );
+    describe_counter!(CLUSTER_LEASES_RENEWED, "Leases extended by renewal rounds");
+    describe_counter!(
+        CLUSTER_ACQUISITIONS,
+        "Leases (rooms, destinations) this node acquired at a new epoch"
+    );
+    describe_counter!(
+        CLUSTER_RELEASES,
+        "Leases this node gave back (idle destination or room, rebalancing, NATS lost)"
+    );
+    describe_counter!(
+        CLUSTER_PUBLISHED,
+        "NATS publications by subject kind (node, wake, typing, notice)"
+    );
+    describe_counter!(
+        CLUSTER_SEQUENCE_CALLS,
+        "nextval calls on the cluster's PostgreSQL sequences, by sequence"
     );
 }
 
@@ -321,6 +358,40 @@ pub fn rate_limited(limiter: &'static str) {
 /// Refusals so far, per limiter (for the status page).
 pub fn rate_limit_refusals() -> std::collections::BTreeMap<&'static str, u64> {
     REFUSALS.get().map(|m| m.lock().clone()).unwrap_or_default()
+}
+
+/// A room message forwarded to its owner on another node, and whether an answer came.
+pub fn cluster_forward(ok: bool) {
+    counter!(CLUSTER_FORWARDS, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// A room message forwarded by another node was answered here.
+pub fn cluster_served() {
+    counter!(CLUSTER_SERVED).increment(1);
+}
+
+/// One lease renewal round extended `leases` leases.
+pub fn cluster_renewal(leases: usize) {
+    counter!(CLUSTER_RENEWALS).increment(1);
+    counter!(CLUSTER_LEASES_RENEWED).increment(leases as u64);
+}
+
+pub fn cluster_acquisition() {
+    counter!(CLUSTER_ACQUISITIONS).increment(1);
+}
+
+pub fn cluster_releases(n: usize) {
+    counter!(CLUSTER_RELEASES).increment(n as u64);
+}
+
+/// A NATS publication (`kind`: node, wake, typing, notice).
+pub fn cluster_published(kind: &'static str) {
+    counter!(CLUSTER_PUBLISHED, "kind" => kind).increment(1);
+}
+
+/// A `nextval` on one of the cluster's sequences (`seq`: stream, group, queue, backfill).
+pub fn cluster_sequence_call(seq: &'static str) {
+    counter!(CLUSTER_SEQUENCE_CALLS, "sequence" => seq).increment(1);
 }
 
 // ---- gauges refreshed at scrape time -------------------------------------------------------

@@ -75,6 +75,23 @@ impl RoomStatsMap {
         InFlight(s)
     }
 
+    /// How long a room has had nothing waiting for its actor, in milliseconds (0 while
+    /// something waits; `i64::MAX` for a room not seen). Does not add the room.
+    pub fn idle_ms(&self, room_id: &str) -> i64 {
+        match self.map.lock().get(room_id) {
+            None => i64::MAX,
+            Some(s) if s.waiting.load(Ordering::Relaxed) > 0 => 0,
+            Some(s) => now_ms().saturating_sub(s.last_activity_ms.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Marks a room active now (a message is on its way to its actor).
+    pub fn touch(&self, room_id: &str) {
+        self.get(room_id)
+            .last_activity_ms
+            .store(now_ms(), Ordering::Relaxed);
+    }
+
     /// Counts events appended to a room's timeline.
     pub fn appended(&self, room_id: &str, n: u64) {
         self.get(room_id).events.fetch_add(n, Ordering::Relaxed);
@@ -133,8 +150,11 @@ mod tests {
         let snap = m.snapshot();
         assert_eq!(snap[0].waiting, 2);
         assert_eq!(snap[0].high_water, 2);
+        assert_eq!(m.idle_ms("!a:x"), 0, "busy while messages wait");
+        assert_eq!(m.idle_ms("!unseen:x"), i64::MAX);
         drop(a);
         drop(b);
+        assert!((0..60_000).contains(&m.idle_ms("!a:x")));
         m.appended("!a:x", 3);
         let _c = m.enter("!a:x");
         let snap = m.snapshot();

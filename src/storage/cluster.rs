@@ -163,6 +163,51 @@ pub fn expire(conn: &mut AnyConnection, node: &str, key: &str, epoch: i64) -> St
     Ok(())
 }
 
+/// Ends every lease `node` holds among `keys` now, keeping the rows (a node cut off from
+/// NATS giving its rooms and destinations back).
+pub fn expire_all(conn: &mut AnyConnection, node: &str, keys: &[String]) -> StorageResult<()> {
+    diesel::sql_query(
+        "UPDATE cluster_leases SET expires_at = 0 WHERE owner = $1 AND room_id = ANY($2)",
+    )
+    .bind::<Text, _>(node)
+    .bind::<Array<Text>, _>(keys)
+    .execute(pg(conn)?)?;
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Records that `node` last heard its own heartbeat back from NATS `echo_age_ms` ago
+/// (`cluster_nodes`), and answers how many *other* nodes heard theirs within the last
+/// `within_ms`: none means NATS is down for everyone (or the node is alone), some means this
+/// node alone is cut off.
+pub fn note_nats_seen(
+    conn: &mut AnyConnection,
+    node: &str,
+    echo_age_ms: i64,
+    within_ms: i64,
+) -> StorageResult<i64> {
+    let c = pg(conn)?;
+    diesel::sql_query(format!(
+        "INSERT INTO cluster_nodes (node, nats_seen_at) VALUES ($1, {NOW_MS} - $2) \
+         ON CONFLICT (node) DO UPDATE SET nats_seen_at = EXCLUDED.nats_seen_at"
+    ))
+    .bind::<Text, _>(node)
+    .bind::<BigInt, _>(echo_age_ms)
+    .execute(c)?;
+    let rows: Vec<CountRow> = diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM cluster_nodes WHERE node <> $1 AND nats_seen_at > {NOW_MS} - $2"
+    ))
+    .bind::<Text, _>(node)
+    .bind::<BigInt, _>(within_ms)
+    .load(c)?;
+    Ok(rows.first().map(|r| r.n).unwrap_or(0))
+}
+
 #[derive(diesel::QueryableByName)]
 struct DestinationRow {
     #[diesel(sql_type = Text)]
@@ -217,7 +262,8 @@ pub fn next_state_group(conn: &mut AnyConnection) -> StorageResult<i64> {
     next(conn, "cluster_state_groups")
 }
 
-fn next(conn: &mut AnyConnection, seq: &str) -> StorageResult<i64> {
+fn next(conn: &mut AnyConnection, seq: &'static str) -> StorageResult<i64> {
+    crate::observe::metrics::cluster_sequence_call(seq.strip_prefix("cluster_").unwrap_or(seq));
     let rows: Vec<ValueRow> =
         diesel::sql_query(format!("SELECT nextval('{seq}') AS value")).load(pg(conn)?)?;
     rows.first()

@@ -193,6 +193,9 @@ pub(crate) struct Shared {
     probes: AtomicU64,
     /// Cluster mode: destinations are sent by the node holding their lease ([`shard`]).
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Cluster mode: when this node last passed a sign of life of a destination it does not
+    /// send to the node that does (at most one a second each; bounded, [`shard`]).
+    lives_passed_on: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Shared {
@@ -257,6 +260,11 @@ impl Shared {
     /// is sent at once. Only destinations we owe something are tracked, so remote input
     /// cannot grow this state.
     fn alive(self: &Arc<Self>, destination: &str, reason: WakeReason) {
+        if !self.owns(destination) {
+            // Cluster mode: another node sends it, and its backoff is the one to end.
+            shard::pass_on_sign_of_life(self, destination, reason);
+            return;
+        }
         let now = now_ms();
         let wake = {
             let mut health = self.health.lock();
@@ -309,6 +317,7 @@ impl Sender {
             next_actor_id: AtomicU64::new(1),
             probes: AtomicU64::new(0),
             cluster: std::sync::OnceLock::new(),
+            lives_passed_on: Mutex::new(HashMap::new()),
         });
         // Any answer from a destination is a sign of life.
         let weak = Arc::downgrade(&shared);
@@ -889,6 +898,14 @@ impl Handler<Wake> for DestinationActor {
         });
         let ends_backoff =
             msg.reason == WakeReason::Reset || (msg.reason.is_sign_of_life() && down);
+        if msg.reason == WakeReason::Reset {
+            // The operator's reset, made here or on another node: the failures are
+            // forgotten too, so the next failure backs off from the start.
+            self.health(|h| {
+                h.failures = 0;
+                h.down = false;
+            });
+        }
         if backing_off && !ends_backoff {
             // The retry timer (or a sign of life) will send; the work is in the queue.
             return;

@@ -28,9 +28,15 @@
 //! * **Idle actors give their lease back**, so a destination with nothing to send holds no
 //!   lease and the next work goes to its current rendezvous owner (rebalancing for free).
 //!
+//! * **Signs of life cross.** A sign of life (an authenticated request from the
+//!   destination, an answer to one of our requests, a probe answered) seen on a node that
+//!   does not send the destination is passed to the lease holder as a notice (at most one a
+//!   second per destination and node; none when nobody holds the lease), and the holder
+//!   takes it as its own: a destination that was down ends its backoff and is sent at once.
+//!   The operator's reset crosses the same way and clears the holder's failure count too.
+//!
 //! Per node, as before: backoff, probes and the operator's view cover the destinations this
-//! node sends. A sign of life (an inbound request, an answer) seen on another node does not
-//! end the owner's backoff; the owner's own probes find the destination's return.
+//! node sends.
 
 use std::sync::Arc;
 
@@ -44,6 +50,13 @@ pub(crate) const KEY_PREFIX: &str = "dest:";
 
 /// How many times a wake-up may be handed on between nodes.
 const MAX_HOPS: u8 = 2;
+
+/// A node passes on at most one sign of life per destination this often.
+const SIGN_OF_LIFE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The most destinations whose last passed-on sign of life a node remembers (remote servers
+/// choose their names, so the table is bounded).
+const SIGNS_REMEMBERED: usize = 4096;
 
 /// A destination's lease key.
 pub(crate) fn key(destination: &str) -> String {
@@ -90,6 +103,51 @@ pub(crate) fn route_wake(shared: &Arc<Shared>, destination: &str, reason: WakeRe
     });
 }
 
+/// A sign of life of `destination`, which another node may be sending: handed to the lease
+/// holder (rate-limited per destination; dropped when nobody holds the lease, as then nobody
+/// is backing off).
+pub(crate) fn pass_on_sign_of_life(shared: &Arc<Shared>, destination: &str, reason: WakeReason) {
+    let Some(cluster) = shared.cluster.get().cloned() else {
+        return;
+    };
+    {
+        let now = std::time::Instant::now();
+        let mut seen = shared.lives_passed_on.lock();
+        if seen
+            .get(destination)
+            .is_some_and(|t| now.duration_since(*t) < SIGN_OF_LIFE_EVERY)
+        {
+            return;
+        }
+        if seen.len() >= SIGNS_REMEMBERED {
+            seen.retain(|_, t| now.duration_since(*t) < SIGN_OF_LIFE_EVERY);
+            if seen.len() >= SIGNS_REMEMBERED {
+                seen.clear();
+            }
+        }
+        seen.insert(destination.to_owned(), now);
+    }
+    let dest = destination.to_owned();
+    shared.arbiter.spawn(async move {
+        match cluster.lease_holder(&key(&dest)).await {
+            Ok(Some(node)) => {
+                let notice = Notice {
+                    destination: dest.clone(),
+                    reason: reason.as_str().to_owned(),
+                    hops: MAX_HOPS,
+                };
+                tracing::debug!(destination = %dest, node, reason = reason.as_str(), "cluster: passing on a sign of life");
+                match serde_json::to_vec(&notice) {
+                    Ok(body) => cluster.notify(&node, body),
+                    Err(e) => tracing::warn!(error = %e, "cluster: notice not encoded"),
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(destination = %dest, error = %e, "cluster: no lease holder to tell of a sign of life"),
+        }
+    });
+}
+
 /// Joins outbound delivery to the cluster: notices from other nodes are routed here, and the
 /// sweep runs every half TTL on the federation arbiter.
 pub(crate) async fn attach(
@@ -103,10 +161,20 @@ pub(crate) async fn attach(
             let Some(s) = weak.upgrade() else { return };
             match serde_json::from_slice::<Notice>(&body) {
                 Ok(n) => match WakeReason::parse(&n.reason) {
-                    Some(reason) if !s.core.is_local(&n.destination) => {
+                    _ if s.core.is_local(&n.destination) => {
+                        tracing::warn!(reason = %n.reason, "cluster: bad delivery notice")
+                    }
+                    Some(reason @ (WakeReason::NewWork | WakeReason::Reset)) => {
                         route_wake(&s, &n.destination, reason, n.hops)
                     }
-                    _ => tracing::warn!(reason = %n.reason, "cluster: bad delivery notice"),
+                    // A sign of life another node saw: ours to act on only while we send it.
+                    Some(reason) => {
+                        if s.owns(&n.destination) {
+                            tracing::info!(destination = %n.destination, reason = %n.reason, "cluster: a sign of life seen on another node");
+                            s.alive(&n.destination, reason);
+                        }
+                    }
+                    None => tracing::warn!(reason = %n.reason, "cluster: bad delivery notice"),
                 },
                 Err(e) => tracing::warn!(error = %e, "cluster: bad delivery notice"),
             }
