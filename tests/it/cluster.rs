@@ -151,6 +151,8 @@ fn unique(prefix: &str) -> String {
 struct Fed<'a> {
     port: u16,
     server_name: &'a str,
+    /// Extra `[federation]` keys (replacing the test defaults of the same name).
+    extra: &'a str,
 }
 
 fn write_config(
@@ -160,18 +162,35 @@ fn write_config(
     port: u16,
     prefix: &str,
     fed: Option<&Fed<'_>>,
+    nats: &str,
 ) -> PathBuf {
     let data = dir.join(node);
     fs::create_dir_all(&data).expect("node dir");
     let (server_name, fed_listener, fed_section) = match fed {
-        Some(f) => (
-            f.server_name.to_owned(),
-            format!("127.0.0.1:{}", f.port),
-            "enabled = true\nverify_tls = false\nretry_min_ms = 200\nretry_max_ms = 2000\n\
-             request_timeout_ms = 15000\n[outbound]\nallowed_addresses = [\"127.0.0.0/8\", \"::1\"]\n"
-                .to_owned(),
+        Some(f) => {
+            let mut section = String::from("enabled = true\nverify_tls = false\n");
+            for (key, default) in [
+                ("retry_min_ms", "200"),
+                ("retry_max_ms", "2000"),
+                ("request_timeout_ms", "15000"),
+            ] {
+                if !f.extra.lines().any(|l| l.trim_start().starts_with(key)) {
+                    section.push_str(&format!("{key} = {default}\n"));
+                }
+            }
+            section.push_str(f.extra);
+            section.push_str("\n[outbound]\nallowed_addresses = [\"127.0.0.0/8\", \"::1\"]\n");
+            (
+                f.server_name.to_owned(),
+                format!("127.0.0.1:{}", f.port),
+                section,
+            )
+        }
+        None => (
+            "weft.test".to_owned(),
+            String::new(),
+            "enabled = false\n".to_owned(),
         ),
-        None => ("weft.test".to_owned(), String::new(), "enabled = false\n".to_owned()),
     };
     let text = format!(
         "server_name = \"{server_name}\"\n\
@@ -182,7 +201,7 @@ fn write_config(
          [registration]\nopen = true\n\
          [federation]\n{fed_section}\
          [rate_limits]\nenabled = false\n\
-         [cluster]\nenabled = true\nnode_id = \"{node}\"\nnats_url = \"{NATS}\"\n\
+         [cluster]\nenabled = true\nnode_id = \"{node}\"\nnats_url = \"{nats}\"\n\
          prefix = \"{prefix}\"\nlease_ttl_ms = {TTL_MS}\nrequest_timeout_ms = 3000\nadvertise = \"http://127.0.0.1:{port}\"\n\
          [logging]\nfilter = \"info,weft=debug,ruma_state_res=warn\"\n",
         data = data.display(),
@@ -195,7 +214,11 @@ fn write_config(
 }
 
 fn spawn(node: &mut Node) {
-    let log = fs::File::create(&node.log).expect("log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&node.log)
+        .expect("log");
     let child = Command::new(env!("CARGO_BIN_EXE_weft"))
         .arg("serve")
         .arg("--config")
@@ -209,8 +232,10 @@ fn spawn(node: &mut Node) {
         .expect("spawn weft");
     node.child = Some(child);
     let deadline = Instant::now() + Duration::from_secs(60);
+    // The log is appended to by every start of the node: wait for this start's line.
+    let before = node.log_text().matches("client API listening").count();
     loop {
-        if node.log_text().contains("client API listening")
+        if node.log_text().matches("client API listening").count() > before
             && node.client().get("/_matrix/client/versions").status == 200
         {
             return;
@@ -230,22 +255,42 @@ fn spawn(node: &mut Node) {
     }
 }
 
+/// How a test cluster is set up.
+#[derive(Default)]
+struct Setup<'a> {
+    /// Federation on: the node whose federation port the server name points at.
+    front: Option<&'a str>,
+    /// Extra `[federation]` keys of every node.
+    federation: &'a str,
+    /// A NATS URL for some nodes (a proxy in front of the server), by node name.
+    nats: Vec<(&'a str, String)>,
+    /// Start only this many nodes now (0: all three); the others with [`TestCluster::start`].
+    start: usize,
+}
+
 /// Three nodes, started one after the other (the first creates the shared signing key), then
 /// waited for until each has heard the other two.
 fn start_cluster() -> TestCluster {
-    start_cluster_with(None)
+    start_cluster_setup(Setup::default())
 }
 
 /// [`start_cluster`], with federation on when `fed` names the node whose federation port the
 /// server name points at (every node listens on a port of its own).
 fn start_cluster_with(fed: Option<&str>) -> TestCluster {
+    start_cluster_setup(Setup {
+        front: fed,
+        ..Setup::default()
+    })
+}
+
+fn start_cluster_setup(setup: Setup<'_>) -> TestCluster {
     let dir = std::env::temp_dir().join(unique("weft-cluster-"));
     fs::create_dir_all(&dir).expect("dir");
     let db = TestDb::new(Backend::Postgres, &dir);
     let prefix = unique("weft_it_");
     let names = ["n1", "n2", "n3"];
     let fed_ports: Vec<u16> = names.iter().map(|_| free_port()).collect();
-    let server_name = fed.map(|front| {
+    let server_name = setup.front.map(|front| {
         let i = names.iter().position(|n| *n == front).expect("a node name");
         format!("localhost:{}", fed_ports[i])
     });
@@ -255,51 +300,84 @@ fn start_cluster_with(fed: Option<&str>) -> TestCluster {
         let f = server_name.as_deref().map(|server_name| Fed {
             port: fed_ports[i],
             server_name,
+            extra: setup.federation,
         });
-        let config = write_config(&dir, &db, name, port, &prefix, f.as_ref());
-        let mut node = Node {
+        let nats = setup
+            .nats
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, u)| u.as_str())
+            .unwrap_or(NATS);
+        let config = write_config(&dir, &db, name, port, &prefix, f.as_ref(), nats);
+        nodes.push(Node {
             name: name.to_owned(),
             base: format!("http://127.0.0.1:{port}"),
             log: dir.join(format!("{name}.log")),
             config,
             child: None,
-        };
-        spawn(&mut node);
-        nodes.push(node);
+        });
     }
-    let c = TestCluster {
+    let mut c = TestCluster {
         db,
         nodes,
         server_name: server_name.unwrap_or_else(|| "weft.test".to_owned()),
         _dir: dir,
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for n in &c.nodes {
-        for other in &c.nodes {
-            if other.name == n.name {
-                continue;
-            }
-            let line = format!("peer={}", other.name);
-            while !n
-                .log_text()
-                .lines()
-                .any(|l| l.contains("cluster: peer joined") && l.contains(&line))
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} never heard {}:\n{}",
-                    n.name,
-                    other.name,
-                    n.log_text()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+    let now = if setup.start == 0 { 3 } else { setup.start };
+    for i in 0..now {
+        spawn(&mut c.nodes[i]);
     }
+    c.wait_heard(&names[..now]);
     c
 }
 
 impl TestCluster {
+    /// Waits until each of `names` has heard every other one of them.
+    fn wait_heard(&self, names: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in self
+            .nodes
+            .iter()
+            .filter(|n| names.contains(&n.name.as_str()))
+        {
+            for other in names.iter().filter(|o| **o != n.name) {
+                let line = format!("peer={other}");
+                while !n
+                    .log_text()
+                    .lines()
+                    .any(|l| l.contains("cluster: peer joined") && l.contains(&line))
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{} never heard {other}:\n{}",
+                        n.name,
+                        n.log_text()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Starts a node not started yet (or stopped) and waits until it has heard the others
+    /// that run and they have heard it.
+    fn start(&mut self, name: &str) {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .expect("node");
+        spawn(&mut self.nodes[i]);
+        let running: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.name.clone())
+            .collect();
+        let names: Vec<&str> = running.iter().map(String::as_str).collect();
+        self.wait_heard(&names);
+    }
+
     fn pg(&self) -> diesel::PgConnection {
         diesel::PgConnection::establish(&self.db.url()).expect("connect")
     }
@@ -1147,6 +1225,337 @@ fn federation_with_synapse_through_the_cluster() {
         .lease(&format!("dest:{}", syn.server_name()))
         .expect("the destination is leased");
     assert_ne!(sender, front, "placed off the front node");
+    c.assert_linear(&room);
+    for n in &c.nodes {
+        assert!(!n.log_text().contains("panicked"), "{} panicked", n.name);
+    }
+}
+
+const LM: &str = "org.matrix.i-d.ralston-mimi-linearized-matrix.02";
+
+/// A weft peer with federation on (TLS on loopback), for the cluster to talk to.
+fn federated_peer() -> crate::harness::Server {
+    use crate::harness::{Federation, Options, Server};
+    Server::start_with(
+        Backend::Sqlite,
+        Options {
+            federation: Some(Federation::default()),
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn linearized_messages_reach_the_rooms_owner() {
+    use crate::federation::{wait_bodies, wait_invite};
+    let peer = federated_peer();
+    let front = front_for(&format!("dest:{}", peer.server_name));
+    let c = start_cluster_with(Some(front));
+    let others: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != front)
+        .collect();
+    let mut alice = c.node(others[0]).client();
+    alice.register("alice", "pw-alice");
+    let mut bob = c.node(others[0]).client();
+    bob.register("bob", "pw-bob");
+    let carol = peer.register("carol");
+    let dave = peer.register("dave");
+
+    // The cluster hubs an LM room owned by a node that is neither alice's nor the front
+    // (where the peer's requests arrive): every HubAppend of it crosses to the owner.
+    let room = (0..30)
+        .find_map(|i| {
+            let r = alice.create_room(
+                &json!({"room_version": LM, "preset": "private_chat", "name": format!("lm{i}")}),
+            );
+            (c.lease(&r).expect("a created room has a lease").0 == others[1]).then_some(r)
+        })
+        .expect("an LM room owned by the third node");
+    let r = alice.invite(&room, &carol.user_id);
+    assert_eq!(r.status, 200, "the hub invites carol: {}", r.text);
+    wait_invite(&carol, &room);
+    let r = carol.join(&room);
+    assert_eq!(r.status, 200, "carol joins through the front: {}", r.text);
+    carol.send_text(&room, "from the participant");
+    wait_bodies(&alice, &room, &["from the participant"]);
+    alice.send_text(&room, "from the hub");
+    wait_bodies(&carol, &room, &["from the hub"]);
+    assert_eq!(
+        c.lease(&room).expect("lease").0,
+        others[1],
+        "still its owner"
+    );
+
+    // The peer hubs an LM room placed on a node other than the front: the hub's PDUs reach
+    // the front and cross to the owner as ParticipantReceive.
+    let proom = (0..30)
+        .find_map(|i| {
+            let r = dave.create_room(
+                &json!({"room_version": LM, "preset": "private_chat", "name": format!("p{i}")}),
+            );
+            let placed = weft::cluster::placement::owner(&r, ["n1", "n2", "n3"])?;
+            (placed != front).then_some(r)
+        })
+        .expect("a peer room placed off the front");
+    let r = dave.invite(&proom, &bob.user_id);
+    assert_eq!(r.status, 200, "the peer hub invites bob: {}", r.text);
+    wait_invite(&bob, &proom);
+    let r = bob.join(&proom);
+    assert_eq!(r.status, 200, "bob joins the peer's room: {}", r.text);
+    dave.send_text(&proom, "from the peer hub");
+    wait_bodies(&bob, &proom, &["from the peer hub"]);
+    bob.send_text(&proom, "from a cluster participant");
+    wait_bodies(&dave, &proom, &["from a cluster participant"]);
+    let (powner, _, _) = c.lease(&proom).expect("the peer room is leased");
+    assert_ne!(powner, front, "the peer's room is owned off the front");
+
+    let front_log = c.node(front).log_text();
+    assert!(
+        !front_log.contains("fenced: a write of a room this node no longer owns"),
+        "the front wrote a room it does not own:\n{}",
+        crate::harness::tail(&front_log, 30)
+    );
+    c.assert_linear(&room);
+    for n in &c.nodes {
+        assert!(!n.log_text().contains("panicked"), "{} panicked", n.name);
+    }
+}
+
+#[test]
+fn a_sign_of_life_seen_on_another_node_ends_the_owners_backoff() {
+    use crate::federation::wait_bodies;
+    let mut peer = federated_peer();
+    let dest_key = format!("dest:{}", peer.server_name);
+    let placed = weft::cluster::placement::owner(&dest_key, ["n1", "n2", "n3"])
+        .expect("an owner")
+        .to_owned();
+    let front = front_for(&dest_key);
+    // Two minutes of backoff and no probes: only a sign of life ends the outage quickly.
+    let c = start_cluster_setup(Setup {
+        front: Some(front),
+        federation: "retry_min_ms = 120000\nretry_max_ms = 120000\nprobe_per_second = 0\n",
+        ..Setup::default()
+    });
+    let mut alice = c.node(front).client();
+    alice.register("alice", "pw-alice");
+    let carol = peer.register("carol");
+    let room = alice.create_room(&json!({"preset": "public_chat"}));
+    let r = carol.post(
+        &format!(
+            "/join/{}?server_name={}",
+            crate::client::enc(&room),
+            crate::client::enc(&c.server_name)
+        ),
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "carol joins: {}", r.text);
+    alice.send_text(&room, "before the outage");
+    wait_bodies(&carol, &room, &["before the outage"]);
+
+    // The peer goes down; the destination's owner fails to deliver and backs off.
+    peer.stop();
+    alice.send_text(&room, "during the outage");
+    let owner = c.node(&placed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !owner
+        .log_text()
+        .lines()
+        .any(|l| l.contains("delivery failed") && l.contains(&peer.server_name))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{placed} never failed a delivery"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Back up, the peer talks to the front only (the server name): the front does not send
+    // the peer, passes the sign of life on, and the owner ends its backoff.
+    peer.start_again();
+    let back = Instant::now();
+    carol.send_text(&room, "the peer is back");
+    wait_bodies(&alice, &room, &["the peer is back"]);
+    wait_bodies(&carol, &room, &["during the outage"]);
+    let took = back.elapsed();
+    eprintln!("delivered {took:?} after the peer came back (backoff 120 s)");
+    assert!(
+        took < Duration::from_secs(60),
+        "the owner waited out its backoff ({took:?})"
+    );
+    assert!(
+        owner
+            .log_text()
+            .contains("cluster: a sign of life seen on another node"),
+        "{placed} was not told of the sign of life:\n{}",
+        crate::harness::tail(&owner.log_text(), 30)
+    );
+    for n in &c.nodes {
+        assert!(!n.log_text().contains("panicked"), "{} panicked", n.name);
+    }
+}
+
+#[test]
+fn rooms_move_to_a_joining_node_once_idle() {
+    let mut c = start_cluster_setup(Setup {
+        start: 2,
+        ..Setup::default()
+    });
+    let mut alice = c.node("n1").client();
+    alice.register("alice", "pw-alice");
+    // Rooms owned by n1 and n2; those that hash to n3 among the three are the ones to move.
+    let mut rooms = Vec::new();
+    for i in 0..40 {
+        let room = alice.create_room(&json!({"preset": "public_chat", "name": format!("r{i}")}));
+        alice.send_text(&room, "before n3");
+        rooms.push(room);
+        let moving = rooms
+            .iter()
+            .filter(|r| weft::cluster::placement::owner(r, ["n1", "n2", "n3"]) == Some("n3"))
+            .count();
+        if rooms.len() >= 8 && moving >= 2 {
+            break;
+        }
+    }
+    let before: Vec<(String, String, i64)> = rooms
+        .iter()
+        .map(|r| {
+            let (o, e, _) = c.lease(r).expect("lease");
+            assert_ne!(o, "n3");
+            (r.clone(), o, e)
+        })
+        .collect();
+    c.start("n3");
+    let joined = Instant::now();
+
+    // Each room placed on n3 is given back once idle for a TTL; the next message takes it
+    // to n3. The others stay where they are, at the same epoch.
+    let deadline = joined + Duration::from_millis(TTL_MS * 8);
+    for (room, owner, epoch) in &before {
+        let to = weft::cluster::placement::owner(room, ["n1", "n2", "n3"]).expect("owner");
+        if to != "n3" {
+            continue;
+        }
+        loop {
+            let (o, e, left) = c.lease(room).expect("lease");
+            if o != *owner || e != *epoch || left <= 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{owner} kept {room} although it hashes to n3"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        alice.send_text(room, "after n3");
+        let (o, e, _) = c.lease(room).expect("lease");
+        assert_eq!(o, "n3", "{room} went to n3");
+        assert!(e > *epoch, "at a new epoch");
+    }
+    eprintln!("rooms moved within {:?} of n3 joining", joined.elapsed());
+    for (room, owner, epoch) in &before {
+        let to = weft::cluster::placement::owner(room, ["n1", "n2", "n3"]).expect("owner");
+        if to == "n3" {
+            continue;
+        }
+        alice.send_text(room, "after n3");
+        let (o, e, _) = c.lease(room).expect("lease");
+        assert_eq!((&o, e), (owner, *epoch), "{room} moved although it stays");
+    }
+    for (room, _, _) in &before {
+        let bodies = timeline_bodies(&alice, room);
+        assert_eq!(bodies, vec!["before n3", "after n3"], "{room}");
+        c.assert_linear(room);
+    }
+    let n3 = c.node("n3").log_text();
+    assert!(n3.contains("cluster: room acquired"), "n3 took rooms");
+    for n in &c.nodes {
+        assert!(!n.log_text().contains("panicked"), "{} panicked", n.name);
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_nats_gives_its_rooms_up() {
+    let proxy = crate::proxy::Proxy::start(4222);
+    let c = start_cluster_setup(Setup {
+        nats: vec![("n3", format!("nats://127.0.0.1:{}", proxy.port))],
+        ..Setup::default()
+    });
+    let mut alice = c.node("n1").client();
+    alice.register("alice", "pw-alice");
+    let room = c.room_owned_by(&alice, "n3");
+    alice.send_text(&room, "before the cut");
+    let (_, epoch, _) = c.lease(&room).expect("lease");
+
+    // n3 loses NATS but keeps PostgreSQL: it gives the room up, and another node takes it
+    // at a new epoch; sends through n1 go on.
+    let cut = Instant::now();
+    proxy.block();
+    let moved = loop {
+        if let Some((o, e, left)) = c.lease(&room)
+            && o != "n3"
+            && e > epoch
+            && left > 0
+        {
+            break cut.elapsed();
+        }
+        // A send through n1 routes the room once n3's lease is gone.
+        let _ = alice.send_txn(
+            &room,
+            "m.room.message",
+            &alice.next_txn(),
+            &json!({"msgtype": "m.text", "body": "while n3 is cut off"}),
+        );
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "the room never left n3"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("the room left n3 {moved:?} after the cut (lease {TTL_MS} ms)");
+    assert!(
+        moved < Duration::from_millis(TTL_MS * 3),
+        "the room left n3 only after {moved:?}"
+    );
+    let n3 = c.node("n3");
+    assert!(
+        n3.log_text().contains("cluster: cut off from NATS"),
+        "n3 did not notice the cut:\n{}",
+        crate::harness::tail(&n3.log_text(), 30)
+    );
+    send_alternating(&[&alice], &room, &["after the move".to_owned()]);
+
+    // Through n3 the room is refused, not taken back: n3 cannot be reached by the others.
+    let on_n3 = Client::with_token(
+        &n3.base,
+        &alice.user_id,
+        alice.token.as_deref().expect("token"),
+    );
+    let r = on_n3.send_txn(
+        &room,
+        "m.room.message",
+        &on_n3.next_txn(),
+        &json!({"msgtype": "m.text", "body": "through the cut-off node"}),
+    );
+    assert_ne!(r.status, 200, "n3 wrote while cut off: {}", r.text);
+    assert_ne!(c.lease(&room).expect("lease").0, "n3");
+
+    // NATS back: n3 hears itself again and serves requests again.
+    proxy.unblock();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !n3.log_text().contains("cluster: NATS reached again") {
+        assert!(Instant::now() < deadline, "n3 never reached NATS again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send_alternating(&[&on_n3], &room, &["through n3 again".to_owned()]);
+    let bodies = timeline_bodies(&alice, &room);
+    assert!(
+        !bodies.iter().any(|b| b == "through the cut-off node"),
+        "{bodies:?}"
+    );
+    for b in ["before the cut", "after the move", "through n3 again"] {
+        assert!(bodies.iter().any(|x| x == b), "{b} missing: {bodies:?}");
+    }
     c.assert_linear(&room);
     for n in &c.nodes {
         assert!(!n.log_text().contains("panicked"), "{} panicked", n.name);
