@@ -1114,6 +1114,45 @@ fn a_former_owners_epoch_does_not_pass_the_fence() {
             ("peer.test".to_owned(), true)
         ]
     );
+
+    // cluster_nodes: how many *other* nodes heard NATS lately, as a node records its own.
+    assert_eq!(
+        rows::note_nats_seen(&mut conn, "a", 0, 60_000).expect("note"),
+        0,
+        "nobody else has a row"
+    );
+    assert_eq!(
+        rows::note_nats_seen(&mut conn, "b", 120_000, 60_000).expect("note"),
+        1,
+        "a heard NATS just now"
+    );
+    assert_eq!(
+        rows::note_nats_seen(&mut conn, "a", 0, 60_000).expect("note"),
+        0,
+        "b last heard NATS two minutes ago"
+    );
+    // Giving every lease up touches only the named node's rows, and keeps them.
+    let other = rows::acquire(&mut conn, "!other:weft.test", "a", 60_000)
+        .expect("acquire")
+        .expect("free");
+    rows::expire_all(
+        &mut conn,
+        "b",
+        &[dest.to_owned(), "!other:weft.test".to_owned()],
+    )
+    .expect("expire all");
+    assert!(
+        rows::lease(&mut conn, dest)
+            .expect("lease")
+            .is_some_and(|l| l.owner == "b" && l.remaining_ms <= 0),
+        "b's lease ended"
+    );
+    assert!(
+        rows::lease(&mut conn, "!other:weft.test")
+            .expect("lease")
+            .is_some_and(|l| l.owner == "a" && l.epoch == other && l.remaining_ms > 0),
+        "a's lease was left alone"
+    );
 }
 
 /// A node other than the one `key` is placed on while all three are live (the node the
