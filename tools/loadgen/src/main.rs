@@ -14,6 +14,11 @@
 //! The server must allow registration (`m.login.dummy`); each run registers two fresh users
 //! and creates a fresh room. Loopback only: the tool refuses non-loopback URLs. Every wait is
 //! bounded. `tools/bench.sh` starts a release weft and runs this several times.
+//!
+//! With `--rooms N` it measures instead sends spread over many rooms and over the nodes of
+//! a cluster (`rooms.rs`; `tools/bench_cluster.sh` runs it against one node and three).
+
+mod rooms;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,9 +31,22 @@ use serde_json::{Value, json};
 #[derive(Parser, Debug)]
 #[command(about = "Send throughput and send->/sync wake-up latency against a homeserver")]
 struct Args {
-    /// Homeserver base URL (loopback only), e.g. http://127.0.0.1:38008
+    /// Homeserver base URL (loopback only), e.g. http://127.0.0.1:38008; with `--rooms`, a
+    /// comma list of the cluster's nodes.
     #[arg(long)]
     hs: String,
+    /// Many-rooms mode: this many rooms, sends spread over them and over the `--hs` nodes.
+    #[arg(long, default_value_t = 0)]
+    rooms: usize,
+    /// Many-rooms mode: measured phases of `--messages` sends each.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Many-rooms mode: the nodes' process IDs (comma list, in `--hs` order), for CPU time.
+    #[arg(long, default_value = "")]
+    pids: String,
+    /// Many-rooms mode: seconds of an idle phase measured before the runs (0: none).
+    #[arg(long, default_value_t = 0)]
+    idle_secs: u64,
     /// Messages per throughput phase.
     #[arg(long, default_value_t = 2000)]
     messages: usize,
@@ -321,8 +339,9 @@ fn wakeup(
     Ok(summarize(samples, elapsed, lat))
 }
 
-fn run(a: &Args) -> Res<Value> {
-    let url = a.hs.trim_end_matches('/');
+/// A base URL, checked to be plain HTTP on loopback.
+fn loopback(url: &str) -> Res<&str> {
+    let url = url.trim_end_matches('/');
     let host = url
         .strip_prefix("http://")
         .ok_or("only plain http:// URLs on loopback")?
@@ -332,6 +351,36 @@ fn run(a: &Args) -> Res<Value> {
     if host != "localhost" && !host.starts_with("127.") {
         return Err(format!("refusing non-loopback host {host:?}"));
     }
+    Ok(url)
+}
+
+fn run(a: &Args) -> Res<Value> {
+    if a.rooms > 0 {
+        let nodes =
+            a.hs.split(',')
+                .map(|u| loopback(u).map(str::to_owned))
+                .collect::<Res<Vec<_>>>()?;
+        let pids = a
+            .pids
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.trim()
+                    .parse::<u32>()
+                    .map_err(|e| format!("--pids {p:?}: {e}"))
+            })
+            .collect::<Res<Vec<_>>>()?;
+        return rooms::run(&rooms::Opts {
+            nodes: &nodes,
+            pids: &pids,
+            rooms: a.rooms,
+            messages: a.messages,
+            in_flight: a.in_flight,
+            runs: a.runs,
+            idle_secs: a.idle_secs,
+        });
+    }
+    let url = loopback(&a.hs)?;
     let nonce = std::process::id();
     let alice = Client::register(url, &format!("lg{nonce}a"))?;
     let bob = Client::register(url, &format!("lg{nonce}b"))?;
@@ -375,7 +424,7 @@ fn run(a: &Args) -> Res<Value> {
 fn main() -> std::process::ExitCode {
     let a = Args::parse();
     match run(&a) {
-        Ok(v) if a.json => {
+        Ok(v) if a.json || a.rooms > 0 => {
             println!("{v}");
             std::process::ExitCode::SUCCESS
         }
