@@ -9,7 +9,8 @@
 # Knobs (env): ROOMS (default 300), MESSAGES (sends per measured phase, default 3000),
 # IN_FLIGHT (senders, default 24), RUNS (measured phases per setup, default 3), IDLE_SECS
 # (idle phase before the runs, default 10), SETUPS (default single,cluster1,cluster3),
-# LEASE_TTL_MS (default 5000), BENCH_DIR (default /tmp/clusterbench-<pid>).
+# LEASE_TTL_MS (default 5000), BENCH_DIR (default /tmp/clusterbench-<pid>); WEFT_BIN and
+# LOADGEN name other binaries (a smoke run with debug builds).
 #
 # Every setup gets a fresh database (weft_bcl_<pid>_<setup> on $WEFT_TEST_PG, default
 # postgres://postgres@127.0.0.1:5432, dropped afterwards) and fresh data dirs; cluster
@@ -35,13 +36,13 @@ NATS_URL=${NATS_URL:-nats://127.0.0.1:4222}
 OUT=${BENCH_DIR:-/tmp/clusterbench-$$}
 log() { echo "[bench_cluster] $*" >&2; }
 
-if [ -z "${NO_BUILD:-}" ]; then
+if [ -z "${NO_BUILD:-}" ] && [ -z "${WEFT_BIN:-}" ]; then
   log "cargo build --release -p weft -p weft-loadgen"
   (cd "$ROOT" && cargo build --release -p weft -p weft-loadgen)
 fi
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-WEFT_BIN="$TARGET/release/weft"
-LOADGEN="$TARGET/release/weft-loadgen"
+WEFT_BIN=${WEFT_BIN:-$TARGET/release/weft}
+LOADGEN=${LOADGEN:-$TARGET/release/weft-loadgen}
 for b in "$WEFT_BIN" "$LOADGEN"; do
   [ -x "$b" ] || { echo "$b is missing (run without NO_BUILD=1)" >&2; exit 1; }
 done
