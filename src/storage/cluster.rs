@@ -123,22 +123,44 @@ pub fn acquire(
 
 /// Extends `node`'s leases on `rooms`; answers the ones still held and their epochs (a room
 /// missing from the answer was taken over).
+///
+/// One statement takes every row nobody else has locked (`SKIP LOCKED`); the few a write
+/// transaction holds at that moment (the fence's `FOR SHARE`) are then renewed one statement
+/// each. A single `UPDATE` over all of them would wait for one such row while holding the
+/// others, and a writer batch fencing two rooms in the other order would deadlock with it.
 pub fn renew(
     conn: &mut AnyConnection,
     node: &str,
     rooms: &[String],
     ttl_ms: i64,
 ) -> StorageResult<HashMap<String, i64>> {
-    let q = format!(
-        "UPDATE cluster_leases SET expires_at = {NOW_MS} + $3 \
-         WHERE owner = $1 AND room_id = ANY($2) RETURNING room_id, epoch"
+    let bulk = format!(
+        "WITH free AS (SELECT room_id FROM cluster_leases WHERE owner = $1 AND room_id = ANY($2) \
+         FOR UPDATE SKIP LOCKED) \
+         UPDATE cluster_leases l SET expires_at = {NOW_MS} + $3 FROM free \
+         WHERE l.room_id = free.room_id RETURNING l.room_id, l.epoch"
     );
-    let rows: Vec<HeldRow> = diesel::sql_query(q)
+    let c = pg(conn)?;
+    let rows: Vec<HeldRow> = diesel::sql_query(bulk)
         .bind::<Text, _>(node)
         .bind::<Array<Text>, _>(rooms)
         .bind::<BigInt, _>(ttl_ms)
-        .load(pg(conn)?)?;
-    Ok(rows.into_iter().map(|r| (r.room_id, r.epoch)).collect())
+        .load(c)?;
+    let mut held: HashMap<String, i64> = rows.into_iter().map(|r| (r.room_id, r.epoch)).collect();
+    let one = format!(
+        "UPDATE cluster_leases SET expires_at = {NOW_MS} + $3 \
+         WHERE owner = $1 AND room_id = $2 RETURNING room_id, epoch"
+    );
+    let busy: Vec<&String> = rooms.iter().filter(|r| !held.contains_key(*r)).collect();
+    for room in busy {
+        let rows: Vec<HeldRow> = diesel::sql_query(&one)
+            .bind::<Text, _>(node)
+            .bind::<Text, _>(room)
+            .bind::<BigInt, _>(ttl_ms)
+            .load(c)?;
+        held.extend(rows.into_iter().map(|r| (r.room_id, r.epoch)));
+    }
+    Ok(held)
 }
 
 /// Gives up leases (a node leaving, or rooms that now hash elsewhere).
