@@ -2678,18 +2678,27 @@ fn many_origins_at_once_keep_each_chains_order(backend: Backend) {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let n = s
-            .alice
-            .call_ok("GET", "/_matrix/client/v3/notifications?limit=1000", None)
-            .expect("notifications");
-        let got: std::collections::HashSet<String> = n["notifications"]
-            .as_array()
-            .map(|l| {
-                l.iter()
-                    .filter_map(|x| x["event"]["event_id"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // Pages of at most 100, newest first, followed by `next_token`.
+        let mut got: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut from: Option<String> = None;
+        loop {
+            let path = match &from {
+                Some(t) => format!("/_matrix/client/v3/notifications?limit=100&from={}", enc(t)),
+                None => "/_matrix/client/v3/notifications?limit=100".to_owned(),
+            };
+            let n = s.alice.call_ok("GET", &path, None).expect("notifications");
+            got.extend(
+                n["notifications"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x["event"]["event_id"].as_str().map(str::to_owned)),
+            );
+            match n["next_token"].as_str() {
+                Some(t) if from.as_deref() != Some(t) => from = Some(t.to_owned()),
+                _ => break,
+            }
+        }
         let missing = want.difference(&got).count();
         if missing == 0 {
             break;
