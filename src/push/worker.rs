@@ -25,6 +25,14 @@
 //! joined or left or was renamed right after) the event's state group is loaded and its
 //! differences from the current state are applied to the current context, so only the
 //! changed entries' events are read.
+//!
+//! The current-state context of a room is kept between batches ([`RoomCache`]), tagged
+//! with the room's current state group when it was read: a batch reads only that group
+//! (one row) and reuses the context while it is unchanged. Every change of the room's
+//! current state (a member joining, leaving or renamed, new power levels, name or alias)
+//! lands with a new current state group in the same transaction, so an equal group means an
+//! equal context. The group is read before the context, so a change racing the read can
+//! only make the next batch read again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -209,10 +217,8 @@ fn load_room(
     let mut display_names = HashMap::new();
     let wanted: HashSet<&String> = local.iter().map(|(u, _)| u).chain(senders.iter()).collect();
     for u in wanted {
-        if let Some(c) = content_of(conn, room, "m.room.member", u)?
-            && let Some(d) = c["displayname"].as_str()
-        {
-            display_names.insert(u.clone(), d.to_owned());
+        if let Some(d) = display_name(conn, room, u)? {
+            display_names.insert(u.clone(), d);
         }
     }
     let room_name = content_of(conn, room, "m.room.name", "")?
@@ -231,6 +237,86 @@ fn load_room(
         room_name,
         room_alias,
     }))
+}
+
+/// Room contexts at their current state, kept between batches (see the module comment).
+#[derive(Default)]
+struct RoomCache {
+    rooms: HashMap<String, CachedRoom>,
+}
+
+struct CachedRoom {
+    /// The room's current state group the context was read at.
+    group: i64,
+    ctx: RoomCtx,
+    /// Users whose display name was looked up at that state (found or not).
+    named: HashSet<String>,
+}
+
+/// At most this many rooms' contexts are kept; past it the cache starts again empty.
+const CACHED_ROOMS: usize = 10_000;
+
+/// A user's display name in a room's current state.
+fn display_name(conn: &mut AnyConnection, room: &str, user: &str) -> StorageResult<Option<String>> {
+    Ok(content_of(conn, room, "m.room.member", user)?
+        .and_then(|c| c["displayname"].as_str().map(str::to_owned)))
+}
+
+/// [`load_room`] through the cache: the room's current state group is read first, and a
+/// context read at that same group is reused (with the display names of senders it has
+/// not looked up yet added).
+fn load_room_cached(
+    conn: &mut AnyConnection,
+    cache: &mut RoomCache,
+    room: &str,
+    server_suffix: &str,
+    senders: &HashSet<String>,
+) -> StorageResult<Option<RoomCtx>> {
+    let Some(group) = rooms::get_room(conn, room)?.and_then(|r| r.state_group) else {
+        cache.rooms.remove(room);
+        return load_room(conn, room, server_suffix, senders);
+    };
+    if let Some(c) = cache.rooms.get_mut(room)
+        && c.group == group
+    {
+        for u in senders {
+            if c.named.contains(u) {
+                continue;
+            }
+            // Looked up first: a failed read leaves the user still to look up.
+            if let Some(d) = display_name(conn, room, u)? {
+                c.ctx.display_names.insert(u.clone(), d);
+            }
+            c.named.insert(u.clone());
+        }
+        return Ok(Some(c.ctx.clone()));
+    }
+    let ctx = load_room(conn, room, server_suffix, senders)?;
+    match &ctx {
+        Some(ctx) => {
+            if cache.rooms.len() >= CACHED_ROOMS && !cache.rooms.contains_key(room) {
+                cache.rooms.clear();
+            }
+            let named = ctx
+                .local
+                .iter()
+                .map(|(u, _)| u.clone())
+                .chain(senders.iter().cloned())
+                .collect();
+            cache.rooms.insert(
+                room.to_owned(),
+                CachedRoom {
+                    group,
+                    ctx: ctx.clone(),
+                    named,
+                },
+            );
+        }
+        None => {
+            cache.rooms.remove(room);
+        }
+    }
+    Ok(ctx)
 }
 
 /// The content of a state event by ID (`None` when it is missing or unreadable).
@@ -366,6 +452,7 @@ fn local_invitee<'a>(ev: &'a EventRow, json: &Value, server_suffix: &str) -> Opt
 
 fn load_batch(
     conn: &mut AnyConnection,
+    cache: &mut RoomCache,
     after: i64,
     frontier: i64,
     limit: i64,
@@ -383,7 +470,9 @@ fn load_batch(
             .entry(ev.room_id.clone())
             .or_default()
             .insert(ev.sender.clone());
-        if let Ok(json) = serde_json::from_str::<Value>(&ev.json)
+        // Only a membership event can invite (the JSON is parsed for those alone).
+        if ev.event_type == "m.room.member"
+            && let Ok(json) = serde_json::from_str::<Value>(&ev.json)
             && let Some(u) = local_invitee(ev, &json, server_suffix)
         {
             users.insert(u.to_owned());
@@ -391,7 +480,7 @@ fn load_batch(
     }
     let mut rooms = HashMap::new();
     for (room, senders) in &senders {
-        if let Some(ctx) = load_room(conn, room, server_suffix, senders)? {
+        if let Some(ctx) = load_room_cached(conn, cache, room, server_suffix, senders)? {
             users.extend(ctx.local.iter().map(|(u, _)| u.clone()));
             rooms.insert(room.clone(), ctx);
         }
@@ -627,14 +716,25 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
     // batch that notifies, or after a second (re-evaluating such a batch changes nothing).
     let mut unsaved = false;
     let mut last_save = Instant::now();
+    let cache = Arc::new(std::sync::Mutex::new(RoomCache::default()));
     loop {
         let frontier = core.notifier.frontier();
         if frontier > cursor {
             let s = suffix.clone();
             let after = cursor;
+            let cache = Arc::clone(&cache);
             let batch = match core
                 .db
-                .read(move |c| load_batch(c, after, frontier, limit, &s))
+                .read(move |c| {
+                    // Only this worker uses the cache; a poisoned lock (a panic in a read)
+                    // just starts it again.
+                    let mut cache = cache.lock().unwrap_or_else(|p| {
+                        let mut g = p.into_inner();
+                        g.rooms.clear();
+                        g
+                    });
+                    load_batch(c, &mut cache, after, frontier, limit, &s)
+                })
                 .await
             {
                 Ok(b) => b,

@@ -292,51 +292,37 @@ pub fn set_state_before_if_unknown(
 const VISIBILITY: &str = "m.room.history_visibility";
 const MEMBER: &str = "m.room.member";
 
-/// Whether an event of `kind` with `state_key` is one of those `visibility_events` keeps:
-/// the room's history visibility (empty state key) or `user_id`'s own membership. The
-/// query's lists also match the two cross pairings, which this drops.
-fn decides_visibility(kind: &str, state_key: Option<&str>, user_id: &str) -> bool {
-    match (kind, state_key) {
-        (VISIBILITY, Some("")) => true,
-        (MEMBER, Some(k)) => k == user_id,
-        _ => false,
-    }
-}
-
 /// The timeline events that decide a user's history visibility in a room, in stream order:
 /// the room's `m.room.history_visibility` events and the user's own `m.room.member` events,
 /// as `(stream_ordering, event_type, json)`.
 ///
 /// Every `/event`, `/context` and `/messages` answer asks this, so it must cost what the
-/// few matching events cost, not what the room's history costs: the query is written as
-/// equalities on all of `events_room_type_key` (room, type in a list, state key in a list;
-/// the two wrong pairings are dropped here) with no `ORDER BY`, because SQLite's planner
-/// picks `events_room_stream` and reads every event of the room for an `OR` of the two
-/// pairs or for an order on `stream_ordering`.
+/// few matching events cost, not what the room's history costs: it is two queries, each
+/// equalities on all of `events_room_type_key` (room, type, state key) with no `ORDER BY`
+/// (SQLite's planner picks `events_room_stream` and reads every event of the room for an
+/// `OR` of the two pairs or for an order on `stream_ordering`), sorted here. Each has a
+/// fixed shape, so diesel keeps it prepared (an `IN` list would be parsed on every call).
 pub fn visibility_events(
     conn: &mut AnyConnection,
     room_id: &str,
     user_id: &str,
 ) -> StorageResult<Vec<(i64, String, String)>> {
-    let rows: Vec<(Option<i64>, String, Option<String>, String)> = events::table
-        .filter(events::room_id.eq(room_id))
-        .filter(events::event_type.eq_any([VISIBILITY, MEMBER]))
-        .filter(events::state_key.eq_any(["", user_id]))
-        .filter(events::outlier.eq(false))
-        .filter(events::rejected.is_null())
-        .filter(events::soft_failed.eq(false))
-        .select((
-            events::stream_ordering,
-            events::event_type,
-            events::state_key,
-            events::json,
-        ))
-        .load(conn)?;
-    let mut out: Vec<(i64, String, String)> = rows
-        .into_iter()
-        .filter(|(_, kind, key, _)| decides_visibility(kind, key.as_deref(), user_id))
-        .filter_map(|(s, kind, _, json)| s.map(|s| (s, kind, json)))
-        .collect();
+    let mut out: Vec<(i64, String, String)> = Vec::new();
+    for (kind, key) in [(VISIBILITY, ""), (MEMBER, user_id)] {
+        let rows: Vec<(Option<i64>, String)> = events::table
+            .filter(events::room_id.eq(room_id))
+            .filter(events::event_type.eq(kind))
+            .filter(events::state_key.eq(key))
+            .filter(events::outlier.eq(false))
+            .filter(events::rejected.is_null())
+            .filter(events::soft_failed.eq(false))
+            .select((events::stream_ordering, events::json))
+            .load(conn)?;
+        out.extend(
+            rows.into_iter()
+                .filter_map(|(s, json)| s.map(|s| (s, kind.to_owned(), json))),
+        );
+    }
     out.sort_by_key(|(s, _, _)| *s);
     Ok(out)
 }
@@ -345,24 +331,84 @@ pub fn visibility_events(
 mod tests {
     use super::*;
 
+    fn row(id: &str, kind: &str, key: Option<&str>, stream: i64) -> NewEvent {
+        NewEvent {
+            event_id: id.into(),
+            room_id: "!r:x".into(),
+            stream_ordering: Some(stream),
+            depth: stream,
+            event_type: kind.into(),
+            state_key: key.map(str::to_owned),
+            sender: "@a:x".into(),
+            origin_server_ts: 0,
+            json: format!("{{\"id\":\"{id}\"}}"),
+            state_before: None,
+            state_after: None,
+            outlier: false,
+            rejected: None,
+            soft_failed: false,
+            redacted_by: None,
+        }
+    }
+
+    /// Only the room's history visibility and the user's own membership decide, in stream
+    /// order; the cross pairings, other users, keyed visibilities, other rooms and rejected
+    /// events do not.
     #[test]
     fn only_the_visibility_and_the_users_own_membership_decide() {
+        let dir = std::env::temp_dir().join(format!(
+            "weft-visibility-events-{}-{}",
+            std::process::id(),
+            crate::random::random_string(6)
+        ));
+        let config = crate::config::Config {
+            server_name: "x".into(),
+            data_dir: dir.clone(),
+            ..crate::config::Config::default()
+        };
+        let core = crate::core::Core::open(config).expect("open core");
         let me = "@bob:example.org";
-        let cases = [
-            (VISIBILITY, Some(""), true),
-            (MEMBER, Some(me), true),
-            // The cross pairings the query's `IN` lists also match.
-            (VISIBILITY, Some(me), false),
-            (MEMBER, Some(""), false),
-            // Somebody else's membership, a keyed visibility, other types, no state key.
-            (MEMBER, Some("@alice:example.org"), false),
-            (VISIBILITY, Some("x"), false),
-            ("m.room.message", Some(""), false),
-            (VISIBILITY, None, false),
-            (MEMBER, None, false),
+        let mut rejected = row("$rej", MEMBER, Some(me), 9);
+        rejected.rejected = Some("auth".into());
+        let mut elsewhere = row("$other-room", VISIBILITY, Some(""), 10);
+        elsewhere.room_id = "!s:x".into();
+        let rows = vec![
+            row("$m2", MEMBER, Some(me), 7),
+            row("$v1", VISIBILITY, Some(""), 2),
+            row("$m1", MEMBER, Some(me), 4),
+            row("$v2", VISIBILITY, Some(""), 8),
+            row("$cross1", VISIBILITY, Some(me), 3),
+            row("$cross2", MEMBER, Some(""), 5),
+            row("$alice", MEMBER, Some("@alice:example.org"), 6),
+            row("$keyed", VISIBILITY, Some("x"), 11),
+            row("$msg", "m.room.message", None, 12),
+            rejected,
+            elsewhere,
         ];
-        for (kind, key, want) in cases {
-            assert_eq!(decides_visibility(kind, key, me), want, "{kind} {key:?}");
+        core.db
+            .write_blocking("!r:x", move |c| {
+                for r in &rows {
+                    insert_event(c, r)?;
+                }
+                Ok(())
+            })
+            .expect("insert");
+        let got = core
+            .db
+            .read_blocking(|c| visibility_events(c, "!r:x", me))
+            .expect("read");
+        let want = [
+            (2, VISIBILITY, "$v1"),
+            (4, MEMBER, "$m1"),
+            (7, MEMBER, "$m2"),
+            (8, VISIBILITY, "$v2"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((s, kind, json), (ws, wkind, wid)) in got.iter().zip(want) {
+            assert_eq!((*s, kind.as_str()), (ws, wkind));
+            assert!(json.contains(wid), "{json} is {wid}");
         }
+        drop(core);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

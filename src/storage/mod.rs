@@ -127,8 +127,12 @@ impl Db {
                 tracing::info!(migration = %m, "applied migration");
             }
         }
+        // r2d2 checks each connection on checkout with a `SELECT 1` (parsed every time, on
+        // every read). A PostgreSQL connection can die with the server and needs it; a
+        // SQLite connection is a file handle that cannot go stale, so it is not checked.
         let pool = Pool::builder()
             .max_size(config.database.pool_size.max(1))
+            .test_on_check_out(backend == Backend::Postgres)
             .build(options.clone())
             .map_err(|e| StorageError::Connection(e.to_string()))?;
         let writers = writer::Writers::start(

@@ -56,6 +56,7 @@ both_backends!(
     a_rejected_event_stays_rejected_through_backfill,
     concurrent_chains_of_messages_land_and_bad_ones_do_not,
     concurrent_forks_with_state_resolve_as_the_spec_says,
+    many_origins_at_once_keep_each_chains_order,
 );
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -2536,4 +2537,178 @@ fn admission_count(s: &mut Scene, path: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Three origin servers (each its own name and key, each with a chain of its own from its
+/// own tip) send at once, three transactions of 20 PDUs each: the room actor takes their
+/// PDUs into shared batches and the writer commits those together. Every PDU lands and is
+/// readable, each chain keeps its order in `/messages`, search finds each chain's marker
+/// word, and alice is notified of every message.
+fn many_origins_at_once_keep_each_chains_order(backend: Backend) {
+    const PER_ORIGIN: usize = 60;
+    let mut s = Scene::on(backend);
+    let mut others: Vec<(Peer, &str)> = Vec::new();
+    for name in ["carol", "dave"] {
+        let peer = Peer::start(free_port()).expect("start peer");
+        let mut fed = peer.client(&s.weft.server_name).expect("fed client");
+        peer.join(&mut fed, &s.room, name)
+            .expect("joins over federation");
+        others.push((peer, name));
+    }
+    let names: Vec<&str> = std::iter::once("mallory")
+        .chain(others.iter().map(|(_, n)| *n))
+        .collect();
+    // Each origin's chain, built on its own copy of the room (from its own tip), and a
+    // signed client of each origin.
+    let (chains, clients): (Vec<Vec<Pdu>>, Vec<FedClient>) = {
+        let peers: Vec<&Peer> = std::iter::once(&s.peer)
+            .chain(others.iter().map(|(p, _)| p))
+            .collect();
+        peers
+            .iter()
+            .zip(&names)
+            .map(|(peer, name)| {
+                let chain = (0..PER_ORIGIN)
+                    .map(|i| {
+                        let marker = if i == 0 {
+                            format!(" {name}marker")
+                        } else {
+                            String::new()
+                        };
+                        peer.message(&s.room, name, &format!("{name} says {i}{marker}"))
+                            .expect("build message")
+                    })
+                    .collect();
+                let fed = peer.client(&s.weft.server_name).expect("fed client");
+                (chain, fed)
+            })
+            .unzip()
+    };
+    let senders: Vec<_> = clients
+        .into_iter()
+        .zip(&chains)
+        .zip(&names)
+        .map(|((mut fed, chain), name)| {
+            let txns: Vec<(Vec<OwnedEventId>, Vec<Value>)> = chain
+                .chunks(20)
+                .map(|c| {
+                    (
+                        c.iter().map(Pdu::owned_event_id).collect(),
+                        c.iter().map(Pdu::to_federation_value).collect(),
+                    )
+                })
+                .collect();
+            let name = name.to_string();
+            std::thread::spawn(move || {
+                for (t, (ids, pdus)) in txns.into_iter().enumerate() {
+                    let r = fed
+                        .send_transaction(&format!("many-{name}-{t}"), pdus, Vec::new())
+                        .expect("send");
+                    assert_eq!(r.status, 200, "{name}'s transaction {t}: {}", r.text());
+                    let results = pdu_results(&r.json());
+                    for id in &ids {
+                        accepted(&results, id, &format!("{name}'s message"));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in senders {
+        t.join().expect("an origin's sender failed");
+    }
+    for (chain, name) in chains.iter().zip(&names) {
+        for (i, pdu) in chain.iter().enumerate() {
+            let body = if i == 0 {
+                format!("{name} says {i} {name}marker")
+            } else {
+                format!("{name} says {i}")
+            };
+            s.assert_landed(pdu, &body);
+        }
+    }
+    // Newest first: each chain's messages appear in reverse order of the chain.
+    let listed: Vec<String> = s
+        .alice
+        .messages(&s.room, 1000)
+        .expect("messages")
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
+    for (chain, name) in chains.iter().zip(&names) {
+        let at: Vec<usize> = chain
+            .iter()
+            .map(|p| {
+                listed
+                    .iter()
+                    .position(|id| id == p.event_id().as_str())
+                    .unwrap_or_else(|| panic!("{name}'s {} not in /messages", p.event_id()))
+            })
+            .collect();
+        assert!(
+            at.windows(2).all(|w| w[0] > w[1]),
+            "{name}'s chain out of order in /messages: {at:?}"
+        );
+    }
+    // Search rows were written with the events.
+    for (chain, name) in chains.iter().zip(&names) {
+        let found = s
+            .alice
+            .call_ok(
+                "POST",
+                "/_matrix/client/v3/search",
+                Some(&json!({"search_categories": {"room_events": {
+                    "search_term": format!("{name}marker")}}})),
+            )
+            .expect("search");
+        let hits: Vec<&str> = found["search_categories"]["room_events"]["results"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|h| h["result"]["event_id"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(hits, vec![chain[0].event_id().as_str()], "{name}: {found}");
+    }
+    // Push evaluation: alice is notified of every message.
+    let want: std::collections::HashSet<String> = chains
+        .iter()
+        .flatten()
+        .map(|p| p.event_id().to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Pages of at most 100, newest first, followed by `next_token`.
+        let mut got: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut from: Option<String> = None;
+        loop {
+            let path = match &from {
+                Some(t) => format!("/_matrix/client/v3/notifications?limit=100&from={}", enc(t)),
+                None => "/_matrix/client/v3/notifications?limit=100".to_owned(),
+            };
+            let n = s.alice.call_ok("GET", &path, None).expect("notifications");
+            got.extend(
+                n["notifications"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x["event"]["event_id"].as_str().map(str::to_owned)),
+            );
+            match n["next_token"].as_str() {
+                Some(t) if from.as_deref() != Some(t) => from = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        let missing = want.difference(&got).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} messages never notified alice",
+            want.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.weft.assert_healthy();
 }

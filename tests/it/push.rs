@@ -8,7 +8,8 @@
 //! restart while the gateway fails, and a `rejected` pushkey loses its pusher; a pusher
 //! goes (with its queued pushes) when the device whose token set it logs out or is deleted.
 //! Evaluation uses the state at each event (member count, display names, the room's name),
-//! not the room's state when the worker gets to it.
+//! not the room's state when the worker gets to it, and a state change reaches the very
+//! next evaluation although the worker keeps rooms' contexts between batches.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -29,6 +30,7 @@ both_backends!(
     bad_pushers,
     pushers_go_with_their_device,
     evaluated_at_the_state_of_the_event,
+    a_live_state_change_reaches_the_next_evaluation,
 );
 
 fn ids(rules: &Value, kind: &str) -> Vec<String> {
@@ -1086,5 +1088,75 @@ fn evaluated_at_the_state_of_the_event(backend: Backend) {
             .contains("cannot read the state at an event; using the current state"),
         "the fallback is logged"
     );
+    srv.assert_no_panics();
+}
+
+/// The worker keeps each room's current-state context between batches; a change of the
+/// room's state (a rename, a join) must reach the next event it evaluates. Each message is
+/// evaluated before the next change is made, so every one is read at the current state
+/// (not through the event's own state group): a context kept past a change would give the
+/// old name and member count.
+fn a_live_state_change_reaches_the_next_evaluation(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let bob = srv.register("bob");
+    let carol = srv.register("carol");
+    let room = alice.create_room(&json!({"preset": "public_chat"}));
+    bob.join(&room).ok();
+    let rename = |name: &str| {
+        bob.put(
+            &format!("/profile/{}/displayname", enc(&bob.user_id)),
+            &json!({"displayname": name}),
+        )
+        .ok();
+    };
+    rename("Bobby");
+    bob.put(
+        "/pushrules/global/override/two",
+        &json!({
+            "conditions": [
+                {"kind": "room_member_count", "is": "2"},
+                {"kind": "event_match", "key": "content.body", "pattern": "count"},
+            ],
+            "actions": ["notify", {"set_tweak": "sound", "value": "two"}],
+        }),
+    )
+    .ok();
+    bob.put(
+        "/pushrules/global/override/name",
+        &json!({
+            "conditions": [{"kind": "contains_display_name"}],
+            "actions": ["notify", {"set_tweak": "sound", "value": "name"}],
+        }),
+    )
+    .ok();
+    let evaluated = |ev: &str| {
+        wait_for(Duration::from_secs(30), "evaluated", || {
+            sounds(&bob).get(ev).cloned()
+        })
+    };
+    let m1 = alice.send_text(&room, "hello Bobby");
+    assert_eq!(evaluated(&m1), Some("name".into()), "bob is Bobby");
+    let m2 = alice.send_text(&room, "count me in");
+    assert_eq!(evaluated(&m2), Some("two".into()), "two members");
+    rename("Robert");
+    let m3 = alice.send_text(&room, "hello Robert");
+    assert_eq!(evaluated(&m3), Some("name".into()), "bob is Robert now");
+    let m4 = alice.send_text(&room, "hello Bobby");
+    wait_for(Duration::from_secs(30), "the fourth evaluated", || {
+        sounds(&bob).contains_key(&m4).then_some(())
+    });
+    // Two members, no rule of bob's: the one-to-one default (its sound is "default").
+    assert_eq!(
+        sounds(&bob)[&m4],
+        Some("default".into()),
+        "Bobby is not his name any more"
+    );
+    carol.join(&room).ok();
+    let m5 = alice.send_text(&room, "count me again");
+    wait_for(Duration::from_secs(30), "the fifth evaluated", || {
+        sounds(&bob).contains_key(&m5).then_some(())
+    });
+    assert_eq!(sounds(&bob)[&m5], None, "three members now");
     srv.assert_no_panics();
 }
