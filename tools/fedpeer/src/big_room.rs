@@ -143,3 +143,104 @@ pub fn build_many(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use ruma::CanonicalJsonValue;
+    use serde_json::Value;
+
+    use crate::Peer;
+    use crate::peer::{enc, now_ms, parse_pdu};
+
+    /// Another peer joins a big room hosted here with and without `omit_members`: the full
+    /// answer has every member; the partial one none, with the auth chain the remaining
+    /// state needs (the creator's join, cited by the power levels) and the servers in the
+    /// room.
+    #[test]
+    fn send_join_with_and_without_omit_members() {
+        let host = Peer::start(0).expect("host");
+        let guest = Peer::start(0).expect("guest");
+        let rooms = host.create_big_rooms(2, 25).expect("rooms");
+        for (room, omit) in rooms.iter().zip([false, true]) {
+            let mut fed = guest.client(host.server_name()).expect("client");
+            let user = guest.user("joiner");
+            let r = fed
+                .request(
+                    "GET",
+                    &format!(
+                        "/_matrix/federation/v1/make_join/{}/{}?ver=11",
+                        enc(room),
+                        enc(user.as_str())
+                    ),
+                    None,
+                )
+                .expect("make_join");
+            assert_eq!(r.status, 200, "{}", r.text());
+            let mut template = weft_protocol::canonical::value_to_object(
+                r.json().get("event").cloned().unwrap_or_default(),
+            )
+            .expect("template");
+            template.insert(
+                "origin_server_ts".into(),
+                CanonicalJsonValue::Integer(ruma::Int::try_from(now_ms()).expect("ts")),
+            );
+            let join = guest
+                .sign(template, weft_protocol::RoomVersion::V11)
+                .expect("sign");
+            let r = fed
+                .request(
+                    "PUT",
+                    &format!(
+                        "/_matrix/federation/v2/send_join/{}/{}?omit_members={omit}",
+                        enc(room),
+                        enc(join.event_id().as_str())
+                    ),
+                    Some(&join.to_federation_value()),
+                )
+                .expect("send_join");
+            assert_eq!(r.status, 200, "{}", r.text());
+            let answer = r.json();
+            let list = |k: &str| -> Vec<weft_protocol::Pdu> {
+                answer[k]
+                    .as_array()
+                    .expect(k)
+                    .iter()
+                    .map(|v| parse_pdu(v, weft_protocol::RoomVersion::V11).expect("pdu"))
+                    .collect()
+            };
+            let state = list("state");
+            let chain = list("auth_chain");
+            let members = state
+                .iter()
+                .filter(|p| p.kind_str() == "m.room.member")
+                .count();
+            assert_eq!(answer["members_omitted"], Value::Bool(omit));
+            if omit {
+                assert_eq!(members, 0);
+                assert_eq!(
+                    state.len(),
+                    5,
+                    "create, power levels, rules, visibility, name"
+                );
+                let state_ids: HashSet<_> = state.iter().map(|p| p.owned_event_id()).collect();
+                let chain_ids: HashSet<_> = chain.iter().map(|p| p.owned_event_id()).collect();
+                assert!(state_ids.is_disjoint(&chain_ids), "no event twice");
+                // Every auth event of the state and of the join is in one list or the other.
+                for p in state.iter().chain(std::iter::once(&join)) {
+                    for a in p.auth_events() {
+                        assert!(
+                            state_ids.contains(a) || chain_ids.contains(a),
+                            "{a} missing"
+                        );
+                    }
+                }
+                let servers = answer["servers_in_room"].as_array().expect("servers");
+                assert!(servers.contains(&Value::from(host.server_name())));
+            } else {
+                assert_eq!(members, 26, "the creator and 25 members");
+            }
+        }
+    }
+}
