@@ -2,6 +2,15 @@
 //! auth chain before its join), and a local user joining a room held elsewhere (template,
 //! sign, `send_join`, the answer's state and auth chain checked and stored as outliers, the
 //! join entering the room actor with that state as the state before it).
+//!
+//! A big room's answer is thousands of events, so nothing in that path is per event and
+//! serial where it need not be: each event is parsed once (format, event ID) and checked
+//! (signatures, content hash) on the verify pool, on every core; the auth checks of the
+//! chain run in memory in auth order (`rooms::outliers`); the outliers go to storage in one
+//! batch of multi-row INSERTs; and the checked events go to the room actor with the join
+//! (`InboundPdus::checked_events`), so it does not load the state back from the database.
+//! The phases' times are logged with the join (`answered_ms`, `checked_ms`, `stored_ms`,
+//! `admitted_ms`). Measured with `tools/bench_join.sh` (docs/BENCHMARKS.md).
 
 use super::*;
 

@@ -98,7 +98,13 @@ pub fn build(
             )
         };
         let pdu = room.build(&d, None, server_name, key).map_err(Error)?;
-        room.append_unrecorded(pdu);
+        if i + 1 == members {
+            // The tip: a joining server may ask for the state at the join's prev event
+            // (Synapse's partial-state resync does).
+            room.append(pdu);
+        } else {
+            room.append_unrecorded(pdu);
+        }
     }
     Ok(room)
 }
