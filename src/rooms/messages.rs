@@ -97,6 +97,11 @@ pub struct InboundPdus {
     pub local: bool,
     /// The room version, when the room may be new here (joining it).
     pub version: Option<RoomVersion>,
+    /// Events the caller checked and had the actor store just before (a joined room's state
+    /// and auth chain, as outliers): the actor's lookups take them from here rather than
+    /// load thousands of rows back from the database. Not sent to another cluster node
+    /// (the owner reads them from the database there).
+    pub checked_events: Vec<std::sync::Arc<Pdu>>,
 }
 
 /// What became of one received PDU.

@@ -71,12 +71,25 @@ pub async fn store(
     version: RoomVersion,
     pdus: Vec<Pdu>,
 ) -> Result<Vec<String>> {
+    Ok(store_checked(core, rooms, room_id, version, pdus).await?.0)
+}
+
+/// [`store`], also returning the events that passed (shared, marked as checked: for the
+/// caller to hand to the room actor with what it admits next, see
+/// [`super::messages::InboundPdus::checked_events`]).
+pub async fn store_checked(
+    core: &Core,
+    rooms: &RoomRegistry,
+    room_id: &str,
+    version: RoomVersion,
+    pdus: Vec<Pdu>,
+) -> Result<(Vec<String>, Vec<Arc<Pdu>>)> {
     if pdus.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let ordered = auth_order(pdus);
     // Auth checks need lookups of earlier auth events: do them on a read connection.
-    let checked: Vec<(Pdu, Option<String>)> = core
+    let checked: Vec<(Arc<Pdu>, Option<String>)> = core
         .db
         .read(move |c| {
             let mut known: HashMap<String, Arc<Pdu>> = HashMap::new();
@@ -101,9 +114,10 @@ pub async fn store(
                     })
                 };
                 let rejected = verdict.err().map(|e| e.0);
-                let mut arc = pdu.clone();
-                arc.set_rejected(rejected.is_some());
-                known.insert(pdu.event_id().to_string(), Arc::new(arc));
+                let mut pdu = pdu;
+                pdu.set_rejected(rejected.is_some());
+                let pdu = Arc::new(pdu);
+                known.insert(pdu.event_id().to_string(), Arc::clone(&pdu));
                 out.push((pdu, rejected));
             }
             Ok(out)
@@ -115,10 +129,10 @@ pub async fn store(
         .map(|(p, _)| p.event_id().to_string())
         .collect();
     let rows: Vec<NewEvent> = checked
-        .into_iter()
+        .iter()
         .map(|(p, rejected)| NewEvent {
-            rejected,
-            ..super::persist::event_row(&p, room_id, None)
+            rejected: rejected.clone(),
+            ..super::persist::event_row(p, room_id, None)
         })
         .collect();
     store_rows(rooms, room_id, Vec::new(), rows).await?;
@@ -129,7 +143,12 @@ pub async fn store(
             "outliers rejected by their auth events"
         );
     }
-    Ok(rejected)
+    let passed = checked
+        .into_iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(p, _)| p)
+        .collect();
+    Ok((rejected, passed))
 }
 
 /// Has the room's actor store an event fetched with the state before it (a missing prev

@@ -258,7 +258,11 @@ impl PersistBatch {
         for g in &self.groups {
             state::insert_group(conn, g.id, &self.room_id, g.parent, &g.entries)?;
         }
-        for row in &self.outliers {
+        // Outliers in multi-row INSERTs (a joined room's state and auth chain: thousands).
+        let (outliers, others): (Vec<&NewEvent>, Vec<&NewEvent>) =
+            self.outliers.iter().partition(|r| r.outlier);
+        events::insert_outliers(conn, &outliers)?;
+        for row in others {
             if !events::insert_event(conn, row)?
                 && let Some(group) = row.state_before
             {
@@ -285,18 +289,21 @@ impl PersistBatch {
                 events::set_redacted_by(conn, &r.target, &ev.row.event_id)?;
             }
         }
-        for m in &self.memberships {
-            rooms::set_membership(
-                conn,
-                &self.room_id,
-                &m.user_id,
-                &m.membership,
-                &m.event_id,
-                m.stream,
-                &m.sender,
-                m.invite_state.as_deref(),
-            )?;
-        }
+        let changes: Vec<rooms::MembershipRowIn<'_>> = self
+            .memberships
+            .iter()
+            .map(|m| {
+                (
+                    m.user_id.as_str(),
+                    m.membership.as_str(),
+                    m.event_id.as_str(),
+                    m.stream,
+                    m.sender.as_str(),
+                    m.invite_state.as_deref(),
+                )
+            })
+            .collect();
+        rooms::set_memberships(conn, &self.room_id, &changes)?;
         if !self.current_state_delta.is_empty() {
             state::update_current_state(conn, &self.room_id, &self.current_state_delta)?;
         }

@@ -752,6 +752,7 @@ async fn run(rooms: &super::RoomRegistry, req: Request) -> Result<Option<Value>>
                 pdus: list,
                 local,
                 version: known,
+                checked_events: Vec::new(),
             };
             here!(msg, InboundPdus)
         }

@@ -26,8 +26,10 @@ pub struct EventRow {
 }
 
 /// An event to store (serializable: a room actor's batch may cross cluster nodes).
+// `None` is written as NULL (every nullable column's default), which lets a batch of rows
+// go to SQLite as one multi-row INSERT.
 #[derive(Debug, Clone, Insertable, serde::Serialize, serde::Deserialize)]
-#[diesel(table_name = events)]
+#[diesel(table_name = events, treat_none_as_default_value = false)]
 pub struct NewEvent {
     pub event_id: String,
     pub room_id: String,
@@ -84,6 +86,48 @@ pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bo
         }
         Some(_) => Ok(false),
     }
+}
+
+/// Rows per multi-row INSERT of events (15 columns: well under SQLite's and PostgreSQL's
+/// limits on bound parameters).
+const EVENT_CHUNK: usize = 1000;
+
+/// Inserts many outliers at once: [`insert_event`] for each, in a few statements. Events
+/// already stored are left alone, except that an outlier known without a state before it
+/// gets `state_before` (as [`set_state_before_if_unknown`]). Returns how many were new.
+pub fn insert_outliers(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageResult<usize> {
+    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for chunk in rows.chunks(EVENT_CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|r| r.event_id.as_str()).collect();
+        known.extend(
+            events::table
+                .filter(events::event_id.eq_any(ids))
+                .select(events::event_id)
+                .load::<String>(conn)?,
+        );
+    }
+    let mut fresh: Vec<&NewEvent> = Vec::with_capacity(rows.len());
+    for &row in rows {
+        if known.insert(row.event_id.clone()) {
+            fresh.push(row);
+        } else if let Some(group) = row.state_before {
+            set_state_before_if_unknown(conn, &row.event_id, group)?;
+        }
+    }
+    for chunk in fresh.chunks(EVENT_CHUNK) {
+        let chunk: Vec<NewEvent> = chunk.iter().map(|r| (*r).clone()).collect();
+        match conn {
+            AnyConnection::Sqlite(c) => diesel::insert_into(events::table)
+                .values(&chunk)
+                .execute(c)?,
+            AnyConnection::Postgresql(c) => diesel::insert_into(events::table)
+                .values(&chunk)
+                .execute(c)?,
+        };
+        // Outliers are never in the timeline: nothing for the relation or search indexes
+        // (`relations::index_event`, `search::index_event` skip them too).
+    }
+    Ok(fresh.len())
 }
 
 /// Why a stored event was rejected (`None`: not stored, or not rejected).

@@ -118,6 +118,62 @@ pub fn set_membership(
     Ok(())
 }
 
+/// One row of [`set_memberships`]: `(user, membership, event ID, stream position, sender,
+/// invite state)`.
+pub type MembershipRowIn<'a> = (&'a str, &'a str, &'a str, i64, &'a str, Option<&'a str>);
+
+/// [`set_membership`] for many users of one room in a few statements (a joined room's
+/// members arrive all at once). The last change of each user wins.
+pub fn set_memberships(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    changes: &[MembershipRowIn<'_>],
+) -> StorageResult<()> {
+    const CHUNK: usize = 1000;
+    let mut last: std::collections::HashMap<&str, &MembershipRowIn<'_>> =
+        std::collections::HashMap::new();
+    for c in changes {
+        last.insert(c.0, c);
+    }
+    let users: Vec<&str> = last.keys().copied().collect();
+    for chunk in users.chunks(CHUNK) {
+        diesel::delete(
+            memberships::table
+                .filter(memberships::room_id.eq(room_id))
+                .filter(memberships::user_id.eq_any(chunk)),
+        )
+        .execute(conn)?;
+    }
+    let rows: Vec<_> = last
+        .values()
+        .map(
+            |(user, membership, event_id, stream, sender, invite_state)| {
+                (
+                    memberships::room_id.eq(room_id),
+                    memberships::user_id.eq(*user),
+                    memberships::membership.eq(*membership),
+                    memberships::event_id.eq(*event_id),
+                    memberships::stream_ordering.eq(*stream),
+                    memberships::sender.eq(*sender),
+                    memberships::invite_state.eq(*invite_state),
+                    memberships::forgotten.eq(false),
+                )
+            },
+        )
+        .collect();
+    for chunk in rows.chunks(CHUNK) {
+        match conn {
+            AnyConnection::Sqlite(c) => diesel::insert_into(memberships::table)
+                .values(chunk)
+                .execute(c)?,
+            AnyConnection::Postgresql(c) => diesel::insert_into(memberships::table)
+                .values(chunk)
+                .execute(c)?,
+        };
+    }
+    Ok(())
+}
+
 pub fn get_membership(
     conn: &mut AnyConnection,
     room_id: &str,

@@ -57,19 +57,35 @@ pub fn insert_group(
             state_groups::delta_depth.eq(parent.map(|p| p.1 + 1).unwrap_or(0)),
         ))
         .execute(conn)?;
-    // One statement per row: the multi-backend connection has no batch insert.
-    for ((t, k), e) in entries {
-        diesel::insert_into(state_group_entries::table)
-            .values((
-                state_group_entries::group_id.eq(id),
-                state_group_entries::event_type.eq(t.as_str()),
-                state_group_entries::state_key.eq(k.as_str()),
-                state_group_entries::event_id.eq(e.as_deref()),
-            ))
-            .execute(conn)?;
+    // Multi-row INSERTs (a joined room's first group has one entry per member). The
+    // multi-backend connection has no batch insert of its own: each dialect's does it.
+    for chunk in entries.chunks(ENTRY_CHUNK) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|((t, k), e)| {
+                (
+                    state_group_entries::group_id.eq(id),
+                    state_group_entries::event_type.eq(t.as_str()),
+                    state_group_entries::state_key.eq(k.as_str()),
+                    state_group_entries::event_id.eq(e.as_deref()),
+                )
+            })
+            .collect();
+        match conn {
+            AnyConnection::Sqlite(c) => diesel::insert_into(state_group_entries::table)
+                .values(&rows)
+                .execute(c)?,
+            AnyConnection::Postgresql(c) => diesel::insert_into(state_group_entries::table)
+                .values(&rows)
+                .execute(c)?,
+        };
     }
     Ok(())
 }
+
+/// Rows per multi-row INSERT of state entries (4 columns each: well under SQLite's and
+/// PostgreSQL's limits on bound parameters).
+const ENTRY_CHUNK: usize = 2000;
 
 /// Stores the state `delta` applied to `parent` as a new group `id`, choosing between a delta
 /// and a full snapshot. `parent_state` is the parent's full state (the caller has it).
@@ -179,24 +195,50 @@ pub fn update_current_state(
     room_id: &str,
     delta: &StateDelta,
 ) -> StorageResult<()> {
-    for ((t, k), e) in delta {
-        diesel::delete(
-            current_state::table
-                .filter(current_state::room_id.eq(room_id))
-                .filter(current_state::event_type.eq(t))
-                .filter(current_state::state_key.eq(k)),
-        )
-        .execute(conn)?;
-        if let Some(e) = e {
-            diesel::insert_into(current_state::table)
-                .values((
-                    current_state::room_id.eq(room_id),
-                    current_state::event_type.eq(t),
-                    current_state::state_key.eq(k),
-                    current_state::event_id.eq(e),
-                ))
-                .execute(conn)?;
+    // The last change of each key wins (as applying the changes one by one would); the old
+    // rows of the changed keys go in one DELETE per event type and key chunk, the new ones
+    // in multi-row INSERTs.
+    let mut last: HashMap<&(String, String), Option<&str>> = HashMap::new();
+    for (key, e) in delta {
+        last.insert(key, e.as_deref());
+    }
+    let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (t, k) in last.keys() {
+        by_type.entry(t.as_str()).or_default().push(k.as_str());
+    }
+    for (t, keys) in by_type {
+        for chunk in keys.chunks(ENTRY_CHUNK) {
+            diesel::delete(
+                current_state::table
+                    .filter(current_state::room_id.eq(room_id))
+                    .filter(current_state::event_type.eq(t))
+                    .filter(current_state::state_key.eq_any(chunk)),
+            )
+            .execute(conn)?;
         }
+    }
+    let rows: Vec<_> = last
+        .iter()
+        .filter_map(|((t, k), e)| {
+            e.map(|e| {
+                (
+                    current_state::room_id.eq(room_id),
+                    current_state::event_type.eq(t.as_str()),
+                    current_state::state_key.eq(k.as_str()),
+                    current_state::event_id.eq(e),
+                )
+            })
+        })
+        .collect();
+    for chunk in rows.chunks(ENTRY_CHUNK) {
+        match conn {
+            AnyConnection::Sqlite(c) => diesel::insert_into(current_state::table)
+                .values(chunk)
+                .execute(c)?,
+            AnyConnection::Postgresql(c) => diesel::insert_into(current_state::table)
+                .values(chunk)
+                .execute(c)?,
+        };
     }
     Ok(())
 }

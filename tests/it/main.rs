@@ -15,6 +15,7 @@ mod synapse;
 
 mod accounts;
 mod bad_input;
+mod big_join;
 mod catchup;
 mod cluster;
 mod durability;

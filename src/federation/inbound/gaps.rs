@@ -248,6 +248,7 @@ pub async fn fill(
                     .collect(),
                 local: false,
                 version: None,
+                checked_events: Vec::new(),
             };
             match s.rooms.admit(room_id, msg).await {
                 Ok(outcomes) => {

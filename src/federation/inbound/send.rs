@@ -152,6 +152,7 @@ pub async fn submit_room(
         pdus: pdus.iter().map(|p| (Arc::clone(p), None)).collect(),
         local: false,
         version: None,
+        checked_events: Vec::new(),
     };
     let outcomes = match s.rooms.admit(&room_id, msg).await {
         Ok(o) => o,
@@ -172,6 +173,7 @@ pub async fn submit_room(
                         pdus: vec![(Arc::clone(&pdu), None)],
                         local: false,
                         version: None,
+                        checked_events: Vec::new(),
                     };
                     match s.rooms.admit(&room_id, retry).await {
                         Ok(mut o) => o

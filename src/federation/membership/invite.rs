@@ -133,6 +133,7 @@ pub async fn invite_v2(
             pdus: vec![(std::sync::Arc::new(signed_pdu.clone()), None)],
             local: false,
             version: None,
+            checked_events: Vec::new(),
         };
         match s.rooms.admit(&room_id, msg).await?.pop() {
             Some(InboundOutcome::Accepted) => placed = true,
@@ -247,6 +248,7 @@ pub async fn invite_remote(
                 pdus: vec![(std::sync::Arc::new(signed_back), None)],
                 local: true,
                 version: None,
+                checked_events: Vec::new(),
             },
         )
         .await?

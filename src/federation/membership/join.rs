@@ -2,6 +2,15 @@
 //! auth chain before its join), and a local user joining a room held elsewhere (template,
 //! sign, `send_join`, the answer's state and auth chain checked and stored as outliers, the
 //! join entering the room actor with that state as the state before it).
+//!
+//! A big room's answer is thousands of events, so nothing in that path is per event and
+//! serial where it need not be: each event is parsed once (format, event ID) and checked
+//! (signatures, content hash) on the verify pool, on every core; the auth checks of the
+//! chain run in memory in auth order (`rooms::outliers`); the outliers go to storage in one
+//! batch of multi-row INSERTs; and the checked events go to the room actor with the join
+//! (`InboundPdus::checked_events`), so it does not load the state back from the database.
+//! The phases' times are logged with the join (`answered_ms`, `checked_ms`, `stored_ms`,
+//! `admitted_ms`). Measured with `tools/bench_join.sh` (docs/BENCHMARKS.md).
 
 use super::*;
 
@@ -229,35 +238,19 @@ pub(super) async fn complete_join(
         enc(room.as_str()),
         enc(join.event_id().as_str())
     );
-    let resp = fed
+    let started = std::time::Instant::now();
+    let mut resp = fed
         .client
         .request("PUT", server, &path, Some(&join.to_federation_value()))
         .await?;
+    let answered = started.elapsed();
 
-    // The room's state and auth chain: check, store as outliers.
-    let mut raws = resp
-        .get("auth_chain")
-        .and_then(|a| a.as_array())
-        .cloned()
-        .unwrap_or_default();
-    let state_raws = resp
-        .get("state")
-        .and_then(|a| a.as_array())
-        .cloned()
-        .unwrap_or_default();
-    raws.extend(state_raws.iter().cloned());
-    let pdus = gaps::checked_pdus(fed, &raws, version, room.as_str()).await;
-    let state_event_ids: std::collections::HashSet<String> = state_raws
-        .iter()
-        .filter_map(|r| {
-            verify::parse(r, version)
-                .ok()
-                .map(|p| p.event_id().to_string())
-        })
-        .collect();
+    // The room's state and auth chain: parse and check on every core, store as outliers.
+    let (pdus, state_event_ids) = checked_answer(fed, &mut resp, version, room.as_str()).await;
+    let checked = started.elapsed();
     let mut state_ids: HashMap<(String, String), String> = HashMap::new();
     for p in &pdus {
-        if state_event_ids.contains(p.event_id().as_str())
+        if state_event_ids.contains(p.event_id())
             && let Some(k) = p.state_key()
         {
             state_ids.insert((p.kind_str(), k.to_owned()), p.event_id().to_string());
@@ -268,7 +261,8 @@ pub(super) async fn complete_join(
             "{server} sent no create event in the room state"
         )));
     }
-    let rejected = outliers::store(&s.core, &s.rooms, room.as_str(), version, pdus).await?;
+    let (rejected, checked_events) =
+        outliers::store_checked(&s.core, &s.rooms, room.as_str(), version, pdus).await?;
     if !rejected.is_empty() {
         // Rejected events are never state: the join's state is what remains.
         tracing::warn!(room = %room, count = rejected.len(), "some of the room's state failed its auth checks; left out");
@@ -283,6 +277,8 @@ pub(super) async fn complete_join(
         },
         None => join,
     };
+    let stored = started.elapsed();
+    let state_count = state_ids.len();
     let id = join.owned_event_id();
     let outcome = s
         .rooms
@@ -292,17 +288,88 @@ pub(super) async fn complete_join(
                 pdus: vec![(std::sync::Arc::new(join), Some(state_ids))],
                 local: false,
                 version: Some(version),
+                checked_events,
             },
         )
         .await?
         .pop();
     match outcome {
         Some(InboundOutcome::Accepted) | Some(InboundOutcome::SoftFailed(_)) => {
-            tracing::info!(room = %room, user = %user, via = server, "joined a room over federation");
+            tracing::info!(
+                room = %room, user = %user, via = server, state = state_count,
+                answered_ms = answered.as_millis() as u64,
+                checked_ms = checked.as_millis() as u64,
+                stored_ms = stored.as_millis() as u64,
+                admitted_ms = started.elapsed().as_millis() as u64,
+                "joined a room over federation"
+            );
             Ok(id)
         }
         other => Err(Error::Remote(format!(
             "our join could not be applied: {other:?}"
         ))),
     }
+}
+
+/// The events of a `send_join` answer (`state` and `auth_chain`), each parsed once on the
+/// verify pool (format and event ID: step 1) and then checked there (signatures and hashes:
+/// steps 2–3); the bad ones are dropped and logged. Returns the events that passed and the
+/// IDs of those the answer lists as state (an event in both lists is state).
+async fn checked_answer(
+    fed: &std::sync::Arc<crate::federation::Federation>,
+    resp: &mut Value,
+    version: RoomVersion,
+    room_id: &str,
+) -> (Vec<Pdu>, std::collections::HashSet<OwnedEventId>) {
+    let mut take = |k: &str| match resp.get_mut(k).map(Value::take) {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    };
+    let state = take("state");
+    let chain = take("auth_chain");
+    let items: Vec<(Value, bool)> = state
+        .into_iter()
+        .map(|r| (r, true))
+        .chain(chain.into_iter().map(|r| (r, false)))
+        .collect();
+    let parsed = crate::rooms::admission::pool::map(items, move |(raw, in_state)| {
+        (
+            crate::rooms::admission::format::parse(raw, version),
+            in_state,
+        )
+    })
+    .await;
+    let mut state_ids = std::collections::HashSet::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut unique = Vec::with_capacity(parsed.len());
+    for item in parsed {
+        match item {
+            Some((Ok(p), in_state)) => {
+                if p.room_id().as_str() != room_id {
+                    tracing::warn!(event = %p.event_id(), "send_join answer carried an event of another room");
+                    continue;
+                }
+                if in_state {
+                    state_ids.insert(p.owned_event_id());
+                }
+                if seen.insert(p.owned_event_id()) {
+                    unique.push((p, version));
+                }
+            }
+            Some((Err(e), _)) => {
+                tracing::warn!(error = %e, "send_join answer carried a malformed event")
+            }
+            None => tracing::error!("a parse job did not answer"),
+        }
+    }
+    let pdus = verify::check_many(fed, unique)
+        .await
+        .into_iter()
+        .filter_map(|r| {
+            r.map_err(|e| tracing::warn!(error = %e, "send_join answer: event failed checks"))
+                .ok()
+        })
+        .map(|c| c.pdu)
+        .collect();
+    (pdus, state_ids)
 }

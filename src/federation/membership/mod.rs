@@ -38,7 +38,7 @@ use weft_protocol::{Pdu, RoomVersion, auth, canonical};
 
 use super::auth::Signed;
 use super::client::enc;
-use super::inbound::{gaps, verify};
+use super::inbound::verify;
 use crate::error::{Error, Result};
 use crate::federation::FederationOf;
 use crate::rooms::messages::{BuildEvent, GetSnapshot, InboundOutcome, InboundPdus};

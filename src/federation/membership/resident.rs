@@ -130,6 +130,7 @@ pub(super) async fn accept_membership(
                 pdus: vec![(std::sync::Arc::new(checked.pdu.clone()), None)],
                 local: true,
                 version: None,
+                checked_events: Vec::new(),
             },
         )
         .await?

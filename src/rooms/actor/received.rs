@@ -151,11 +151,11 @@ impl RoomActor {
         &self,
         pdu: &Arc<Pdu>,
         state_hint: Option<StateIds>,
+        checked: &[Arc<Pdu>],
     ) -> InboundInput {
-        let mut known: HashMap<String, Arc<Pdu>> = self
-            .state
-            .events
-            .values()
+        let mut known: HashMap<String, Arc<Pdu>> = checked
+            .iter()
+            .chain(self.state.events.values())
             .map(|e| (e.event_id().to_string(), Arc::clone(e)))
             .collect();
         for p in &self.pending {
@@ -172,10 +172,13 @@ impl RoomActor {
     }
 
     /// Processes received PDUs one by one, then commits them together.
+    /// `checked`: events the caller checked and stored just before
+    /// ([`InboundPdus::checked_events`]), looked up there before the database.
     pub(super) fn process_inbound(
         mut items: VecDeque<(Arc<Pdu>, Option<StateIds>)>,
         mut results: Vec<InboundOutcome>,
         local: bool,
+        checked: Arc<Vec<Arc<Pdu>>>,
     ) -> ResponseActFuture<Self, Vec<InboundOutcome>> {
         Box::pin(actix::fut::ready(()).then(move |(), act: &mut Self, _ctx| {
             let Some((pdu, hint)) = items.pop_front() else {
@@ -195,12 +198,13 @@ impl RoomActor {
             {
                 crate::observe::metrics::admission_path(true);
                 results.push(outcome);
-                return Self::process_inbound(items, results, local);
+                return Self::process_inbound(items, results, local, checked);
             }
+            let for_input = Arc::clone(&checked);
             Box::pin(
                 act.flush_fut()
                     .then(move |_, act: &mut Self, _| {
-                        let input = act.inbound_input(&pdu, hint);
+                        let input = act.inbound_input(&pdu, hint, &for_input);
                         let db = act.core.db.clone();
                         crate::observe::metrics::admission_path(false);
                         let timer = crate::observe::metrics::SlowPath::start("inbound_prepare");
@@ -215,7 +219,7 @@ impl RoomActor {
                     .then(move |(pdu, prepared), act: &mut Self, _| {
                         let outcome = act.apply_prepared(pdu, prepared, local);
                         results.push(outcome);
-                        Self::process_inbound(items, results, local)
+                        Self::process_inbound(items, results, local, checked)
                     }),
             )
         }))
@@ -262,7 +266,12 @@ impl Handler<InboundPdus> for RoomActor {
             }
         }
         let items: VecDeque<(Arc<Pdu>, Option<StateIds>)> = msg.pdus.into_iter().collect();
-        AtomicResponse::new(Self::process_inbound(items, Vec::new(), msg.local))
+        AtomicResponse::new(Self::process_inbound(
+            items,
+            Vec::new(),
+            msg.local,
+            Arc::new(msg.checked_events),
+        ))
     }
 }
 

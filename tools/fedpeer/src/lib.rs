@@ -19,10 +19,12 @@
 //! and only loopback addresses are ever dialled.
 
 pub mod bench;
+pub mod big_room;
 pub mod client;
 pub mod craft;
 pub mod http;
 pub mod ingest;
+pub mod join_bench;
 pub mod peer;
 pub mod room;
 pub mod server;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fedpeer::bench::{self, Target};
-use fedpeer::ingest;
 use fedpeer::{Peer, PeerOptions};
+use fedpeer::{ingest, join_bench};
 
 #[derive(Parser)]
 #[command(
@@ -98,6 +98,28 @@ enum Command {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Join a room of --members members hosted here from a local user of each target:
+    /// until the join answers, the first send is accepted, the full state is listed.
+    BenchJoin {
+        /// The peer's port on 127.0.0.1 (its server name is localhost:PORT).
+        #[arg(long)]
+        port: u16,
+        /// NAME,SERVER_NAME,CLIENT_BASE,TOKEN (repeat; the first is the ratio's reference).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// Joined members of each room.
+        #[arg(long, default_value_t = 10_000)]
+        members: usize,
+        /// Measured runs per target (each into a room of its own).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Bound on each request and on each wait, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Also write every sample as JSON to this file.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,6 +140,53 @@ fn main() -> ExitCode {
                 },
             }
             ExitCode::SUCCESS
+        }
+        Command::BenchJoin {
+            port,
+            targets,
+            members,
+            runs,
+            timeout,
+            json,
+        } => {
+            let targets: Vec<Target> = match targets.iter().map(|t| Target::parse(t)).collect() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("fedpeer: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let timeout = Duration::from_secs(timeout);
+            let peer = match Peer::start_with(port, PeerOptions { timeout }) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("fedpeer: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = join_bench::Options {
+                members,
+                runs,
+                timeout,
+            };
+            match join_bench::run(&peer, &targets, &opts, |l| eprintln!("{l}")) {
+                Ok(samples) => {
+                    print!("{}", join_bench::summary(&samples, &targets, &opts));
+                    if let Some(path) = json {
+                        let v =
+                            serde_json::Value::Array(samples.iter().map(|s| s.to_json()).collect());
+                        if let Err(e) = std::fs::write(&path, v.to_string()) {
+                            eprintln!("fedpeer: writing {}: {e}", path.display());
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fedpeer: benchmark failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::BenchIngest {
             port,

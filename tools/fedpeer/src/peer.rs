@@ -359,6 +359,28 @@ impl Peer {
         Ok(room_id.to_string())
     }
 
+    /// Creates `count` rooms hosted here of `members` joined members each (real signed
+    /// events, see [`crate::big_room`]), built in parallel. Returns their IDs.
+    pub fn create_big_rooms(&self, count: usize, members: usize) -> Result<Vec<String>> {
+        let ids: Vec<OwnedRoomId> = (0..count)
+            .map(|_| {
+                OwnedRoomId::try_from(format!(
+                    "!{}:{}",
+                    weft_protocol::keys::b64_encode_url(&random_bytes::<9>()),
+                    self.server_name()
+                ))
+                .map_err(|e| Error(e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        let rooms =
+            crate::big_room::build_many(ids.clone(), self.server_name(), self.key(), members)?;
+        let mut held = self.shared.rooms();
+        for r in rooms {
+            held.insert(r.room_id.clone(), r);
+        }
+        Ok(ids.iter().map(|i| i.to_string()).collect())
+    }
+
     /// The requests the listener received so far.
     pub fn inbound(&self) -> Vec<Inbound> {
         self.shared

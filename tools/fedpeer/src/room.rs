@@ -83,6 +83,34 @@ impl Room {
         }
     }
 
+    /// Places an event like [`Room::append`] but without remembering the state before it
+    /// (building a big room: remembering 10,000 states would copy the state 10,000 times).
+    /// `/state` and `/state_ids` are then not served at this event.
+    pub fn append_unrecorded(&mut self, pdu: Pdu) {
+        self.extremities.retain(|e| !pdu.prev_events().contains(e));
+        self.extremities.push(pdu.owned_event_id());
+        self.depth = self.depth.max(pdu.depth());
+        if pdu.is_state() {
+            self.set_state(pdu);
+        } else {
+            self.insert(pdu);
+        }
+    }
+
+    /// The current state's event IDs.
+    pub fn current_state_ids(&self) -> Vec<OwnedEventId> {
+        self.state.values().cloned().collect()
+    }
+
+    /// The auth chain (IDs) of some events: every auth event, transitively, known here.
+    pub fn auth_chain_ids(&self, of: &[OwnedEventId]) -> Vec<OwnedEventId> {
+        let mut chain: BTreeSet<OwnedEventId> = BTreeSet::new();
+        for s in of {
+            self.collect_auth(s, &mut chain);
+        }
+        chain.into_iter().collect()
+    }
+
     pub fn event(&self, id: &OwnedEventId) -> Option<&Pdu> {
         self.events.get(id)
     }

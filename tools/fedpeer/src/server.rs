@@ -357,13 +357,17 @@ fn route(shared: &Shared, req: &Request) -> (u16, String) {
             let Some((state, chain)) = r.state_ids_at(&join.owned_event_id()) else {
                 return not_found("join not placed");
             };
-            ok(json!({
-                "origin": shared.server_name,
-                "state": r.events_json(&state),
-                "auth_chain": r.events_json(&chain),
-                "event": join.to_federation_value(),
-                "members_omitted": false,
-            }))
+            let omit = query_param(req.query(), "omit_members").is_some_and(|v| v == "true");
+            if !omit {
+                return ok(json!({
+                    "origin": shared.server_name,
+                    "state": r.events_json(&state),
+                    "auth_chain": r.events_json(&chain),
+                    "event": join.to_federation_value(),
+                    "members_omitted": false,
+                }));
+            }
+            partial_send_join(shared, r, &join, &state)
         }
         ("GET", ["_matrix", "federation", "v1", "user", "devices", user_id]) => ok(json!({
             "user_id": user_id,
@@ -376,6 +380,50 @@ fn route(shared: &Shared, req: &Request) -> (u16, String) {
             json!({"errcode": "M_UNRECOGNIZED", "error": "not served by fedpeer"}).to_string(),
         ),
     }
+}
+
+/// The `send_join` answer with `omit_members=true` (partial state, MSC3706 as the spec now
+/// has it): the state without membership events (every room the peer hosts has a name, so
+/// no heroes' memberships are needed), the auth chain of that state and of the join minus
+/// what the state already carries, and the servers in the room (those with a joined member
+/// in the state before the join, and the joining server).
+fn partial_send_join(
+    shared: &Shared,
+    r: &crate::Room,
+    join: &weft_protocol::Pdu,
+    state: &[OwnedEventId],
+) -> (u16, String) {
+    let mut kept: Vec<OwnedEventId> = Vec::new();
+    let mut servers: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for id in state {
+        let Some(e) = r.event(id) else { continue };
+        if e.kind_str() == "m.room.member" {
+            if e.membership().as_deref() == Some("join")
+                && let Some((_, server)) = e.state_key().and_then(|k| k.split_once(':'))
+            {
+                servers.insert(server.to_owned());
+            }
+            continue;
+        }
+        kept.push(id.clone());
+    }
+    servers.insert(join.sender().server_name().to_string());
+    let mut roots = kept.clone();
+    roots.push(join.owned_event_id());
+    let in_state: std::collections::HashSet<&OwnedEventId> = kept.iter().collect();
+    let chain: Vec<OwnedEventId> = r
+        .auth_chain_ids(&roots)
+        .into_iter()
+        .filter(|a| !in_state.contains(a))
+        .collect();
+    ok(json!({
+        "origin": shared.server_name,
+        "state": r.events_json(&kept),
+        "auth_chain": r.events_json(&chain),
+        "event": join.to_federation_value(),
+        "members_omitted": true,
+        "servers_in_room": servers.into_iter().collect::<Vec<_>>(),
+    }))
 }
 
 /// Takes the PDUs of rooms we joined into our view of them, and acknowledges every PDU.
