@@ -2,5 +2,6 @@
 //! (`user`, `room`, `keys`, `db`) — see [`weft::cli`].
 
 fn main() -> std::process::ExitCode {
+    weft::alloc::configure();
     weft::cli::run()
 }

@@ -6,10 +6,13 @@
 //! otherwise cost a memory-hard hash:
 //!
 //! - **A fixed set of threads** (`passwords.threads`, default one per core), started once.
-//!   Each thread owns one argon2 block buffer of `passwords.memory_kib`, allocated by its
-//!   first job and reused for every later one, so the memory argon2 needs is allocated once
-//!   per thread and never freed and re-allocated (the allocator keeping freed per-thread arenas is what turned a burst of
-//!   logins on tokio's 512-thread blocking pool into gigabytes of resident memory). The
+//!   Each thread owns one argon2 block buffer of `passwords.memory_kib`, allocated by the
+//!   first job after the thread was idle and reused by every job queued behind it, so a
+//!   burst of logins allocates it once per thread (the allocator keeping freed per-thread
+//!   arenas is what turned a burst of logins on tokio's 512-thread blocking pool into
+//!   gigabytes of resident memory). When the queue is empty the thread frees it: a server at
+//!   rest does not keep 19 MiB per thread that once hashed (the process allocates large
+//!   blocks with `mmap`, so the memory goes back to the system: [`crate::alloc`]). The
 //!   worst-case extra memory is `threads × memory_kib`: 2 × 19 MiB on a 2-core machine
 //!   with the defaults. A stored hash made with more memory than configured (after the
 //!   operator lowered the setting) grows that thread's buffer to the stored size, which is
@@ -212,10 +215,13 @@ struct Worker {
 impl Worker {
     fn run(self) {
         lower_priority(self.nice);
-        // The one argon2 buffer of this thread, reused by every job. It is allocated by the
-        // first job (a server nobody logs in to does not pay for it) and then kept.
+        // The one argon2 buffer of this thread, reused by every job queued behind the one
+        // that allocated it, and freed once nothing is queued (see the module comment).
         let mut blocks: Vec<Block> = Vec::new();
         loop {
+            if self.stats.queued.load(Ordering::Relaxed) == 0 {
+                blocks = Vec::new();
+            }
             let job = {
                 let Ok(rx) = self.rx.lock() else { return };
                 match rx.recv() {

@@ -102,6 +102,19 @@ EOF
       [ "$i" -eq 150 ] && { echo "weft did not start" >&2; exit 1; }
       sleep 0.2
     done
+    # The disk's own durable-write latency right now (the floor under every durable send):
+    # 200 x (4 KiB pwrite + fdatasync) on a file beside the database.
+    python3 - "$dir/fsync-probe" <<'PY'
+import os, statistics, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+os.write(fd, b"\0" * (1 << 20)); os.fsync(fd)
+t = []
+for i in range(200):
+    os.pwrite(fd, b"x" * 4096, (i % 256) * 4096)
+    t0 = time.perf_counter(); os.fdatasync(fd); t.append((time.perf_counter() - t0) * 1000)
+os.close(fd); os.unlink(sys.argv[1])
+print(f"  disk: fdatasync p50 {statistics.median(t):.2f} ms (min {min(t):.2f})")
+PY
     # shellcheck disable=SC2086
     "$LOADGEN" --hs "http://127.0.0.1:$port" --json $LOADGEN_ARGS >>"$work/$backend.jsonl"
     python3 - "$backend" "$run" "$work/$backend.jsonl" <<'PY'

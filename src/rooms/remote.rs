@@ -212,7 +212,7 @@ fn draft_from_wire(d: DraftWire) -> Result<EventDraft> {
 fn pdu_to_wire(p: &Pdu) -> PduWire {
     PduWire {
         event_id: p.event_id().to_string(),
-        json: serde_json::to_value(p.json()).unwrap_or(Value::Null),
+        json: p.to_federation_value(),
         rejected: p.is_rejected(),
     }
 }

@@ -47,7 +47,7 @@ pub fn pdu_of(row: &EventRow, version: RoomVersion) -> StorageResult<Pdu> {
     if row.redacted_by.is_none() {
         return Ok(pdu);
     }
-    let redacted = redact(pdu.json(), version)
+    let redacted = redact(&pdu.json(), version)
         .map_err(|e| crate::storage::StorageError::Corrupt(e.to_string()))?;
     Pdu::from_json_with_id(pdu.owned_event_id(), redacted, version)
         .map_err(|e| crate::storage::StorageError::Corrupt(e.to_string()))

@@ -25,6 +25,7 @@ both_backends!(
     r0_prefix_and_cors,
     logout_invalidates_the_token,
     registration_is_closed_by_default,
+    idle_room_actor_stops_and_reloads_the_same_state,
 );
 
 fn send_is_idempotent_per_device(backend: Backend) {
@@ -714,4 +715,99 @@ fn registration_is_closed_by_default(backend: Backend) {
     let text = String::from_utf8_lossy(&text.stdout);
     let cfg: toml::Value = toml::from_str(&text).expect("generated config parses");
     assert_eq!(cfg["registration"]["open"].as_bool(), Some(false), "{text}");
+}
+
+/// `weft_room_actors` from the server's `/metrics` (loopback may scrape).
+fn live_room_actors(srv: &Server) -> Option<u64> {
+    let text = reqwest_free_get(&format!("{}/metrics", srv.base))?;
+    text.lines()
+        .find(|l| l.starts_with("weft_room_actors"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+fn reqwest_free_get(url: &str) -> Option<String> {
+    let out = std::process::Command::new("curl")
+        .args(["-fsS", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A room actor stopped for idleness (memory given back) and started again from the
+/// database serves the same state, keeps the auth rules of that state and extends the room
+/// from where it was (the PDUs it holds are kept as canonical text, `weft_protocol::pdu`).
+fn idle_room_actor_stops_and_reloads_the_same_state(backend: Backend) {
+    let srv = Server::start_with(
+        backend,
+        Options {
+            extra_toml: "[actors]\nroom_idle_secs = 1\n".into(),
+            ..Default::default()
+        },
+    );
+    let alice = srv.register("alice");
+    let bob = srv.register("bob");
+    let room = alice.create_room(&json!({
+        "preset": "public_chat", "name": "before idle", "topic": "t \u{e9}\"q\"",
+    }));
+    bob.join(&room).ok();
+    let first = alice.send_text(&room, "before");
+    let state_path = format!("/_matrix/client/v3/rooms/{}/state", enc(&room));
+    let sorted = |v: Value| {
+        let mut events: Vec<Value> = v.as_array().cloned().unwrap_or_default();
+        for e in &mut events {
+            // `unsigned.age` moves on.
+            e.as_object_mut().map(|o| o.remove("unsigned"));
+        }
+        events.sort_by_key(|e| (e["type"].to_string(), e["state_key"].to_string()));
+        events
+    };
+    let before = sorted(alice.get(&state_path).ok());
+    assert!(before.len() >= 6, "{before:?}");
+
+    // Every room actor stops once idle (1 s here).
+    let deadline = Instant::now() + WAIT;
+    while live_room_actors(&srv) != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "room actors still alive: {:?}",
+            live_room_actors(&srv)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Reloaded: the same state, event for event.
+    assert_eq!(sorted(alice.get(&state_path).ok()), before);
+    // Its auth rules: bob (power 0) may not rename the room; alice may.
+    bob.put_state(&room, "m.room.name", "", &json!({"name": "bob's"}))
+        .expect_err(403, "M_FORBIDDEN");
+    alice
+        .put_state(&room, "m.room.name", "", &json!({"name": "after idle"}))
+        .ok();
+    let name_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room));
+    assert_eq!(alice.get(&name_path).ok()["name"], "after idle");
+    // The membership it reloaded: bob is joined and can still send.
+    let second = bob.send_text(&room, "after");
+    let msgs = alice.all_messages(&room, 50, 5);
+    let texts = bodies(&msgs);
+    assert_eq!(texts, vec!["before", "after"], "{msgs:?}");
+    // The new event extends the room's single tip from before.
+    let ctx = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/context/{}?limit=2",
+            enc(&room),
+            enc(&second)
+        ))
+        .ok();
+    assert!(
+        ctx["events_before"]
+            .as_array()
+            .is_some_and(|b| !b.is_empty()),
+        "{ctx}"
+    );
+    assert_ne!(first, second);
+    srv.assert_no_panics();
 }

@@ -187,7 +187,7 @@ pub fn check_format(version: RoomVersion, pdu: &Pdu) -> Result<(), AuthError> {
         }
         return Ok(());
     }
-    ruma::state_res::check_pdu_format(pdu.json(), &version.rules().event_format).map_err(AuthError)
+    ruma::state_res::check_pdu_format(&pdu.json(), &version.rules().event_format).map_err(AuthError)
 }
 
 /// A power-levels view used by the server for decisions that are not auth rules (who may

@@ -1,7 +1,12 @@
 //! The PDU: a room event as servers exchange it.
 //!
 //! A `Pdu` keeps the signed JSON exactly as created or received (the source of truth, what is
-//! stored and served) next to the fields the rules need, parsed once. It implements ruma's
+//! stored and served) next to the fields the rules need, parsed once. The JSON is kept as its
+//! canonical text, not as a tree: room actors hold every state event of every active room,
+//! and a `CanonicalJsonObject` tree (a B-tree node of eleven slots for every object, however
+//! small) took about 7 KB per event against the text's 0.5-1 KB. [`Pdu::json`] parses the
+//! text again for the few callers that walk the object (signature and hash checks, redaction,
+//! reference hashes); what is stored and sent is the text itself. It implements ruma's
 //! `state_res::Event` so ruma's authorization rules and state resolution run directly on it.
 //!
 //! The event formats of the room versions differ only here, behind one API:
@@ -55,7 +60,8 @@ pub struct Pdu {
     depth: u64,
     redacts: Option<OwnedEventId>,
     rejected: bool,
-    json: CanonicalJsonObject,
+    /// The canonical JSON text of the event (see the module comment).
+    json: Box<str>,
 }
 
 fn get_str<'a>(obj: &'a CanonicalJsonObject, key: &'static str) -> Result<&'a str, PduError> {
@@ -284,7 +290,7 @@ impl Pdu {
             depth,
             redacts,
             rejected: false,
-            json,
+            json: crate::canonical::write_object(&json).into_boxed_str(),
         })
     }
 
@@ -321,13 +327,9 @@ impl Pdu {
     }
     /// A string field of the content, if present.
     pub fn content_str(&self, field: &str) -> Option<String> {
-        match self.json.get("content") {
-            Some(CanonicalJsonValue::Object(c)) => match c.get(field) {
-                Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
-                _ => None,
-            },
-            _ => None,
-        }
+        let fields: std::collections::BTreeMap<String, &RawValue> =
+            serde_json::from_str(self.content.get()).ok()?;
+        serde_json::from_str::<String>(fields.get(field)?.get()).ok()
     }
     /// `content.membership` of an `m.room.member` event.
     pub fn membership(&self) -> Option<String> {
@@ -352,15 +354,22 @@ impl Pdu {
     pub fn redacts(&self) -> Option<&EventId> {
         self.redacts.as_deref()
     }
-    pub fn json(&self) -> &CanonicalJsonObject {
-        &self.json
+    /// The event's JSON object, parsed from the kept text (see the module comment).
+    pub fn json(&self) -> CanonicalJsonObject {
+        // The text was written from a `CanonicalJsonObject` by `from_json_with_id`, so it
+        // parses back; an empty object would fail every check that reads it.
+        serde_json::from_str(&self.json).unwrap_or_default()
     }
     pub fn into_json(self) -> CanonicalJsonObject {
-        self.json
+        self.json()
+    }
+    /// The canonical JSON text of the PDU (what is stored and sent).
+    pub fn canonical_str(&self) -> &str {
+        &self.json
     }
     /// The canonical JSON text of the PDU (what is stored and sent).
     pub fn to_canonical_string(&self) -> String {
-        crate::canonical::write_object(&self.json)
+        self.json.to_string()
     }
     pub fn is_rejected(&self) -> bool {
         self.rejected
@@ -378,7 +387,7 @@ impl Pdu {
     }
     /// The PDU as it travels over federation: the stored JSON (no `event_id` in v3+ rooms).
     pub fn to_federation_value(&self) -> serde_json::Value {
-        crate::canonical::to_value(&self.json)
+        serde_json::from_str(&self.json).unwrap_or(serde_json::Value::Null)
     }
 }
 

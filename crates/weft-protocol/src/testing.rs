@@ -280,7 +280,7 @@ impl Room {
         let hashes = |id: &EventId| {
             self.events
                 .get(id)
-                .and_then(|e| crate::pdu::reference_hash(e.json(), version).ok())
+                .and_then(|e| crate::pdu::reference_hash(&e.json(), version).ok())
         };
         build_pdu_citing(&draft, &position, &hashes, &server, &server_key(&server)).unwrap()
     }

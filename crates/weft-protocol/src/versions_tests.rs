@@ -64,7 +64,7 @@ fn every_version_builds_parses_verifies_and_passes_its_rules() {
         ] {
             let ev = room.event(label);
             let id = ev.event_id().as_str();
-            let json = ev.json();
+            let json = &ev.json();
             // The event ID's format.
             let local = id.strip_prefix('$').unwrap();
             if v.event_id_in_event() {
@@ -112,7 +112,7 @@ fn every_version_builds_parses_verifies_and_passes_its_rules() {
                         };
                         assert_eq!(pair[0], CanonicalJsonValue::String(cited_id.to_string()));
                         let want =
-                            pdu::reference_hash(room.get(cited_id).unwrap().json(), v).unwrap();
+                            pdu::reference_hash(&room.get(cited_id).unwrap().json(), v).unwrap();
                         let CanonicalJsonValue::Object(h) = &pair[1] else {
                             panic!("v{v} {label} {key}: no hashes");
                         };
@@ -156,11 +156,11 @@ fn events_of_one_format_do_not_parse_as_the_other() {
     let v4 = busy_room(RoomVersion::V4);
     for label in ["bob", "msg"] {
         // v1 events cite pairs, which later versions refuse.
-        let got = Pdu::from_json(v1.event(label).json().clone(), RoomVersion::V4);
+        let got = Pdu::from_json(v1.event(label).json(), RoomVersion::V4);
         assert_eq!(got.err(), Some(PduError::Field("prev_events")), "{label}");
         // v4 events have no event_id, which v1 and v2 need.
         for old in [RoomVersion::V1, RoomVersion::V2] {
-            let got = Pdu::from_json(v4.event(label).json().clone(), old);
+            let got = Pdu::from_json(v4.event(label).json(), old);
             assert_eq!(got.err(), Some(PduError::Field("event_id")), "{label}");
         }
     }
@@ -169,7 +169,7 @@ fn events_of_one_format_do_not_parse_as_the_other() {
 #[test]
 fn malformed_v1_fields_are_refused() {
     let room = busy_room(RoomVersion::V2);
-    let good = room.event("msg").json().clone();
+    let good = room.event("msg").json();
     let prev = room.event("msg").prev_events()[0].to_string();
     // (what is wrong, field, new value, expected error)
     let cases: Vec<(&str, &str, serde_json::Value, PduError)> = vec![
@@ -260,7 +260,7 @@ fn malformed_v1_fields_are_refused() {
 fn v1_event_ids_need_the_event_id_servers_signature() {
     // A v1/v2 event whose ID names another server needs that server's signature too.
     let room = busy_room(RoomVersion::V1);
-    let mut json = room.event("msg").json().clone();
+    let mut json = room.event("msg").json();
     json.insert(
         "event_id".into(),
         CanonicalJsonValue::String("$forged:c.test".into()),
@@ -270,7 +270,7 @@ fn v1_event_ids_need_the_event_id_servers_signature() {
     assert!(signatures::verify_pdu(&json, RoomVersion::V1, lookup()).is_err());
     // From v3 the ID is the hash, and only the sender's server signs.
     let room = busy_room(RoomVersion::V3);
-    let servers = signatures::required_servers(room.event("msg").json(), RoomVersion::V3).unwrap();
+    let servers = signatures::required_servers(&room.event("msg").json(), RoomVersion::V3).unwrap();
     assert_eq!(
         servers.into_iter().collect::<Vec<_>>(),
         vec!["b.test".to_owned()]

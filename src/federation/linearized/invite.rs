@@ -108,7 +108,7 @@ pub async fn invite(
         .cloned()
         .ok_or_else(|| Error::forbidden("federation is disabled"))?;
     let checked = verify::check_one_whole(&fed, pdu, RoomVersion::Linearized).await?;
-    let mut obj = checked.pdu.json().clone();
+    let mut obj = checked.pdu.json();
     builder::add_signature(
         &mut obj,
         RoomVersion::Linearized,

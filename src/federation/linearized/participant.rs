@@ -370,7 +370,7 @@ async fn send_join(
     let Some(join) = pdus.pop() else {
         return Err(Error::Remote(format!("{hub} returned no join event")));
     };
-    if lm::lpdu_event_id(join.json()).as_deref() != Some(lpdu_id) {
+    if lm::lpdu_event_id(&join.json()).as_deref() != Some(lpdu_id) {
         return Err(Error::Remote(format!(
             "{hub} returned another event than our join"
         )));

@@ -119,7 +119,7 @@ pub async fn invite_v2(
         .ok_or_else(|| Error::forbidden("federation is disabled"))?;
     let checked = verify::check_one_whole(&fed, pdu, version).await?;
     let known = check_invite_against_room(&s, &checked.pdu, version).await?;
-    let mut obj = checked.pdu.json().clone();
+    let mut obj = checked.pdu.json();
     builder::add_signature(&mut obj, version, s.server_name(), &s.core.key)
         .map_err(|e| Error::internal(e.to_string()))?;
     let signed_pdu = Pdu::from_json_with_id(checked.pdu.owned_event_id(), obj, version)
@@ -222,7 +222,7 @@ pub async fn invite_remote(
         return Err(Error::Remote(format!("{dest} changed the invite event")));
     }
     // The invitee's server must have signed it.
-    let obj = signed_back.json().clone();
+    let obj = signed_back.json();
     if !fed.keys.ensure(dest, &[], 0).await {
         tracing::info!(
             destination = dest,

@@ -69,7 +69,7 @@ pub(super) async fn make_membership(
         snap.extremity_hashes.get(id).cloned().or_else(|| {
             index
                 .get(id)
-                .and_then(|e| weft_protocol::pdu::reference_hash(e.json(), snap.version).ok())
+                .and_then(|e| weft_protocol::pdu::reference_hash(&e.json(), snap.version).ok())
         })
     };
     let template = builder::pdu_template_citing(&draft, &position, &hashes)

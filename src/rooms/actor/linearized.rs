@@ -206,7 +206,7 @@ impl Handler<HubAppend> for RoomActor {
                 // Placed on the same tip as the copy the invitee's server signed: keep its
                 // signature (placed elsewhere, the event differs and nobody checks it).
                 Some(c) if lm::event_id(c) == pdu.event_id().as_str() => {
-                    let mut obj = pdu.json().clone();
+                    let mut obj = pdu.json();
                     if let (
                         Some(ruma::CanonicalJsonValue::Object(theirs)),
                         Some(ruma::CanonicalJsonValue::Object(mine)),
@@ -297,7 +297,8 @@ impl Handler<ParticipantReceive> for RoomActor {
                 continue;
             }
             // Provenance: the hub made it (completed an LPDU naming it, or its own user's).
-            let named_hub = pdu.json().get("hub_server").and_then(|h| match h {
+            let json = pdu.json();
+            let named_hub = json.get("hub_server").and_then(|h| match h {
                 ruma::CanonicalJsonValue::String(s) => Some(s.as_str()),
                 _ => None,
             });
@@ -351,7 +352,7 @@ impl Handler<ParticipantReceive> for RoomActor {
                 }
             }
             // Our own send coming back: answer whoever waits for it.
-            let waiter = lm::lpdu_event_id(pdu.json()).and_then(|l| match &mut self.kind {
+            let waiter = lm::lpdu_event_id(&pdu.json()).and_then(|l| match &mut self.kind {
                 RoomKind::Participant(p) => p.take_waiter(&l),
                 _ => None,
             });

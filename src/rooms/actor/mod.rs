@@ -158,7 +158,7 @@ struct Flush;
 fn cited_hash(version: RoomVersion, pdu: &Pdu) -> Option<String> {
     version
         .cites_event_hashes()
-        .then(|| weft_protocol::pdu::reference_hash(pdu.json(), version).ok())
+        .then(|| weft_protocol::pdu::reference_hash(&pdu.json(), version).ok())
         .flatten()
 }
 
@@ -267,6 +267,8 @@ impl Actor for RoomActor {
         if map.get(&self.room_id).is_some_and(|a| *a == me) {
             map.remove(&self.room_id);
         }
+        // What the actor held (its state, recent events) is freed now: hand it back.
+        crate::alloc::release_soon();
     }
 }
 

@@ -21,7 +21,7 @@ pub fn apply(pdu: Pdu, version: RoomVersion, check: HashCheck) -> Result<Checked
             redacted: false,
         }),
         HashCheck::ContentMismatch => {
-            let redacted = redaction::redact(pdu.json(), version).map_err(|e| e.to_string())?;
+            let redacted = redaction::redact(&pdu.json(), version).map_err(|e| e.to_string())?;
             let id = pdu.owned_event_id();
             let pdu = Pdu::from_json_with_id(id, redacted, version).map_err(|e| e.to_string())?;
             tracing::info!(event = %pdu.event_id(), "content hash mismatch; event redacted");

@@ -39,13 +39,14 @@ pub fn wanted_keys<'a>(
     let mut wanted: Wanted = HashMap::new();
     let mut required = Vec::new();
     for (pdu, version) in pdus {
-        match signatures::required_servers(pdu.json(), version) {
+        let json = pdu.json();
+        match signatures::required_servers(&json, version) {
             Ok(servers) => {
                 for s in &servers {
                     let entry = wanted
                         .entry(s.clone())
                         .or_insert_with(|| (BTreeSet::new(), 0));
-                    entry.0.extend(key_ids_of(pdu.json(), s));
+                    entry.0.extend(key_ids_of(&json, s));
                     entry.1 = entry.1.max(pdu.origin_server_ts());
                 }
                 required.push(Ok(servers));
@@ -60,6 +61,6 @@ pub fn wanted_keys<'a>(
 /// about the content hash, for step 3 ([`super::content_hash`]) to act on.
 pub fn verify(pdu: &Pdu, version: RoomVersion, keys: &KeySnapshot) -> Result<HashCheck, String> {
     let lookup = |s: &str, k: &str| keys.get(&(s.to_owned(), k.to_owned())).cloned();
-    signatures::verify_pdu(pdu.json(), version, lookup)
+    signatures::verify_pdu(&pdu.json(), version, lookup)
         .map_err(|e| format!("signature check failed: {e}"))
 }

@@ -298,7 +298,7 @@ mod tests {
             .unwrap();
             let want = only_signature_of(obj(raw), hub);
             assert_eq!(
-                canonical::write_object(built.json()),
+                built.to_canonical_string(),
                 canonical::write_object(&want),
                 "{}",
                 raw["event_id"]
@@ -349,7 +349,7 @@ mod tests {
             let completed =
                 complete(&lpdu, &prev[0], &id_list(raw, "auth_events"), hub, &key).unwrap();
             assert_eq!(
-                canonical::write_object(completed.json()),
+                completed.to_canonical_string(),
                 canonical::write_object(&pdu),
                 "{}",
                 raw["event_id"]
@@ -380,7 +380,7 @@ mod tests {
             msg["resulting_pdu_event_id"].as_str().unwrap()
         );
         assert_eq!(
-            lpdu_event_id(completed.json()).unwrap(),
+            lpdu_event_id(&completed.json()).unwrap(),
             msg["lpdu_event_id"].as_str().unwrap()
         );
     }

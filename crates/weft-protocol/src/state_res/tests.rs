@@ -808,7 +808,7 @@ fn auth_cycles_are_refused_not_followed() {
         let create = room.id("create");
         // Two power-levels events citing each other.
         let with = |id: &str, cites: &str| {
-            let mut json = pl.json().clone();
+            let mut json = pl.json();
             json.insert("event_id".into(), CanonicalJsonValue::String(id.into()));
             let pair = |e: &str| {
                 crate::canonical::value_to_canonical(json!([e, {"sha256": "x"}])).unwrap()
@@ -848,7 +848,7 @@ fn auth_cycles_are_refused_not_followed() {
         assert!(auth_chain([a.owned_event_id()], &fetch).contains(&a.owned_event_id()));
         // An event citing itself is refused when parsed (the fuzz target's input: a
         // power-levels event reusing the create event's ID and citing it).
-        let mut json = pl.json().clone();
+        let mut json = pl.json();
         json.insert(
             "event_id".into(),
             CanonicalJsonValue::String(create.to_string()),
