@@ -410,7 +410,7 @@ mod tests {
             data_dir: dir.clone(),
             ..crate::config::Config::default()
         };
-        let core = crate::core::Core::open(config).expect("open core");
+        let db = super::super::Db::open(&config).expect("open the database");
         let me = "@bob:example.org";
         let mut rejected = row("$rej", MEMBER, Some(me), 9);
         rejected.rejected = Some("auth".into());
@@ -429,16 +429,14 @@ mod tests {
             rejected,
             elsewhere,
         ];
-        core.db
-            .write_blocking("!r:x", move |c| {
-                for r in &rows {
-                    insert_event(c, r)?;
-                }
-                Ok(())
-            })
-            .expect("insert");
-        let got = core
-            .db
+        db.write_blocking("!r:x", move |c| {
+            for r in &rows {
+                insert_event(c, r)?;
+            }
+            Ok(())
+        })
+        .expect("insert");
+        let got = db
             .read_blocking(|c| visibility_events(c, "!r:x", me))
             .expect("read");
         let want = [
@@ -452,7 +450,7 @@ mod tests {
             assert_eq!((*s, kind.as_str()), (ws, wkind));
             assert!(json.contains(wid), "{json} is {wid}");
         }
-        drop(core);
+        drop(db);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

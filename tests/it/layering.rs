@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 0),
     ("net", 0),
     ("random", 0),
+    ("alloc", 0),
     ("storage", 1),
     ("error", 2),
     ("notifier", 2),
