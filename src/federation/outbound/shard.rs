@@ -104,31 +104,42 @@ pub(crate) fn route_wake(shared: &Arc<Shared>, destination: &str, reason: WakeRe
 }
 
 /// A sign of life of `destination`, which another node may be sending: handed to the lease
-/// holder (rate-limited per destination; dropped when nobody holds the lease, as then nobody
-/// is backing off).
+/// holder (dropped when nobody holds the lease, as then nobody is backing off).
+///
+/// At most one notice per destination leaves every [`SIGN_OF_LIFE_EVERY`]. A sign that comes
+/// sooner is not dropped: it schedules one notice for the end of that interval (and signs
+/// coming while one is scheduled ride on it). Dropping it would lose exactly the sign that
+/// matters when a destination goes down and comes back within the interval: the holder's
+/// backoff began after the last notice, and only a later one ends it.
 pub(crate) fn pass_on_sign_of_life(shared: &Arc<Shared>, destination: &str, reason: WakeReason) {
     let Some(cluster) = shared.cluster.get().cloned() else {
         return;
     };
-    {
+    let wait = {
         let now = std::time::Instant::now();
         let mut seen = shared.lives_passed_on.lock();
-        if seen
-            .get(destination)
-            .is_some_and(|t| now.duration_since(*t) < SIGN_OF_LIFE_EVERY)
-        {
-            return;
-        }
+        // Each entry is when the destination's latest notice left or is due to leave.
+        let wait = match seen.get(destination) {
+            Some(due) if *due > now => return,
+            Some(last) if now.saturating_duration_since(*last) < SIGN_OF_LIFE_EVERY => {
+                (*last + SIGN_OF_LIFE_EVERY).saturating_duration_since(now)
+            }
+            _ => std::time::Duration::ZERO,
+        };
         if seen.len() >= SIGNS_REMEMBERED {
-            seen.retain(|_, t| now.duration_since(*t) < SIGN_OF_LIFE_EVERY);
+            seen.retain(|_, t| *t > now || now.saturating_duration_since(*t) < SIGN_OF_LIFE_EVERY);
             if seen.len() >= SIGNS_REMEMBERED {
                 seen.clear();
             }
         }
-        seen.insert(destination.to_owned(), now);
-    }
+        seen.insert(destination.to_owned(), now + wait);
+        wait
+    };
     let dest = destination.to_owned();
     shared.arbiter.spawn(async move {
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         match cluster.lease_holder(&key(&dest)).await {
             Ok(Some(node)) => {
                 let notice = Notice {
