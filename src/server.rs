@@ -261,11 +261,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             )
             .default_service(web::to(http::unrecognized))
     })
+    .disable_signals()
     .bind(&client_addr)
     .map_err(|e| listen_err(&client_addr, e))?
     .shutdown_timeout(5)
     .run();
     tracing::info!(client = %client_addr, "client API listening");
+    let mut listeners = vec![client_server.handle()];
 
     let fed_server = if federation_on {
         let fed_addr = core.config.listeners.federation.clone();
@@ -286,6 +288,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 .configure(federation::inbound::configure)
                 .default_service(web::to(http::unrecognized))
         })
+        .disable_signals()
         .shutdown_timeout(5);
         let bound = if core.config.federation.plain_http {
             tracing::warn!(federation = %fed_addr, "federation listener speaks plain HTTP (federation.plain_http)");
@@ -300,6 +303,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         };
         let srv = bound.map_err(|e| listen_err(&fed_addr, e))?.run();
         tracing::info!(federation = %fed_addr, "federation API listening");
+        listeners.push(srv.handle());
         Some(srv)
     } else {
         None
@@ -321,13 +325,26 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 .default_service(web::to(http::unrecognized))
         })
         .workers(1)
+        .disable_signals()
         .bind(&addr)
         .map_err(|e| listen_err(&addr, e))?
         .shutdown_timeout(1)
         .run();
         tracing::info!(metrics = %addr, "metrics listening");
+        listeners.push(srv.handle());
         actix_rt::spawn(srv);
     }
+
+    // One handler stops every listener. Each actix server watching the signals itself let
+    // a SIGTERM that came right after start stop one listener and not the other, and the
+    // process never exited.
+    actix_rt::spawn(async move {
+        stop_signal().await;
+        tracing::info!("stop signal received; stopping every listener gracefully");
+        for listener in listeners {
+            listener.stop(true).await;
+        }
+    });
 
     let result = match fed_server {
         Some(f) => futures_util::future::try_join(client_server, f)
@@ -342,4 +359,31 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         path: client_addr,
         message: e.to_string(),
     })
+}
+
+/// Resolves at the first SIGTERM or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot watch for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
