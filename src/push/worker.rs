@@ -1,6 +1,12 @@
 //! The push worker: evaluates every new timeline event for the room's local members, off
 //! the room actors' path.
 //!
+//! In a cluster every node runs one, over the same event stream. A batch's write job first
+//! moves the stored position from the batch's start (`storage::push::advance_progress`);
+//! when another node's worker stored a position past that start first, the job writes
+//! nothing and the worker goes on from the stored position, so each notification and push
+//! is stored once.
+//!
 //! It follows the event stream the way `/sync` does, behind the notifier's frontier: every
 //! event at or below the frontier is committed. Woken by every frontier advance
 //! (`Notifier::subscribe_all`), it reads the next batch of events after its position (not
@@ -606,14 +612,20 @@ async fn evaluate_batch(batch: &Batch, server_suffix: &str, now: i64) -> Vec<Fou
     found
 }
 
-/// Stores what a batch found: notification rows, one delivery row per pusher, the position.
-/// Answers how many deliveries were queued.
+/// Stores what a batch of `(after, upto]` found: the position, notification rows, one
+/// delivery row per pusher. Answers how many deliveries were queued, or `None` when another
+/// worker (another cluster node) stored a position past `after` first: then nothing is
+/// written, and the worker reads the position again.
 fn store(
     conn: &mut AnyConnection,
     found: &[Found],
     stream_id: i64,
+    after: i64,
     upto: i64,
-) -> StorageResult<usize> {
+) -> StorageResult<Option<usize>> {
+    if !push::advance_progress(conn, after, upto)? {
+        return Ok(None);
+    }
     for f in found {
         let mut row = f.row.clone();
         row.stream_id = stream_id;
@@ -678,8 +690,7 @@ fn store(
             }
         }
     }
-    push::set_progress(conn, upto)?;
-    Ok(queued)
+    Ok(Some(queued))
 }
 
 /// The writer shard of push jobs.
@@ -758,10 +769,25 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
             let pos = core.notifier.allocate();
             let res = core
                 .db
-                .write(SHARD, move |c| store(c, &found, pos, upto))
+                .write(SHARD, move |c| store(c, &found, pos, after, upto))
                 .await;
             match res {
-                Ok(queued) => {
+                Ok(None) => {
+                    // Another node stored this batch (or one past its start): go on from
+                    // the stored position.
+                    core.notifier.complete(&[pos], []);
+                    tracing::debug!(after, upto, "push worker: batch stored by another worker");
+                    match core.db.read(push::progress).await {
+                        Ok(Some(p)) => cursor = p,
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "push worker: cannot read its position; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                    unsaved = false;
+                }
+                Ok(Some(queued)) => {
                     core.notifier.complete(&[pos], users);
                     crate::observe::metrics::push_evaluated(evaluated, n);
                     cursor = upto;
@@ -781,9 +807,12 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
         }
         if unsaved && last_save.elapsed() >= Duration::from_secs(1) {
             let at = cursor;
+            // Never moves the stored position back (another node may be past it).
             match core
                 .db
-                .write(SHARD, move |c| push::set_progress(c, at))
+                .write(SHARD, move |c| {
+                    push::advance_progress(c, at, at).map(|_| ())
+                })
                 .await
             {
                 Ok(()) => unsaved = false,

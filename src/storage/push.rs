@@ -284,6 +284,32 @@ pub fn set_progress(conn: &mut AnyConnection, stream: i64) -> StorageResult<()> 
     Ok(())
 }
 
+/// Moves the worker's position from `after` to `upto`, unless another worker (another node
+/// of a cluster, which follows the same event stream) already stored a position past
+/// `after`: then nothing changes and the answer is `false`. Run first in a batch's
+/// transaction: on PostgreSQL the row lock makes a second worker wait for the first to
+/// commit, and it then sees the new position and gives its batch up, so each event's
+/// notifications and pushes are stored once. The position never moves back.
+pub fn advance_progress(conn: &mut AnyConnection, after: i64, upto: i64) -> StorageResult<bool> {
+    let n = diesel::update(
+        push_progress::table
+            .filter(push_progress::id.eq(1))
+            .filter(push_progress::stream.le(after)),
+    )
+    .set(push_progress::stream.eq(upto))
+    .execute(conn)?;
+    if n > 0 {
+        return Ok(true);
+    }
+    if progress(conn)?.is_some() {
+        return Ok(false);
+    }
+    diesel::insert_into(push_progress::table)
+        .values((push_progress::id.eq(1), push_progress::stream.eq(upto)))
+        .execute(conn)?;
+    Ok(true)
+}
+
 /// Timeline events in `(after, upto]` that push applies to: not outliers, not rejected, not
 /// soft-failed; oldest first.
 pub fn events_to_evaluate(
