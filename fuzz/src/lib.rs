@@ -43,14 +43,15 @@ pub fn check_one(pdu: &Pdu, version: RoomVersion) {
     assert_eq!(reparsed.event_id(), pdu.event_id(), "event ID is stable");
     assert_eq!(reparsed.prev_events(), pdu.prev_events());
     assert_eq!(reparsed.auth_events(), pdu.auth_events());
-    // Signatures, hashes, redaction.
-    let _ = signatures::required_servers(pdu.json(), version);
-    let _ = signatures::signing_bytes(pdu.json(), version);
-    let _ = signatures::verify_pdu(pdu.json(), version, lookup());
-    if let Ok(redacted) = redaction::redact(pdu.json(), version) {
+    // Signatures, hashes, redaction (`Pdu::json` parses the stored text: once here).
+    let json = pdu.json();
+    let _ = signatures::required_servers(&json, version);
+    let _ = signatures::signing_bytes(&json, version);
+    let _ = signatures::verify_pdu(&json, version, lookup());
+    if let Ok(redacted) = redaction::redact(&json, version) {
         let _ = Pdu::from_json_with_id(pdu.owned_event_id(), redacted, version);
     }
-    if let Some(weft_protocol::ruma::CanonicalJsonValue::Object(c)) = pdu.json().get("content") {
+    if let Some(weft_protocol::ruma::CanonicalJsonValue::Object(c)) = json.get("content") {
         let _ = redaction::redact_content(&pdu.kind_str(), c, version);
     }
     // The rules that need no state, and the rules against an empty state.
