@@ -107,6 +107,10 @@ bench_finish() {
   # weft's own account of the run: which admission path each PDU took, slow-path times.
   curl -sf --max-time 10 "http://127.0.0.1:$WEFT_CLIENT/metrics" >"$OUT/weft/metrics.txt" || true
   grep -E '^weft_room_(admission_path_total|slow_path_duration_seconds_(sum|count)|batch_size_events_(sum|count))' "$OUT/weft/metrics.txt" >&2 || true
+  # Commits (fsyncs with synchronous = full) over the whole process, and where /send answers
+  # were stored (older binaries lack some of these series; then nothing is printed for them).
+  grep -E '^weft_(db_commits_total|db_commit_batch_size_jobs_(sum|count)|federation_txn_records_total)' "$OUT/weft/metrics.txt" >&2 || true
+  grep -E '^weft_db_commits_total ' "$OUT/weft/metrics.txt" | awk '{print "weft commits during the process: " $2}' >>"$OUT/machine.txt" || true
   if grep -q panicked "$OUT/weft/weft.log"; then
     echo "weft panicked during the benchmark (see $OUT/weft/weft.log)" >&2
     exit 1

@@ -39,6 +39,8 @@ pub const DB_WRITER_QUEUE: &str = "weft_db_writer_queue_depth";
 pub const DB_COMMIT_DURATION: &str = "weft_db_commit_duration_seconds";
 pub const DB_BATCH_SIZE: &str = "weft_db_commit_batch_size_jobs";
 pub const DB_COMMIT_FAILURES: &str = "weft_db_commit_failures_total";
+pub const DB_COMMITS: &str = "weft_db_commits_total";
+pub const INBOUND_TXN_RECORDS: &str = "weft_federation_txn_records_total";
 pub const DB_POOL: &str = "weft_db_read_pool_connections";
 pub const SYNC_WAKEUP: &str = "weft_sync_wakeup_duration_seconds";
 pub const RATE_LIMITED: &str = "weft_ratelimit_refusals_total";
@@ -168,6 +170,14 @@ fn describe() {
     );
     describe_histogram!(DB_BATCH_SIZE, "Write jobs committed per writer transaction");
     describe_counter!(DB_COMMIT_FAILURES, "Writer batches that failed to commit");
+    describe_counter!(
+        DB_COMMITS,
+        "Writer transactions committed (one fsync each with synchronous = full)"
+    );
+    describe_counter!(
+        INBOUND_TXN_RECORDS,
+        "Received federation transactions' answers stored: with_pdus = in the commit of their PDUs, alone = as a commit of their own"
+    );
     describe_gauge!(DB_POOL, "Read pool connections by state (in_use, idle)");
     describe_histogram!(
         SYNC_WAKEUP,
@@ -333,9 +343,17 @@ pub fn key_fetch(via: &'static str, ok: bool) {
 pub fn db_commit(jobs: usize, secs: f64, ok: bool) {
     histogram!(DB_BATCH_SIZE).record(jobs as f64);
     histogram!(DB_COMMIT_DURATION).record(secs);
-    if !ok {
+    if ok {
+        counter!(DB_COMMITS).increment(1);
+    } else {
         counter!(DB_COMMIT_FAILURES).increment(1);
     }
+}
+
+/// A received transaction's answer was stored with its PDUs (`true`) or by a job of its own.
+pub fn inbound_txn_record(with_pdus: bool) {
+    let how = if with_pdus { "with_pdus" } else { "alone" };
+    counter!(INBOUND_TXN_RECORDS, "stored" => how).increment(1);
 }
 
 pub fn sync_wakeup(secs: f64) {

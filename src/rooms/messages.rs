@@ -102,6 +102,31 @@ pub struct InboundPdus {
     /// load thousands of rows back from the database. Not sent to another cluster node
     /// (the owner reads them from the database there).
     pub checked_events: Vec<std::sync::Arc<Pdu>>,
+    /// A federation `/send` transaction whose answer is written in the same commit as these
+    /// PDUs (one fsync per `/send`, and the answer is durable exactly when the PDUs are).
+    /// `None` for every other caller. Not sent to another cluster node: there the caller
+    /// writes the answer itself, as it does whenever [`InboundTxnRecord::written`] is unset.
+    pub txn_record: Option<std::sync::Arc<InboundTxnRecord>>,
+}
+
+/// The answer to one received federation transaction, for the room actor to store with the
+/// batch that holds the transaction's PDUs ([`InboundPdus::txn_record`]).
+pub struct InboundTxnRecord {
+    pub origin: String,
+    pub txn_id: String,
+    /// The stored answer, given the actor's outcomes for the message's PDUs (in their
+    /// order); `None` when the caller has more to do before it can answer (a gap to fill),
+    /// and then the actor stores nothing.
+    #[allow(clippy::type_complexity)]
+    pub answer: Box<dyn Fn(&[InboundOutcome]) -> Option<String> + Send + Sync>,
+    /// Set once the answer is committed (with the PDUs); the caller writes it otherwise.
+    pub written: std::sync::atomic::AtomicBool,
+}
+
+impl InboundTxnRecord {
+    pub fn is_written(&self) -> bool {
+        self.written.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// What became of one received PDU.

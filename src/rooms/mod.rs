@@ -322,6 +322,10 @@ impl RoomRegistry {
                 }
             }
         }
+        if rest.len() < ids.len() {
+            // The actor sees only part of the transaction's PDUs: the caller answers.
+            msg.txn_record = None;
+        }
         let mut outcomes = if rest.is_empty() {
             Vec::new()
         } else {

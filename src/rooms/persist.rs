@@ -70,6 +70,10 @@ pub struct PersistBatch {
     /// auth events), written before the batch's events. One carrying a `state_before` also
     /// fills in the state before an event already held without one.
     pub outliers: Vec<NewEvent>,
+    /// Answers to received federation transactions whose PDUs are in this batch,
+    /// `(origin, txn ID, answer)`: stored in the same commit, so a `/send` costs one commit
+    /// and its de-duplication record is durable exactly when its PDUs are.
+    pub inbound_txns: Vec<(String, String, String)>,
 }
 
 /// The one conversion of a checked PDU into a stored row: in the timeline at `stream`, or an
@@ -318,6 +322,9 @@ impl PersistBatch {
         }
         for (dest, event_id) in &self.queue {
             crate::delivery::enqueue_pdu_in_txn(conn, dest, event_id, now)?;
+        }
+        for (origin, txn_id, answer) in &self.inbound_txns {
+            crate::storage::federation::put_inbound_txn(conn, origin, txn_id, answer, now)?;
         }
         Ok(())
     }

@@ -753,6 +753,7 @@ async fn run(rooms: &super::RoomRegistry, req: Request) -> Result<Option<Value>>
                 local,
                 version: known,
                 checked_events: Vec::new(),
+                txn_record: None,
             };
             here!(msg, InboundPdus)
         }

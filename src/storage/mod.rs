@@ -177,6 +177,21 @@ impl Db {
         self.writers.submit(shard, f).await
     }
 
+    /// A write nobody waits on to answer a request: it may commit with the next ordinary
+    /// write (one fsync for both) instead of on its own ([`writer::Writers::submit_deferred`]).
+    pub async fn write_deferred<T, F>(&self, shard: &str, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        self.writers.submit_deferred(shard, f).await
+    }
+
+    /// Transactions the writers have committed since start.
+    pub fn commits(&self) -> u64 {
+        self.writers.commits()
+    }
+
     /// Synchronous read for CLI commands and start-up (never call from an async context).
     pub fn read_blocking<T>(
         &self,

@@ -57,6 +57,7 @@ both_backends!(
     concurrent_chains_of_messages_land_and_bad_ones_do_not,
     concurrent_forks_with_state_resolve_as_the_spec_says,
     many_origins_at_once_keep_each_chains_order,
+    a_transactions_answer_is_stored_with_its_pdus,
 );
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -2710,5 +2711,96 @@ fn many_origins_at_once_keep_each_chains_order(backend: Backend) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    s.weft.assert_healthy();
+}
+
+/// A counter from weft's `/metrics`: the sum of the series of `name` whose labels contain
+/// `label` (0 before the first one).
+fn metric(s: &mut Scene, name: &str, label: &str) -> f64 {
+    let r = s.alice.call("GET", "/metrics", None).expect("/metrics");
+    assert_eq!(r.status, 200, "/metrics: {}", r.text());
+    r.text()
+        .lines()
+        .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A transaction of PDUs only, all for one room: its answer is stored in the commit of its
+/// PDUs (one commit per `/send`, not a second one for the de-duplication record), and a
+/// repeat of its ID is answered from that record without processing what it carries. A
+/// transaction with an EDU still stores its answer on its own, after the EDUs.
+fn a_transactions_answer_is_stored_with_its_pdus(backend: Backend) {
+    let with = |s: &mut Scene| metric(s, "weft_federation_txn_records_total", "with_pdus");
+    let alone = |s: &mut Scene| metric(s, "weft_federation_txn_records_total", "alone");
+    let mut s = Scene::on(backend);
+    let (with0, alone0) = (with(&mut s), alone(&mut s));
+    let pdus: Vec<Pdu> = (0..20).map(|i| s.good(&format!("folded {i}"))).collect();
+    let txn = s.next_txn();
+    let r = s
+        .fed
+        .send_transaction(
+            &txn,
+            pdus.iter().map(|p| p.to_federation_value()).collect(),
+            vec![],
+        )
+        .expect("send");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first = r.json();
+    let results = pdu_results(&first);
+    for p in &pdus {
+        accepted(
+            &results,
+            &p.owned_event_id(),
+            "PDU of the folded transaction",
+        );
+    }
+    assert_eq!(
+        with(&mut s) - with0,
+        1.0,
+        "the answer went into the PDUs' commit"
+    );
+    assert_eq!(
+        alone(&mut s) - alone0,
+        0.0,
+        "no commit of its own for the answer"
+    );
+    // The 200 came after the commit: every PDU is readable.
+    for (i, p) in pdus.iter().enumerate() {
+        s.assert_landed(p, &format!("folded {i}"));
+    }
+    // The same ID again, now carrying another PDU: the stored answer, and nothing processed.
+    let extra = s.side_message("mallory", "never processed");
+    let again = s
+        .fed
+        .send_transaction(&txn, vec![extra.to_federation_value()], vec![])
+        .expect("send again");
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(
+        again.json(),
+        first,
+        "a repeated transaction ID gets the stored answer"
+    );
+    assert!(
+        s.read(extra.event_id().as_str()).is_none(),
+        "the repeat's PDU was processed"
+    );
+    // An EDU in the transaction: the answer is stored after the EDUs, on its own.
+    let p = s.good("with an EDU");
+    let edu = json!({"edu_type": "m.typing", "content": {
+        "room_id": s.room, "user_id": s.peer.user("mallory").to_string(), "typing": true}});
+    let (status, body) = s.send(vec![p.to_federation_value()], vec![edu]);
+    assert_eq!(status, 200, "{body}");
+    accepted(
+        &pdu_results(&body),
+        &p.owned_event_id(),
+        "PDU next to an EDU",
+    );
+    assert_eq!(
+        alone(&mut s) - alone0,
+        1.0,
+        "with EDUs the answer is stored alone"
+    );
+    assert_eq!(with(&mut s) - with0, 1.0);
     s.weft.assert_healthy();
 }

@@ -249,6 +249,7 @@ pub async fn fill(
                 local: false,
                 version: None,
                 checked_events: Vec::new(),
+                txn_record: None,
             };
             match s.rooms.admit(room_id, msg).await {
                 Ok(outcomes) => {

@@ -11,6 +11,15 @@
 //! 5. EDUs are handled after the PDUs ([`super::edus`]).
 //! 6. The answer lists every PDU: `{}` when accepted (or soft-failed), `{"error": ...}` when
 //!    refused. It is stored for de-duplication before it is returned.
+//!
+//! One commit per `/send` where it can be: when the transaction carries no EDUs and its PDUs
+//! are all for one room and all reach that room's actor, the answer is handed to the actor
+//! with them ([`InboundTxnRecord`]) and stored in the same commit as the PDUs, so the
+//! de-duplication record is durable exactly when they are and no second commit (an fsync
+//! with `synchronous = full`) stands between the room's commit and the 200. Otherwise (EDUs
+//! to handle after the PDUs, several rooms, a gap to fill, PDUs the store had decided
+//! already, a room owned by another cluster node) the answer is written after, as its own
+//! job.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::federation::FederationOf;
 use crate::federation::auth::Signed;
 use crate::rooms::admission::format;
-use crate::rooms::messages::{InboundOutcome, InboundPdus};
+use crate::rooms::messages::{InboundOutcome, InboundPdus, InboundTxnRecord};
 use crate::services::Services;
 use crate::storage::{federation as fstore, now_ms, rooms};
 
@@ -45,19 +54,82 @@ fn room_of(raw: &Value) -> Option<&str> {
     raw.get("room_id").and_then(|r| r.as_str())
 }
 
+/// What the answer says of one PDU the room's actor decided (`None` = accepted).
+fn outcome_answer(outcome: &InboundOutcome) -> Option<String> {
+    match outcome {
+        InboundOutcome::Accepted | InboundOutcome::SoftFailed(_) => None,
+        InboundOutcome::Rejected(r) => Some(format!("rejected: {r}")),
+        InboundOutcome::Missing { prev, auth } => {
+            Some(format!("missing events (prev {prev:?}, auth {auth:?})"))
+        }
+        InboundOutcome::Error(e) => Some(e.clone()),
+    }
+}
+
+/// The `/send` answer for the PDUs' results (`event_id → None` when accepted).
+fn answer_body(results: &[(String, Option<String>)]) -> Value {
+    let mut pdus = Map::new();
+    // The Linearized Matrix draft's name for the refused ones.
+    let mut failed = Map::new();
+    for (id, err) in results {
+        if let Some(e) = err {
+            failed.insert(id.clone(), json!({"error": e}));
+        }
+        pdus.insert(
+            id.clone(),
+            match err {
+                None => json!({}),
+                Some(e) => json!({"error": e}),
+            },
+        );
+    }
+    json!({"pdus": pdus, "failed_pdus": failed})
+}
+
+/// The answer record handed to the room's actor: `prior` are the results decided before the
+/// actor (format, signatures), `ids` the PDUs the actor gets, in its order. The actor stores
+/// the answer only when every outcome is final (no gap to fill, no error).
+fn txn_record(
+    origin: &str,
+    txn_id: &str,
+    prior: Vec<(String, Option<String>)>,
+    ids: Vec<String>,
+) -> Arc<InboundTxnRecord> {
+    Arc::new(InboundTxnRecord {
+        origin: origin.to_owned(),
+        txn_id: txn_id.to_owned(),
+        answer: Box::new(move |outcomes: &[InboundOutcome]| {
+            if outcomes.len() != ids.len()
+                || outcomes
+                    .iter()
+                    .any(|o| matches!(o, InboundOutcome::Missing { .. } | InboundOutcome::Error(_)))
+            {
+                return None;
+            }
+            let mut all = prior.clone();
+            all.extend(ids.iter().cloned().zip(outcomes.iter().map(outcome_answer)));
+            Some(answer_body(&all).to_string())
+        }),
+        written: std::sync::atomic::AtomicBool::new(false),
+    })
+}
+
 /// Runs the PDUs of a transaction; returns `event_id → result` (`None` = accepted).
+/// `txn_id`: the transaction's ID when its answer may be stored with its PDUs (no EDUs);
+/// the record handed to the room's actor is returned, to ask whether it was stored.
 pub async fn process_pdus(
     s: &Services,
     origin: &str,
     raws: Vec<Value>,
-) -> Vec<(String, Option<String>)> {
+    txn_id: Option<&str>,
+    mut versions: HashMap<String, Option<RoomVersion>>,
+) -> (Vec<(String, Option<String>)>, Option<Arc<InboundTxnRecord>>) {
     let Some(fed) = s.federation().cloned() else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
     // Linearized Matrix rooms have their own path (LPDUs to a hub, line order).
     let (mut results, raws) = crate::federation::linearized::take_lm_pdus(s, origin, raws).await;
-    // Room versions, once per room.
-    let mut versions: HashMap<String, Option<RoomVersion>> = HashMap::new();
+    // Room versions, once per room (the caller may have read them already).
     for raw in &raws {
         if let Some(r) = room_of(raw)
             && !versions.contains_key(r)
@@ -121,16 +193,26 @@ pub async fn process_pdus(
             }
         }
     }
-    let rooms_done = by_room
-        .into_iter()
-        .map(|(room, (version, mut pdus))| async move {
-            pdus.sort_by_key(|p| p.depth());
-            submit_room(s, origin, &room, version, pdus).await
-        });
+    let single_room = by_room.len() == 1;
+    let mut record = None;
+    let mut rooms_done = Vec::with_capacity(by_room.len());
+    for (room, (version, mut pdus)) in by_room {
+        pdus.sort_by_key(|p| p.depth());
+        let rec = match txn_id {
+            Some(t) if single_room => {
+                let ids = pdus.iter().map(|p| p.event_id().to_string()).collect();
+                let r = txn_record(origin, t, results.clone(), ids);
+                record = Some(Arc::clone(&r));
+                Some(r)
+            }
+            _ => None,
+        };
+        rooms_done.push(async move { submit_room(s, origin, &room, version, pdus, rec).await });
+    }
     for r in futures_util::future::join_all(rooms_done).await {
         results.extend(r);
     }
-    results
+    (results, record)
 }
 
 /// Submits one room's PDUs to its actor, filling gaps once where needed.
@@ -140,6 +222,7 @@ pub async fn submit_room(
     room: &str,
     version: RoomVersion,
     pdus: Vec<Pdu>,
+    txn_record: Option<Arc<InboundTxnRecord>>,
 ) -> Vec<(String, Option<String>)> {
     let Ok(room_id) = OwnedRoomId::try_from(room) else {
         return pdus
@@ -153,6 +236,7 @@ pub async fn submit_room(
         local: false,
         version: None,
         checked_events: Vec::new(),
+        txn_record,
     };
     let outcomes = match s.rooms.admit(&room_id, msg).await {
         Ok(o) => o,
@@ -174,6 +258,7 @@ pub async fn submit_room(
                         local: false,
                         version: None,
                         checked_events: Vec::new(),
+                        txn_record: None,
                     };
                     match s.rooms.admit(&room_id, retry).await {
                         Ok(mut o) => o
@@ -189,18 +274,10 @@ pub async fn submit_room(
         };
         let id = pdu.event_id().to_string();
         count_outcome(&outcome);
-        match outcome {
-            InboundOutcome::Accepted | InboundOutcome::SoftFailed(_) => out.push((id, None)),
-            InboundOutcome::Rejected(r) => {
-                tracing::info!(event = %id, origin, reason = %r, "PDU rejected by the auth rules");
-                out.push((id, Some(format!("rejected: {r}"))));
-            }
-            InboundOutcome::Missing { prev, auth } => out.push((
-                id,
-                Some(format!("missing events (prev {prev:?}, auth {auth:?})")),
-            )),
-            InboundOutcome::Error(e) => out.push((id, Some(e))),
+        if let InboundOutcome::Rejected(r) = &outcome {
+            tracing::info!(event = %id, origin, reason = %r, "PDU rejected by the auth rules");
         }
+        out.push((id, outcome_answer(&outcome)));
     }
     out
 }
@@ -215,40 +292,61 @@ pub async fn send_transaction(
     // One transaction per origin at a time (the spec's expectation of senders; a second
     // waits briefly, then gets 429).
     let _slot = s.limits.federation_send_slot(&origin).await?;
+    // The de-duplication check and the versions of the rooms named, in one read (one hop to
+    // the blocking pool, not one per room plus one). A repeated ID gets its stored answer
+    // whatever the body says, so a body that does not parse is refused only after the check.
+    let parsed: Result<Transaction> = signed.json();
+    let rooms_named: Vec<String> = match &parsed {
+        // Over the limits: refused below, after the check; nothing to read for it.
+        Ok(t) if t.pdus.len() <= MAX_PDUS && t.edus.len() <= MAX_EDUS => {
+            let mut r: Vec<String> = t
+                .pdus
+                .iter()
+                .filter_map(|p| room_of(p).map(str::to_owned))
+                .collect();
+            r.sort();
+            r.dedup();
+            r
+        }
+        _ => Vec::new(),
+    };
     let (o, t) = (origin.clone(), txn_id.clone());
-    if let Some(stored) = s
+    let (stored, versions) = s
         .core
         .db
-        .read(move |c| fstore::get_inbound_txn(c, &o, &t))
-        .await?
-    {
+        .read(move |c| {
+            let stored = fstore::get_inbound_txn(c, &o, &t)?;
+            let mut versions: HashMap<String, Option<RoomVersion>> = HashMap::new();
+            if stored.is_none() {
+                for r in rooms_named {
+                    let v = rooms::get_room(c, &r)?
+                        .and_then(|row| RoomVersion::parse(&row.room_version));
+                    versions.insert(r, v);
+                }
+            }
+            Ok((stored, versions))
+        })
+        .await?;
+    if let Some(stored) = stored {
         let v: Value = serde_json::from_str(&stored).map_err(|e| Error::internal(e.to_string()))?;
         return Ok(HttpResponse::Ok().json(v));
     }
-    let txn: Transaction = signed.json()?;
+    let txn = parsed?;
     if txn.pdus.len() > MAX_PDUS || txn.edus.len() > MAX_EDUS {
         return Err(Error::bad_json(format!(
             "a transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
         )));
     }
-    let results = process_pdus(&s, &origin, txn.pdus).await;
+    // EDUs are handled after the PDUs, and the answer must not be stored before them.
+    let fold = txn.edus.is_empty().then_some(txn_id.as_str());
+    let (results, record) = process_pdus(&s, &origin, txn.pdus, fold, versions).await;
     edus::handle(&s, &origin, txn.edus).await;
-    let mut pdus = Map::new();
-    // The Linearized Matrix draft's name for the refused ones.
-    let mut failed = Map::new();
-    for (id, err) in results {
-        if let Some(e) = &err {
-            failed.insert(id.clone(), json!({"error": e}));
-        }
-        pdus.insert(
-            id,
-            match err {
-                None => json!({}),
-                Some(e) => json!({"error": e}),
-            },
-        );
+    let body = answer_body(&results);
+    if record.as_ref().is_some_and(|r| r.is_written()) {
+        crate::observe::metrics::inbound_txn_record(true);
+        return Ok(HttpResponse::Ok().json(body));
     }
-    let body = json!({"pdus": pdus, "failed_pdus": failed});
+    crate::observe::metrics::inbound_txn_record(false);
     let (o, t, b) = (origin.clone(), txn_id, body.to_string());
     if let Err(e) = s
         .core

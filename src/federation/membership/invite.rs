@@ -134,6 +134,7 @@ pub async fn invite_v2(
             local: false,
             version: None,
             checked_events: Vec::new(),
+            txn_record: None,
         };
         match s.rooms.admit(&room_id, msg).await?.pop() {
             Some(InboundOutcome::Accepted) => placed = true,
@@ -249,6 +250,7 @@ pub async fn invite_remote(
                 local: true,
                 version: None,
                 checked_events: Vec::new(),
+                txn_record: None,
             },
         )
         .await?

@@ -289,6 +289,7 @@ pub(super) async fn complete_join(
                 local: false,
                 version: Some(version),
                 checked_events,
+                txn_record: None,
             },
         )
         .await?

@@ -131,6 +131,7 @@ pub(super) async fn accept_membership(
                 local: true,
                 version: None,
                 checked_events: Vec::new(),
+                txn_record: None,
             },
         )
         .await?

@@ -46,8 +46,8 @@ use super::admission::memory::{self, After, Recent, Snapshot};
 use super::admission::prepare::{self as inbound, InboundInput, Prepared};
 use super::admission::soft_fail;
 use super::messages::{
-    AppendHistory, BuildEvent, GetSnapshot, InboundOutcome, InboundPdus, InitRoom, RoomSnapshot,
-    SendEvent, TxnKey,
+    AppendHistory, BuildEvent, GetSnapshot, InboundOutcome, InboundPdus, InboundTxnRecord,
+    InitRoom, RoomSnapshot, SendEvent, TxnKey,
 };
 use super::persist::NewGroup;
 use super::persist::{MembershipChange, PersistBatch, PersistEvent, Redaction};

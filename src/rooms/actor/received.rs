@@ -179,11 +179,23 @@ impl RoomActor {
         mut results: Vec<InboundOutcome>,
         local: bool,
         checked: Arc<Vec<Arc<Pdu>>>,
+        record: Option<Arc<InboundTxnRecord>>,
     ) -> ResponseActFuture<Self, Vec<InboundOutcome>> {
         Box::pin(actix::fut::ready(()).then(move |(), act: &mut Self, _ctx| {
             let Some((pdu, hint)) = items.pop_front() else {
+                // The transaction's answer goes into the same commit as its PDUs.
+                let record = record.and_then(|r| {
+                    let body = (r.answer)(&results)?;
+                    act.batch
+                        .inbound_txns
+                        .push((r.origin.clone(), r.txn_id.clone(), body));
+                    Some(r)
+                });
                 return Box::pin(act.flush_fut().map(move |ok, _, _| {
                     if ok {
+                        if let Some(r) = record {
+                            r.written.store(true, std::sync::atomic::Ordering::Release);
+                        }
                         results
                     } else {
                         results
@@ -198,7 +210,7 @@ impl RoomActor {
             {
                 crate::observe::metrics::admission_path(true);
                 results.push(outcome);
-                return Self::process_inbound(items, results, local, checked);
+                return Self::process_inbound(items, results, local, checked, record);
             }
             let for_input = Arc::clone(&checked);
             Box::pin(
@@ -219,7 +231,7 @@ impl RoomActor {
                     .then(move |(pdu, prepared), act: &mut Self, _| {
                         let outcome = act.apply_prepared(pdu, prepared, local);
                         results.push(outcome);
-                        Self::process_inbound(items, results, local, checked)
+                        Self::process_inbound(items, results, local, checked, record)
                     }),
             )
         }))
@@ -271,6 +283,7 @@ impl Handler<InboundPdus> for RoomActor {
             Vec::new(),
             msg.local,
             Arc::new(msg.checked_events),
+            msg.txn_record,
         ))
     }
 }
