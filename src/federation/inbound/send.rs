@@ -1,6 +1,7 @@
 //! `PUT /_matrix/federation/v1/send/{txnId}`: the push path of federation.
 //!
-//! 1. De-duplicate by `(origin, txnId)`: a retried transaction gets the stored answer.
+//! 1. De-duplicate by `(origin, txnId)`: a retried transaction gets the stored answer (one
+//!    read, which also reads the versions of the rooms the PDUs name).
 //! 2. Limits: at most 50 PDUs and 100 EDUs.
 //! 3. Per PDU, order-free: room known and version known, then admission steps 1–3: format
 //!    and event ID (parsed once), signatures and content hash ([`super::verify`], on the
