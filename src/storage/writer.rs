@@ -12,6 +12,11 @@
 //! Each writer's queue is bounded (`database.writer_queue`): when it is full, an async
 //! caller waits for room (push-back reaches the handler or actor that is writing, and through
 //! it the client or peer), instead of memory growing with the backlog.
+//!
+//! A job may carry an *after-commit hook* ([`Writers::submit_then`]): the writer thread runs
+//! it right after the transaction ends (with whether the job's writes are durable), before
+//! the caller is answered. The room actors wake `/sync` waiters from it, one thread hop
+//! sooner than from their own answer.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -26,10 +31,14 @@ use super::{StorageError, StorageResult};
 
 type AnyBox = Box<dyn Any + Send>;
 type JobFn = Box<dyn FnOnce(&mut AnyConnection) -> StorageResult<AnyBox> + Send>;
+/// Runs on the writer thread once the job's transaction ended: `true` when its writes
+/// committed.
+pub type AfterCommit = Box<dyn FnOnce(bool) + Send>;
 
 struct Job {
     run: JobFn,
     reply: Reply,
+    after: Option<AfterCommit>,
 }
 
 enum Reply {
@@ -116,6 +125,21 @@ impl Writers {
         T: Send + 'static,
         F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
     {
+        self.submit_then(shard, f, None).await
+    }
+
+    /// [`Writers::submit`] with a hook the writer thread runs after the commit (see the
+    /// module comment).
+    pub async fn submit_then<T, F>(
+        &self,
+        shard: &str,
+        f: F,
+        after: Option<AfterCommit>,
+    ) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let handle = self.pick(shard);
         handle.depth.fetch_add(1, Ordering::Relaxed);
@@ -124,6 +148,7 @@ impl Writers {
             .send(Job {
                 run: Self::boxed(f),
                 reply: Reply::Async(tx),
+                after,
             })
             .await
             .is_err()
@@ -147,6 +172,7 @@ impl Writers {
             .blocking_send(Job {
                 run: Self::boxed(f),
                 reply: Reply::Blocking(tx),
+                after: None,
             })
             .is_err()
         {
@@ -227,10 +253,12 @@ fn run_writer(
         let started = std::time::Instant::now();
         let mut results: Vec<StorageResult<AnyBox>> = Vec::with_capacity(n);
         let mut replies = Vec::with_capacity(n);
+        let mut afters = Vec::with_capacity(n);
         let outcome = conn.transaction::<(), diesel::result::Error, _>(|tx| {
             take_write_lock(tx)?;
             for job in jobs.drain(..) {
                 replies.push(job.reply);
+                afters.push(job.after);
                 // Each job in its own savepoint: its failure rolls back only its own writes.
                 let mut job_result: Option<StorageResult<AnyBox>> = None;
                 let run = job.run;
@@ -259,13 +287,19 @@ fn run_writer(
         crate::observe::metrics::db_commit(n, started.elapsed().as_secs_f64(), outcome.is_ok());
         match outcome {
             Ok(()) => {
-                for (reply, result) in replies.into_iter().zip(results) {
+                for ((reply, result), after) in replies.into_iter().zip(results).zip(afters) {
+                    if let Some(after) = after {
+                        after(result.is_ok());
+                    }
                     reply.send(result);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, jobs = n, "write batch failed to commit");
                 let msg = e.to_string();
+                for after in afters.into_iter().flatten() {
+                    after(false);
+                }
                 for reply in replies {
                     reply.send(Err(StorageError::Task(format!("commit failed: {msg}"))));
                 }
