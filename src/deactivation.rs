@@ -66,7 +66,14 @@ pub async fn leave_room(
             let draft =
                 EventDraft::state("m.room.member", user_id.as_str(), user_id.clone(), content);
             s.rooms
-                .send(room_id, SendEvent { draft, txn: None })
+                .send(
+                    room_id,
+                    SendEvent {
+                        draft,
+                        txn: None,
+                        accepted: None,
+                    },
+                )
                 .await??;
             Ok(())
         }

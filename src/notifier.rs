@@ -25,11 +25,20 @@
 //! other nodes publish comes back through [`Notifier::note_remote`]. A single node sets none
 //! of these and behaves as before.
 //!
+//! **Notes.** A write may leave a note on its positions ([`Notifier::complete_noted`]): what
+//! it was, in a form the reader knows (the room actors leave the committed events of a
+//! plain batch). A woken `/sync` that finds a note on every position it has not read yet
+//! can answer from the notes instead of reading the database again; one position without a
+//! note (anything else that moved the stream, a position of another cluster node, one too
+//! old to be remembered) sends it to the full read. The notifier does not look inside.
+//!
 //! [`Notifier::park`] counts the `/sync` requests that have read everything and are now
 //! waiting for a wake-up (the operator endpoint `/_weft/admin/v1/sync_waiters` shows it; the
 //! wake-up tests wait for it before they send, so they test the wake-up, not a plain read).
 
+use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use std::sync::OnceLock;
@@ -80,6 +89,13 @@ pub enum Published {
     WakeNow(Vec<String>),
 }
 
+/// What a write says about its positions, for readers that know its type (see the module
+/// comment).
+pub type Note = Arc<dyn Any + Send + Sync>;
+
+/// Notes remembered: the newest positions only.
+const NOTES_KEPT: usize = 1024;
+
 type Allocator = Box<dyn Fn() -> Option<i64> + Send + Sync>;
 type Publisher = Box<dyn Fn(Published) + Send + Sync>;
 
@@ -92,6 +108,7 @@ pub struct Notifier {
     all: watch::Sender<i64>,
     /// `/sync` requests parked on a wake-up right now.
     parked: AtomicUsize,
+    notes: Mutex<BTreeMap<i64, Note>>,
 }
 
 /// A parked `/sync` request; counted in [`Notifier::parked`] until dropped.
@@ -118,6 +135,7 @@ impl Notifier {
             users: Mutex::new(HashMap::new()),
             all: watch::Sender::new(start_after),
             parked: AtomicUsize::new(0),
+            notes: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -247,16 +265,20 @@ impl Notifier {
         if due.is_empty() {
             return;
         }
-        let mut users = self.users.lock();
-        for user in due.into_values().flatten() {
-            if let Some(tx) = users.get(&user) {
-                if tx.receiver_count() == 0 {
-                    users.remove(&user);
-                } else {
-                    tx.send_replace(frontier);
+        let positions: Vec<i64> = due.keys().copied().collect();
+        {
+            let mut users = self.users.lock();
+            for user in due.into_values().flatten() {
+                if let Some(tx) = users.get(&user) {
+                    if tx.receiver_count() == 0 {
+                        users.remove(&user);
+                    } else {
+                        tx.send_replace(frontier);
+                    }
                 }
             }
         }
+        crate::observe::wake::notified(positions);
     }
 
     /// Completes positions (written or abandoned) and queues wake-ups for `users`.
@@ -285,6 +307,48 @@ impl Notifier {
             publish(Published::Wake { pos, users });
         }
         self.finish(frontier, due, safe);
+    }
+
+    /// [`Notifier::complete`], leaving `note` on the positions first (when the write was
+    /// done: a reader woken by it finds the note).
+    pub fn complete_noted(
+        &self,
+        positions: &[i64],
+        users: impl IntoIterator<Item = String>,
+        note: Option<Note>,
+    ) {
+        if let Some(note) = note {
+            let mut notes = self.notes.lock();
+            for pos in positions {
+                notes.insert(*pos, Arc::clone(&note));
+            }
+            while notes.len() > NOTES_KEPT {
+                notes.pop_first();
+            }
+        }
+        self.complete(positions, users);
+    }
+
+    /// The notes on every position in `(after, upto]`, oldest first, each once; `None` when
+    /// one of those positions has none.
+    pub fn notes_between(&self, after: i64, upto: i64) -> Option<Vec<Note>> {
+        if upto <= after {
+            return Some(Vec::new());
+        }
+        let width = usize::try_from(upto - after).ok()?;
+        if width > NOTES_KEPT {
+            return None;
+        }
+        let notes = self.notes.lock();
+        let mut out: Vec<Note> = Vec::new();
+        let mut seen = 0usize;
+        for (_, note) in notes.range(after + 1..=upto) {
+            seen += 1;
+            if !out.iter().any(|n| Arc::ptr_eq(n, note)) {
+                out.push(Arc::clone(note));
+            }
+        }
+        (seen == width).then_some(out)
     }
 
     /// A position for an ephemeral change that is complete at once (typing), waking `users`.
@@ -476,6 +540,29 @@ mod tests {
                 },
                 Published::Safe(2)
             ]
+        );
+    }
+
+    #[test]
+    fn notes_cover_a_window_only_when_every_position_has_one() {
+        let n = Notifier::new(0);
+        let a = n.allocate();
+        let b = n.allocate();
+        let c = n.allocate();
+        let batch: Note = Arc::new("batch");
+        n.complete_noted(&[a, b], ["bob".to_owned()], Some(batch.clone()));
+        n.complete(&[c], ["bob".to_owned()]);
+        let got = n
+            .notes_between(0, 2)
+            .expect("1 and 2 carry the batch's note");
+        assert_eq!(got.len(), 1, "one note, shared by both positions");
+        assert!(Arc::ptr_eq(&got[0], &batch));
+        assert!(n.notes_between(0, 3).is_none(), "3 has no note");
+        assert!(n.notes_between(1, 2).is_some());
+        assert_eq!(n.notes_between(3, 3).map(|v| v.len()), Some(0));
+        assert!(
+            n.notes_between(0, 5_000).is_none(),
+            "wider than what is kept"
         );
     }
 

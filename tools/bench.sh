@@ -12,6 +12,10 @@
 # Extra loadgen flags: LOADGEN_ARGS="--messages 2000 --in-flight 16 --samples 200".
 # Extra server configuration: WEFT_TOML is appended to each run's config (top-level tables,
 # e.g. WEFT_TOML=$'[metrics]\nenabled = false').
+# After each run it reads the server's /metrics and prints the wake-up's stages inside the
+# server (weft_sync_wake_stage_seconds: queue, commit, notify, wake, respond, total; p50 and
+# p99 interpolated in the histogram's buckets) and how woken long-polls were answered
+# (weft_sync_woken_answers_total), when the binary records them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${1:-5}
@@ -124,6 +128,47 @@ print(f"  {sys.argv[1]} run {sys.argv[2]}: sequential {r['sequential_msgs_per_s'
       f"{r['in_flight']} in flight {r['concurrent_msgs_per_s']:.0f} msg/s, "
       f"wake-up p50 {r['wakeup_p50_ms']:.2f} ms p99 {r['wakeup_p99_ms']:.2f} ms")
 PY
+    curl -fsS "http://127.0.0.1:$port/metrics" >"$dir/metrics.txt" 2>/dev/null || : >"$dir/metrics.txt"
+    python3 - "$dir/metrics.txt" "$work/$backend.stages.jsonl" <<'PY'
+import json, re, sys
+text = open(sys.argv[1]).read()
+buckets, answers = {}, {}
+for line in text.splitlines():
+    m = re.match(r'weft_sync_wake_stage_seconds_bucket\{(.*)\} (\S+)$', line)
+    if m:
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        le = float("inf") if labels["le"] == "+Inf" else float(labels["le"])
+        buckets.setdefault(labels["stage"], []).append((le, float(m.group(2))))
+    m = re.match(r'weft_sync_woken_answers_total\{path="(\w+)"\} (\S+)$', line)
+    if m:
+        answers[m.group(1)] = int(float(m.group(2)))
+def quantile(bs, q):
+    bs = sorted(bs)
+    total = bs[-1][1]
+    if total == 0:
+        return None
+    want, lo, below = q * total, 0.0, 0.0
+    for le, n in bs:
+        if n >= want:
+            if le == float("inf"):
+                return lo
+            return lo + (le - lo) * ((want - below) / max(n - below, 1e-9))
+        lo, below = le, n
+    return lo
+order = ["queue", "commit", "notify", "wake", "respond", "total"]
+out = {}
+for st in order:
+    if st in buckets:
+        out[st] = {"p50_ms": quantile(buckets[st], 0.5) * 1000, "p99_ms": quantile(buckets[st], 0.99) * 1000,
+                   "n": int(sorted(buckets[st])[-1][1])}
+if out:
+    print("  in-server stages (p50 / p99 ms): " + ", ".join(
+        f"{st} {v['p50_ms']:.3f} / {v['p99_ms']:.3f}" for st, v in out.items()))
+if answers:
+    print("  woken /sync answers: " + ", ".join(f"{k} {v}" for k, v in sorted(answers.items())))
+with open(sys.argv[2], "a") as f:
+    f.write(json.dumps({"stages": out, "answers": answers}) + "\n")
+PY
     grep -q panicked "$dir/weft.log" && { echo "weft panicked:"; grep -A3 panicked "$dir/weft.log"; exit 1; }
     stop_weft
   done
@@ -139,5 +184,17 @@ print(f"{name}: median of {len(runs)} runs ({runs[0]['messages']} messages per p
 for k in keys:
     vals = [r[k] for r in runs]
     print(f"  {k:26s} {statistics.median(vals):10.2f}   (min {min(vals):.2f}, max {max(vals):.2f})")
+PY
+  python3 - "$work/$backend.stages.jsonl" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+runs = [r for r in runs if r["stages"]]
+if runs:
+    print(f"  in-server wake-up stages, median over {len(runs)} runs of each run's p50 / p99 (ms):")
+    for st in ["queue", "commit", "notify", "wake", "respond", "total"]:
+        p50 = [r["stages"][st]["p50_ms"] for r in runs if st in r["stages"]]
+        p99 = [r["stages"][st]["p99_ms"] for r in runs if st in r["stages"]]
+        if p50:
+            print(f"    {st:8s} {statistics.median(p50):8.3f} / {statistics.median(p99):8.3f}")
 PY
 done

@@ -122,7 +122,14 @@ pub async fn leave(s: &Services, room_id: &str, user_id: &str) -> Result<()> {
         json!({"membership": "leave"}),
     );
     s.rooms
-        .send(&room, SendEvent { draft, txn: None })
+        .send(
+            &room,
+            SendEvent {
+                draft,
+                txn: None,
+                accepted: None,
+            },
+        )
         .await??;
     Ok(())
 }

@@ -167,7 +167,11 @@ async fn drop_from_canonical_alias(s: &Services, user: &AuthedUser, room_id: &st
         .rooms
         .send(
             &room,
-            crate::rooms::messages::SendEvent { draft, txn: None },
+            crate::rooms::messages::SendEvent {
+                draft,
+                txn: None,
+                accepted: None,
+            },
         )
         .await;
     if let Err(e) | Ok(Err(e)) = sent.map(|r| r.map(|_| ())) {

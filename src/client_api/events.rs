@@ -57,6 +57,7 @@ pub async fn send(
     path: web::Path<(String, String, String)>,
     JsonBody(content): JsonBody<Value>,
 ) -> Result<HttpResponse> {
+    let accepted = std::time::Instant::now();
     s.limits.send(user.user_id.as_str())?;
     let (room_id, kind, txn_id) = path.into_inner();
     let room_id = room(&room_id)?;
@@ -83,6 +84,7 @@ pub async fn send(
             SendEvent {
                 draft,
                 txn: Some(key),
+                accepted: Some(accepted),
             },
         )
         .await??;
@@ -129,7 +131,14 @@ async fn put_state_inner(
     let draft = EventDraft::state(kind, state_key, user.user_id.clone(), content);
     let id = s
         .rooms
-        .send(&room_id, SendEvent { draft, txn: None })
+        .send(
+            &room_id,
+            SendEvent {
+                draft,
+                txn: None,
+                accepted: None,
+            },
+        )
         .await??;
     Ok(HttpResponse::Ok().json(json!({"event_id": id})))
 }
@@ -606,6 +615,7 @@ pub async fn redact(
             SendEvent {
                 draft,
                 txn: Some(key),
+                accepted: None,
             },
         )
         .await??;

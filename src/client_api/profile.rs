@@ -113,7 +113,14 @@ async fn update_member_events(
         );
         if let Err(e) = s
             .rooms
-            .send(&room_id, SendEvent { draft, txn: None })
+            .send(
+                &room_id,
+                SendEvent {
+                    draft,
+                    txn: None,
+                    accepted: None,
+                },
+            )
             .await?
         {
             tracing::warn!(room = %room_id, error = %e, "could not update member event with new profile");

@@ -161,7 +161,14 @@ async fn membership_event(
     }
     let draft = EventDraft::state("m.room.member", target, sender.clone(), content);
     s.rooms
-        .send(room_id, SendEvent { draft, txn: None })
+        .send(
+            room_id,
+            SendEvent {
+                draft,
+                txn: None,
+                accepted: None,
+            },
+        )
         .await?
 }
 

@@ -76,43 +76,110 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
     };
     // When the long-poll was last woken (for weft_sync_wakeup_duration_seconds).
     let mut woken: Option<Instant> = None;
+    // The frontier and typing serial of the last read that found nothing new: a wake-up
+    // from there may answer from the notifier's notes (`sync::wake`).
+    let mut quiet: Option<(i64, i64)> = None;
+    let incremental = since.is_some() && !full_state && sync::wake::filter_allows(&filter);
+    let requested = since;
     loop {
         // Subscribe before reading: a write completing in between still wakes us.
         let mut rx = s.core.notifier.subscribe(user.user_id.as_str());
         let upto = s.core.notifier.frontier();
         // A token from the future (e.g. positions lost in a crash) reads as "now".
-        let since = since.map(|t| SyncToken {
+        let since = requested.map(|t| SyncToken {
             stream: t.stream.min(upto),
             typing: t.typing,
         });
-        let s2 = s.clone();
-        let (f, v) = (filter.clone(), viewer.clone());
         let typing_now = s.typing.current();
-        let result = s
-            .core
-            .db
-            .read(move |c| {
-                sync::compute(
-                    c,
-                    &SyncRequest {
-                        viewer: v,
-                        since,
-                        upto,
-                        typing_now,
-                        filter: &f,
-                        full_state,
-                        typing: &s2.typing,
-                    },
-                )
-            })
-            .await?;
+        let plan = match quiet {
+            Some((q_upto, q_typing))
+                if incremental
+                    && woken.is_some()
+                    && q_typing == typing_now
+                    && requested.is_some_and(|t| t.stream <= q_upto) =>
+            {
+                s.core
+                    .notifier
+                    .notes_between(q_upto, upto)
+                    .and_then(|notes| {
+                        sync::wake::plan(&notes, (q_upto, upto), user.user_id.as_str(), &filter)
+                    })
+            }
+            _ => None,
+        };
+        let mut path = "full";
+        let mut result = None;
+        let mut wait_on = false;
+        match plan {
+            // Nothing in the window concerns this user: wait on without reading.
+            Some(p) if p.rooms.is_empty() && Instant::now() < deadline => wait_on = true,
+            Some(p) => {
+                let s2 = s.clone();
+                let (f, v) = (filter.clone(), viewer.clone());
+                result = s
+                    .core
+                    .db
+                    .read(move |c| {
+                        sync::wake::answer(
+                            c,
+                            &p,
+                            &SyncRequest {
+                                viewer: v,
+                                since,
+                                upto,
+                                typing_now,
+                                filter: &f,
+                                full_state,
+                                typing: &s2.typing,
+                            },
+                        )
+                    })
+                    .await?;
+                if result.is_some() {
+                    path = "incremental";
+                }
+            }
+            None => {}
+        }
+        if result.is_none() && !wait_on {
+            let s2 = s.clone();
+            let (f, v) = (filter.clone(), viewer.clone());
+            result = Some(
+                s.core
+                    .db
+                    .read(move |c| {
+                        sync::compute(
+                            c,
+                            &SyncRequest {
+                                viewer: v,
+                                since,
+                                upto,
+                                typing_now,
+                                filter: &f,
+                                full_state,
+                                typing: &s2.typing,
+                            },
+                        )
+                    })
+                    .await?,
+            );
+        }
         let now = Instant::now();
-        if result.has_changes || since.is_none() || full_state || now >= deadline {
+        if let Some(result) = result
+            && (result.has_changes || since.is_none() || full_state || now >= deadline)
+        {
             if let Some(w) = woken {
                 crate::observe::metrics::sync_wakeup(w.elapsed().as_secs_f64());
+                crate::observe::metrics::sync_woken_answer(path);
             }
-            return Ok(HttpResponse::Ok().json(result.body));
+            let response = HttpResponse::Ok().json(result.body);
+            if let Some(w) = woken {
+                let after = quiet.map(|q| q.0).or(since.map(|t| t.stream));
+                crate::observe::wake::answered(after.unwrap_or(i64::MIN), upto, w);
+            }
+            return Ok(response);
         }
+        quiet = Some((upto, typing_now));
         let parked = s.core.notifier.park();
         let waited = tokio::time::timeout(deadline - now, rx.changed()).await;
         drop(parked);

@@ -43,6 +43,8 @@ pub const DB_COMMITS: &str = "weft_db_commits_total";
 pub const INBOUND_TXN_RECORDS: &str = "weft_federation_txn_records_total";
 pub const DB_POOL: &str = "weft_db_read_pool_connections";
 pub const SYNC_WAKEUP: &str = "weft_sync_wakeup_duration_seconds";
+pub const SYNC_WAKE_STAGE: &str = "weft_sync_wake_stage_seconds";
+pub const SYNC_ANSWERS: &str = "weft_sync_woken_answers_total";
 pub const RATE_LIMITED: &str = "weft_ratelimit_refusals_total";
 pub const PUSH_EVENTS: &str = "weft_push_events_evaluated_total";
 pub const PUSH_NOTIFICATIONS: &str = "weft_push_notifications_total";
@@ -62,6 +64,11 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
+/// Finer buckets for the stages of a wake-up (tens of microseconds to a few milliseconds).
+const STAGE_BUCKETS: &[f64] = &[
+    0.00002, 0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+    0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 /// Installs the process-wide recorder (once; later calls return the same handle).
@@ -74,7 +81,10 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .idle_timeout(MetricKindMask::GAUGE, Some(Duration::from_secs(600)))
         .set_buckets(SECONDS_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_events".into()), SIZE_BUCKETS))
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_jobs".into()), SIZE_BUCKETS));
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_jobs".into()), SIZE_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(SYNC_WAKE_STAGE.into()), STAGE_BUCKETS)
+        });
     match builder.and_then(|b| b.install_recorder()) {
         Ok(handle) => {
             describe();
@@ -183,6 +193,15 @@ fn describe() {
         SYNC_WAKEUP,
         metrics::Unit::Seconds,
         "Time from a /sync long-poll being woken to its response"
+    );
+    describe_histogram!(
+        SYNC_WAKE_STAGE,
+        metrics::Unit::Seconds,
+        "Stages of a send -> /sync wake-up inside the server, by stage (queue, commit, notify, wake, respond, total; see observe::wake)"
+    );
+    describe_counter!(
+        SYNC_ANSWERS,
+        "Woken /sync long-polls answered, by path (incremental: from the committed events; full: a full read)"
     );
     describe_counter!(
         RATE_LIMITED,
@@ -358,6 +377,16 @@ pub fn inbound_txn_record(with_pdus: bool) {
 
 pub fn sync_wakeup(secs: f64) {
     histogram!(SYNC_WAKEUP).record(secs);
+}
+
+/// One stage of a wake-up (`observe::wake`).
+pub fn sync_wake_stage(stage: &'static str, secs: f64) {
+    histogram!(SYNC_WAKE_STAGE, "stage" => stage).record(secs);
+}
+
+/// A woken `/sync` answered (`path`: incremental or full).
+pub fn sync_woken_answer(path: &'static str) {
+    counter!(SYNC_ANSWERS, "path" => path).increment(1);
 }
 
 static REFUSALS: OnceLock<parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>> =

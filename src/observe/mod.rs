@@ -13,9 +13,12 @@
 //! * [`rooms`]: per-room actor statistics (messages waiting, high-water mark, messages
 //!   handled, events appended, last activity) kept by the room registry for the status page
 //!   and the per-room gauges.
+//! * [`wake`]: the stages of a send -> `/sync` wake-up (send accepted, commit done, waiters
+//!   woken, response built), stamped by stream position.
 //!
 //! This module is a leaf: it knows no rooms, federation or HTTP faces; they call into it.
 
 pub mod metrics;
 pub mod request;
 pub mod rooms;
+pub mod wake;

@@ -56,6 +56,29 @@ impl TxnKey {
 pub struct SendEvent {
     pub draft: EventDraft,
     pub txn: Option<TxnKey>,
+    /// When the client's request was accepted (the wake-up stages of `observe::wake`).
+    pub accepted: Option<std::time::Instant>,
+}
+
+/// The note a room actor leaves on the stream positions of a committed batch that holds
+/// nothing but timeline events (no membership change, redaction or soft-failed event; see
+/// `notifier` "Notes"): a woken `/sync` answers from it.
+#[derive(Debug)]
+pub struct CommittedEvents {
+    pub room_id: String,
+    pub version: RoomVersion,
+    /// The room's local members joined after the batch (the users it woke).
+    pub joined_local: Vec<String>,
+    /// In stream order.
+    pub events: Vec<CommittedEvent>,
+}
+
+#[derive(Debug)]
+pub struct CommittedEvent {
+    pub pdu: std::sync::Arc<Pdu>,
+    pub stream: i64,
+    /// The client transaction that sent it, if a local client did.
+    pub txn: Option<TxnKey>,
 }
 
 /// Create a new room: the create event (built by the caller, since in v12 it names the room)

@@ -700,6 +700,7 @@ async fn run(rooms: &super::RoomRegistry, req: Request) -> Result<Option<Value>>
                     scope: t.scope,
                     txn_id: t.txn_id,
                 }),
+                accepted: None,
             };
             here!(msg, SendEvent)
         }

@@ -192,6 +192,21 @@ impl Db {
         self.writers.commits()
     }
 
+    /// [`Database::write`] with a hook run on the writer thread right after the commit
+    /// (`true`: the job's writes are durable), before the caller is answered.
+    pub async fn write_then<T, F>(
+        &self,
+        shard: &str,
+        f: F,
+        after: writer::AfterCommit,
+    ) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        self.writers.submit_then(shard, f, Some(after)).await
+    }
+
     /// Synchronous read for CLI commands and start-up (never call from an async context).
     pub fn read_blocking<T>(
         &self,

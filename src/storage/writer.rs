@@ -21,6 +21,11 @@
 //! behind its own commit. Only a single SQLite writer defers: with several writers (PostgreSQL)
 //! the next job may go to another writer, and the held job's notifier position would hold
 //! the stream frontier back for the linger; there the job is an ordinary one.
+//!
+//! A job may carry an *after-commit hook* ([`Writers::submit_then`]): the writer thread runs
+//! it right after the transaction ends (with whether the job's writes are durable), before
+//! the caller is answered. The room actors wake `/sync` waiters from it, one thread hop
+//! sooner than from their own answer.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -39,12 +44,16 @@ pub const DEFER_LINGER: Duration = Duration::from_millis(50);
 
 type AnyBox = Box<dyn Any + Send>;
 type JobFn = Box<dyn FnOnce(&mut AnyConnection) -> StorageResult<AnyBox> + Send>;
+/// Runs on the writer thread once the job's transaction ended: `true` when its writes
+/// committed.
+pub type AfterCommit = Box<dyn FnOnce(bool) + Send>;
 
 struct Job {
     run: JobFn,
     reply: Reply,
     /// May wait for the next ordinary job's transaction (see the module comment).
     deferred: bool,
+    after: Option<AfterCommit>,
 }
 
 enum Reply {
@@ -137,7 +146,22 @@ impl Writers {
         T: Send + 'static,
         F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
     {
-        self.submit_job(shard, f, false).await
+        self.submit_job(shard, f, false, None).await
+    }
+
+    /// [`Writers::submit`] with a hook the writer thread runs after the commit (see the
+    /// module comment).
+    pub async fn submit_then<T, F>(
+        &self,
+        shard: &str,
+        f: F,
+        after: Option<AfterCommit>,
+    ) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        self.submit_job(shard, f, false, after).await
     }
 
     /// A write nobody waits on to answer a request: it may wait up to [`DEFER_LINGER`] for
@@ -147,10 +171,16 @@ impl Writers {
         T: Send + 'static,
         F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
     {
-        self.submit_job(shard, f, self.defers).await
+        self.submit_job(shard, f, self.defers, None).await
     }
 
-    async fn submit_job<T, F>(&self, shard: &str, f: F, deferred: bool) -> StorageResult<T>
+    async fn submit_job<T, F>(
+        &self,
+        shard: &str,
+        f: F,
+        deferred: bool,
+        after: Option<AfterCommit>,
+    ) -> StorageResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
@@ -164,6 +194,7 @@ impl Writers {
                 run: Self::boxed(f),
                 reply: Reply::Async(tx),
                 deferred,
+                after,
             })
             .await
             .is_err()
@@ -188,6 +219,7 @@ impl Writers {
                 run: Self::boxed(f),
                 reply: Reply::Blocking(tx),
                 deferred: false,
+                after: None,
             })
             .is_err()
         {
@@ -344,10 +376,12 @@ fn run_writer(
         let started = std::time::Instant::now();
         let mut results: Vec<StorageResult<AnyBox>> = Vec::with_capacity(n);
         let mut replies = Vec::with_capacity(n);
+        let mut afters = Vec::with_capacity(n);
         let outcome = conn.transaction::<(), diesel::result::Error, _>(|tx| {
             take_write_lock(tx)?;
             for job in jobs.drain(..) {
                 replies.push(job.reply);
+                afters.push(job.after);
                 // Each job in its own savepoint: its failure rolls back only its own writes.
                 let mut job_result: Option<StorageResult<AnyBox>> = None;
                 let run = job.run;
@@ -379,13 +413,19 @@ fn run_writer(
         crate::observe::metrics::db_commit(n, started.elapsed().as_secs_f64(), outcome.is_ok());
         match outcome {
             Ok(()) => {
-                for (reply, result) in replies.into_iter().zip(results) {
+                for ((reply, result), after) in replies.into_iter().zip(results).zip(afters) {
+                    if let Some(after) = after {
+                        after(result.is_ok());
+                    }
                     reply.send(result);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, jobs = n, "write batch failed to commit");
                 let msg = e.to_string();
+                for after in afters.into_iter().flatten() {
+                    after(false);
+                }
                 for reply in replies {
                     reply.send(Err(StorageError::Task(format!("commit failed: {msg}"))));
                 }

@@ -9,10 +9,14 @@
 //! current state minus what the timeline already carries and the timeline is the newest
 //! `limit` events; on an incremental sync the timeline is what is new, and when it is
 //! `limited` the state section carries the state events the client skipped.
+//!
+//! A long-poll woken by nothing but new timeline events in rooms the user was already in
+//! answers from those events instead ([`wake`]): the same body, from one small read.
 
 pub mod filter;
 pub mod sliding;
 pub mod visibility;
+pub mod wake;
 
 use std::collections::{HashMap, HashSet};
 
@@ -84,7 +88,7 @@ pub fn unread_counts(
     Ok(crate::storage::push::room_counts(conn, user_id, room_id)?.total)
 }
 
-fn counts_json((notifications, highlights): (u64, u64)) -> Value {
+pub(crate) fn counts_json((notifications, highlights): (u64, u64)) -> Value {
     json!({"highlight_count": highlights, "notification_count": notifications})
 }
 

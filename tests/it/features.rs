@@ -15,6 +15,7 @@ const WAIT: Duration = Duration::from_secs(20);
 both_backends!(
     send_is_idempotent_per_device,
     sync_long_poll_wakes_on_new_events,
+    woken_sync_answers_as_a_full_sync_would,
     state_put_and_get,
     redaction,
     kick_ban_unban,
@@ -114,6 +115,185 @@ fn send_is_idempotent_per_device(backend: Backend) {
         .find(|e| e["event_id"] == first["event_id"])
         .unwrap();
     assert!(ev["unsigned"].get("transaction_id").is_none(), "{ev}");
+    srv.assert_no_panics();
+}
+
+/// Drops every `unsigned.age` (it grows between two reads of the same event).
+fn without_age(mut v: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Object(u)) = m.get_mut("unsigned") {
+                    u.remove("age");
+                }
+                m.values_mut().for_each(walk);
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
+}
+
+/// `weft_sync_woken_answers_total{path="<path>"}` from `/metrics` (0 when absent).
+fn woken_answers(srv: &Server, path: &str) -> f64 {
+    let r = srv.anonymous().get("/metrics");
+    assert_eq!(r.status, 200, "/metrics: {}", r.text);
+    let prefix = format!("weft_sync_woken_answers_total{{path=\"{path}\"}} ");
+    r.text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// A long-poll woken by new timeline events answers from the committed events
+/// (`sync::wake`), and that answer is the body a full `/sync` from the same token gives:
+/// others' events, the user's own (with the transaction ID on the sending device only),
+/// state events, a relation to an older event, with filters (a room left out, a limit,
+/// per-thread counts). The answers are counted by path, so the test knows which one it saw.
+fn woken_sync_answers_as_a_full_sync_would(backend: Backend) {
+    let srv = Server::start(backend);
+    let alice = srv.register("alice");
+    let bob = srv.register("bob");
+    let mut phone = srv.anonymous();
+    phone.login("bob", "pw-bob");
+    let op = srv.admin("operator");
+    // Nothing notifies anyone, so the push worker moves no stream between the woken answer
+    // and the full read it is compared with (push counts have their own tests).
+    for user in [&alice, &bob] {
+        for rule in [
+            "underride/.m.rule.message",
+            "underride/.m.rule.room_one_to_one",
+        ] {
+            user.put(
+                &format!("/pushrules/global/{rule}/enabled"),
+                &json!({"enabled": false}),
+            )
+            .ok();
+        }
+    }
+    let room = alice.create_room(&json!({"preset": "public_chat"}));
+    let other = alice.create_room(&json!({"preset": "public_chat"}));
+    bob.join(&room).ok();
+    bob.join(&other).ok();
+    let first = alice.send_text(&room, "before");
+
+    let filtered = json!({"room": {"not_rooms": [other], "timeline": {"limit": 3}}}).to_string();
+    let threaded = json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string();
+    type Act<'a> = Box<dyn Fn() + 'a>;
+    let rounds: Vec<(&str, Option<&str>, Act)> = vec![
+        (
+            "alice's message",
+            None,
+            Box::new(|| {
+                alice.send_text(&room, "hello bob");
+            }),
+        ),
+        (
+            "bob's own message",
+            None,
+            Box::new(|| {
+                bob.send_text(&room, "from this device");
+            }),
+        ),
+        (
+            "bob's other device",
+            None,
+            Box::new(|| {
+                phone.send_text(&room, "from the phone");
+            }),
+        ),
+        (
+            "a state event",
+            None,
+            Box::new(|| {
+                alice
+                    .put_state(&room, "m.room.topic", "", &json!({"topic": "t"}))
+                    .ok();
+            }),
+        ),
+        (
+            "a reaction to an older event",
+            None,
+            Box::new(|| {
+                alice.send(
+                    &room,
+                    "m.reaction",
+                    &json!({"m.relates_to": {
+                "rel_type": "m.annotation", "event_id": first, "key": "+1"}}),
+                );
+            }),
+        ),
+        (
+            "a room the filter leaves out, then one it keeps",
+            Some(&filtered),
+            Box::new(|| {
+                alice.send_text(&other, "not shown");
+                alice.send_text(&room, "shown");
+            }),
+        ),
+        (
+            "per-thread counts",
+            Some(&threaded),
+            Box::new(|| {
+                alice.send_text(&room, "threaded filter");
+            }),
+        ),
+    ];
+    for (what, filter, act) in rounds {
+        let since = bob.sync(None, 0, filter)["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let before = woken_answers(&srv, "incremental");
+        let woken = std::thread::scope(|s| {
+            let poller = bob.clone_session();
+            let since = since.clone();
+            let h = s.spawn(move || poller.sync(Some(&since), 30_000, filter));
+            srv.wait_parked_syncs(&op, 1);
+            act();
+            h.join().unwrap()
+        });
+        assert!(
+            !timeline(&woken, &room).is_empty(),
+            "{what}: woken without the event: {woken}"
+        );
+        assert_eq!(
+            woken_answers(&srv, "incremental"),
+            before + 1.0,
+            "{what}: not answered from the committed events: {woken}"
+        );
+        let full = bob.sync(Some(&since), 0, filter);
+        let (mut woken, full) = (without_age(woken), without_age(full));
+        if woken["next_batch"] != full["next_batch"] {
+            // Something that is not bob's landed after the woken answer (another user's push
+            // counts): nothing between the two tokens may be bob's.
+            let between = bob.sync(woken["next_batch"].as_str(), 0, filter);
+            assert!(
+                between["rooms"]["join"]
+                    .as_object()
+                    .is_some_and(|r| r.is_empty())
+                    && crate::client::only_counts(&between),
+                "{what}: the full read is further on by something of bob's: {between}"
+            );
+            assert_eq!(between["next_batch"], full["next_batch"], "{what}");
+            woken["next_batch"] = full["next_batch"].clone();
+        }
+        assert_eq!(
+            woken, full,
+            "{what}: the woken answer differs from a full /sync from {since}"
+        );
+    }
+    // The transaction ID shows on the sending device only, in both answers.
+    let mine = bob.sync(None, 0, None);
+    let own = timeline(&mine, &room)
+        .iter()
+        .find(|e| e["content"]["body"] == "from this device")
+        .cloned()
+        .unwrap();
+    assert!(own["unsigned"]["transaction_id"].is_string(), "{own}");
     srv.assert_no_panics();
 }
 

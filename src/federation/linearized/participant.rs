@@ -569,7 +569,17 @@ pub async fn invite(
         .await?;
         return Ok(Some(appended.pdu.owned_event_id()));
     }
-    let id = s.rooms.send(room, SendEvent { draft, txn: None }).await??;
+    let id = s
+        .rooms
+        .send(
+            room,
+            SendEvent {
+                draft,
+                txn: None,
+                accepted: None,
+            },
+        )
+        .await??;
     Ok(Some(id))
 }
 

@@ -1,8 +1,50 @@
 //! Group commit: the pending batch is written as one storage job after the mailbox is
-//! drained (`Flush`), while the actor holds its mailbox; on commit the replies go out, local
-//! users are woken and the destination senders too; on failure the actor stops.
+//! drained (`Flush`), while the actor holds its mailbox; on commit the replies go out and
+//! the destination senders are woken; on failure the actor stops.
+//!
+//! Local users are woken by the writer thread itself, right after the commit
+//! ([`crate::storage::Database::write_then`]), not after the answer's hop back to this
+//! actor's arbiter. A batch of plain timeline events leaves a note on its positions
+//! ([`CommittedEvents`]) from which a woken `/sync` answers without reading the database
+//! again.
 
 use super::*;
+use crate::rooms::messages::{CommittedEvent, CommittedEvents};
+
+/// Completes a batch's positions from the writer thread once its commit ends; dropped
+/// without running (the job never reached a writer) it still completes them, waking nobody.
+struct CompleteOnCommit {
+    core: Arc<Core>,
+    positions: Vec<i64>,
+    wake: Vec<String>,
+    note: Option<crate::notifier::Note>,
+    began: Arc<parking_lot::Mutex<Option<Instant>>>,
+    done: bool,
+}
+
+impl CompleteOnCommit {
+    fn run(mut self, committed: bool) {
+        self.done = true;
+        let positions = std::mem::take(&mut self.positions);
+        if committed {
+            crate::observe::wake::committed(&positions, *self.began.lock());
+            let wake = std::mem::take(&mut self.wake);
+            self.core
+                .notifier
+                .complete_noted(&positions, wake, self.note.take());
+        } else {
+            self.core.notifier.complete(&positions, []);
+        }
+    }
+}
+
+impl Drop for CompleteOnCommit {
+    fn drop(&mut self) {
+        if !self.done {
+            self.core.notifier.complete(&self.positions, []);
+        }
+    }
+}
 
 impl RoomActor {
     pub(super) fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
@@ -18,6 +60,43 @@ impl RoomActor {
         users.extend(memberships.iter().map(|m| m.user_id.clone()));
         let suffix = format!(":{}", self.core.server_name());
         users.into_iter().filter(|u| u.ends_with(&suffix)).collect()
+    }
+
+    /// The note for a batch of plain timeline events (see [`CommittedEvents`]); `None` when
+    /// the batch holds anything a reader must look up in the database.
+    fn committed_note(
+        &self,
+        pending: &[Pending],
+        job: &PersistBatch,
+        wake: &[String],
+    ) -> Option<crate::notifier::Note> {
+        if !job.memberships.is_empty() || job.new_room.is_some() {
+            return None;
+        }
+        let mut events = Vec::with_capacity(pending.len());
+        for p in pending {
+            let Some(stream) = p.stream else {
+                // Rejected: no position, never shown.
+                continue;
+            };
+            if p.persist.row.soft_failed || p.persist.redaction.is_some() {
+                return None;
+            }
+            events.push(CommittedEvent {
+                pdu: Arc::clone(&p.pdu),
+                stream,
+                txn: p.persist.txn.clone(),
+            });
+        }
+        if events.is_empty() {
+            return None;
+        }
+        Some(Arc::new(CommittedEvents {
+            room_id: self.room_id.to_string(),
+            version: self.version,
+            joined_local: wake.to_vec(),
+            events,
+        }))
     }
 
     /// Writes the pending batch and completes it (the caller holds the mailbox meanwhile).
@@ -38,20 +117,37 @@ impl RoomActor {
             },
         );
         job.events = pending.iter().map(|p| p.persist.clone()).collect();
-        let memberships = job.memberships.clone();
         let destinations: BTreeSet<String> = job.queue.iter().map(|q| q.0.clone()).collect();
+        let wake = self.users_to_wake(&job.memberships);
+        let note = self.committed_note(&pending, &job, &wake);
+        let began = Arc::new(parking_lot::Mutex::new(None));
+        let hook = CompleteOnCommit {
+            core: Arc::clone(&self.core),
+            positions: pending.iter().filter_map(|p| p.stream).collect(),
+            wake,
+            note,
+            began: Arc::clone(&began),
+            done: false,
+        };
         let db = self.core.db.clone();
         let shard = self.room_id.to_string();
         let started = Instant::now();
-        let fut = async move { db.write(&shard, move |conn| job.run(conn)).await };
+        let fut = async move {
+            db.write_then(
+                &shard,
+                move |conn| {
+                    *began.lock() = Some(Instant::now());
+                    job.run(conn)
+                },
+                Box::new(move |committed| hook.run(committed)),
+            )
+            .await
+        };
         Box::pin(fut.into_actor(self).map(move |res: StorageResult<()>, act, ctx| {
-            let positions: Vec<i64> = pending.iter().filter_map(|p| p.stream).collect();
             match res {
                 Ok(()) => {
                     tracing::debug!(room = %act.room_id, events = pending.len(), ms = started.elapsed().as_millis() as u64, "batch committed");
                     crate::observe::rooms::committed(act.room_id.as_str(), pending.len(), pending.iter().filter(|p| act.core.is_local(p.pdu.sender().server_name().as_str())).count());
-                    let wake = act.users_to_wake(&memberships);
-                    act.core.notifier.complete(&positions, wake);
                     for d in &destinations {
                         act.core.delivery.wake(d);
                     }
@@ -64,7 +160,6 @@ impl RoomActor {
                 }
                 Err(e) => {
                     tracing::error!(room = %act.room_id, error = %e, "batch failed; restarting room actor");
-                    act.core.notifier.complete(&positions, []);
                     let msg = e.to_string();
                     for p in pending {
                         for r in p.replies {

@@ -101,6 +101,9 @@ impl Handler<SendEvent> for RoomActor {
             txn: msg.txn,
             reply: Some(tx),
         });
+        if let (Some(at), Some(pos)) = (msg.accepted, self.pending.last().and_then(|p| p.stream)) {
+            crate::observe::wake::accepted(pos, at);
+        }
         self.schedule_flush(ctx);
         await_reply(rx)
     }

@@ -1,0 +1,136 @@
+//! Where the time of a `/sync` wake-up goes, stage by stage, inside the server.
+//!
+//! A wake-up spans four threads: the HTTP worker that takes the `PUT /send`, the room actor,
+//! the database writer that commits (and fsyncs) it, and the HTTP worker of the waiting
+//! `/sync`. Each stamps the moment it is done with the event, keyed by the event's stream
+//! position, into one small table (the last [`KEEP`] positions); when a woken `/sync`
+//! answers, the stamps of the newest position it carries become one sample of each stage of
+//! `weft_sync_wake_stage_seconds`:
+//!
+//! | stage | from | to |
+//! |---|---|---|
+//! | `queue` | the send handler accepted the request | the writer began the batch's job |
+//! | `commit` | the writer began the job | the commit (fsync included) returned |
+//! | `notify` | the commit returned | the notifier woke the waiting users |
+//! | `wake` | the users were woken | the `/sync` handler ran again |
+//! | `respond` | the `/sync` handler ran again | its response body was built |
+//! | `total` | the send handler accepted the request | the response body was built |
+//!
+//! So the figure splits into disk (`commit`), thread hops (`queue` includes the hop to the
+//! room actor and the writer's queue, `wake` the hop back to an HTTP worker) and compute
+//! (`respond`), whatever the machine's load does to the end-to-end latency a client sees.
+//! Only events sent by a local client through `PUT /send` carry the `queue` and `total`
+//! stages; every woken answer records the others.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+/// Positions remembered (a wake-up answers within a few of the newest).
+pub const KEEP: usize = 512;
+
+#[derive(Default, Clone, Copy)]
+struct Stamps {
+    accepted: Option<Instant>,
+    began: Option<Instant>,
+    committed: Option<Instant>,
+    notified: Option<Instant>,
+}
+
+fn table() -> &'static Mutex<BTreeMap<i64, Stamps>> {
+    static T: OnceLock<Mutex<BTreeMap<i64, Stamps>>> = OnceLock::new();
+    T.get_or_init(Default::default)
+}
+
+fn with(pos: i64, f: impl FnOnce(&mut Stamps)) {
+    let mut t = table().lock();
+    f(t.entry(pos).or_default());
+    while t.len() > KEEP {
+        t.pop_first();
+    }
+}
+
+/// A local client's send of the event at `pos` was accepted at `at`.
+pub fn accepted(pos: i64, at: Instant) {
+    with(pos, |s| s.accepted = Some(at));
+}
+
+/// The writer began the job holding `positions` at `began`, and its commit returned now.
+pub fn committed(positions: &[i64], began: Option<Instant>) {
+    let now = Instant::now();
+    let mut t = table().lock();
+    for pos in positions {
+        let s = t.entry(*pos).or_default();
+        s.began = began;
+        s.committed = Some(now);
+    }
+    while t.len() > KEEP {
+        t.pop_first();
+    }
+}
+
+/// The notifier woke the users due at `positions` (only those with a stamp are noted).
+pub fn notified(positions: impl IntoIterator<Item = i64>) {
+    let now = Instant::now();
+    let mut t = table().lock();
+    for pos in positions {
+        if let Some(s) = t.get_mut(&pos)
+            && s.notified.is_none()
+        {
+            s.notified = Some(now);
+        }
+    }
+}
+
+/// A woken `/sync` (woken at `woken`) answered with everything in `(after, upto]`: records
+/// the stages of the newest stamped position there.
+pub fn answered(after: i64, upto: i64, woken: Instant) {
+    let done = Instant::now();
+    let stamps = {
+        let t = table().lock();
+        t.range(after.saturating_add(1)..=upto)
+            .rev()
+            .find(|(_, s)| s.committed.is_some())
+            .map(|(_, s)| *s)
+    };
+    let Some(s) = stamps else {
+        return;
+    };
+    let span = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
+        (Some(a), Some(b)) => Some(b.saturating_duration_since(a).as_secs_f64()),
+        _ => None,
+    };
+    let stages = [
+        ("queue", span(s.accepted, s.began)),
+        ("commit", span(s.began, s.committed)),
+        ("notify", span(s.committed, s.notified)),
+        ("wake", span(s.notified.or(s.committed), Some(woken))),
+        ("respond", span(Some(woken), Some(done))),
+        ("total", span(s.accepted, Some(done))),
+    ];
+    for (stage, secs) in stages {
+        if let Some(secs) = secs {
+            super::metrics::sync_wake_stage(stage, secs);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_keeps_only_the_newest_positions() {
+        // Far from the positions other tests in this process use.
+        let base = 1_000_000_000;
+        for i in 0..(KEEP as i64 + 10) {
+            accepted(base + i, Instant::now());
+        }
+        let t = table().lock();
+        assert!(t.len() <= KEEP);
+        assert!(t.contains_key(&(base + KEEP as i64 + 9)));
+        assert!(!t.contains_key(&base));
+    }
+}
