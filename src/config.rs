@@ -238,8 +238,17 @@ pub struct DatabaseConfig {
     /// `sqlite://PATH` (relative paths are relative to the working directory) or
     /// `postgres://...`. Default: `sqlite://<data_dir>/weft.db`.
     pub url: Option<String>,
-    /// Connections in the read pool.
+    /// Most connections in the read pool.
     pub pool_size: u32,
+    /// Read connections kept open at rest. The pool opens more (up to `pool_size`) when
+    /// reads would wait, and closes those idle for `pool_idle_secs`; each open SQLite
+    /// connection holds its own schema, prepared statements and page cache.
+    pub pool_min_idle: u32,
+    /// Seconds a read connection may sit idle before it is closed (down to `pool_min_idle`).
+    pub pool_idle_secs: u64,
+    /// SQLite page cache of each connection (the read pool's and the writer's), in KiB
+    /// (SQLite's own default is 2000). The operating system caches the file too.
+    pub sqlite_cache_kib: u32,
     /// Writer threads (SQLite always uses exactly one).
     pub writers: usize,
     /// Most write jobs committed together in one transaction.
@@ -470,6 +479,9 @@ impl Default for DatabaseConfig {
         Self {
             url: None,
             pool_size: 8,
+            pool_min_idle: 1,
+            pool_idle_secs: 60,
+            sqlite_cache_kib: 2000,
             writers: 2,
             max_batch: 256,
             writer_queue: 10_000,

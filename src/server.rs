@@ -249,6 +249,11 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
                 web::QueryConfig::default().error_handler(|e, _| error::query_error(e).into()),
             )
             .app_data(web::PathConfig::default().error_handler(|e, _| error::path_error(e).into()))
+            // Innermost, so that it runs last before routing.
+            .wrap_fn(|mut req, srv| {
+                client_api::r0_as_v3(&mut req);
+                actix_web::dev::Service::call(srv, req)
+            })
             .wrap(http::matrix_errors())
             .wrap_fn(http::cors::cors)
             .wrap(middleware::from_fn(crate::observe::request::client))

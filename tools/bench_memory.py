@@ -13,14 +13,16 @@ For each server, one run is:
   5. the server is stopped (SIGTERM) and started again on the same data, then one message
      into every room again: `restarted`.
 
-Memory is read from /proc/<pid>/status: VmRSS (resident now) and VmHWM (the peak so far
-in that process). Prints one JSON line per server per run on stdout; the shell wrapper
+Memory is read from /proc/<pid>/status: VmRSS (resident now), VmHWM (the peak so far
+in that process), and VmRSS's anonymous and file-backed parts (RssAnon, RssFile). With
+MEM_WHERE=DIR, tools/mem_where.py's breakdown of every phase is written there too. Prints one JSON line per server per run on stdout; the shell wrapper
 takes medians.
 """
 
 import argparse
 import concurrent.futures
 import json
+import os
 import subprocess
 import sys
 import time
@@ -55,10 +57,21 @@ def proc_kib(pid, field):
     raise RuntimeError(f"no {field} for pid {pid}")
 
 
-def mem(pid):
-    return {"rss_mib": round(proc_kib(pid, "VmRSS") / 1024, 1),
-            "hwm_mib": round(proc_kib(pid, "VmHWM") / 1024, 1),
-            "threads": proc_kib(pid, "Threads")}
+def mem(pid, label=""):
+    out = {"rss_mib": round(proc_kib(pid, "VmRSS") / 1024, 1),
+           "hwm_mib": round(proc_kib(pid, "VmHWM") / 1024, 1),
+           # Anonymous (heap, arenas, stacks) and file-backed (binary, libraries) parts.
+           "anon_mib": round(proc_kib(pid, "RssAnon") / 1024, 1),
+           "file_mib": round(proc_kib(pid, "RssFile") / 1024, 1),
+           "threads": proc_kib(pid, "Threads")}
+    # MEM_WHERE=DIR: also write tools/mem_where.py's breakdown of each phase there.
+    where = os.environ.get("MEM_WHERE")
+    if where and label:
+        os.makedirs(where, exist_ok=True)
+        with open(os.path.join(where, f"{pid}-{label}.txt"), "w") as f:
+            subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "mem_where.py"),
+                            str(pid), "12"], stdout=f, stderr=subprocess.STDOUT, check=False)
+    return out
 
 
 def start(cmd):
@@ -94,7 +107,7 @@ def message_all(base, token, rooms, label):
 def run(name, start_cmd, stop_cmd, rooms, idle, settle):
     pid, base, token = start(start_cmd)
     time.sleep(settle)
-    result = {"server": name, "rooms": rooms, "base": mem(pid)}
+    result = {"server": name, "rooms": rooms, "base": mem(pid, name + "-base")}
 
     def create(i):
         return call(base, token, "POST", "/_matrix/client/v3/createRoom",
@@ -108,26 +121,26 @@ def run(name, start_cmd, stop_cmd, rooms, idle, settle):
         ids = list(pool.map(create, range(rooms)))
     result["create_s"] = round(time.monotonic() - t0, 1)
     time.sleep(settle)
-    result["created"] = mem(pid)
+    result["created"] = mem(pid, name + "-created")
 
     result["message_s"] = message_all(base, token, ids, "first")
     time.sleep(settle)
-    result["active"] = mem(pid)
+    result["active"] = mem(pid, name + "-active")
     if name == "weft":
         result["active"]["actors"] = weft_actors(base)
 
     time.sleep(idle)
-    result["idle"] = mem(pid)
+    result["idle"] = mem(pid, name + "-idle")
     if name == "weft":
         result["idle"]["actors"] = weft_actors(base)
 
     subprocess.run(stop_cmd, shell=True, check=True, capture_output=True)
     pid, base, token = start(start_cmd)
     time.sleep(settle)
-    result["restart_base"] = mem(pid)
+    result["restart_base"] = mem(pid, name + "-restart_base")
     result["restart_message_s"] = message_all(base, token, ids, "second")
     time.sleep(settle)
-    result["restarted"] = mem(pid)
+    result["restarted"] = mem(pid, name + "-restarted")
     if name == "weft":
         result["restarted"]["actors"] = weft_actors(base)
     subprocess.run(stop_cmd, shell=True, check=True, capture_output=True)

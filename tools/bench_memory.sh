@@ -11,7 +11,8 @@
 # once, so they do not share the two cores), and waits IDLE (default 20) s for the idle
 # phase. Prints the machine, every run, and the median of each figure over the runs.
 # WEFT_TOML is appended to weft's configuration (e.g. WEFT_TOML=$'[actors]\nroom_threads = 1').
-# KEEP=1 keeps the temp dir.
+# KEEP=1 keeps the temp dir. MEM_WHERE=DIR writes a breakdown of each phase by mapping there
+# (tools/mem_where.py: executable, libraries, arenas, stacks; threads by name).
 #
 # Internal subcommands (called by bench_memory.py): start-weft DIR, stop-weft DIR,
 # start-synapse NAME, stop-synapse NAME; a start prints `PID BASE_URL TOKEN`.
@@ -151,6 +152,9 @@ for s in servers:
                 extra = f"   room actors {[r[p]['actors'] for r in rs]}"
             if k == "rss_mib":
                 extra += f"   threads {[r[p]['threads'] for r in rs]}"
+                if "anon_mib" in rs[0][p]:
+                    extra += (f"   anon {statistics.median(r[p]['anon_mib'] for r in rs):.1f}"
+                              f" file {statistics.median(r[p]['file_mib'] for r in rs):.1f}")
             print(f"  {p:13s} {k:8s} {med[(s, p, k)]:8.1f}  ({min(vals):.1f}-{max(vals):.1f}){extra}")
 if len(servers) == 2:
     print("weft / Synapse (medians):")

@@ -1,5 +1,6 @@
 //! Connections: one diesel `MultiConnection` enum over both dialects, opened with the
-//! settings each needs (SQLite: WAL, busy timeout, the configured `synchronous`).
+//! settings each needs (SQLite: WAL, busy timeout, the configured `synchronous` and page
+//! cache size).
 
 use diesel::Connection;
 use diesel::connection::SimpleConnection;
@@ -30,6 +31,8 @@ pub struct ConnectionOptions {
     pub backend: Backend,
     pub url: String,
     pub sqlite_synchronous: String,
+    /// SQLite `cache_size` of each connection, in KiB.
+    pub sqlite_cache_kib: u32,
 }
 
 impl ConnectionOptions {
@@ -56,9 +59,12 @@ impl ConnectionOptions {
             } else {
                 "FULL"
             };
+            // A negative `cache_size` is a size in KiB (a positive one counts pages).
+            let cache_kib = self.sqlite_cache_kib.max(64);
             c.batch_execute(&format!(
                 "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
-                 PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
+                 PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON; \
+                 PRAGMA cache_size = -{cache_kib};"
             ))
             .map_err(|e| StorageError::Connection(e.to_string()))?;
         }

@@ -112,6 +112,7 @@ impl Db {
             backend,
             url: conn_url,
             sqlite_synchronous: config.database.sqlite_synchronous.clone(),
+            sqlite_cache_kib: config.database.sqlite_cache_kib,
         };
         // Migrations first, on a dedicated connection.
         {
@@ -130,8 +131,23 @@ impl Db {
         // r2d2 checks each connection on checkout with a `SELECT 1` (parsed every time, on
         // every read). A PostgreSQL connection can die with the server and needs it; a
         // SQLite connection is a file handle that cannot go stale, so it is not checked.
+        //
+        // The pool keeps `pool_min_idle` connections at rest and opens more when reads
+        // wait (each open connection holds memory: schema, statements, page cache); one
+        // thread opens and closes them (r2d2's default is three).
+        let max = config.database.pool_size.max(1);
         let pool = Pool::builder()
-            .max_size(config.database.pool_size.max(1))
+            .max_size(max)
+            .min_idle(Some(config.database.pool_min_idle.clamp(1, max)))
+            .idle_timeout(Some(std::time::Duration::from_secs(
+                config.database.pool_idle_secs.max(1),
+            )))
+            .thread_pool(Arc::new(
+                scheduled_thread_pool::ScheduledThreadPool::builder()
+                    .num_threads(1)
+                    .thread_name_pattern("weft-db-pool")
+                    .build(),
+            ))
             .test_on_check_out(backend == Backend::Postgres)
             .build(options.clone())
             .map_err(|e| StorageError::Connection(e.to_string()))?;

@@ -470,6 +470,7 @@ mod tests {
             backend: Backend::Sqlite,
             url: path.display().to_string(),
             sqlite_synchronous: "normal".into(),
+            sqlite_cache_kib: 2000,
         };
         let mut setup = options.establish().unwrap();
         setup
@@ -490,6 +491,7 @@ mod tests {
                     backend: Backend::Sqlite,
                     url,
                     sqlite_synchronous: "normal".into(),
+                    sqlite_cache_kib: 2000,
                 };
                 let writer = std::thread::spawn(move || {
                     let mut conn = o.establish().unwrap();
@@ -580,6 +582,7 @@ mod tests {
             backend: Backend::Sqlite,
             url: path.display().to_string(),
             sqlite_synchronous: "normal".into(),
+            sqlite_cache_kib: 2000,
         };
         let writers = Arc::new(Writers::start(&options, 1, 8, 2).unwrap());
         // 200 writers' callers against a queue of 2: they wait for room in turn, none is

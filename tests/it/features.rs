@@ -775,6 +775,14 @@ fn r0_prefix_and_cors(backend: Backend) {
         )
         .ok();
     assert!(v["event_id"].is_string());
+    // The query string survives the rewrite to `v3` (a filter that leaves the timeline
+    // with only the event just sent).
+    let synced = alice
+        .get("/_matrix/client/r0/sync?timeout=0&filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A1%7D%7D%7D")
+        .ok();
+    let timeline = &synced["rooms"]["join"][room.as_str()]["timeline"]["events"];
+    assert_eq!(timeline.as_array().map(Vec::len), Some(1), "{synced}");
+    assert_eq!(timeline[0]["event_id"], v["event_id"], "{synced}");
     let flows = srv.anonymous().get("/_matrix/client/r0/login").ok();
     assert!(
         flows["flows"]

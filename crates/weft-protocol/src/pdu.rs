@@ -53,7 +53,8 @@ pub struct Pdu {
     sender: OwnedUserId,
     origin_server_ts: MilliSecondsSinceUnixEpoch,
     kind: TimelineEventType,
-    content: Box<RawValue>,
+    /// Where `content` is in `json` (byte offsets): the content is not kept twice.
+    content_at: (u32, u32),
     state_key: Option<String>,
     prev_events: Vec<OwnedEventId>,
     auth_events: Vec<OwnedEventId>,
@@ -158,6 +159,33 @@ pub fn compute_event_id(
     OwnedEventId::try_from(format!("${hash}")).map_err(|e| PduError::Hash(e.to_string()))
 }
 
+/// Where the `content` object is in a PDU's JSON text (byte offsets).
+fn content_range(text: &str) -> Option<(u32, u32)> {
+    #[derive(serde::Deserialize)]
+    struct Content<'a> {
+        #[serde(borrow)]
+        content: &'a RawValue,
+    }
+    let c: Content<'_> = serde_json::from_str(text).ok()?;
+    let start = (c.content.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+    let end = start + c.content.get().len();
+    (text.get(start..end) == Some(c.content.get()))
+        .then(|| Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?)))
+        .flatten()
+}
+
+/// `text` (a content object's JSON, a slice of a PDU's text) as a raw JSON value; the
+/// check is a scan of the slice, which is valid JSON by construction.
+fn raw_content(text: &str) -> &RawValue {
+    match serde_json::from_str::<&RawValue>(text) {
+        Ok(raw) => raw,
+        Err(_) => {
+            static EMPTY: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+            EMPTY.get_or_init(|| RawValue::from_string("{}".to_owned()).expect("`{}` is JSON"))
+        }
+    }
+}
+
 impl Pdu {
     /// Parses a PDU received from elsewhere (or built locally), computing its event ID.
     ///
@@ -227,12 +255,9 @@ impl Pdu {
             }
             _ => return Err(PduError::Field("origin_server_ts")),
         };
-        let content_value = match json.get("content") {
-            Some(v @ CanonicalJsonValue::Object(_)) => v,
-            _ => return Err(PduError::Field("content")),
-        };
-        let content = serde_json::value::to_raw_value(content_value)
-            .map_err(|_| PduError::Field("content"))?;
+        if !matches!(json.get("content"), Some(CanonicalJsonValue::Object(_))) {
+            return Err(PduError::Field("content"));
+        }
         let state_key = match json.get("state_key") {
             None => None,
             Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
@@ -276,6 +301,8 @@ impl Pdu {
         } else {
             None
         };
+        let text = crate::canonical::write_object(&json).into_boxed_str();
+        let content_at = content_range(&text).ok_or(PduError::Field("content"))?;
         Ok(Self {
             event_id,
             room_id,
@@ -283,14 +310,14 @@ impl Pdu {
             sender,
             origin_server_ts,
             kind,
-            content,
+            content_at,
             state_key,
             prev_events,
             auth_events,
             depth,
             redacts,
             rejected: false,
-            json: crate::canonical::write_object(&json).into_boxed_str(),
+            json: text,
         })
     }
 
@@ -319,16 +346,21 @@ impl Pdu {
         self.state_key.is_some()
     }
     pub fn content(&self) -> &RawValue {
-        &self.content
+        raw_content(self.content_text())
+    }
+    /// The content's JSON text (a slice of the canonical text).
+    pub fn content_text(&self) -> &str {
+        let (start, end) = self.content_at;
+        self.json.get(start as usize..end as usize).unwrap_or("{}")
     }
     /// The content as a JSON value (for inspection by the server).
     pub fn content_value(&self) -> serde_json::Value {
-        serde_json::from_str(self.content.get()).unwrap_or(serde_json::Value::Null)
+        serde_json::from_str(self.content_text()).unwrap_or(serde_json::Value::Null)
     }
     /// A string field of the content, if present.
     pub fn content_str(&self, field: &str) -> Option<String> {
         let fields: std::collections::BTreeMap<String, &RawValue> =
-            serde_json::from_str(self.content.get()).ok()?;
+            serde_json::from_str(self.content_text()).ok()?;
         serde_json::from_str::<String>(fields.get(field)?.get()).ok()
     }
     /// `content.membership` of an `m.room.member` event.
@@ -410,7 +442,7 @@ impl ruma::state_res::Event for Pdu {
         &self.kind
     }
     fn content(&self) -> &RawValue {
-        &self.content
+        raw_content(self.content_text())
     }
     fn state_key(&self) -> Option<&str> {
         self.state_key.as_deref()
@@ -518,6 +550,47 @@ mod tests {
                 .redacts(),
             None
         );
+    }
+
+    #[test]
+    fn content_is_read_from_the_canonical_text() {
+        // Contents whose text is tricky to find inside the event's text: escapes, nesting,
+        // a `content` key inside the content, unicode, an empty object.
+        let contents = [
+            json!({}),
+            json!({"body": "a \"quoted\" }, brace", "msgtype": "m.text"}),
+            json!({"content": {"content": 1}, "n": [1, {"x": null}]}),
+            json!({"body": "h\u{e9}llo \u{1f600} \n\t", "z": true}),
+            json!({"membership": "join", "displayname": "A"}),
+        ];
+        for c in contents {
+            let pdu = Pdu::from_json(
+                object(event("m.room.message", json!({"content": c.clone()}))),
+                RoomVersion::V11,
+            )
+            .unwrap();
+            assert_eq!(pdu.content_value(), c);
+            let raw: Value = serde_json::from_str(pdu.content().get()).unwrap();
+            assert_eq!(raw, c);
+            assert_eq!(
+                ruma::state_res::Event::content(&pdu).get(),
+                pdu.content_text()
+            );
+            // The slice is the content object of the text, not some other object.
+            let whole: Value = serde_json::from_str(pdu.canonical_str()).unwrap();
+            assert_eq!(whole["content"], c);
+        }
+        let member = Pdu::from_json(
+            object(event(
+                "m.room.member",
+                json!({"state_key": "@u:a.test", "content": {"membership": "invite"}}),
+            )),
+            RoomVersion::V11,
+        )
+        .unwrap();
+        assert_eq!(member.membership().as_deref(), Some("invite"));
+        assert_eq!(member.content_str("membership").as_deref(), Some("invite"));
+        assert_eq!(member.content_str("missing"), None);
     }
 
     #[test]

@@ -46,15 +46,35 @@ pub const MAX_CACHED_EVENTS: usize = 4096;
 #[derive(Debug)]
 pub struct Snapshot {
     pub events: StateMap<Arc<Pdu>>,
-    by_id: HashMap<OwnedEventId, Arc<Pdu>>,
+    /// The same events by ID, keyed by the events themselves (no copy of each ID).
+    by_id: HashSet<ById>,
+}
+
+/// An event in a set looked up by its ID (`HashSet<ById>::get(&EventId)`).
+#[derive(Debug)]
+struct ById(Arc<Pdu>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.event_id() == other.0.event_id()
+    }
+}
+impl Eq for ById {}
+impl std::hash::Hash for ById {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `EventId` hashes, so that lookups by `&EventId` find it.
+        self.0.event_id().hash(state)
+    }
+}
+impl std::borrow::Borrow<EventId> for ById {
+    fn borrow(&self) -> &EventId {
+        self.0.event_id()
+    }
 }
 
 impl Snapshot {
     pub fn new(events: StateMap<Arc<Pdu>>) -> Self {
-        let by_id = events
-            .values()
-            .map(|e| (e.owned_event_id(), Arc::clone(e)))
-            .collect();
+        let by_id = events.values().map(|e| ById(Arc::clone(e))).collect();
         Self { events, by_id }
     }
 
@@ -112,8 +132,13 @@ impl Recent {
     }
 
     /// Called before the current state changes: events whose state after them was the
-    /// current state keep it as a snapshot (small rooms) or are forgotten.
-    pub fn current_changing(&mut self, current: &StateMap<Arc<Pdu>>) {
+    /// current state keep it as a snapshot (small rooms where `forks_possible`) or are
+    /// forgotten. A room with no other server in it gets no forks (every event is built
+    /// here on the tip, or arrives with a join built on the tip), so a snapshot there only
+    /// costs memory: a copy of the state at every state change, eight kept per room, most
+    /// of a freshly created room's actor. Forgetting never decides anything differently:
+    /// an event whose prev events are forgotten takes the database path.
+    pub fn current_changing(&mut self, current: &StateMap<Arc<Pdu>>, forks_possible: bool) {
         let generation = self.generation;
         self.generation += 1;
         let holders = self
@@ -123,7 +148,7 @@ impl Recent {
         if !holders {
             return;
         }
-        if current.len() > MAX_SNAPSHOT_STATE {
+        if !forks_possible || current.len() > MAX_SNAPSHOT_STATE {
             self.after
                 .retain(|_, a| !matches!(a, After::Current(g) if *g == generation));
             self.order.retain(|id| self.after.contains_key(id));
@@ -226,7 +251,11 @@ impl Lookup<'_> {
             .get_or_init(|| self.current.values().map(|e| (e.event_id(), e)).collect())
             .get(id)
             .map(|e| Arc::clone(e))
-            .or_else(|| self.snaps.iter().find_map(|s| s.by_id.get(id).cloned()))
+            .or_else(|| {
+                self.snaps
+                    .iter()
+                    .find_map(|s| s.by_id.get(id).map(|e| Arc::clone(&e.0)))
+            })
             .or_else(|| self.cache.get(id).cloned());
         if found.is_none() {
             self.missed.set(true);
