@@ -21,6 +21,7 @@ pub mod e2ee;
 pub mod events;
 pub mod federation;
 pub mod linearized;
+pub mod partial_state;
 pub mod media;
 pub mod push;
 pub mod relations;

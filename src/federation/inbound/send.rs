@@ -190,7 +190,9 @@ pub async fn submit_room(
         let id = pdu.event_id().to_string();
         count_outcome(&outcome);
         match outcome {
-            InboundOutcome::Accepted | InboundOutcome::SoftFailed(_) => out.push((id, None)),
+            InboundOutcome::Accepted
+            | InboundOutcome::SoftFailed(_)
+            | InboundOutcome::Deferred(_) => out.push((id, None)),
             InboundOutcome::Rejected(r) => {
                 tracing::info!(event = %id, origin, reason = %r, "PDU rejected by the auth rules");
                 out.push((id, Some(format!("rejected: {r}"))));
@@ -271,6 +273,7 @@ fn count_outcome(outcome: &InboundOutcome) {
         InboundOutcome::Rejected(_) => ("rejected", "auth"),
         InboundOutcome::Missing { .. } => ("rejected", "missing_events"),
         InboundOutcome::Error(_) => ("rejected", "error"),
+        InboundOutcome::Deferred(_) => ("deferred", "partial_state"),
     };
     crate::observe::metrics::inbound_pdu(o, reason);
 }

@@ -23,7 +23,11 @@ impl RoomActor {
     /// Writes the pending batch and completes it (the caller holds the mailbox meanwhile).
     pub(super) fn flush_fut(&mut self) -> ResponseActFuture<Self, bool> {
         self.flush_scheduled = false;
-        if self.pending.is_empty() && self.batch.outliers.is_empty() {
+        if self.pending.is_empty()
+            && self.batch.outliers.is_empty()
+            && self.batch.groups.is_empty()
+            && self.batch.current_state_delta.is_empty()
+        {
             return Box::pin(actix::fut::ready(true));
         }
         let pending = std::mem::take(&mut self.pending);
