@@ -41,9 +41,11 @@ fn partial_server(backend: Backend, extra: &str) -> Server {
         backend,
         Options {
             federation: Some(Federation {
-                settings: format!(
-                    "partial_state_joins = true\npartial_state_members_wait_ms = 20000\n{extra}"
-                ),
+                settings: if extra.contains("partial_state_members_wait_ms") {
+                    format!("partial_state_joins = true\n{extra}")
+                } else {
+                    format!("partial_state_joins = true\npartial_state_members_wait_ms = 20000\n{extra}")
+                },
                 ..Default::default()
             }),
             ..Default::default()
