@@ -261,9 +261,13 @@ pub struct MembersQuery {
 /// (matrix-js-sdk and matrix-rust-sdk load members once per room and wait on the request;
 /// an incomplete list they would keep, so waiting is what they handle best).
 async fn wait_for_members(s: &Data, room_id: &str) -> Result<()> {
-    let bound = std::time::Duration::from_millis(s.core.config.federation.partial_state_members_wait_ms);
+    let bound =
+        std::time::Duration::from_millis(s.core.config.federation.partial_state_members_wait_ms);
     if !crate::rooms::partial_state::wait_full_state(&s.core, room_id, bound).await? {
-        tracing::info!(room = room_id, "members listed from a partial state (the full state is not in yet)");
+        tracing::info!(
+            room = room_id,
+            "members listed from a partial state (the full state is not in yet)"
+        );
     }
     Ok(())
 }

@@ -155,7 +155,10 @@ mod tests {
 
     #[test]
     fn the_full_state_must_agree_with_every_partial_entry() {
-        let partial = ids(&[("m.room.create", "", "$c"), ("m.room.power_levels", "", "$p")]);
+        let partial = ids(&[
+            ("m.room.create", "", "$c"),
+            ("m.room.power_levels", "", "$p"),
+        ]);
         let cases: &[(&str, StateIds, bool)] = &[
             (
                 "superset",
@@ -168,15 +171,25 @@ mod tests {
             ),
             (
                 "equal",
-                ids(&[("m.room.create", "", "$c"), ("m.room.power_levels", "", "$p")]),
+                ids(&[
+                    ("m.room.create", "", "$c"),
+                    ("m.room.power_levels", "", "$p"),
+                ]),
                 true,
             ),
             (
                 "a different power levels event",
-                ids(&[("m.room.create", "", "$c"), ("m.room.power_levels", "", "$q")]),
+                ids(&[
+                    ("m.room.create", "", "$c"),
+                    ("m.room.power_levels", "", "$q"),
+                ]),
                 false,
             ),
-            ("a missing entry", ids(&[("m.room.create", "", "$c")]), false),
+            (
+                "a missing entry",
+                ids(&[("m.room.create", "", "$c")]),
+                false,
+            ),
             (
                 "no create event",
                 ids(&[("m.room.power_levels", "", "$p")]),

@@ -376,7 +376,6 @@ pub fn complete_partial_groups(
     Ok(count)
 }
 
-
 #[cfg(test)]
 mod tests {
 

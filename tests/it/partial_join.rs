@@ -44,7 +44,9 @@ fn partial_server(backend: Backend, extra: &str) -> Server {
                 settings: if extra.contains("partial_state_members_wait_ms") {
                     format!("partial_state_joins = true\n{extra}")
                 } else {
-                    format!("partial_state_joins = true\npartial_state_members_wait_ms = 20000\n{extra}")
+                    format!(
+                        "partial_state_joins = true\npartial_state_members_wait_ms = 20000\n{extra}"
+                    )
                 },
                 ..Default::default()
             }),
@@ -73,7 +75,11 @@ fn wait_complete(srv: &Server) {
 
 fn join(alice: &crate::client::Client, peer: &Peer, room: &str) {
     let r = alice.post(
-        &format!("/join/{}?server_name={}", enc(room), enc(peer.server_name())),
+        &format!(
+            "/join/{}?server_name={}",
+            enc(room),
+            enc(peer.server_name())
+        ),
         &json!({}),
     );
     assert_eq!(r.status, 200, "join: {}", r.text);
@@ -83,19 +89,34 @@ fn a_partial_join_answers_first_and_ends_with_the_hosts_state(backend: Backend) 
     let srv = partial_server(backend, "");
     let alice = srv.register("alice");
     let peer = Peer::start(free_port()).expect("start peer");
-    let room = peer.create_big_rooms(1, MEMBERS).expect("build").pop().expect("room");
+    let room = peer
+        .create_big_rooms(1, MEMBERS)
+        .expect("build")
+        .pop()
+        .expect("room");
     // The resync waits 8 s for its first answer: long enough to look at the partial state.
     peer.delay("GET", STATE_IDS, Duration::from_secs(8));
 
     join(&alice, &peer, &room);
-    assert_eq!(partial_rooms(&srv), 1, "the join answered with partial state");
+    assert_eq!(
+        partial_rooms(&srv),
+        1,
+        "the join answered with partial state"
+    );
     // The room is joined for /sync at once.
     let sync = alice.sync(None, 0, None);
-    assert!(sync["rooms"]["join"].get(&room).is_some(), "joined in /sync");
+    assert!(
+        sync["rooms"]["join"].get(&room).is_some(),
+        "joined in /sync"
+    );
     // The user can send now, and the host (named in servers_in_room) gets it.
     let sent = alice.send_text(&room, "hello before the members are in");
     wait_at_host(&peer, &room, &sent);
-    assert_eq!(partial_rooms(&srv), 1, "still partial when the host had the message");
+    assert_eq!(
+        partial_rooms(&srv),
+        1,
+        "still partial when the host had the message"
+    );
 
     // /joined_members waits for the full state, then lists everyone.
     assert_eq!(joined_members(&alice, &room), MEMBERS + 2);
@@ -112,13 +133,19 @@ fn an_event_from_a_member_not_yet_known_is_deferred_then_accepted(backend: Backe
     let srv = partial_server(backend, "");
     let alice = srv.register("alice");
     let peer = Peer::start(free_port()).expect("start peer");
-    let room = peer.create_big_rooms(1, MEMBERS).expect("build").pop().expect("room");
+    let room = peer
+        .create_big_rooms(1, MEMBERS)
+        .expect("build")
+        .pop()
+        .expect("room");
     peer.delay("GET", STATE_IDS, Duration::from_secs(8));
     join(&alice, &peer, &room);
     assert_eq!(partial_rooms(&srv), 1);
 
     // @m5 is a member the partial state left out; their message cites alice's join.
-    let msg = peer.message(&room, "m5", "from a member weft does not know yet").expect("message");
+    let msg = peer
+        .message(&room, "m5", "from a member weft does not know yet")
+        .expect("message");
     let mut fed = peer.client(&srv.server_name).expect("client");
     let answer = fed
         .send_transaction("partial-1", vec![msg.to_federation_value()], vec![])
@@ -130,9 +157,17 @@ fn an_event_from_a_member_not_yet_known_is_deferred_then_accepted(backend: Backe
         Some(&None),
         "deferred, not refused: {results:?}"
     );
-    let event_path = format!("/rooms/{}/event/{}", enc(&room), enc(msg.event_id().as_str()));
+    let event_path = format!(
+        "/rooms/{}/event/{}",
+        enc(&room),
+        enc(msg.event_id().as_str())
+    );
     assert_eq!(partial_rooms(&srv), 1, "still partial");
-    assert_eq!(alice.get(&event_path).status, 404, "not in the room while deferred");
+    assert_eq!(
+        alice.get(&event_path).status,
+        404,
+        "not in the room while deferred"
+    );
     assert_eq!(srv.count_rows("partial_state_deferred"), 1);
 
     wait_complete(&srv);
@@ -140,7 +175,10 @@ fn an_event_from_a_member_not_yet_known_is_deferred_then_accepted(backend: Backe
         let r = alice.get(&event_path);
         (r.status == 200).then(|| r.ok())
     });
-    assert_eq!(got["content"]["body"], "from a member weft does not know yet");
+    assert_eq!(
+        got["content"]["body"],
+        "from a member weft does not know yet"
+    );
     let rejected = srv.query_text(
         "SELECT event_id AS v FROM events WHERE rejected IS NOT NULL AND event_id = ?",
         msg.event_id().as_str(),
@@ -155,9 +193,18 @@ fn a_restart_during_partial_state_resumes_the_resync(backend: Backend) {
     let mut srv = partial_server(backend, "");
     let alice = srv.register("alice");
     let peer = Peer::start(free_port()).expect("start peer");
-    let room = peer.create_big_rooms(1, MEMBERS).expect("build").pop().expect("room");
+    let room = peer
+        .create_big_rooms(1, MEMBERS)
+        .expect("build")
+        .pop()
+        .expect("room");
     // The host fails every /state_ids until we restart.
-    peer.script("GET", STATE_IDS, 500, json!({"errcode": "M_UNKNOWN", "error": "busy"}));
+    peer.script(
+        "GET",
+        STATE_IDS,
+        500,
+        json!({"errcode": "M_UNKNOWN", "error": "busy"}),
+    );
     join(&alice, &peer, &room);
     let sent = alice.send_text(&room, "before the restart");
     wait_at_host(&peer, &room, &sent);
@@ -183,12 +230,17 @@ fn a_host_whose_full_state_disagrees_leaves_the_room_partial(backend: Backend) {
     );
     let alice = srv.register("alice");
     let peer = Peer::start(free_port()).expect("start peer");
-    let room = peer.create_big_rooms(1, MEMBERS).expect("build").pop().expect("room");
+    let room = peer
+        .create_big_rooms(1, MEMBERS)
+        .expect("build")
+        .pop()
+        .expect("room");
     // The host's /state_ids leaves out the power levels its join answer had (and its
     // /state names them): the answers disagree, so weft believes neither.
     let pl = peer
         .with_room(&room, |r| {
-            r.state_event("m.room.power_levels", "").map(|e| e.event_id().to_string())
+            r.state_event("m.room.power_levels", "")
+                .map(|e| e.event_id().to_string())
         })
         .expect("hosted")
         .expect("power levels");
@@ -216,7 +268,9 @@ fn a_host_whose_full_state_disagrees_leaves_the_room_partial(backend: Backend) {
     join(&alice, &peer, &room);
 
     wait("the resync to give up", LONG, || {
-        srv.log().contains("partial state: resync gave up").then_some(())
+        srv.log()
+            .contains("partial state: resync gave up")
+            .then_some(())
     });
     assert!(srv.log().contains("partial state: resync failed"));
     assert_eq!(partial_rooms(&srv), 1, "the room stays partial");
@@ -228,7 +282,10 @@ fn a_host_whose_full_state_disagrees_leaves_the_room_partial(backend: Backend) {
     // Nothing the host said went into the state: the power levels are the join answer's.
     let ours = state_ids(&alice, &room);
     assert!(ours.contains(&pl), "the join answer's power levels stay");
-    assert!(ours.len() < MEMBERS, "no members taken from the disagreeing answers");
+    assert!(
+        ours.len() < MEMBERS,
+        "no members taken from the disagreeing answers"
+    );
     srv.assert_no_panics();
 }
 
@@ -247,9 +304,11 @@ fn a_synapse_room_joined_with_partial_state_completes(backend: Backend) {
     let started = Instant::now();
     join_via(&bob, &room, &syn.server_name());
     let sent = bob.send_text(&room, "from weft, maybe before the members");
-    wait("the Synapse-hosted room to leave partial state", LONG, || {
-        (partial_rooms(&w) == 0).then_some(())
-    });
+    wait(
+        "the Synapse-hosted room to leave partial state",
+        LONG,
+        || (partial_rooms(&w) == 0).then_some(()),
+    );
     assert!(
         w.log().contains("partial state: room completed"),
         "weft joined with partial state (Synapse answered omit_members): {}",

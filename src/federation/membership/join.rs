@@ -244,7 +244,11 @@ pub(super) async fn complete_join(
         "/_matrix/federation/v2/send_join/{}/{}{}",
         enc(room.as_str()),
         enc(join.event_id().as_str()),
-        if ask_partial { "?omit_members=true" } else { "" }
+        if ask_partial {
+            "?omit_members=true"
+        } else {
+            ""
+        }
     );
     let started = std::time::Instant::now();
     let mut resp = fed
@@ -336,7 +340,10 @@ pub(super) async fn complete_join(
         }
         other => {
             if partial_servers.is_some()
-                && let Err(e) = s.rooms.send(room, crate::rooms::partial_state::ClearPartial).await
+                && let Err(e) = s
+                    .rooms
+                    .send(room, crate::rooms::partial_state::ClearPartial)
+                    .await
             {
                 tracing::warn!(room = %room, error = %e, "partial state: could not drop the mark");
             }
@@ -368,7 +375,10 @@ fn servers_in_room(resp: &Value, host: &str, s: &Services) -> Vec<String> {
         .filter(|n| !s.core.is_local(n));
     for n in named {
         if out.len() >= MAX_SERVERS_IN_ROOM {
-            tracing::warn!(host, "servers_in_room names too many servers; the rest left out");
+            tracing::warn!(
+                host,
+                "servers_in_room names too many servers; the rest left out"
+            );
             break;
         }
         if !out.iter().any(|o| o == n) {

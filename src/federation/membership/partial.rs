@@ -58,7 +58,9 @@ pub(super) fn start(room: &OwnedRoomId, join_event_id: String, servers: Vec<Stri
         Some(s) => {
             actix_rt::spawn(run(s, room.clone(), join_event_id, servers));
         }
-        None => tracing::error!(room = %room, "partial state: no services to resync with; resumed at the next start"),
+        None => {
+            tracing::error!(room = %room, "partial state: no services to resync with; resumed at the next start")
+        }
     }
 }
 
@@ -72,7 +74,12 @@ async fn run(s: Arc<Services>, room: OwnedRoomId, join_event_id: String, servers
         crate::observe::metrics::partial_state("gave_up");
         return;
     }
-    let attempts = s.core.config.federation.partial_state_resync_attempts.max(1) as usize;
+    let attempts = s
+        .core
+        .config
+        .federation
+        .partial_state_resync_attempts
+        .max(1) as usize;
     let mut delay = Duration::from_secs(1);
     for attempt in 0..attempts {
         let server = &servers[attempt % servers.len()];
@@ -152,7 +159,10 @@ async fn resync_once(
         .request(
             "GET",
             server,
-            &format!("/_matrix/federation/v1/state_ids/{}?{query}", enc(room.as_str())),
+            &format!(
+                "/_matrix/federation/v1/state_ids/{}?{query}",
+                enc(room.as_str())
+            ),
             None,
         )
         .await?;
@@ -170,9 +180,18 @@ async fn resync_once(
     let known: HashSet<String> = s
         .core
         .db
-        .read(move |c| Ok(events::get_events(c, &q)?.into_iter().map(|r| r.event_id).collect()))
+        .read(move |c| {
+            Ok(events::get_events(c, &q)?
+                .into_iter()
+                .map(|r| r.event_id)
+                .collect())
+        })
         .await?;
-    let missing: Vec<String> = all.iter().filter(|id| !known.contains(*id)).cloned().collect();
+    let missing: Vec<String> = all
+        .iter()
+        .filter(|id| !known.contains(*id))
+        .cloned()
+        .collect();
 
     // The missing events: one request for many, one each for a few.
     let (state_raw, chain_raw): (Vec<Value>, Vec<Value>) = if missing.len() > EVENT_BY_EVENT {
@@ -181,7 +200,10 @@ async fn resync_once(
             .request(
                 "GET",
                 server,
-                &format!("/_matrix/federation/v1/state/{}?{query}", enc(room.as_str())),
+                &format!(
+                    "/_matrix/federation/v1/state/{}?{query}",
+                    enc(room.as_str())
+                ),
                 None,
             )
             .await?;
@@ -216,7 +238,8 @@ async fn resync_once(
         (fetched.into_iter().flatten().collect(), Vec::new())
     };
     let mut answer = json!({"state": state_raw, "auth_chain": chain_raw});
-    let (pdus, listed) = super::join::checked_answer(&fed, &mut answer, version, room.as_str()).await;
+    let (pdus, listed) =
+        super::join::checked_answer(&fed, &mut answer, version, room.as_str()).await;
     // Only what `/state_ids` named and we lacked is taken; a `/state` answer must name
     // exactly the `/state_ids` state.
     let got: HashSet<String> = pdus.iter().map(|p| p.event_id().to_string()).collect();
@@ -262,10 +285,15 @@ async fn resync_once(
         .map(|p| (p.event_id().to_string(), p))
         .collect();
     for row in stored {
-        if row.rejected.is_some() || rejected.contains(&row.event_id) || row.room_id != room.as_str() {
+        if row.rejected.is_some()
+            || rejected.contains(&row.event_id)
+            || row.room_id != room.as_str()
+        {
             continue;
         }
-        let Some(key) = row.state_key.clone() else { continue };
+        let Some(key) = row.state_key.clone() else {
+            continue;
+        };
         let pdu = match by_id.get(&row.event_id) {
             Some(p) => Arc::clone(p),
             None => match crate::rooms::actor::parse_row(&row.event_id, &row.json, version) {
@@ -282,8 +310,11 @@ async fn resync_once(
     if !rejected.is_empty() {
         tracing::warn!(room = %room, count = rejected.len(), "partial state: some of the room's state failed its auth checks; left out");
     }
-    ps::agrees(&partial_before, &full)
-        .map_err(|e| Error::Remote(format!("{server}'s state disagrees with its join answer: {e}")))?;
+    ps::agrees(&partial_before, &full).map_err(|e| {
+        Error::Remote(format!(
+            "{server}'s state disagrees with its join answer: {e}"
+        ))
+    })?;
 
     let count = full.len();
     let deferred = s
@@ -327,8 +358,14 @@ async fn readmit(
         let mut outcome = s.rooms.admit(room, msg(&pdu)).await.map(|mut o| o.pop());
         if let Ok(Some(InboundOutcome::Missing { prev, auth })) = &outcome {
             let sender = pdu.sender().server_name().to_string();
-            let from = if s.core.is_local(&sender) { origin.to_owned() } else { sender };
-            if crate::federation::inbound::gaps::fill(s, &from, room, version, &pdu, prev, auth).await {
+            let from = if s.core.is_local(&sender) {
+                origin.to_owned()
+            } else {
+                sender
+            };
+            if crate::federation::inbound::gaps::fill(s, &from, room, version, &pdu, prev, auth)
+                .await
+            {
                 outcome = s.rooms.admit(room, msg(&pdu)).await.map(|mut o| o.pop());
             }
         }

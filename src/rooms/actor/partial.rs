@@ -19,7 +19,10 @@ pub(super) struct Partial {
 }
 
 impl Partial {
-    pub(super) fn from_stored(room: crate::storage::partial_state::PartialRoom, deferred: Vec<String>) -> Self {
+    pub(super) fn from_stored(
+        room: crate::storage::partial_state::PartialRoom,
+        deferred: Vec<String>,
+    ) -> Self {
         Self {
             servers: room.servers.into_iter().collect(),
             deferred: deferred
@@ -107,8 +110,10 @@ impl Handler<MarkPartial> for RoomActor {
         let shard = self.room_id.to_string();
         AtomicResponse::new(Box::pin(
             async move {
-                db.write(&shard, move |c| crate::storage::partial_state::mark(c, &row))
-                    .await
+                db.write(&shard, move |c| {
+                    crate::storage::partial_state::mark(c, &row)
+                })
+                .await
             }
             .into_actor(self)
             .map(|r, _, _| r.map_err(Error::from)),
@@ -127,8 +132,10 @@ impl Handler<ClearPartial> for RoomActor {
         AtomicResponse::new(Box::pin(
             async move {
                 let shard = room.clone();
-                db.write(&shard, move |c| crate::storage::partial_state::clear(c, &room))
-                    .await
+                db.write(&shard, move |c| {
+                    crate::storage::partial_state::clear(c, &room)
+                })
+                .await
             }
             .into_actor(self)
             .map(|r, act: &mut Self, _| {
@@ -232,15 +239,19 @@ impl RoomActor {
                 .map(|e| (e.event_id().to_string(), Arc::clone(e)))
                 .collect();
             let cur_group = self.state.group;
-            let group =
-                match make_group(|| self.core.next_state_group(), cur_group, &cur_ids, &new_ids) {
-                    None => cur_group,
-                    Some(g) => {
-                        let r = Some((g.id, depth_of(&g)));
-                        self.batch.groups.push(g);
-                        r
-                    }
-                };
+            let group = match make_group(
+                || self.core.next_state_group(),
+                cur_group,
+                &cur_ids,
+                &new_ids,
+            ) {
+                None => cur_group,
+                Some(g) => {
+                    let r = Some((g.id, depth_of(&g)));
+                    self.batch.groups.push(g);
+                    r
+                }
+            };
             self.set_current_state(&cur_ids, new_ids, group, &extra, any, stream);
             self.batch.state_group = self.state.group.map(|g| g.0);
         }

@@ -129,8 +129,11 @@ impl RoomActor {
                 let soft = soft_fail::check(self.version, &pdu, &self.state.events);
                 let soft_failed = soft.is_err() && !self.state.events.is_empty();
                 if soft_failed
-                    && let Some(deferred) =
-                        self.defer(&pdu, soft.as_ref().err().map(String::as_str).unwrap_or(""), local)
+                    && let Some(deferred) = self.defer(
+                        &pdu,
+                        soft.as_ref().err().map(String::as_str).unwrap_or(""),
+                        local,
+                    )
                 {
                     return deferred;
                 }
