@@ -366,6 +366,17 @@ pub struct FederationConfig {
     /// Notary servers asked for keys a server cannot give us itself (empty: ask only the
     /// server itself).
     pub trusted_key_servers: Vec<String>,
+    /// Join remote rooms with partial state (`send_join?omit_members=true`, the spec's
+    /// faster joins): the join answers before the members are known, and they are fetched
+    /// in the background (`rooms::partial_state`). A host that answers in full is taken as
+    /// a full join.
+    pub partial_state_joins: bool,
+    /// How long `/members` and `/joined_members` of a partial-state room wait for the full
+    /// state before answering the members known so far, in milliseconds.
+    pub partial_state_members_wait_ms: u64,
+    /// Attempts of a partial-state room's background resync (each server in turn, with
+    /// backoff) before it stays partial until the next start.
+    pub partial_state_resync_attempts: u32,
 }
 
 /// Largest argon2 memory (KiB) the server will use, for new hashes (`passwords.memory_kib`
@@ -548,6 +559,9 @@ impl Default for FederationConfig {
             catchup_max_queue: 20_000,
             catchup_max_age_secs: 6 * 3600,
             trusted_key_servers: Vec::new(),
+            partial_state_joins: false,
+            partial_state_members_wait_ms: 30_000,
+            partial_state_resync_attempts: 8,
             max_key_query_servers: 20,
             max_concurrent_key_fetches: 16,
             max_fanout_servers: 50,

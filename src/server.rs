@@ -222,6 +222,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         });
         // Linearized Matrix: PDUs staged by a join that was in progress when we stopped.
         actix_rt::spawn(federation::linearized::resume_staged(Arc::clone(&services)));
+        // Partial-state joins whose members were still being fetched when we stopped.
+        actix_rt::spawn(federation::membership::resume_partial_state(Arc::clone(
+            &services,
+        )));
         // Linearized Matrix: our hubs may be backing off from us; tell them we are up.
         actix_rt::spawn(federation::linearized::participant::announce_return(
             Arc::clone(&services),

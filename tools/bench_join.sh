@@ -9,7 +9,8 @@
 #        NO_BUILD=1 tools/bench_join.sh (uses $CARGO_TARGET_DIR/release as is)
 #
 # Knobs (env): MEMBERS (default 10000), RUNS (default 3), TARGETS (weft,synapse or weft;
-# default both), BENCH_DIR (default /tmp/benchjoin-<pid>).
+# default both), BENCH_DIR (default /tmp/benchjoin-<pid>), PARTIAL (1, the default: weft
+# joins with partial state, `federation.partial_state_joins`; 0: full joins).
 #
 # Ports (loopback): weft client 21120 / federation 21121, Synapse client 21220 /
 # federation 21221, fedpeer 21320. Both servers use SQLite; both are stopped on exit.
@@ -24,6 +25,13 @@ WEFT_CLIENT=21120 WEFT_FED=21121 SYN_CLIENT=21220 SYN_FED=21221 PEER=21320
 SYN_NAME=benchjoin
 
 log() { echo "[bench_join] $*" >&2; }
+PARTIAL=${PARTIAL:-1}
+if [ "$PARTIAL" = 1 ]; then
+  WEFT_FEDERATION_EXTRA="partial_state_joins = true"
+else
+  WEFT_FEDERATION_EXTRA="partial_state_joins = false"
+fi
+export WEFT_FEDERATION_EXTRA
 PEER_PORTS=("$PEER")
 # shellcheck source=tools/bench_lib.sh
 . "$ROOT/tools/bench_lib.sh"

@@ -55,6 +55,7 @@ federation = "127.0.0.1:$WEFT_FED"
 open = true
 [federation]
 verify_tls = false
+${WEFT_FEDERATION_EXTRA:-}
 [outbound]
 allowed_addresses = ["127.0.0.0/8"]
 [rate_limits]

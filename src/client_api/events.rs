@@ -264,6 +264,23 @@ pub struct MembersQuery {
     not_membership: Option<String>,
 }
 
+/// A partial-state room (joined with `omit_members`, `rooms::partial_state`) lists its
+/// members once the full state is in: the request waits for it, at most
+/// `federation.partial_state_members_wait_ms`, then answers the members known so far
+/// (matrix-js-sdk and matrix-rust-sdk load members once per room and wait on the request;
+/// an incomplete list they would keep, so waiting is what they handle best).
+async fn wait_for_members(s: &Data, room_id: &str) -> Result<()> {
+    let bound =
+        std::time::Duration::from_millis(s.core.config.federation.partial_state_members_wait_ms);
+    if !crate::rooms::partial_state::wait_full_state(&s.core, room_id, bound).await? {
+        tracing::info!(
+            room = room_id,
+            "members listed from a partial state (the full state is not in yet)"
+        );
+    }
+    Ok(())
+}
+
 pub async fn members(
     s: Data,
     user: AuthedUser,
@@ -271,6 +288,7 @@ pub async fn members(
     q: web::Query<MembersQuery>,
 ) -> Result<HttpResponse> {
     let room_id = room(&path.into_inner())?;
+    wait_for_members(&s, room_id.as_str()).await?;
     let evs = readable_state_events(&s, room_id.as_str(), &user).await?;
     let chunk: Vec<Value> = evs
         .into_iter()
@@ -304,6 +322,7 @@ pub async fn joined_members(
             return Err(Error::forbidden("you are not joined to this room"));
         }
     }
+    wait_for_members(&s, room_id.as_str()).await?;
     let evs = readable_state_events(&s, room_id.as_str(), &user).await?;
     let mut joined = serde_json::Map::new();
     for e in evs {

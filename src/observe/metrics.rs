@@ -27,6 +27,7 @@ pub const ROOM_EVENTS: &str = "weft_room_events_appended_total";
 pub const ROOM_BATCH_SIZE: &str = "weft_room_batch_size_events";
 pub const ROOM_SLOW_PATH: &str = "weft_room_slow_path_duration_seconds";
 pub const ROOM_ADMISSION_PATH: &str = "weft_room_admission_path_total";
+pub const PARTIAL_STATE: &str = "weft_partial_state_total";
 pub const DEST_BACKLOG: &str = "weft_federation_destination_backlog";
 pub const DEST_FAILURES: &str = "weft_federation_destination_consecutive_failures";
 pub const DEST_BACKOFF: &str = "weft_federation_destination_backoff_seconds";
@@ -126,6 +127,10 @@ fn describe() {
     describe_counter!(
         ROOM_ADMISSION_PATH,
         "Received PDUs a room actor admitted from memory or through the database (path)"
+    );
+    describe_counter!(
+        PARTIAL_STATE,
+        "Partial-state joins (event: joined, completed, deferred, resync_failed, gave_up)"
     );
     describe_counter!(
         ROOM_EVENTS,
@@ -285,6 +290,11 @@ pub fn room_batch(n: usize, local: usize) {
 pub fn admission_path(memory: bool) {
     counter!(ROOM_ADMISSION_PATH, "path" => if memory { "memory" } else { "database" })
         .increment(1);
+}
+
+/// A partial-state join's step (`event`: a fixed name).
+pub fn partial_state(event: &'static str) {
+    counter!(PARTIAL_STATE, "event" => event).increment(1);
 }
 
 /// Time a room actor spent in a slow path (`path`: a fixed name).

@@ -164,6 +164,9 @@ pub enum InboundOutcome {
         auth: Vec<String>,
     },
     Error(String),
+    /// Failed against a partial state (`rooms::partial_state`): kept, and decided once the
+    /// room's full state is in.
+    Deferred(String),
 }
 
 /// Build and check a local event without appending it (an invite the invitee's server must

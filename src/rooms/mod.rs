@@ -18,6 +18,7 @@ pub mod kind;
 pub mod linearized;
 pub mod messages;
 pub mod outliers;
+pub mod partial_state;
 pub mod persist;
 pub mod receipts;
 pub mod remote;

@@ -330,6 +330,59 @@ impl PersistBatch {
     }
 }
 
+/// The storage job completing a partial-state room's history: every state group of our
+/// join and of the timeline events after it (`from_stream` on) gets the entries it lacked
+/// from `full` ([`super::partial_state::fill_missing`]), as a new group (a delta of the old one); the events are
+/// pointed at the new groups. Answers how many events were moved.
+pub fn complete_partial_groups(
+    conn: &mut AnyConnection,
+    next_group: &dyn Fn() -> i64,
+    room_id: &str,
+    from_stream: i64,
+    full: &crate::storage::state::StateIds,
+) -> crate::storage::StorageResult<usize> {
+    use crate::storage::{partial_state as ps, state};
+    let rows = ps::timeline_groups_since(conn, room_id, from_stream)?;
+    let mut moved: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    let mut count = 0;
+    for (event_id, before, after) in rows {
+        let mut map = |g: Option<i64>| -> crate::storage::StorageResult<Option<i64>> {
+            let Some(g) = g else { return Ok(None) };
+            if let Some(n) = moved.get(&g) {
+                return Ok(Some(*n));
+            }
+            let old = state::load_group(conn, g)?;
+            let filled = super::partial_state::fill_missing(&old, full);
+            let entries: state::StateDelta = filled
+                .iter()
+                .filter(|(k, _)| !old.contains_key(*k))
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect();
+            if entries.is_empty() {
+                moved.insert(g, g);
+                return Ok(Some(g));
+            }
+            let id = next_group();
+            let depth = state::group_depth(conn, g)?;
+            if depth + 1 < state::MAX_DELTA_DEPTH {
+                state::insert_group(conn, id, room_id, Some((g, depth)), &entries)?;
+            } else {
+                let all: state::StateDelta =
+                    filled.into_iter().map(|(k, v)| (k, Some(v))).collect();
+                state::insert_group(conn, id, room_id, None, &all)?;
+            }
+            moved.insert(g, id);
+            Ok(Some(id))
+        };
+        let (nb, na) = (map(before)?, map(after)?);
+        if (nb, na) != (before, after) {
+            ps::set_event_groups(conn, &event_id, nb, na)?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
 

@@ -338,6 +338,7 @@ fn outcome_to_wire(o: &InboundOutcome) -> Value {
             serde_json::json!({"missing": {"prev": prev, "auth": auth}})
         }
         InboundOutcome::Error(m) => serde_json::json!({"error": m}),
+        InboundOutcome::Deferred(m) => serde_json::json!({"deferred": m}),
     }
 }
 
@@ -352,6 +353,8 @@ fn outcome_from_wire(v: &Value) -> InboundOutcome {
         InboundOutcome::Accepted
     } else if let Some(m) = text("soft_failed") {
         InboundOutcome::SoftFailed(m)
+    } else if let Some(m) = text("deferred") {
+        InboundOutcome::Deferred(m)
     } else if let Some(m) = text("rejected") {
         InboundOutcome::Rejected(m)
     } else if let Some(m) = v.get("missing") {
@@ -652,7 +655,12 @@ macro_rules! runs_where_it_arrives {
     )*};
 }
 
-runs_where_it_arrives!(super::messages::BuildEvent);
+runs_where_it_arrives!(
+    super::messages::BuildEvent,
+    super::partial_state::MarkPartial,
+    super::partial_state::ClearPartial,
+    super::partial_state::CompletePartial,
+);
 
 /// The owner's side: decodes a forwarded request, runs it here if this node owns the room,
 /// and encodes the answer.

@@ -22,6 +22,7 @@ pub mod events;
 pub mod federation;
 pub mod linearized;
 pub mod media;
+pub mod partial_state;
 pub mod push;
 pub mod relations;
 pub mod retention;

@@ -464,3 +464,22 @@ diesel::table! {
         created_ts -> BigInt,
     }
 }
+
+diesel::table! {
+    partial_state_rooms (room_id) {
+        room_id -> Text,
+        join_event_id -> Text,
+        servers -> Text,
+        since_ts -> BigInt,
+    }
+}
+
+diesel::table! {
+    partial_state_deferred (room_id, event_id) {
+        room_id -> Text,
+        event_id -> Text,
+        depth -> BigInt,
+        pdu -> Text,
+        received_ts -> BigInt,
+    }
+}

@@ -27,14 +27,18 @@ fn fed_server(backend: Backend) -> Server {
     Server::start_with(
         backend,
         Options {
-            federation: Some(Federation::default()),
+            federation: Some(Federation {
+                // The full join, as before partial-state joins (`partial_join` has those).
+                settings: "partial_state_joins = false".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         },
     )
 }
 
 /// The event IDs of a room's current state as a local user reads them.
-fn state_ids(client: &crate::client::Client, room: &str) -> BTreeSet<String> {
+pub(crate) fn state_ids(client: &crate::client::Client, room: &str) -> BTreeSet<String> {
     let v = client.get(&format!("/rooms/{}/state", enc(room))).ok();
     v.as_array()
         .expect("a state list")
@@ -43,7 +47,7 @@ fn state_ids(client: &crate::client::Client, room: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn joined_members(client: &crate::client::Client, room: &str) -> usize {
+pub(crate) fn joined_members(client: &crate::client::Client, room: &str) -> usize {
     let v: Value = client
         .get(&format!("/rooms/{}/joined_members", enc(room)))
         .ok();
@@ -51,7 +55,7 @@ fn joined_members(client: &crate::client::Client, room: &str) -> usize {
 }
 
 /// Waits until the host holds an event (weft delivered it over `/send`).
-fn wait_at_host(peer: &Peer, room: &str, event_id: &str) {
+pub(crate) fn wait_at_host(peer: &Peer, room: &str, event_id: &str) {
     let id = OwnedEventId::try_from(event_id).expect("event ID");
     let start = Instant::now();
     while !peer

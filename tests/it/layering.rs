@@ -226,6 +226,7 @@ const ROOM_WRITES: &[&str] = &[
     "stage_join_pdus",
     "unstage_join_pdus",
     "purge_history",
+    "set_event_groups",
 ];
 
 /// The files (relative to `src/`) allowed to name [`ROOM_WRITES`]: the actor's write jobs.

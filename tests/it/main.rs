@@ -30,6 +30,7 @@ mod layering;
 mod linearized;
 mod media;
 mod ops;
+mod partial_join;
 mod passwords;
 mod perimeter;
 mod power_cut;

@@ -58,7 +58,9 @@ fn room_of(raw: &Value) -> Option<&str> {
 /// What the answer says of one PDU the room's actor decided (`None` = accepted).
 fn outcome_answer(outcome: &InboundOutcome) -> Option<String> {
     match outcome {
-        InboundOutcome::Accepted | InboundOutcome::SoftFailed(_) => None,
+        InboundOutcome::Accepted | InboundOutcome::SoftFailed(_) | InboundOutcome::Deferred(_) => {
+            None
+        }
         InboundOutcome::Rejected(r) => Some(format!("rejected: {r}")),
         InboundOutcome::Missing { prev, auth } => {
             Some(format!("missing events (prev {prev:?}, auth {auth:?})"))
@@ -370,6 +372,7 @@ fn count_outcome(outcome: &InboundOutcome) {
         InboundOutcome::Rejected(_) => ("rejected", "auth"),
         InboundOutcome::Missing { .. } => ("rejected", "missing_events"),
         InboundOutcome::Error(_) => ("rejected", "error"),
+        InboundOutcome::Deferred(_) => ("deferred", "partial_state"),
     };
     crate::observe::metrics::inbound_pdu(o, reason);
 }

@@ -21,6 +21,12 @@ pub async fn make_join(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
     let (room, user) = path.into_inner();
+    if crate::rooms::partial_state::is_partial(&s.core, &room).await? {
+        // Our copy lacks members: a join through us would get a partial state.
+        return Err(Error::not_found(
+            "this server is still joining the room; ask another server",
+        ));
+    }
     let v = make_membership(
         &s,
         &signed.origin,
@@ -233,10 +239,16 @@ pub(super) async fn complete_join(
     content_extra: Value,
 ) -> Result<OwnedEventId> {
     let join = sign_template(s, server, template, version, user, "join", &content_extra)?;
+    let ask_partial = s.core.config.federation.partial_state_joins;
     let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}",
+        "/_matrix/federation/v2/send_join/{}/{}{}",
         enc(room.as_str()),
-        enc(join.event_id().as_str())
+        enc(join.event_id().as_str()),
+        if ask_partial {
+            "?omit_members=true"
+        } else {
+            ""
+        }
     );
     let started = std::time::Instant::now();
     let mut resp = fed
@@ -244,6 +256,10 @@ pub(super) async fn complete_join(
         .request("PUT", server, &path, Some(&join.to_federation_value()))
         .await?;
     let answered = started.elapsed();
+    // A host may answer in full even when asked for partial state: then it is a full join.
+    let partial_servers = (ask_partial
+        && resp.get("members_omitted").and_then(Value::as_bool) == Some(true))
+    .then(|| servers_in_room(&resp, server, s));
 
     // The room's state and auth chain: parse and check on every core, store as outliers.
     let (pdus, state_event_ids) = checked_answer(fed, &mut resp, version, room.as_str()).await;
@@ -280,6 +296,18 @@ pub(super) async fn complete_join(
     let stored = started.elapsed();
     let state_count = state_ids.len();
     let id = join.owned_event_id();
+    if let Some(servers) = &partial_servers {
+        // Marked before the join lands, so a restart at any point resumes the resync.
+        s.rooms
+            .send(
+                room,
+                crate::rooms::partial_state::MarkPartial {
+                    join_event_id: id.to_string(),
+                    servers: servers.clone(),
+                },
+            )
+            .await??;
+    }
     let outcome = s
         .rooms
         .admit(
@@ -296,8 +324,13 @@ pub(super) async fn complete_join(
         .pop();
     match outcome {
         Some(InboundOutcome::Accepted) | Some(InboundOutcome::SoftFailed(_)) => {
+            if let Some(servers) = partial_servers {
+                crate::observe::metrics::partial_state("joined");
+                super::partial::start(room, id.to_string(), servers);
+            }
             tracing::info!(
                 room = %room, user = %user, via = server, state = state_count,
+                partial = ask_partial && answered_partial(&resp),
                 answered_ms = answered.as_millis() as u64,
                 checked_ms = checked.as_millis() as u64,
                 stored_ms = stored.as_millis() as u64,
@@ -306,17 +339,61 @@ pub(super) async fn complete_join(
             );
             Ok(id)
         }
-        other => Err(Error::Remote(format!(
-            "our join could not be applied: {other:?}"
-        ))),
+        other => {
+            if partial_servers.is_some()
+                && let Err(e) = s
+                    .rooms
+                    .send(room, crate::rooms::partial_state::ClearPartial)
+                    .await
+            {
+                tracing::warn!(room = %room, error = %e, "partial state: could not drop the mark");
+            }
+            Err(Error::Remote(format!(
+                "our join could not be applied: {other:?}"
+            )))
+        }
     }
+}
+
+fn answered_partial(resp: &Value) -> bool {
+    resp.get("members_omitted").and_then(Value::as_bool) == Some(true)
+}
+
+/// Most servers taken from a `servers_in_room` (our events go to each while partial).
+const MAX_SERVERS_IN_ROOM: usize = 1_000;
+
+/// The servers a partial `send_join` answer names (valid names only, at most
+/// [`MAX_SERVERS_IN_ROOM`], ours left out), the host first.
+fn servers_in_room(resp: &Value, host: &str, s: &Services) -> Vec<String> {
+    let mut out = vec![host.to_owned()];
+    let named = resp
+        .get("servers_in_room")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|n| ruma::ServerName::parse(n).is_ok())
+        .filter(|n| !s.core.is_local(n));
+    for n in named {
+        if out.len() >= MAX_SERVERS_IN_ROOM {
+            tracing::warn!(
+                host,
+                "servers_in_room names too many servers; the rest left out"
+            );
+            break;
+        }
+        if !out.iter().any(|o| o == n) {
+            out.push(n.to_owned());
+        }
+    }
+    out
 }
 
 /// The events of a `send_join` answer (`state` and `auth_chain`), each parsed once on the
 /// verify pool (format and event ID: step 1) and then checked there (signatures and hashes:
 /// steps 2–3); the bad ones are dropped and logged. Returns the events that passed and the
 /// IDs of those the answer lists as state (an event in both lists is state).
-async fn checked_answer(
+pub(super) async fn checked_answer(
     fed: &std::sync::Arc<crate::federation::Federation>,
     resp: &mut Value,
     version: RoomVersion,

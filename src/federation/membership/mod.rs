@@ -17,6 +17,7 @@ mod invite;
 mod join;
 mod knock;
 mod leave;
+mod partial;
 mod resident;
 
 use resident::{accept_membership, make_membership};
@@ -26,6 +27,7 @@ pub use invite::{InviteBody, invite_remote, invite_v1, invite_v2};
 pub use join::{join_remote, make_join, send_join_v1, send_join_v2};
 pub use knock::{knock_remote, make_knock, send_knock};
 pub use leave::{forget_remote_invite, leave_remote, make_leave, send_leave_v1, send_leave_v2};
+pub use partial::resume_all as resume_partial_state;
 
 use std::collections::HashMap;
 

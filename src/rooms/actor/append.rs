@@ -144,7 +144,11 @@ impl RoomActor {
     /// The servers a local event goes to: those with a joined user, and a membership event's
     /// target's (Linearized Matrix rooms: what the room's role says).
     pub(super) fn destinations(&mut self, pdu: &Pdu) -> BTreeSet<String> {
-        let joined = self.state.joined_servers();
+        let mut joined = self.state.joined_servers();
+        if let Some(p) = &self.partial {
+            // Partial state: the servers the host named, until the members are known.
+            joined.extend(p.servers.iter().cloned());
+        }
         self.kind.destinations(pdu, joined, self.core.server_name())
     }
 

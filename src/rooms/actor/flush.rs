@@ -105,6 +105,8 @@ impl RoomActor {
         if self.pending.is_empty()
             && self.batch.outliers.is_empty()
             && self.batch.inbound_txns.is_empty()
+            && self.batch.groups.is_empty()
+            && self.batch.current_state_delta.is_empty()
         {
             return Box::pin(actix::fut::ready(true));
         }

@@ -10,6 +10,7 @@ pub(super) struct Loaded {
     pub(super) extremities: Vec<OwnedEventId>,
     pub(super) extremity_hashes: HashMap<OwnedEventId, String>,
     pub(super) max_depth: u64,
+    pub(super) partial: Option<super::partial::Partial>,
 }
 
 impl RoomActor {
@@ -62,12 +63,23 @@ impl RoomActor {
                     }
                 }
             }
+            let partial = match storage::partial_state::get(conn, &room_id)? {
+                Some(p) => {
+                    let deferred = storage::partial_state::deferred(conn, &room_id)?
+                        .into_iter()
+                        .map(|(id, _)| id)
+                        .collect();
+                    Some(super::partial::Partial::from_stored(p, deferred))
+                }
+                None => None,
+            };
             Ok(Some(Loaded {
                 version,
                 state: CurrentState { events, group },
                 extremities,
                 extremity_hashes,
                 max_depth,
+                partial,
             }))
         })
     }

@@ -71,6 +71,7 @@ mod load;
 mod local;
 mod out_of_band;
 mod outliers;
+mod partial;
 mod received;
 
 pub use load::parse_row;
@@ -143,6 +144,8 @@ pub struct RoomActor {
     /// every forward extremity are here is admitted in memory, forks and small
     /// resolutions included (forks at memory speed; see `admission::memory`).
     recent: Recent,
+    /// Set while the room is partial-state (`rooms::partial_state`).
+    partial: Option<partial::Partial>,
 }
 
 /// Most rejected event IDs an actor remembers (then it starts over; the database remembers
@@ -195,6 +198,7 @@ impl RoomActor {
             kind: super::kind::RoomKind::Dag,
             rejected: HashSet::new(),
             recent: Recent::default(),
+            partial: None,
         }
     }
 
@@ -238,6 +242,7 @@ impl Actor for RoomActor {
                     }
                     act.extremity_hashes = loaded.extremity_hashes;
                     act.max_depth = loaded.max_depth;
+                    act.partial = loaded.partial;
                     act.status = Status::Ready;
                 }
                 Ok(None) => act.status = Status::Missing,

@@ -34,6 +34,9 @@ impl RoomActor {
         let (state_before, new_current, events) = match admit {
             memory::Admit::NotHere => return None,
             memory::Admit::Rejected(reason) => {
+                if let Some(deferred) = self.defer(pdu, &reason, local) {
+                    return Some(deferred);
+                }
                 self.append(AppendPlan {
                     pdu: Arc::clone(pdu),
                     rejected: Some(reason.clone()),
@@ -60,6 +63,9 @@ impl RoomActor {
             Some(_) => soft_fail::check(self.version, pdu, &self.state.events),
         };
         if let Err(reason) = &soft {
+            if let Some(deferred) = self.defer(pdu, reason, local) {
+                return Some(deferred);
+            }
             tracing::info!(room = %self.room_id, event = %pdu.event_id(), reason = %reason, "soft-failed event");
         }
         self.append(AppendPlan {
@@ -89,8 +95,18 @@ impl RoomActor {
         match prepared {
             Err(e) => InboundOutcome::Error(e.to_string()),
             Ok(Prepared::Known) => InboundOutcome::Accepted,
-            Ok(Prepared::Missing { prev, auth }) => InboundOutcome::Missing { prev, auth },
+            Ok(Prepared::Missing { prev, auth }) => {
+                if self.cites_deferred(&prev)
+                    && let Some(deferred) = self.defer(&pdu, "cites a deferred event", local)
+                {
+                    return deferred;
+                }
+                InboundOutcome::Missing { prev, auth }
+            }
             Ok(Prepared::Rejected(reason)) => {
+                if let Some(deferred) = self.defer(&pdu, &reason, local) {
+                    return deferred;
+                }
                 self.append(AppendPlan {
                     pdu,
                     rejected: Some(reason.clone()),
@@ -112,6 +128,15 @@ impl RoomActor {
                 }
                 let soft = soft_fail::check(self.version, &pdu, &self.state.events);
                 let soft_failed = soft.is_err() && !self.state.events.is_empty();
+                if soft_failed
+                    && let Some(deferred) = self.defer(
+                        &pdu,
+                        soft.as_ref().err().map(String::as_str).unwrap_or(""),
+                        local,
+                    )
+                {
+                    return deferred;
+                }
                 if let Err(e) = &soft
                     && soft_failed
                 {

@@ -296,6 +296,24 @@ impl Peer {
             });
     }
 
+    /// Forgets every scripted answer (requests are served normally again).
+    pub fn clear_scripts(&self) {
+        self.shared
+            .scripts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Forgets every delay.
+    pub fn clear_delays(&self) {
+        self.shared
+            .delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// From now on, answer requests `method path*` only after `delay` (a slow server).
     pub fn delay(&self, method: &str, path: &str, delay: std::time::Duration) {
         self.shared

@@ -1,0 +1,2 @@
+DROP TABLE partial_state_deferred;
+DROP TABLE partial_state_rooms;

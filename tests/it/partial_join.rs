@@ -1,0 +1,338 @@
+//! Partial-state joins (`send_join?omit_members=true`, the spec's faster joins) on the
+//! joining side: `fedpeer` hosts a room of hundreds of real signed members and answers
+//! `send_join` without them; weft answers the join at once, lets the user send, fetches the
+//! members in the background (`/state_ids`, `/state`), and ends with exactly the host's
+//! state. Also: an event from a member the partial state does not know yet is deferred and
+//! accepted once the state is complete (never rejected); a restart during partial state
+//! resumes; a host whose full state disagrees with its join answer leaves the room partial
+//! (logged), never corrupted; and a room hosted by Synapse joined with partial state.
+//!
+//! How long the resync takes is held open by delaying or failing fedpeer's `/state_ids`, so
+//! the assertions "during partial state" do not race it. Every case runs on SQLite and
+//! PostgreSQL; the timing of big joins is `tools/bench_join.sh`'s.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use fedpeer::Peer;
+use fedpeer::peer::{enc, pdu_results};
+use serde_json::{Value, json};
+
+use crate::big_join::{joined_members, state_ids, wait_at_host};
+use crate::both_backends;
+use crate::federation::{join_via, wait};
+use crate::harness::{Backend, Federation, Options, Server, free_port};
+use crate::synapse::Synapse;
+
+both_backends!(
+    a_partial_join_answers_first_and_ends_with_the_hosts_state,
+    an_event_from_a_member_not_yet_known_is_deferred_then_accepted,
+    a_restart_during_partial_state_resumes_the_resync,
+    a_host_whose_full_state_disagrees_leaves_the_room_partial,
+    a_synapse_room_joined_with_partial_state_completes,
+);
+
+const MEMBERS: usize = 300;
+const STATE_IDS: &str = "/_matrix/federation/v1/state_ids/";
+const LONG: Duration = Duration::from_secs(60);
+
+fn partial_server(backend: Backend, extra: &str) -> Server {
+    Server::start_with(
+        backend,
+        Options {
+            federation: Some(Federation {
+                settings: if extra.contains("partial_state_members_wait_ms") {
+                    format!("partial_state_joins = true\n{extra}")
+                } else {
+                    format!(
+                        "partial_state_joins = true\npartial_state_members_wait_ms = 20000\n{extra}"
+                    )
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+}
+
+fn host_state(peer: &Peer, room: &str) -> BTreeSet<String> {
+    peer.with_room(room, |r| r.current_state_ids())
+        .expect("room hosted")
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+fn partial_rooms(srv: &Server) -> i64 {
+    srv.count_rows("partial_state_rooms")
+}
+
+fn wait_complete(srv: &Server) {
+    wait("the room to leave partial state", LONG, || {
+        (partial_rooms(srv) == 0).then_some(())
+    });
+}
+
+fn join(alice: &crate::client::Client, peer: &Peer, room: &str) {
+    let r = alice.post(
+        &format!(
+            "/join/{}?server_name={}",
+            enc(room),
+            enc(peer.server_name())
+        ),
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "join: {}", r.text);
+}
+
+fn a_partial_join_answers_first_and_ends_with_the_hosts_state(backend: Backend) {
+    let srv = partial_server(backend, "");
+    let alice = srv.register("alice");
+    let peer = Peer::start(free_port()).expect("start peer");
+    let room = peer
+        .create_big_rooms(1, MEMBERS)
+        .expect("build")
+        .pop()
+        .expect("room");
+    // The resync waits 8 s for its first answer: long enough to look at the partial state.
+    peer.delay("GET", STATE_IDS, Duration::from_secs(8));
+
+    join(&alice, &peer, &room);
+    assert_eq!(
+        partial_rooms(&srv),
+        1,
+        "the join answered with partial state"
+    );
+    // The room is joined for /sync at once.
+    let sync = alice.sync(None, 0, None);
+    assert!(
+        sync["rooms"]["join"].get(&room).is_some(),
+        "joined in /sync"
+    );
+    // The user can send now, and the host (named in servers_in_room) gets it.
+    let sent = alice.send_text(&room, "hello before the members are in");
+    wait_at_host(&peer, &room, &sent);
+    assert_eq!(
+        partial_rooms(&srv),
+        1,
+        "still partial when the host had the message"
+    );
+
+    // /joined_members waits for the full state, then lists everyone.
+    assert_eq!(joined_members(&alice, &room), MEMBERS + 2);
+    wait_complete(&srv);
+    assert_eq!(state_ids(&alice, &room), host_state(&peer, &room));
+    assert_eq!(srv.count_rows("partial_state_deferred"), 0);
+    // And sends go on after completion.
+    let after = alice.send_text(&room, "hello after");
+    wait_at_host(&peer, &room, &after);
+    srv.assert_no_panics();
+}
+
+fn an_event_from_a_member_not_yet_known_is_deferred_then_accepted(backend: Backend) {
+    let srv = partial_server(backend, "");
+    let alice = srv.register("alice");
+    let peer = Peer::start(free_port()).expect("start peer");
+    let room = peer
+        .create_big_rooms(1, MEMBERS)
+        .expect("build")
+        .pop()
+        .expect("room");
+    peer.delay("GET", STATE_IDS, Duration::from_secs(8));
+    join(&alice, &peer, &room);
+    assert_eq!(partial_rooms(&srv), 1);
+
+    // @m5 is a member the partial state left out; their message cites alice's join.
+    let msg = peer
+        .message(&room, "m5", "from a member weft does not know yet")
+        .expect("message");
+    let mut fed = peer.client(&srv.server_name).expect("client");
+    let answer = fed
+        .send_transaction("partial-1", vec![msg.to_federation_value()], vec![])
+        .expect("send");
+    assert_eq!(answer.status, 200, "{}", answer.json());
+    let results = pdu_results(&answer.json());
+    assert_eq!(
+        results.get(&msg.owned_event_id()),
+        Some(&None),
+        "deferred, not refused: {results:?}"
+    );
+    let event_path = format!(
+        "/rooms/{}/event/{}",
+        enc(&room),
+        enc(msg.event_id().as_str())
+    );
+    assert_eq!(partial_rooms(&srv), 1, "still partial");
+    assert_eq!(
+        alice.get(&event_path).status,
+        404,
+        "not in the room while deferred"
+    );
+    assert_eq!(srv.count_rows("partial_state_deferred"), 1);
+
+    wait_complete(&srv);
+    let got: Value = wait("the deferred event to be accepted", LONG, || {
+        let r = alice.get(&event_path);
+        (r.status == 200).then(|| r.ok())
+    });
+    assert_eq!(
+        got["content"]["body"],
+        "from a member weft does not know yet"
+    );
+    let rejected = srv.query_text(
+        "SELECT event_id AS v FROM events WHERE rejected IS NOT NULL AND event_id = ?",
+        msg.event_id().as_str(),
+    );
+    assert!(rejected.is_empty(), "never rejected");
+    assert_eq!(srv.count_rows("partial_state_deferred"), 0);
+    assert_eq!(state_ids(&alice, &room), host_state(&peer, &room));
+    srv.assert_no_panics();
+}
+
+fn a_restart_during_partial_state_resumes_the_resync(backend: Backend) {
+    let mut srv = partial_server(backend, "");
+    let alice = srv.register("alice");
+    let peer = Peer::start(free_port()).expect("start peer");
+    let room = peer
+        .create_big_rooms(1, MEMBERS)
+        .expect("build")
+        .pop()
+        .expect("room");
+    // The host fails every /state_ids until we restart.
+    peer.script(
+        "GET",
+        STATE_IDS,
+        500,
+        json!({"errcode": "M_UNKNOWN", "error": "busy"}),
+    );
+    join(&alice, &peer, &room);
+    let sent = alice.send_text(&room, "before the restart");
+    wait_at_host(&peer, &room, &sent);
+    assert_eq!(partial_rooms(&srv), 1);
+
+    srv.stop();
+    peer.clear_scripts();
+    srv.start_again();
+    wait_complete(&srv);
+    assert!(
+        srv.log().contains("partial state: resuming the resync"),
+        "resumed at start-up"
+    );
+    assert_eq!(state_ids(&alice, &room), host_state(&peer, &room));
+    assert_eq!(joined_members(&alice, &room), MEMBERS + 2);
+    srv.assert_no_panics();
+}
+
+fn a_host_whose_full_state_disagrees_leaves_the_room_partial(backend: Backend) {
+    let srv = partial_server(
+        backend,
+        "partial_state_resync_attempts = 2\npartial_state_members_wait_ms = 500",
+    );
+    let alice = srv.register("alice");
+    let peer = Peer::start(free_port()).expect("start peer");
+    let room = peer
+        .create_big_rooms(1, MEMBERS)
+        .expect("build")
+        .pop()
+        .expect("room");
+    // The host's /state_ids leaves out the power levels its join answer had (and its
+    // /state names them): the answers disagree, so weft believes neither.
+    let pl = peer
+        .with_room(&room, |r| {
+            r.state_event("m.room.power_levels", "")
+                .map(|e| e.event_id().to_string())
+        })
+        .expect("hosted")
+        .expect("power levels");
+    let (state, chain) = peer
+        .with_room(&room, |r| {
+            let tip = r.extremities().first().cloned().expect("a tip");
+            let (mut s, c) = r.state_ids_at(&tip).expect("state at the tip");
+            if let Some(e) = r.event(&tip) {
+                s.push(e.owned_event_id());
+            }
+            (s, c)
+        })
+        .expect("hosted");
+    let lying: Vec<String> = state
+        .iter()
+        .map(|e| e.to_string())
+        .filter(|e| *e != pl)
+        .collect();
+    peer.script(
+        "GET",
+        STATE_IDS,
+        200,
+        json!({"pdu_ids": lying, "auth_chain_ids": chain.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
+    );
+    join(&alice, &peer, &room);
+
+    wait("the resync to give up", LONG, || {
+        srv.log()
+            .contains("partial state: resync gave up")
+            .then_some(())
+    });
+    assert!(srv.log().contains("partial state: resync failed"));
+    assert_eq!(partial_rooms(&srv), 1, "the room stays partial");
+    // The room still works for what it knows: alice sends, members answer (bounded).
+    let sent = alice.send_text(&room, "still here");
+    wait_at_host(&peer, &room, &sent);
+    let r = alice.get(&format!("/rooms/{}/joined_members", enc(&room)));
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Nothing the host said went into the state: the power levels are the join answer's.
+    let ours = state_ids(&alice, &room);
+    assert!(ours.contains(&pl), "the join answer's power levels stay");
+    assert!(
+        ours.len() < MEMBERS,
+        "no members taken from the disagreeing answers"
+    );
+    srv.assert_no_panics();
+}
+
+fn a_synapse_room_joined_with_partial_state_completes(backend: Backend) {
+    let syn = Synapse::shared();
+    let w = partial_server(backend, "");
+    let alice = syn.register_fresh("alice");
+    let room = alice.create_room(&json!({"preset": "public_chat", "name": "partial"}));
+    let mut others = Vec::new();
+    for i in 0..5 {
+        let c = syn.register_fresh(&format!("member{i}"));
+        assert_eq!(c.join(&room).status, 200);
+        others.push(c);
+    }
+    let bob = w.register("bob");
+    let started = Instant::now();
+    join_via(&bob, &room, &syn.server_name());
+    let sent = bob.send_text(&room, "from weft, maybe before the members");
+    wait(
+        "the Synapse-hosted room to leave partial state",
+        LONG,
+        || (partial_rooms(&w) == 0).then_some(()),
+    );
+    assert!(
+        w.log().contains("partial state: room completed"),
+        "weft joined with partial state (Synapse answered omit_members): {}",
+        crate::harness::tail(&w.log(), 40)
+    );
+    // The member list matches Synapse's.
+    let theirs: BTreeSet<String> = alice
+        .get(&format!("/rooms/{}/joined_members", enc(&room)))
+        .ok()["joined"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let ours: BTreeSet<String> = bob
+        .get(&format!("/rooms/{}/joined_members", enc(&room)))
+        .ok()["joined"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.len(), 7, "alice, five members, bob");
+    wait("Synapse to get weft's message", LONG, || {
+        let r = alice.get(&format!("/rooms/{}/event/{}", enc(&room), enc(&sent)));
+        (r.status == 200).then_some(())
+    });
+    let _ = started;
+    w.assert_no_panics();
+}
