@@ -181,7 +181,8 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
         }
         quiet = Some((upto, typing_now));
         let parked = s.core.notifier.park();
-        let waited = tokio::time::timeout(deadline - now, rx.changed()).await;
+        let waited =
+            tokio::time::timeout(deadline.saturating_duration_since(now), rx.changed()).await;
         drop(parked);
         if waited.is_err() {
             // Timed out: one last read so the token moves on.

@@ -88,6 +88,10 @@ pub fn notified(positions: impl IntoIterator<Item = i64>) {
 /// the stages of the newest stamped position there.
 pub fn answered(after: i64, upto: i64, woken: Instant) {
     let done = Instant::now();
+    if upto <= after {
+        // Woken by something without a position (typing): no stage to record.
+        return;
+    }
     let stamps = {
         let t = table().lock();
         t.range(after.saturating_add(1)..=upto)
@@ -120,6 +124,12 @@ pub fn answered(after: i64, upto: i64, woken: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_window_records_nothing_and_does_not_panic() {
+        answered(7, 7, Instant::now());
+        answered(i64::MAX, 3, Instant::now());
+    }
 
     #[test]
     fn the_table_keeps_only_the_newest_positions() {

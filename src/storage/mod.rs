@@ -285,3 +285,63 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The read pool starts with `pool_min_idle` connections and opens more when reads
+    /// wait: concurrent reads that each hold a connection all complete, at most
+    /// `pool_size` at once, and the pool grew past its idle minimum to serve them.
+    #[actix_rt::test]
+    async fn the_read_pool_grows_under_load_and_serves_every_read() {
+        let dir = std::env::temp_dir().join(format!(
+            "weft-pool-{}-{}",
+            std::process::id(),
+            crate::random::random_string(6)
+        ));
+        let mut config = Config::default();
+        config.database.url = Some(format!("sqlite://{}", dir.join("weft.db").display()));
+        config.database.pool_size = 4;
+        config.database.pool_min_idle = 1;
+        let db = Db::open(&config).unwrap();
+        let (in_use, idle) = db.pool_state();
+        assert!(
+            in_use + idle <= 1,
+            "starts with the idle minimum: {in_use} + {idle}"
+        );
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let reads = (0..12).map(|i| {
+            let (db, busy, most) = (db.clone(), Arc::clone(&busy), Arc::clone(&most));
+            async move {
+                db.read(move |c| {
+                    use diesel::RunQueryDsl;
+                    use std::sync::atomic::Ordering;
+                    let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    diesel::sql_query("SELECT 1").execute(c)?;
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    Ok(i)
+                })
+                .await
+            }
+        });
+        let got: Vec<usize> = futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(got, (0..12).collect::<Vec<_>>());
+        let most = most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            most > 1,
+            "reads ran on more than the one idle connection: {most}"
+        );
+        assert!(most <= 4, "never more than pool_size at once: {most}");
+        let (in_use, idle) = db.pool_state();
+        assert!(in_use + idle > 1, "the pool grew: {in_use} + {idle}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -12,7 +12,7 @@
 //! PostgreSQL; the timing of big joins is `tools/bench_join.sh`'s.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fedpeer::Peer;
 use fedpeer::peer::{enc, pdu_results};
@@ -301,7 +301,6 @@ fn a_synapse_room_joined_with_partial_state_completes(backend: Backend) {
         others.push(c);
     }
     let bob = w.register("bob");
-    let started = Instant::now();
     join_via(&bob, &room, &syn.server_name());
     let sent = bob.send_text(&room, "from weft, maybe before the members");
     wait(
@@ -333,6 +332,5 @@ fn a_synapse_room_joined_with_partial_state_completes(backend: Backend) {
         let r = alice.get(&format!("/rooms/{}/event/{}", enc(&room), enc(&sent)));
         (r.status == 200).then_some(())
     });
-    let _ = started;
     w.assert_no_panics();
 }

@@ -67,8 +67,9 @@ impl RoomActor {
                     .state
                     .get(&key.0, &key.1)
                     .map(|e| e.event_id().to_string());
+                let here = self.core.server_name();
                 self.recent
-                    .current_changing(&self.state.events, self.forks_possible());
+                    .current_changing(&self.state.events, || forks_possible(&self.state, here));
                 self.state.events.insert(
                     (StateEventType::from(key.0.as_str()), key.1.clone()),
                     Arc::clone(&pdu),
@@ -249,17 +250,6 @@ impl RoomActor {
         }
     }
 
-    /// Whether another server can send this room an event built on an older state than
-    /// the current one: some member (of any membership) is of another server. Only then
-    /// are past states kept as snapshots (`Recent::current_changing`).
-    pub(super) fn forks_possible(&self) -> bool {
-        let here = self.core.server_name();
-        self.state.events.keys().any(|(t, k)| {
-            *t == StateEventType::RoomMember
-                && k.split_once(':').is_some_and(|(_, server)| server != here)
-        })
-    }
-
     /// Remembers the state after an appended event for the memory path: the current state
     /// (`after == None`), or a snapshot of `after` built from events in memory (forgotten
     /// when one is missing or the state is too big to copy).
@@ -351,10 +341,21 @@ impl RoomActor {
             }
         }
         if *old_ids != new_ids {
+            let here = self.core.server_name();
             self.recent
-                .current_changing(&self.state.events, self.forks_possible());
+                .current_changing(&self.state.events, || forks_possible(&self.state, here));
         }
         self.state.events = events;
         self.state.group = group;
     }
+}
+
+/// Whether another server can send this room an event built on an older state than the
+/// current one: some member (of any membership) is of another server. Only then are past
+/// states kept as snapshots (`Recent::current_changing`).
+fn forks_possible(state: &CurrentState, here: &str) -> bool {
+    state.events.keys().any(|(t, k)| {
+        *t == StateEventType::RoomMember
+            && k.split_once(':').is_some_and(|(_, server)| server != here)
+    })
 }

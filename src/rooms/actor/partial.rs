@@ -188,8 +188,9 @@ impl Handler<CompletePartial> for RoomActor {
                 .map(move |r, _, _| r.map(|n| (n, full, events)))
             })
             .then(move |r, act: &mut Self, _| {
-                let fut: ResponseActFuture<Self, Result<Vec<(String, String)>>> = match r {
-                    Err(e) => Box::pin(actix::fut::ready(Err(e))),
+                match r {
+                    Err(e) => Box::pin(actix::fut::ready(Err(e)))
+                        as ResponseActFuture<Self, Result<Vec<(String, String)>>>,
                     Ok((moved, full, events)) => {
                         act.complete_current_state(&full, &events, stream);
                         tracing::info!(room = %act.room_id, events_moved = moved, state = act.state.events.len(), "partial state: full state in");
@@ -217,8 +218,7 @@ impl Handler<CompletePartial> for RoomActor {
                             })
                         }))
                     }
-                };
-                fut
+                }
             });
         AtomicResponse::new(Box::pin(fut))
     }

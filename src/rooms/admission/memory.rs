@@ -132,13 +132,18 @@ impl Recent {
     }
 
     /// Called before the current state changes: events whose state after them was the
-    /// current state keep it as a snapshot (small rooms where `forks_possible`) or are
+    /// current state keep it as a snapshot (small rooms where `forks_possible()`, asked only
+    /// then) or are
     /// forgotten. A room with no other server in it gets no forks (every event is built
     /// here on the tip, or arrives with a join built on the tip), so a snapshot there only
     /// costs memory: a copy of the state at every state change, eight kept per room, most
     /// of a freshly created room's actor. Forgetting never decides anything differently:
     /// an event whose prev events are forgotten takes the database path.
-    pub fn current_changing(&mut self, current: &StateMap<Arc<Pdu>>, forks_possible: bool) {
+    pub fn current_changing(
+        &mut self,
+        current: &StateMap<Arc<Pdu>>,
+        forks_possible: impl FnOnce() -> bool,
+    ) {
         let generation = self.generation;
         self.generation += 1;
         let holders = self
@@ -148,7 +153,7 @@ impl Recent {
         if !holders {
             return;
         }
-        if !forks_possible || current.len() > MAX_SNAPSHOT_STATE {
+        if current.len() > MAX_SNAPSHOT_STATE || !forks_possible() {
             self.after
                 .retain(|_, a| !matches!(a, After::Current(g) if *g == generation));
             self.order.retain(|id| self.after.contains_key(id));
@@ -433,4 +438,40 @@ fn auth_check_current(
         current.get(&(t.clone(), k.to_owned())).cloned()
     })
     .map_err(|e| format!("state before event: {}", e.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> OwnedEventId {
+        OwnedEventId::try_from(s).unwrap()
+    }
+
+    #[test]
+    fn past_states_are_kept_only_where_forks_are_possible() {
+        let state: StateMap<Arc<Pdu>> = StateMap::new();
+        // (forks possible, remembered after the change, with a snapshot)
+        for (forks, remembered) in [(false, false), (true, true)] {
+            let mut recent = Recent::default();
+            let now = recent.current();
+            recent.record(id("$a"), now);
+            let mut asked = false;
+            recent.current_changing(&state, || {
+                asked = true;
+                forks
+            });
+            assert!(asked, "forks {forks}");
+            assert_eq!(recent.knows(&id("$a")), remembered, "forks {forks}");
+            assert_eq!(
+                matches!(recent.after_of(&id("$a")), Some(After::Snap(_))),
+                remembered,
+                "forks {forks}"
+            );
+        }
+        // Nothing at the current state: nothing to copy, and nobody asks.
+        let mut recent = Recent::default();
+        recent.current_changing(&state, || panic!("not asked when nothing holds the state"));
+        assert!(recent.is_empty());
+    }
 }
