@@ -520,6 +520,7 @@ mod tests {
             backend: Backend::Sqlite,
             url: path.display().to_string(),
             sqlite_synchronous: "normal".into(),
+            sqlite_cache_kib: 2000,
         };
         (Arc::new(Writers::start(&options, 1, 8, 16).unwrap()), path)
     }

@@ -354,6 +354,7 @@ async fn readmit(
             local: false,
             version: None,
             checked_events: Vec::new(),
+            txn_record: None,
         };
         let mut outcome = s.rooms.admit(room, msg(&pdu)).await.map(|mut o| o.pop());
         if let Ok(Some(InboundOutcome::Missing { prev, auth })) = &outcome {
