@@ -120,13 +120,16 @@ pub fn deferred(conn: &mut AnyConnection, room_id: &str) -> StorageResult<Vec<(S
         .load(conn)?)
 }
 
+/// An event's ID and its state groups (before, after).
+pub type EventGroups = (String, Option<i64>, Option<i64>);
+
 /// A room's timeline events from stream position `from` on, with their state groups
 /// (`(event ID, state before, state after)`), in stream order.
 pub fn timeline_groups_since(
     conn: &mut AnyConnection,
     room_id: &str,
     from: i64,
-) -> StorageResult<Vec<(String, Option<i64>, Option<i64>)>> {
+) -> StorageResult<Vec<EventGroups>> {
     use super::schema::events as e;
     Ok(e::table
         .filter(e::room_id.eq(room_id))
