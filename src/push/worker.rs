@@ -21,10 +21,10 @@
 //! before that commit re-evaluates the batch on start; after it, nothing is evaluated twice
 //! and every push is in the delivery queue (`gateway.rs`). The job takes a notifier
 //! position of its own, so the users' `/sync` wakes up and sees the new counts. The job is
-//! a deferred write (`Db::write_deferred`): with one SQLite writer it commits in the
-//! transaction of the next room batch when one comes within the writer's linger (50 ms), so
-//! under a stream of events the counts cost no fsync of their own and never make the next
-//! batch wait behind their commit; in a quiet room they land at most that much later.
+//! an ordinary write. It is not a deferred one (`Db::write_deferred`, which rides in the next
+//! room batch's commit): the position is taken before the job, and while a deferred job
+//! waited for the writer's linger, every event committed after it stayed behind the
+//! notifier's frontier, so a client's next send waited up to the linger for its own event.
 //!
 //! Rules are evaluated against the room's state at the event (the state before it, as its
 //! state group records it): the members (their count, who is asked, their display names),
@@ -771,11 +771,13 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
             let users: HashSet<String> = found.iter().map(|f| f.row.user_id.clone()).collect();
             let n = found.len();
             let pos = core.notifier.allocate();
-            // Deferred: it commits with the next room batch (one fsync for both) when one comes
-            // within the writer's linger; the counts are news for `/sync` at `pos` either way.
+            // An ordinary write, not a deferred one (`Db::write_deferred`): `pos` is taken
+            // before the job, so while a deferred job waited for the writer's linger every
+            // event committed after it stayed behind the frontier (a client's sequential sends
+            // on SQLite fell from 204 to 34 a second in `tools/bench.sh`).
             let res = core
                 .db
-                .write_deferred(SHARD, move |c| store(c, &found, pos, after, upto))
+                .write(SHARD, move |c| store(c, &found, pos, after, upto))
                 .await;
             match res {
                 Ok(None) => {
