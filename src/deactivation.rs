@@ -16,11 +16,9 @@
 
 use ruma::{OwnedRoomId, OwnedUserId};
 use serde_json::json;
-use weft_protocol::builder::EventDraft;
 
 use crate::error::{Error, Result};
 use crate::rooms::access;
-use crate::rooms::messages::SendEvent;
 use crate::services::Services;
 use crate::storage::{backup, e2ee as e2ee_store, rooms, users};
 
@@ -33,14 +31,7 @@ pub async fn leave_room(
     reason: Option<String>,
 ) -> Result<()> {
     let current = access::membership(&s.core, room_id.as_str(), user_id.as_str()).await?;
-    let local_room = {
-        let r = room_id.to_string();
-        s.core
-            .db
-            .read(move |c| rooms::get_room(c, &r))
-            .await?
-            .is_some()
-    };
+    let local_room = access::held_here(&s.core, room_id.as_str()).await?;
     if !local_room
         && let Some(m) = &current
         && matches!(m.membership.as_str(), "invite" | "knock")
@@ -59,22 +50,15 @@ pub async fn leave_room(
     }
     match current.as_ref().map(|m| m.membership.as_str()) {
         Some("join" | "invite" | "knock") => {
-            let mut content = json!({"membership": "leave"});
-            if let Some(r) = reason.filter(|r| !r.is_empty()) {
-                content["reason"] = json!(r);
-            }
-            let draft =
-                EventDraft::state("m.room.member", user_id.as_str(), user_id.clone(), content);
             s.rooms
-                .send(
+                .send_member(
                     room_id,
-                    SendEvent {
-                        draft,
-                        txn: None,
-                        accepted: None,
-                    },
+                    user_id,
+                    user_id.as_str(),
+                    json!({"membership": "leave"}),
+                    reason,
                 )
-                .await??;
+                .await?;
             Ok(())
         }
         // Already out: leaving is idempotent.

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use ruma::{OwnedRoomId, OwnedUserId};
 use serde::Serialize;
 use serde_json::json;
-use weft_protocol::builder::EventDraft;
 
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::rooms::messages::SendEvent;
 use crate::services::Services;
 use crate::storage::admin::{self as astore, RoomSummary};
 use crate::storage::rooms as rstore;
@@ -115,22 +113,15 @@ pub async fn leave(s: &Services, room_id: &str, user_id: &str) -> Result<()> {
     let room = parse_room_id(room_id)?;
     let user = OwnedUserId::try_from(user_id)
         .map_err(|e| Error::internal(format!("stored user ID: {e}")))?;
-    let draft = EventDraft::state(
-        "m.room.member",
-        user.as_str(),
-        user.clone(),
-        json!({"membership": "leave"}),
-    );
     s.rooms
-        .send(
+        .send_member(
             &room,
-            SendEvent {
-                draft,
-                txn: None,
-                accepted: None,
-            },
+            &user,
+            user.as_str(),
+            json!({"membership": "leave"}),
+            None,
         )
-        .await??;
+        .await?;
     Ok(())
 }
 

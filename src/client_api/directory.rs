@@ -165,14 +165,7 @@ async fn drop_from_canonical_alias(s: &Services, user: &AuthedUser, room_id: &st
     );
     let sent = s
         .rooms
-        .send(
-            &room,
-            crate::rooms::messages::SendEvent {
-                draft,
-                txn: None,
-                accepted: None,
-            },
-        )
+        .send(&room, crate::rooms::messages::SendEvent::draft(draft))
         .await;
     if let Err(e) | Ok(Err(e)) = sent.map(|r| r.map(|_| ())) {
         tracing::info!(room = %room_id, alias, error = %e, "deleted alias stays in the canonical alias event");

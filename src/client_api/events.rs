@@ -16,7 +16,7 @@ use crate::rooms::view::{self, Versions, Viewer};
 use crate::services::Services;
 use crate::storage::rooms::MembershipRow;
 use crate::storage::state::StateIds;
-use crate::storage::{events, rooms, state};
+use crate::storage::{events, state};
 use crate::sync::SyncToken;
 use crate::sync::visibility::{self as hv, Ranges};
 
@@ -77,14 +77,26 @@ pub async fn send(
         return Ok(HttpResponse::Ok().json(json!({"event_id": id})));
     }
     let draft = EventDraft::new(kind, user.user_id.clone(), content);
+    send_in_txn(&s, &room_id, draft, key, Some(accepted)).await
+}
+
+/// Sends a client's event under its transaction key and answers `{"event_id": ..}` (a
+/// retry of a committed transaction was answered before this, from `committed_txn`).
+async fn send_in_txn(
+    s: &Services,
+    room_id: &OwnedRoomId,
+    draft: EventDraft,
+    key: TxnKey,
+    accepted: Option<std::time::Instant>,
+) -> Result<HttpResponse> {
     let id = s
         .rooms
         .send(
-            &room_id,
+            room_id,
             SendEvent {
                 draft,
                 txn: Some(key),
-                accepted: Some(accepted),
+                accepted,
             },
         )
         .await??;
@@ -129,17 +141,7 @@ async fn put_state_inner(
         return Err(Error::forbidden("the create event cannot be replaced"));
     }
     let draft = EventDraft::state(kind, state_key, user.user_id.clone(), content);
-    let id = s
-        .rooms
-        .send(
-            &room_id,
-            SendEvent {
-                draft,
-                txn: None,
-                accepted: None,
-            },
-        )
-        .await??;
+    let id = s.rooms.send_draft(&room_id, draft).await?;
     Ok(HttpResponse::Ok().json(json!({"event_id": id})))
 }
 
@@ -627,28 +629,7 @@ pub async fn redact(
     }
     let mut draft = EventDraft::new("m.room.redaction", user.user_id.clone(), content);
     draft.redacts = Some(target);
-    let id = s
-        .rooms
-        .send(
-            &room_id,
-            SendEvent {
-                draft,
-                txn: Some(key),
-                accepted: None,
-            },
-        )
-        .await??;
-    Ok(HttpResponse::Ok().json(json!({"event_id": id})))
-}
-
-/// Whether a room exists on this server (for 404s on unknown rooms).
-pub async fn room_exists(s: &Services, room_id: &str) -> Result<bool> {
-    let r = room_id.to_owned();
-    Ok(s.core
-        .db
-        .read(move |c| rooms::get_room(c, &r))
-        .await?
-        .is_some())
+    send_in_txn(&s, &room_id, draft, key, None).await
 }
 
 #[cfg(test)]

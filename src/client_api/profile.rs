@@ -111,18 +111,7 @@ async fn update_member_events(
             user.user_id.clone(),
             content,
         );
-        if let Err(e) = s
-            .rooms
-            .send(
-                &room_id,
-                SendEvent {
-                    draft,
-                    txn: None,
-                    accepted: None,
-                },
-            )
-            .await?
-        {
+        if let Err(e) = s.rooms.send(&room_id, SendEvent::draft(draft)).await? {
             tracing::warn!(room = %room_id, error = %e, "could not update member event with new profile");
         }
     }

@@ -4,16 +4,16 @@
 use actix_web::{HttpResponse, web};
 use ruma::{OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use weft_protocol::RoomVersion;
-use weft_protocol::builder::{self, EventDraft, Position};
+use weft_protocol::builder::{self, Position};
 
 use super::tokens::AuthedUser;
 use crate::error::{Error, Result};
 use crate::http::body::JsonBody;
 use crate::rooms::access;
 use crate::rooms::create::{self, CreateRoomRequest};
-use crate::rooms::messages::{InitRoom, SendEvent};
+use crate::rooms::messages::InitRoom;
 use crate::services::Services;
 use crate::storage::{self, rooms, users};
 
@@ -147,31 +147,6 @@ pub async fn create_room(
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// Sends a membership event for `target` and returns its event ID.
-async fn membership_event(
-    s: &Services,
-    room_id: &OwnedRoomId,
-    sender: &OwnedUserId,
-    target: &str,
-    mut content: Value,
-    reason: Option<String>,
-) -> Result<ruma::OwnedEventId> {
-    if let Some(r) = reason.filter(|r| !r.is_empty()) {
-        content["reason"] = json!(r);
-    }
-    let draft = EventDraft::state("m.room.member", target, sender.clone(), content);
-    s.rooms
-        .send(
-            room_id,
-            SendEvent {
-                draft,
-                txn: None,
-                accepted: None,
-            },
-        )
-        .await?
-}
-
 #[derive(Deserialize, Default)]
 pub struct JoinBody {
     reason: Option<String>,
@@ -184,14 +159,7 @@ async fn join_room(
     reason: Option<String>,
     mut servers: Vec<String>,
 ) -> Result<()> {
-    let local_room = {
-        let r = room_id.to_string();
-        s.core
-            .db
-            .read(move |c| rooms::get_room(c, &r))
-            .await?
-            .is_some()
-    };
+    let local_room = access::held_here(&s.core, room_id.as_str()).await?;
     let (name, avatar) = profile_of(s, user.user_id.as_str()).await?;
     let mut content = json!({"membership": "join"});
     if let Some(n) = name {
@@ -220,15 +188,9 @@ async fn join_room(
                 "no server in the room can be asked: every member has left",
             ));
         }
-        membership_event(
-            s,
-            room_id,
-            &user.user_id,
-            user.user_id.as_str(),
-            content,
-            None,
-        )
-        .await?;
+        s.rooms
+            .send_member(room_id, &user.user_id, user.user_id.as_str(), content, None)
+            .await?;
         return Ok(());
     }
     // A room held elsewhere: ask a resident server. Candidates: what the client named, the
@@ -268,25 +230,18 @@ pub async fn knock(
     JsonBody(body): JsonBody<JoinBody>,
 ) -> Result<HttpResponse> {
     let (room_id, mut servers) = super::directory::resolve(&s, &path.into_inner()).await?;
-    let local_room = {
-        let r = room_id.to_string();
-        s.core
-            .db
-            .read(move |c| rooms::get_room(c, &r))
-            .await?
-            .is_some()
-    };
+    let local_room = access::held_here(&s.core, room_id.as_str()).await?;
     if local_room {
         let content = json!({"membership": "knock"});
-        membership_event(
-            &s,
-            &room_id,
-            &user.user_id,
-            user.user_id.as_str(),
-            content,
-            body.reason,
-        )
-        .await?;
+        s.rooms
+            .send_member(
+                &room_id,
+                &user.user_id,
+                user.user_id.as_str(),
+                content,
+                body.reason,
+            )
+            .await?;
     } else {
         servers.extend(via_servers(&req));
         if let Some(srv) = room_id.server_name() {
@@ -349,15 +304,15 @@ pub async fn invite(
             .await?;
         return Ok(HttpResponse::Ok().json(json!({})));
     }
-    membership_event(
-        &s,
-        &room_id,
-        &user.user_id,
-        target.as_str(),
-        json!({"membership": "invite"}),
-        body.reason,
-    )
-    .await?;
+    s.rooms
+        .send_member(
+            &room_id,
+            &user.user_id,
+            target.as_str(),
+            json!({"membership": "invite"}),
+            body.reason,
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
@@ -414,15 +369,15 @@ async fn moderate(
         }
     }
     let content = json!({"membership": membership});
-    membership_event(
-        s,
-        &room_id,
-        &user.user_id,
-        target.as_str(),
-        content,
-        body.reason,
-    )
-    .await?;
+    s.rooms
+        .send_member(
+            &room_id,
+            &user.user_id,
+            target.as_str(),
+            content,
+            body.reason,
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 

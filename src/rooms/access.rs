@@ -26,3 +26,14 @@ pub async fn require_joined(core: &Core, room_id: &str, user_id: &str) -> Result
         _ => Err(Error::forbidden("you are not joined to this room")),
     }
 }
+
+/// Whether this server holds a copy of the room (it was created here, or a local user
+/// joined it): a membership change for a room held only elsewhere goes over federation.
+pub async fn held_here(core: &Core, room_id: &str) -> Result<bool> {
+    let r = room_id.to_owned();
+    Ok(core
+        .db
+        .read(move |c| rooms::get_room(c, &r))
+        .await?
+        .is_some())
+}

@@ -60,6 +60,18 @@ pub struct SendEvent {
     pub accepted: Option<std::time::Instant>,
 }
 
+impl SendEvent {
+    /// An event the server sends on a user's behalf with no transaction ID and no client
+    /// request to time (a membership change, a profile update, an alias clean-up).
+    pub fn draft(draft: EventDraft) -> Self {
+        Self {
+            draft,
+            txn: None,
+            accepted: None,
+        }
+    }
+}
+
 /// The note a room actor leaves on the stream positions of a committed batch that holds
 /// nothing but timeline events (no membership change, redaction or soft-failed event; see
 /// `notifier` "Notes"): a woken `/sync` answers from it.

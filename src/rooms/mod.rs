@@ -31,8 +31,9 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use parking_lot::Mutex;
-use ruma::{OwnedRoomId, RoomId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
 use weft_protocol::RoomVersion;
+use weft_protocol::builder::EventDraft;
 
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -146,6 +147,30 @@ impl RoomRegistry {
         let addr = self.start(room_id, Some(version));
         map.insert(room_id.to_owned(), addr);
         Ok(())
+    }
+
+    /// Sends a local event with no transaction ID ([`messages::SendEvent::draft`]) and
+    /// answers its event ID.
+    pub async fn send_draft(&self, room_id: &RoomId, draft: EventDraft) -> Result<OwnedEventId> {
+        self.send(room_id, messages::SendEvent::draft(draft))
+            .await?
+    }
+
+    /// Sends `sender`'s `m.room.member` event for `target` (a join, leave, invite, kick, ban
+    /// or unban), with the client's `reason` when it gave a non-empty one.
+    pub async fn send_member(
+        &self,
+        room_id: &RoomId,
+        sender: &OwnedUserId,
+        target: &str,
+        mut content: serde_json::Value,
+        reason: Option<String>,
+    ) -> Result<OwnedEventId> {
+        if let Some(r) = reason.filter(|r| !r.is_empty()) {
+            content["reason"] = serde_json::Value::String(r);
+        }
+        let draft = EventDraft::state("m.room.member", target, sender.clone(), content);
+        self.send_draft(room_id, draft).await
     }
 
     /// Sends a message to a room's actor, waiting for mailbox space (backpressure). If the

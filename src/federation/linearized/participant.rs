@@ -17,7 +17,6 @@ use crate::federation::FederationOf;
 use crate::federation::client::{FedError, enc};
 use crate::federation::inbound::verify;
 use crate::rooms::linearized::{ParticipantReceive, Received, hub_of};
-use crate::rooms::messages::SendEvent;
 use crate::services::Services;
 use crate::storage::{events, now_ms};
 
@@ -569,17 +568,7 @@ pub async fn invite(
         .await?;
         return Ok(Some(appended.pdu.owned_event_id()));
     }
-    let id = s
-        .rooms
-        .send(
-            room,
-            SendEvent {
-                draft,
-                txn: None,
-                accepted: None,
-            },
-        )
-        .await??;
+    let id = s.rooms.send_draft(room, draft).await?;
     Ok(Some(id))
 }
 
