@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::http::body::JsonBody;
 use crate::rooms::view::Viewer;
 use crate::services::Services;
-use crate::storage::account;
+use crate::storage::{AnyConnection, StorageResult, account};
 use crate::sync::filter::Filter;
 use crate::sync::{self, SyncRequest, SyncToken};
 
@@ -49,6 +49,46 @@ async fn load_filter(s: &Services, user: &AuthedUser, filter: Option<&str>) -> R
     Filter::from_value(value).map_err(|e| Error::bad_json(format!("invalid filter: {e}")))
 }
 
+/// What one long-poll's reads share.
+struct Poll {
+    viewer: Viewer,
+    filter: Filter,
+    full_state: bool,
+}
+
+/// One read of the sync tables at `(since, upto, typing_now)`: `f` is [`sync::compute`] or
+/// [`sync::wake::answer`], given the request built here.
+async fn read_at<T, F>(
+    s: &Data,
+    poll: &Poll,
+    (since, upto, typing_now): (Option<SyncToken>, i64, i64),
+    f: F,
+) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut AnyConnection, &SyncRequest<'_>) -> StorageResult<T> + Send + 'static,
+{
+    let s2 = s.clone();
+    let (viewer, filter, full_state) = (poll.viewer.clone(), poll.filter.clone(), poll.full_state);
+    Ok(s.core
+        .db
+        .read(move |c| {
+            f(
+                c,
+                &SyncRequest {
+                    viewer,
+                    since,
+                    upto,
+                    typing_now,
+                    filter: &filter,
+                    full_state,
+                    typing: &s2.typing,
+                },
+            )
+        })
+        .await?)
+}
+
 pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result<HttpResponse> {
     let since = match &q.since {
         Some(t) => {
@@ -70,16 +110,21 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
     );
     let deadline = Instant::now() + timeout;
     let full_state = q.full_state.unwrap_or(false);
-    let viewer = Viewer {
-        user_id: user.user_id.to_string(),
-        device_id: user.device_id.clone(),
+    let poll = Poll {
+        viewer: Viewer {
+            user_id: user.user_id.to_string(),
+            device_id: user.device_id.clone(),
+        },
+        filter,
+        full_state,
     };
+    let filter = &poll.filter;
     // When the long-poll was last woken (for weft_sync_wakeup_duration_seconds).
     let mut woken: Option<Instant> = None;
     // The frontier and typing serial of the last read that found nothing new: a wake-up
     // from there may answer from the notifier's notes (`sync::wake`).
     let mut quiet: Option<(i64, i64)> = None;
-    let incremental = since.is_some() && !full_state && sync::wake::filter_allows(&filter);
+    let incremental = since.is_some() && !full_state && sync::wake::filter_allows(filter);
     let requested = since;
     loop {
         // Subscribe before reading: a write completing in between still wakes us.
@@ -102,7 +147,7 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
                     .notifier
                     .notes_between(q_upto, upto)
                     .and_then(|notes| {
-                        sync::wake::plan(&notes, (q_upto, upto), user.user_id.as_str(), &filter)
+                        sync::wake::plan(&notes, (q_upto, upto), user.user_id.as_str(), filter)
                     })
             }
             _ => None,
@@ -114,27 +159,10 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             // Nothing in the window concerns this user: wait on without reading.
             Some(p) if p.rooms.is_empty() && Instant::now() < deadline => wait_on = true,
             Some(p) => {
-                let s2 = s.clone();
-                let (f, v) = (filter.clone(), viewer.clone());
-                result = s
-                    .core
-                    .db
-                    .read(move |c| {
-                        sync::wake::answer(
-                            c,
-                            &p,
-                            &SyncRequest {
-                                viewer: v,
-                                since,
-                                upto,
-                                typing_now,
-                                filter: &f,
-                                full_state,
-                                typing: &s2.typing,
-                            },
-                        )
-                    })
-                    .await?;
+                result = read_at(&s, &poll, (since, upto, typing_now), move |c, req| {
+                    sync::wake::answer(c, &p, req)
+                })
+                .await?;
                 if result.is_some() {
                     path = "incremental";
                 }
@@ -142,27 +170,7 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             None => {}
         }
         if result.is_none() && !wait_on {
-            let s2 = s.clone();
-            let (f, v) = (filter.clone(), viewer.clone());
-            result = Some(
-                s.core
-                    .db
-                    .read(move |c| {
-                        sync::compute(
-                            c,
-                            &SyncRequest {
-                                viewer: v,
-                                since,
-                                upto,
-                                typing_now,
-                                filter: &f,
-                                full_state,
-                                typing: &s2.typing,
-                            },
-                        )
-                    })
-                    .await?,
-            );
+            result = Some(read_at(&s, &poll, (since, upto, typing_now), sync::compute).await?);
         }
         let now = Instant::now();
         if let Some(result) = result
