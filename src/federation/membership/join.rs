@@ -152,23 +152,13 @@ pub async fn join_remote(
     servers: &[String],
     content_extra: Value,
 ) -> Result<OwnedEventId> {
-    let fed = s
-        .federation()
-        .cloned()
-        .ok_or_else(|| Error::not_found("no known servers (federation disabled)"))?;
+    let fed = outbound(s)?;
     let mut last_err = Error::not_found("no server in the room could be reached");
     for server in servers.iter().filter(|srv| !s.core.is_local(srv)) {
-        let path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?{}",
-            enc(room.as_str()),
-            enc(user.as_str()),
-            ver_query()
-        );
-        let resp = match fed.client.request("GET", server, &path, None).await {
+        let resp = match ask_template(&fed, server, "join", room, user).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::info!(server, error = %e, "make_join failed");
-                last_err = e.into();
+                last_err = e;
                 continue;
             }
         };
@@ -240,21 +230,13 @@ pub(super) async fn complete_join(
 ) -> Result<OwnedEventId> {
     let join = sign_template(s, server, template, version, user, "join", &content_extra)?;
     let ask_partial = s.core.config.federation.partial_state_joins;
-    let path = format!(
-        "/_matrix/federation/v2/send_join/{}/{}{}",
-        enc(room.as_str()),
-        enc(join.event_id().as_str()),
-        if ask_partial {
-            "?omit_members=true"
-        } else {
-            ""
-        }
-    );
     let started = std::time::Instant::now();
-    let mut resp = fed
-        .client
-        .request("PUT", server, &path, Some(&join.to_federation_value()))
-        .await?;
+    let query = if ask_partial {
+        "?omit_members=true"
+    } else {
+        ""
+    };
+    let mut resp = send_signed(fed, server, "v2/send_join", room, &join, query).await?;
     let answered = started.elapsed();
     // A host may answer in full even when asked for partial state: then it is a full join.
     let partial_servers = (ask_partial

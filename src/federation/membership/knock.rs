@@ -44,22 +44,13 @@ pub async fn knock_remote(
     servers: &[String],
     reason: Option<String>,
 ) -> Result<OwnedEventId> {
-    let fed = s
-        .federation()
-        .cloned()
-        .ok_or_else(|| Error::not_found("no known servers (federation disabled)"))?;
+    let fed = outbound(s)?;
     let mut last_err = Error::not_found("no server in the room could be reached");
     for server in servers.iter().filter(|srv| !s.core.is_local(srv)) {
-        let path = format!(
-            "/_matrix/federation/v1/make_knock/{}/{}?{}",
-            enc(room.as_str()),
-            enc(user.as_str()),
-            ver_query()
-        );
-        let resp = match fed.client.request("GET", server, &path, None).await {
+        let resp = match ask_template(&fed, server, "knock", room, user).await {
             Ok(r) => r,
             Err(e) => {
-                last_err = e.into();
+                last_err = e;
                 continue;
             }
         };
@@ -80,16 +71,7 @@ pub async fn knock_remote(
             None => Value::Null,
         };
         let knock = sign_template(s, server, template, version, user, "knock", &extra)?;
-        let path = format!(
-            "/_matrix/federation/v1/send_knock/{}/{}",
-            enc(room.as_str()),
-            enc(knock.event_id().as_str())
-        );
-        match fed
-            .client
-            .request("PUT", server, &path, Some(&knock.to_federation_value()))
-            .await
-        {
+        match send_signed(&fed, server, "v1/send_knock", room, &knock, "").await {
             Ok(resp) => {
                 let stripped = resp
                     .get("knock_room_state")
@@ -99,7 +81,7 @@ pub async fn knock_remote(
                 record_remote_membership(s, &knock, version, stripped).await?;
                 return Ok(knock.owned_event_id());
             }
-            Err(e) => last_err = e.into(),
+            Err(e) => last_err = e,
         }
     }
     Err(last_err)

@@ -56,15 +56,10 @@ pub async fn leave_remote(
         .ok_or_else(|| Error::forbidden("federation is disabled"))?;
     let mut last_err = Error::not_found("no server in the room could be reached");
     for server in servers.iter().filter(|srv| !s.core.is_local(srv)) {
-        let path = format!(
-            "/_matrix/federation/v1/make_leave/{}/{}",
-            enc(room.as_str()),
-            enc(user.as_str())
-        );
-        let resp = match fed.client.request("GET", server, &path, None).await {
+        let resp = match ask_template(&fed, server, "leave", room, user).await {
             Ok(r) => r,
             Err(e) => {
-                last_err = e.into();
+                last_err = e;
                 continue;
             }
         };
@@ -77,21 +72,12 @@ pub async fn leave_remote(
             continue;
         };
         let leave = sign_template(s, server, template, version, user, "leave", &Value::Null)?;
-        let path = format!(
-            "/_matrix/federation/v2/send_leave/{}/{}",
-            enc(room.as_str()),
-            enc(leave.event_id().as_str())
-        );
-        match fed
-            .client
-            .request("PUT", server, &path, Some(&leave.to_federation_value()))
-            .await
-        {
+        match send_signed(&fed, server, "v2/send_leave", room, &leave, "").await {
             Ok(_) => {
                 record_remote_membership(s, &leave, version, Vec::new()).await?;
                 return Ok(());
             }
-            Err(e) => last_err = e.into(),
+            Err(e) => last_err = e,
         }
     }
     Err(last_err)

@@ -72,6 +72,61 @@ fn ver_query() -> String {
     super::linearized::participant::make_join_versions()
 }
 
+/// The federation client a local user's join or knock in a room held elsewhere goes through.
+fn outbound(s: &Services) -> Result<std::sync::Arc<crate::federation::Federation>> {
+    s.federation()
+        .cloned()
+        .ok_or_else(|| Error::not_found("no known servers (federation disabled)"))
+}
+
+/// Asks `server` for a `make_join`/`make_knock`/`make_leave` template for `user` (offering
+/// our room versions as `ver=` for a join or a knock) and answers the server's answer.
+async fn ask_template(
+    fed: &crate::federation::Federation,
+    server: &str,
+    membership: &str,
+    room: &OwnedRoomId,
+    user: &OwnedUserId,
+) -> Result<Value> {
+    let mut path = format!(
+        "/_matrix/federation/v1/make_{membership}/{}/{}",
+        enc(room.as_str()),
+        enc(user.as_str())
+    );
+    if membership != "leave" {
+        path.push('?');
+        path.push_str(&ver_query());
+    }
+    fed.client
+        .request("GET", server, &path, None)
+        .await
+        .map_err(|e| {
+            tracing::info!(server, membership, error = %e, "asking for a membership template failed");
+            e.into()
+        })
+}
+
+/// Sends our signed membership event to `server` through `endpoint` (`v2/send_join`,
+/// `v1/send_knock`, `v2/send_leave`; `query` with its `?` or empty) and answers its answer.
+async fn send_signed(
+    fed: &crate::federation::Federation,
+    server: &str,
+    endpoint: &str,
+    room: &OwnedRoomId,
+    pdu: &Pdu,
+    query: &str,
+) -> Result<Value> {
+    let path = format!(
+        "/_matrix/federation/{endpoint}/{}/{}{query}",
+        enc(room.as_str()),
+        enc(pdu.event_id().as_str())
+    );
+    Ok(fed
+        .client
+        .request("PUT", server, &path, Some(&pdu.to_federation_value()))
+        .await?)
+}
+
 /// Turns a `make_join`/`make_leave`/`make_knock` template into our signed event: drops what
 /// the resident server may not choose for us, stamps the time, adds `extra` content, hashes
 /// and signs, and checks the result is `membership` for `user`.
