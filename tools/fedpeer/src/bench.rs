@@ -330,6 +330,79 @@ pub fn wait_readable(
     }
 }
 
+/// PUTs one signed `/send` transaction, retrying 429s until `deadline`, and answers how
+/// many it retried; an answer other than 200, or one that does not accept every PDU of
+/// `event_ids`, is an error.
+pub(crate) fn put_txn(
+    fed: &mut FedClient,
+    path: &str,
+    auth: &[String],
+    body: &[u8],
+    event_ids: &[OwnedEventId],
+    deadline: Instant,
+) -> Result<usize> {
+    let mut retried = 0;
+    loop {
+        let r = fed.raw("PUT", path, auth, Some(body))?;
+        if r.status == 429 && Instant::now() < deadline {
+            retried += 1;
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        if r.status != 200 {
+            return Err(Error(format!("{path}: {} {}", r.status, r.text())));
+        }
+        let results = pdu_results(&r.json());
+        let errors: Vec<String> = event_ids
+            .iter()
+            .filter_map(|id| match results.get(id) {
+                Some(None) => None,
+                Some(Some(e)) => Some(format!("{id}: {e}")),
+                None => Some(format!("{id}: not in the answer")),
+            })
+            .collect();
+        if let Some(first) = errors.first() {
+            return Err(Error(format!(
+                "{path}: {} of {} PDUs not accepted, first: {first}",
+                errors.len(),
+                event_ids.len(),
+            )));
+        }
+        return Ok(retried);
+    }
+}
+
+/// Waits for the sender threads of a run and adds up the 429s they retried (the first
+/// failed sender's error, or a panicked one, fails the run).
+pub(crate) fn join_senders(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<usize>>>,
+) -> Result<usize> {
+    let mut retried = 0;
+    for h in handles {
+        retried += h
+            .join()
+            .unwrap_or_else(|_| Err(Error("sender thread panicked".into())))?;
+    }
+    Ok(retried)
+}
+
+/// How a run's log line tells when its newest PDUs became readable.
+pub(crate) fn readable_note(visible: Option<Duration>, rate: f64) -> String {
+    match visible {
+        Some(v) => format!("in {:.0} ms ({rate:.0}/s)", v.as_secs_f64() * 1000.0),
+        None => "never (timeout)".into(),
+    }
+}
+
+/// A run's cell in a summary's "stored/s per run" column.
+pub(crate) fn run_cell(failed: &Option<String>, visible: Option<Duration>, rate: f64) -> String {
+    match (failed, visible) {
+        (Some(_), _) => "failed".into(),
+        (None, None) => "timeout".into(),
+        (None, Some(_)) => format!("{rate:.0}"),
+    }
+}
+
 /// Sends one lane's transactions in order; returns the number of 429s retried.
 fn send_lane(
     lane: &mut Lane,
@@ -341,42 +414,14 @@ fn send_lane(
 ) -> Result<usize> {
     let mut retried = 0;
     for txn in txns {
-        loop {
-            let r = lane.fed.raw(
-                "PUT",
-                &txn.path,
-                std::slice::from_ref(&txn.auth),
-                Some(&txn.body),
-            )?;
-            if r.status == 429 && Instant::now() < deadline {
-                retried += 1;
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-            if r.status != 200 {
-                return Err(Error(format!("{}: {} {}", txn.path, r.status, r.text())));
-            }
-            let results = pdu_results(&r.json());
-            let errors: Vec<String> = txn
-                .event_ids
-                .iter()
-                .filter_map(|id| match results.get(id) {
-                    Some(None) => None,
-                    Some(Some(e)) => Some(format!("{id}: {e}")),
-                    None => Some(format!("{id}: not in the answer")),
-                })
-                .collect();
-            if !errors.is_empty() {
-                return Err(Error(format!(
-                    "{}: {} of {} PDUs not accepted, first: {}",
-                    txn.path,
-                    errors.len(),
-                    txn.event_ids.len(),
-                    errors[0]
-                )));
-            }
-            break;
-        }
+        retried += put_txn(
+            &mut lane.fed,
+            &txn.path,
+            std::slice::from_ref(&txn.auth),
+            &txn.body,
+            &txn.event_ids,
+            deadline,
+        )?;
         if mode == Mode::Closed
             && let Some(last) = txn.event_ids.last()
             && !wait_readable(&mut lane.reader, room_id, last.as_str(), deadline, poll_max)?
@@ -405,7 +450,7 @@ fn run_once(
     let deadline = Instant::now() + opts.timeout;
     let room_id = joined.room_id.clone();
     let start = Instant::now();
-    let results: Vec<Result<usize>> = std::thread::scope(|s| {
+    let retried = std::thread::scope(|s| {
         let handles: Vec<_> = joined
             .lanes
             .iter_mut()
@@ -416,19 +461,10 @@ fn run_once(
                 s.spawn(move || send_lane(lane, room_id, txns, mode, deadline, poll_max))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error("sender thread panicked".into())))
-            })
-            .collect()
+        join_senders(handles)
     });
     let acked = start.elapsed();
-    let mut retried = 0;
-    for r in results {
-        retried += r?;
-    }
+    let retried = retried?;
     let mut all_visible = true;
     for tip in &tips {
         all_visible &= wait_readable(
@@ -599,14 +635,7 @@ pub fn run(
                         s.pdus,
                         s.acked.as_secs_f64() * 1000.0,
                         s.acked_rate(),
-                        match s.visible {
-                            Some(v) => format!(
-                                "in {:.0} ms ({:.0}/s)",
-                                v.as_secs_f64() * 1000.0,
-                                s.visible_rate()
-                            ),
-                            None => "never (timeout)".into(),
-                        },
+                        readable_note(s.visible, s.visible_rate()),
                         s.persisted,
                         s.pdus,
                         s.retried_429
@@ -645,11 +674,7 @@ pub fn summary(samples: &[Sample], targets: &[Target], opts: &Options) -> String
                 let ack: Vec<f64> = mine.iter().map(|s| s.acked_rate_or_zero()).collect();
                 let runs: Vec<String> = mine
                     .iter()
-                    .map(|s| match (&s.failed, s.visible) {
-                        (Some(_), _) => "failed".into(),
-                        (None, None) => "timeout".into(),
-                        (None, Some(_)) => format!("{:.0}", s.stored_rate()),
-                    })
+                    .map(|s| run_cell(&s.failed, s.visible, s.stored_rate()))
                     .collect();
                 let failed = mine.iter().filter(|s| s.is_failure()).count();
                 let persisted: usize = mine.iter().map(|s| s.persisted).sum();

@@ -24,9 +24,9 @@ use ruma::OwnedEventId;
 use serde_json::{Value, json};
 use weft_protocol::builder::EventDraft;
 
-use crate::bench::{Target, median, wait_readable};
+use crate::bench::{Target, join_senders, median, put_txn, readable_note, run_cell, wait_readable};
 use crate::client::ClientApi;
-use crate::peer::{FedClient, enc, now_ms, pdu_results};
+use crate::peer::{FedClient, enc, now_ms};
 use crate::{Error, Peer, PeerOptions, Result};
 
 #[derive(Debug, Clone)]
@@ -253,31 +253,14 @@ fn prepare(
 fn send_all(fed: &mut FedClient, txns: &[Txn], deadline: Instant) -> Result<usize> {
     let mut retried = 0;
     for txn in txns {
-        loop {
-            let r = fed.raw(
-                "PUT",
-                &txn.path,
-                std::slice::from_ref(&txn.auth),
-                Some(&txn.body),
-            )?;
-            if r.status == 429 && Instant::now() < deadline {
-                retried += 1;
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-            if r.status != 200 {
-                return Err(Error(format!("{}: {} {}", txn.path, r.status, r.text())));
-            }
-            let results = pdu_results(&r.json());
-            if let Some((id, e)) = txn.event_ids.iter().find_map(|id| match results.get(id) {
-                Some(None) => None,
-                Some(Some(e)) => Some((id, e.clone())),
-                None => Some((id, "not in the answer".to_owned())),
-            }) {
-                return Err(Error(format!("{}: {id} not accepted: {e}", txn.path)));
-            }
-            break;
-        }
+        retried += put_txn(
+            fed,
+            &txn.path,
+            std::slice::from_ref(&txn.auth),
+            &txn.body,
+            &txn.event_ids,
+            deadline,
+        )?;
     }
     Ok(retried)
 }
@@ -295,26 +278,17 @@ fn run_once(peers: &[Peer], joined: &mut Joined, opts: &Options, run: usize) -> 
     }
     let deadline = Instant::now() + opts.timeout;
     let start = Instant::now();
-    let results: Vec<Result<usize>> = std::thread::scope(|s| {
+    let retried = std::thread::scope(|s| {
         let handles: Vec<_> = joined
             .feds
             .iter_mut()
             .zip(all.iter())
             .map(|(fed, txns)| s.spawn(move || send_all(fed, txns, deadline)))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error("sender thread panicked".into())))
-            })
-            .collect()
+        join_senders(handles)
     });
     let acked = start.elapsed();
-    let mut retried = 0;
-    for r in results {
-        retried += r?;
-    }
+    let retried = retried?;
     let mut all_visible = true;
     for (room, tip) in &tips {
         all_visible &= wait_readable(
@@ -401,14 +375,7 @@ pub fn run(
                         peers.len(),
                         s.pdus,
                         s.acked.as_secs_f64() * 1000.0,
-                        match s.visible {
-                            Some(v) => format!(
-                                "in {:.0} ms ({:.0}/s)",
-                                v.as_secs_f64() * 1000.0,
-                                s.stored_rate()
-                            ),
-                            None => "never (timeout)".into(),
-                        },
+                        readable_note(s.visible, s.stored_rate()),
                         s.stored,
                         s.pdus,
                         s.retried_429
@@ -441,11 +408,7 @@ pub fn summary(samples: &[Sample], targets: &[Target], opts: &Options) -> String
             let acked: Vec<f64> = mine.iter().map(|s| s.acked_rate()).collect();
             let per_run: Vec<String> = mine
                 .iter()
-                .map(|s| match (&s.failed, s.visible) {
-                    (Some(_), _) => "failed".into(),
-                    (None, None) => "timeout".into(),
-                    (None, Some(_)) => format!("{:.0}", s.stored_rate()),
-                })
+                .map(|s| run_cell(&s.failed, s.visible, s.stored_rate()))
                 .collect();
             let failed = mine
                 .iter()

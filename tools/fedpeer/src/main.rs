@@ -2,12 +2,13 @@
 //! `bench-send` (PDUs/s through `/send`, one or more servers side by side) and
 //! `bench-ingest` (the same from K origin servers at once, into one room or many).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use fedpeer::bench::{self, Target};
-use fedpeer::{Peer, PeerOptions};
+use fedpeer::{Error, Peer, PeerOptions};
 use fedpeer::{ingest, join_bench};
 
 #[derive(Parser)]
@@ -123,15 +124,41 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fedpeer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `--target` arguments, parsed.
+fn parse_targets(targets: &[String]) -> Result<Vec<Target>, Error> {
+    targets.iter().map(|t| Target::parse(t)).collect()
+}
+
+/// After a benchmark: prints its summary and writes its samples to `--json` when given.
+fn report<S>(
+    run: Result<Vec<S>, Error>,
+    to_json: impl Fn(&S) -> serde_json::Value,
+    summary: impl FnOnce(&[S]) -> String,
+    json: Option<PathBuf>,
+) -> Result<(), Error> {
+    let samples = run.map_err(|e| Error(format!("benchmark failed: {e}")))?;
+    print!("{}", summary(&samples));
+    if let Some(path) = json {
+        let v = serde_json::Value::Array(samples.iter().map(to_json).collect());
+        std::fs::write(&path, v.to_string())
+            .map_err(|e| Error(format!("writing {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn run(command: Command) -> Result<(), Error> {
+    match command {
         Command::Serve { port, seconds } => {
-            let peer = match Peer::start(port) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("fedpeer: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let peer = Peer::start(port)?;
             println!("{} {}", peer.server_name(), peer.key().key_id());
             match seconds {
                 Some(s) => std::thread::sleep(Duration::from_secs(s)),
@@ -139,7 +166,7 @@ fn main() -> ExitCode {
                     std::thread::park();
                 },
             }
-            ExitCode::SUCCESS
+            Ok(())
         }
         Command::BenchJoin {
             port,
@@ -149,44 +176,20 @@ fn main() -> ExitCode {
             timeout,
             json,
         } => {
-            let targets: Vec<Target> = match targets.iter().map(|t| Target::parse(t)).collect() {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("fedpeer: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let targets = parse_targets(&targets)?;
             let timeout = Duration::from_secs(timeout);
-            let peer = match Peer::start_with(port, PeerOptions { timeout }) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("fedpeer: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let peer = Peer::start_with(port, PeerOptions { timeout })?;
             let opts = join_bench::Options {
                 members,
                 runs,
                 timeout,
             };
-            match join_bench::run(&peer, &targets, &opts, |l| eprintln!("{l}")) {
-                Ok(samples) => {
-                    print!("{}", join_bench::summary(&samples, &targets, &opts));
-                    if let Some(path) = json {
-                        let v =
-                            serde_json::Value::Array(samples.iter().map(|s| s.to_json()).collect());
-                        if let Err(e) = std::fs::write(&path, v.to_string()) {
-                            eprintln!("fedpeer: writing {}: {e}", path.display());
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("fedpeer: benchmark failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            report(
+                join_bench::run(&peer, &targets, &opts, |l| eprintln!("{l}")),
+                |s| s.to_json(),
+                |samples| join_bench::summary(samples, &targets, &opts),
+                json,
+            )
         }
         Command::BenchIngest {
             port,
@@ -200,13 +203,7 @@ fn main() -> ExitCode {
             poll_max_ms,
             json,
         } => {
-            let targets: Vec<Target> = match targets.iter().map(|t| Target::parse(t)).collect() {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("fedpeer: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let targets = parse_targets(&targets)?;
             let opts = ingest::Options {
                 origins,
                 base_port: port,
@@ -217,13 +214,7 @@ fn main() -> ExitCode {
                 timeout: Duration::from_secs(timeout),
                 poll_max: Duration::from_millis(poll_max_ms),
             };
-            let peers = match ingest::start_origins(&opts) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("fedpeer: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let peers = ingest::start_origins(&opts)?;
             for p in &peers {
                 eprintln!(
                     "fedpeer: origin {} with key {}",
@@ -231,24 +222,12 @@ fn main() -> ExitCode {
                     p.key().key_id()
                 );
             }
-            match ingest::run(&peers, &targets, &opts, |l| eprintln!("{l}")) {
-                Ok(samples) => {
-                    print!("{}", ingest::summary(&samples, &targets, &opts));
-                    if let Some(path) = json {
-                        let v =
-                            serde_json::Value::Array(samples.iter().map(|s| s.to_json()).collect());
-                        if let Err(e) = std::fs::write(&path, v.to_string()) {
-                            eprintln!("fedpeer: writing {}: {e}", path.display());
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("fedpeer: benchmark failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            report(
+                ingest::run(&peers, &targets, &opts, |l| eprintln!("{l}")),
+                |s| s.to_json(),
+                |samples| ingest::summary(samples, &targets, &opts),
+                json,
+            )
         }
         Command::BenchSend {
             port,
@@ -262,29 +241,13 @@ fn main() -> ExitCode {
             poll_max_ms,
             json,
         } => {
-            let modes: Vec<bench::Mode> =
-                match modes.iter().map(|m| bench::Mode::parse(m)).collect() {
-                    Ok(m) => m,
-                    Err(e) => {
-                        eprintln!("fedpeer: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-            let targets: Vec<Target> = match targets.iter().map(|t| Target::parse(t)).collect() {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("fedpeer: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let modes = modes
+                .iter()
+                .map(|m| bench::Mode::parse(m))
+                .collect::<Result<Vec<_>, _>>()?;
+            let targets = parse_targets(&targets)?;
             let timeout = Duration::from_secs(timeout);
-            let peer = match Peer::start_with(port, PeerOptions { timeout }) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("fedpeer: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let peer = Peer::start_with(port, PeerOptions { timeout })?;
             let opts = bench::Options {
                 txns,
                 pdus_per_txn: pdus,
@@ -299,24 +262,12 @@ fn main() -> ExitCode {
                 peer.server_name(),
                 peer.key().key_id()
             );
-            match bench::run(&peer, &targets, &opts, |l| eprintln!("{l}")) {
-                Ok(samples) => {
-                    print!("{}", bench::summary(&samples, &targets, &opts));
-                    if let Some(path) = json {
-                        let v =
-                            serde_json::Value::Array(samples.iter().map(|s| s.to_json()).collect());
-                        if let Err(e) = std::fs::write(&path, v.to_string()) {
-                            eprintln!("fedpeer: writing {}: {e}", path.display());
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("fedpeer: benchmark failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            report(
+                bench::run(&peer, &targets, &opts, |l| eprintln!("{l}")),
+                |s| s.to_json(),
+                |samples| bench::summary(samples, &targets, &opts),
+                json,
+            )
         }
     }
 }
