@@ -18,6 +18,8 @@
 # (weft_sync_woken_answers_total), when the binary records them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=tools/bench_lib.sh
+. "$ROOT/tools/bench_lib.sh"
 RUNS=${1:-5}
 WHICH=${2:-both}
 TMP=${TMPDIR:-/tmp}
@@ -78,24 +80,8 @@ for backend in "${backends[@]}"; do
     else
       url="sqlite://$dir/weft.db"
     fi
-    cat >"$dir/weft.toml" <<EOF
-server_name = "bench.local"
-data_dir = "$dir"
-[database]
-url = "$url"
-[listeners]
-client = "127.0.0.1:$port"
-federation = ""
-[registration]
-open = true
-[federation]
-enabled = false
-[rate_limits]
-enabled = false
-[logging]
-filter = "warn,weft::server=info"
-$WEFT_TOML
-EOF
+    weft_toml "$dir/weft.toml" --db "$url" --client "127.0.0.1:$port" \
+      --log "warn,weft::server=info" --extra "$WEFT_TOML"
     "$WEFT_BIN" serve --config "$dir/weft.toml" >"$dir/weft.log" 2>&1 &
     weft_pid=$!
     for i in $(seq 150); do

@@ -24,6 +24,8 @@
 # Prints the medians per setup; everything else is in $BENCH_DIR (samples.jsonl, logs).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=tools/bench_lib.sh
+. "$ROOT/tools/bench_lib.sh"
 ROOMS=${ROOMS:-300}
 MESSAGES=${MESSAGES:-3000}
 IN_FLIGHT=${IN_FLIGHT:-24}
@@ -108,25 +110,8 @@ prefix = \"$prefix\"
 lease_ttl_ms = $LEASE_TTL_MS
 advertise = \"http://127.0.0.1:$port\""
     fi
-    cat >"$ndir/weft.toml" <<EOF
-server_name = "bench.local"
-data_dir = "$ndir"
-signing_key_path = "$dir/signing.key"
-[database]
-url = "$PG/$DB"
-[listeners]
-client = "127.0.0.1:$port"
-federation = ""
-[registration]
-open = true
-[federation]
-enabled = false
-[rate_limits]
-enabled = false
-[logging]
-filter = "warn,weft::server=info,weft::cluster=info"
-$cluster_toml
-EOF
+    weft_toml "$ndir/weft.toml" --key "$dir/signing.key" --db "$PG/$DB" --client "127.0.0.1:$port" \
+      --log "warn,weft::server=info,weft::cluster=info" --extra "$cluster_toml"
     "$WEFT_BIN" serve --config "$ndir/weft.toml" >"$ndir/weft.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")

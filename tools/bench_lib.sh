@@ -10,6 +10,55 @@
 #   bench_finish   # load after, weft's CPU time over the run, its /metrics, panics
 #
 # Both servers are stopped on exit.
+#
+# Every benchmark script (tools/bench*.sh, tools/login_flood.sh) writes its weft config with
+# weft_toml (below), which needs nothing else from here.
+
+# weft_toml FILE [--name N] [--dir D] [--key K] [--db URL] [--client ADDR] [--fed ADDR]
+#           [--fed-extra TOML] [--log FILTER] [--extra TOML]
+# Writes a benchmark's weft config to FILE: open registration, rate limits off; server_name
+# N (default bench.local), data_dir D (default FILE's folder), signing_key_path K and
+# [database] url URL when given; the client API on ADDR. Without --fed, federation is off
+# (no listener); with it, federation listens on ADDR without TLS checks (--fed-extra is
+# added to its [federation] table) and may reach loopback. --log sets [logging] filter;
+# --extra (whole tables, e.g. a script's WEFT_TOML knob) goes last.
+weft_toml() {
+  local file=$1 name=bench.local dir key="" db="" client="" fed="" fed_extra="" filter="" extra=""
+  dir=$(dirname "$file")
+  shift
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --name) name=$2 ;;
+      --dir) dir=$2 ;;
+      --key) key=$2 ;;
+      --db) db=$2 ;;
+      --client) client=$2 ;;
+      --fed) fed=$2 ;;
+      --fed-extra) fed_extra=$2 ;;
+      --log) filter=$2 ;;
+      --extra) extra=$2 ;;
+      *) echo "weft_toml: unknown option $1" >&2; return 2 ;;
+    esac
+    shift 2
+  done
+  {
+    echo "server_name = \"$name\""
+    echo "data_dir = \"$dir\""
+    [ -z "$key" ] || echo "signing_key_path = \"$key\""
+    [ -z "$db" ] || printf '[database]\nurl = "%s"\n' "$db"
+    printf '[listeners]\nclient = "%s"\nfederation = "%s"\n' "$client" "$fed"
+    printf '[registration]\nopen = true\n'
+    if [ -z "$fed" ]; then
+      printf '[federation]\nenabled = false\n'
+    else
+      printf '[federation]\nverify_tls = false\n%s\n' "$fed_extra"
+      printf '[outbound]\nallowed_addresses = ["127.0.0.0/8"]\n'
+    fi
+    printf '[rate_limits]\nenabled = false\n'
+    [ -z "$filter" ] || printf '[logging]\nfilter = "%s"\n' "$filter"
+    [ -z "$extra" ] || printf '%s\n' "$extra"
+  } >"$file"
+}
 
 bench_setup() {
   mkdir -p "$OUT"
@@ -45,22 +94,8 @@ bench_setup() {
 
   # ---------------------------------------------------------------- weft (release)
   mkdir -p "$OUT/weft"
-  cat >"$OUT/weft/weft.toml" <<EOF
-server_name = "localhost:$WEFT_FED"
-data_dir = "$OUT/weft"
-[listeners]
-client = "127.0.0.1:$WEFT_CLIENT"
-federation = "127.0.0.1:$WEFT_FED"
-[registration]
-open = true
-[federation]
-verify_tls = false
-${WEFT_FEDERATION_EXTRA:-}
-[outbound]
-allowed_addresses = ["127.0.0.0/8"]
-[rate_limits]
-enabled = false
-EOF
+  weft_toml "$OUT/weft/weft.toml" --name "localhost:$WEFT_FED" --client "127.0.0.1:$WEFT_CLIENT" \
+    --fed "127.0.0.1:$WEFT_FED" --fed-extra "${WEFT_FEDERATION_EXTRA:-}"
   "$WEFT_BIN" serve --config "$OUT/weft/weft.toml" >"$OUT/weft/weft.log" 2>&1 &
   WEFT_PID=$!
   for i in $(seq 300); do

@@ -18,6 +18,8 @@
 # start-synapse NAME, stop-synapse NAME; a start prints `PID BASE_URL TOKEN`.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=tools/bench_lib.sh
+. "$ROOT/tools/bench_lib.sh"
 WEFT_BIN=${WEFT_BIN:-$ROOT/target/release/weft}
 
 free_port() {
@@ -30,26 +32,10 @@ case "${1:-}" in
     if [ ! -f "$dir/weft.toml" ]; then
       mkdir -p "$dir"
       free_port >"$dir/port"
-      cat >"$dir/weft.toml" <<TOML
-server_name = "bench.local"
-data_dir = "$dir"
-[database]
-url = "sqlite://$dir/weft.db"
-[listeners]
-client = "127.0.0.1:$(cat "$dir/port")"
-federation = ""
-[registration]
-open = true
-[federation]
-enabled = false
-[rate_limits]
-enabled = false
-[logging]
-filter = "warn"
-[actors]
+      weft_toml "$dir/weft.toml" --db "sqlite://$dir/weft.db" --client "127.0.0.1:$(cat "$dir/port")" \
+        --log warn --extra "[actors]
 room_idle_secs = ${IDLE_STOP:-8}
-${WEFT_TOML:-}
-TOML
+${WEFT_TOML:-}"
     fi
     port=$(cat "$dir/port")
     setsid "$WEFT_BIN" serve --config "$dir/weft.toml" >>"$dir/weft.log" 2>&1 </dev/null &

@@ -11,6 +11,8 @@
 # Everything is stopped and removed afterwards (KEEP=1 keeps the temp dirs).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=tools/bench_lib.sh
+. "$ROOT/tools/bench_lib.sh"
 ROOMS=${1:-1000}
 SAMPLES=${2:-20}
 TMP=${TMPDIR:-/tmp}
@@ -39,23 +41,8 @@ echo "synapse: $("${SYNAPSE_VENV:-/tmp/synvenv}/bin/python" -c 'import synapse; 
 # weft
 port=$(free_port)
 mkdir -p "$work/weft"
-cat >"$work/weft/weft.toml" <<TOML
-server_name = "bench.local"
-data_dir = "$work/weft"
-[database]
-url = "sqlite://$work/weft/weft.db"
-[listeners]
-client = "127.0.0.1:$port"
-federation = ""
-[registration]
-open = true
-[federation]
-enabled = false
-[rate_limits]
-enabled = false
-[logging]
-filter = "warn"
-TOML
+weft_toml "$work/weft/weft.toml" --db "sqlite://$work/weft/weft.db" --client "127.0.0.1:$port" \
+  --log warn
 "$WEFT_BIN" serve --config "$work/weft/weft.toml" >"$work/weft/weft.log" 2>&1 &
 weft_pid=$!
 for i in $(seq 150); do

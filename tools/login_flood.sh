@@ -12,6 +12,8 @@
 # section). Loopback only; every run starts and stops its own server.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=tools/bench_lib.sh
+. "$ROOT/tools/bench_lib.sh"
 RUNS=${1:-3}
 TMP=${TMPDIR:-/tmp}
 FLOOD_ARGS=${FLOOD_ARGS:---logins 500 --registrations 500}
@@ -47,22 +49,8 @@ for run in $(seq "$RUNS"); do
   dir="$work/run-$run"
   mkdir -p "$dir"
   port=$(free_port)
-  cat >"$dir/weft.toml" <<EOF
-server_name = "flood.local"
-data_dir = "$dir"
-[listeners]
-client = "127.0.0.1:$port"
-federation = ""
-[registration]
-open = true
-[federation]
-enabled = false
-[rate_limits]
-enabled = false
-[logging]
-filter = "warn,weft::server=info"
-${WEFT_TOML:-}
-EOF
+  weft_toml "$dir/weft.toml" --name flood.local --client "127.0.0.1:$port" \
+    --log "warn,weft::server=info" --extra "${WEFT_TOML:-}"
   "$WEFT_BIN" serve --config "$dir/weft.toml" >"$dir/weft.log" 2>&1 &
   weft_pid=$!
   for i in $(seq 150); do
