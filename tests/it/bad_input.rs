@@ -442,6 +442,55 @@ fn bad_input_gets_matrix_errors(backend: Backend) {
         "M_BAD_JSON",
     );
 
+    // ---- numbers and tokens at the edges of what the server would index, add or slice
+    // with (the unwrap audit of the dups branch): clamped or refused, never a panic.
+    // A typing timeout of u64::MAX ms would overflow `Instant + Duration` unclamped.
+    let typing = format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+    alice
+        .put(&typing, &json!({"typing": true, "timeout": u64::MAX}))
+        .ok();
+    alice.put(&typing, &json!({"typing": false})).ok();
+    // Sliding-sync ranges past the end, reversed, or at u64::MAX index nothing.
+    let sliding = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0";
+    let v = alice
+        .post(
+            sliding,
+            &json!({"lists": {"l": {
+                "ranges": [[5, 1], [u64::MAX, u64::MAX], [1000, u64::MAX]],
+                "timeline_limit": 1,
+            }}}),
+        )
+        .ok();
+    assert!(
+        v["lists"]["l"]["ops"].as_array().is_none_or(|ops| ops
+            .iter()
+            .all(|o| o["room_ids"].as_array().is_none_or(|ids| ids.is_empty()))),
+        "windows past the end of the list hold no rooms: {v}"
+    );
+    expect(
+        alice.post(
+            sliding,
+            &json!({"lists": {"l": {"ranges": [[-1, 3]], "timeline_limit": 1}}}),
+        ),
+        400,
+        "M_BAD_JSON",
+    );
+    // A search cursor is sliced after its first byte: a multi-byte first character, or the
+    // bare prefix, is a bad token.
+    for token in ["é1", "r", "s", "r-1", "\u{1F600}"] {
+        expect(
+            alice.post(
+                &format!("/search?next_batch={}", enc(token)),
+                &json!({"search_categories": {"room_events": {"search_term": "hello"}}}),
+            ),
+            400,
+            "M_INVALID_PARAM",
+        );
+    }
+    // A sync filter's timeline limit beyond the server's cap is honoured as the cap.
+    let f = json!({"room": {"timeline": {"limit": u64::MAX}}}).to_string();
+    alice.get(&format!("/sync?filter={}", enc(&f))).ok();
+
     // ---- still alive, nothing panicked
     assert!(srv.is_running(), "the server exited:\n{}", srv.log());
     let v = anon.get("/_matrix/client/versions").ok();
