@@ -216,13 +216,16 @@ fn before(conn: &mut AnyConnection) -> StorageResult<()> {
     Ok(())
 }
 
+/// An `event_relations` row.
+type RelationRow = (String, String, String, String, String, String, i64, i64);
+
 /// Every row the batch can write, in a fixed order.
 #[derive(Debug, PartialEq)]
 struct Dump {
     /// Each event row, as `Debug` shows it.
     events: Vec<String>,
     search: Vec<(String, String, String, String, String, i64, String)>,
-    relations: Vec<(String, String, String, String, String, String, i64, i64)>,
+    relations: Vec<RelationRow>,
     profiles: Vec<(String, Option<String>, Option<String>, i64)>,
 }
 
@@ -320,8 +323,14 @@ fn a_timeline_batch_stores_every_row_as_one_by_one(backend: Backend) {
             .unwrap_or_else(|| panic!("{id} not stored"))
     };
     assert!(event("$e21").contains("first copy"));
-    assert!(event("$e20").contains("outlier: false"), "the outlier copy was promoted");
-    assert!(event("$e22").contains("outlier: true"), "the rejected copy was kept");
+    assert!(
+        event("$e20").contains("outlier: false"),
+        "the outlier copy was promoted"
+    );
+    assert!(
+        event("$e22").contains("outlier: true"),
+        "the rejected copy was kept"
+    );
 }
 
 fn a_batch_naming_an_event_twice_stores_it_as_one_by_one(backend: Backend) {
