@@ -273,8 +273,19 @@ impl PersistBatch {
                 events::set_state_before_if_unknown(conn, &row.event_id, group)?;
             }
         }
-        for ev in &self.events {
-            events::insert_event(conn, &ev.row)?;
+        // The timeline events in a few multi-row statements (`events::insert_events`), then
+        // each one's transaction ID and redaction in order. A redaction applies only to a
+        // target stored before it (earlier in this batch, or before it), as one by one.
+        let rows: Vec<&NewEvent> = self.events.iter().map(|e| &e.row).collect();
+        events::insert_events(conn, &rows)?;
+        // (An event named twice: its first place.)
+        let index_of: std::collections::HashMap<&str, usize> = rows
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, r)| (r.event_id.as_str(), i))
+            .collect();
+        for (i, ev) in self.events.iter().enumerate() {
             if let Some(t) = &ev.txn {
                 events::insert_txn(
                     conn,
@@ -286,6 +297,7 @@ impl PersistBatch {
                 )?;
             }
             if let Some(r) = &ev.redaction
+                && index_of.get(r.target.as_str()).is_none_or(|&j| j <= i)
                 && let Some(target) = events::get_event(conn, &r.target)?
                 && target.room_id == self.room_id
                 && (r.has_power || server_of(&target.sender) == server_of(&r.sender))

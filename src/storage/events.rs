@@ -130,6 +130,78 @@ pub fn insert_outliers(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageR
     Ok(fresh.len())
 }
 
+/// Rows per multi-row INSERT of a timeline batch's events and search rows: a batch is cut
+/// into chunks of these sizes, largest first (50 rows: 32 + 16 + 2), so every statement
+/// has one of a few shapes and stays in diesel's and SQLite's statement caches.
+pub(crate) const ROW_CHUNKS: [usize; 6] = [32, 16, 8, 4, 2, 1];
+
+/// `rows` cut into chunks of [`ROW_CHUNKS`] sizes, largest first.
+pub(crate) fn fixed_chunks<T>(rows: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let size = ROW_CHUNKS
+            .iter()
+            .copied()
+            .find(|&n| n <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(size);
+        out.push(chunk);
+        rest = tail;
+    }
+    out
+}
+
+/// [`insert_event`] for each row, in order, in a few statements: one read of which are
+/// stored, multi-row INSERTs of the new ones ([`fixed_chunks`]), their relation and search
+/// rows. Rows already stored go through [`insert_event`] one by one (an outlier copy is
+/// promoted as there). A batch naming one event twice goes through [`insert_event`]
+/// entirely. Answers, per row, whether it was new or promoted.
+pub fn insert_events(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageResult<Vec<bool>> {
+    let mut ids: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    if rows.len() < 2 || !rows.iter().all(|r| ids.insert(r.event_id.as_str())) {
+        return rows.iter().map(|r| insert_event(conn, r)).collect();
+    }
+    let mut stored: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for chunk in fixed_chunks(rows) {
+        let ids: Vec<&str> = chunk.iter().map(|r| r.event_id.as_str()).collect();
+        stored.extend(
+            events::table
+                .filter(events::event_id.eq_any(ids))
+                .select(events::event_id)
+                .load::<String>(conn)?,
+        );
+    }
+    let fresh: Vec<&NewEvent> = rows
+        .iter()
+        .copied()
+        .filter(|r| !stored.contains(&r.event_id))
+        .collect();
+    for chunk in fixed_chunks(&fresh) {
+        match conn {
+            AnyConnection::Sqlite(c) => diesel::insert_into(events::table)
+                .values(chunk.to_vec())
+                .execute(c)?,
+            AnyConnection::Postgresql(c) => diesel::insert_into(events::table)
+                .values(chunk.to_vec())
+                .execute(c)?,
+        };
+    }
+    for row in &fresh {
+        super::relations::index_event(conn, row)?;
+    }
+    super::search::index_events(conn, &fresh)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(if stored.contains(&row.event_id) {
+            insert_event(conn, row)?
+        } else {
+            true
+        });
+    }
+    Ok(out)
+}
+
 /// Why a stored event was rejected (`None`: not stored, or not rejected).
 pub fn rejection(conn: &mut AnyConnection, event_id: &str) -> StorageResult<Option<String>> {
     Ok(events::table

@@ -15,6 +15,8 @@
 pub mod account;
 pub mod admin;
 pub mod backup;
+#[cfg(test)]
+mod batch_tests;
 pub mod cluster;
 pub mod connection;
 pub mod e2ee;
@@ -202,6 +204,21 @@ impl Db {
         F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
     {
         self.writers.submit_deferred(shard, f).await
+    }
+
+    /// [`Db::write_deferred`] with a hook run on the writer thread once the batch it
+    /// rode in has ended (`true`: committed) ([`writer::Writers::submit_deferred_then`]).
+    pub async fn write_deferred_then<T, F>(
+        &self,
+        shard: &str,
+        f: F,
+        after: writer::AfterCommit,
+    ) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        self.writers.submit_deferred_then(shard, f, after).await
     }
 
     /// Transactions the writers have committed since start.

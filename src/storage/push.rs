@@ -203,7 +203,7 @@ pub fn rooms_with_count_changes(
 
 /// One notification for a user.
 #[derive(Debug, Clone, Queryable, Insertable)]
-#[diesel(table_name = push_notifications)]
+#[diesel(table_name = push_notifications, treat_none_as_default_value = false)]
 pub struct NotificationRow {
     pub user_id: String,
     pub event_id: String,
@@ -216,17 +216,24 @@ pub struct NotificationRow {
     pub highlight: bool,
 }
 
-/// Stores a notification (again: nothing, so a re-evaluated event is harmless).
-pub fn insert_notification(conn: &mut AnyConnection, row: &NotificationRow) -> StorageResult<()> {
-    let exists: i64 = push_notifications::table
-        .filter(push_notifications::user_id.eq(&row.user_id))
-        .filter(push_notifications::event_id.eq(&row.event_id))
-        .count()
-        .get_result(conn)?;
-    if exists == 0 {
-        diesel::insert_into(push_notifications::table)
-            .values(row)
-            .execute(conn)?;
+/// Stores notifications; a stored one (the same user and event) is left alone, so a
+/// re-evaluated event is harmless. Multi-row INSERTs in chunks of `events::fixed_chunks`
+/// sizes, so the statements keep a few shapes.
+pub fn insert_notifications(
+    conn: &mut AnyConnection,
+    rows: &[NotificationRow],
+) -> StorageResult<()> {
+    for chunk in super::events::fixed_chunks(rows) {
+        match conn {
+            AnyConnection::Sqlite(c) => diesel::insert_into(push_notifications::table)
+                .values(chunk.to_vec())
+                .on_conflict_do_nothing()
+                .execute(c)?,
+            AnyConnection::Postgresql(c) => diesel::insert_into(push_notifications::table)
+                .values(chunk.to_vec())
+                .on_conflict_do_nothing()
+                .execute(c)?,
+        };
     }
     Ok(())
 }

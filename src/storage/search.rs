@@ -22,13 +22,19 @@ use super::events::NewEvent;
 use super::schema::event_search;
 use super::{AnyConnection, StorageResult};
 
-/// Indexes an event's searchable text and, for a join, the member's profile.
-pub fn index_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<()> {
-    let Some(pos) = ev.stream_ordering else {
-        return Ok(());
-    };
+/// What the index keeps of one event.
+enum Indexed {
+    /// A searchable event's text: its key (`content.body`, ...) and value.
+    Text(&'static str, String, i64),
+    /// A join: the member, their display name and avatar.
+    Join(String, Option<String>, Option<String>, i64),
+}
+
+/// What [`index_event`] writes for `ev` (the one rule for both it and [`index_events`]).
+fn indexed(ev: &NewEvent) -> Option<Indexed> {
+    let pos = ev.stream_ordering?;
     if ev.outlier || ev.rejected.is_some() || ev.soft_failed || ev.redacted_by.is_some() {
-        return Ok(());
+        return None;
     }
     let member = ev.event_type == "m.room.member";
     if !member
@@ -37,38 +43,101 @@ pub fn index_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<()>
             "m.room.message" | "m.room.name" | "m.room.topic"
         )
     {
-        return Ok(());
+        return None;
     }
-    let Ok(json) = serde_json::from_str::<serde_json::Value>(&ev.json) else {
-        return Ok(());
-    };
-    let Some(content) = json.get("content") else {
-        return Ok(());
-    };
+    let json = serde_json::from_str::<serde_json::Value>(&ev.json).ok()?;
+    let content = json.get("content")?;
     if member {
         if content.get("membership").and_then(|m| m.as_str()) == Some("join")
             && let Some(user) = ev.state_key.as_deref()
         {
             let text = |k: &str| content.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-            upsert_profile(conn, user, text("displayname"), text("avatar_url"), pos)?;
+            return Some(Indexed::Join(
+                user.to_owned(),
+                text("displayname"),
+                text("avatar_url"),
+                pos,
+            ));
         }
-        return Ok(());
+        return None;
     }
-    let Some((key, value)) = weft_protocol::search::searchable(&ev.event_type, content) else {
-        return Ok(());
-    };
-    forget_event(conn, &ev.event_id)?;
-    diesel::insert_into(event_search::table)
-        .values((
-            event_search::event_id.eq(&ev.event_id),
-            event_search::room_id.eq(&ev.room_id),
-            event_search::event_type.eq(&ev.event_type),
-            event_search::sender.eq(&ev.sender),
-            event_search::key.eq(key),
-            event_search::stream_ordering.eq(pos),
-            event_search::value.eq(value),
-        ))
-        .execute(conn)?;
+    let (key, value) = weft_protocol::search::searchable(&ev.event_type, content)?;
+    Some(Indexed::Text(key, value, pos))
+}
+
+/// One `event_search` row.
+#[derive(Insertable, Clone)]
+#[diesel(table_name = event_search, treat_none_as_default_value = false)]
+struct SearchRow<'a> {
+    event_id: &'a str,
+    room_id: &'a str,
+    event_type: &'a str,
+    sender: &'a str,
+    key: &'static str,
+    stream_ordering: i64,
+    value: String,
+}
+
+/// Indexes an event's searchable text and, for a join, the member's profile.
+pub fn index_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<()> {
+    match indexed(ev) {
+        Some(Indexed::Join(user, name, avatar, pos)) => {
+            upsert_profile(conn, &user, name, avatar, pos)
+        }
+        Some(Indexed::Text(key, value, pos)) => {
+            forget_event(conn, &ev.event_id)?;
+            diesel::insert_into(event_search::table)
+                .values(SearchRow {
+                    event_id: &ev.event_id,
+                    room_id: &ev.room_id,
+                    event_type: &ev.event_type,
+                    sender: &ev.sender,
+                    key,
+                    stream_ordering: pos,
+                    value,
+                })
+                .execute(conn)?;
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// [`index_event`] for each of `rows`, in order, in a few statements: the profiles one by
+/// one (joins are few), the searchable text with one DELETE and one multi-row INSERT per
+/// chunk (chunks of `events::fixed_chunks` sizes, so the statements stay cached).
+pub fn index_events(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageResult<()> {
+    let mut texts: Vec<SearchRow<'_>> = Vec::new();
+    for ev in rows {
+        match indexed(ev) {
+            Some(Indexed::Text(key, value, pos)) => texts.push(SearchRow {
+                event_id: &ev.event_id,
+                room_id: &ev.room_id,
+                event_type: &ev.event_type,
+                sender: &ev.sender,
+                key,
+                stream_ordering: pos,
+                value,
+            }),
+            Some(Indexed::Join(user, name, avatar, pos)) => {
+                upsert_profile(conn, &user, name, avatar, pos)?
+            }
+            None => {}
+        }
+    }
+    for chunk in super::events::fixed_chunks(&texts) {
+        let ids: Vec<&str> = chunk.iter().map(|t| t.event_id).collect();
+        diesel::delete(event_search::table.filter(event_search::event_id.eq_any(ids)))
+            .execute(conn)?;
+        match conn {
+            AnyConnection::Sqlite(c) => diesel::insert_into(event_search::table)
+                .values(chunk.to_vec())
+                .execute(c)?,
+            AnyConnection::Postgresql(c) => diesel::insert_into(event_search::table)
+                .values(chunk.to_vec())
+                .execute(c)?,
+        };
+    }
     Ok(())
 }
 

@@ -18,9 +18,13 @@
 //! [`DEFER_LINGER`], for the next ordinary job, and they commit in its transaction. With
 //! `synchronous = full` a commit is an fsync (about 6 ms on the shared VM), so a deferred job
 //! that rides with the next room batch saves one per batch, and never makes that batch wait
-//! behind its own commit. Only a single SQLite writer defers: with several writers (PostgreSQL)
-//! the next job may go to another writer, and the held job's notifier position would hold
-//! the stream frontier back for the linger; there the job is an ordinary one.
+//! behind its own commit. A deferred job must not hold a notifier position while it is held:
+//! every position allocated after it would stay behind the stream's frontier for the linger
+//! (a client's next send waiting for its own event). One that needs a position takes it
+//! inside the job and completes it from an after-commit hook
+//! ([`Writers::submit_deferred_then`]). Only a single SQLite writer defers: with several
+//! writers (PostgreSQL) the next job may go to another writer, so a held job would mostly
+//! wait out the linger; there the job is an ordinary one.
 //!
 //! A job may carry an *after-commit hook* ([`Writers::submit_then`]): the writer thread runs
 //! it right after the transaction ends (with whether the job's writes are durable), before
@@ -172,6 +176,22 @@ impl Writers {
         F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
     {
         self.submit_job(shard, f, self.defers, None).await
+    }
+
+    /// [`Writers::submit_deferred`] with an after-commit hook. A deferred job that needs a
+    /// notifier position takes it inside the job and completes it from the hook: a position
+    /// taken before the job would hold the stream's frontier back while the job is held.
+    pub async fn submit_deferred_then<T, F>(
+        &self,
+        shard: &str,
+        f: F,
+        after: AfterCommit,
+    ) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        self.submit_job(shard, f, self.defers, Some(after)).await
     }
 
     async fn submit_job<T, F>(
@@ -461,17 +481,8 @@ mod tests {
     #[actix_rt::test]
     async fn a_read_then_write_job_waits_for_the_other_process() {
         use diesel::connection::SimpleConnection;
-        let path = std::env::temp_dir().join(format!(
-            "weft-writer-lock-{}-{}.db",
-            std::process::id(),
-            crate::random::random_string(6)
-        ));
-        let options = ConnectionOptions {
-            backend: Backend::Sqlite,
-            url: path.display().to_string(),
-            sqlite_synchronous: "normal".into(),
-            sqlite_cache_kib: 2000,
-        };
+        let options = sqlite_options("lock");
+        let path = std::path::PathBuf::from(&options.url);
         let mut setup = options.establish().unwrap();
         setup
             .batch_execute(
@@ -481,20 +492,14 @@ mod tests {
             .unwrap();
         drop(setup);
         let cli = Arc::new(Writers::start(&options, 1, 8, 2).unwrap());
-        let url = options.url.clone();
+        let other_options = options.clone();
         let other = cli
             .submit("s", move |c| {
                 use diesel::RunQueryDsl;
                 diesel::sql_query("SELECT count(*) FROM t").execute(c)?;
                 // The other process commits a write now, between this job's read and write.
-                let o = ConnectionOptions {
-                    backend: Backend::Sqlite,
-                    url,
-                    sqlite_synchronous: "normal".into(),
-                    sqlite_cache_kib: 2000,
-                };
                 let writer = std::thread::spawn(move || {
-                    let mut conn = o.establish().unwrap();
+                    let mut conn = other_options.establish().unwrap();
                     conn.batch_execute("INSERT INTO t VALUES (1)")
                 });
                 std::thread::sleep(std::time::Duration::from_millis(300));
@@ -510,26 +515,37 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
-    fn sqlite_writers(tag: &str) -> (Arc<Writers>, std::path::PathBuf) {
+    /// Options for a fresh SQLite file in the temporary directory, named after `tag`.
+    fn sqlite_options(tag: &str) -> ConnectionOptions {
         let path = std::env::temp_dir().join(format!(
             "weft-writer-{tag}-{}-{}.db",
             std::process::id(),
             crate::random::random_string(6)
         ));
-        let options = ConnectionOptions {
+        ConnectionOptions {
             backend: Backend::Sqlite,
             url: path.display().to_string(),
             sqlite_synchronous: "normal".into(),
             sqlite_cache_kib: 2000,
-        };
-        (Arc::new(Writers::start(&options, 1, 8, 16).unwrap()), path)
+        }
+    }
+
+    /// One SQLite writer (batches of up to 8 jobs, a queue of `queue`) on a fresh file, and
+    /// the file's path.
+    fn sqlite_writers(tag: &str, queue: usize) -> (Arc<Writers>, std::path::PathBuf) {
+        let options = sqlite_options(tag);
+        let path = std::path::PathBuf::from(&options.url);
+        (
+            Arc::new(Writers::start(&options, 1, 8, queue).unwrap()),
+            path,
+        )
     }
 
     /// A deferred job taken alone is held, and commits in the transaction of the ordinary
     /// job that comes next: two jobs, one commit.
     #[actix_rt::test]
     async fn a_deferred_job_commits_with_the_next_ordinary_job() {
-        let (writers, path) = sqlite_writers("defer");
+        let (writers, path) = sqlite_writers("defer", 16);
         // The writer is busy with `busy` while the deferred job is queued, so it takes the
         // deferred job alone the moment `busy` commits.
         let w = Arc::clone(&writers);
@@ -556,10 +572,47 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// A deferred job's hook runs once the batch it rode in has committed, before its caller
+    /// is answered, and hears whether its writes are durable: `false` for a job that failed
+    /// (the push worker completes the notifier position it took inside the job from there).
+    #[actix_rt::test]
+    async fn a_deferred_jobs_hook_hears_its_outcome_after_the_ride() {
+        let (writers, path) = sqlite_writers("hook", 16);
+        let heard: Arc<std::sync::Mutex<Vec<(&str, bool)>>> = Arc::default();
+        let h = Arc::clone(&heard);
+        let ok = writers.submit_deferred_then(
+            "s",
+            |_c| Ok(5u8),
+            Box::new(move |committed| h.lock().unwrap().push(("ok", committed))),
+        );
+        let h = Arc::clone(&heard);
+        let failing = writers.submit_deferred_then(
+            "s",
+            |_c| Err::<u8, _>(StorageError::Task("refused".into())),
+            Box::new(move |committed| h.lock().unwrap().push(("failing", committed))),
+        );
+        let ordinary = writers.submit("s", |_c| Ok(()));
+        let h = Arc::clone(&heard);
+        let ok = async move {
+            let v = ok.await;
+            // The hook ran before the answer.
+            assert!(h.lock().unwrap().contains(&("ok", true)));
+            v
+        };
+        let (ok, failing, ordinary) = tokio::join!(ok, failing, ordinary);
+        assert_eq!(ok.unwrap(), 5);
+        assert!(failing.is_err());
+        ordinary.unwrap();
+        let mut got = heard.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(got, vec![("failing", false), ("ok", true)]);
+        let _ = std::fs::remove_file(&path);
+    }
+
     /// With nothing else coming, a deferred job commits on its own once the linger is over.
     #[actix_rt::test]
     async fn a_deferred_job_alone_commits_after_the_linger() {
-        let (writers, path) = sqlite_writers("linger");
+        let (writers, path) = sqlite_writers("linger", 16);
         let started = Instant::now();
         let v = writers.submit_deferred("s", |_c| Ok(3u8)).await.unwrap();
         assert_eq!(v, 3);
@@ -574,18 +627,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_full_queue_pushes_back_and_every_job_completes() {
-        let path = std::env::temp_dir().join(format!(
-            "weft-writer-{}-{}.db",
-            std::process::id(),
-            crate::random::random_string(6)
-        ));
-        let options = ConnectionOptions {
-            backend: Backend::Sqlite,
-            url: path.display().to_string(),
-            sqlite_synchronous: "normal".into(),
-            sqlite_cache_kib: 2000,
-        };
-        let writers = Arc::new(Writers::start(&options, 1, 8, 2).unwrap());
+        let (writers, path) = sqlite_writers("full", 2);
         // 200 writers' callers against a queue of 2: they wait for room in turn, none is
         // lost or refused, and answers match their jobs.
         let jobs = (0..200usize).map(|i| {

@@ -58,6 +58,7 @@ both_backends!(
     concurrent_forks_with_state_resolve_as_the_spec_says,
     many_origins_at_once_keep_each_chains_order,
     a_transactions_answer_is_stored_with_its_pdus,
+    a_batch_of_pdus_counts_every_notification_and_highlight,
 );
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -2802,5 +2803,98 @@ fn a_transactions_answer_is_stored_with_its_pdus(backend: Backend) {
         "with EDUs the answer is stored alone"
     );
     assert_eq!(with(&mut s) - with0, 1.0);
+    s.weft.assert_healthy();
+}
+
+/// One `/send` of 40 messages from mallory, 6 of them mentioning alice: alice's counts for
+/// the room are 40 notifications and 6 highlights (the push worker's rows for the batch,
+/// stored in chunks), `/notifications` lists each message once with its highlight, and
+/// a read receipt on the last message clears both counts.
+fn a_batch_of_pdus_counts_every_notification_and_highlight(backend: Backend) {
+    let mut s = Scene::on(backend);
+    let alice = alice_id(&s);
+    let mut mentions = std::collections::HashSet::new();
+    let pdus: Vec<Pdu> = (0..40)
+        .map(|i| {
+            let mut content = json!({"msgtype": "m.text", "body": format!("batch {i}")});
+            if i % 7 == 3 {
+                content["m.mentions"] = json!({"user_ids": [alice]});
+            }
+            let draft = EventDraft::new("m.room.message", s.peer.user("mallory"), content);
+            let pdu = s.peer.build(&s.room, &draft).expect("build");
+            s.peer.append(&s.room, &pdu).expect("append");
+            if i % 7 == 3 {
+                mentions.insert(pdu.event_id().to_string());
+            }
+            pdu
+        })
+        .collect();
+    assert_eq!(mentions.len(), 6);
+    let results = s.results(pdus.iter().map(|p| p.to_federation_value()).collect());
+    for p in &pdus {
+        accepted(&results, &p.owned_event_id(), "message of the batch");
+    }
+    let counts = |s: &mut Scene| {
+        let rooms = sync_rooms(&mut s.alice);
+        let u = &rooms["join"][&s.room]["unread_notifications"];
+        (
+            u["notification_count"].as_u64().unwrap_or(0),
+            u["highlight_count"].as_u64().unwrap_or(0),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = counts(&mut s);
+        if got == (40, 6) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "counts after the batch: {got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let n = s
+        .alice
+        .call_ok("GET", "/_matrix/client/v3/notifications?limit=100", None)
+        .expect("notifications");
+    let listed: Vec<(String, bool)> = n["notifications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| {
+            let id = x["event"]["event_id"].as_str()?.to_owned();
+            let highlight = x["actions"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|t| t["set_tweak"] == json!("highlight") && t["value"] != json!(false))
+            });
+            Some((id, highlight))
+        })
+        .collect();
+    let ids: std::collections::HashSet<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(listed.len(), 40, "{n}");
+    assert_eq!(ids.len(), 40, "each message once: {n}");
+    for p in &pdus {
+        assert!(
+            ids.contains(p.event_id().as_str()),
+            "{} not listed",
+            p.event_id()
+        );
+    }
+    for (id, highlight) in &listed {
+        assert_eq!(*highlight, mentions.contains(id), "highlight of {id}");
+    }
+    let last = pdus[39].event_id().to_string();
+    let r = s
+        .alice
+        .call(
+            "POST",
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&s.room),
+                enc(&last)
+            ),
+            Some(&json!({})),
+        )
+        .expect("receipt");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(counts(&mut s), (0, 0), "the receipt cleared the counts");
     s.weft.assert_healthy();
 }
