@@ -49,6 +49,15 @@ async fn load_filter(s: &Services, user: &AuthedUser, filter: Option<&str>) -> R
     Filter::from_value(value).map_err(|e| Error::bad_json(format!("invalid filter: {e}")))
 }
 
+/// Runs a read, answering its result with when it began and returned (`observe::wake`).
+fn timed<T, E>(
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<(T, (Instant, Instant)), E> {
+    let began = Instant::now();
+    let v = f()?;
+    Ok((v, (began, Instant::now())))
+}
+
 pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result<HttpResponse> {
     let since = match &q.since {
         Some(t) => {
@@ -108,6 +117,7 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             _ => None,
         };
         let mut path = "full";
+        let mut read = crate::observe::wake::ReadSpan::default();
         let mut result = None;
         let mut wait_on = false;
         match plan {
@@ -116,25 +126,29 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             Some(p) => {
                 let s2 = s.clone();
                 let (f, v) = (filter.clone(), viewer.clone());
-                result = s
+                let (answer, span) = s
                     .core
                     .db
                     .read(move |c| {
-                        sync::wake::answer(
-                            c,
-                            &p,
-                            &SyncRequest {
-                                viewer: v,
-                                since,
-                                upto,
-                                typing_now,
-                                filter: &f,
-                                full_state,
-                                typing: &s2.typing,
-                            },
-                        )
+                        timed(|| {
+                            sync::wake::answer(
+                                c,
+                                &p,
+                                &SyncRequest {
+                                    viewer: v,
+                                    since,
+                                    upto,
+                                    typing_now,
+                                    filter: &f,
+                                    full_state,
+                                    typing: &s2.typing,
+                                },
+                            )
+                        })
                     })
                     .await?;
+                read.add(span);
+                result = answer;
                 if result.is_some() {
                     path = "incremental";
                 }
@@ -144,10 +158,11 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
         if result.is_none() && !wait_on {
             let s2 = s.clone();
             let (f, v) = (filter.clone(), viewer.clone());
-            result = Some(
-                s.core
-                    .db
-                    .read(move |c| {
+            let (computed, span) = s
+                .core
+                .db
+                .read(move |c| {
+                    timed(|| {
                         sync::compute(
                             c,
                             &SyncRequest {
@@ -161,8 +176,10 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
                             },
                         )
                     })
-                    .await?,
-            );
+                })
+                .await?;
+            read.add(span);
+            result = Some(computed);
         }
         let now = Instant::now();
         if let Some(result) = result
@@ -175,7 +192,7 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             let response = HttpResponse::Ok().json(result.body);
             if let Some(w) = woken {
                 let after = quiet.map(|q| q.0).or(since.map(|t| t.stream));
-                crate::observe::wake::answered(after.unwrap_or(i64::MIN), upto, w);
+                crate::observe::wake::answered(after.unwrap_or(i64::MIN), upto, w, read);
             }
             return Ok(response);
         }
