@@ -13,7 +13,8 @@
 # Extra server configuration: WEFT_TOML is appended to each run's config (top-level tables,
 # e.g. WEFT_TOML=$'[metrics]\nenabled = false').
 # After each run it reads the server's /metrics and prints the wake-up's stages inside the
-# server (weft_sync_wake_stage_seconds: queue, commit, notify, wake, respond, total; p50 and
+# server (weft_sync_wake_stage_seconds: queue, commit (commit_writes + commit_sync), notify,
+# wake, respond (read_wait + read + reply), total; p50 and
 # p99 interpolated in the histogram's buckets) and how woken long-polls were answered
 # (weft_sync_woken_answers_total), when the binary records them.
 set -euo pipefail
@@ -40,7 +41,12 @@ free_port() {
 work=$(mktemp -d "$TMP/weft-bench-XXXXXX")
 weft_pid=""
 db=""
+probe_pid=""
 stop_weft() {
+  if [ -n "$probe_pid" ]; then
+    kill "$probe_pid" 2>/dev/null || true
+    probe_pid=""
+  fi
   if [ -n "$weft_pid" ]; then
     kill "$weft_pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$weft_pid" 2>/dev/null || break; sleep 0.2; done
@@ -105,8 +111,38 @@ for i in range(200):
 os.close(fd); os.unlink(sys.argv[1])
 print(f"  disk: fdatasync p50 {statistics.median(t):.2f} ms (min {min(t):.2f})")
 PY
+    # The disk's fdatasync while the load runs, too: other processes' writes on the same
+    # device make a flush cost several times the quiet figure above, and a commit pays the
+    # flush of the moment (one pwrite + fdatasync every 100 ms, beside the database: rare
+    # enough not to add much to the disk it measures).
+    python3 - "$dir/fsync-during" "$dir/fsync-during.txt" <<'PY' &
+import os, signal, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+os.write(fd, b"\0" * (1 << 20)); os.fsync(fd)
+out = open(sys.argv[2], "w", buffering=1)
+signal.signal(signal.SIGTERM, lambda *_: (os.unlink(sys.argv[1]), sys.exit(0)))
+i = 0
+while True:
+    os.pwrite(fd, b"x" * 4096, (i % 256) * 4096)
+    t0 = time.perf_counter(); os.fdatasync(fd)
+    out.write(f"{(time.perf_counter() - t0) * 1000:.4f}\n")
+    i += 1
+    time.sleep(0.1)
+PY
+    probe_pid=$!
     # shellcheck disable=SC2086
     "$LOADGEN" --hs "http://127.0.0.1:$port" --json $LOADGEN_ARGS >>"$work/$backend.jsonl"
+    kill "$probe_pid" 2>/dev/null || true
+    wait "$probe_pid" 2>/dev/null || true
+    probe_pid=""
+    python3 - "$dir/fsync-during.txt" <<'PY'
+import statistics, sys
+t = [float(l) for l in open(sys.argv[1]) if l.strip()]
+if t:
+    t.sort()
+    print(f"  disk during the run: fdatasync p50 {statistics.median(t):.2f} ms, "
+          f"p90 {t[int(len(t) * 0.9)]:.2f} ms ({len(t)} samples)")
+PY
     python3 - "$backend" "$run" "$work/$backend.jsonl" <<'PY'
 import json, sys
 r = json.loads(open(sys.argv[3]).read().splitlines()[-1])
@@ -141,7 +177,8 @@ def quantile(bs, q):
             return lo + (le - lo) * ((want - below) / max(n - below, 1e-9))
         lo, below = le, n
     return lo
-order = ["queue", "commit", "notify", "wake", "respond", "total"]
+order = ["queue", "commit", "commit_writes", "commit_sync", "notify", "wake", "respond",
+         "read_wait", "read", "reply", "total"]
 out = {}
 for st in order:
     if st in buckets:
@@ -177,7 +214,8 @@ runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 runs = [r for r in runs if r["stages"]]
 if runs:
     print(f"  in-server wake-up stages, median over {len(runs)} runs of each run's p50 / p99 (ms):")
-    for st in ["queue", "commit", "notify", "wake", "respond", "total"]:
+    for st in ["queue", "commit", "commit_writes", "commit_sync", "notify", "wake", "respond",
+               "read_wait", "read", "reply", "total"]:
         p50 = [r["stages"][st]["p50_ms"] for r in runs if st in r["stages"]]
         p99 = [r["stages"][st]["p99_ms"] for r in runs if st in r["stages"]]
         if p50:

@@ -57,13 +57,14 @@ struct Poll {
 }
 
 /// One read of the sync tables at `(since, upto, typing_now)`: `f` is [`sync::compute`] or
-/// [`sync::wake::answer`], given the request built here.
+/// [`sync::wake::answer`], given the request built here. Answers the result with when the
+/// read began and returned on its thread (`observe::wake`).
 async fn read_at<T, F>(
     s: &Data,
     poll: &Poll,
     (since, upto, typing_now): (Option<SyncToken>, i64, i64),
     f: F,
-) -> Result<T>
+) -> Result<(T, (Instant, Instant))>
 where
     T: Send + 'static,
     F: FnOnce(&mut AnyConnection, &SyncRequest<'_>) -> StorageResult<T> + Send + 'static,
@@ -73,20 +74,31 @@ where
     Ok(s.core
         .db
         .read(move |c| {
-            f(
-                c,
-                &SyncRequest {
-                    viewer,
-                    since,
-                    upto,
-                    typing_now,
-                    filter: &filter,
-                    full_state,
-                    typing: &s2.typing,
-                },
-            )
+            timed(|| {
+                f(
+                    c,
+                    &SyncRequest {
+                        viewer,
+                        since,
+                        upto,
+                        typing_now,
+                        filter: &filter,
+                        full_state,
+                        typing: &s2.typing,
+                    },
+                )
+            })
         })
         .await?)
+}
+
+/// Runs a read, answering its result with when it began and returned (`observe::wake`).
+fn timed<T, E>(
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<(T, (Instant, Instant)), E> {
+    let began = Instant::now();
+    let v = f()?;
+    Ok((v, (began, Instant::now())))
 }
 
 pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result<HttpResponse> {
@@ -153,16 +165,19 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             _ => None,
         };
         let mut path = "full";
+        let mut read = crate::observe::wake::ReadSpan::default();
         let mut result = None;
         let mut wait_on = false;
         match plan {
             // Nothing in the window concerns this user: wait on without reading.
             Some(p) if p.rooms.is_empty() && Instant::now() < deadline => wait_on = true,
             Some(p) => {
-                result = read_at(&s, &poll, (since, upto, typing_now), move |c, req| {
+                let (answer, span) = read_at(&s, &poll, (since, upto, typing_now), move |c, req| {
                     sync::wake::answer(c, &p, req)
                 })
                 .await?;
+                read.add(span);
+                result = answer;
                 if result.is_some() {
                     path = "incremental";
                 }
@@ -170,7 +185,10 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             None => {}
         }
         if result.is_none() && !wait_on {
-            result = Some(read_at(&s, &poll, (since, upto, typing_now), sync::compute).await?);
+            let (computed, span) =
+                read_at(&s, &poll, (since, upto, typing_now), sync::compute).await?;
+            read.add(span);
+            result = Some(computed);
         }
         let now = Instant::now();
         if let Some(result) = result
@@ -183,7 +201,7 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             let response = HttpResponse::Ok().json(result.body);
             if let Some(w) = woken {
                 let after = quiet.map(|q| q.0).or(since.map(|t| t.stream));
-                crate::observe::wake::answered(after.unwrap_or(i64::MIN), upto, w);
+                crate::observe::wake::answered(after.unwrap_or(i64::MIN), upto, w, read);
             }
             return Ok(response);
         }

@@ -152,12 +152,11 @@ pub fn changes(
     if upto <= after {
         return Ok((Vec::new(), Vec::new()));
     }
-    let sharing: HashSet<String> = rooms::users_sharing_rooms(conn, user_id)?
-        .into_iter()
-        .collect();
     let raw = store::device_list_changes_between(conn, user_id, after, upto)?;
     let own_changed = raw.iter().any(|u| u == user_id);
-    let mut changed: BTreeSet<String> = raw.into_iter().filter(|u| sharing.contains(u)).collect();
+    // Candidates first; who shares a room with the user (a read over every member of every
+    // room of theirs) is asked only when there is a candidate to check against it.
+    let mut changed: BTreeSet<String> = raw.into_iter().collect();
     let mut left_candidates: BTreeSet<String> = BTreeSet::new();
 
     let mine = rooms::rooms_for_user(conn, user_id)?;
@@ -187,7 +186,16 @@ pub fn changes(
             left_candidates.insert(other);
         }
     }
-    changed.retain(|u| u != user_id && sharing.contains(u));
+    changed.remove(user_id);
+    left_candidates.remove(user_id);
+    let sharing: HashSet<String> = if changed.is_empty() && left_candidates.is_empty() {
+        HashSet::new()
+    } else {
+        rooms::users_sharing_rooms(conn, user_id)?
+            .into_iter()
+            .collect()
+    };
+    changed.retain(|u| sharing.contains(u));
     // Our own device-list changes are reported to ourselves: our other devices must learn
     // of a new or deleted one. Membership changes of our own are not.
     if own_changed {
@@ -195,7 +203,7 @@ pub fn changes(
     }
     let left: Vec<String> = left_candidates
         .into_iter()
-        .filter(|u| u != user_id && !sharing.contains(u))
+        .filter(|u| !sharing.contains(u))
         .collect();
     Ok((changed.into_iter().collect(), left))
 }

@@ -11,9 +11,14 @@
 //! |---|---|---|
 //! | `queue` | the send handler accepted the request | the writer began the batch's job |
 //! | `commit` | the writer began the job | the commit (fsync included) returned |
+//! | `commit_writes` | the writer began the job | the job's statements were done |
+//! | `commit_sync` | the job's statements were done | the commit returned (the rest of the batch, `COMMIT` and its fsync) |
 //! | `notify` | the commit returned | the notifier woke the waiting users |
 //! | `wake` | the users were woken | the `/sync` handler ran again |
 //! | `respond` | the `/sync` handler ran again | its response body was built |
+//! | `read_wait` | the `/sync` handler ran again | its read began on a blocking thread with a pooled connection |
+//! | `read` | the read began | the read returned |
+//! | `reply` | the read returned | the response body was built (the hop back to the HTTP worker included) |
 //! | `total` | the send handler accepted the request | the response body was built |
 //!
 //! So the figure splits into disk (`commit`), thread hops (`queue` includes the hop to the
@@ -35,6 +40,7 @@ pub const KEEP: usize = 512;
 struct Stamps {
     accepted: Option<Instant>,
     began: Option<Instant>,
+    written: Option<Instant>,
     committed: Option<Instant>,
     notified: Option<Instant>,
 }
@@ -57,13 +63,15 @@ pub fn accepted(pos: i64, at: Instant) {
     with(pos, |s| s.accepted = Some(at));
 }
 
-/// The writer began the job holding `positions` at `began`, and its commit returned now.
-pub fn committed(positions: &[i64], began: Option<Instant>) {
+/// The writer began the job holding `positions` at `began`, its statements were done at
+/// `written`, and its commit returned now.
+pub fn committed(positions: &[i64], (began, written): (Option<Instant>, Option<Instant>)) {
     let now = Instant::now();
     let mut t = table().lock();
     for pos in positions {
         let s = t.entry(*pos).or_default();
         s.began = began;
+        s.written = written;
         s.committed = Some(now);
     }
     while t.len() > KEEP {
@@ -84,9 +92,25 @@ pub fn notified(positions: impl IntoIterator<Item = i64>) {
     }
 }
 
-/// A woken `/sync` (woken at `woken`) answered with everything in `(after, upto]`: records
-/// the stages of the newest stamped position there.
-pub fn answered(after: i64, upto: i64, woken: Instant) {
+/// When a woken `/sync`'s database read began and returned (the first read's start and the
+/// last read's end, when the incremental answer fell back to the full read).
+#[derive(Default, Clone, Copy, Debug)]
+pub struct ReadSpan {
+    pub began: Option<Instant>,
+    pub done: Option<Instant>,
+}
+
+impl ReadSpan {
+    /// Notes a read that ran from `began` to `done`.
+    pub fn add(&mut self, (began, done): (Instant, Instant)) {
+        self.began.get_or_insert(began);
+        self.done = Some(done);
+    }
+}
+
+/// A woken `/sync` (woken at `woken`, reading during `read`) answered with everything in
+/// `(after, upto]`: records the stages of the newest stamped position there.
+pub fn answered(after: i64, upto: i64, woken: Instant, read: ReadSpan) {
     let done = Instant::now();
     if upto <= after {
         // Woken by something without a position (typing): no stage to record.
@@ -109,9 +133,14 @@ pub fn answered(after: i64, upto: i64, woken: Instant) {
     let stages = [
         ("queue", span(s.accepted, s.began)),
         ("commit", span(s.began, s.committed)),
+        ("commit_writes", span(s.began, s.written)),
+        ("commit_sync", span(s.written, s.committed)),
         ("notify", span(s.committed, s.notified)),
         ("wake", span(s.notified.or(s.committed), Some(woken))),
         ("respond", span(Some(woken), Some(done))),
+        ("read_wait", span(Some(woken), read.began)),
+        ("read", span(read.began, read.done)),
+        ("reply", span(read.done, Some(done))),
         ("total", span(s.accepted, Some(done))),
     ];
     for (stage, secs) in stages {
@@ -127,8 +156,8 @@ mod tests {
 
     #[test]
     fn an_empty_window_records_nothing_and_does_not_panic() {
-        answered(7, 7, Instant::now());
-        answered(i64::MAX, 3, Instant::now());
+        answered(7, 7, Instant::now(), ReadSpan::default());
+        answered(i64::MAX, 3, Instant::now(), ReadSpan::default());
     }
 
     #[test]

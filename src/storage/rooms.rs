@@ -230,6 +230,20 @@ pub fn members_with(
         .load(conn)?)
 }
 
+/// How many users have `membership` in the room (a count, not the list).
+pub fn count_members_with(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    membership: &str,
+) -> StorageResult<u64> {
+    let n: i64 = memberships::table
+        .filter(memberships::room_id.eq(room_id))
+        .filter(memberships::membership.eq(membership))
+        .count()
+        .get_result(conn)?;
+    Ok(n.max(0) as u64)
+}
+
 pub fn forget(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> StorageResult<()> {
     diesel::update(
         memberships::table

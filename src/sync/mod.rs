@@ -119,6 +119,57 @@ fn account_data_events(rows: Vec<(String, String, String)>, room: &str) -> Vec<V
         .collect()
 }
 
+/// What a joined room's entry carries besides its summary and unread counts.
+pub(crate) struct JoinedSections {
+    pub timeline: Vec<Value>,
+    pub limited: bool,
+    pub prev_batch: String,
+    pub state: Vec<Value>,
+    pub ephemeral: Vec<Value>,
+    pub account_data: Vec<Value>,
+}
+
+/// A joined room's entry in a response: `sections`, with the member counts of the summary
+/// and the user's unread counts read now (current values, whatever the window). Shared by
+/// the full read ([`compute`]) and the woken answer ([`wake::answer`]), which must give the
+/// same body.
+pub(crate) fn joined_room(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    room_id: &str,
+    filter: &Filter,
+    sections: JoinedSections,
+) -> StorageResult<Value> {
+    let counts = crate::storage::push::room_counts(conn, user_id, room_id)?;
+    // With `unread_thread_notifications`, the room's counts are its main timeline and each
+    // thread has its own.
+    let threaded = filter.room.timeline.unread_thread_notifications;
+    let unread = counts_json(if threaded { counts.main } else { counts.total });
+    let joined = rooms::count_members_with(conn, room_id, "join")?;
+    let invited = rooms::count_members_with(conn, room_id, "invite")?;
+    let mut entry = json!({
+        "timeline": {
+            "events": sections.timeline,
+            "limited": sections.limited,
+            "prev_batch": sections.prev_batch,
+        },
+        "state": {"events": sections.state},
+        "ephemeral": {"events": sections.ephemeral},
+        "account_data": {"events": sections.account_data},
+        "summary": {"m.joined_member_count": joined, "m.invited_member_count": invited},
+        "unread_notifications": unread,
+    });
+    if threaded && !counts.threads.is_empty() {
+        let per: Map<String, Value> = counts
+            .threads
+            .into_iter()
+            .map(|(t, c)| (t, counts_json(c)))
+            .collect();
+        entry["unread_thread_notifications"] = Value::Object(per);
+    }
+    Ok(entry)
+}
+
 /// Builds the sync response for `(since, upto]`.
 pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult<SyncResult> {
     // E2EE sections first: a cut to-device batch lowers `upto` for the whole response.
@@ -252,32 +303,21 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                     continue;
                 }
                 has_changes = true;
-                let counts = crate::storage::push::room_counts(conn, user, &m.room_id)?;
-                // With `unread_thread_notifications`, the room's counts are its main timeline
-                // and each thread has its own.
-                let threaded = req.filter.room.timeline.unread_thread_notifications;
-                let unread = counts_json(if threaded { counts.main } else { counts.total });
-                let joined = rooms::members_with(conn, &m.room_id, "join")?.len();
-                let invited = rooms::members_with(conn, &m.room_id, "invite")?.len();
-                join.insert(
-                    m.room_id.clone(),
-                    json!({
-                        "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
-                        "state": {"events": state_events},
-                        "ephemeral": {"events": ephemeral},
-                        "account_data": {"events": room_account},
-                        "summary": {"m.joined_member_count": joined, "m.invited_member_count": invited},
-                        "unread_notifications": unread,
-                    }),
-                );
-                if threaded && !counts.threads.is_empty() {
-                    let per: Map<String, Value> = counts
-                        .threads
-                        .into_iter()
-                        .map(|(t, c)| (t, counts_json(c)))
-                        .collect();
-                    join[&m.room_id]["unread_thread_notifications"] = Value::Object(per);
-                }
+                let entry = joined_room(
+                    conn,
+                    user,
+                    &m.room_id,
+                    req.filter,
+                    JoinedSections {
+                        timeline,
+                        limited,
+                        prev_batch,
+                        state: state_events,
+                        ephemeral,
+                        account_data: room_account,
+                    },
+                )?;
+                join.insert(m.room_id.clone(), entry);
             }
             "invite" | "knock" if changed_membership => {
                 // Servers may send full PDUs (room v12); clients get stripped state.

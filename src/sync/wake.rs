@@ -35,10 +35,10 @@ use weft_protocol::Pdu;
 use weft_protocol::client_event::client_event;
 
 use super::filter::Filter;
-use super::{SyncRequest, SyncResult, SyncToken, counts_json};
+use super::{JoinedSections, SyncRequest, SyncResult, SyncToken, joined_room};
 use crate::notifier::Note;
 use crate::rooms::messages::{CommittedEvents, TxnKey};
-use crate::storage::{AnyConnection, StorageResult, now_ms, rooms};
+use crate::storage::{AnyConnection, StorageResult, now_ms};
 
 /// Whether a filter lets a woken long-poll answer from the notes (see the module comment).
 pub fn filter_allows(filter: &Filter) -> bool {
@@ -173,27 +173,20 @@ pub fn answer(
         if let Some(users) = req.typing.get(&room.room_id, since_typing) {
             ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": users}}));
         }
-        let counts = crate::storage::push::room_counts(conn, user, &room.room_id)?;
-        let threaded = req.filter.room.timeline.unread_thread_notifications;
-        let unread = counts_json(if threaded { counts.main } else { counts.total });
-        let joined = rooms::members_with(conn, &room.room_id, "join")?.len();
-        let invited = rooms::members_with(conn, &room.room_id, "invite")?.len();
-        let mut entry = json!({
-            "timeline": {"events": timeline, "limited": false, "prev_batch": SyncToken::at(first.1 - 1)},
-            "state": {"events": []},
-            "ephemeral": {"events": ephemeral},
-            "account_data": {"events": []},
-            "summary": {"m.joined_member_count": joined, "m.invited_member_count": invited},
-            "unread_notifications": unread,
-        });
-        if threaded && !counts.threads.is_empty() {
-            let per: Map<String, Value> = counts
-                .threads
-                .into_iter()
-                .map(|(t, c)| (t, counts_json(c)))
-                .collect();
-            entry["unread_thread_notifications"] = Value::Object(per);
-        }
+        let entry = joined_room(
+            conn,
+            user,
+            &room.room_id,
+            req.filter,
+            JoinedSections {
+                timeline,
+                limited: false,
+                prev_batch: SyncToken::at(first.1 - 1),
+                state: Vec::new(),
+                ephemeral,
+                account_data: Vec::new(),
+            },
+        )?;
         join.insert(room.room_id.clone(), entry);
     }
     let has_changes = !join.is_empty();

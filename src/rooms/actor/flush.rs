@@ -18,7 +18,8 @@ struct CompleteOnCommit {
     positions: Vec<i64>,
     wake: Vec<String>,
     note: Option<crate::notifier::Note>,
-    began: Arc<parking_lot::Mutex<Option<Instant>>>,
+    /// When the writer began the job and when its statements were done (`observe::wake`).
+    stamps: Arc<parking_lot::Mutex<(Option<Instant>, Option<Instant>)>>,
     done: bool,
 }
 
@@ -27,7 +28,7 @@ impl CompleteOnCommit {
         self.done = true;
         let positions = std::mem::take(&mut self.positions);
         if committed {
-            crate::observe::wake::committed(&positions, *self.began.lock());
+            crate::observe::wake::committed(&positions, *self.stamps.lock());
             let wake = std::mem::take(&mut self.wake);
             self.core
                 .notifier
@@ -122,13 +123,13 @@ impl RoomActor {
         let destinations: BTreeSet<String> = job.queue.iter().map(|q| q.0.clone()).collect();
         let wake = self.users_to_wake(&job.memberships);
         let note = self.committed_note(&pending, &job, &wake);
-        let began = Arc::new(parking_lot::Mutex::new(None));
+        let stamps = Arc::new(parking_lot::Mutex::new((None, None)));
         let hook = CompleteOnCommit {
             core: Arc::clone(&self.core),
             positions: pending.iter().filter_map(|p| p.stream).collect(),
             wake,
             note,
-            began: Arc::clone(&began),
+            stamps: Arc::clone(&stamps),
             done: false,
         };
         let db = self.core.db.clone();
@@ -138,8 +139,10 @@ impl RoomActor {
             db.write_then(
                 &shard,
                 move |conn| {
-                    *began.lock() = Some(Instant::now());
-                    job.run(conn)
+                    stamps.lock().0 = Some(Instant::now());
+                    let r = job.run(conn);
+                    stamps.lock().1 = Some(Instant::now());
+                    r
                 },
                 Box::new(move |committed| hook.run(committed)),
             )
