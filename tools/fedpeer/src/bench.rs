@@ -243,12 +243,13 @@ struct Joined {
     lanes: Vec<Lane>,
 }
 
-/// A transaction ready to go: request target, `Authorization`, body bytes.
-struct Prepared {
-    path: String,
-    auth: String,
-    body: Vec<u8>,
-    event_ids: Vec<OwnedEventId>,
+/// A signed `/send` transaction ready to go: request target, `Authorization`, body bytes
+/// and the event IDs of its PDUs (bench-send and bench-ingest both build them).
+pub(crate) struct SignedTxn {
+    pub(crate) path: String,
+    pub(crate) auth: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) event_ids: Vec<OwnedEventId>,
 }
 
 fn message_draft(peer: &Peer, lane: usize, n: usize) -> EventDraft {
@@ -271,9 +272,9 @@ fn prepare(
     per_txn: usize,
     lanes: usize,
     tag: &str,
-) -> Result<Vec<Vec<Prepared>>> {
+) -> Result<Vec<Vec<SignedTxn>>> {
     let start = peer.with_room(&joined.room_id, |r| r.extremities().to_vec())?;
-    let mut out: Vec<Vec<Prepared>> = (0..lanes).map(|_| Vec::new()).collect();
+    let mut out: Vec<Vec<SignedTxn>> = (0..lanes).map(|_| Vec::new()).collect();
     let mut tips: Vec<Vec<OwnedEventId>> = vec![start; lanes];
     let origin = peer.server_name().to_owned();
     for t in 0..txns {
@@ -298,7 +299,7 @@ fn prepare(
         let body = fed.transaction_body(pdus, Vec::new());
         let path = format!("/_matrix/federation/v1/send/{}", enc(&format!("{tag}-{t}")));
         let auth = fed.authorization("PUT", &path, Some(&body))?;
-        out[lane].push(Prepared {
+        out[lane].push(SignedTxn {
             path,
             auth,
             body: body.to_string().into_bytes(),
@@ -330,20 +331,20 @@ pub fn wait_readable(
     }
 }
 
-/// PUTs one signed `/send` transaction, retrying 429s until `deadline`, and answers how
+/// PUTs one signed `/send` transaction (its path, `Authorization` header, body and the
+/// event IDs of its PDUs), retrying 429s until `deadline`, and answers how
 /// many it retried; an answer other than 200, or one that does not accept every PDU of
 /// `event_ids`, is an error.
-pub(crate) fn put_txn(
-    fed: &mut FedClient,
-    path: &str,
-    auth: &[String],
-    body: &[u8],
-    event_ids: &[OwnedEventId],
-    deadline: Instant,
-) -> Result<usize> {
+pub(crate) fn put_txn(fed: &mut FedClient, txn: &SignedTxn, deadline: Instant) -> Result<usize> {
+    let (path, event_ids) = (&txn.path, &txn.event_ids);
     let mut retried = 0;
     loop {
-        let r = fed.raw("PUT", path, auth, Some(body))?;
+        let r = fed.raw(
+            "PUT",
+            path,
+            std::slice::from_ref(&txn.auth),
+            Some(&txn.body),
+        )?;
         if r.status == 429 && Instant::now() < deadline {
             retried += 1;
             std::thread::sleep(Duration::from_millis(10));
@@ -407,21 +408,14 @@ pub(crate) fn run_cell(failed: &Option<String>, visible: Option<Duration>, rate:
 fn send_lane(
     lane: &mut Lane,
     room_id: &str,
-    txns: &[Prepared],
+    txns: &[SignedTxn],
     mode: Mode,
     deadline: Instant,
     poll_max: Duration,
 ) -> Result<usize> {
     let mut retried = 0;
     for txn in txns {
-        retried += put_txn(
-            &mut lane.fed,
-            &txn.path,
-            std::slice::from_ref(&txn.auth),
-            &txn.body,
-            &txn.event_ids,
-            deadline,
-        )?;
+        retried += put_txn(&mut lane.fed, txn, deadline)?;
         if mode == Mode::Closed
             && let Some(last) = txn.event_ids.last()
             && !wait_readable(&mut lane.reader, room_id, last.as_str(), deadline, poll_max)?

@@ -24,7 +24,9 @@ use ruma::OwnedEventId;
 use serde_json::{Value, json};
 use weft_protocol::builder::EventDraft;
 
-use crate::bench::{Target, join_senders, median, put_txn, readable_note, run_cell, wait_readable};
+use crate::bench::{
+    SignedTxn, Target, join_senders, median, put_txn, readable_note, run_cell, wait_readable,
+};
 use crate::client::ClientApi;
 use crate::peer::{FedClient, enc, now_ms};
 use crate::{Error, Peer, PeerOptions, Result};
@@ -93,11 +95,8 @@ struct Joined {
 }
 
 struct Txn {
-    path: String,
-    auth: String,
-    body: Vec<u8>,
-    event_ids: Vec<OwnedEventId>,
-    /// The room (index into [`Joined::rooms`]) of each of `event_ids`.
+    signed: SignedTxn,
+    /// The room (index into [`Joined::rooms`]) of each of `signed.event_ids`.
     rooms: Vec<usize>,
 }
 
@@ -234,10 +233,12 @@ fn prepare(
         let path = format!("/_matrix/federation/v1/send/{}", enc(&format!("{tag}-{t}")));
         let auth = fed.authorization("PUT", &path, Some(&body))?;
         txns.push(Txn {
-            path,
-            auth,
-            body: body.to_string().into_bytes(),
-            event_ids: ids,
+            signed: SignedTxn {
+                path,
+                auth,
+                body: body.to_string().into_bytes(),
+                event_ids: ids,
+            },
             rooms: in_rooms,
         });
     }
@@ -253,14 +254,7 @@ fn prepare(
 fn send_all(fed: &mut FedClient, txns: &[Txn], deadline: Instant) -> Result<usize> {
     let mut retried = 0;
     for txn in txns {
-        retried += put_txn(
-            fed,
-            &txn.path,
-            std::slice::from_ref(&txn.auth),
-            &txn.body,
-            &txn.event_ids,
-            deadline,
-        )?;
+        retried += put_txn(fed, &txn.signed, deadline)?;
     }
     Ok(retried)
 }
@@ -304,7 +298,7 @@ fn run_once(peers: &[Peer], joined: &mut Joined, opts: &Options, run: usize) -> 
     let mut stored = 0;
     let mut seen = HashSet::new();
     for txn in all.iter().flatten() {
-        for (id, &r) in txn.event_ids.iter().zip(&txn.rooms) {
+        for (id, &r) in txn.signed.event_ids.iter().zip(&txn.rooms) {
             if seen.insert(id.clone())
                 && joined
                     .client
