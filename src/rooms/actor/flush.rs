@@ -107,6 +107,8 @@ impl RoomActor {
             && self.batch.inbound_txns.is_empty()
             && self.batch.groups.is_empty()
             && self.batch.current_state_delta.is_empty()
+            && self.batch.deferred.is_empty()
+            && self.batch.partial_completed.is_none()
         {
             return Box::pin(actix::fut::ready(true));
         }
@@ -125,7 +127,11 @@ impl RoomActor {
         let began = Arc::new(parking_lot::Mutex::new(None));
         let hook = CompleteOnCommit {
             core: Arc::clone(&self.core),
-            positions: pending.iter().filter_map(|p| p.stream).collect(),
+            positions: pending
+                .iter()
+                .filter_map(|p| p.stream)
+                .chain(job.partial_completed)
+                .collect(),
             wake,
             note,
             began: Arc::clone(&began),
