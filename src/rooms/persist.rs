@@ -487,7 +487,7 @@ pub fn complete_partial_groups(
                     if let Some(e) = loaded.borrow().get(id) {
                         return e.clone();
                     }
-                    let e = events::get_event(&mut **db.borrow_mut(), id)
+                    let e = events::get_event(&mut db.borrow_mut(), id)
                         .ok()
                         .flatten()
                         .and_then(|r| super::actor::parse_row(&r.event_id, &r.json, version).ok())

@@ -132,6 +132,16 @@ pub struct TimelineEvent {
     pub json: String,
 }
 
+/// `(event ID, state before, state after, rejected, soft-failed, JSON)`.
+type TimelineRow = (
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    bool,
+    String,
+);
+
 /// A room's timeline events from stream position `from` on, in stream order.
 pub fn timeline_since(
     conn: &mut AnyConnection,
@@ -139,14 +149,7 @@ pub fn timeline_since(
     from: i64,
 ) -> StorageResult<Vec<TimelineEvent>> {
     use super::schema::events as e;
-    let rows: Vec<(
-        String,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-        bool,
-        String,
-    )> = e::table
+    let rows: Vec<TimelineRow> = e::table
         .filter(e::room_id.eq(room_id))
         .filter(e::stream_ordering.ge(from))
         .filter(e::outlier.eq(false))
