@@ -489,6 +489,7 @@ pub(crate) async fn visible_event(
         Some((row, ev))
             if row.room_id == room_id.as_str()
                 && !row.outlier
+                && row.rejected.is_none()
                 && row
                     .stream_ordering
                     .is_some_and(|st| weft_protocol::visibility::in_ranges(&ranges, st)) =>

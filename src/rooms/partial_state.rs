@@ -18,9 +18,16 @@
 //!   host's full state must agree with every entry the partial state had
 //!   ([`agrees`]); otherwise the answer is refused and another server is asked. The actor
 //!   then rebuilds the state groups of our join and of every event after it (each gains the
-//!   entries it lacked, [`fill_missing`]: what an event changed itself stays), sets the new
-//!   current state and memberships, clears the mark and hands back the deferred events,
-//!   which are admitted again through the normal rules, now against the full state.
+//!   entries it lacked, [`fill_missing`]: what an event changed itself stays), authorizes
+//!   again each event it accepted against the partial state, now against the full state
+//!   before it (`persist::complete_partial_groups`: one that fails is rejected and never
+//!   served again; what a rejected state event set is undone in the states after it), sets
+//!   the new current state and memberships (the members learned at a stream position of
+//!   the completion's own, so an incremental `/sync` across it shows them), clears the mark
+//!   and hands back the deferred events, which are admitted again through the normal rules,
+//!   now against the full state.
+//! * A deferred event is written in the actor's batch (`PersistBatch::deferred`), in the
+//!   commit that answers the transaction carrying it: a crash loses neither or both.
 //! * Clients: `/sync` shows the room joined at once; `/members` and `/joined_members` wait
 //!   (bounded by `federation.partial_state_members_wait_ms`) for the full state, then answer
 //!   what is known ([`wait_full_state`]).

@@ -74,6 +74,21 @@ pub struct PersistBatch {
     /// `(origin, txn ID, answer)`: stored in the same commit, so a `/send` costs one commit
     /// and its de-duplication record is durable exactly when its PDUs are.
     pub inbound_txns: Vec<(String, String, String)>,
+    /// Received events a partial-state room defers (`rooms::partial_state`), kept in the
+    /// same commit as the transaction that carried them, so a crash loses neither or both.
+    pub deferred: Vec<DeferredRow>,
+    /// A partial-state room got its full state at this stream position (the memberships
+    /// learned are recorded at it; an incremental `/sync` across it shows them).
+    pub partial_completed: Option<i64>,
+}
+
+/// A received event deferred until a partial-state room has its full state.
+#[derive(Debug, Clone)]
+pub struct DeferredRow {
+    pub event_id: String,
+    pub depth: i64,
+    pub json: String,
+    pub received_ts: i64,
 }
 
 /// The one conversion of a checked PDU into a stored row: in the timeline at `stream`, or an
@@ -242,6 +257,8 @@ impl PersistBatch {
             && self.state_group.is_none()
             && self.queue.is_empty()
             && self.lpdus.is_empty()
+            && self.deferred.is_empty()
+            && self.partial_completed.is_none()
             && self.events.iter().all(|e| {
                 e.txn.is_none()
                     && e.redaction.is_none()
@@ -335,6 +352,19 @@ impl PersistBatch {
         for (dest, event_id) in &self.queue {
             crate::delivery::enqueue_pdu_in_txn(conn, dest, event_id, now)?;
         }
+        for d in &self.deferred {
+            crate::storage::partial_state::defer(
+                conn,
+                &self.room_id,
+                &d.event_id,
+                d.depth,
+                &d.json,
+                d.received_ts,
+            )?;
+        }
+        if let Some(p) = self.partial_completed {
+            crate::storage::partial_state::record_completed(conn, &self.room_id, p)?;
+        }
         for (origin, txn_id, answer) in &self.inbound_txns {
             crate::storage::federation::put_inbound_txn(conn, origin, txn_id, answer, now)?;
         }
@@ -342,57 +372,183 @@ impl PersistBatch {
     }
 }
 
+/// What completing a partial-state room's history found (see [`complete_partial_groups`]).
+#[derive(Debug, Default)]
+pub struct PartialCompletion {
+    /// How many events were pointed at rebuilt state groups.
+    pub moved: usize,
+    /// Events accepted during partial state that fail the authorization rules against the
+    /// full state before them, now rejected: `(event ID, reason)`.
+    pub rejected: Vec<(String, String)>,
+    /// The state entries those rejected events set, undone: `(key, rejected event, the
+    /// entry before it)`. Wherever a state names the rejected event, it takes the entry
+    /// before instead.
+    pub undone: Vec<((String, String), String, Option<String>)>,
+    /// The events the undone entries go back to (for the actor's current state).
+    pub restored: Vec<std::sync::Arc<Pdu>>,
+}
+
+/// A completed group: its ID (new, or the old one when nothing changed) and its state.
+type CompletedGroup = (i64, std::sync::Arc<crate::storage::state::StateIds>);
+
+/// A state group of a partial-state room, completed: the full state's entries it lacked
+/// ([`super::partial_state::fill_missing`]), and the undone entries of rejected events.
+/// Stored as a new group (a delta of the old one) unless nothing changed; `cache` maps
+/// the old groups already done to the new ones and their states.
+fn complete_group(
+    conn: &mut AnyConnection,
+    next_group: &dyn Fn() -> i64,
+    room_id: &str,
+    full: &crate::storage::state::StateIds,
+    undone: &[((String, String), String, Option<String>)],
+    cache: &mut std::collections::HashMap<i64, CompletedGroup>,
+    group: Option<i64>,
+) -> StorageResult<Option<CompletedGroup>> {
+    let Some(g) = group else { return Ok(None) };
+    if let Some((n, st)) = cache.get(&g) {
+        return Ok(Some((*n, std::sync::Arc::clone(st))));
+    }
+    let old = state::load_group(conn, g)?;
+    let mut filled = super::partial_state::fill_missing(&old, full);
+    for (key, rejected, before) in undone {
+        if filled.get(key) == Some(rejected) {
+            match before {
+                Some(b) => filled.insert(key.clone(), b.clone()),
+                None => filled.remove(key),
+            };
+        }
+    }
+    let mut entries: StateDelta = filled
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    entries.extend(
+        old.keys()
+            .filter(|k| !filled.contains_key(*k))
+            .map(|k| (k.clone(), None)),
+    );
+    let id = if entries.is_empty() {
+        g
+    } else {
+        let id = next_group();
+        let depth = state::group_depth(conn, g)?;
+        if depth + 1 < state::MAX_DELTA_DEPTH {
+            state::insert_group(conn, id, room_id, Some((g, depth)), &entries)?;
+        } else {
+            let all: StateDelta = filled
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect();
+            state::insert_group(conn, id, room_id, None, &all)?;
+        }
+        id
+    };
+    let filled = std::sync::Arc::new(filled);
+    cache.insert(g, (id, std::sync::Arc::clone(&filled)));
+    Ok(Some((id, filled)))
+}
+
 /// The storage job completing a partial-state room's history: every state group of our
 /// join and of the timeline events after it (`from_stream` on) gets the entries it lacked
-/// from `full` ([`super::partial_state::fill_missing`]), as a new group (a delta of the old one); the events are
-/// pointed at the new groups. Answers how many events were moved.
+/// from `full`, as a new group; the events are pointed at the new groups. Each event that
+/// was accepted against the partial state is authorized again against the full state
+/// before it (as step 5 of admission does, `admission::state_before`); one that fails now
+/// is rejected (never served to clients again) and, if it is a state event, what it set is
+/// undone in the states after it. `known` holds events of the full state (looked up before
+/// the database).
 pub fn complete_partial_groups(
     conn: &mut AnyConnection,
     next_group: &dyn Fn() -> i64,
     room_id: &str,
+    version: weft_protocol::RoomVersion,
     from_stream: i64,
     full: &crate::storage::state::StateIds,
-) -> crate::storage::StorageResult<usize> {
-    use crate::storage::{partial_state as ps, state};
-    let rows = ps::timeline_groups_since(conn, room_id, from_stream)?;
-    let mut moved: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
-    let mut count = 0;
-    for (event_id, before, after) in rows {
-        let mut map = |g: Option<i64>| -> crate::storage::StorageResult<Option<i64>> {
-            let Some(g) = g else { return Ok(None) };
-            if let Some(n) = moved.get(&g) {
-                return Ok(Some(*n));
+    known: &std::collections::HashMap<String, std::sync::Arc<Pdu>>,
+) -> StorageResult<PartialCompletion> {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use crate::storage::partial_state as ps;
+    let rows = ps::timeline_since(conn, room_id, from_stream)?;
+    let mut cache = std::collections::HashMap::new();
+    let mut out = PartialCompletion::default();
+    let loaded: RefCell<std::collections::HashMap<String, Option<Arc<Pdu>>>> = Default::default();
+    for row in rows {
+        let before = complete_group(
+            conn,
+            next_group,
+            room_id,
+            full,
+            &out.undone,
+            &mut cache,
+            row.before,
+        )?;
+        let nb = before.as_ref().map(|b| b.0);
+        if !row.decided
+            && nb != row.before
+            && let Some((_, state_before)) = &before
+        {
+            let pdu = super::actor::parse_row(&row.event_id, &row.json, version)?;
+            let verdict = {
+                let db = RefCell::new(&mut *conn);
+                let lookup = |id: &str| -> Option<Arc<Pdu>> {
+                    if let Some(e) = known.get(id) {
+                        return Some(Arc::clone(e));
+                    }
+                    if let Some(e) = loaded.borrow().get(id) {
+                        return e.clone();
+                    }
+                    let e = events::get_event(&mut db.borrow_mut(), id)
+                        .ok()
+                        .flatten()
+                        .and_then(|r| super::actor::parse_row(&r.event_id, &r.json, version).ok())
+                        .map(Arc::new);
+                    loaded.borrow_mut().insert(id.to_owned(), e.clone());
+                    e
+                };
+                crate::rooms::admission::state_before::check(version, &pdu, state_before, lookup)
+            };
+            if let Err(reason) = verdict {
+                let reason = format!("after the partial state was completed: {reason}");
+                ps::reject(conn, &row.event_id, &reason)?;
+                if let Some(k) = pdu.state_key() {
+                    let key = (pdu.kind_str(), k.to_owned());
+                    let prior = state_before.get(&key).cloned();
+                    out.undone.push((key, row.event_id.clone(), prior));
+                    // The groups done so far may name the rejected event: done again.
+                    cache.clear();
+                }
+                out.rejected.push((row.event_id.clone(), reason));
             }
-            let old = state::load_group(conn, g)?;
-            let filled = super::partial_state::fill_missing(&old, full);
-            let entries: state::StateDelta = filled
-                .iter()
-                .filter(|(k, _)| !old.contains_key(*k))
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect();
-            if entries.is_empty() {
-                moved.insert(g, g);
-                return Ok(Some(g));
-            }
-            let id = next_group();
-            let depth = state::group_depth(conn, g)?;
-            if depth + 1 < state::MAX_DELTA_DEPTH {
-                state::insert_group(conn, id, room_id, Some((g, depth)), &entries)?;
-            } else {
-                let all: state::StateDelta =
-                    filled.into_iter().map(|(k, v)| (k, Some(v))).collect();
-                state::insert_group(conn, id, room_id, None, &all)?;
-            }
-            moved.insert(g, id);
-            Ok(Some(id))
-        };
-        let (nb, na) = (map(before)?, map(after)?);
-        if (nb, na) != (before, after) {
-            ps::set_event_groups(conn, &event_id, nb, na)?;
-            count += 1;
+        }
+        let na = complete_group(
+            conn,
+            next_group,
+            room_id,
+            full,
+            &out.undone,
+            &mut cache,
+            row.after,
+        )?
+        .map(|a| a.0);
+        if (nb, na) != (row.before, row.after) {
+            ps::set_event_groups(conn, &row.event_id, nb, na)?;
+            out.moved += 1;
         }
     }
-    Ok(count)
+    for (_, _, prior) in &out.undone {
+        let Some(id) = prior else { continue };
+        let e = match known.get(id) {
+            Some(e) => Some(Arc::clone(e)),
+            None => events::get_event(conn, id)?
+                .map(|r| super::actor::parse_row(&r.event_id, &r.json, version))
+                .transpose()?
+                .map(Arc::new),
+        };
+        out.restored.extend(e);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -120,24 +120,71 @@ pub fn deferred(conn: &mut AnyConnection, room_id: &str) -> StorageResult<Vec<(S
         .load(conn)?)
 }
 
-/// An event's ID and its state groups (before, after).
-pub type EventGroups = (String, Option<i64>, Option<i64>);
+/// A timeline event of a partial-state room, as its completion needs it.
+#[derive(Debug, Clone)]
+pub struct TimelineEvent {
+    pub event_id: String,
+    /// The state groups before and after it.
+    pub before: Option<i64>,
+    pub after: Option<i64>,
+    /// Rejected or soft-failed already (not checked again).
+    pub decided: bool,
+    pub json: String,
+}
 
-/// A room's timeline events from stream position `from` on, with their state groups
-/// (`(event ID, state before, state after)`), in stream order.
-pub fn timeline_groups_since(
+/// `(event ID, state before, state after, rejected, soft-failed, JSON)`.
+type TimelineRow = (
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    bool,
+    String,
+);
+
+/// A room's timeline events from stream position `from` on, in stream order.
+pub fn timeline_since(
     conn: &mut AnyConnection,
     room_id: &str,
     from: i64,
-) -> StorageResult<Vec<EventGroups>> {
+) -> StorageResult<Vec<TimelineEvent>> {
     use super::schema::events as e;
-    Ok(e::table
+    let rows: Vec<TimelineRow> = e::table
         .filter(e::room_id.eq(room_id))
         .filter(e::stream_ordering.ge(from))
         .filter(e::outlier.eq(false))
         .order(e::stream_ordering.asc())
-        .select((e::event_id, e::state_before, e::state_after))
-        .load(conn)?)
+        .select((
+            e::event_id,
+            e::state_before,
+            e::state_after,
+            e::rejected,
+            e::soft_failed,
+            e::json,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(event_id, before, after, rejected, soft_failed, json)| TimelineEvent {
+                event_id,
+                before,
+                after,
+                decided: rejected.is_some() || soft_failed,
+                json,
+            },
+        )
+        .collect())
+}
+
+/// Marks an event accepted during partial state rejected: it failed the authorization
+/// rules against the full state before it. It is never served to clients again.
+pub fn reject(conn: &mut AnyConnection, event_id: &str, reason: &str) -> StorageResult<()> {
+    use super::schema::events as e;
+    diesel::update(e::table.filter(e::event_id.eq(event_id)))
+        .set(e::rejected.eq(Some(reason)))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// Points an event at rebuilt state groups (a partial-state room's events, completed).
@@ -152,4 +199,46 @@ pub fn set_event_groups(
         .set((e::state_before.eq(before), e::state_after.eq(after)))
         .execute(conn)?;
     Ok(())
+}
+
+/// Records that a room got its full state at stream position `stream` (the memberships
+/// learned are recorded at it).
+pub fn record_completed(conn: &mut AnyConnection, room_id: &str, stream: i64) -> StorageResult<()> {
+    use super::schema::partial_state_completed as t;
+    diesel::delete(t::table.filter(t::room_id.eq(room_id))).execute(conn)?;
+    diesel::insert_into(t::table)
+        .values((t::room_id.eq(room_id), t::stream_ordering.eq(stream)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The rooms that got their full state at a position in `(after, upto]`, with it.
+pub fn completed_between(
+    conn: &mut AnyConnection,
+    after: i64,
+    upto: i64,
+) -> StorageResult<std::collections::HashMap<String, i64>> {
+    use super::schema::partial_state_completed as t;
+    Ok(t::table
+        .filter(t::stream_ordering.gt(after))
+        .filter(t::stream_ordering.le(upto))
+        .select((t::room_id, t::stream_ordering))
+        .load::<(String, i64)>(conn)?
+        .into_iter()
+        .collect())
+}
+
+/// The membership events of a room recorded at stream position `stream` (what a completion
+/// learned).
+pub fn memberships_at(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    stream: i64,
+) -> StorageResult<Vec<String>> {
+    use super::schema::memberships as m;
+    Ok(m::table
+        .filter(m::room_id.eq(room_id))
+        .filter(m::stream_ordering.eq(stream))
+        .select(m::event_id)
+        .load(conn)?)
 }

@@ -475,6 +475,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    partial_state_completed (room_id) {
+        room_id -> Text,
+        stream_ordering -> BigInt,
+    }
+}
+
+diesel::table! {
     partial_state_deferred (room_id, event_id) {
         room_id -> Text,
         event_id -> Text,

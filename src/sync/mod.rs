@@ -201,6 +201,13 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
         None => HashMap::new(),
     };
 
+    // Partial-state rooms that got their full state in the window: the members learned
+    // (never timeline events) go into their state sections.
+    let completed = match since_stream {
+        Some(s) => crate::storage::partial_state::completed_between(conn, s, req.upto)?,
+        None => HashMap::new(),
+    };
+
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
@@ -270,6 +277,16 @@ pub fn compute(conn: &mut AnyConnection, req: &SyncRequest<'_>) -> StorageResult
                     });
                     srows.sort_by_key(|r| r.stream_ordering.unwrap_or(i64::MIN));
                     state_events = view::client_events(conn, &srows, version, &req.viewer)?;
+                }
+                if !full && let Some(at) = completed.get(&m.room_id) {
+                    let ids = crate::storage::partial_state::memberships_at(conn, &m.room_id, *at)?;
+                    let mut srows = events::get_events(conn, &ids)?;
+                    srows.retain(|r| {
+                        !timeline_ids.contains(&r.event_id)
+                            && r.stream_ordering.is_none()
+                            && req.filter.room.state.allows(&r.event_type, &r.sender)
+                    });
+                    state_events.extend(view::client_events(conn, &srows, version, &req.viewer)?);
                 }
 
                 let mut ephemeral = Vec::new();

@@ -15,8 +15,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use fedpeer::Peer;
+use fedpeer::craft;
 use fedpeer::peer::{enc, pdu_results};
 use serde_json::{Value, json};
+use weft_protocol::builder::EventDraft;
 
 use crate::big_join::{joined_members, state_ids, wait_at_host};
 use crate::both_backends;
@@ -30,6 +32,8 @@ both_backends!(
     a_restart_during_partial_state_resumes_the_resync,
     a_host_whose_full_state_disagrees_leaves_the_room_partial,
     a_synapse_room_joined_with_partial_state_completes,
+    an_event_accepted_during_partial_state_is_rejected_against_the_full_state,
+    the_members_learned_at_completion_reach_an_incremental_sync,
 );
 
 const MEMBERS: usize = 300;
@@ -53,6 +57,33 @@ fn partial_server(backend: Backend, extra: &str) -> Server {
             ..Default::default()
         },
     )
+}
+
+/// One partial-state case's set-up: a weft server joining with partial state (`extra`:
+/// more `[federation]` settings), its user `@alice`, and fedpeer hosting a room of
+/// [`MEMBERS`] members.
+struct Setup {
+    srv: Server,
+    alice: crate::client::Client,
+    peer: Peer,
+    room: String,
+}
+
+fn setup(backend: Backend, extra: &str) -> Setup {
+    let srv = partial_server(backend, extra);
+    let alice = srv.register("alice");
+    let peer = Peer::start(free_port()).expect("start peer");
+    let room = peer
+        .create_big_rooms(1, MEMBERS)
+        .expect("build")
+        .pop()
+        .expect("room");
+    Setup {
+        srv,
+        alice,
+        peer,
+        room,
+    }
 }
 
 fn host_state(peer: &Peer, room: &str) -> BTreeSet<String> {
@@ -86,14 +117,12 @@ fn join(alice: &crate::client::Client, peer: &Peer, room: &str) {
 }
 
 fn a_partial_join_answers_first_and_ends_with_the_hosts_state(backend: Backend) {
-    let srv = partial_server(backend, "");
-    let alice = srv.register("alice");
-    let peer = Peer::start(free_port()).expect("start peer");
-    let room = peer
-        .create_big_rooms(1, MEMBERS)
-        .expect("build")
-        .pop()
-        .expect("room");
+    let Setup {
+        srv,
+        alice,
+        peer,
+        room,
+    } = setup(backend, "");
     // The resync waits 8 s for its first answer: long enough to look at the partial state.
     peer.delay("GET", STATE_IDS, Duration::from_secs(8));
 
@@ -130,14 +159,12 @@ fn a_partial_join_answers_first_and_ends_with_the_hosts_state(backend: Backend) 
 }
 
 fn an_event_from_a_member_not_yet_known_is_deferred_then_accepted(backend: Backend) {
-    let srv = partial_server(backend, "");
-    let alice = srv.register("alice");
-    let peer = Peer::start(free_port()).expect("start peer");
-    let room = peer
-        .create_big_rooms(1, MEMBERS)
-        .expect("build")
-        .pop()
-        .expect("room");
+    let Setup {
+        srv,
+        alice,
+        peer,
+        room,
+    } = setup(backend, "");
     peer.delay("GET", STATE_IDS, Duration::from_secs(8));
     join(&alice, &peer, &room);
     assert_eq!(partial_rooms(&srv), 1);
@@ -190,14 +217,12 @@ fn an_event_from_a_member_not_yet_known_is_deferred_then_accepted(backend: Backe
 }
 
 fn a_restart_during_partial_state_resumes_the_resync(backend: Backend) {
-    let mut srv = partial_server(backend, "");
-    let alice = srv.register("alice");
-    let peer = Peer::start(free_port()).expect("start peer");
-    let room = peer
-        .create_big_rooms(1, MEMBERS)
-        .expect("build")
-        .pop()
-        .expect("room");
+    let Setup {
+        mut srv,
+        alice,
+        peer,
+        room,
+    } = setup(backend, "");
     // The host fails every /state_ids until we restart.
     peer.script(
         "GET",
@@ -224,17 +249,15 @@ fn a_restart_during_partial_state_resumes_the_resync(backend: Backend) {
 }
 
 fn a_host_whose_full_state_disagrees_leaves_the_room_partial(backend: Backend) {
-    let srv = partial_server(
+    let Setup {
+        srv,
+        alice,
+        peer,
+        room,
+    } = setup(
         backend,
         "partial_state_resync_attempts = 2\npartial_state_members_wait_ms = 500",
     );
-    let alice = srv.register("alice");
-    let peer = Peer::start(free_port()).expect("start peer");
-    let room = peer
-        .create_big_rooms(1, MEMBERS)
-        .expect("build")
-        .pop()
-        .expect("room");
     // The host's /state_ids leaves out the power levels its join answer had (and its
     // /state names them): the answers disagree, so weft believes neither.
     let pl = peer
@@ -333,4 +356,186 @@ fn a_synapse_room_joined_with_partial_state_completes(backend: Backend) {
         (r.status == 200).then_some(())
     });
     w.assert_no_panics();
+}
+
+/// The ban the partial state left out: the creator banned `@m7` before weft joined, and
+/// the join answer (members omitted) does not name it. During partial state `@m7` rejoins
+/// with auth events citing its old join instead of the ban, then sends a message; against
+/// the partial state both pass and are accepted. Once the full state is in, both are
+/// authorized again against the state before them, now naming the ban: both are rejected,
+/// no longer served, and the state names the ban again.
+fn an_event_accepted_during_partial_state_is_rejected_against_the_full_state(backend: Backend) {
+    let Setup {
+        srv,
+        alice,
+        peer,
+        room,
+    } = setup(backend, "");
+    let m7 = peer.user("m7");
+    let old_join = peer
+        .with_room(&room, |r| {
+            r.state_event("m.room.member", m7.as_str())
+                .map(|e| e.event_id().to_string())
+        })
+        .expect("hosted")
+        .expect("@m7 is a member");
+    let ban = peer
+        .build(
+            &room,
+            &EventDraft::state(
+                "m.room.member",
+                m7.as_str(),
+                peer.user("creator"),
+                json!({"membership": "ban"}),
+            ),
+        )
+        .expect("ban");
+    peer.append(&room, &ban).expect("append");
+    peer.delay("GET", STATE_IDS, Duration::from_secs(8));
+    join(&alice, &peer, &room);
+    assert_eq!(partial_rooms(&srv), 1, "joined with partial state");
+
+    // The rejoin cites the old join where its auth events should cite the ban.
+    let version = peer.room_version(&room).expect("version");
+    let mut rejoin = peer
+        .template(
+            &room,
+            &EventDraft::state(
+                "m.room.member",
+                m7.as_str(),
+                m7.clone(),
+                json!({"membership": "join"}),
+            ),
+        )
+        .expect("template");
+    let auth: Vec<String> = craft::to_value(&rejoin)["auth_events"]
+        .as_array()
+        .expect("auth events")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .map(|id| {
+            if id == ban.event_id().as_str() {
+                old_join.clone()
+            } else {
+                id.to_owned()
+            }
+        })
+        .collect();
+    assert!(auth.contains(&old_join), "the rejoin cites the old join");
+    craft::set(&mut rejoin, "auth_events", json!(auth)).expect("auth events");
+    let rejoin = peer.sign(rejoin, version).expect("sign");
+    peer.append(&room, &rejoin).expect("append");
+    let msg = peer
+        .message(&room, "m7", "from a banned member")
+        .expect("message");
+    let mut fed = peer.client(&srv.server_name).expect("client");
+    for (txn, pdu) in [("partial-ban-1", &rejoin), ("partial-ban-2", &msg)] {
+        let answer = fed
+            .send_transaction(txn, vec![pdu.to_federation_value()], vec![])
+            .expect("send");
+        assert_eq!(answer.status, 200, "{}", answer.json());
+        let results = pdu_results(&answer.json());
+        assert_eq!(
+            results.get(&pdu.owned_event_id()),
+            Some(&None),
+            "accepted: {results:?}"
+        );
+    }
+    let event_path = |id: &str| format!("/rooms/{}/event/{}", enc(&room), enc(id));
+    assert_eq!(partial_rooms(&srv), 1, "still partial");
+    assert_eq!(
+        alice.get(&event_path(msg.event_id().as_str())).status,
+        200,
+        "accepted against the partial state"
+    );
+    assert_eq!(
+        srv.count_rows("partial_state_deferred"),
+        0,
+        "nothing deferred"
+    );
+
+    wait_complete(&srv);
+    for id in [rejoin.event_id().as_str(), msg.event_id().as_str()] {
+        let rejected = srv.query_text(
+            "SELECT event_id AS v FROM events WHERE rejected IS NOT NULL AND event_id = ?",
+            id,
+        );
+        assert_eq!(
+            rejected,
+            vec![id.to_owned()],
+            "{id} rejected after completion"
+        );
+        assert_eq!(
+            alice.get(&event_path(id)).status,
+            404,
+            "{id} no longer served"
+        );
+    }
+    let ours = state_ids(&alice, &room);
+    assert!(
+        ours.contains(ban.event_id().as_str()),
+        "the state names the ban"
+    );
+    assert!(
+        !ours.contains(rejoin.event_id().as_str()),
+        "not the rejected rejoin"
+    );
+    let messages = alice.get(&format!("/rooms/{}/messages?dir=b&limit=50", enc(&room)));
+    assert_eq!(messages.status, 200, "{}", messages.text);
+    assert!(
+        !messages.text.contains("from a banned member"),
+        "not in the history"
+    );
+    // The room goes on: alice's next message reaches the host.
+    let after = alice.send_text(&room, "after the ban was seen");
+    wait_at_host(&peer, &room, &after);
+    srv.assert_no_panics();
+}
+
+/// The members a completion learns are no timeline events: an incremental `/sync` across
+/// the completion carries them in the room's state section (and a long-poll is woken by it).
+fn the_members_learned_at_completion_reach_an_incremental_sync(backend: Backend) {
+    let Setup {
+        srv,
+        alice,
+        peer,
+        room,
+    } = setup(backend, "");
+    peer.delay("GET", STATE_IDS, Duration::from_secs(8));
+    join(&alice, &peer, &room);
+    assert_eq!(partial_rooms(&srv), 1, "joined with partial state");
+    let members = |sync: &Value| -> BTreeSet<String> {
+        let room = &sync["rooms"]["join"][&room];
+        ["state", "timeline"]
+            .iter()
+            .filter_map(|section| room[section]["events"].as_array())
+            .flatten()
+            .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+            .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let first = alice.sync(None, 0, None);
+    let initial = members(&first);
+    assert!(
+        initial.len() < 5,
+        "the partial state has (almost) no members: {initial:?}"
+    );
+    let mut since = first["next_batch"].as_str().expect("next_batch").to_owned();
+    let mut seen = initial.clone();
+    let creator = peer.user("creator").to_string();
+    wait("the learned members in an incremental /sync", LONG, || {
+        let next = alice.sync(Some(&since), 5000, None);
+        since = next["next_batch"].as_str().expect("next_batch").to_owned();
+        seen.extend(members(&next));
+        (seen.len() >= MEMBERS + 2).then_some(())
+    });
+    assert_eq!(partial_rooms(&srv), 0, "complete");
+    assert!(seen.contains(&peer.user("m5").to_string()));
+    assert!(seen.contains(&creator));
+    assert!(seen.contains(&alice.user_id));
+    assert_eq!(seen.len(), MEMBERS + 2, "every member, once");
+    // A later incremental sync does not repeat them.
+    let quiet = alice.sync(Some(&since), 0, None);
+    assert!(members(&quiet).is_empty(), "{}", quiet["rooms"]);
+    srv.assert_no_panics();
 }

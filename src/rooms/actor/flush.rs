@@ -108,6 +108,8 @@ impl RoomActor {
             && self.batch.inbound_txns.is_empty()
             && self.batch.groups.is_empty()
             && self.batch.current_state_delta.is_empty()
+            && self.batch.deferred.is_empty()
+            && self.batch.partial_completed.is_none()
         {
             return Box::pin(actix::fut::ready(true));
         }
@@ -126,7 +128,11 @@ impl RoomActor {
         let stamps = Arc::new(parking_lot::Mutex::new((None, None)));
         let hook = CompleteOnCommit {
             core: Arc::clone(&self.core),
-            positions: pending.iter().filter_map(|p| p.stream).collect(),
+            positions: pending
+                .iter()
+                .filter_map(|p| p.stream)
+                .chain(job.partial_completed)
+                .collect(),
             wake,
             note,
             stamps: Arc::clone(&stamps),

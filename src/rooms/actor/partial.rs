@@ -54,24 +54,16 @@ impl RoomActor {
         if p.deferred.insert(pdu.owned_event_id()) {
             tracing::info!(room = %room, event = %pdu.event_id(), reason, "partial state: event deferred until the full state is in");
             crate::observe::metrics::partial_state("deferred");
-            let db = self.core.db.clone();
-            let (id, depth, json) = (
-                pdu.event_id().to_string(),
-                pdu.depth().min(i64::MAX as u64) as i64,
-                pdu.to_canonical_string(),
-            );
-            let now = crate::storage::now_ms();
-            actix::spawn(async move {
-                let shard = room.clone();
-                if let Err(e) = db
-                    .write(&shard, move |c| {
-                        crate::storage::partial_state::defer(c, &room, &id, depth, &json, now)
-                    })
-                    .await
-                {
-                    tracing::warn!(error = %e, "partial state: could not store a deferred event");
-                }
-            });
+            // Written with the batch that answers the transaction carrying it (the
+            // caller flushes before answering).
+            self.batch
+                .deferred
+                .push(crate::rooms::persist::DeferredRow {
+                    event_id: pdu.event_id().to_string(),
+                    depth: pdu.depth().min(i64::MAX as u64) as i64,
+                    json: pdu.to_canonical_string(),
+                    received_ts: crate::storage::now_ms(),
+                });
         }
         Some(InboundOutcome::Deferred(reason.to_owned()))
     }
@@ -169,6 +161,11 @@ impl Handler<CompletePartial> for RoomActor {
                 let core = Arc::clone(&act.core);
                 let room = act.room_id.to_string();
                 let full2 = full.clone();
+                let version = act.version;
+                let known: HashMap<String, Arc<Pdu>> = events
+                    .iter()
+                    .map(|e| (e.event_id().to_string(), Arc::clone(e)))
+                    .collect();
                 async move {
                     if !ok {
                         return Err(Error::internal("could not store the pending batch"));
@@ -178,7 +175,7 @@ impl Handler<CompletePartial> for RoomActor {
                         crate::storage::cluster::check_fence(c, &room)?;
                         let next = || core.next_state_group();
                         crate::rooms::persist::complete_partial_groups(
-                            c, &next, &room, stream, &full2,
+                            c, &next, &room, version, stream, &full2, &known,
                         )
                     })
                     .await
@@ -191,9 +188,22 @@ impl Handler<CompletePartial> for RoomActor {
                 match r {
                     Err(e) => Box::pin(actix::fut::ready(Err(e)))
                         as ResponseActFuture<Self, Result<Vec<(String, String)>>>,
-                    Ok((moved, full, events)) => {
-                        act.complete_current_state(&full, &events, stream);
-                        tracing::info!(room = %act.room_id, events_moved = moved, state = act.state.events.len(), "partial state: full state in");
+                    Ok((done, full, mut events)) => {
+                        for (id, reason) in &done.rejected {
+                            tracing::warn!(room = %act.room_id, event = %id, reason = %reason, "partial state: an event accepted during partial state is rejected against the full state");
+                            crate::observe::metrics::partial_state("rejected_after");
+                            if let Ok(id) = OwnedEventId::try_from(id.as_str()) {
+                                act.rejected.insert(id);
+                            }
+                        }
+                        events.extend(done.restored.iter().cloned());
+                        // The memberships learned are recorded at a position of their
+                        // own, so an incremental /sync across it shows them (and the
+                        // room's local members are woken).
+                        let at = act.core.notifier.allocate();
+                        act.batch.partial_completed = Some(at);
+                        act.complete_current_state(&full, &done.undone, &events, at);
+                        tracing::info!(room = %act.room_id, events_moved = done.moved, rejected = done.rejected.len(), state = act.state.events.len(), "partial state: full state in");
                         Box::pin(act.flush_fut().then(|ok, act: &mut Self, _| {
                             let db = act.core.db.clone();
                             let room = act.room_id.to_string();
@@ -227,9 +237,25 @@ impl Handler<CompletePartial> for RoomActor {
 impl RoomActor {
     /// The current state gains what the partial state lacked; the memory path forgets the
     /// states it remembered (they were partial).
-    fn complete_current_state(&mut self, full: &StateIds, events: &[Arc<Pdu>], stream: i64) {
+    /// `undone`: entries of events rejected at completion, `(key, rejected event, the entry
+    /// before it)`.
+    fn complete_current_state(
+        &mut self,
+        full: &StateIds,
+        undone: &[((String, String), String, Option<String>)],
+        events: &[Arc<Pdu>],
+        stream: i64,
+    ) {
         let cur_ids = self.state.string_ids();
-        let new_ids = ps::fill_missing(&cur_ids, full);
+        let mut new_ids = ps::fill_missing(&cur_ids, full);
+        for (key, rejected, before) in undone {
+            if new_ids.get(key) == Some(rejected) {
+                match before {
+                    Some(b) => new_ids.insert(key.clone(), b.clone()),
+                    None => new_ids.remove(key),
+                };
+            }
+        }
         self.recent = Recent::default();
         if new_ids != cur_ids
             && let Some(any) = events.first()

@@ -1,0 +1,1 @@
+DROP TABLE partial_state_completed;
