@@ -172,10 +172,11 @@ pub async fn sync(s: Data, user: AuthedUser, q: web::Query<SyncQuery>) -> Result
             // Nothing in the window concerns this user: wait on without reading.
             Some(p) if p.rooms.is_empty() && Instant::now() < deadline => wait_on = true,
             Some(p) => {
-                let (answer, span) = read_at(&s, &poll, (since, upto, typing_now), move |c, req| {
-                    sync::wake::answer(c, &p, req)
-                })
-                .await?;
+                let (answer, span) =
+                    read_at(&s, &poll, (since, upto, typing_now), move |c, req| {
+                        sync::wake::answer(c, &p, req)
+                    })
+                    .await?;
                 read.add(span);
                 result = answer;
                 if result.is_some() {
