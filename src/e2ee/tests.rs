@@ -5,9 +5,7 @@
 //! federation service functions.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Map, Value, json};
 use weft_protocol::keys::ServerSigningKey;
@@ -18,73 +16,24 @@ use super::json::signing_bytes;
 use super::keys::{self, ClaimRequest, QueryRequest, UploadRequest};
 use super::sync::{SyncExtensions, TO_DEVICE_LIMIT};
 use super::to_device;
-use crate::config::Config;
 use crate::core::Core;
 use crate::error::Error;
+use crate::storage::test_db::{Backend, TempDb};
 use crate::storage::{e2ee as store, rooms, users};
 
 const HS: &str = "test.example";
 
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 struct TestCore {
     core: Arc<Core>,
-    dir: PathBuf,
-    /// The PostgreSQL server and the database made for this test, dropped with it.
-    pg: Option<(String, String)>,
-}
-
-impl Drop for TestCore {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some((base, name)) = &self.pg {
-            use diesel::connection::SimpleConnection;
-            if let Ok(mut c) =
-                <diesel::PgConnection as diesel::Connection>::establish(&format!("{base}/test"))
-            {
-                // FORCE: the core's pool still holds connections.
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
-        }
-    }
+    /// The data directory and the PostgreSQL database made for this test, dropped after
+    /// the core.
+    _tmp: TempDb,
 }
 
 fn open(backend: Backend) -> TestCore {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("weft-e2ee-test-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut config = Config {
-        server_name: HS.into(),
-        data_dir: dir.clone(),
-        ..Config::default()
-    };
-    let pg = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => {
-            use diesel::connection::SimpleConnection;
-            let base = std::env::var("WEFT_TEST_PG")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-            let name = format!("weft_unit_{}_{n}", std::process::id());
-            let mut admin =
-                <diesel::PgConnection as diesel::Connection>::establish(&format!("{base}/test"))
-                    .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {base}: {e}"));
-            for sql in [
-                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                format!("CREATE DATABASE {name}"),
-            ] {
-                admin.batch_execute(&sql).expect("create the test database");
-            }
-            config.database.url = Some(format!("{base}/{name}"));
-            Some((base, name))
-        }
-    };
-    let core = Core::open(config).expect("open core");
-    TestCore { core, dir, pg }
+    let tmp = TempDb::new(backend, "e2ee", HS);
+    let core = Core::open(tmp.config.clone()).expect("open core");
+    TestCore { core, _tmp: tmp }
 }
 
 /// `#[tokio::test]`s (or another test attribute) `<name>::sqlite` and `<name>::postgres`

@@ -5,9 +5,6 @@
 //! `events::insert_event`), and the push worker's notification rows
 //! (`push::insert_notifications`).
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use diesel::prelude::*;
 use serde_json::json;
 
@@ -15,71 +12,19 @@ use super::events::{self, NewEvent};
 use super::push::{self, NotificationRow};
 use super::schema::user_directory;
 use super::schema::{event_relations, event_search, events as events_t, push_notifications};
+use super::test_db::{Backend, TempDb};
 use super::{AnyConnection, Db, StorageResult};
-use crate::config::Config;
 
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A fresh database, removed (the directory, the PostgreSQL database) when dropped.
+/// A fresh database; its directory and PostgreSQL database go when it is dropped.
 struct TestDb {
     db: Db,
-    dir: PathBuf,
-    pg: Option<(String, String)>,
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some((base, name)) = &self.pg {
-            use diesel::connection::SimpleConnection;
-            if let Ok(mut c) =
-                <diesel::PgConnection as diesel::Connection>::establish(&format!("{base}/test"))
-            {
-                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
-        }
-    }
+    _tmp: TempDb,
 }
 
 fn open(backend: Backend) -> TestDb {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "weft-batch-test-{}-{n}-{}",
-        std::process::id(),
-        crate::random::random_string(6)
-    ));
-    let mut config = Config {
-        server_name: "x".into(),
-        data_dir: dir.clone(),
-        ..Config::default()
-    };
-    let pg = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => {
-            use diesel::connection::SimpleConnection;
-            let base = std::env::var("WEFT_TEST_PG")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-            let name = format!("weft_batch_{}_{n}", std::process::id());
-            let mut admin =
-                <diesel::PgConnection as diesel::Connection>::establish(&format!("{base}/test"))
-                    .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {base}: {e}"));
-            for sql in [
-                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                format!("CREATE DATABASE {name}"),
-            ] {
-                admin.batch_execute(&sql).expect("create the test database");
-            }
-            config.database.url = Some(format!("{base}/{name}"));
-            Some((base, name))
-        }
-    };
-    let db = Db::open(&config).expect("open the database");
-    TestDb { db, dir, pg }
+    let tmp = TempDb::new(backend, "batch", "x");
+    let db = Db::open(&tmp.config).expect("open the database");
+    TestDb { db, _tmp: tmp }
 }
 
 macro_rules! both_backends {

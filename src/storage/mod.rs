@@ -33,6 +33,8 @@ pub mod schema;
 pub mod search;
 pub mod sliding;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod test_db;
 pub mod users;
 pub mod writer;
 

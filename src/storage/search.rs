@@ -78,6 +78,20 @@ struct SearchRow<'a> {
     value: String,
 }
 
+impl<'a> SearchRow<'a> {
+    fn of(ev: &'a NewEvent, key: &'static str, value: String, stream_ordering: i64) -> Self {
+        SearchRow {
+            event_id: &ev.event_id,
+            room_id: &ev.room_id,
+            event_type: &ev.event_type,
+            sender: &ev.sender,
+            key,
+            stream_ordering,
+            value,
+        }
+    }
+}
+
 /// Indexes an event's searchable text and, for a join, the member's profile.
 pub fn index_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<()> {
     match indexed(ev) {
@@ -87,15 +101,7 @@ pub fn index_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<()>
         Some(Indexed::Text(key, value, pos)) => {
             forget_event(conn, &ev.event_id)?;
             diesel::insert_into(event_search::table)
-                .values(SearchRow {
-                    event_id: &ev.event_id,
-                    room_id: &ev.room_id,
-                    event_type: &ev.event_type,
-                    sender: &ev.sender,
-                    key,
-                    stream_ordering: pos,
-                    value,
-                })
+                .values(SearchRow::of(ev, key, value, pos))
                 .execute(conn)?;
             Ok(())
         }
@@ -110,15 +116,7 @@ pub fn index_events(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageResu
     let mut texts: Vec<SearchRow<'_>> = Vec::new();
     for ev in rows {
         match indexed(ev) {
-            Some(Indexed::Text(key, value, pos)) => texts.push(SearchRow {
-                event_id: &ev.event_id,
-                room_id: &ev.room_id,
-                event_type: &ev.event_type,
-                sender: &ev.sender,
-                key,
-                stream_ordering: pos,
-                value,
-            }),
+            Some(Indexed::Text(key, value, pos)) => texts.push(SearchRow::of(ev, key, value, pos)),
             Some(Indexed::Join(user, name, avatar, pos)) => {
                 upsert_profile(conn, &user, name, avatar, pos)?
             }
