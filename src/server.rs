@@ -180,6 +180,8 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 
     // Push: evaluation behind the frontier, delivery to push gateways.
     crate::push::start(&services);
+    // Search: the full-text index, behind the frontier.
+    crate::search::indexer::start(Arc::clone(&core), Arc::clone(&services.search));
 
     // Retention: prune transaction-ID, de-duplication and change-log tables.
     let sweep_secs = core.config.retention.sweep_interval_secs;

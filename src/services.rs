@@ -39,6 +39,8 @@ pub struct Services {
     pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
     /// Push: the gateways' network context and the delivery wake-up.
     pub push: crate::push::PushState,
+    /// The search indexer's position (searches wait on it: read-your-writes).
+    pub search: Arc<crate::search::indexer::SearchIndex>,
 }
 
 /// A boxed answer of a [`Remote`] call (not `Send`: it runs on the caller's arbiter).
@@ -137,6 +139,7 @@ impl Services {
             sliding: Default::default(),
             remote: std::sync::OnceLock::new(),
             push: crate::push::PushState::new(&core.config),
+            search: Arc::default(),
             core,
         })
     }

@@ -22,16 +22,23 @@
 //! and every push is in the delivery queue (`gateway.rs`). The job takes a notifier
 //! position of its own, so the users' `/sync` wakes up and sees the new counts.
 //!
-//! The job is a *deferred* write (`Db::write_deferred_then`): with one SQLite writer it is
-//! held up to the writer's linger (50 ms) for the next ordinary job and commits in that
-//! job's transaction, so on one chain of `/send`s the rows of `/send` N ride in the commit
-//! of `/send` N+1 instead of taking an fsync of their own in front of it. The job takes its
-//! notifier position *inside* the writer's transaction, and the writer's after-commit hook
-//! completes it (waking the users on success, abandoning it otherwise): while the job is
-//! held it has no position, so nothing committed after it waits behind it. (Taking the
-//! position before the job, as an earlier version did, kept every later event behind the
-//! frontier for the linger: a client's sequential sends on SQLite fell from 204 to 34 a
-//! second.) With several writers (PostgreSQL) the job is an ordinary write.
+//! The job is a *deferred* write (`Db::write_deferred_then`): nobody waits on it to answer
+//! a request, so when the writer takes it without an ordinary job (the usual case: it is
+//! queued right after the commit that moved the frontier) it commits at once, in the
+//! writer's idle time, without an fsync of its own (`storage::writer`: SQLite `synchronous
+//! = NORMAL` for that batch, PostgreSQL `synchronous_commit = off`); the next durable
+//! commit makes it durable. A crash before that loses the rows and the stored position
+//! together, and the batch is evaluated again from the stored position on start. (An
+//! earlier version held the job up to 50 ms for the next ordinary job and committed inside
+//! it, which put `/send` N's notification rows in `/send` N+1's commit, in its latency.)
+//! The job takes its notifier position *inside* the writer's transaction, and the writer's
+//! after-commit hook completes it (waking the users on success, abandoning it otherwise):
+//! a job waiting in the writer's queue holds no position, so nothing committed after it
+//! waits behind it. (Taking the position before the job, as an earlier version did, kept
+//! every later event behind the frontier while the job was held: a client's sequential
+//! sends on SQLite fell from 204 to 34 a second.) In a cluster the lazy commit is what the
+//! other nodes' `advance_progress` sees; a node that gave its batch up because of it depends
+//! on it only through its own later commits, which come after it in PostgreSQL's WAL.
 //!
 //! Rules are evaluated against the room's state at the event (the state before it, as its
 //! state group records it): the members (their count, who is asked, their display names),
@@ -794,8 +801,8 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
             let n = found.len();
             // The job takes its notifier position itself, inside the writer's transaction,
             // and the after-commit hook completes it (waking the users on success): while a
-            // deferred job is held for the writer's linger it has no position yet, so it
-            // holds nothing back (see the module comment).
+            // deferred job waits in the writer's queue it has no position yet, so it holds
+            // nothing back (see the module comment).
             let slot: Arc<Slot> = Arc::default();
             let (job_slot, hook_slot) = (Arc::clone(&slot), slot);
             let job_core = Arc::clone(&core);
@@ -857,7 +864,7 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
         if unsaved && last_save.elapsed() >= Duration::from_secs(1) {
             let at = cursor;
             // Never moves the stored position back (another node may be past it). No
-            // notifier position, so it may ride in the next commit.
+            // notifier position; a deferred write (no fsync of its own).
             match core
                 .db
                 .write_deferred(SHARD, move |c| {

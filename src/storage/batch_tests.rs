@@ -1,8 +1,8 @@
 //! The multi-row writes of a batch store exactly what the row-by-row writes store, on SQLite
 //! and on PostgreSQL (`<test>::sqlite`, `<test>::postgres`; `WEFT_TEST_PG` names the
 //! PostgreSQL server as for the integration tests): a timeline batch's events with their
-//! search, relation and profile rows (`events::insert_events` against
-//! `events::insert_event`), and the push worker's notification rows
+//! relation rows (`events::insert_events` against `events::insert_event`), then the search
+//! and profile rows the search indexer derives from them, and the push worker's notification rows
 //! (`push::insert_notifications`).
 
 use diesel::prelude::*;
@@ -12,6 +12,7 @@ use super::events::{self, NewEvent};
 use super::push::{self, NotificationRow};
 use super::schema::user_directory;
 use super::schema::{event_relations, event_search, events as events_t, push_notifications};
+use super::search;
 use super::test_db::{Backend, TempDb};
 use super::{AnyConnection, Db, StorageResult};
 
@@ -226,12 +227,17 @@ fn store(backend: Backend, rows: Vec<NewEvent>, at_once: bool) -> (Vec<bool>, Du
     let answers =
         t.db.write_blocking("!r:x", move |c| {
             before(c)?;
-            if at_once {
+            let answers = if at_once {
                 let refs: Vec<&NewEvent> = rows.iter().collect();
                 events::insert_events(c, &refs)
             } else {
                 rows.iter().map(|r| events::insert_event(c, r)).collect()
-            }
+            }?;
+            // The search and profile rows of timeline events are the search indexer's: its
+            // pass over everything stored.
+            let batch = search::prepare(search::events_to_index(c, 0, i64::MAX, 10_000)?);
+            search::store_index(c, &batch)?;
+            Ok(answers)
         })
         .expect("store the batch");
     let dump = t.db.read_blocking(dump).expect("read the rows");

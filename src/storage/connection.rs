@@ -52,13 +52,18 @@ impl ConnectionOptions {
         Ok(conn)
     }
 
+    /// The configured SQLite `synchronous` level, as the pragma spells it.
+    pub fn sqlite_synchronous_pragma(&self) -> &'static str {
+        if self.sqlite_synchronous == "normal" {
+            "NORMAL"
+        } else {
+            "FULL"
+        }
+    }
+
     fn prepare(&self, conn: &mut AnyConnection) -> Result<(), StorageError> {
         if let AnyConnection::Sqlite(c) = conn {
-            let sync = if self.sqlite_synchronous == "normal" {
-                "NORMAL"
-            } else {
-                "FULL"
-            };
+            let sync = self.sqlite_synchronous_pragma();
             // A negative `cache_size` is a size in KiB (a positive one counts pages).
             let cache_kib = self.sqlite_cache_kib.max(64);
             c.batch_execute(&format!(

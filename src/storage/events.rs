@@ -66,7 +66,7 @@ pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bo
                 .values(ev)
                 .execute(conn)?;
             super::relations::index_event(conn, ev)?;
-            super::search::index_event(conn, ev)?;
+            super::search::index_backfilled(conn, &[ev])?;
             Ok(true)
         }
         Some((true, None)) if !ev.outlier => {
@@ -81,7 +81,7 @@ pub fn insert_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<bo
                 ))
                 .execute(conn)?;
             super::relations::index_event(conn, ev)?;
-            super::search::index_event(conn, ev)?;
+            super::search::index_backfilled(conn, &[ev])?;
             Ok(true)
         }
         Some(_) => Ok(false),
@@ -153,8 +153,8 @@ pub(crate) fn fixed_chunks<T>(rows: &[T]) -> Vec<&[T]> {
 }
 
 /// [`insert_event`] for each row, in order, in a few statements: one read of which are
-/// stored, multi-row INSERTs of the new ones ([`fixed_chunks`]), their relation and search
-/// rows. Rows already stored go through [`insert_event`] one by one (an outlier copy is
+/// stored, multi-row INSERTs of the new ones ([`fixed_chunks`]), their relation rows (and
+/// search rows for backfilled history; the search indexer writes the rest). Rows already stored go through [`insert_event`] one by one (an outlier copy is
 /// promoted as there). A batch naming one event twice goes through [`insert_event`]
 /// entirely. Answers, per row, whether it was new or promoted.
 pub fn insert_events(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageResult<Vec<bool>> {
@@ -190,7 +190,9 @@ pub fn insert_events(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageRes
     for row in &fresh {
         super::relations::index_event(conn, row)?;
     }
-    super::search::index_events(conn, &fresh)?;
+    // Search rows are the indexer's, off this commit (`search::index_backfilled` writes
+    // only backfilled history's here).
+    super::search::index_backfilled(conn, &fresh)?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         out.push(if stored.contains(&row.event_id) {

@@ -22,6 +22,8 @@ pub mod connection;
 pub mod e2ee;
 pub mod events;
 pub mod federation;
+#[cfg(test)]
+mod follower_tests;
 pub mod linearized;
 pub mod media;
 pub mod partial_state;
@@ -198,8 +200,10 @@ impl Db {
         self.writers.submit(shard, f).await
     }
 
-    /// A write nobody waits on to answer a request: it may commit with the next ordinary
-    /// write (one fsync for both) instead of on its own ([`writer::Writers::submit_deferred`]).
+    /// A write nobody waits on to answer a request (a follower's derived rows and position):
+    /// it commits in the transaction of ordinary writes taken with it, or at once without an
+    /// fsync of its own; the next durable commit makes it durable
+    /// ([`writer::Writers::submit_deferred`]).
     pub async fn write_deferred<T, F>(&self, shard: &str, f: F) -> StorageResult<T>
     where
         T: Send + 'static,
@@ -208,8 +212,8 @@ impl Db {
         self.writers.submit_deferred(shard, f).await
     }
 
-    /// [`Db::write_deferred`] with a hook run on the writer thread once the batch it
-    /// rode in has ended (`true`: committed) ([`writer::Writers::submit_deferred_then`]).
+    /// [`Db::write_deferred`] with a hook run on the writer thread once its batch has ended
+    /// (`true`: committed) ([`writer::Writers::submit_deferred_then`]).
     pub async fn write_deferred_then<T, F>(
         &self,
         shard: &str,
@@ -226,6 +230,12 @@ impl Db {
     /// Transactions the writers have committed since start.
     pub fn commits(&self) -> u64 {
         self.writers.commits()
+    }
+
+    /// Of [`Db::commits`], the batches of only deferred jobs, committed without an fsync of
+    /// their own ([`writer`]'s module comment).
+    pub fn lazy_commits(&self) -> u64 {
+        self.writers.lazy_commits()
     }
 
     /// [`Database::write`] with a hook run on the writer thread right after the commit

@@ -436,6 +436,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    search_progress (id) {
+        id -> Integer,
+        stream -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(events, event_search);
+
+diesel::table! {
     pushers (user_id, app_id, pushkey) {
         user_id -> Text,
         app_id -> Text,

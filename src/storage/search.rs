@@ -1,8 +1,13 @@
 //! The full-text index behind `POST /search` and the user directory's profiles.
 //!
 //! * `event_search`: one row per searchable timeline event (the rule for what is searchable
-//!   is `weft_protocol::search::searchable`), written by `events::insert_event` in the
-//!   event's own transaction, removed by a redaction. The word index differs per dialect and
+//!   is `weft_protocol::search::searchable`), removed by a redaction. Rows are *derived*: the
+//!   search indexer (`crate::search::indexer`) follows the event stream behind the frontier
+//!   and writes them, with its position (`search_progress`), in one deferred write job
+//!   ([`events_to_index`], [`prepare`], [`store_index`]), off the room's commit. Backfilled
+//!   history (negative positions, which the forward stream never passes) is still indexed in
+//!   its own transaction by `events::insert_event(s)` ([`index_backfilled`]); outliers,
+//!   rejected and soft-failed events are never indexed. The word index differs per dialect and
 //!   is all this module writes by hand: SQLite keeps an FTS5 table in step with triggers
 //!   (`porter unicode61`: stems and case-folds), PostgreSQL a GIN index over
 //!   `to_tsvector('english', value)`. Queries come from `weft_protocol::search` (words of
@@ -18,8 +23,8 @@
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable, Text};
 
-use super::events::NewEvent;
-use super::schema::event_search;
+use super::events::{EventRow, NewEvent};
+use super::schema::{event_search, events, search_progress};
 use super::{AnyConnection, StorageResult};
 
 /// What the index keeps of one event.
@@ -68,29 +73,32 @@ fn indexed(ev: &NewEvent) -> Option<Indexed> {
 /// One `event_search` row.
 #[derive(Insertable, Clone)]
 #[diesel(table_name = event_search, treat_none_as_default_value = false)]
-struct SearchRow<'a> {
-    event_id: &'a str,
-    room_id: &'a str,
-    event_type: &'a str,
-    sender: &'a str,
+struct SearchRow {
+    event_id: String,
+    room_id: String,
+    event_type: String,
+    sender: String,
     key: &'static str,
     stream_ordering: i64,
     value: String,
 }
 
-impl<'a> SearchRow<'a> {
-    fn of(ev: &'a NewEvent, key: &'static str, value: String, stream_ordering: i64) -> Self {
+impl SearchRow {
+    fn of(ev: &NewEvent, key: &'static str, value: String, stream_ordering: i64) -> Self {
         SearchRow {
-            event_id: &ev.event_id,
-            room_id: &ev.room_id,
-            event_type: &ev.event_type,
-            sender: &ev.sender,
+            event_id: ev.event_id.clone(),
+            room_id: ev.room_id.clone(),
+            event_type: ev.event_type.clone(),
+            sender: ev.sender.clone(),
             key,
             stream_ordering,
             value,
         }
     }
 }
+
+/// A join's profile for `user_directory`: user, display name, avatar, position.
+type Profile = (String, Option<String>, Option<String>, i64);
 
 /// Indexes an event's searchable text and, for a join, the member's profile.
 pub fn index_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<()> {
@@ -113,7 +121,7 @@ pub fn index_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<()>
 /// one (joins are few), the searchable text with one DELETE and one multi-row INSERT per
 /// chunk (chunks of `events::fixed_chunks` sizes, so the statements stay cached).
 pub fn index_events(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageResult<()> {
-    let mut texts: Vec<SearchRow<'_>> = Vec::new();
+    let mut texts: Vec<SearchRow> = Vec::new();
     for ev in rows {
         match indexed(ev) {
             Some(Indexed::Text(key, value, pos)) => texts.push(SearchRow::of(ev, key, value, pos)),
@@ -123,8 +131,13 @@ pub fn index_events(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageResu
             None => {}
         }
     }
-    for chunk in super::events::fixed_chunks(&texts) {
-        let ids: Vec<&str> = chunk.iter().map(|t| t.event_id).collect();
+    insert_texts(conn, &texts)
+}
+
+/// The searchable text rows, each replacing a stored row of its event (idempotent).
+fn insert_texts(conn: &mut AnyConnection, texts: &[SearchRow]) -> StorageResult<()> {
+    for chunk in super::events::fixed_chunks(texts) {
+        let ids: Vec<&str> = chunk.iter().map(|t| t.event_id.as_str()).collect();
         diesel::delete(event_search::table.filter(event_search::event_id.eq_any(ids)))
             .execute(conn)?;
         match conn {
@@ -137,6 +150,184 @@ pub fn index_events(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageResu
         };
     }
     Ok(())
+}
+
+/// The index rows of the backfilled ones among `rows` (negative positions: the forward
+/// stream, which the indexer follows, never passes them), written in the caller's
+/// transaction as before the indexer existed. Timeline events at positive positions are
+/// left to the indexer.
+pub fn index_backfilled(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageResult<()> {
+    let back: Vec<&NewEvent> = rows
+        .iter()
+        .copied()
+        .filter(|r| r.stream_ordering.is_some_and(|p| p < 0))
+        .collect();
+    if back.is_empty() {
+        return Ok(());
+    }
+    index_events(conn, &back)
+}
+
+// ---- the search indexer's input, rows and position
+
+/// The event types the indexer reads: what it indexes (texts, joins' profiles) and
+/// redactions (their targets' rows are checked again, see [`store_index`]).
+const INDEXER_TYPES: [&str; 5] = [
+    "m.room.message",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.member",
+    "m.room.redaction",
+];
+
+/// Timeline events in `(after, upto]` the indexer reads (not outliers, rejected or
+/// soft-failed; of [`INDEXER_TYPES`]), oldest first, at most `limit`.
+pub fn events_to_index(
+    conn: &mut AnyConnection,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> StorageResult<Vec<EventRow>> {
+    Ok(events::table
+        .filter(events::stream_ordering.gt(after))
+        .filter(events::stream_ordering.le(upto))
+        .filter(events::outlier.eq(false))
+        .filter(events::rejected.is_null())
+        .filter(events::soft_failed.eq(false))
+        .filter(events::event_type.eq_any(INDEXER_TYPES))
+        .order(events::stream_ordering.asc())
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// What the indexer writes for a batch of events: computed off the writer ([`prepare`]),
+/// written by [`store_index`].
+pub struct IndexBatch {
+    texts: Vec<SearchRow>,
+    profiles: Vec<Profile>,
+    /// Events whose rows are dropped again if, by the time the batch is written, the event
+    /// is redacted or gone: the batch's own texts and its redactions' targets.
+    recheck: Vec<String>,
+}
+
+impl IndexBatch {
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty() && self.profiles.is_empty() && self.recheck.is_empty()
+    }
+}
+
+/// The rows for `events` (as read by [`events_to_index`]), by the one rule [`index_event`]
+/// applies.
+pub fn prepare(events: Vec<EventRow>) -> IndexBatch {
+    let mut batch = IndexBatch {
+        texts: Vec::new(),
+        profiles: Vec::new(),
+        recheck: Vec::new(),
+    };
+    for r in events {
+        let ev = NewEvent {
+            event_id: r.event_id,
+            room_id: r.room_id,
+            stream_ordering: r.stream_ordering,
+            depth: r.depth,
+            event_type: r.event_type,
+            state_key: r.state_key,
+            sender: r.sender,
+            origin_server_ts: r.origin_server_ts,
+            json: r.json,
+            state_before: r.state_before,
+            state_after: r.state_after,
+            outlier: r.outlier,
+            rejected: r.rejected,
+            soft_failed: r.soft_failed,
+            redacted_by: r.redacted_by,
+        };
+        if ev.event_type == "m.room.redaction" {
+            // The target: top-level `redacts` (rooms before v11) or `content.redacts`.
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&ev.json) {
+                let target = json
+                    .get("redacts")
+                    .or_else(|| json.get("content").and_then(|c| c.get("redacts")))
+                    .and_then(|t| t.as_str());
+                if let Some(t) = target {
+                    batch.recheck.push(t.to_owned());
+                }
+            }
+            continue;
+        }
+        match indexed(&ev) {
+            Some(Indexed::Text(key, value, pos)) => {
+                batch.recheck.push(ev.event_id.clone());
+                batch.texts.push(SearchRow::of(&ev, key, value, pos));
+            }
+            Some(Indexed::Join(user, name, avatar, pos)) => {
+                batch.profiles.push((user, name, avatar, pos))
+            }
+            None => {}
+        }
+    }
+    batch
+}
+
+/// Writes a batch's rows (idempotent: a text row replaces its event's stored one, a profile
+/// never moves back), then drops the rows of the batch's events that are redacted or gone
+/// by now. That closes the gap between the indexer's read and its write: a redaction (or a
+/// purge) that committed in between found no row to delete. On PostgreSQL, where a
+/// redaction may commit on another writer while this runs, the redaction event itself comes
+/// later in the stream and its batch checks the target again.
+pub fn store_index(conn: &mut AnyConnection, batch: &IndexBatch) -> StorageResult<()> {
+    insert_texts(conn, &batch.texts)?;
+    for (user, name, avatar, pos) in &batch.profiles {
+        upsert_profile(conn, user, name.clone(), avatar.clone(), *pos)?;
+    }
+    for chunk in batch.recheck.chunks(500) {
+        let live = events::table
+            .filter(events::event_id.eq_any(chunk))
+            .filter(events::redacted_by.is_null())
+            .select(events::event_id);
+        diesel::delete(
+            event_search::table
+                .filter(event_search::event_id.eq_any(chunk))
+                .filter(event_search::event_id.ne_all(live)),
+        )
+        .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// The last stream position the indexer has indexed (`None`: a new database, or one never
+/// indexed by the indexer: start from the beginning).
+pub fn indexed_upto(conn: &mut AnyConnection) -> StorageResult<Option<i64>> {
+    Ok(search_progress::table
+        .filter(search_progress::id.eq(1))
+        .select(search_progress::stream)
+        .first::<i64>(conn)
+        .optional()?)
+}
+
+/// Moves the indexer's position from `after` to `upto`, unless another indexer (another
+/// node of a cluster) already stored a position past `after`: then nothing changes and the
+/// answer is `false` (the push worker's `advance_progress`, for the index). Run first in the
+/// batch's job; the position never moves back.
+pub fn advance_indexed(conn: &mut AnyConnection, after: i64, upto: i64) -> StorageResult<bool> {
+    let n = diesel::update(
+        search_progress::table
+            .filter(search_progress::id.eq(1))
+            .filter(search_progress::stream.le(after)),
+    )
+    .set(search_progress::stream.eq(upto))
+    .execute(conn)?;
+    if n > 0 {
+        return Ok(true);
+    }
+    if indexed_upto(conn)?.is_some() {
+        return Ok(false);
+    }
+    diesel::insert_into(search_progress::table)
+        .values((search_progress::id.eq(1), search_progress::stream.eq(upto)))
+        .execute(conn)?;
+    Ok(true)
 }
 
 /// Drops a redacted event's text.

@@ -4,7 +4,9 @@
 //! A search request is parsed and checked here first ([`parse_room_events`], pure, with a
 //! table of good and bad bodies): unknown categories, keys, orders and groupings, wrong
 //! types and oversized terms are refused with a Matrix error before any database work.
-//! Then, in one database read:
+//! Then it waits (bounded) for the search indexer ([`indexer`]) to have indexed the stream
+//! up to the position current at the request, so the user's own new messages are found
+//! (the user directory too: joins' profiles are the indexer's). Then, in one database read:
 //! 1. the full-text index (`storage::search`) answers every event matching all the
 //!    term's words in the rooms the user is joined to now;
 //! 2. the request's keys and filter (rooms, senders, types) are applied;
@@ -25,6 +27,8 @@
 //! rooms published in the room directory (`storage::search::directory_candidates`),
 //! matched word by word on user ID and display name (`weft_protocol::search`), sorted by
 //! user ID, cut at `limit` with `limited` set when more matched.
+
+pub mod indexer;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -344,8 +348,22 @@ fn profiles(
     Ok(out)
 }
 
+/// Read-your-writes: waits, at most `indexer::READ_YOUR_WRITES`, for the search indexer to
+/// reach the highest stream position this node knows now (see the indexer's comment).
+async fn caught_up(s: &Services) {
+    let pos = s.core.notifier.last_position();
+    if !s.search.wait_for(pos, indexer::READ_YOUR_WRITES).await {
+        tracing::debug!(
+            pos,
+            indexed = s.search.indexed(),
+            "search: the index is behind; answering from what it holds"
+        );
+    }
+}
+
 /// The whole `room_events` answer for one request.
 pub async fn room_events(s: &Services, viewer: Viewer, req: RoomEventsRequest) -> Result<Value> {
+    caught_up(s).await;
     let upto = s.core.notifier.frontier();
     let body = s
         .core
@@ -523,6 +541,7 @@ pub async fn user_directory(
     if words.is_empty() {
         return Ok(json!({"results": [], "limited": false}));
     }
+    caught_up(s).await;
     let u = user_id.to_owned();
     let candidates = s
         .core
