@@ -45,6 +45,7 @@ pub const INBOUND_TXN_RECORDS: &str = "weft_federation_txn_records_total";
 pub const DB_POOL: &str = "weft_db_read_pool_connections";
 pub const SYNC_WAKEUP: &str = "weft_sync_wakeup_duration_seconds";
 pub const SYNC_WAKE_STAGE: &str = "weft_sync_wake_stage_seconds";
+pub const SEND_STAGE: &str = "weft_federation_send_stage_seconds";
 pub const SYNC_ANSWERS: &str = "weft_sync_woken_answers_total";
 pub const RATE_LIMITED: &str = "weft_ratelimit_refusals_total";
 pub const PUSH_EVENTS: &str = "weft_push_events_evaluated_total";
@@ -85,7 +86,8 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_jobs".into()), SIZE_BUCKETS))
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(SYNC_WAKE_STAGE.into()), STAGE_BUCKETS)
-        });
+        })
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SEND_STAGE.into()), STAGE_BUCKETS));
     match builder.and_then(|b| b.install_recorder()) {
         Ok(handle) => {
             describe();
@@ -203,6 +205,11 @@ fn describe() {
         SYNC_WAKE_STAGE,
         metrics::Unit::Seconds,
         "Stages of a send -> /sync wake-up inside the server, by stage (queue, commit, notify, wake, respond, total; see observe::wake)"
+    );
+    describe_histogram!(
+        SEND_STAGE,
+        metrics::Unit::Seconds,
+        "Stages of a federation /send inside the server, by stage (dedup_read, parse, keys, verify_wait, verify, screen, mailbox, actor, batch_wait, writer_wait, commit_writes, commit_sync, reply, answer, total; see observe::send)"
     );
     describe_counter!(
         SYNC_ANSWERS,
@@ -392,6 +399,11 @@ pub fn sync_wakeup(secs: f64) {
 /// One stage of a wake-up (`observe::wake`).
 pub fn sync_wake_stage(stage: &'static str, secs: f64) {
     histogram!(SYNC_WAKE_STAGE, "stage" => stage).record(secs);
+}
+
+/// One stage of a federation `/send` (`observe::send`).
+pub fn federation_send_stage(stage: &'static str, secs: f64) {
+    histogram!(SEND_STAGE, "stage" => stage).record(secs);
 }
 
 /// A woken `/sync` answered (`path`: incremental or full).

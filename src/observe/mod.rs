@@ -15,10 +15,13 @@
 //!   and the per-room gauges.
 //! * [`wake`]: the stages of a send -> `/sync` wake-up (send accepted, commit done, waiters
 //!   woken, response built), stamped by stream position.
+//! * [`send`]: the stages of a federation `/send` (read, parse, keys, verify, screen, the
+//!   room actor, the writer, the answer), stamped per transaction.
 //!
 //! This module is a leaf: it knows no rooms, federation or HTTP faces; they call into it.
 
 pub mod metrics;
 pub mod request;
 pub mod rooms;
+pub mod send;
 pub mod wake;

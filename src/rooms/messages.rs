@@ -156,6 +156,9 @@ pub struct InboundTxnRecord {
     pub answer: Box<dyn Fn(&[InboundOutcome]) -> Option<String> + Send + Sync>,
     /// Set once the answer is committed (with the PDUs); the caller writes it otherwise.
     pub written: std::sync::atomic::AtomicBool,
+    /// The transaction's stage stamps (`observe::send`): the actor and the writer stamp
+    /// theirs here.
+    pub stamps: std::sync::Arc<crate::observe::send::Stamps>,
 }
 
 impl InboundTxnRecord {

@@ -324,21 +324,36 @@ impl RoomRegistry {
     pub async fn admit(
         &self,
         room_id: &RoomId,
-        mut msg: messages::InboundPdus,
+        msg: messages::InboundPdus,
     ) -> Result<Vec<messages::InboundOutcome>> {
         let ids: Vec<String> = msg
             .pdus
             .iter()
             .map(|(p, _)| p.event_id().to_string())
             .collect();
-        let q = ids.clone();
         let known = self
             .core
             .db
-            .read(move |c| admission::known::screen(c, &q))
+            .read(move |c| admission::known::screen(c, &ids))
             .await?;
-        let mut decided: Vec<Option<messages::InboundOutcome>> = Vec::with_capacity(ids.len());
-        let mut rest = Vec::with_capacity(ids.len());
+        self.admit_screened(room_id, msg, known).await
+    }
+
+    /// [`Self::admit`] with step 0 read by the caller: `known[i]` is the store's verdict on
+    /// `msg.pdus[i]` ([`admission::known::screen`]), read for a whole transaction at once
+    /// (one read for all of its rooms, beside its signature checks).
+    pub async fn admit_screened(
+        &self,
+        room_id: &RoomId,
+        mut msg: messages::InboundPdus,
+        known: Vec<admission::known::Known>,
+    ) -> Result<Vec<messages::InboundOutcome>> {
+        if known.len() != msg.pdus.len() {
+            return Err(Error::internal("a screen for other PDUs"));
+        }
+        let total = known.len();
+        let mut decided: Vec<Option<messages::InboundOutcome>> = Vec::with_capacity(total);
+        let mut rest = Vec::with_capacity(total);
         for ((pdu, hint), k) in msg.pdus.drain(..).zip(known) {
             match k {
                 admission::known::Known::Decided(o) => decided.push(Some(o)),
@@ -348,7 +363,7 @@ impl RoomRegistry {
                 }
             }
         }
-        if rest.len() < ids.len() {
+        if rest.len() < total {
             // The actor sees only part of the transaction's PDUs: the caller answers.
             msg.txn_record = None;
         }

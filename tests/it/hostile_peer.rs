@@ -2549,6 +2549,7 @@ fn admission_count(s: &mut Scene, path: &str) -> f64 {
 fn many_origins_at_once_keep_each_chains_order(backend: Backend) {
     const PER_ORIGIN: usize = 60;
     let mut s = Scene::on(backend);
+    let with0 = metric(&mut s, "weft_federation_txn_records_total", "with_pdus");
     let mut others: Vec<(Peer, &str)> = Vec::new();
     for name in ["carol", "dave"] {
         let peer = Peer::start(free_port()).expect("start peer");
@@ -2591,6 +2592,10 @@ fn many_origins_at_once_keep_each_chains_order(backend: Backend) {
         .zip(&chains)
         .zip(&names)
         .map(|((mut fed, chain), name)| {
+            let first_txn = chain[..20]
+                .iter()
+                .map(Pdu::to_federation_value)
+                .collect::<Vec<_>>();
             let txns: Vec<(Vec<OwnedEventId>, Vec<Value>)> = chain
                 .chunks(20)
                 .map(|c| {
@@ -2602,6 +2607,7 @@ fn many_origins_at_once_keep_each_chains_order(backend: Backend) {
                 .collect();
             let name = name.to_string();
             std::thread::spawn(move || {
+                let mut answers = Vec::new();
                 for (t, (ids, pdus)) in txns.into_iter().enumerate() {
                     let r = fed
                         .send_transaction(&format!("many-{name}-{t}"), pdus, Vec::new())
@@ -2611,12 +2617,30 @@ fn many_origins_at_once_keep_each_chains_order(backend: Backend) {
                     for id in &ids {
                         accepted(&results, id, &format!("{name}'s message"));
                     }
+                    answers.push(r.json());
                 }
+                (fed, first_txn, answers)
             })
         })
         .collect();
+    let mut repeats = Vec::new();
     for t in senders {
-        t.join().expect("an origin's sender failed");
+        repeats.push(t.join().expect("an origin's sender failed"));
+    }
+    // The origins' transactions into the one room may share a commit: each answer was still
+    // stored with its own PDUs, and a repeat of each ID gets that origin's stored answer.
+    let txns_sent = (PER_ORIGIN / 20 * names.len()) as f64;
+    assert_eq!(
+        metric(&mut s, "weft_federation_txn_records_total", "with_pdus") - with0,
+        txns_sent,
+        "every transaction's answer went into a commit of its PDUs"
+    );
+    for ((mut fed, first_txn, answers), name) in repeats.into_iter().zip(&names) {
+        let again = fed
+            .send_transaction(&format!("many-{name}-0"), first_txn, Vec::new())
+            .expect("send again");
+        assert_eq!(again.status, 200, "{}", again.text());
+        assert_eq!(again.json(), answers[0], "{name}'s repeated transaction");
     }
     for (chain, name) in chains.iter().zip(&names) {
         for (i, pdu) in chain.iter().enumerate() {
@@ -2803,6 +2827,17 @@ fn a_transactions_answer_is_stored_with_its_pdus(backend: Backend) {
         "with EDUs the answer is stored alone"
     );
     assert_eq!(with(&mut s) - with0, 1.0);
+    // The stages of those `/send`s were recorded (`observe::send`), the room's included.
+    for stage in ["dedup_read", "verify", "actor", "commit_sync", "total"] {
+        assert!(
+            metric(
+                &mut s,
+                "weft_federation_send_stage_seconds_count",
+                &format!("stage=\"{stage}\"")
+            ) >= 1.0,
+            "no {stage} stage recorded"
+        );
+    }
     s.weft.assert_healthy();
 }
 

@@ -5,13 +5,18 @@
 //! 2. Limits: at most 50 PDUs and 100 EDUs.
 //! 3. Per PDU, order-free: room known and version known, then admission steps 1–3: format
 //!    and event ID (parsed once), signatures and content hash ([`super::verify`], on the
-//!    verify pool, every core).
+//!    verify pool, every core). Step 0 (what the store decided before,
+//!    [`crate::rooms::admission::known`]) is read once for the whole transaction while the
+//!    signatures are checked, and applied only to PDUs that passed them.
 //! 4. Group by room; each room's PDUs go, depth-ordered, to its room actor in one message;
 //!    rooms run in parallel. PDUs the actor cannot place (missing prev or auth events) get
 //!    their gap filled from the origin ([`super::gaps`]) and are submitted again.
 //! 5. EDUs are handled after the PDUs ([`super::edus`]).
 //! 6. The answer lists every PDU: `{}` when accepted (or soft-failed), `{"error": ...}` when
 //!    refused. It is stored for de-duplication before it is returned.
+//!
+//! Every stage is stamped ([`crate::observe::send`]) into
+//! `weft_federation_send_stage_seconds`.
 //!
 //! One commit per `/send` where it can be: when the transaction carries no EDUs and its PDUs
 //! are all for one room and all reach that room's actor, the answer is handed to the actor
@@ -35,7 +40,9 @@ use super::{edus, gaps, verify};
 use crate::error::{Error, Result};
 use crate::federation::FederationOf;
 use crate::federation::auth::Signed;
+use crate::observe::send::{Point, Stamps};
 use crate::rooms::admission::format;
+use crate::rooms::admission::known::{self, Known};
 use crate::rooms::messages::{InboundOutcome, InboundPdus, InboundTxnRecord};
 use crate::services::Services;
 use crate::storage::{federation as fstore, now_ms, rooms};
@@ -97,6 +104,7 @@ fn txn_record(
     txn_id: &str,
     prior: Vec<(String, Option<String>)>,
     ids: Vec<String>,
+    stamps: Arc<Stamps>,
 ) -> Arc<InboundTxnRecord> {
     Arc::new(InboundTxnRecord {
         origin: origin.to_owned(),
@@ -114,18 +122,21 @@ fn txn_record(
             Some(answer_body(&all).to_string())
         }),
         written: std::sync::atomic::AtomicBool::new(false),
+        stamps,
     })
 }
 
 /// Runs the PDUs of a transaction; returns `event_id → result` (`None` = accepted).
 /// `txn_id`: the transaction's ID when its answer may be stored with its PDUs (no EDUs);
 /// the record handed to the room's actor is returned, to ask whether it was stored.
+/// `stamps`: the transaction's stage stamps (`observe::send`).
 pub async fn process_pdus(
     s: &Services,
     origin: &str,
     raws: Vec<Value>,
     txn_id: Option<&str>,
     mut versions: HashMap<String, Option<RoomVersion>>,
+    stamps: Arc<Stamps>,
 ) -> (Vec<(String, Option<String>)>, Option<Arc<InboundTxnRecord>>) {
     let Some(fed) = s.federation().cloned() else {
         return (Vec::new(), None);
@@ -175,20 +186,49 @@ pub async fn process_pdus(
             }
         }
     }
-    // Steps 2-3 on the verify pool; results in input order.
+    stamps.stamp(Point::Parsed);
+    // Steps 2-3 on the verify pool; results in input order. Beside them, step 0's read for
+    // the whole transaction (its verdicts count only for PDUs whose signatures pass).
     let ids: Vec<(String, RoomVersion)> = parsed
         .iter()
         .map(|(p, v)| (p.event_id().to_string(), *v))
         .collect();
-    let checked = verify::check_many(&fed, parsed).await;
-    let mut by_room: HashMap<String, (RoomVersion, Vec<Pdu>)> = HashMap::new();
+    let screen = {
+        let db = s.core.db.clone();
+        let q: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
+        let st = Arc::clone(&stamps);
+        async move {
+            if q.is_empty() {
+                return None;
+            }
+            st.stamp(Point::ScreenAsked);
+            let known = db.read(move |c| known::screen(c, &q)).await;
+            st.stamp(Point::Screened);
+            match known {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    // Each room's admission reads it again.
+                    tracing::warn!(error = %e, "could not screen a transaction's PDUs");
+                    None
+                }
+            }
+        }
+    };
+    let (checked, known) = futures_util::future::join(
+        verify::check_many_stamped(&fed, parsed, Some(Arc::clone(&stamps))),
+        screen,
+    )
+    .await;
+    let mut known = known.map(Vec::into_iter);
+    let mut by_room: HashMap<String, (RoomVersion, Vec<(Pdu, Option<Known>)>)> = HashMap::new();
     for ((id, version), result) in ids.into_iter().zip(checked) {
+        let k = known.as_mut().and_then(Iterator::next);
         match result {
             Ok(c) => by_room
                 .entry(c.pdu.room_id().to_string())
                 .or_insert_with(|| (version, Vec::new()))
                 .1
-                .push(c.pdu),
+                .push((c.pdu, k)),
             Err(e) => {
                 tracing::info!(origin, event = %id, error = %e, "PDU refused");
                 crate::observe::metrics::inbound_pdu("rejected", "signature");
@@ -200,25 +240,32 @@ pub async fn process_pdus(
     let mut record = None;
     let mut rooms_done = Vec::with_capacity(by_room.len());
     for (room, (version, mut pdus)) in by_room {
-        pdus.sort_by_key(|p| p.depth());
+        pdus.sort_by_key(|(p, _)| p.depth());
         let rec = match txn_id {
             Some(t) if single_room => {
-                let ids = pdus.iter().map(|p| p.event_id().to_string()).collect();
-                let r = txn_record(origin, t, results.clone(), ids);
+                let ids = pdus.iter().map(|(p, _)| p.event_id().to_string()).collect();
+                let r = txn_record(origin, t, results.clone(), ids, Arc::clone(&stamps));
                 record = Some(Arc::clone(&r));
                 Some(r)
             }
             _ => None,
         };
-        rooms_done.push(async move { submit_room(s, origin, &room, version, pdus, rec).await });
+        // Every verdict read, or none (then admission reads them).
+        let (pdus, known): (Vec<Pdu>, Vec<Option<Known>>) = pdus.into_iter().unzip();
+        let known: Option<Vec<Known>> = known.into_iter().collect();
+        rooms_done
+            .push(async move { submit_room(s, origin, &room, version, pdus, rec, known).await });
     }
+    stamps.stamp(Point::ToActor);
     for r in futures_util::future::join_all(rooms_done).await {
         results.extend(r);
     }
+    stamps.stamp(Point::Back);
     (results, record)
 }
 
-/// Submits one room's PDUs to its actor, filling gaps once where needed.
+/// Submits one room's PDUs to its actor, filling gaps once where needed. `known`: the
+/// store's verdicts on `pdus` when the caller read them (step 0), else admission reads them.
 pub async fn submit_room(
     s: &Services,
     origin: &str,
@@ -226,6 +273,7 @@ pub async fn submit_room(
     version: RoomVersion,
     pdus: Vec<Pdu>,
     txn_record: Option<Arc<InboundTxnRecord>>,
+    known: Option<Vec<Known>>,
 ) -> Vec<(String, Option<String>)> {
     let Ok(room_id) = OwnedRoomId::try_from(room) else {
         return pdus
@@ -241,7 +289,11 @@ pub async fn submit_room(
         checked_events: Vec::new(),
         txn_record,
     };
-    let outcomes = match s.rooms.admit(&room_id, msg).await {
+    let admitted = match known {
+        Some(k) => s.rooms.admit_screened(&room_id, msg, k).await,
+        None => s.rooms.admit(&room_id, msg).await,
+    };
+    let outcomes = match admitted {
         Ok(o) => o,
         Err(e) => {
             return pdus
@@ -295,6 +347,8 @@ pub async fn send_transaction(
     // One transaction per origin at a time (the spec's expectation of senders; a second
     // waits briefly, then gets 429).
     let _slot = s.limits.federation_send_slot(&origin).await?;
+    let stamps = Arc::new(Stamps::default());
+    stamps.stamp(Point::Accepted);
     // The de-duplication check and the versions of the rooms named, in one read (one hop to
     // the blocking pool, not one per room plus one). A repeated ID gets its stored answer
     // whatever the body says, so a body that does not parse is refused only after the check.
@@ -330,6 +384,7 @@ pub async fn send_transaction(
             Ok((stored, versions))
         })
         .await?;
+    stamps.stamp(Point::Read);
     if let Some(stored) = stored {
         let v: Value = serde_json::from_str(&stored).map_err(|e| Error::internal(e.to_string()))?;
         return Ok(HttpResponse::Ok().json(v));
@@ -342,11 +397,17 @@ pub async fn send_transaction(
     }
     // EDUs are handled after the PDUs, and the answer must not be stored before them.
     let fold = txn.edus.is_empty().then_some(txn_id.as_str());
-    let (results, record) = process_pdus(&s, &origin, txn.pdus, fold, versions).await;
+    let with_pdus = !txn.pdus.is_empty();
+    let (results, record) =
+        process_pdus(&s, &origin, txn.pdus, fold, versions, Arc::clone(&stamps)).await;
     edus::handle(&s, &origin, txn.edus).await;
     let body = answer_body(&results);
     if record.as_ref().is_some_and(|r| r.is_written()) {
         crate::observe::metrics::inbound_txn_record(true);
+        stamps.stamp(Point::Answered);
+        if with_pdus {
+            stamps.record();
+        }
         return Ok(HttpResponse::Ok().json(body));
     }
     crate::observe::metrics::inbound_txn_record(false);
@@ -360,6 +421,10 @@ pub async fn send_transaction(
         .await
     {
         tracing::warn!(error = %e, "could not record transaction");
+    }
+    stamps.stamp(Point::Answered);
+    if with_pdus {
+        stamps.record();
     }
     Ok(HttpResponse::Ok().json(body))
 }

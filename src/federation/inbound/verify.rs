@@ -9,6 +9,7 @@ use serde_json::Value;
 use weft_protocol::{Pdu, RoomVersion};
 
 use crate::federation::Federation;
+use crate::observe::send::{Point, Stamps};
 pub use crate::rooms::admission::content_hash::Checked;
 use crate::rooms::admission::signatures::KeySnapshot;
 use crate::rooms::admission::{content_hash, format, pool, signatures};
@@ -46,6 +47,16 @@ pub async fn check_many(
     fed: &Arc<Federation>,
     pdus: Vec<(Pdu, RoomVersion)>,
 ) -> Vec<Result<Checked, String>> {
+    check_many_stamped(fed, pdus, None).await
+}
+
+/// [`check_many`], stamping a `/send`'s stages (`observe::send`): keys ready, the first
+/// verify job begun, every result back.
+pub async fn check_many_stamped(
+    fed: &Arc<Federation>,
+    pdus: Vec<(Pdu, RoomVersion)>,
+    stamps: Option<Arc<Stamps>>,
+) -> Vec<Result<Checked, String>> {
     let (wanted, required) = signatures::wanted_keys(pdus.iter().map(|(p, v)| (p, *v)));
     let fetches = wanted.iter().map(|(server, (ids, ts))| {
         let ids: Vec<String> = ids.iter().cloned().collect();
@@ -57,8 +68,15 @@ pub async fn check_many(
     futures_util::future::join_all(fetches).await;
     let servers: Vec<String> = wanted.keys().cloned().collect();
     let keys: Arc<KeySnapshot> = Arc::new(fed.keys.snapshot(&servers));
+    if let Some(s) = &stamps {
+        s.stamp(Point::KeysReady);
+    }
     let items: Vec<_> = pdus.into_iter().zip(required).collect();
-    pool::map(items, move |((pdu, version), required)| {
+    let on_pool = stamps.clone();
+    let out = pool::map(items, move |((pdu, version), required)| {
+        if let Some(s) = &on_pool {
+            s.stamp_first(Point::VerifyBegan);
+        }
         required?;
         let hash = signatures::verify(&pdu, version, &keys)?;
         content_hash::apply(pdu, version, hash)
@@ -66,5 +84,9 @@ pub async fn check_many(
     .await
     .into_iter()
     .map(|r| r.unwrap_or_else(|| Err("signature check did not run".into())))
-    .collect()
+    .collect();
+    if let Some(s) = &stamps {
+        s.stamp(Point::Verified);
+    }
+    out
 }

@@ -4,7 +4,10 @@
 //!
 //! Local users are woken by the writer thread itself, right after the commit
 //! ([`crate::storage::Database::write_then`]), not after the answer's hop back to this
-//! actor's arbiter. A batch of plain timeline events leaves a note on its positions
+//! actor's arbiter; so are the callers of the received PDUs in the batch (`InboundPdus`:
+//! their outcomes were decided before the flush, and wait in [`super::received`]'s
+//! `InboundWaiter`s), and a federation `/send` handler gets its outcomes straight from the
+//! writer thread. A batch of plain timeline events leaves a note on its positions
 //! ([`CommittedEvents`]) from which a woken `/sync` answers without reading the database
 //! again.
 
@@ -20,6 +23,8 @@ struct CompleteOnCommit {
     note: Option<crate::notifier::Note>,
     /// When the writer began the job and when its statements were done (`observe::wake`).
     stamps: Arc<parking_lot::Mutex<(Option<Instant>, Option<Instant>)>>,
+    /// Received messages whose PDUs (and transaction answers) this batch commits.
+    inbound: Vec<super::received::InboundWaiter>,
     done: bool,
 }
 
@@ -27,14 +32,18 @@ impl CompleteOnCommit {
     fn run(mut self, committed: bool) {
         self.done = true;
         let positions = std::mem::take(&mut self.positions);
+        let writer = *self.stamps.lock();
         if committed {
-            crate::observe::wake::committed(&positions, *self.stamps.lock());
+            crate::observe::wake::committed(&positions, writer);
             let wake = std::mem::take(&mut self.wake);
             self.core
                 .notifier
                 .complete_noted(&positions, wake, self.note.take());
         } else {
             self.core.notifier.complete(&positions, []);
+        }
+        for w in std::mem::take(&mut self.inbound) {
+            w.answer_after(committed, writer);
         }
     }
 }
@@ -100,18 +109,30 @@ impl RoomActor {
         }))
     }
 
-    /// Writes the pending batch and completes it (the caller holds the mailbox meanwhile).
-    pub(super) fn flush_fut(&mut self) -> ResponseActFuture<Self, bool> {
-        self.flush_scheduled = false;
-        if self.pending.is_empty()
+    /// Nothing pending and nothing in the batch: a flush would write nothing.
+    pub(super) fn nothing_to_flush(&self) -> bool {
+        self.pending.is_empty()
             && self.batch.outliers.is_empty()
             && self.batch.inbound_txns.is_empty()
             && self.batch.groups.is_empty()
             && self.batch.current_state_delta.is_empty()
             && self.batch.deferred.is_empty()
             && self.batch.partial_completed.is_none()
-        {
+    }
+
+    /// Writes the pending batch and completes it (the caller holds the mailbox meanwhile).
+    pub(super) fn flush_fut(&mut self) -> ResponseActFuture<Self, bool> {
+        self.flush_scheduled = false;
+        if self.nothing_to_flush() {
+            // (Waiters come only with something to commit; any left have nothing to wait for.)
+            for w in std::mem::take(&mut self.inbound_waiters) {
+                w.answer(true);
+            }
             return Box::pin(actix::fut::ready(true));
+        }
+        let inbound = std::mem::take(&mut self.inbound_waiters);
+        for w in &inbound {
+            w.flushing();
         }
         let pending = std::mem::take(&mut self.pending);
         let mut job = std::mem::replace(
@@ -136,6 +157,7 @@ impl RoomActor {
             wake,
             note,
             stamps: Arc::clone(&stamps),
+            inbound,
             done: false,
         };
         let db = self.core.db.clone();

@@ -25,9 +25,14 @@
 //!   chains forked from one point, a state event on one of them — need no I/O.
 //! * Otherwise the pending batch is flushed, and [`super::admission::prepare`] loads what it
 //!   needs on a blocking thread (state after its prev events, state resolution, forks) while
-//!   the actor holds its mailbox (`AtomicResponse`); then the actor soft-fail-checks it
+//!   the actor holds its mailbox (`ctx.wait`); then the actor soft-fail-checks it
 //!   against the current state and appends it. Missing prev or auth events are reported back
 //!   to the caller, which fetches them from the network: the actor never waits on a peer.
+//! * Once every PDU of the message is decided, the message's outcomes (and its `/send`
+//!   transaction's answer) wait for the commit of the pending batch like a local event's
+//!   reply: they go to `Flush` with the batch, and the writer's after-commit hook answers the
+//!   caller directly. Messages that queued up meanwhile — other origins' transactions into
+//!   the same room — are decided before that `Flush` runs and share its commit.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -131,6 +136,8 @@ pub struct RoomActor {
     txns: HashMap<TxnKey, OwnedEventId>,
     pending: Vec<Pending>,
     batch: PersistBatch,
+    /// Received messages waiting for the commit of the pending batch (`received.rs`).
+    inbound_waiters: Vec<received::InboundWaiter>,
     flush_scheduled: bool,
     last_active: Instant,
     /// DAG room, Linearized Matrix hub or participant: set with the version
@@ -193,6 +200,7 @@ impl RoomActor {
             txns: HashMap::new(),
             pending: Vec::new(),
             batch,
+            inbound_waiters: Vec::new(),
             flush_scheduled: false,
             last_active: Instant::now(),
             kind: super::kind::RoomKind::Dag,

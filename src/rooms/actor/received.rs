@@ -196,7 +196,9 @@ impl RoomActor {
         }
     }
 
-    /// Processes received PDUs one by one, then commits them together.
+    /// Processes received PDUs one by one (the memory path synchronously, the database
+    /// path while the actor holds its mailbox) and answers their outcomes; the caller
+    /// waits for the commit of the batch holding them ([`RoomActor::await_commit`]).
     /// `checked`: events the caller checked and stored just before
     /// ([`InboundPdus::checked_events`]), looked up there before the database.
     pub(super) fn process_inbound(
@@ -204,39 +206,24 @@ impl RoomActor {
         mut results: Vec<InboundOutcome>,
         local: bool,
         checked: Arc<Vec<Arc<Pdu>>>,
-        record: Option<Arc<InboundTxnRecord>>,
     ) -> ResponseActFuture<Self, Vec<InboundOutcome>> {
+        // The memory path needs no future per PDU: run it in a loop until a PDU needs the
+        // database (or none is left).
         Box::pin(actix::fut::ready(()).then(move |(), act: &mut Self, _ctx| {
-            let Some((pdu, hint)) = items.pop_front() else {
-                // The transaction's answer goes into the same commit as its PDUs.
-                let record = record.and_then(|r| {
-                    let body = (r.answer)(&results)?;
-                    act.batch
-                        .inbound_txns
-                        .push((r.origin.clone(), r.txn_id.clone(), body));
-                    Some(r)
-                });
-                return Box::pin(act.flush_fut().map(move |ok, _, _| {
-                    if ok {
-                        if let Some(r) = record {
-                            r.written.store(true, std::sync::atomic::Ordering::Release);
-                        }
-                        results
-                    } else {
-                        results
-                            .into_iter()
-                            .map(|_| InboundOutcome::Error("storage failure".into()))
-                            .collect()
-                    }
-                })) as ResponseActFuture<Self, Vec<InboundOutcome>>;
+            let (pdu, hint) = loop {
+                let Some((pdu, hint)) = items.pop_front() else {
+                    return Box::pin(actix::fut::ready(results))
+                        as ResponseActFuture<Self, Vec<InboundOutcome>>;
+                };
+                if hint.is_none()
+                    && let Some(outcome) = act.try_fast(&pdu, local)
+                {
+                    crate::observe::metrics::admission_path(true);
+                    results.push(outcome);
+                    continue;
+                }
+                break (pdu, hint);
             };
-            if hint.is_none()
-                && let Some(outcome) = act.try_fast(&pdu, local)
-            {
-                crate::observe::metrics::admission_path(true);
-                results.push(outcome);
-                return Self::process_inbound(items, results, local, checked, record);
-            }
             let for_input = Arc::clone(&checked);
             Box::pin(
                 act.flush_fut()
@@ -256,25 +243,162 @@ impl RoomActor {
                     .then(move |(pdu, prepared), act: &mut Self, _| {
                         let outcome = act.apply_prepared(pdu, prepared, local);
                         results.push(outcome);
-                        Self::process_inbound(items, results, local, checked, record)
+                        Self::process_inbound(items, results, local, checked)
                     }),
             )
         }))
     }
+
+    /// Hands a received message's outcomes to the batch that will commit its PDUs: the
+    /// transaction's answer (when the caller gave its record and every outcome is final)
+    /// joins the batch, and the caller is answered from the writer thread once that batch
+    /// commits (see `flush.rs`), so messages from several origins that queued up meanwhile
+    /// share one commit. With nothing left to commit (every PDU decided before, or missing
+    /// events) the caller is answered at once: no flush is in flight while the actor
+    /// handles a message (`Flush` holds the mailbox), so nothing it answered is uncommitted.
+    pub(super) fn await_commit(
+        &mut self,
+        results: Vec<InboundOutcome>,
+        record: Option<Arc<InboundTxnRecord>>,
+        tx: Option<InboundReplyTx>,
+        ctx: &mut Context<Self>,
+    ) {
+        let stamps = record.as_ref().map(|r| Arc::clone(&r.stamps));
+        if let Some(s) = &stamps {
+            s.stamp(crate::observe::send::Point::ActorDone);
+        }
+        let record = record.and_then(|r| {
+            let body = (r.answer)(&results)?;
+            self.batch
+                .inbound_txns
+                .push((r.origin.clone(), r.txn_id.clone(), body));
+            Some(r)
+        });
+        let waiter = InboundWaiter {
+            results,
+            record,
+            stamps,
+            tx,
+        };
+        if self.nothing_to_flush() {
+            waiter.answer(true);
+            return;
+        }
+        self.inbound_waiters.push(waiter);
+        self.schedule_flush(ctx);
+    }
+}
+
+/// Where the outcomes of an `InboundPdus` go (the message's own reply channel).
+pub type InboundReplyTx = actix::dev::OneshotSender<Vec<InboundOutcome>>;
+
+/// A received message's outcomes waiting for the commit of the batch holding its PDUs
+/// (and its transaction's answer, when `record` is set). Answered by the writer's
+/// after-commit hook; dropped unanswered (the actor stopped, the job never ran), it
+/// answers errors, never silence: a closed reply channel would make the registry send the
+/// message again.
+pub(super) struct InboundWaiter {
+    results: Vec<InboundOutcome>,
+    record: Option<Arc<InboundTxnRecord>>,
+    stamps: Option<Arc<crate::observe::send::Stamps>>,
+    tx: Option<InboundReplyTx>,
+}
+
+impl InboundWaiter {
+    /// The batch went to the writer.
+    pub(super) fn flushing(&self) {
+        if let Some(s) = &self.stamps {
+            s.stamp(crate::observe::send::Point::FlushBegan);
+        }
+    }
+
+    /// The batch committed (`true`) or failed; `writer`: when the writer began the job and
+    /// when its statements were done.
+    pub(super) fn answer_after(
+        mut self,
+        committed: bool,
+        writer: (Option<Instant>, Option<Instant>),
+    ) {
+        if let Some(s) = &self.stamps {
+            use crate::observe::send::Point;
+            s.stamp_at(Point::WriterBegan, writer.0);
+            s.stamp_at(Point::Written, writer.1);
+            s.stamp(Point::Committed);
+        }
+        self.send(committed);
+    }
+
+    pub(super) fn answer(mut self, committed: bool) {
+        self.send(committed);
+    }
+
+    fn send(&mut self, committed: bool) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        let results = std::mem::take(&mut self.results);
+        if committed {
+            if let Some(r) = &self.record {
+                r.written.store(true, std::sync::atomic::Ordering::Release);
+            }
+            let _ = tx.send(results);
+        } else {
+            let _ = tx.send(
+                results
+                    .into_iter()
+                    .map(|_| InboundOutcome::Error("storage failure".into()))
+                    .collect(),
+            );
+        }
+    }
+}
+
+impl Drop for InboundWaiter {
+    fn drop(&mut self) {
+        self.send(false);
+    }
+}
+
+/// The reply of `InboundPdus`: the outcomes now (refused before any processing), or a
+/// processing future after which the caller waits for the commit
+/// ([`RoomActor::await_commit`]).
+pub enum InboundReply {
+    Now(Vec<InboundOutcome>),
+    Later {
+        process: ResponseActFuture<RoomActor, Vec<InboundOutcome>>,
+        record: Option<Arc<InboundTxnRecord>>,
+    },
+}
+
+impl actix::dev::MessageResponse<RoomActor, InboundPdus> for InboundReply {
+    fn handle(self, ctx: &mut Context<RoomActor>, tx: Option<InboundReplyTx>) {
+        match self {
+            InboundReply::Now(outcomes) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(outcomes);
+                }
+            }
+            InboundReply::Later { process, record } => {
+                // Processing holds the mailbox (as `AtomicResponse` would); the wait for the
+                // commit does not.
+                ctx.wait(process.map(move |results, act: &mut RoomActor, ctx| {
+                    act.await_commit(results, record, tx, ctx)
+                }));
+            }
+        }
+    }
 }
 
 impl Handler<InboundPdus> for RoomActor {
-    type Result = AtomicResponse<Self, Vec<InboundOutcome>>;
+    type Result = InboundReply;
 
     fn handle(&mut self, msg: InboundPdus, _ctx: &mut Self::Context) -> Self::Result {
         self.last_active = Instant::now();
+        if let Some(r) = &msg.txn_record {
+            r.stamps.stamp(crate::observe::send::Point::ActorBegan);
+        }
         let fail_all = |reason: &str, n: usize| {
-            AtomicResponse::new(Box::pin(actix::fut::ready(vec![
-                InboundOutcome::Error(
-                    reason.to_owned()
-                );
-                n
-            ])))
+            InboundReply::Now(vec![InboundOutcome::Error(reason.to_owned()); n])
         };
         if !self.kind.takes_dag_input() || msg.version.is_some_and(|v| v.is_linearized()) {
             // LM rooms take PDUs in line order only (`ParticipantReceive`, `HubAppend`).
@@ -303,13 +427,15 @@ impl Handler<InboundPdus> for RoomActor {
             }
         }
         let items: VecDeque<(Arc<Pdu>, Option<StateIds>)> = msg.pdus.into_iter().collect();
-        AtomicResponse::new(Self::process_inbound(
-            items,
-            Vec::new(),
-            msg.local,
-            Arc::new(msg.checked_events),
-            msg.txn_record,
-        ))
+        InboundReply::Later {
+            process: Self::process_inbound(
+                items,
+                Vec::new(),
+                msg.local,
+                Arc::new(msg.checked_events),
+            ),
+            record: msg.txn_record,
+        }
     }
 }
 
@@ -350,5 +476,76 @@ impl Handler<AppendHistory> for RoomActor {
                 Err(Error::internal("could not store backfilled history"))
             }
         })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(
+        record: Option<Arc<InboundTxnRecord>>,
+    ) -> (InboundWaiter, oneshot::Receiver<Vec<InboundOutcome>>) {
+        let (tx, rx) = oneshot::channel();
+        let w = InboundWaiter {
+            results: vec![
+                InboundOutcome::Accepted,
+                InboundOutcome::Rejected("no".into()),
+            ],
+            record,
+            stamps: None,
+            tx: Some(tx),
+        };
+        (w, rx)
+    }
+
+    fn record() -> Arc<InboundTxnRecord> {
+        Arc::new(InboundTxnRecord {
+            origin: "a.example".into(),
+            txn_id: "t".into(),
+            answer: Box::new(|_| Some("{}".into())),
+            written: std::sync::atomic::AtomicBool::new(false),
+            stamps: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_committed_waiter_answers_its_outcomes_and_marks_the_answer_written() {
+        let r = record();
+        let (w, mut rx) = waiter(Some(Arc::clone(&r)));
+        w.answer_after(true, (None, None));
+        let got = rx.try_recv().expect("answered");
+        assert_eq!(
+            got,
+            vec![
+                InboundOutcome::Accepted,
+                InboundOutcome::Rejected("no".into())
+            ]
+        );
+        assert!(r.is_written());
+    }
+
+    #[test]
+    fn a_failed_or_dropped_waiter_answers_errors_and_leaves_the_answer_unwritten() {
+        // A dropped reply channel would make the registry send the PDUs again; an error
+        // answer never claims they were stored.
+        let r = record();
+        let (w, mut rx) = waiter(Some(Arc::clone(&r)));
+        w.answer_after(false, (None, None));
+        let got = rx.try_recv().expect("answered");
+        assert!(
+            got.iter().all(|o| matches!(o, InboundOutcome::Error(_))),
+            "{got:?}"
+        );
+        assert!(!r.is_written());
+        let (w, mut rx) = waiter(Some(Arc::clone(&r)));
+        drop(w);
+        let got = rx.try_recv().expect("answered on drop");
+        assert_eq!(got.len(), 2);
+        assert!(
+            got.iter().all(|o| matches!(o, InboundOutcome::Error(_))),
+            "{got:?}"
+        );
+        assert!(!r.is_written());
     }
 }

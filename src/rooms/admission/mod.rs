@@ -8,7 +8,7 @@
 //!
 //! | spec step | file | where it runs |
 //! |---|---|---|
-//! | 0. already decided (permanent rejection, de-duplication) | [`known`] | on the way in ([`crate::rooms::RoomRegistry::admit`]) |
+//! | 0. already decided (permanent rejection, de-duplication) | [`known`] | on the way in ([`crate::rooms::RoomRegistry::admit`]; `/send` reads it once per transaction, beside steps 2–3, for [`crate::rooms::RoomRegistry::admit_screened`]) |
 //! | 1. valid event (format, size), event ID | [`format`] | the receiving handler |
 //! | 2. signatures of every required server | [`signatures`] | the verify pool ([`pool`]), every core, before any actor |
 //! | 3. content hash (redact on mismatch) | [`content_hash`] | the verify pool, with step 2 |
