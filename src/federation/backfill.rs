@@ -7,7 +7,9 @@
 //! the admission of history ([`crate::rooms::admission::backfill`]: only ancestors of the
 //! point, each checked against the state before it); the room actor stores them *before*
 //! everything else in the stream (negative positions, older events lower), so `/messages`
-//! pages through them in order. Current state is not touched.
+//! pages through them in order. Current state is not touched. A partial-state room
+//! (`rooms::partial_state`) is backfilled only once its full state is in (the request
+//! waits, bounded): the state at the point would lack the members who sent its history.
 
 use std::sync::Arc;
 
@@ -30,6 +32,24 @@ pub async fn backfill(s: &Services, room_id: &str, limit: usize) -> usize {
     let Ok(room) = ruma::OwnedRoomId::try_from(room_id) else {
         return 0;
     };
+    // A partial-state room's state before our join lacks most members: history checked
+    // against it would be rejected for good (a member's message "from a non-member").
+    // Backfill waits for the full state (bounded), and does nothing without it. The mark is
+    // cleared only after the rebuilt state groups are stored, so the point read below is
+    // the full one.
+    let bound =
+        std::time::Duration::from_millis(s.core.config.federation.partial_state_members_wait_ms);
+    match crate::rooms::partial_state::wait_full_state(&s.core, room_id, bound).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(room = room_id, "no backfill yet: the room is partial-state");
+            return 0;
+        }
+        Err(e) => {
+            tracing::warn!(room = room_id, error = %e, "backfill: could not read the partial-state mark");
+            return 0;
+        }
+    }
     let r = room_id.to_owned();
     let found = s
         .core

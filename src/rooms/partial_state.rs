@@ -23,7 +23,9 @@
 //!   before it (`persist::complete_partial_groups`: one that fails is rejected and never
 //!   served again; what a rejected state event set is undone in the states after it), sets
 //!   the new current state and memberships (the members learned at a stream position of
-//!   the completion's own, so an incremental `/sync` across it shows them), clears the mark
+//!   the completion's own, so an incremental `/sync` and sliding sync across it show them),
+//!   takes the rejected events out of the forward extremities ([`extremities_without`]:
+//!   our next event must not cite them), clears the mark
 //!   and hands back the deferred events, which are admitted again through the normal rules,
 //!   now against the full state.
 //! * A deferred event is written in the actor's batch (`PersistBatch::deferred`), in the
@@ -32,7 +34,7 @@
 //!   (bounded by `federation.partial_state_members_wait_ms`) for the full state, then answer
 //!   what is known ([`wait_full_state`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -58,14 +60,16 @@ pub struct ClearPartial;
 
 /// The full state before our join, checked and stored: `state` the IDs, `events` every
 /// event it names (checked and stored outliers, or loaded), `stream` our join's stream
-/// position (the memberships learned are recorded at it). Answers the deferred events
-/// (`(event ID, PDU JSON)`, shallowest first) to admit again.
+/// position (the memberships learned are recorded at it), `version` the room's (the events
+/// cross cluster nodes in their JSON form). Answers the deferred events (`(event ID, PDU
+/// JSON)`, shallowest first) to admit again.
 #[derive(Message, Clone)]
 #[rtype(result = "Result<Vec<(String, String)>>")]
 pub struct CompletePartial {
     pub state: StateIds,
     pub events: Vec<Arc<Pdu>>,
     pub stream: i64,
+    pub version: weft_protocol::RoomVersion,
 }
 
 /// Whether the host's full state agrees with the partial state we were given: every entry
@@ -101,6 +105,53 @@ pub fn fill_missing(state: &StateIds, full: &StateIds) -> StateIds {
     let mut out = state.clone();
     for (k, v) in full {
         out.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    out
+}
+
+/// The forward extremities once the events rejected at completion are taken out: the
+/// others stay, and each rejected extremity gives way to its nearest accepted ancestors
+/// (walking back through rejected events) that no accepted event cites. `prevs` holds the
+/// prev events of the room's timeline events since our join, `accepted` those of them
+/// neither rejected nor soft-failed, in stream order. Never empty while anything is
+/// accepted: with no tip left, the newest accepted event is the one.
+pub fn extremities_without(
+    extremities: &[String],
+    rejected: &HashSet<String>,
+    prevs: &HashMap<String, Vec<String>>,
+    accepted: &[String],
+) -> Vec<String> {
+    let is_accepted: HashSet<&String> = accepted.iter().collect();
+    let cited: HashSet<&String> = accepted
+        .iter()
+        .filter_map(|id| prevs.get(id))
+        .flatten()
+        .collect();
+    let mut out: Vec<String> = extremities
+        .iter()
+        .filter(|e| !rejected.contains(*e))
+        .cloned()
+        .collect();
+    let mut stack: Vec<&String> = extremities
+        .iter()
+        .filter(|e| rejected.contains(*e))
+        .collect();
+    let mut seen: HashSet<&String> = stack.iter().copied().collect();
+    while let Some(e) = stack.pop() {
+        for p in prevs.get(e).into_iter().flatten() {
+            if rejected.contains(p) {
+                if seen.insert(p) {
+                    stack.push(p);
+                }
+            } else if is_accepted.contains(p) && !cited.contains(p) && !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+    }
+    if out.is_empty()
+        && let Some(last) = accepted.last()
+    {
+        out.push(last.clone());
     }
     out
 }
@@ -205,6 +256,69 @@ mod tests {
         ];
         for (name, full, ok) in cases {
             assert_eq!(agrees(&partial, full).is_ok(), *ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn rejected_extremities_give_way_to_their_accepted_ancestors() {
+        let s = |v: &[&str]| -> Vec<String> { v.iter().map(|x| (*x).to_owned()).collect() };
+        // $j our join; $a, $b accepted after it; $x, $y rejected at completion.
+        let prevs: HashMap<String, Vec<String>> = [
+            ("$j", vec!["$h"]),
+            ("$a", vec!["$j"]),
+            ("$x", vec!["$a"]),
+            ("$y", vec!["$x"]),
+            ("$b", vec!["$j"]),
+            ("$c", vec!["$a"]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), s(&v)))
+        .collect();
+        let rejected: HashSet<String> = s(&["$x", "$y"]).into_iter().collect();
+        let cases: &[(&str, &[&str], &[&str], &[&str])] = &[
+            (
+                "no rejected tip: unchanged",
+                &["$b", "$a"],
+                &["$j", "$a", "$b"],
+                &["$b", "$a"],
+            ),
+            (
+                "one rejected tip: its parent",
+                &["$x"],
+                &["$j", "$a"],
+                &["$a"],
+            ),
+            (
+                "through a chain of rejected events",
+                &["$y"],
+                &["$j", "$a"],
+                &["$a"],
+            ),
+            (
+                "the parent is cited by an accepted event: not a tip",
+                &["$y", "$c"],
+                &["$j", "$a", "$c"],
+                &["$c"],
+            ),
+            (
+                "beside an accepted tip",
+                &["$b", "$y"],
+                &["$j", "$a", "$b"],
+                &["$b", "$a"],
+            ),
+            (
+                "an ancestor we do not hold is never a tip",
+                &["$x"],
+                &["$j"],
+                &["$j"],
+            ),
+        ];
+        for (name, exts, accepted, want) in cases {
+            assert_eq!(
+                extremities_without(&s(exts), &rejected, &prevs, &s(accepted)),
+                s(want),
+                "{name}"
+            );
         }
     }
 

@@ -386,6 +386,9 @@ pub struct PartialCompletion {
     pub undone: Vec<((String, String), String, Option<String>)>,
     /// The events the undone entries go back to (for the actor's current state).
     pub restored: Vec<std::sync::Arc<Pdu>>,
+    /// The new forward extremities, when a rejected event was one of them
+    /// ([`super::partial_state::extremities_without`]).
+    pub extremities: Option<Vec<std::sync::Arc<Pdu>>>,
 }
 
 /// A completed group: its ID (new, or the old one when nothing changed) and its state.
@@ -455,8 +458,10 @@ fn complete_group(
 /// was accepted against the partial state is authorized again against the full state
 /// before it (as step 5 of admission does, `admission::state_before`); one that fails now
 /// is rejected (never served to clients again) and, if it is a state event, what it set is
-/// undone in the states after it. `known` holds events of the full state (looked up before
-/// the database).
+/// undone in the states after it, and if it is one of the room's forward `extremities`,
+/// the extremities are worked out again without it. `known` holds events of the full state
+/// (looked up before the database).
+#[allow(clippy::too_many_arguments)]
 pub fn complete_partial_groups(
     conn: &mut AnyConnection,
     next_group: &dyn Fn() -> i64,
@@ -465,6 +470,7 @@ pub fn complete_partial_groups(
     from_stream: i64,
     full: &crate::storage::state::StateIds,
     known: &std::collections::HashMap<String, std::sync::Arc<Pdu>>,
+    extremities: &[String],
 ) -> StorageResult<PartialCompletion> {
     use std::cell::RefCell;
     use std::sync::Arc;
@@ -474,7 +480,10 @@ pub fn complete_partial_groups(
     let mut cache = std::collections::HashMap::new();
     let mut out = PartialCompletion::default();
     let loaded: RefCell<std::collections::HashMap<String, Option<Arc<Pdu>>>> = Default::default();
+    // `(event ID, JSON, decided before)` of every row, for the extremities.
+    let mut timeline: Vec<(String, String, bool)> = Vec::with_capacity(rows.len());
     for row in rows {
+        timeline.push((row.event_id.clone(), row.json.clone(), row.decided));
         let before = complete_group(
             conn,
             next_group,
@@ -536,6 +545,27 @@ pub fn complete_partial_groups(
             ps::set_event_groups(conn, &row.event_id, nb, na)?;
             out.moved += 1;
         }
+    }
+    let rejected: std::collections::HashSet<String> =
+        out.rejected.iter().map(|(id, _)| id.clone()).collect();
+    if extremities.iter().any(|e| rejected.contains(e)) {
+        let mut prevs = std::collections::HashMap::with_capacity(timeline.len());
+        let mut accepted = Vec::new();
+        let mut pdus = std::collections::HashMap::new();
+        for (id, json, decided) in timeline {
+            let pdu = super::actor::parse_row(&id, &json, version)?;
+            prevs.insert(
+                id.clone(),
+                pdu.prev_events().iter().map(|p| p.to_string()).collect(),
+            );
+            if !decided && !rejected.contains(&id) {
+                accepted.push(id.clone());
+                pdus.insert(id, Arc::new(pdu));
+            }
+        }
+        let tips =
+            super::partial_state::extremities_without(extremities, &rejected, &prevs, &accepted);
+        out.extremities = Some(tips.iter().filter_map(|t| pdus.get(t).cloned()).collect());
     }
     for (_, _, prior) in &out.undone {
         let Some(id) = prior else { continue };

@@ -10,9 +10,11 @@
 //! the write under its lease: besides events and inbound PDUs, outliers (`StoreOutliers`),
 //! backfilled history (`AppendHistory`, rows and state groups as the sender built them) and
 //! the room's writes that are not DAG events (an out-of-band membership, a declined
-//! out-of-band invite, Linearized join staging), and the two Linearized Matrix messages
-//! (`HubAppend`: a hub places an event or a participant's LPDU on the line; and
-//! `ParticipantReceive`: a participant takes PDUs from the hub). The one message without a
+//! out-of-band invite, Linearized join staging), a partial-state join's mark and completion
+//! (`MarkPartial`, `ClearPartial`, `CompletePartial`: the join and the resync run where the
+//! joining user's request arrived, the room's actor is the owner's), and the two Linearized
+//! Matrix messages (`HubAppend`: a hub places an event or a participant's LPDU on the line;
+//! and `ParticipantReceive`: a participant takes PDUs from the hub). The one message without a
 //! wire form ([`Forward::encode`] answers `None`: building an invite, which writes nothing)
 //! runs where it arrives, on an actor loaded from the database.
 
@@ -30,6 +32,7 @@ use super::messages::{
     PurgeHistory, PurgePoint, RecordOutOfBand, RoomSnapshot, SendEvent, StageJoinPdus,
     StoreOutliers, TxnKey, UnstageJoinPdus,
 };
+use super::partial_state::{ClearPartial, CompletePartial, MarkPartial};
 use super::state::CurrentState;
 use crate::error::{Error, Result};
 
@@ -119,6 +122,20 @@ pub enum Body {
         pdus: Vec<PduWire>,
         joining: bool,
         state_before_first: Option<Vec<PduWire>>,
+    },
+    /// A partial-state join's mark (`rooms::partial_state`), set before the join lands.
+    MarkPartial {
+        join_event_id: String,
+        servers: Vec<String>,
+    },
+    /// The mark dropped (our join failed, or never landed).
+    ClearPartial,
+    /// The full state before our join, checked and stored where the resync ran.
+    CompletePartial {
+        version: String,
+        state: Vec<StateEntry>,
+        events: Vec<PduWire>,
+        stream: i64,
     },
 }
 
@@ -515,6 +532,11 @@ forwarded_unit!(
     UnstageJoinPdus => |m| Body::Unstage {
         upto_seq: m.upto_seq,
     },
+    MarkPartial => |m| Body::MarkPartial {
+        join_event_id: m.join_event_id.clone(),
+        servers: m.servers.clone(),
+    },
+    ClearPartial => |_m| Body::ClearPartial,
     StoreOutliers => |m| Body::Outliers {
         groups: m.groups.clone(),
         rows: m.rows.clone(),
@@ -655,12 +677,31 @@ macro_rules! runs_where_it_arrives {
     )*};
 }
 
-runs_where_it_arrives!(
-    super::messages::BuildEvent,
-    super::partial_state::MarkPartial,
-    super::partial_state::ClearPartial,
-    super::partial_state::CompletePartial,
-);
+runs_where_it_arrives!(super::messages::BuildEvent);
+
+impl Forward for CompletePartial {
+    fn encode(&self) -> Option<Request> {
+        Some(Request {
+            room_id: String::new(),
+            body: Body::CompletePartial {
+                version: self.version.as_str().to_owned(),
+                state: self
+                    .state
+                    .iter()
+                    .map(|((k, sk), id)| (k.clone(), sk.clone(), id.clone()))
+                    .collect(),
+                events: self.events.iter().map(|p| pdu_to_wire(p)).collect(),
+                stream: self.stream,
+            },
+        })
+    }
+    fn reply_to_wire(r: &Self::Result) -> Value {
+        result_to_wire(r, |deferred| serde_json::json!(deferred))
+    }
+    fn reply_from_wire(v: Value) -> Result<Self::Result> {
+        result_from_wire(v, |ok| serde_json::from_value(ok).map_err(bad))
+    }
+}
 
 /// The owner's side: decodes a forwarded request, runs it here if this node owns the room,
 /// and encodes the answer.
@@ -872,6 +913,35 @@ async fn run(rooms: &super::RoomRegistry, req: Request) -> Result<Option<Value>>
                     .transpose()?,
             };
             here!(msg, ParticipantReceive)
+        }
+        Body::MarkPartial {
+            join_event_id,
+            servers,
+        } => here!(
+            MarkPartial {
+                join_event_id,
+                servers
+            },
+            MarkPartial
+        ),
+        Body::ClearPartial => here!(ClearPartial, ClearPartial),
+        Body::CompletePartial {
+            version,
+            state,
+            events,
+            stream,
+        } => {
+            let version = version_from(&version)?;
+            let msg = CompletePartial {
+                state: state.into_iter().map(|(k, sk, id)| ((k, sk), id)).collect(),
+                events: events
+                    .into_iter()
+                    .map(|p| Ok(Arc::new(pdu_from_wire(p, version)?)))
+                    .collect::<Result<_>>()?,
+                stream,
+                version,
+            };
+            here!(msg, CompletePartial)
         }
     }
 }

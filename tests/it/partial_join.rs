@@ -34,6 +34,7 @@ both_backends!(
     a_synapse_room_joined_with_partial_state_completes,
     an_event_accepted_during_partial_state_is_rejected_against_the_full_state,
     the_members_learned_at_completion_reach_an_incremental_sync,
+    the_members_learned_at_completion_reach_a_sliding_sync_client,
 );
 
 const MEMBERS: usize = 300;
@@ -486,9 +487,34 @@ fn an_event_accepted_during_partial_state_is_rejected_against_the_full_state(bac
         !messages.text.contains("from a banned member"),
         "not in the history"
     );
-    // The room goes on: alice's next message reaches the host.
+    // The rejected message was the room's only forward extremity: it is one no more, and
+    // alice's next message, which reaches the host, cites what came before it.
+    let tips = srv.query_text(
+        "SELECT event_id AS v FROM forward_extremities WHERE room_id = ?",
+        &room,
+    );
+    assert!(!tips.is_empty(), "the room has forward extremities");
+    for id in [rejoin.event_id().as_str(), msg.event_id().as_str()] {
+        assert!(
+            !tips.iter().any(|t| t == id),
+            "{id} is still a forward extremity: {tips:?}"
+        );
+    }
     let after = alice.send_text(&room, "after the ban was seen");
     wait_at_host(&peer, &room, &after);
+    let prevs: Vec<String> = peer
+        .with_room(&room, |r| {
+            r.event(&ruma::OwnedEventId::try_from(after.as_str()).expect("event ID"))
+                .map(|e| e.prev_events().iter().map(|p| p.to_string()).collect())
+        })
+        .expect("hosted")
+        .expect("at the host");
+    for id in [rejoin.event_id().as_str(), msg.event_id().as_str()] {
+        assert!(
+            !prevs.iter().any(|p| p == id),
+            "alice's message cites the rejected {id}: {prevs:?}"
+        );
+    }
     srv.assert_no_panics();
 }
 
@@ -537,5 +563,90 @@ fn the_members_learned_at_completion_reach_an_incremental_sync(backend: Backend)
     // A later incremental sync does not repeat them.
     let quiet = alice.sync(Some(&since), 0, None);
     assert!(members(&quiet).is_empty(), "{}", quiet["rooms"]);
+    srv.assert_no_panics();
+}
+
+/// The same for sliding sync (MSC4186), as Element X speaks it: a `room-list` connection
+/// whose list asks for `$LAZY` and `$ME` members, and a subscription to the open room asking
+/// for every member. The members the completion learns are outliers (no timeline event
+/// carries them), so the room is sent again once its full state is in, with them in its
+/// `required_state` delta and the full `joined_count`; a later request does not repeat them.
+fn the_members_learned_at_completion_reach_a_sliding_sync_client(backend: Backend) {
+    let Setup {
+        srv,
+        alice,
+        peer,
+        room,
+    } = setup(backend, "");
+    peer.delay("GET", STATE_IDS, Duration::from_secs(8));
+    join(&alice, &peer, &room);
+    assert_eq!(partial_rooms(&srv), 1, "joined with partial state");
+    const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+    let body = json!({
+        "conn_id": "room-list",
+        "lists": {"all_rooms": {
+            "ranges": [[0, 19]],
+            "timeline_limit": 1,
+            "required_state": [
+                ["m.room.encryption", ""], ["m.room.name", ""], ["m.room.avatar", ""],
+                ["m.room.member", "$LAZY"], ["m.room.member", "$ME"],
+            ],
+        }},
+        "room_subscriptions": {room.clone(): {
+            "timeline_limit": 20,
+            "required_state": [["m.room.member", "*"], ["m.room.power_levels", ""]],
+        }},
+    });
+    let sliding = |pos: Option<&str>, timeout_ms: u64| -> Value {
+        let mut path = format!("{PATH}?timeout={timeout_ms}");
+        if let Some(p) = pos {
+            path.push_str(&format!("&pos={}", enc(p)));
+        }
+        let r = alice.post(&path, &body);
+        assert_eq!(r.status, 200, "sliding sync: {}", r.text);
+        r.body
+    };
+    let members = |resp: &Value| -> BTreeSet<String> {
+        resp["rooms"][&room]["required_state"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+            .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let first = sliding(None, 0);
+    assert_eq!(first["rooms"][&room]["initial"], true, "{}", first["rooms"]);
+    let initial = members(&first);
+    assert!(
+        initial.len() < 5,
+        "the partial state has (almost) no members: {initial:?}"
+    );
+    let mut pos = first["pos"].as_str().expect("pos").to_owned();
+    let mut seen = initial.clone();
+    let mut joined_count = first["rooms"][&room]["joined_count"].clone();
+    wait("the learned members in a sliding sync", LONG, || {
+        let next = sliding(Some(&pos), 5000);
+        pos = next["pos"].as_str().expect("pos").to_owned();
+        if let Some(r) = next["rooms"].get(&room) {
+            assert!(r.get("initial").is_none(), "sent as a delta: {r}");
+            joined_count = r["joined_count"].clone();
+        }
+        seen.extend(members(&next));
+        (seen.len() >= MEMBERS + 2).then_some(())
+    });
+    assert_eq!(partial_rooms(&srv), 0, "complete");
+    assert!(seen.contains(&peer.user("m5").to_string()));
+    assert!(seen.contains(&peer.user("creator").to_string()));
+    assert!(seen.contains(&alice.user_id));
+    assert_eq!(seen.len(), MEMBERS + 2, "every member, once");
+    assert_eq!(joined_count, json!(MEMBERS + 2), "the room's joined count");
+    // A later request does not send the room again.
+    let quiet = sliding(Some(&pos), 0);
+    assert!(
+        quiet["rooms"].get(&room).is_none(),
+        "sent again: {}",
+        quiet["rooms"]
+    );
     srv.assert_no_panics();
 }

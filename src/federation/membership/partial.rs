@@ -325,6 +325,7 @@ async fn resync_once(
                 state: full,
                 events: events_for_actor,
                 stream,
+                version,
             },
         )
         .await??;

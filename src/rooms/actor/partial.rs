@@ -1,7 +1,8 @@
 //! Partial-state rooms in the actor (`rooms::partial_state` has the design): the mark, the
 //! deferral of received events that fail against the partial state, and the completion
-//! (state groups rebuilt, current state and memberships, the mark cleared, the deferred
-//! events handed back to be admitted again).
+//! (state groups rebuilt, current state and memberships, the forward extremities without
+//! the events rejected against the full state, the mark cleared, the deferred events handed
+//! back to be admitted again).
 
 use super::*;
 use crate::rooms::partial_state::{self as ps, ClearPartial, CompletePartial, MarkPartial};
@@ -162,6 +163,7 @@ impl Handler<CompletePartial> for RoomActor {
                 let room = act.room_id.to_string();
                 let full2 = full.clone();
                 let version = act.version;
+                let tips: Vec<String> = act.extremities.iter().map(|e| e.to_string()).collect();
                 let known: HashMap<String, Arc<Pdu>> = events
                     .iter()
                     .map(|e| (e.event_id().to_string(), Arc::clone(e)))
@@ -175,7 +177,7 @@ impl Handler<CompletePartial> for RoomActor {
                         crate::storage::cluster::check_fence(c, &room)?;
                         let next = || core.next_state_group();
                         crate::rooms::persist::complete_partial_groups(
-                            c, &next, &room, version, stream, &full2, &known,
+                            c, &next, &room, version, stream, &full2, &known, &tips,
                         )
                     })
                     .await
@@ -195,6 +197,9 @@ impl Handler<CompletePartial> for RoomActor {
                             if let Ok(id) = OwnedEventId::try_from(id.as_str()) {
                                 act.rejected.insert(id);
                             }
+                        }
+                        if let Some(tips) = &done.extremities {
+                            act.replace_extremities(tips);
                         }
                         events.extend(done.restored.iter().cloned());
                         // The memberships learned are recorded at a position of their
@@ -235,6 +240,19 @@ impl Handler<CompletePartial> for RoomActor {
 }
 
 impl RoomActor {
+    /// The forward extremities once the events rejected at completion are out of them
+    /// (`ps::extremities_without`): our next event cites these.
+    fn replace_extremities(&mut self, tips: &[Arc<Pdu>]) {
+        let before: Vec<String> = self.extremities.iter().map(|e| e.to_string()).collect();
+        self.extremities = tips.iter().map(|p| p.owned_event_id()).collect();
+        self.extremity_hashes = tips
+            .iter()
+            .filter_map(|p| cited_hash(self.version, p).map(|h| (p.owned_event_id(), h)))
+            .collect();
+        self.batch.extremities = Some(self.extremities.iter().map(|e| e.to_string()).collect());
+        tracing::info!(room = %self.room_id, before = ?before, after = ?self.extremities, "partial state: rejected events taken out of the forward extremities");
+    }
+
     /// The current state gains what the partial state lacked; the memory path forgets the
     /// states it remembered (they were partial).
     /// `undone`: entries of events rejected at completion, `(key, rejected event, the entry

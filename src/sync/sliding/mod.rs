@@ -21,6 +21,11 @@
 //! from where its last delivery stopped (new events, `limited` when more came than the
 //! limit, state changes that the timeline does not carry, `num_live`). Per connection and
 //! `pos`, [`connections`] remembers which rooms were sent up to which stream position.
+//! A partial-state room (`rooms::partial_state`) that got its full state since is sent
+//! again: the members it learned are outliers recorded at the completion's own stream
+//! position (`partial_state_completed`), not timeline events, so they go into its
+//! `required_state` delta (those the room's `required_state` asks for), as `/sync` puts
+//! them in its state section.
 //!
 //! **Cost.** Building the room list takes a fixed handful of batched queries whatever the
 //! number of rooms ([`crate::storage::sliding`]): memberships, bump stamps, encryption and
@@ -520,6 +525,15 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
     };
     let recounted =
         |room: &str, sent_upto: i64| count_changes.get(room).is_some_and(|p| *p > sent_upto);
+    // Partial-state rooms that got their full state since (each room compared with its own
+    // position, as above): the members learned are no timeline events, so they are sent as
+    // state changes of their own.
+    let completed: HashMap<String, i64> = match recount_from {
+        Some(s) => crate::storage::partial_state::completed_between(conn, s, c.upto)?,
+        None => HashMap::new(),
+    };
+    let completed_after =
+        |room: &str, sent_upto: i64| completed.get(room).copied().filter(|at| *at > sent_upto);
     let counts = sliding::member_counts(conn, &view_ids)?;
 
     let mut rooms_body = Map::new();
@@ -545,8 +559,14 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
                 events::has_events_in_range(conn, room_id, f, c.upto)?
                     || membership_changed
                     || recounted(room_id, f)
+                    || completed_after(room_id, f).is_some()
             }
-            Some(f) => changed.contains(room_id) || membership_changed || recounted(room_id, f),
+            Some(f) => {
+                changed.contains(room_id)
+                    || membership_changed
+                    || recounted(room_id, f)
+                    || completed_after(room_id, f).is_some()
+            }
         };
         if !needs {
             continue;
@@ -652,6 +672,28 @@ pub fn compute(conn: &mut AnyConnection, c: &Computation<'_>) -> StorageResult<A
                     .cloned()
                     .collect();
                 changed_state.extend(events::get_events(conn, &lazy_ids)?);
+                // The members a partial-state room learned when its full state came in
+                // (recorded at the completion's own position; outliers, so no range above
+                // finds them).
+                if let Some(at) = completed_after(room_id, f).filter(|at| *at <= ceiling) {
+                    let have: HashSet<String> =
+                        changed_state.iter().map(|r| r.event_id.clone()).collect();
+                    let learned: Vec<String> =
+                        crate::storage::partial_state::memberships_at(conn, room_id, at)?
+                            .into_iter()
+                            .filter(|id| !have.contains(id))
+                            .collect();
+                    let mut rows = events::get_events(conn, &learned)?;
+                    rows.retain(|r| {
+                        r.room_id == *room_id
+                            && r.stream_ordering.is_none()
+                            && r.state_key.as_deref().is_some_and(|k| {
+                                config.required_state.wants(&r.event_type, k, user, &lazy)
+                            })
+                    });
+                    rows.truncate(MAX_STATE_EVENTS as usize);
+                    changed_state.extend(rows);
+                }
                 changed_state.sort_by_key(|r| r.stream_ordering.unwrap_or(i64::MIN));
                 changed_state
             }
