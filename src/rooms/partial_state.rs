@@ -275,7 +275,9 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), s(&v)))
         .collect();
         let rejected: HashSet<String> = s(&["$x", "$y"]).into_iter().collect();
-        let cases: &[(&str, &[&str], &[&str], &[&str])] = &[
+        // (case, extremities, accepted events held, extremities wanted)
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 "no rejected tip: unchanged",
                 &["$b", "$a"],

@@ -47,6 +47,10 @@ use crate::rooms::messages::{InboundOutcome, InboundPdus, InboundTxnRecord};
 use crate::services::Services;
 use crate::storage::{federation as fstore, now_ms, rooms};
 
+/// One room's share of a transaction: its version and its checked PDUs, each with the
+/// stored decision screened for it (`None` when the screen could not be read).
+type RoomBatch = (RoomVersion, Vec<(Pdu, Option<Known>)>);
+
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
 
@@ -220,7 +224,7 @@ pub async fn process_pdus(
     )
     .await;
     let mut known = known.map(Vec::into_iter);
-    let mut by_room: HashMap<String, (RoomVersion, Vec<(Pdu, Option<Known>)>)> = HashMap::new();
+    let mut by_room: HashMap<String, RoomBatch> = HashMap::new();
     for ((id, version), result) in ids.into_iter().zip(checked) {
         let k = known.as_mut().and_then(Iterator::next);
         match result {
