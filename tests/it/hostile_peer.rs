@@ -59,6 +59,7 @@ both_backends!(
     many_origins_at_once_keep_each_chains_order,
     a_transactions_answer_is_stored_with_its_pdus,
     a_batch_of_pdus_counts_every_notification_and_highlight,
+    two_events_after_a_gap_in_one_transaction_both_land,
 );
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -2931,5 +2932,37 @@ fn a_batch_of_pdus_counts_every_notification_and_highlight(backend: Backend) {
         .expect("receipt");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(counts(&mut s), (0, 0), "the receipt cleared the counts");
+    s.weft.assert_healthy();
+}
+
+/// A sender catching up (its queue compacted to the latest events of the room) sends the
+/// last two events of a chain whose start we lack: X and Y in one transaction, Y after X,
+/// X after W, W never sent. weft finds both missing; filling X's gap brings W, and X lands;
+/// Y's own fill then finds nothing new (its prev, X, is held now), and Y must land all the
+/// same, not be answered "missing" (the sender does not send it again, so it would be lost).
+fn two_events_after_a_gap_in_one_transaction_both_land(backend: Backend) {
+    let mut s = Scene::on(backend);
+    let w = s.good("the one never sent");
+    let x = s.good("the next to last");
+    let y = s.good("the last");
+    let results = s.results(vec![x.to_federation_value(), y.to_federation_value()]);
+    accepted(&results, &x.owned_event_id(), "the next to last event");
+    accepted(&results, &y.owned_event_id(), "the last event");
+    s.assert_landed(&w, "the one never sent");
+    s.assert_landed(&x, "the next to last");
+    s.assert_landed(&y, "the last");
+    let bodies = bodies_back(&mut s.alice, &s.room);
+    let at = |b: &str| {
+        bodies
+            .iter()
+            .position(|x| x == b)
+            .unwrap_or_else(|| panic!("{b} not in /messages: {bodies:?}"))
+    };
+    // Newest first.
+    assert!(
+        at("the last") < at("the next to last")
+            && at("the next to last") < at("the one never sent"),
+        "{bodies:?}"
+    );
     s.weft.assert_healthy();
 }

@@ -185,8 +185,47 @@ async fn fetch_state_at(
         .is_ok()
 }
 
-/// Tries to fill what the room actor reported missing for `pdu`; returns whether anything
-/// was fetched (so a retry may succeed).
+/// Of `prev` and `auth` (what the room actor reported missing), those still unknown: a
+/// prev event counts once it is held with its state, an auth event once it is held at all
+/// (the room actor's own tests). `None` when the database could not be read.
+async fn unresolved(
+    s: &Services,
+    prev: &[String],
+    auth: &[String],
+) -> Option<(Vec<String>, Vec<String>)> {
+    let (prev, auth) = (prev.to_vec(), auth.to_vec());
+    s.core
+        .db
+        .read(move |c| {
+            let mut still_prev = Vec::new();
+            for id in prev {
+                match events::get_event(c, &id)? {
+                    Some(r) if r.state_before.is_some() || r.state_after.is_some() => {}
+                    _ => still_prev.push(id),
+                }
+            }
+            let mut still_auth = Vec::new();
+            for id in auth {
+                if events::get_event(c, &id)?.is_none() {
+                    still_auth.push(id);
+                }
+            }
+            Ok((still_prev, still_auth))
+        })
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "could not read the events a gap is missing"))
+        .ok()
+}
+
+/// Tries to fill what the room actor reported missing for `pdu`; returns whether a retry
+/// may succeed: something was fetched, or what was missing is held now.
+///
+/// What was missing may have arrived since the actor said so, without this call fetching
+/// anything: when a transaction carries two events after a gap (a catching-up sender's
+/// queue holds the latest events of the room), the actor finds both missing, and the fill
+/// for the first brings the second's prev event (the first itself). The fill for the
+/// second then finds nothing new on the network, yet its retry succeeds. So what is held is
+/// read first (no request when nothing is missing any more) and again after the fetches.
 pub async fn fill(
     s: &Services,
     origin: &str,
@@ -199,6 +238,16 @@ pub async fn fill(
     let Some(fed) = s.federation().cloned() else {
         return false;
     };
+    // Filled meanwhile (an earlier event of the same transaction, another origin's fill)?
+    let (missing_prev, missing_auth) = match unresolved(s, missing_prev, missing_auth).await {
+        Some((p, a)) if p.is_empty() && a.is_empty() => {
+            tracing::debug!(room = %room_id, event = %pdu.event_id(), "the gap was filled meanwhile");
+            return true;
+        }
+        Some(pa) => pa,
+        None => (missing_prev.to_vec(), missing_auth.to_vec()),
+    };
+    let (missing_prev, missing_auth) = (missing_prev.as_slice(), missing_auth.as_slice());
     if !missing_auth.is_empty() {
         fetch_auth_chain(
             s,
@@ -263,23 +312,12 @@ pub async fn fill(
             }
         }
     }
-    // Whatever is still missing: fetch the state at it.
-    let still: Vec<String> = {
-        let ids = missing_prev.to_vec();
-        s.core
-            .db
-            .read(move |c| {
-                let mut out = Vec::new();
-                for id in ids {
-                    match events::get_event(c, &id)? {
-                        Some(r) if r.state_before.is_some() => {}
-                        _ => out.push(id),
-                    }
-                }
-                Ok(out)
-            })
-            .await
-            .unwrap_or_default()
+    // Whatever is still missing: fetch the state at it. Nothing still missing (the events
+    // found brought every prev event) means the retry may succeed whatever was fetched.
+    let still: Vec<String> = match unresolved(s, missing_prev, &[]).await {
+        Some((p, _)) if p.is_empty() => return true,
+        Some((p, _)) => p,
+        None => return filled_any,
     };
     for prev in still.iter().take(5) {
         if fetch_state_at(s, &fed, origin, room_id.as_str(), version, prev).await {
