@@ -48,7 +48,14 @@ pub struct RoomRegistry {
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// Cluster mode: the lease epoch each live actor was started under (0: not owned here).
     epochs: Mutex<HashMap<OwnedRoomId, i64>>,
+    /// Room versions read before (a room's version never changes), so that `/send` can
+    /// parse a transaction's PDUs before its first database read. A hint only: the reader
+    /// still checks that the room is held ([`RoomRegistry::cached_version`]).
+    versions: Mutex<HashMap<String, RoomVersion>>,
 }
+
+/// Past this many remembered versions the cache starts over (it is only a shortcut).
+const VERSIONS_CACHED: usize = 100_000;
 
 impl RoomRegistry {
     /// Starts the arbiters that host room actors.
@@ -66,7 +73,23 @@ impl RoomRegistry {
             arbiters,
             cluster: std::sync::OnceLock::new(),
             epochs: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The version of `room` as read before, if it was: a hint to parse PDUs with, never
+    /// proof that the room is held here.
+    pub fn cached_version(&self, room: &str) -> Option<RoomVersion> {
+        self.versions.lock().get(room).copied()
+    }
+
+    /// Remembers the version read for `room` ([`RoomRegistry::cached_version`]).
+    pub fn remember_version(&self, room: &str, version: RoomVersion) {
+        let mut v = self.versions.lock();
+        if v.len() >= VERSIONS_CACHED && !v.contains_key(room) {
+            v.clear();
+        }
+        v.insert(room.to_owned(), version);
     }
 
     /// Cluster mode: routes every room message through `cluster` from now on.

@@ -130,10 +130,29 @@ fn txn_record(
     })
 }
 
-/// Runs the PDUs of a transaction; returns `event_id → result` (`None` = accepted).
-/// `txn_id`: the transaction's ID when its answer may be stored with its PDUs (no EDUs);
-/// the record handed to the room's actor is returned, to ask whether it was stored.
-/// `stamps`: the transaction's stage stamps (`observe::send`).
+/// What [`process_pdus`] did with a transaction's PDUs.
+pub enum Processed {
+    /// The transaction ID was answered before (found by the read beside the signature
+    /// checks, [`Dedup::Beside`]): its stored answer; nothing was admitted.
+    Stored(String),
+    /// `event_id → result` (`None` = accepted), and the record handed to the room's actor
+    /// (to ask whether the answer was stored with the PDUs).
+    Done(Vec<(String, Option<String>)>, Option<Arc<InboundTxnRecord>>),
+}
+
+/// Where the check for a repeated transaction ID happens.
+pub enum Dedup<'a> {
+    /// The caller checked it (and read the rooms' versions) before.
+    Done,
+    /// In the read beside the signature checks, with the rooms' versions (`versions` then
+    /// holds remembered versions: [`crate::rooms::RoomRegistry::cached_version`]). Nothing
+    /// is admitted before it. `(origin, txn_id)`.
+    Beside(&'a str, &'a str),
+}
+
+/// Runs the PDUs of a transaction. `txn_id`: the transaction's ID when its answer may be
+/// stored with its PDUs (no EDUs). `stamps`: the transaction's stage stamps
+/// (`observe::send`).
 pub async fn process_pdus(
     s: &Services,
     origin: &str,
@@ -141,9 +160,10 @@ pub async fn process_pdus(
     txn_id: Option<&str>,
     mut versions: HashMap<String, Option<RoomVersion>>,
     stamps: Arc<Stamps>,
-) -> (Vec<(String, Option<String>)>, Option<Arc<InboundTxnRecord>>) {
+    dedup: Dedup<'_>,
+) -> Result<Processed> {
     let Some(fed) = s.federation().cloned() else {
-        return (Vec::new(), None);
+        return Ok(Processed::Done(Vec::new(), None));
     };
     // Linearized Matrix rooms have their own path (LPDUs to a hub, line order).
     let (mut results, raws) = crate::federation::linearized::take_lm_pdus(s, origin, raws).await;
@@ -161,6 +181,9 @@ pub async fn process_pdus(
                 .ok()
                 .flatten()
                 .and_then(|row| RoomVersion::parse(&row.room_version));
+            if let Some(v) = v {
+                s.rooms.remember_version(r, v);
+            }
             versions.insert(r.to_owned(), v);
         }
     }
@@ -193,40 +216,98 @@ pub async fn process_pdus(
     stamps.stamp(Point::Parsed);
     // Steps 2-3 on the verify pool; results in input order. Beside them, step 0's read for
     // the whole transaction (its verdicts count only for PDUs whose signatures pass).
-    let ids: Vec<(String, RoomVersion)> = parsed
+    let ids: Vec<(String, RoomVersion, String)> = parsed
         .iter()
-        .map(|(p, v)| (p.event_id().to_string(), *v))
+        .map(|(p, v)| (p.event_id().to_string(), *v, p.room_id().to_string()))
         .collect();
+    // With `Dedup::Beside`, the same read answers whether the transaction ID was seen and
+    // which rooms are held (with their versions): one hop to the blocking pool, beside the
+    // signature checks, instead of one before the parse.
+    let beside = match dedup {
+        Dedup::Beside(o, t) => {
+            let mut rooms: Vec<String> = versions.keys().cloned().collect();
+            rooms.sort();
+            Some((o.to_owned(), t.to_owned(), rooms))
+        }
+        Dedup::Done => None,
+    };
+    let deduped = beside.is_some();
     let screen = {
         let db = s.core.db.clone();
-        let q: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
+        let q: Vec<String> = ids.iter().map(|(id, _, _)| id.clone()).collect();
         let st = Arc::clone(&stamps);
         async move {
-            if q.is_empty() {
-                return None;
+            if q.is_empty() && beside.is_none() {
+                return Ok((None, None, None));
             }
             st.stamp(Point::ScreenAsked);
-            let known = db.read(move |c| known::screen(c, &q)).await;
+            let read = db
+                .read(move |c| {
+                    let (stored, held) = match &beside {
+                        Some((o, t, rooms)) => {
+                            let stored = fstore::get_inbound_txn(c, o, t)?;
+                            let mut held: HashMap<String, Option<RoomVersion>> = HashMap::new();
+                            for r in rooms {
+                                let v = rooms::get_room(c, r)?
+                                    .and_then(|row| RoomVersion::parse(&row.room_version));
+                                held.insert(r.clone(), v);
+                            }
+                            (stored, Some(held))
+                        }
+                        None => (None, None),
+                    };
+                    // A failed screen is not fatal (each room's admission reads it again);
+                    // a failed de-duplication read is.
+                    let known = if q.is_empty() {
+                        None
+                    } else {
+                        known::screen(c, &q)
+                            .map_err(|e| {
+                                tracing::warn!(error = %e, "could not screen a transaction's PDUs")
+                            })
+                            .ok()
+                    };
+                    Ok((stored, held, known))
+                })
+                .await;
             st.stamp(Point::Screened);
-            match known {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    // Each room's admission reads it again.
-                    tracing::warn!(error = %e, "could not screen a transaction's PDUs");
-                    None
-                }
-            }
+            read
         }
     };
-    let (checked, known) = futures_util::future::join(
+    let (checked, read) = futures_util::future::join(
         verify::check_many_stamped(&fed, parsed, Some(Arc::clone(&stamps))),
         screen,
     )
     .await;
+    let (stored, held, known) = match read {
+        Ok(r) => r,
+        Err(e) if deduped => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not screen a transaction's PDUs");
+            (None, None, None)
+        }
+    };
+    if let Some(stored) = stored {
+        return Ok(Processed::Stored(stored));
+    }
+    // Rooms held, as the read found them: a remembered version that the store no longer
+    // confirms (a room deleted since) drops the room's PDUs, as an unknown room's are.
+    let unheld: std::collections::HashSet<String> = held
+        .map(|h| {
+            h.into_iter()
+                .filter(|(r, v)| v.is_none() || *v != versions.get(r).copied().flatten())
+                .map(|(r, _)| r)
+                .collect()
+        })
+        .unwrap_or_default();
     let mut known = known.map(Vec::into_iter);
     let mut by_room: HashMap<String, RoomBatch> = HashMap::new();
-    for ((id, version), result) in ids.into_iter().zip(checked) {
+    for ((id, version, room), result) in ids.into_iter().zip(checked) {
         let k = known.as_mut().and_then(Iterator::next);
+        if unheld.contains(&room) {
+            tracing::info!(origin, room, event = %id, "PDU for a room we are not in; dropped");
+            continue;
+        }
         match result {
             Ok(c) => by_room
                 .entry(c.pdu.room_id().to_string())
@@ -265,7 +346,7 @@ pub async fn process_pdus(
         results.extend(r);
     }
     stamps.stamp(Point::Back);
-    (results, record)
+    Ok(Processed::Done(results, record))
 }
 
 /// Submits one room's PDUs to its actor, filling gaps once where needed. `known`: the
@@ -371,6 +452,27 @@ pub async fn send_transaction(
         }
         _ => Vec::new(),
     };
+    // Every room named with a remembered (non-Linearized) version: the check moves into the
+    // read beside the signature checks ([`Dedup::Beside`]), so the PDUs are parsed at once.
+    let remembered: Option<HashMap<String, Option<RoomVersion>>> = if rooms_named.is_empty() {
+        None
+    } else {
+        rooms_named
+            .iter()
+            .map(|r| {
+                s.rooms
+                    .cached_version(r)
+                    .filter(|v| !v.is_linearized())
+                    .map(|v| (r.clone(), Some(v)))
+            })
+            .collect()
+    };
+    if let Some(versions) = remembered {
+        stamps.stamp(Point::Read);
+        // Non-empty `rooms_named` means the body parsed within the limits.
+        let txn = parsed?;
+        return finish(&s, &origin, &txn_id, txn, versions, stamps, true).await;
+    }
     let (o, t) = (origin.clone(), txn_id.clone());
     let (stored, versions) = s
         .core
@@ -390,8 +492,12 @@ pub async fn send_transaction(
         .await?;
     stamps.stamp(Point::Read);
     if let Some(stored) = stored {
-        let v: Value = serde_json::from_str(&stored).map_err(|e| Error::internal(e.to_string()))?;
-        return Ok(HttpResponse::Ok().json(v));
+        return stored_answer(&stored);
+    }
+    for (r, v) in &versions {
+        if let Some(v) = v {
+            s.rooms.remember_version(r, *v);
+        }
     }
     let txn = parsed?;
     if txn.pdus.len() > MAX_PDUS || txn.edus.len() > MAX_EDUS {
@@ -399,12 +505,50 @@ pub async fn send_transaction(
             "a transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
         )));
     }
+    finish(&s, &origin, &txn_id, txn, versions, stamps, false).await
+}
+
+/// The answer stored for a transaction ID seen before.
+fn stored_answer(stored: &str) -> Result<HttpResponse> {
+    let v: Value = serde_json::from_str(stored).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(v))
+}
+
+/// The rest of `/send` once the versions are known: PDUs, EDUs, the stored answer.
+/// `dedup_beside`: the repeated-ID check is still to do, in the read beside the signature
+/// checks ([`Dedup::Beside`]).
+async fn finish(
+    s: &Services,
+    origin: &str,
+    txn_id: &str,
+    txn: Transaction,
+    versions: HashMap<String, Option<RoomVersion>>,
+    stamps: Arc<Stamps>,
+    dedup_beside: bool,
+) -> Result<HttpResponse> {
     // EDUs are handled after the PDUs, and the answer must not be stored before them.
-    let fold = txn.edus.is_empty().then_some(txn_id.as_str());
+    let fold = txn.edus.is_empty().then_some(txn_id);
     let with_pdus = !txn.pdus.is_empty();
-    let (results, record) =
-        process_pdus(&s, &origin, txn.pdus, fold, versions, Arc::clone(&stamps)).await;
-    edus::handle(&s, &origin, txn.edus).await;
+    let dedup = if dedup_beside {
+        Dedup::Beside(origin, txn_id)
+    } else {
+        Dedup::Done
+    };
+    let (results, record) = match process_pdus(
+        s,
+        origin,
+        txn.pdus,
+        fold,
+        versions,
+        Arc::clone(&stamps),
+        dedup,
+    )
+    .await?
+    {
+        Processed::Stored(stored) => return stored_answer(&stored),
+        Processed::Done(results, record) => (results, record),
+    };
+    edus::handle(s, origin, txn.edus).await;
     let body = answer_body(&results);
     if record.as_ref().is_some_and(|r| r.is_written()) {
         crate::observe::metrics::inbound_txn_record(true);
@@ -415,11 +559,11 @@ pub async fn send_transaction(
         return Ok(HttpResponse::Ok().json(body));
     }
     crate::observe::metrics::inbound_txn_record(false);
-    let (o, t, b) = (origin.clone(), txn_id, body.to_string());
+    let (o, t, b) = (origin.to_owned(), txn_id.to_owned(), body.to_string());
     if let Err(e) = s
         .core
         .db
-        .write(&origin, move |c| {
+        .write(origin, move |c| {
             fstore::put_inbound_txn(c, &o, &t, &b, now_ms())
         })
         .await

@@ -181,12 +181,26 @@ enum RoomKind {
 }
 
 async fn room_kind(s: &Services, room: &str) -> RoomKind {
-    let r = room.to_owned();
-    let row = s.core.db.read(move |c| rooms::get_room(c, &r)).await;
-    let version = row
-        .ok()
-        .flatten()
-        .and_then(|row| RoomVersion::parse(&row.room_version));
+    // A version read before needs no read now (it never changes; whether the room is still
+    // held is the generic path's question, answered by its own read).
+    let cached = (!JOINING.lock().contains(room))
+        .then(|| s.rooms.cached_version(room))
+        .flatten();
+    let version = match cached {
+        Some(v) => Some(v),
+        None => {
+            let r = room.to_owned();
+            let row = s.core.db.read(move |c| rooms::get_room(c, &r)).await;
+            let v = row
+                .ok()
+                .flatten()
+                .and_then(|row| RoomVersion::parse(&row.room_version));
+            if let Some(v) = v {
+                s.rooms.remember_version(room, v);
+            }
+            v
+        }
+    };
     match (version, OwnedRoomId::try_from(room)) {
         (Some(v), Ok(id)) if v.is_linearized() => RoomKind::Lm(Role::of(&id, s.server_name())),
         (None, _) if JOINING.lock().contains(room) => RoomKind::Joining,
