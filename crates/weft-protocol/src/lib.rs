@@ -35,7 +35,7 @@ mod versions_tests;
 pub mod visibility;
 pub mod xmatrix;
 
-pub use pdu::Pdu;
+pub use pdu::{Pdu, Received};
 pub use room_version::RoomVersion;
 
 /// Re-exported so downstream crates use exactly the same ruma as the rules do.

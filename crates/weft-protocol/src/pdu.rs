@@ -65,6 +65,58 @@ pub struct Pdu {
     json: Box<str>,
 }
 
+/// A PDU just parsed from a peer, with what the checks of its signatures and content hash
+/// need kept from the parse ([`Pdu::parse_received`]): its JSON object and the bytes its
+/// servers signed. Nothing keeps it past those checks; rooms hold only the [`Pdu`].
+#[derive(Clone, Debug)]
+pub struct Received {
+    pdu: Pdu,
+    json: CanonicalJsonObject,
+    signing: String,
+    version: RoomVersion,
+}
+
+impl Received {
+    /// The same for a PDU already parsed (one loaded, or built before it is checked): its
+    /// text is parsed again.
+    pub fn from_pdu(pdu: Pdu, version: RoomVersion) -> Result<Self, PduError> {
+        let json = pdu.json();
+        let signing = crate::signatures::signing_bytes(&json, version)
+            .map_err(|e| PduError::Hash(e.to_string()))?;
+        Ok(Self {
+            pdu,
+            json,
+            signing,
+            version,
+        })
+    }
+    pub fn pdu(&self) -> &Pdu {
+        &self.pdu
+    }
+    pub fn into_pdu(self) -> Pdu {
+        self.pdu
+    }
+    pub fn version(&self) -> RoomVersion {
+        self.version
+    }
+    /// The event's JSON object (`unsigned` removed).
+    pub fn json(&self) -> &CanonicalJsonObject {
+        &self.json
+    }
+    /// The redacted event without `signatures` and `unsigned`: what its servers signed.
+    pub fn signing_bytes(&self) -> &str {
+        &self.signing
+    }
+    /// Checks the signatures of every required server and the content hash
+    /// ([`crate::signatures::verify_pdu`] without writing the signed bytes again).
+    pub fn verify(
+        &self,
+        lookup: impl Fn(&str, &str) -> Option<crate::signatures::KnownKey>,
+    ) -> Result<crate::signatures::HashCheck, crate::signatures::SignatureError> {
+        crate::signatures::verify_pdu_with_bytes(&self.json, self.version, &self.signing, lookup)
+    }
+}
+
 fn get_str<'a>(obj: &'a CanonicalJsonObject, key: &'static str) -> Result<&'a str, PduError> {
     match obj.get(key) {
         Some(CanonicalJsonValue::String(s)) => Ok(s),
@@ -159,6 +211,34 @@ pub fn compute_event_id(
     OwnedEventId::try_from(format!("${hash}")).map_err(|e| PduError::Hash(e.to_string()))
 }
 
+/// The canonical text of a PDU, refused when over the spec's size limit.
+fn sized_text(json: &CanonicalJsonObject) -> Result<Box<str>, PduError> {
+    let text = crate::canonical::write_object(json);
+    if text.len() > crate::MAX_PDU_BYTES {
+        return Err(PduError::TooLarge(text.len()));
+    }
+    Ok(text.into_boxed_str())
+}
+
+/// The event ID from the bytes a PDU's servers sign, in room versions whose event ID is the
+/// reference hash (v3 on, not Linearized): the reference hash covers exactly those bytes.
+fn event_id_from_signing_bytes(
+    signing: &str,
+    version: RoomVersion,
+) -> Result<OwnedEventId, PduError> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(signing.as_bytes());
+    let hash = match version.rules().event_id_format {
+        ruma::room_version_rules::EventIdFormatVersion::V1
+        | ruma::room_version_rules::EventIdFormatVersion::V2 => {
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+        }
+        _ => base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest),
+    };
+    OwnedEventId::try_from(format!("${hash}")).map_err(|e| PduError::Hash(e.to_string()))
+}
+
 /// Where the `content` object is in a PDU's JSON text (byte offsets).
 fn content_range(text: &str) -> Option<(u32, u32)> {
     #[derive(serde::Deserialize)]
@@ -192,29 +272,50 @@ impl Pdu {
     /// `room_id_hint` is the room the caller expects the event in; it is needed for v12 create
     /// events (which have no `room_id`) only to cross-check.
     pub fn from_json(json: CanonicalJsonObject, version: RoomVersion) -> Result<Self, PduError> {
-        let size = crate::canonical::write_object(&json).len();
-        if size > crate::MAX_PDU_BYTES {
-            return Err(PduError::TooLarge(size));
-        }
+        let text = sized_text(&json)?;
         let event_id = compute_event_id(&json, version)?;
-        Self::from_json_with_id(event_id, json, version)
+        Self::assemble(event_id, &json, text, version)
     }
 
     /// Parses a PDU as received over federation (`/send`, `send_join`, `/event`, ...): any JSON
     /// value, checked for the version's event format. Fields peers add outside the signed form
     /// are dropped first: `unsigned`, and `event_id` from v3 (in v1/v2 it is part of the event).
     pub fn from_received(raw: serde_json::Value, version: RoomVersion) -> Result<Self, PduError> {
+        Self::parse_received(raw, version).map(Received::into_pdu)
+    }
+
+    /// [`Pdu::from_received`], keeping what the signature and hash checks need: the JSON
+    /// object and the bytes the servers signed. Those bytes are also what the event ID hashes
+    /// (the redacted event without `signatures` and `unsigned`), so they are written once for
+    /// both.
+    pub fn parse_received(
+        raw: serde_json::Value,
+        version: RoomVersion,
+    ) -> Result<Received, PduError> {
         let mut obj =
             crate::canonical::value_to_object(raw).map_err(|e| PduError::Format(e.to_string()))?;
         if !version.event_id_in_event() {
             obj.remove("event_id");
         }
         obj.remove("unsigned");
-        let pdu = Self::from_json(obj, version)?;
+        let text = sized_text(&obj)?;
+        let signing = crate::signatures::signing_bytes(&obj, version)
+            .map_err(|e| PduError::Hash(e.to_string()))?;
+        let event_id = if version.event_id_in_event() || version.is_linearized() {
+            compute_event_id(&obj, version)?
+        } else {
+            event_id_from_signing_bytes(&signing, version)?
+        };
+        let pdu = Self::assemble(event_id, &obj, text, version)?;
         if !version.is_linearized() {
             crate::auth::check_format(version, &pdu).map_err(|e| PduError::Format(e.0))?;
         }
-        Ok(pdu)
+        Ok(Received {
+            pdu,
+            json: obj,
+            signing,
+            version,
+        })
     }
 
     /// Builds a PDU from JSON whose event ID is already known (e.g. loaded from storage).
@@ -228,8 +329,19 @@ impl Pdu {
                 "the event says it is not {event_id}"
             )));
         }
-        let kind = TimelineEventType::from(get_str(&json, "type")?);
-        let sender = OwnedUserId::try_from(get_str(&json, "sender")?)
+        let text = crate::canonical::write_object(&json).into_boxed_str();
+        Self::assemble(event_id, &json, text, version)
+    }
+
+    /// The fields the rules need, read from `json`, beside its canonical `text`.
+    fn assemble(
+        event_id: OwnedEventId,
+        json: &CanonicalJsonObject,
+        text: Box<str>,
+        version: RoomVersion,
+    ) -> Result<Self, PduError> {
+        let kind = TimelineEventType::from(get_str(json, "type")?);
+        let sender = OwnedUserId::try_from(get_str(json, "sender")?)
             .map_err(|_| PduError::Field("sender"))?;
         let (room_id, room_id_in_json) = match json.get("room_id") {
             Some(CanonicalJsonValue::String(s)) => (
@@ -263,8 +375,8 @@ impl Pdu {
             Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
             Some(_) => return Err(PduError::Field("state_key")),
         };
-        let prev_events = get_event_ids(&json, "prev_events", version)?;
-        let auth_events = get_event_ids(&json, "auth_events", version)?;
+        let prev_events = get_event_ids(json, "prev_events", version)?;
+        let auth_events = get_event_ids(json, "auth_events", version)?;
         // Only possible where senders choose event IDs (v1/v2); state resolution must never
         // meet such a loop.
         if prev_events.contains(&event_id) || auth_events.contains(&event_id) {
@@ -301,7 +413,6 @@ impl Pdu {
         } else {
             None
         };
-        let text = crate::canonical::write_object(&json).into_boxed_str();
         let content_at = content_range(&text).ok_or(PduError::Field("content"))?;
         Ok(Self {
             event_id,
@@ -721,5 +832,149 @@ mod tests {
             Pdu::from_json(msg, RoomVersion::V12).err(),
             Some(PduError::Field("room_id"))
         );
+    }
+}
+
+#[cfg(test)]
+mod received_tests {
+    use super::*;
+    use crate::builder::{EventDraft, Position, build_pdu};
+    use crate::keys::ServerSigningKey;
+    use crate::signatures::{HashCheck, KnownKey, SignatureError, verify_pdu};
+    use serde_json::json;
+
+    fn signed(version: RoomVersion, kind: &str, content: serde_json::Value) -> serde_json::Value {
+        let key = ServerSigningKey::from_seed([3u8; 32], "k").unwrap();
+        let room = OwnedRoomId::try_from("!r:a.example").unwrap();
+        let sender = OwnedUserId::try_from("@u:a.example").unwrap();
+        let mut draft = EventDraft::new(kind, sender, content);
+        if kind == "m.room.member" {
+            draft = EventDraft::state(kind, "@u:a.example", draft.sender.clone(), draft.content);
+        }
+        draft.origin_server_ts = 5;
+        let pos = Position {
+            version,
+            room_id: Some(&room),
+            prev_events: vec![OwnedEventId::try_from("$prev:a.example").unwrap()],
+            auth_events: vec![OwnedEventId::try_from("$auth:a.example").unwrap()],
+            depth: 3,
+        };
+        let pdu = build_pdu(&draft, &pos, "a.example", &key).unwrap();
+        let mut v = crate::canonical::to_value(&pdu.into_json());
+        v["unsigned"] = json!({"age": 12});
+        v
+    }
+
+    fn lookup(s: &str, k: &str) -> Option<KnownKey> {
+        let key = ServerSigningKey::from_seed([3u8; 32], "k").unwrap();
+        (s == "a.example" && k == key.key_id()).then(|| KnownKey {
+            key: key.verifying_key(),
+            valid_until_ts: u64::MAX,
+        })
+    }
+
+    /// The old way to the signed bytes: redact a copy, then serialize it for signing.
+    fn signing_bytes_by_copy(json: &CanonicalJsonObject, version: RoomVersion) -> String {
+        let redacted =
+            ruma::canonical_json::redact(json.clone(), &version.rules().redaction, None).unwrap();
+        ruma::signatures::to_canonical_json_string_for_signing(&redacted).unwrap()
+    }
+
+    #[test]
+    fn one_pass_agrees_with_the_event_id_and_the_signatures_of_every_version() {
+        let contents = [
+            ("m.room.message", json!({"body": "hi", "msgtype": "m.text"})),
+            (
+                "m.room.member",
+                json!({"membership": "join", "displayname": "U",
+                       "join_authorised_via_users_server": "@x:b.example"}),
+            ),
+        ];
+        // Versions 1 and 2 carry their event IDs (read, not hashed), as before.
+        let hashed = RoomVersion::ALL
+            .iter()
+            .copied()
+            .filter(|v| !v.is_linearized() && !v.event_id_in_event());
+        for version in hashed {
+            for (kind, content) in &contents {
+                let raw = signed(version, kind, content.clone());
+                let whole = Pdu::from_received(raw.clone(), version).unwrap();
+                let got = Pdu::parse_received(raw, version).unwrap();
+                let what = format!("v{version} {kind}");
+                assert_eq!(got.pdu().event_id(), whole.event_id(), "{what}");
+                assert_eq!(
+                    got.pdu().event_id(),
+                    &compute_event_id(got.json(), version).unwrap(),
+                    "{what}"
+                );
+                assert_eq!(
+                    got.signing_bytes(),
+                    signing_bytes_by_copy(got.json(), version),
+                    "{what}"
+                );
+                assert_eq!(got.pdu().canonical_str(), whole.canonical_str(), "{what}");
+                assert!(!got.json().contains_key("unsigned"), "{what}");
+                // A restricted join (v8 on) needs the authorising server's signature too.
+                let want = if *kind == "m.room.member"
+                    && version.rules().authorization.restricted_join_rule
+                {
+                    Err(SignatureError::Missing("b.example".into()))
+                } else {
+                    Ok(HashCheck::Valid)
+                };
+                assert_eq!(got.verify(lookup), want, "{what}");
+                assert_eq!(
+                    got.verify(lookup),
+                    verify_pdu(got.json(), version, lookup),
+                    "{what}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tampered_events_fail_the_same_way_by_either_route() {
+        let v = RoomVersion::V11;
+        let raw = signed(
+            v,
+            "m.room.message",
+            json!({"body": "hi", "msgtype": "m.text"}),
+        );
+        // (change, expected verdict)
+        let mut body = raw.clone();
+        body["content"]["body"] = json!("changed");
+        let mut sender_field = raw.clone();
+        sender_field["origin_server_ts"] = json!(6);
+        let mut no_sigs = raw.clone();
+        no_sigs["signatures"] = json!({});
+        let cases: Vec<(serde_json::Value, Result<HashCheck, SignatureError>)> = vec![
+            (body, Ok(HashCheck::ContentMismatch)),
+            (
+                sender_field,
+                Err(SignatureError::Invalid {
+                    server: "a.example".into(),
+                    key_id: "ed25519:k".into(),
+                }),
+            ),
+            (no_sigs, Err(SignatureError::Missing("a.example".into()))),
+        ];
+        for (raw, want) in cases {
+            let got = Pdu::parse_received(raw, v).unwrap();
+            assert_eq!(got.verify(lookup), want);
+            assert_eq!(verify_pdu(got.json(), v, lookup), want);
+            let again = Received::from_pdu(got.pdu().clone(), v).unwrap();
+            assert_eq!(again.verify(lookup), want);
+        }
+    }
+
+    #[test]
+    fn oversized_events_are_refused_before_any_hash() {
+        let v = RoomVersion::V11;
+        let mut raw = signed(v, "m.room.message", json!({"body": "hi"}));
+        raw["content"]["body"] = json!("x".repeat(70_000));
+        assert!(matches!(
+            Pdu::parse_received(raw, v),
+            Err(PduError::TooLarge(_))
+        ));
     }
 }

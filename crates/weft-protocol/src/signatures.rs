@@ -100,6 +100,8 @@ pub fn required_servers(
 }
 
 /// The bytes a server signs for an event: the redacted event without `signatures`/`unsigned`.
+/// Written in one pass over the event by ruma's redacting serializer (no copy of the event is
+/// redacted); the same bytes are what the event's reference hash hashes.
 pub fn signing_bytes(
     json: &CanonicalJsonObject,
     version: RoomVersion,
@@ -107,11 +109,15 @@ pub fn signing_bytes(
     if version.is_linearized() {
         return Ok(crate::lm::signing_bytes(json));
     }
-    let redacted = ruma::canonical_json::redact(json.clone(), &version.rules().redaction, None)
-        .map_err(|e| SignatureError::Malformed(e.to_string()))?;
-    ruma::signatures::to_canonical_json_string_for_signing(&redacted)
+    ruma::canonical_json::RedactingSerializer::new()
+        .rules(&version.rules().redaction)
+        .custom_redacted_root_fields(SIGNED_ROOT_FIELDS_LEFT_OUT)
+        .serialize(json)
         .map_err(|e| SignatureError::Malformed(e.to_string()))
 }
+
+/// Top-level fields that are not part of what a server signs.
+const SIGNED_ROOT_FIELDS_LEFT_OUT: &[&str] = &["signatures", "unsigned"];
 
 fn origin_ts(json: &CanonicalJsonObject) -> u64 {
     match json.get("origin_server_ts") {
@@ -179,8 +185,21 @@ pub fn verify_pdu(
     if version.is_linearized() {
         return crate::lm::verify_pdu(json, &lookup);
     }
-    let servers = required_servers(json, version)?;
     let bytes = signing_bytes(json, version)?;
+    verify_pdu_with_bytes(json, version, &bytes, lookup)
+}
+
+/// [`verify_pdu`] with the signed bytes already written ([`signing_bytes`] of `json`).
+pub fn verify_pdu_with_bytes(
+    json: &CanonicalJsonObject,
+    version: RoomVersion,
+    bytes: &str,
+    lookup: impl Fn(&str, &str) -> Option<KnownKey>,
+) -> Result<HashCheck, SignatureError> {
+    if version.is_linearized() {
+        return crate::lm::verify_pdu(json, &lookup);
+    }
+    let servers = required_servers(json, version)?;
     let ts = origin_ts(json);
     let enforce = version.rules().enforce_key_validity;
     for server in &servers {

@@ -188,7 +188,7 @@ pub async fn process_pdus(
         }
     }
     // Step 1 (format, event ID): each PDU parsed once.
-    let mut parsed: Vec<(Pdu, RoomVersion)> = Vec::new();
+    let mut parsed: Vec<weft_protocol::Received> = Vec::new();
     for raw in raws {
         let Some(room) = room_of(&raw) else {
             tracing::info!(origin, "PDU without room_id in transaction");
@@ -202,8 +202,8 @@ pub async fn process_pdus(
         };
         // The copy is the parse's own input; the raw value is kept only to name a PDU that
         // fails it.
-        match format::parse(raw.clone(), version) {
-            Ok(p) => parsed.push((p, version)),
+        match format::parse_received(raw.clone(), version) {
+            Ok(p) => parsed.push(p),
             Err(e) => {
                 tracing::info!(origin, error = %e, "malformed PDU");
                 crate::observe::metrics::inbound_pdu("rejected", "format");
@@ -218,7 +218,14 @@ pub async fn process_pdus(
     // the whole transaction (its verdicts count only for PDUs whose signatures pass).
     let ids: Vec<(String, RoomVersion, String)> = parsed
         .iter()
-        .map(|(p, v)| (p.event_id().to_string(), *v, p.room_id().to_string()))
+        .map(|r| {
+            let p = r.pdu();
+            (
+                p.event_id().to_string(),
+                r.version(),
+                p.room_id().to_string(),
+            )
+        })
         .collect();
     // With `Dedup::Beside`, the same read answers whether the transaction ID was seen and
     // which rooms are held (with their versions): one hop to the blocking pool, beside the

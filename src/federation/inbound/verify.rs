@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use weft_protocol::{Pdu, RoomVersion};
+use weft_protocol::{Pdu, Received, RoomVersion};
 
 use crate::federation::Federation;
 use crate::observe::send::{Point, Stamps};
@@ -47,17 +47,45 @@ pub async fn check_many(
     fed: &Arc<Federation>,
     pdus: Vec<(Pdu, RoomVersion)>,
 ) -> Vec<Result<Checked, String>> {
-    check_many_stamped(fed, pdus, None).await
+    let received = pdus
+        .into_iter()
+        .map(|(p, v)| Received::from_pdu(p, v).map_err(|e| e.to_string()))
+        .collect();
+    check_received(fed, received, None).await
 }
 
 /// [`check_many`], stamping a `/send`'s stages (`observe::send`): keys ready, the first
 /// verify job begun, every result back.
 pub async fn check_many_stamped(
     fed: &Arc<Federation>,
-    pdus: Vec<(Pdu, RoomVersion)>,
+    pdus: Vec<Received>,
     stamps: Option<Arc<Stamps>>,
 ) -> Vec<Result<Checked, String>> {
-    let (wanted, required) = signatures::wanted_keys(pdus.iter().map(|(p, v)| (p, *v)));
+    check_received(fed, pdus.into_iter().map(Ok).collect(), stamps).await
+}
+
+/// Steps 2–3 over PDUs parsed for them (an `Err` is one that could not be: it stays an
+/// `Err`, in its place).
+async fn check_received(
+    fed: &Arc<Federation>,
+    pdus: Vec<Result<Received, String>>,
+    stamps: Option<Arc<Stamps>>,
+) -> Vec<Result<Checked, String>> {
+    let (wanted, mut required) = signatures::wanted_keys(pdus.iter().flatten());
+    // `required` has one entry per parsed PDU; the unparsed keep their error in place.
+    required.reverse();
+    let pdus: Vec<(Result<Received, String>, Result<_, String>)> = pdus
+        .into_iter()
+        .map(|p| match p {
+            Ok(r) => {
+                let req = required
+                    .pop()
+                    .unwrap_or_else(|| Err("no signature requirement".into()));
+                (Ok(r), req)
+            }
+            Err(e) => (Err(e.clone()), Err(e)),
+        })
+        .collect();
     let fetches = wanted.iter().map(|(server, (ids, ts))| {
         let ids: Vec<String> = ids.iter().cloned().collect();
         let fed = Arc::clone(fed);
@@ -71,15 +99,16 @@ pub async fn check_many_stamped(
     if let Some(s) = &stamps {
         s.stamp(Point::KeysReady);
     }
-    let items: Vec<_> = pdus.into_iter().zip(required).collect();
     let on_pool = stamps.clone();
-    let out = pool::map(items, move |((pdu, version), required)| {
+    let out = pool::map(pdus, move |(received, required)| {
         if let Some(s) = &on_pool {
             s.stamp_first(Point::VerifyBegan);
         }
+        let received = received?;
         required?;
-        let hash = signatures::verify(&pdu, version, &keys)?;
-        content_hash::apply(pdu, version, hash)
+        let hash = signatures::verify(&received, &keys)?;
+        let version = received.version();
+        content_hash::apply(received.into_pdu(), version, hash)
     })
     .await
     .into_iter()

@@ -8,11 +8,17 @@
 //! `weft_protocol::pdu` and `weft_protocol::auth::check_format`.
 
 use serde_json::Value;
-use weft_protocol::{Pdu, RoomVersion};
+use weft_protocol::{Pdu, Received, RoomVersion};
 
 /// Parses a received PDU of a room of `version`: format, size and event ID.
 pub fn parse(raw: Value, version: RoomVersion) -> Result<Pdu, String> {
     Pdu::from_received(raw, version).map_err(|e| e.to_string())
+}
+
+/// [`parse`], keeping for steps 2–3 the event's JSON object and the bytes its servers
+/// signed (written once, for the event ID and the signatures).
+pub fn parse_received(raw: Value, version: RoomVersion) -> Result<Received, String> {
+    Pdu::parse_received(raw, version).map_err(|e| e.to_string())
 }
 
 /// The event ID a malformed PDU would have, when one can still be computed (so that the

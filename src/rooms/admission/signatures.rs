@@ -11,8 +11,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use ruma::CanonicalJsonObject;
+use weft_protocol::Received;
 use weft_protocol::signatures::{self, HashCheck, KnownKey};
-use weft_protocol::{Pdu, RoomVersion};
 
 /// Keys known at verification time: `(server, key ID) → key`.
 pub type KeySnapshot = HashMap<(String, String), KnownKey>;
@@ -34,19 +34,20 @@ pub type Wanted = HashMap<String, (BTreeSet<String>, u64)>;
 /// The keys the PDUs need, and per PDU the servers that must sign it (or why that cannot be
 /// known: a malformed event).
 pub fn wanted_keys<'a>(
-    pdus: impl IntoIterator<Item = (&'a Pdu, RoomVersion)>,
+    pdus: impl IntoIterator<Item = &'a Received>,
 ) -> (Wanted, Vec<Result<BTreeSet<String>, String>>) {
     let mut wanted: Wanted = HashMap::new();
     let mut required = Vec::new();
-    for (pdu, version) in pdus {
-        let json = pdu.json();
-        match signatures::required_servers(&json, version) {
+    for received in pdus {
+        let json = received.json();
+        let pdu = received.pdu();
+        match signatures::required_servers(json, received.version()) {
             Ok(servers) => {
                 for s in &servers {
                     let entry = wanted
                         .entry(s.clone())
                         .or_insert_with(|| (BTreeSet::new(), 0));
-                    entry.0.extend(key_ids_of(&json, s));
+                    entry.0.extend(key_ids_of(json, s));
                     entry.1 = entry.1.max(pdu.origin_server_ts());
                 }
                 required.push(Ok(servers));
@@ -59,8 +60,11 @@ pub fn wanted_keys<'a>(
 
 /// Verifies the signatures of every required server. `Ok` carries what the same pass found
 /// about the content hash, for step 3 ([`super::content_hash`]) to act on.
-pub fn verify(pdu: &Pdu, version: RoomVersion, keys: &KeySnapshot) -> Result<HashCheck, String> {
+/// The JSON object and the signed bytes come from the parse ([`Received`]): nothing is
+/// parsed or serialized again here.
+pub fn verify(received: &Received, keys: &KeySnapshot) -> Result<HashCheck, String> {
     let lookup = |s: &str, k: &str| keys.get(&(s.to_owned(), k.to_owned())).cloned();
-    signatures::verify_pdu(&pdu.json(), version, lookup)
+    received
+        .verify(lookup)
         .map_err(|e| format!("signature check failed: {e}"))
 }
