@@ -10,6 +10,9 @@
 //! - `json_reparse`: `Pdu::json()`, the stored text parsed back to an object;
 //! - `verify_pdu`: signatures and content hash from the object (`signatures::verify_pdu`);
 //! - `verify_received`: the same from what `parse_received` kept;
+//! - `signing_copy`: the signed bytes the way weft wrote them before (redact a copy of the
+//!   object, then serialize it);
+//! - `signing_one_pass`: `signatures::signing_bytes` (ruma's redacting serializer, no copy);
 //! - `ed25519`: `verify_strict` alone, the floor under all of it.
 
 use std::time::Instant;
@@ -134,6 +137,28 @@ fn main() {
             .iter()
             .filter(|r| r.verify(&lookup).is_ok())
             .count()
+    });
+    time("signing_copy", || {
+        objects
+            .iter()
+            .map(|o| {
+                let redacted = ruma::canonical_json::redact(o.clone(), &v.rules().redaction, None)
+                    .expect("redacts");
+                ruma::signatures::to_canonical_json_string_for_signing(&redacted)
+                    .map(|s| s.len())
+                    .unwrap_or(0)
+            })
+            .sum::<usize>()
+    });
+    time("signing_one_pass", || {
+        objects
+            .iter()
+            .map(|o| {
+                signatures::signing_bytes(o, v)
+                    .map(|s| s.len())
+                    .unwrap_or(0)
+            })
+            .sum::<usize>()
     });
     time("ed25519", || {
         signed
