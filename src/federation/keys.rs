@@ -289,7 +289,9 @@ impl KeyRing {
         self.cache.get(server).and_then(|m| m.get(key_id).cloned())
     }
 
-    fn cached(&self, server: &str, key_id: &str) -> Option<KnownKey> {
+    /// A key in memory, never fetched: what [`Self::snapshot`] of the server would hold
+    /// under that ID.
+    pub fn cached(&self, server: &str, key_id: &str) -> Option<KnownKey> {
         self.cached_ring_key(server, key_id).map(|k| k.known)
     }
 

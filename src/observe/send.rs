@@ -10,10 +10,10 @@
 //! | stage | from | to |
 //! |---|---|---|
 //! | `dedup_read` | the handler took the request (after the per-origin slot) | the de-duplication read returned (the hop to a blocking thread included) |
-//! | `parse` | the read returned | every PDU was parsed (step 1) |
-//! | `keys` | the PDUs were parsed | the signing keys they need were ready |
-//! | `verify_wait` | the keys were ready | the first verify job began on the pool |
-//! | `verify` | the first verify job began | every result was back in the handler |
+//! | `parse` | the read returned | every PDU's step 1 (parsed on the verify pool) was back in the handler |
+//! | `keys` | the PDUs were parsed | the signing keys they need were ready (only when a key had to be fetched) |
+//! | `verify_wait` | the keys were ready | the first verify job began (only after a fetch) |
+//! | `verify` | the first job's signature checks began | every result was back in the handler |
 //! | `screen` | the screen read (step 0) was asked | it returned |
 //! | `mailbox` | the PDUs were sent to the room's actor | the actor began handling them |
 //! | `actor` | the actor began | it had decided every PDU (auth, state, soft-fail, append) |

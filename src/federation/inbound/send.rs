@@ -3,11 +3,12 @@
 //! 1. De-duplicate by `(origin, txnId)`: a retried transaction gets the stored answer (one
 //!    read, which also reads the versions of the rooms the PDUs name).
 //! 2. Limits: at most 50 PDUs and 100 EDUs.
-//! 3. Per PDU, order-free: room known and version known, then admission steps 1–3: format
-//!    and event ID (parsed once), signatures and content hash ([`super::verify`], on the
-//!    verify pool, every core). Step 0 (what the store decided before,
-//!    [`crate::rooms::admission::known`]) is read once for the whole transaction while the
-//!    signatures are checked, and applied only to PDUs that passed them.
+//! 3. Per PDU, order-free: room known and version known, then admission steps 1–3 on the
+//!    verify pool, every core ([`super::verify::parse_and_check`]): format and event ID
+//!    (parsed once, the IDs handed back at once), signatures and content hash. Step 0
+//!    (what the store decided before, [`crate::rooms::admission::known`]) is read once for
+//!    the whole transaction while the signatures are checked, and applied only to PDUs
+//!    that passed them.
 //! 4. Group by room; each room's PDUs go, depth-ordered, to its room actor in one message;
 //!    rooms run in parallel. PDUs the actor cannot place (missing prev or auth events) get
 //!    their gap filled from the origin ([`super::gaps`]) and are submitted again.
@@ -41,7 +42,6 @@ use crate::error::{Error, Result};
 use crate::federation::FederationOf;
 use crate::federation::auth::Signed;
 use crate::observe::send::{Point, Stamps};
-use crate::rooms::admission::format;
 use crate::rooms::admission::known::{self, Known};
 use crate::rooms::messages::{InboundOutcome, InboundPdus, InboundTxnRecord};
 use crate::services::Services;
@@ -187,8 +187,9 @@ pub async fn process_pdus(
             versions.insert(r.to_owned(), v);
         }
     }
-    // Step 1 (format, event ID): each PDU parsed once.
-    let mut parsed: Vec<weft_protocol::Received> = Vec::new();
+    // Steps 1-3 on the verify pool: each PDU parsed once, its event ID handed back at once,
+    // then its signatures and content hash checked; results in input order.
+    let mut items: Vec<(Value, RoomVersion)> = Vec::with_capacity(raws.len());
     for raw in raws {
         let Some(room) = room_of(&raw) else {
             tracing::info!(origin, "PDU without room_id in transaction");
@@ -200,33 +201,27 @@ pub async fn process_pdus(
             tracing::info!(origin, room, "PDU for a room we are not in; dropped");
             continue;
         };
-        // The copy is the parse's own input; the raw value is kept only to name a PDU that
-        // fails it.
-        match format::parse_received(raw.clone(), version) {
-            Ok(p) => parsed.push(p),
-            Err(e) => {
+        items.push((raw, version));
+    }
+    let mut checking = verify::parse_and_check(&fed, items, Arc::clone(&stamps));
+    // Beside the signature checks, step 0's read for the whole transaction (its verdicts
+    // count only for PDUs whose signatures pass). `ids` keeps each PDU's place in the
+    // batch.
+    let mut ids: Vec<(usize, String, RoomVersion, String)> = Vec::new();
+    for (i, peek) in checking.parsed().await.into_iter().enumerate() {
+        match peek {
+            Some(Ok((id, version, room))) => ids.push((i, id, version, room)),
+            Some(Err((id, e))) => {
                 tracing::info!(origin, error = %e, "malformed PDU");
                 crate::observe::metrics::inbound_pdu("rejected", "format");
-                if let Some(id) = format::event_id_of_malformed(&raw, version) {
+                if let Some(id) = id {
                     results.push((id, Some(format!("malformed event: {e}"))));
                 }
             }
+            None => tracing::error!(origin, "a PDU's parse did not answer; dropped"),
         }
     }
     stamps.stamp(Point::Parsed);
-    // Steps 2-3 on the verify pool; results in input order. Beside them, step 0's read for
-    // the whole transaction (its verdicts count only for PDUs whose signatures pass).
-    let ids: Vec<(String, RoomVersion, String)> = parsed
-        .iter()
-        .map(|r| {
-            let p = r.pdu();
-            (
-                p.event_id().to_string(),
-                r.version(),
-                p.room_id().to_string(),
-            )
-        })
-        .collect();
     // With `Dedup::Beside`, the same read answers whether the transaction ID was seen and
     // which rooms are held (with their versions): one hop to the blocking pool, beside the
     // signature checks, instead of one before the parse.
@@ -241,7 +236,7 @@ pub async fn process_pdus(
     let deduped = beside.is_some();
     let screen = {
         let db = s.core.db.clone();
-        let q: Vec<String> = ids.iter().map(|(id, _, _)| id.clone()).collect();
+        let q: Vec<String> = ids.iter().map(|(_, id, _, _)| id.clone()).collect();
         let st = Arc::clone(&stamps);
         async move {
             if q.is_empty() && beside.is_none() {
@@ -281,11 +276,7 @@ pub async fn process_pdus(
             read
         }
     };
-    let (checked, read) = futures_util::future::join(
-        verify::check_many_stamped(&fed, parsed, Some(Arc::clone(&stamps))),
-        screen,
-    )
-    .await;
+    let (mut checked, read) = futures_util::future::join(checking.checked(), screen).await;
     let (stored, held, known) = match read {
         Ok(r) => r,
         Err(e) if deduped => return Err(e.into()),
@@ -309,8 +300,12 @@ pub async fn process_pdus(
         .unwrap_or_default();
     let mut known = known.map(Vec::into_iter);
     let mut by_room: HashMap<String, RoomBatch> = HashMap::new();
-    for ((id, version, room), result) in ids.into_iter().zip(checked) {
+    for (i, id, version, room) in ids {
         let k = known.as_mut().and_then(Iterator::next);
+        let result = checked
+            .get_mut(i)
+            .and_then(Option::take)
+            .unwrap_or_else(|| Err("signature check did not run".into()));
         if unheld.contains(&room) {
             tracing::info!(origin, room, event = %id, "PDU for a room we are not in; dropped");
             continue;

@@ -2,6 +2,13 @@
 //! fetches they need (async, cached, network), then the pure checks of
 //! [`crate::rooms::admission`] (format, signatures, content hash) on the verify pool, every
 //! core. No room state is needed, so this happens before any room actor.
+//!
+//! A `/send` hands its raw PDUs to [`parse_and_check`]: each pool job parses its slice
+//! (step 1), hands back the event IDs at once (the caller's read of what the store decided
+//! needs them), then checks the signatures and content hash with the keys in memory. Only a
+//! PDU naming a key not in memory waits for a fetch, then is checked again by
+//! [`check_many`]'s route ([`signatures::verify_cached`] says which verdicts a fetch cannot
+//! change).
 
 use std::sync::Arc;
 
@@ -13,6 +20,115 @@ use crate::observe::send::{Point, Stamps};
 pub use crate::rooms::admission::content_hash::Checked;
 use crate::rooms::admission::signatures::KeySnapshot;
 use crate::rooms::admission::{content_hash, format, pool, signatures};
+
+/// What step 1 said of one raw PDU: its event ID, version and room, or why it is malformed
+/// (with the event ID it would have, when that can still be computed).
+pub type Peek = Result<(String, RoomVersion, String), (Option<String>, String)>;
+
+/// A PDU after the pool's second stage.
+enum Late {
+    /// Step 1 refused it (its [`Peek`] says why).
+    Malformed,
+    /// Steps 2–3 decided it.
+    Done(Result<Checked, String>),
+    /// A key it names is not in memory: to check again after the fetch.
+    NeedsKeys(Received),
+}
+
+/// A `/send`'s PDUs on the verify pool ([`parse_and_check`]).
+pub struct Checking {
+    staged: pool::Staged<Peek, Late>,
+    fed: Arc<Federation>,
+    stamps: Arc<Stamps>,
+}
+
+/// Steps 1–3 for a `/send`'s raw PDUs (each with its room's version) on the verify pool.
+pub fn parse_and_check(
+    fed: &Arc<Federation>,
+    raws: Vec<(Value, RoomVersion)>,
+    stamps: Arc<Stamps>,
+) -> Checking {
+    let on_pool = Arc::clone(fed);
+    let st = Arc::clone(&stamps);
+    let staged = pool::staged(
+        raws,
+        // The copy is the parse's own input; the raw value is kept only to name a PDU that
+        // fails it.
+        |(raw, version): (Value, RoomVersion)| {
+            format::parse_received(raw.clone(), version)
+                .map_err(|e| (format::event_id_of_malformed(&raw, version), e))
+        },
+        |parsed: &Result<Received, (Option<String>, String)>| match parsed {
+            Ok(r) => {
+                let p = r.pdu();
+                Ok((
+                    p.event_id().to_string(),
+                    r.version(),
+                    p.room_id().to_string(),
+                ))
+            }
+            Err(e) => Err(e.clone()),
+        },
+        move |parsed| {
+            let Ok(received) = parsed else {
+                return Late::Malformed;
+            };
+            st.stamp_first(Point::VerifyBegan);
+            let keys = &on_pool.keys;
+            match signatures::verify_cached(&received, |s, k| keys.cached(s, k)) {
+                None => Late::NeedsKeys(received),
+                Some(Err(e)) => Late::Done(Err(e)),
+                Some(Ok(hash)) => {
+                    let version = received.version();
+                    Late::Done(content_hash::apply(received.into_pdu(), version, hash))
+                }
+            }
+        },
+    );
+    Checking {
+        staged,
+        fed: Arc::clone(fed),
+        stamps,
+    }
+}
+
+impl Checking {
+    /// Step 1's answer for every raw PDU, in input order (`None`: its job did not answer).
+    pub async fn parsed(&mut self) -> Vec<Option<Peek>> {
+        self.staged.peeks().await
+    }
+
+    /// Steps 2–3's verdict for every raw PDU, in input order; `None` for one step 1 refused
+    /// or whose job did not answer.
+    pub async fn checked(self) -> Vec<Option<Result<Checked, String>>> {
+        let late = self.staged.results().await;
+        let mut out: Vec<Option<Result<Checked, String>>> = Vec::with_capacity(late.len());
+        let mut again = Vec::new();
+        for (i, l) in late.into_iter().enumerate() {
+            match l {
+                Some(Late::Done(r)) => out.push(Some(r)),
+                Some(Late::NeedsKeys(r)) => {
+                    again.push((i, r));
+                    out.push(None);
+                }
+                Some(Late::Malformed) | None => out.push(None),
+            }
+        }
+        if !again.is_empty() {
+            let (at, received): (Vec<usize>, Vec<Result<Received, String>>) =
+                again.into_iter().map(|(i, r)| (i, Ok(r))).unzip();
+            let checked = check_received(&self.fed, received, Some(self.stamps)).await;
+            for (i, c) in at.into_iter().zip(checked) {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(c);
+                }
+            }
+        } else {
+            self.stamps.stamp(Point::Verified);
+        }
+        out
+    }
+}
 
 /// Parses a PDU in a room of `version`: format and event ID (step 1).
 pub fn parse(raw: &Value, version: RoomVersion) -> Result<Pdu, String> {
@@ -52,16 +168,6 @@ pub async fn check_many(
         .map(|(p, v)| Received::from_pdu(p, v).map_err(|e| e.to_string()))
         .collect();
     check_received(fed, received, None).await
-}
-
-/// [`check_many`], stamping a `/send`'s stages (`observe::send`): keys ready, the first
-/// verify job begun, every result back.
-pub async fn check_many_stamped(
-    fed: &Arc<Federation>,
-    pdus: Vec<Received>,
-    stamps: Option<Arc<Stamps>>,
-) -> Vec<Result<Checked, String>> {
-    check_received(fed, pdus.into_iter().map(Ok).collect(), stamps).await
 }
 
 /// Steps 2–3 over PDUs parsed for them (an `Err` is one that could not be: it stays an

@@ -82,14 +82,89 @@ where
     R: Send + 'static,
     F: Fn(T) -> R + Send + Sync + 'static,
 {
+    staged(items, f, |_| (), |r| r).results().await
+}
+
+/// A batch on the pool in two stages ([`staged`]): what the first stage lets the caller see
+/// early ([`Self::peeks`]), then the results ([`Self::results`]), each in input order.
+pub struct Staged<P, R> {
+    early: Vec<(oneshot::Receiver<Vec<P>>, usize)>,
+    late: Vec<(oneshot::Receiver<Vec<R>>, usize)>,
+}
+
+async fn gather<X>(waiting: Vec<(oneshot::Receiver<Vec<X>>, usize)>) -> Vec<Option<X>> {
+    let mut out = Vec::with_capacity(waiting.iter().map(|w| w.1).sum());
+    for (rx, len) in waiting {
+        match rx.await {
+            Ok(results) if results.len() == len => out.extend(results.into_iter().map(Some)),
+            _ => {
+                tracing::error!("a verify job did not answer");
+                out.extend((0..len).map(|_| None));
+            }
+        }
+    }
+    out
+}
+
+impl<P, R> Staged<P, R> {
+    /// What `peek` said of each item after the first stage, in input order (`None`: the job
+    /// did not answer). Once only: a second call returns nothing.
+    pub async fn peeks(&mut self) -> Vec<Option<P>> {
+        gather(std::mem::take(&mut self.early)).await
+    }
+
+    /// The second stage's results, in input order (`None`: the job did not answer).
+    pub async fn results(self) -> Vec<Option<R>> {
+        gather(self.late).await
+    }
+}
+
+/// Runs `first` then `second` over every item on the pool's threads, one job per thread,
+/// each over a contiguous slice: a job runs `first` over its whole slice, hands back
+/// `peek` of each result at once, then runs `second` over the slice. So a caller can start
+/// what needs the first stage's answers (a read by event ID) while the second stage (the
+/// signature checks) still runs. A batch of one runs inline.
+pub fn staged<T, M, P, R, F1, FP, F2>(
+    items: Vec<T>,
+    first: F1,
+    peek: FP,
+    second: F2,
+) -> Staged<P, R>
+where
+    T: Send + 'static,
+    M: Send + 'static,
+    P: Send + 'static,
+    R: Send + 'static,
+    F1: Fn(T) -> M + Send + Sync + 'static,
+    FP: Fn(&M) -> P + Send + Sync + 'static,
+    F2: Fn(M) -> R + Send + Sync + 'static,
+{
     let p = pool();
+    let fs = Arc::new((first, peek, second));
+    let run = |chunk: Vec<T>,
+               fs: Arc<(F1, FP, F2)>,
+               early: oneshot::Sender<Vec<P>>,
+               late: oneshot::Sender<Vec<R>>| {
+        let (first, peek, second) = &*fs;
+        let mid: Vec<M> = chunk.into_iter().map(first).collect();
+        let _ = early.send(mid.iter().map(peek).collect());
+        let _ = late.send(mid.into_iter().map(second).collect());
+    };
+    let mut staged = Staged {
+        early: Vec::with_capacity(p.threads.max(1)),
+        late: Vec::with_capacity(p.threads.max(1)),
+    };
     if p.threads == 0 || items.len() <= 1 {
         // One PDU (an invite, a join answer): no hand-over is cheaper than the check.
-        return items.into_iter().map(|i| Some(f(i))).collect();
+        let len = items.len();
+        let (etx, erx) = oneshot::channel();
+        let (ltx, lrx) = oneshot::channel();
+        run(items, fs, etx, ltx);
+        staged.early.push((erx, len));
+        staged.late.push((lrx, len));
+        return staged;
     }
-    let f = Arc::new(f);
     let per = items.len().div_ceil(p.threads.min(items.len()));
-    let mut waiting = Vec::with_capacity(p.threads);
     let mut rest = items.into_iter();
     loop {
         let chunk: Vec<T> = rest.by_ref().take(per).collect();
@@ -97,28 +172,18 @@ where
             break;
         }
         let len = chunk.len();
-        let (tx, rx) = oneshot::channel::<Vec<R>>();
-        let f = Arc::clone(&f);
-        let job: Job = Box::new(move || {
-            let _ = tx.send(chunk.into_iter().map(|i| f(i)).collect());
-        });
+        let (etx, erx) = oneshot::channel();
+        let (ltx, lrx) = oneshot::channel();
+        let fs = Arc::clone(&fs);
+        let job: Job = Box::new(move || run(chunk, fs, etx, ltx));
         if let Err(back) = p.queue.send(job) {
             // The queue is closed (cannot happen while the pool lives): run it here.
             (back.0)();
         }
-        waiting.push((rx, len));
+        staged.early.push((erx, len));
+        staged.late.push((lrx, len));
     }
-    let mut out = Vec::with_capacity(waiting.iter().map(|w| w.1).sum());
-    for (rx, len) in waiting {
-        match rx.await {
-            Ok(results) => out.extend(results.into_iter().map(Some)),
-            Err(_) => {
-                tracing::error!("a verify job did not answer");
-                out.extend((0..len).map(|_| None));
-            }
-        }
-    }
-    out
+    staged
 }
 
 #[cfg(test)]
@@ -159,5 +224,45 @@ mod tests {
         assert_eq!(a, (0..40).map(|i| Some(('a', i))).collect::<Vec<_>>());
         assert_eq!(b, (0..40).map(|i| Some(('b', i))).collect::<Vec<_>>());
         assert!(threads() >= 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn staged_peeks_come_before_the_second_stage_ends_and_both_keep_order() {
+        const STEP: std::time::Duration = std::time::Duration::from_millis(4);
+        for n in [1usize, 2, 3, 50] {
+            let items: Vec<usize> = (0..n).collect();
+            let began = std::time::Instant::now();
+            let mut s = staged(
+                items.clone(),
+                |i| i * 2,
+                |m| *m + 1,
+                |m| {
+                    std::thread::sleep(STEP);
+                    m * 10
+                },
+            );
+            let peeks = s.peeks().await;
+            let peeked_after = began.elapsed();
+            assert_eq!(
+                peeks,
+                items.iter().map(|i| Some(i * 2 + 1)).collect::<Vec<_>>()
+            );
+            assert!(s.peeks().await.is_empty(), "peeks are handed over once");
+            let results = s.results().await;
+            assert_eq!(
+                results,
+                items.iter().map(|i| Some(i * 20)).collect::<Vec<_>>()
+            );
+            if n == 50 && threads() > 0 {
+                // Each job's second stage sleeps once per item of its slice; the peeks were
+                // back before any job could have finished it.
+                let per = n.div_ceil(threads().min(n)) as u32;
+                assert!(
+                    peeked_after < STEP * per,
+                    "peeks after {peeked_after:?}, a slice's second stage takes {:?}",
+                    STEP * per
+                );
+            }
+        }
     }
 }
