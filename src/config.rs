@@ -45,6 +45,7 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     pub retention: RetentionConfig,
     pub push: PushConfig,
+    pub search: SearchConfig,
     pub well_known: WellKnownConfig,
     pub passwords: PasswordsConfig,
     pub logging: LoggingConfig,
@@ -160,6 +161,31 @@ pub struct PushConfig {
     pub give_up_secs: u64,
     /// Notification rows (`/notifications`, counts) kept this many seconds.
     pub notification_retention_secs: u64,
+    /// The push worker's passes over the stream start at least this far apart: while
+    /// events arrive faster, one pass takes the events of several commits (fewer reads,
+    /// evaluations set up and write jobs beside the rooms' commits). After a quiet spell
+    /// the first pass starts at once, and a pass cut short by `batch_events` is followed at
+    /// once, so the interval delays notifications but never bounds throughput. 0: a pass
+    /// per stream advance.
+    pub pass_interval_ms: u64,
+}
+
+/// The search indexer (`search::indexer`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// The indexer's passes over the stream start at least this far apart (as
+    /// `push.pass_interval_ms`); a search waits for the index, so this bounds how much
+    /// later than the send a message can be found. 0: a pass per stream advance.
+    pub pass_interval_ms: u64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            pass_interval_ms: 25,
+        }
+    }
 }
 
 impl Default for PushConfig {
@@ -171,6 +197,7 @@ impl Default for PushConfig {
             retry_max_ms: 600_000,
             give_up_secs: 24 * 3600,
             notification_retention_secs: 30 * 24 * 3600,
+            pass_interval_ms: 25,
         }
     }
 }
@@ -476,6 +503,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             retention: RetentionConfig::default(),
             push: PushConfig::default(),
+            search: SearchConfig::default(),
             well_known: WellKnownConfig::default(),
             passwords: PasswordsConfig::default(),
             logging: LoggingConfig::default(),

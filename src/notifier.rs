@@ -35,6 +35,10 @@
 //! [`Notifier::park`] counts the `/sync` requests that have read everything and are now
 //! waiting for a wake-up (the operator endpoint `/_weft/admin/v1/sync_waiters` shows it; the
 //! wake-up tests wait for it before they send, so they test the wake-up, not a plain read).
+//!
+//! **Followers** (the push worker, the search indexer) read everything below the frontier,
+//! woken by [`Notifier::subscribe_all`]; a [`Pacer`] spaces their passes so that under load
+//! one pass takes the events of several commits.
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -92,6 +96,38 @@ pub enum Published {
 /// What a write says about its positions, for readers that know its type (see the module
 /// comment).
 pub type Note = Arc<dyn Any + Send + Sync>;
+
+/// Spaces a stream follower's passes: each [`Pacer::pace`] returns at least `interval`
+/// after the previous one returned, at once when that is long past (the first event after a
+/// quiet spell is not delayed) or when the previous pass stopped short of the frontier at
+/// its batch limit ([`Pacer::behind`]): a follower that is behind never waits, so the
+/// interval never bounds its throughput.
+pub struct Pacer {
+    interval: std::time::Duration,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Pacer {
+    pub fn new(interval_ms: u64) -> Self {
+        Self {
+            interval: std::time::Duration::from_millis(interval_ms),
+            last: None,
+        }
+    }
+
+    /// Waits until a pass may start, and counts it as started.
+    pub async fn pace(&mut self) {
+        if let Some(at) = self.last {
+            tokio::time::sleep_until(at + self.interval).await;
+        }
+        self.last = Some(tokio::time::Instant::now());
+    }
+
+    /// The pass just made stopped at its batch limit: the next one starts at once.
+    pub fn behind(&mut self) {
+        self.last = None;
+    }
+}
 
 /// Notes remembered: the newest positions only.
 const NOTES_KEPT: usize = 1024;
@@ -418,6 +454,35 @@ impl Notifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pacer_spaces_passes_under_load_and_delays_none_after_a_quiet_spell() {
+        use std::time::{Duration, Instant};
+        const GAP: Duration = Duration::from_millis(200);
+        let mut p = Pacer::new(200);
+        let began = Instant::now();
+        p.pace().await;
+        assert!(began.elapsed() < GAP, "the first pass starts at once");
+        let first = Instant::now();
+        p.pace().await;
+        assert!(first.elapsed() >= GAP, "a pass right after another waits");
+        tokio::time::sleep(GAP + Duration::from_millis(50)).await;
+        let quiet = Instant::now();
+        p.pace().await;
+        assert!(
+            quiet.elapsed() < GAP,
+            "after a quiet spell the pass starts at once"
+        );
+        let behind = Instant::now();
+        p.behind();
+        p.pace().await;
+        assert!(behind.elapsed() < GAP, "a follower behind never waits");
+        let mut off = Pacer::new(0);
+        let now = Instant::now();
+        off.pace().await;
+        off.pace().await;
+        assert!(now.elapsed() < GAP, "an interval of 0 never waits");
+    }
 
     #[test]
     fn frontier_waits_for_the_lowest_in_flight_position() {

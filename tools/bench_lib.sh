@@ -9,7 +9,8 @@
 #   ... run fedpeer with "${TARGET_ARGS[@]}" ...
 #   bench_finish   # load after, weft's CPU time over the run, its /metrics, panics
 #
-# Both servers are stopped on exit.
+# Both servers are stopped on exit. WEFT_EXTRA (whole TOML tables, e.g.
+# WEFT_EXTRA=$'[push]\npass_interval_ms = 0') is added to weft's config.
 #
 # Every benchmark script (tools/bench*.sh, tools/login_flood.sh) writes its weft config with
 # weft_toml (below), which needs nothing else from here.
@@ -95,7 +96,7 @@ bench_setup() {
   # ---------------------------------------------------------------- weft (release)
   mkdir -p "$OUT/weft"
   weft_toml "$OUT/weft/weft.toml" --name "localhost:$WEFT_FED" --client "127.0.0.1:$WEFT_CLIENT" \
-    --fed "127.0.0.1:$WEFT_FED" --fed-extra "${WEFT_FEDERATION_EXTRA:-}"
+    --fed "127.0.0.1:$WEFT_FED" --fed-extra "${WEFT_FEDERATION_EXTRA:-}" --extra "${WEFT_EXTRA:-}"
   "$WEFT_BIN" serve --config "$OUT/weft/weft.toml" >"$OUT/weft/weft.log" 2>&1 &
   WEFT_PID=$!
   for i in $(seq 300); do

@@ -22,6 +22,12 @@
 //! and every push is in the delivery queue (`gateway.rs`). The job takes a notifier
 //! position of its own, so the users' `/sync` wakes up and sees the new counts.
 //!
+//! Passes start at least `push.pass_interval_ms` apart ([`crate::notifier::Pacer`]): while
+//! a server sends faster than that, one pass takes several commits' events (one read, one
+//! evaluation set-up, one write job beside the rooms' commits instead of one per commit);
+//! the first event after a quiet spell is evaluated at once, and a pass cut short by
+//! `push.batch_events` is followed at once (a worker behind never waits).
+//!
 //! The job is a *deferred* write (`Db::write_deferred_then`): nobody waits on it to answer
 //! a request, so when the writer takes it without an ordinary job (the usual case: it is
 //! queued right after the commit that moved the frontier) it commits at once, in the
@@ -761,9 +767,12 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
     let mut unsaved = false;
     let mut last_save = Instant::now();
     let cache = Arc::new(std::sync::Mutex::new(RoomCache::default()));
+    let mut pacer = crate::notifier::Pacer::new(core.config.push.pass_interval_ms);
     loop {
-        let frontier = core.notifier.frontier();
-        if frontier > cursor {
+        if core.notifier.frontier() > cursor {
+            pacer.pace().await;
+            // Whatever committed during the wait joins this pass.
+            let frontier = core.notifier.frontier();
             let s = suffix.clone();
             let after = cursor;
             let cache = Arc::clone(&cache);
@@ -791,6 +800,9 @@ pub async fn run(core: Arc<Core>, deliveries: Arc<Notify>) {
             let evaluated = batch.events.len();
             let found = evaluate_batch(&batch, &suffix, storage::now_ms()).await;
             let upto = batch.upto;
+            if upto < frontier {
+                pacer.behind();
+            }
             if found.is_empty() {
                 unsaved |= evaluated > 0;
                 cursor = upto;

@@ -20,6 +20,10 @@
 //! a redaction's target again when the redaction's own position comes by
 //! (`storage::search::store_index`).
 //!
+//! Passes start at least `search.pass_interval_ms` apart ([`crate::notifier::Pacer`]), so
+//! under load one pass indexes several commits' events; after a quiet spell the first pass
+//! starts at once, and a pass cut short by its batch limit is followed at once.
+//!
 //! **Read-your-writes.** `/search` and the user directory first wait, bounded
 //! ([`READ_YOUR_WRITES`]), for the indexer to reach the highest stream position the node
 //! knows at the request ([`SearchIndex::wait_for`]): a message the user's own client sent
@@ -168,11 +172,17 @@ pub async fn run(core: Arc<Core>, index: Arc<SearchIndex>) {
     index.publish(cursor);
     let mut unsaved = false;
     let mut last_save = Instant::now();
+    let mut pacer = crate::notifier::Pacer::new(core.config.search.pass_interval_ms);
     loop {
-        let frontier = core.notifier.frontier();
-        if frontier > cursor {
+        if core.notifier.frontier() > cursor {
+            pacer.pace().await;
+            // Whatever committed during the wait joins this pass.
+            let frontier = core.notifier.frontier();
             match pass(&core, cursor, frontier).await {
                 Ok(Pass::Done(upto, stored)) => {
+                    if upto < frontier {
+                        pacer.behind();
+                    }
                     cursor = upto;
                     index.publish(cursor);
                     if stored {
