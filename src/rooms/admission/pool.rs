@@ -228,41 +228,59 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn staged_peeks_come_before_the_second_stage_ends_and_both_keep_order() {
-        const STEP: std::time::Duration = std::time::Duration::from_millis(4);
+        use std::sync::Condvar;
         for n in [1usize, 2, 3, 50] {
+            // The second stage waits (bounded) for the test to have the peeks: had the peeks
+            // come only after it, every result would say so. One item runs inline, where
+            // the peeks are ready when `staged` returns, so it does not wait.
+            let gate = Arc::new((Mutex::new(false), Condvar::new()));
+            let g = Arc::clone(&gate);
+            // After one wait ran out, the others do not wait (a failure, not a long hang).
+            let gave_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let wait = n > 1;
             let items: Vec<usize> = (0..n).collect();
-            let began = std::time::Instant::now();
             let mut s = staged(
                 items.clone(),
                 |i| i * 2,
                 |m| *m + 1,
-                |m| {
-                    std::thread::sleep(STEP);
-                    m * 10
+                move |m| {
+                    if !wait {
+                        return (m * 10, true);
+                    }
+                    if gave_up.load(std::sync::atomic::Ordering::SeqCst) {
+                        return (m * 10, false);
+                    }
+                    let (open, cv) = &*g;
+                    let guard = open.lock().unwrap();
+                    let (guard, waited) = cv
+                        .wait_timeout_while(guard, std::time::Duration::from_secs(10), |o| !*o)
+                        .unwrap();
+                    if waited.timed_out() {
+                        gave_up.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    (m * 10, *guard)
                 },
             );
             let peeks = s.peeks().await;
-            let peeked_after = began.elapsed();
             assert_eq!(
                 peeks,
                 items.iter().map(|i| Some(i * 2 + 1)).collect::<Vec<_>>()
             );
+            {
+                let (open, cv) = &*gate;
+                *open.lock().unwrap() = true;
+                cv.notify_all();
+            }
             assert!(s.peeks().await.is_empty(), "peeks are handed over once");
             let results = s.results().await;
             assert_eq!(
                 results,
-                items.iter().map(|i| Some(i * 20)).collect::<Vec<_>>()
+                items
+                    .iter()
+                    .map(|i| Some((i * 20, true)))
+                    .collect::<Vec<_>>(),
+                "{n} items: every second stage ran after the peeks were back"
             );
-            if n == 50 && threads() > 0 {
-                // Each job's second stage sleeps once per item of its slice; the peeks were
-                // back before any job could have finished it.
-                let per = n.div_ceil(threads().min(n)) as u32;
-                assert!(
-                    peeked_after < STEP * per,
-                    "peeks after {peeked_after:?}, a slice's second stage takes {:?}",
-                    STEP * per
-                );
-            }
         }
     }
 }
