@@ -36,7 +36,13 @@ fn worker(rx: Arc<Mutex<Receiver<Job>>>) {
             Err(_) => return,
         };
         match job {
-            Ok(job) => job(),
+            // A job that panics (a bug, never a verdict) drops its answer channels, so its
+            // caller gets `None` ("not checked"); the thread goes on with the next job.
+            Ok(job) => {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                    tracing::error!("a verify job panicked");
+                }
+            }
             Err(_) => return,
         }
     }
@@ -224,6 +230,35 @@ mod tests {
         assert_eq!(a, (0..40).map(|i| Some(('a', i))).collect::<Vec<_>>());
         assert_eq!(b, (0..40).map(|i| Some(('b', i))).collect::<Vec<_>>());
         assert!(threads() >= 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_job_that_panics_answers_none_and_its_thread_goes_on() {
+        let out = map((0..8u32).collect(), |i| {
+            assert!(i != 0, "a bug in a check");
+            i
+        })
+        .await;
+        // The slice holding 0 panicked: its items are "not checked", the others answered.
+        assert_eq!(out[0], None);
+        assert_eq!(out[7], Some(7));
+        // More panicking jobs than there are threads: had each killed its thread, the
+        // queue would have no reader left and the next batch would run inline, here.
+        for _ in 0..threads() * 2 {
+            let all: Vec<Option<()>> = map(vec![1u32, 2], |i| assert!(i == 0, "a bug")).await;
+            assert_eq!(all, vec![None, None]);
+        }
+        let names = map((0..4u32).collect(), |_| {
+            std::thread::current().name().unwrap_or("").to_owned()
+        })
+        .await;
+        for n in names {
+            let n = n.unwrap_or_default();
+            assert!(
+                n.starts_with("weft-verify-"),
+                "ran on {n:?}, not on the pool"
+            );
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]
