@@ -40,6 +40,7 @@ pub const DB_WRITER_QUEUE: &str = "weft_db_writer_queue_depth";
 pub const DB_COMMIT_DURATION: &str = "weft_db_commit_duration_seconds";
 pub const DB_BATCH_SIZE: &str = "weft_db_commit_batch_size_jobs";
 pub const DB_COMMIT_FAILURES: &str = "weft_db_commit_failures_total";
+
 pub const DB_COMMITS: &str = "weft_db_commits_total";
 pub const INBOUND_TXN_RECORDS: &str = "weft_federation_txn_records_total";
 pub const DB_POOL: &str = "weft_db_read_pool_connections";
@@ -183,10 +184,11 @@ fn describe() {
     describe_histogram!(
         DB_COMMIT_DURATION,
         metrics::Unit::Seconds,
-        "Time to run and commit one writer batch"
+        "Time to run and commit one writer batch, by kind (durable: holds a job somebody waits on; lazy: only followers' deferred jobs, no fsync of its own)"
     );
     describe_histogram!(DB_BATCH_SIZE, "Write jobs committed per writer transaction");
     describe_counter!(DB_COMMIT_FAILURES, "Writer batches that failed to commit");
+
     describe_counter!(
         DB_COMMITS,
         "Writer transactions committed (one fsync each with synchronous = full)"
@@ -376,9 +378,10 @@ pub fn key_fetch(via: &'static str, ok: bool) {
 }
 
 /// One writer batch: `jobs` jobs, `secs` to run and commit, and whether it committed.
-pub fn db_commit(jobs: usize, secs: f64, ok: bool) {
+pub fn db_commit(jobs: usize, secs: f64, ok: bool, lazy: bool) {
     histogram!(DB_BATCH_SIZE).record(jobs as f64);
-    histogram!(DB_COMMIT_DURATION).record(secs);
+    let kind = if lazy { "lazy" } else { "durable" };
+    histogram!(DB_COMMIT_DURATION, "kind" => kind).record(secs);
     if ok {
         counter!(DB_COMMITS).increment(1);
     } else {

@@ -484,7 +484,12 @@ fn run_writer(
                 lazy_commits.fetch_add(1, Ordering::Relaxed);
             }
         }
-        crate::observe::metrics::db_commit(n, started.elapsed().as_secs_f64(), outcome.is_ok());
+        crate::observe::metrics::db_commit(
+            n,
+            started.elapsed().as_secs_f64(),
+            outcome.is_ok(),
+            lazy,
+        );
         match outcome {
             Ok(()) => {
                 for ((reply, result), after) in replies.into_iter().zip(results).zip(afters) {

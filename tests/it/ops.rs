@@ -265,7 +265,13 @@ fn metrics_move_under_a_burst() {
     assert!(batches >= 1.0 && batches <= appended, "batches {batches}");
     assert!(sum(&after, "weft_room_messages_handled_total", &[]) >= 320.0);
     assert!(sum(&after, "weft_db_commit_batch_size_jobs_count", &[]) >= 1.0);
-    assert!(sum(&after, "weft_db_commit_duration_seconds_count", &[]) >= 1.0);
+    assert!(
+        sum(
+            &after,
+            "weft_db_commit_duration_seconds_count",
+            &[("kind", "durable")]
+        ) >= 1.0
+    );
     assert!(has(
         &after,
         "weft_db_writer_queue_depth",
