@@ -4,8 +4,8 @@
 use diesel::prelude::*;
 
 use super::schema::{
-    current_state, destinations, event_relations, event_search, event_txns, events,
-    forward_extremities, memberships, rooms, users,
+    current_state, destinations, event_relations, event_txns, events, forward_extremities,
+    memberships, rooms, users,
 };
 use super::users::UserRow;
 use super::{AnyConnection, StorageResult};
@@ -156,23 +156,24 @@ pub fn purge_history(conn: &mut AnyConnection, room_id: &str, before: i64) -> St
         .filter(forward_extremities::room_id.eq(room_id))
         .select(forward_extremities::event_id)
         .load(conn)?;
-    let doomed: Vec<String> = events::table
+    let doomed: Vec<(String, Option<i64>)> = events::table
         .filter(events::room_id.eq(room_id))
         .filter(events::state_key.is_null())
         .filter(events::stream_ordering.lt(before))
         .filter(events::event_id.ne_all(&keep))
-        .select(events::event_id)
+        .select((events::event_id, events::stream_ordering))
         .load(conn)?;
     for chunk in doomed.chunks(500) {
-        diesel::delete(event_txns::table.filter(event_txns::event_id.eq_any(chunk)))
+        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
+        let positions: Vec<i64> = chunk.iter().filter_map(|(_, at)| *at).collect();
+        diesel::delete(event_txns::table.filter(event_txns::event_id.eq_any(&ids)))
             .execute(conn)?;
         // The indexes built from these events go with them (the words must not outlive
-        // the purge).
-        diesel::delete(event_search::table.filter(event_search::event_id.eq_any(chunk)))
+        // the purge); search rows are keyed by position.
+        super::search::forget_positions(conn, &positions)?;
+        diesel::delete(event_relations::table.filter(event_relations::event_id.eq_any(&ids)))
             .execute(conn)?;
-        diesel::delete(event_relations::table.filter(event_relations::event_id.eq_any(chunk)))
-            .execute(conn)?;
-        diesel::delete(events::table.filter(events::event_id.eq_any(chunk))).execute(conn)?;
+        diesel::delete(events::table.filter(events::event_id.eq_any(&ids))).execute(conn)?;
     }
     Ok(doomed.len())
 }

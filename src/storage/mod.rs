@@ -26,6 +26,8 @@ pub mod federation;
 mod follower_tests;
 pub mod linearized;
 pub mod media;
+#[cfg(test)]
+mod migration_tests;
 pub mod partial_state;
 pub mod push;
 pub mod relations;

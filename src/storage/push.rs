@@ -216,7 +216,7 @@ pub struct NotificationRow {
     pub highlight: bool,
 }
 
-/// Stores notifications; a stored one (the same user and event) is left alone, so a
+/// Stores notifications; a stored one (the same user and event position) is left alone, so a
 /// re-evaluated event is harmless. Multi-row INSERTs in chunks of `events::fixed_chunks`
 /// sizes, so the statements keep a few shapes.
 pub fn insert_notifications(

@@ -394,7 +394,7 @@ diesel::table! {
 
 diesel::table! {
     // SQLite also has an `id INTEGER PRIMARY KEY` (the FTS5 index's rowid), never named here.
-    event_search (event_id) {
+    event_search (stream_ordering) {
         event_id -> Text,
         room_id -> Text,
         event_type -> Text,
@@ -415,7 +415,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    push_notifications (user_id, event_id) {
+    push_notifications (user_id, stream_ordering) {
         user_id -> Text,
         event_id -> Text,
         room_id -> Text,

@@ -8,8 +8,9 @@
 //!   history (negative positions, which the forward stream never passes) is still indexed in
 //!   its own transaction by `events::insert_event(s)` ([`index_backfilled`]); outliers,
 //!   rejected and soft-failed events are never indexed. The word index differs per dialect and
-//!   is all this module writes by hand: SQLite keeps an FTS5 table in step with triggers
-//!   (`porter unicode61`: stems and case-folds), PostgreSQL a GIN index over
+//!   is all this module writes by hand: SQLite keeps an FTS5 table in step (rows' words
+//!   written after each chunk of rows, a trigger removing a deleted row's; `porter
+//!   unicode61`: stems and case-folds), PostgreSQL a GIN index over
 //!   `to_tsvector('english', value)`. Queries come from `weft_protocol::search` (words of
 //!   letters and digits only, each a required prefix), bound as parameters.
 //! * A search reads only rooms the user is joined to *now* (a left room is never searched),
@@ -102,19 +103,7 @@ type Profile = (String, Option<String>, Option<String>, i64);
 
 /// Indexes an event's searchable text and, for a join, the member's profile.
 pub fn index_event(conn: &mut AnyConnection, ev: &NewEvent) -> StorageResult<()> {
-    match indexed(ev) {
-        Some(Indexed::Join(user, name, avatar, pos)) => {
-            upsert_profile(conn, &user, name, avatar, pos)
-        }
-        Some(Indexed::Text(key, value, pos)) => {
-            forget_event(conn, &ev.event_id)?;
-            diesel::insert_into(event_search::table)
-                .values(SearchRow::of(ev, key, value, pos))
-                .execute(conn)?;
-            Ok(())
-        }
-        None => Ok(()),
-    }
+    index_events(conn, &[ev])
 }
 
 /// [`index_event`] for each of `rows`, in order, in a few statements: the profiles one by
@@ -134,19 +123,45 @@ pub fn index_events(conn: &mut AnyConnection, rows: &[&NewEvent]) -> StorageResu
     insert_texts(conn, &texts)
 }
 
-/// The searchable text rows, each replacing a stored row of its event (idempotent).
+#[derive(QueryableByName)]
+struct MaxId {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// The searchable text rows, each replacing a stored row of its event (idempotent). Rows
+/// are keyed by their event's stream position, not its ID: positions grow, so a batch's
+/// rows land at the end of every index of the table, where random event IDs would dirty a
+/// page per row. On SQLite the chunk's words go into the FTS5 table with one statement
+/// after the rows (a row's `id` is above every `id` stored before it: SQLite gives a new
+/// row the highest `id` plus one, and only this connection writes); a trigger per row, as
+/// before, took about three times as long (BENCHMARKS §26).
 fn insert_texts(conn: &mut AnyConnection, texts: &[SearchRow]) -> StorageResult<()> {
     for chunk in super::events::fixed_chunks(texts) {
-        let ids: Vec<&str> = chunk.iter().map(|t| t.event_id.as_str()).collect();
-        diesel::delete(event_search::table.filter(event_search::event_id.eq_any(ids)))
+        let at: Vec<i64> = chunk.iter().map(|t| t.stream_ordering).collect();
+        diesel::delete(event_search::table.filter(event_search::stream_ordering.eq_any(at)))
             .execute(conn)?;
         match conn {
-            AnyConnection::Sqlite(c) => diesel::insert_into(event_search::table)
-                .values(chunk.to_vec())
-                .execute(c)?,
-            AnyConnection::Postgresql(c) => diesel::insert_into(event_search::table)
-                .values(chunk.to_vec())
-                .execute(c)?,
+            AnyConnection::Sqlite(c) => {
+                let before =
+                    diesel::sql_query("SELECT COALESCE(MAX(id), 0) AS id FROM event_search")
+                        .get_result::<MaxId>(c)?
+                        .id;
+                diesel::insert_into(event_search::table)
+                    .values(chunk.to_vec())
+                    .execute(c)?;
+                diesel::sql_query(
+                    "INSERT INTO event_search_fts (rowid, value) \
+                     SELECT id, value FROM event_search WHERE id > ?",
+                )
+                .bind::<BigInt, _>(before)
+                .execute(c)?;
+            }
+            AnyConnection::Postgresql(c) => {
+                diesel::insert_into(event_search::table)
+                    .values(chunk.to_vec())
+                    .execute(c)?;
+            }
         };
     }
     Ok(())
@@ -205,15 +220,15 @@ pub fn events_to_index(
 pub struct IndexBatch {
     texts: Vec<SearchRow>,
     profiles: Vec<Profile>,
-    /// Events whose rows are dropped again if, by the time the batch is written, the event
-    /// is redacted or gone: the batch's own texts and its redactions' targets.
-    recheck: Vec<String>,
+    /// Redactions' targets: their rows are dropped again if, by the time the batch is
+    /// written, the target is redacted (the batch's own texts are checked the same way).
+    targets: Vec<String>,
 }
 
 impl IndexBatch {
     /// Whether the batch writes nothing.
     pub fn is_empty(&self) -> bool {
-        self.texts.is_empty() && self.profiles.is_empty() && self.recheck.is_empty()
+        self.texts.is_empty() && self.profiles.is_empty() && self.targets.is_empty()
     }
 }
 
@@ -223,7 +238,7 @@ pub fn prepare(events: Vec<EventRow>) -> IndexBatch {
     let mut batch = IndexBatch {
         texts: Vec::new(),
         profiles: Vec::new(),
-        recheck: Vec::new(),
+        targets: Vec::new(),
     };
     for r in events {
         let ev = NewEvent {
@@ -251,14 +266,13 @@ pub fn prepare(events: Vec<EventRow>) -> IndexBatch {
                     .or_else(|| json.get("content").and_then(|c| c.get("redacts")))
                     .and_then(|t| t.as_str());
                 if let Some(t) = target {
-                    batch.recheck.push(t.to_owned());
+                    batch.targets.push(t.to_owned());
                 }
             }
             continue;
         }
         match indexed(&ev) {
             Some(Indexed::Text(key, value, pos)) => {
-                batch.recheck.push(ev.event_id.clone());
                 batch.texts.push(SearchRow::of(&ev, key, value, pos));
             }
             Some(Indexed::Join(user, name, avatar, pos)) => {
@@ -281,15 +295,26 @@ pub fn store_index(conn: &mut AnyConnection, batch: &IndexBatch) -> StorageResul
     for (user, name, avatar, pos) in &batch.profiles {
         upsert_profile(conn, user, name.clone(), avatar.clone(), *pos)?;
     }
-    for chunk in batch.recheck.chunks(500) {
+    for chunk in batch.texts.chunks(500) {
+        let at: Vec<i64> = chunk.iter().map(|t| t.stream_ordering).collect();
         let live = events::table
-            .filter(events::event_id.eq_any(chunk))
+            .filter(events::stream_ordering.eq_any(at.clone()))
             .filter(events::redacted_by.is_null())
-            .select(events::event_id);
+            .select(events::stream_ordering);
         diesel::delete(
             event_search::table
-                .filter(event_search::event_id.eq_any(chunk))
-                .filter(event_search::event_id.ne_all(live)),
+                .filter(event_search::stream_ordering.eq_any(at))
+                .filter(event_search::stream_ordering.nullable().ne_all(live)),
+        )
+        .execute(conn)?;
+    }
+    for chunk in batch.targets.chunks(500) {
+        let redacted = events::table
+            .filter(events::event_id.eq_any(chunk))
+            .filter(events::redacted_by.is_not_null())
+            .select(events::stream_ordering);
+        diesel::delete(
+            event_search::table.filter(event_search::stream_ordering.nullable().eq_any(redacted)),
         )
         .execute(conn)?;
     }
@@ -330,10 +355,23 @@ pub fn advance_indexed(conn: &mut AnyConnection, after: i64, upto: i64) -> Stora
     Ok(true)
 }
 
-/// Drops a redacted event's text.
+/// Drops a redacted event's text (found by the event's position: the rows have no index
+/// on event IDs, see [`insert_texts`]).
 pub fn forget_event(conn: &mut AnyConnection, event_id: &str) -> StorageResult<()> {
-    diesel::delete(event_search::table.filter(event_search::event_id.eq(event_id)))
+    let at = events::table
+        .filter(events::event_id.eq(event_id))
+        .select(events::stream_ordering);
+    diesel::delete(event_search::table.filter(event_search::stream_ordering.nullable().eq_any(at)))
         .execute(conn)?;
+    Ok(())
+}
+
+/// Drops the texts of the events at `positions` (a purge, before it deletes the events).
+pub fn forget_positions(conn: &mut AnyConnection, positions: &[i64]) -> StorageResult<()> {
+    for chunk in positions.chunks(500) {
+        diesel::delete(event_search::table.filter(event_search::stream_ordering.eq_any(chunk)))
+            .execute(conn)?;
+    }
     Ok(())
 }
 
