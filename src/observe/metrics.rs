@@ -195,7 +195,7 @@ fn describe() {
     );
     describe_counter!(
         INBOUND_TXN_RECORDS,
-        "Received federation transactions' answers stored: with_pdus = in the commit of their PDUs, alone = as a commit of their own"
+        "Received federation transactions' answers stored: with_pdus = in the commit of their PDUs, deferred = as a deferred write the answer did not wait for (no EDUs), alone = as a durable commit of its own (after EDUs)"
     );
     describe_gauge!(DB_POOL, "Read pool connections by state (in_use, idle)");
     describe_histogram!(
@@ -390,8 +390,23 @@ pub fn db_commit(jobs: usize, secs: f64, ok: bool, lazy: bool) {
 }
 
 /// A received transaction's answer was stored with its PDUs (`true`) or by a job of its own.
-pub fn inbound_txn_record(with_pdus: bool) {
-    let how = if with_pdus { "with_pdus" } else { "alone" };
+/// Where a `/send`'s answer (its de-duplication record) was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnRecord {
+    /// In the commit of its PDUs (one room, no EDUs).
+    WithPdus,
+    /// As a deferred write the answer did not wait for (no EDUs; several rooms, a gap, ...).
+    Deferred,
+    /// As a durable write of its own, after the EDUs.
+    Alone,
+}
+
+pub fn inbound_txn_record(how: TxnRecord) {
+    let how = match how {
+        TxnRecord::WithPdus => "with_pdus",
+        TxnRecord::Deferred => "deferred",
+        TxnRecord::Alone => "alone",
+    };
     counter!(INBOUND_TXN_RECORDS, "stored" => how).increment(1);
 }
 

@@ -3,7 +3,8 @@
 //! PostgreSQL server as for the integration tests): a timeline batch's events with their
 //! relation rows (`events::insert_events` against `events::insert_event`), then the search
 //! and profile rows the search indexer derives from them, and the push worker's notification rows
-//! (`push::insert_notifications`).
+//! (`push::insert_notifications`). And the forward extremities, written as the difference
+//! from the stored set (`state::set_extremities`), are exactly each set written.
 
 use diesel::prelude::*;
 use serde_json::json;
@@ -47,6 +48,7 @@ both_backends!(
     a_timeline_batch_stores_every_row_as_one_by_one,
     a_batch_naming_an_event_twice_stores_it_as_one_by_one,
     notifications_in_chunks_leave_stored_ones_alone,
+    forward_extremities_are_exactly_each_set_written,
 );
 
 fn row(
@@ -367,4 +369,47 @@ fn a_batch_is_cut_into_chunks_of_a_few_sizes() {
     assert_eq!(sizes(50), vec![32, 16, 2]);
     assert_eq!(sizes(63), vec![32, 16, 8, 4, 2, 1]);
     assert_eq!(sizes(100), vec![32, 32, 32, 4]);
+}
+
+/// `set_extremities` writes only the difference from the stored set; after each write the
+/// room's extremities are exactly the set written (order aside, a repeat once), and another
+/// room's are untouched.
+fn forward_extremities_are_exactly_each_set_written(backend: Backend) {
+    use super::state;
+    let t = open(backend);
+    let steps: &[&[&str]] = &[
+        &["$a"],
+        &["$a"],
+        &["$b"],
+        &["$b", "$c", "$d", "$e"],
+        &["$f", "$c", "$d", "$e"],
+        &["$c", "$g"],
+        &["$h", "$h"],
+        &[],
+        &["$i"],
+    ];
+    t.db.write_blocking("!other:x", |c| {
+        state::set_extremities(c, "!other:x", &["$a".to_owned(), "$z".to_owned()])
+    })
+    .expect("the other room's extremities");
+    for step in steps {
+        let ids: Vec<String> = step.iter().map(|s| s.to_string()).collect();
+        let stored =
+            t.db.write_blocking("!r:x", move |c| {
+                state::set_extremities(c, "!r:x", &ids)?;
+                state::extremities(c, "!r:x")
+            })
+            .expect("set the extremities");
+        let mut stored = stored;
+        stored.sort();
+        let mut want: Vec<String> = step.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        want.dedup();
+        assert_eq!(stored, want, "after writing {step:?}");
+    }
+    let mut other =
+        t.db.read_blocking(|c| state::extremities(c, "!other:x"))
+            .expect("read the other room");
+    other.sort();
+    assert_eq!(other, ["$a", "$z"], "another room's extremities");
 }

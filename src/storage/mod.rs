@@ -214,6 +214,21 @@ impl Db {
         self.writers.submit_deferred(shard, f).await
     }
 
+    /// [`Db::write_deferred`] without waiting for the commit: once the job is queued (the
+    /// wait for room in the queue is the push-back), gives back the wait for its result.
+    /// Later jobs of the same shard commit with it or after it.
+    pub async fn write_deferred_queued<T, F>(
+        &self,
+        shard: &str,
+        f: F,
+    ) -> StorageResult<impl std::future::Future<Output = StorageResult<T>> + use<T, F>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut AnyConnection) -> StorageResult<T> + Send + 'static,
+    {
+        self.writers.enqueue_deferred(shard, f).await
+    }
+
     /// [`Db::write_deferred`] with a hook run on the writer thread once its batch has ended
     /// (`true`: committed) ([`writer::Writers::submit_deferred_then`]).
     pub async fn write_deferred_then<T, F>(

@@ -277,9 +277,26 @@ pub fn set_extremities(
     room_id: &str,
     ids: &[String],
 ) -> StorageResult<()> {
-    diesel::delete(forward_extremities::table.filter(forward_extremities::room_id.eq(room_id)))
+    // Only the difference is written: a new event usually replaces one extremity of several
+    // (concurrent chains), and a row rewritten costs as much as a row changed.
+    let old: Vec<String> = forward_extremities::table
+        .filter(forward_extremities::room_id.eq(room_id))
+        .select(forward_extremities::event_id)
+        .load(conn)?;
+    for gone in old.iter().filter(|o| !ids.contains(o)) {
+        diesel::delete(
+            forward_extremities::table
+                .filter(forward_extremities::room_id.eq(room_id))
+                .filter(forward_extremities::event_id.eq(gone)),
+        )
         .execute(conn)?;
+    }
+    let mut added: Vec<&String> = Vec::with_capacity(ids.len());
     for id in ids {
+        if old.contains(id) || added.contains(&id) {
+            continue;
+        }
+        added.push(id);
         diesel::insert_into(forward_extremities::table)
             .values((
                 forward_extremities::room_id.eq(room_id),

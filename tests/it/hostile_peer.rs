@@ -2811,6 +2811,33 @@ fn a_transactions_answer_is_stored_with_its_pdus(backend: Backend) {
         s.read(extra.event_id().as_str()).is_none(),
         "the repeat's PDU was processed"
     );
+    // The same PDUs under a new ID: the store had decided them, so no room commit carries
+    // the answer; it is a deferred write the 200 did not wait for.
+    let deferred = |s: &mut Scene| metric(s, "weft_federation_txn_records_total", "deferred");
+    let deferred0 = deferred(&mut s);
+    let resent = s.next_txn();
+    let r = s
+        .fed
+        .send_transaction(
+            &resent,
+            pdus.iter().map(|p| p.to_federation_value()).collect(),
+            vec![],
+        )
+        .expect("resend");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let resent_answer = r.json();
+    for p in &pdus {
+        accepted(
+            &pdu_results(&resent_answer),
+            &p.owned_event_id(),
+            "PDU sent again under a new ID",
+        );
+    }
+    assert_eq!(
+        deferred(&mut s) - deferred0,
+        1.0,
+        "the answer of PDUs decided before is a deferred write"
+    );
     // An EDU in the transaction: the answer is stored after the EDUs, on its own.
     let p = s.good("with an EDU");
     let edu = json!({"edu_type": "m.typing", "content": {
@@ -2828,6 +2855,24 @@ fn a_transactions_answer_is_stored_with_its_pdus(backend: Backend) {
         "with EDUs the answer is stored alone"
     );
     assert_eq!(with(&mut s) - with0, 1.0);
+    // That durable record went to the origin's writer after the deferred one, so the deferred
+    // one is stored now: a repeat of its ID gets it, and what the repeat carries is not
+    // processed.
+    let extra = s.side_message("mallory", "never processed either");
+    let again = s
+        .fed
+        .send_transaction(&resent, vec![extra.to_federation_value()], vec![])
+        .expect("send the resent ID again");
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(
+        again.json(),
+        resent_answer,
+        "a repeat of a deferred record's ID gets the stored answer"
+    );
+    assert!(
+        s.read(extra.event_id().as_str()).is_none(),
+        "the repeat's PDU was processed"
+    );
     // The stages of those `/send`s were recorded (`observe::send`), the room's included.
     for stage in ["dedup_read", "verify", "actor", "commit_sync", "total"] {
         assert!(

@@ -23,10 +23,12 @@
 //! are all for one room and all reach that room's actor, the answer is handed to the actor
 //! with them ([`InboundTxnRecord`]) and stored in the same commit as the PDUs, so the
 //! de-duplication record is durable exactly when they are and no second commit (an fsync
-//! with `synchronous = full`) stands between the room's commit and the 200. Otherwise (EDUs
-//! to handle after the PDUs, several rooms, a gap to fill, PDUs the store had decided
-//! already, a room owned by another cluster node) the answer is written after, as its own
-//! job.
+//! with `synchronous = full`) stands between the room's commit and the 200. Otherwise, with
+//! no EDUs (several rooms, a gap to fill, PDUs the store had decided already, a room owned
+//! by another cluster node), the answer is written after as a deferred job the 200 does not
+//! wait for: every PDU's fate is stored by then, so a retry that finds no record is decided
+//! the same way. With EDUs (which a retry would apply again) it is written after them as a
+//! durable job of its own, before the 200.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +43,7 @@ use super::{edus, gaps, verify};
 use crate::error::{Error, Result};
 use crate::federation::FederationOf;
 use crate::federation::auth::Signed;
+use crate::observe::metrics::TxnRecord;
 use crate::observe::send::{Point, Stamps};
 use crate::rooms::admission::known::{self, Known};
 use crate::rooms::messages::{InboundOutcome, InboundPdus, InboundTxnRecord};
@@ -553,24 +556,51 @@ async fn finish(
     edus::handle(s, origin, txn.edus).await;
     let body = answer_body(&results);
     if record.as_ref().is_some_and(|r| r.is_written()) {
-        crate::observe::metrics::inbound_txn_record(true);
+        crate::observe::metrics::inbound_txn_record(TxnRecord::WithPdus);
         stamps.stamp(Point::Answered);
         if with_pdus {
             stamps.record();
         }
         return Ok(HttpResponse::Ok().json(body));
     }
-    crate::observe::metrics::inbound_txn_record(false);
     let (o, t, b) = (origin.to_owned(), txn_id.to_owned(), body.to_string());
-    if let Err(e) = s
-        .core
-        .db
-        .write(origin, move |c| {
-            fstore::put_inbound_txn(c, &o, &t, &b, now_ms())
-        })
-        .await
-    {
-        tracing::warn!(error = %e, "could not record transaction");
+    if fold.is_some() {
+        // No EDUs: the record only spares a retry the work. Every PDU's fate is stored (its
+        // row, or its rejection) before the outcomes came back, so a retry of this ID that
+        // finds no record is decided the same way by step 0; nothing in it would run twice.
+        // So the record is a deferred write (committed without an fsync of its own, durable
+        // with the next durable commit) and the answer waits only until it is queued: a later
+        // write of this origin's (the next transaction's answer) commits with it or after.
+        crate::observe::metrics::inbound_txn_record(TxnRecord::Deferred);
+        match s
+            .core
+            .db
+            .write_deferred_queued(origin, move |c| {
+                fstore::put_inbound_txn(c, &o, &t, &b, now_ms())
+            })
+            .await
+        {
+            Ok(pending) => {
+                actix_web::rt::spawn(async move {
+                    if let Err(e) = pending.await {
+                        tracing::warn!(error = %e, "could not record transaction");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "could not record transaction"),
+        }
+    } else {
+        crate::observe::metrics::inbound_txn_record(TxnRecord::Alone);
+        if let Err(e) = s
+            .core
+            .db
+            .write(origin, move |c| {
+                fstore::put_inbound_txn(c, &o, &t, &b, now_ms())
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "could not record transaction");
+        }
     }
     stamps.stamp(Point::Answered);
     if with_pdus {
