@@ -6,6 +6,8 @@
 //! alone and gets its error, the others commit together. Callers are answered only after the
 //! commit, so "acknowledged" always means "durable". Under load the batches grow by
 //! themselves, which is what makes throughput possible (one fsync per batch, not per event).
+//! On SQLite the savepoint statements are prepared once and kept ([`in_savepoint`]): a batch
+//! may hold one job per room for a `/send` that spans 50 rooms.
 //!
 //! SQLite gets exactly one writer, so two writes never contend for its lock.
 //!
@@ -680,14 +682,10 @@ mod tests {
         )
     }
 
-    /// A deferred job taken together with an ordinary one commits in the ordinary job's
-    /// durable transaction: three jobs, two commits, none of them lazy.
-    #[actix_rt::test]
-    async fn a_deferred_job_taken_with_an_ordinary_one_commits_durably() {
-        let (writers, path) = sqlite_writers("defer", 16);
-        // The writer is busy with `busy` while the other two are queued, so it takes them
-        // together the moment `busy` commits.
-        let w = Arc::clone(&writers);
+    /// Keeps the writer busy for 200 ms with a job of its own (begun once this returns), so
+    /// that what is submitted meanwhile is queued and taken as one batch after it.
+    async fn hold(writers: &Arc<Writers>) -> tokio::task::JoinHandle<StorageResult<()>> {
+        let w = Arc::clone(writers);
         let busy = tokio::spawn(async move {
             w.submit("s", |_c| {
                 std::thread::sleep(Duration::from_millis(200));
@@ -696,6 +694,17 @@ mod tests {
             .await
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
+        busy
+    }
+
+    /// A deferred job taken together with an ordinary one commits in the ordinary job's
+    /// durable transaction: three jobs, two commits, none of them lazy.
+    #[actix_rt::test]
+    async fn a_deferred_job_taken_with_an_ordinary_one_commits_durably() {
+        let (writers, path) = sqlite_writers("defer", 16);
+        // The writer is busy with `busy` while the other two are queued, so it takes them
+        // together the moment `busy` commits.
+        let busy = hold(&writers).await;
         let w = Arc::clone(&writers);
         let deferred = tokio::spawn(async move { w.submit_deferred("s", |_c| Ok(7u8)).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -770,15 +779,7 @@ mod tests {
             Ok(())
         };
         // The writer is busy while the five are queued, so it takes them as one batch.
-        let w = Arc::clone(&writers);
-        let busy = tokio::spawn(async move {
-            w.submit("s", |_c| {
-                std::thread::sleep(Duration::from_millis(200));
-                Ok(())
-            })
-            .await
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let busy = hold(&writers).await;
         let commits = writers.commits();
         let (a, failing, panicking, nested, b) = tokio::join!(
             writers.submit("s", move |c| insert(c, 1)),
