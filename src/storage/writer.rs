@@ -364,17 +364,17 @@ fn catch(run: JobFn, conn: &mut AnyConnection) -> StorageResult<AnyBox> {
 }
 
 /// Runs one job of a batch inside a savepoint, rolled back when the job fails: `(the
-/// savepoint's own outcome, the job's result)`. SQLite's savepoint statements are prepared
+/// savepoint's own outcome, the job's result)`, or (SQLite) `Err` when the savepoint could
+/// not be released or rolled back, which fails the batch. SQLite's savepoint statements are prepared
 /// once and kept ([`Fixed`]): diesel's nested transaction sends them as text, parsed anew
 /// for every job (two per job, a batch of one `/send` into 50 rooms holds 50 jobs).
 /// PostgreSQL keeps diesel's nested transaction.
-fn in_savepoint(
-    tx: &mut AnyConnection,
-    run: JobFn,
-) -> (
+type Savepointed = (
     Result<(), diesel::result::Error>,
     Option<StorageResult<AnyBox>>,
-) {
+);
+
+fn in_savepoint(tx: &mut AnyConnection, run: JobFn) -> Result<Savepointed, diesel::result::Error> {
     use diesel::RunQueryDsl;
     if matches!(tx, AnyConnection::Sqlite(_)) {
         let exec = |tx: &mut AnyConnection, sql: &'static str| match tx {
@@ -382,15 +382,14 @@ fn in_savepoint(
             _ => Ok(()),
         };
         if let Err(e) = exec(tx, "SAVEPOINT weft_job") {
-            return (Err(e), None);
+            return Ok((Err(e), None));
         }
         let result = catch(run, tx);
-        let end = if result.is_ok() {
-            exec(tx, "RELEASE weft_job")
-        } else {
-            exec(tx, "ROLLBACK TO weft_job").and_then(|()| exec(tx, "RELEASE weft_job"))
-        };
-        return (end, Some(result));
+        if result.is_err() {
+            exec(tx, "ROLLBACK TO weft_job")?;
+        }
+        exec(tx, "RELEASE weft_job")?;
+        return Ok((Ok(()), Some(result)));
     }
     let mut job_result: Option<StorageResult<AnyBox>> = None;
     let sp = tx.transaction::<(), diesel::result::Error, _>(|sp| match catch(run, sp) {
@@ -403,7 +402,7 @@ fn in_savepoint(
             Err(diesel::result::Error::RollbackTransaction)
         }
     });
-    (sp, job_result)
+    Ok((sp, job_result))
 }
 
 /// A fixed SQL statement without binds that diesel may keep prepared (its statement cache
@@ -541,20 +540,26 @@ fn run_writer(
                 lazy_local(tx)?;
             }
             take_write_lock(tx)?;
+            // Set when a job's savepoint could not be released or rolled back: its writes
+            // may be in the transaction, so the whole batch fails (every caller hears it).
+            let mut broken: Option<diesel::result::Error> = None;
             for job in jobs.drain(..) {
                 replies.push(job.reply);
                 afters.push(job.after);
+                if broken.is_some() {
+                    continue;
+                }
                 // Each job in its own savepoint: its failure rolls back only its own writes.
-                let (sp, job_result) = in_savepoint(tx, job.run);
-                match (sp, job_result) {
-                    (_, Some(r)) => results.push(r),
-                    (Err(e), None) => results.push(Err(StorageError::Diesel(e))),
-                    (Ok(()), None) => {
+                match in_savepoint(tx, job.run) {
+                    Err(e) => broken = Some(e),
+                    Ok((_, Some(r))) => results.push(r),
+                    Ok((Err(e), None)) => results.push(Err(StorageError::Diesel(e))),
+                    Ok((Ok(()), None)) => {
                         results.push(Err(StorageError::Task("job gave no result".into())))
                     }
                 }
             }
-            Ok(())
+            broken.map_or(Ok(()), Err)
         });
         // Back to the configured level before anything else can commit on this connection;
         // a connection that cannot be set back is replaced (a fresh one starts at it).

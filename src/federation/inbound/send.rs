@@ -564,6 +564,9 @@ async fn finish(
         return Ok(HttpResponse::Ok().json(body));
     }
     let (o, t, b) = (origin.to_owned(), txn_id.to_owned(), body.to_string());
+    let put = move |c: &mut crate::storage::AnyConnection| {
+        fstore::put_inbound_txn(c, &o, &t, &b, now_ms())
+    };
     if fold.is_some() {
         // No EDUs: the record only spares a retry the work. Every PDU's fate is stored (its
         // row, or its rejection) before the outcomes came back, so a retry of this ID that
@@ -572,14 +575,7 @@ async fn finish(
         // with the next durable commit) and the answer waits only until it is queued: a later
         // write of this origin's (the next transaction's answer) commits with it or after.
         crate::observe::metrics::inbound_txn_record(TxnRecord::Deferred);
-        match s
-            .core
-            .db
-            .write_deferred_queued(origin, move |c| {
-                fstore::put_inbound_txn(c, &o, &t, &b, now_ms())
-            })
-            .await
-        {
+        match s.core.db.write_deferred_queued(origin, put).await {
             Ok(pending) => {
                 actix_web::rt::spawn(async move {
                     if let Err(e) = pending.await {
@@ -591,14 +587,7 @@ async fn finish(
         }
     } else {
         crate::observe::metrics::inbound_txn_record(TxnRecord::Alone);
-        if let Err(e) = s
-            .core
-            .db
-            .write(origin, move |c| {
-                fstore::put_inbound_txn(c, &o, &t, &b, now_ms())
-            })
-            .await
-        {
+        if let Err(e) = s.core.db.write(origin, put).await {
             tracing::warn!(error = %e, "could not record transaction");
         }
     }
